@@ -1,0 +1,3 @@
+from snapd_client.cli import main
+
+main()

@@ -1,0 +1,290 @@
+"""The `snapd` command line. Everything except `serve` talks to the daemon over gRPC.
+
+Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
+daemon error class (listed by `snapd exit-codes` and in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from snapd.v1 import snapd_pb2 as pb
+
+from snapd_client.client import DEFAULT_TARGET, EXIT_UNREACHABLE, SnapdClient, SnapdClientError
+
+_PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _as_dict(msg: Message) -> dict[str, Any]:
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+class _ProgressLine:
+    """One self-rewriting status line on stderr, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, p: pb.Progress) -> None:
+        if not self.enabled:
+            return
+        phase = _PHASE_NAMES.get(p.phase, "?")
+        if p.bytes_total:
+            frac = min(1.0, p.bytes_done / p.bytes_total)
+            bar = "#" * int(frac * 30)
+            text = f"{phase:<12} [{bar:<30}] {_human_bytes(p.bytes_done)} / {_human_bytes(p.bytes_total)}"
+        else:
+            text = f"{phase:<12} {p.message}"
+        elapsed = time.monotonic() - self.started
+        sys.stderr.write(f"\r\033[K{text} {elapsed:5.1f}s")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+class Ctx:
+    def __init__(self, target: str, as_json: bool) -> None:
+        self.target = target
+        self.as_json = as_json
+
+    def client(self) -> SnapdClient:
+        return SnapdClient(self.target)
+
+    def emit(self, msg: Message | dict[str, Any], human: Callable[[], None]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(_as_dict(msg) if isinstance(msg, Message) else msg, indent=2, sort_keys=True))
+        else:
+            human()
+
+
+def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
+
+
+def _run(ctx: click.Context, as_json: bool, action: Callable[[Ctx], None]) -> None:
+    c = Ctx(ctx.obj["target"], as_json or ctx.obj["json"])
+    try:
+        action(c)
+    except SnapdClientError as err:
+        if c.as_json:
+            click.echo(json.dumps({"error": err.error_class or err.code.name, "message": err.message,
+                                   "exit_code": err.exit_code}), err=True)
+        else:
+            click.echo(f"snapd: error: {err.message}", err=True)
+        sys.exit(err.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SNAPD"})
+@click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="SNAPD_TARGET",
+              help="Daemon address: unix:///path/to.sock or 127.0.0.1:PORT.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (any command).")
+@click.pass_context
+def cli(ctx: click.Context, target: str, as_json: bool) -> None:
+    """snapd: checkpoint warmed (GPU) processes and restore them in seconds."""
+    ctx.obj = {"target": target, "json": as_json}
+
+
+@cli.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/gpu-snapd"), show_default=True)
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=Path("/run/gpu-snapd/snapd.sock"),
+              show_default=True)
+@click.option("--tcp", default="", help="Also listen on this loopback host:port (plain TCP, loopback only).")
+@click.option("--metrics-address", default="", help="Serve Prometheus /metrics on host:port (off by default).")
+@click.option("--criu", "criu_path", default=None, help="CRIU binary (default: /opt/gpu-snapd/criu/bin/criu, then PATH).")
+@click.option("--criu-log-level", type=click.IntRange(0, 4), default=4, show_default=True)
+@click.option("--drain-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for running operations on SIGTERM.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+def serve(state_dir: Path, socket_path: Path, tcp: str, metrics_address: str, criu_path: str | None,
+          criu_log_level: int, drain_timeout: float, log_level: str, log_format: str) -> None:
+    """Run the daemon (as root) until SIGTERM."""
+    from snapd_daemon import logs, server
+    from snapd_daemon.errors import SnapdError
+    from snapd_daemon.runtime import Settings
+
+    logs.configure(log_level, None if log_format == "auto" else log_format == "json")
+    settings = Settings(state_dir=state_dir, criu_path=criu_path, criu_log_level=criu_log_level)
+    listen = server.Listen(socket_path=socket_path, tcp_address=tcp, metrics_address=metrics_address,
+                           drain_timeout=drain_timeout)
+    try:
+        server.serve(settings, listen)
+    except SnapdError as err:
+        click.echo(f"snapd serve: error: {err.message}", err=True)
+        sys.exit(err.exit_code)
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@click.option("--name", default="", help="Snapshot name (restore accepts it instead of the id).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label to store (repeatable).")
+@click.option("--leave-running", is_flag=True, help="Keep the process running after the checkpoint.")
+@_json_option
+@click.pass_context
+def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
+               as_json: bool) -> None:
+    """Checkpoint process tree PID into a new snapshot."""
+    parsed = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
+        parsed[key] = value
+
+    def action(c: Ctx) -> None:
+        bar = _ProgressLine()
+        with c.client() as client:
+            snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running, on_progress=bar)
+        bar.done()
+        c.emit(snap, lambda: click.echo(
+            f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
+            f"{_human_bytes(snap.raw_bytes)} in {snap.checkpoint_seconds:.2f} s"
+            + ("; process left running" if snap.leave_running else "; process stopped")))
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.option("--wait-for-exit", type=int, default=0, help="Seconds to wait for exiting holders of the snapshot's pids.")
+@_json_option
+@click.pass_context
+def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, as_json: bool) -> None:
+    """Restore SNAPSHOT (an id, or a name: its newest snapshot)."""
+
+    def action(c: Ctx) -> None:
+        bar = _ProgressLine()
+        with c.client() as client:
+            res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, on_progress=bar)
+        bar.done()
+        c.emit(res, lambda: click.echo(
+            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"))
+
+    _run(ctx, as_json, action)
+
+
+@cli.command("list")
+@click.option("--name", default="", help="Only snapshots of this name.")
+@_json_option
+@click.pass_context
+def list_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """List complete snapshots, oldest first."""
+
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            resp = client.list(name)
+
+        def human() -> None:
+            click.echo(f"{'ID':<32} {'NAME':<20} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10}  CREATED")
+            for s in resp.snapshots:
+                created = s.created.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+                click.echo(f"{s.id:<32} {s.name or '-':<20} {s.root_pid:>8} {_human_bytes(s.raw_bytes):>10} "
+                           f"{_human_bytes(s.stored_bytes):>10}  {created}")
+            click.echo(f"{len(resp.snapshots)} snapshot(s), {_human_bytes(resp.store_raw_bytes)} raw, "
+                       f"{_human_bytes(resp.store_stored_bytes)} stored")
+
+        c.emit(resp, human)
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@click.argument("snapshot")
+@_json_option
+@click.pass_context
+def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
+    """Show everything recorded about SNAPSHOT."""
+
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            s = client.get(snapshot)
+
+        def human() -> None:
+            click.echo(f"id:          {s.id}\nname:        {s.name or '-'}\ncreated:     {s.created.ToJsonString()}")
+            click.echo(f"host:        {s.hostname} (kernel {s.kernel}, criu {s.criu_version})")
+            click.echo(f"size:        {_human_bytes(s.raw_bytes)} raw, {_human_bytes(s.stored_bytes)} stored")
+            click.echo(f"checkpoint:  {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}")
+            for k, v in sorted(s.labels.items()):
+                click.echo(f"label:       {k}={v}")
+            click.echo("processes:")
+            for p in s.processes:
+                click.echo(f"  {p.pid:>7} ppid {p.ppid:<7} {p.threads:>3} thr {_human_bytes(p.rss_bytes):>10}  "
+                           f"{' '.join(p.cmdline) or p.name}")
+            click.echo(f"images:      {len(s.files)} files")
+
+        c.emit(s, human)
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@click.argument("snapshot")
+@_json_option
+@click.pass_context
+def rm(ctx: click.Context, snapshot: str, as_json: bool) -> None:
+    """Delete SNAPSHOT (an id, or a name: its newest snapshot)."""
+
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            resp = client.delete(snapshot)
+        c.emit(resp, lambda: click.echo(f"deleted {resp.id}, freed {_human_bytes(resp.freed_bytes)}"))
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@_json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Diagnose the daemon and host: CRIU, kernel, cgroups, disk, GPU. Exit 1 if a check fails."""
+
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            st = client.status()
+
+        def human() -> None:
+            click.echo(f"snapd {st.version} (pid {st.pid}, up {st.uptime_seconds:.0f} s), state dir {st.state_dir}, "
+                       f"{st.snapshots} snapshot(s), {st.operations_in_flight} operation(s) running")
+            for chk in st.checks:
+                click.echo(f"  [{'ok' if chk.ok else 'FAIL'}] {chk.name:<16} {chk.detail}")
+
+        c.emit(st, human)
+        if not all(chk.ok for chk in st.checks):
+            sys.exit(1)
+
+    _run(ctx, as_json, action)
+
+
+@cli.command("exit-codes")
+def exit_codes() -> None:
+    """List the exit codes of this CLI."""
+    from snapd_daemon.errors import ALL_ERRORS
+
+    click.echo("0  success\n2  usage error")
+    click.echo(f"{EXIT_UNREACHABLE}  daemon unreachable")
+    for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code):
+        click.echo(f"{cls.exit_code:<2} {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+
+
+def main() -> None:
+    cli()

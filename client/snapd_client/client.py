@@ -1,0 +1,128 @@
+"""A typed client for schedulers and the CLI.
+
+    client = SnapdClient()                      # unix:///run/gpu-snapd/snapd.sock
+    snap = client.checkpoint(pid, name="llama-8b")
+    result = client.restore("llama-8b")          # newest snapshot of that name
+    print(result.root_pid)
+
+Every failure is raised as SnapdClientError, carrying the gRPC status, the
+daemon's error class and the CLI exit code for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from snapd.v1 import snapd_pb2 as pb
+from snapd.v1 import snapd_pb2_grpc
+
+DEFAULT_TARGET = "unix:///run/gpu-snapd/snapd.sock"
+# Exit code when the daemon cannot be reached at all.
+EXIT_UNREACHABLE = 3
+ProgressCallback = Callable[[pb.Progress], None]
+
+
+class SnapdClientError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, error_class: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.error_class = error_class
+        self.exit_code = exit_code
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError, target: str) -> SnapdClientError:
+        code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
+        trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+        if "snapd-exit-code" in trailers:
+            return cls(code, err.details(), trailers.get("snapd-error", ""), int(trailers["snapd-exit-code"]))  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return cls(
+                code,
+                f"cannot reach the snapd daemon at {target}: {err.details()}. "  # type: ignore[attr-defined]
+                "Is `snapd serve` running (systemctl status gpu-snapd)? Set --target / SNAPD_TARGET otherwise.",
+                "Unreachable",
+                EXIT_UNREACHABLE,
+            )
+        return cls(code, f"{code.name}: {err.details()}", "", 1)  # type: ignore[attr-defined]
+
+
+def default_target() -> str:
+    return os.environ.get("SNAPD_TARGET", DEFAULT_TARGET)
+
+
+class SnapdClient:
+    def __init__(self, target: str | None = None, timeout: float | None = None) -> None:
+        """``target``: a gRPC target, e.g. unix:///run/gpu-snapd/snapd.sock or 127.0.0.1:7070."""
+        self.target = target or default_target()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.target)
+        self._stub = snapd_pb2_grpc.SnapshotsStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SnapdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unary(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise SnapdClientError.from_rpc(err, self.target) from None
+
+    def _follow(self, events: Iterator[Any], final_field: str, on_progress: ProgressCallback | None) -> Any:
+        try:
+            for event in events:
+                if event.HasField("progress"):
+                    if on_progress:
+                        on_progress(event.progress)
+                elif event.HasField(final_field):
+                    return getattr(event, final_field)
+        except grpc.RpcError as err:
+            raise SnapdClientError.from_rpc(err, self.target) from None
+        raise SnapdClientError(grpc.StatusCode.INTERNAL, "stream ended without a result", "", 1)
+
+    def checkpoint(
+        self,
+        pid: int,
+        *,
+        name: str = "",
+        labels: dict[str, str] | None = None,
+        leave_running: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> pb.Snapshot:
+        request = pb.CheckpointRequest(pid=pid, name=name, labels=labels or {}, leave_running=leave_running)
+        result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress)
+        return result
+
+    def restore(
+        self, snapshot: str, *, wait_for_exit_seconds: int = 0, on_progress: ProgressCallback | None = None
+    ) -> pb.RestoreResult:
+        request = pb.RestoreRequest(snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds)
+        result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress)
+        return result
+
+    def list(self, name: str = "") -> pb.ListSnapshotsResponse:
+        result: pb.ListSnapshotsResponse = self._unary(self._stub.ListSnapshots, pb.ListSnapshotsRequest(name=name))
+        return result
+
+    def get(self, snapshot: str) -> pb.Snapshot:
+        result: pb.Snapshot = self._unary(self._stub.GetSnapshot, pb.GetSnapshotRequest(snapshot=snapshot))
+        return result
+
+    def delete(self, snapshot: str) -> pb.DeleteSnapshotResponse:
+        result: pb.DeleteSnapshotResponse = self._unary(
+            self._stub.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot=snapshot)
+        )
+        return result
+
+    def status(self) -> pb.DaemonStatus:
+        result: pb.DaemonStatus = self._unary(self._stub.GetStatus, pb.GetStatusRequest())
+        return result

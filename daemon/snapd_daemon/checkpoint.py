@@ -1,0 +1,115 @@
+"""Checkpoint: process tree -> durable snapshot, or nothing and the tree running.
+
+Order of events:
+  1. inspect and claim the tree (refusals happen here, before anything is touched);
+  2. CRIU dumps into a private staging directory, always leaving the tree running;
+     at CRIU's post-dump point (tree still frozen) snapd SIGSTOPs the tree when it
+     is to be stopped, recording the hold so a restarted daemon resumes it;
+  3. the staging directory is fsynced and renamed into place (the snapshot appears);
+  4. only now is a stopped tree killed. Any failure before: SIGCONT, staging removed.
+"""
+
+from __future__ import annotations
+
+import platform
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from snapd_daemon import metrics
+from snapd_daemon.criu import actions
+from snapd_daemon.errors import CriuFailed
+from snapd_daemon.manifest import Manifest, new_snapshot_id
+from snapd_daemon.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
+from snapd_daemon.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
+from snapd_daemon.runtime import Runtime
+from snapd_daemon.store import Staging
+
+log = structlog.get_logger()
+_KILL_WAIT_SECONDS = 30.0
+# A CRIU failure with less than this free in the store is reported as a full store.
+_FULL_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    pid: int
+    name: str = ""
+    labels: dict[str, str] | None = None
+    leave_running: bool = False
+
+
+class _PostDumpHold:
+    """CRIU notify hook: at post-dump, SIGSTOP the (still frozen) tree so it
+    cannot run between the dump and the moment the snapshot is durable."""
+
+    def __init__(self, tree: ProcessTree, staging: Staging) -> None:
+        self.tree = tree
+        self.staging = staging
+        self.held = False
+
+    def __call__(self, script: str, _pid: int) -> None:
+        if script != "post-dump":
+            return
+        self.staging.record_hold([{"pid": p.pid, "create_time": p.create_time} for p in self.tree.processes])
+        signal_tree(self.tree, signal.SIGSTOP)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            signal_tree(self.tree, signal.SIGCONT)
+            self.held = False
+
+
+def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter) -> Manifest:
+    started = time.monotonic()
+    report(ProgressEvent(Phase.VALIDATE, message=f"inspecting pid {spec.pid}"))
+    tree = inspect_tree(spec.pid, rt.daemon_pid)
+    with rt.registry.claim("checkpoint", operation_id, pids=tree.pids):
+        log.info(
+            "checkpoint.start", pid=spec.pid, processes=len(tree.processes), rss_bytes=tree.rss_bytes,
+            leave_running=spec.leave_running, shell_job=tree.external_session,
+        )
+        with rt.store.translate_os_errors(needed=tree.rss_bytes):
+            staging = rt.store.new_staging(operation_id)
+        hold = _PostDumpHold(tree, staging)
+        try:
+            with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, tree.rss_bytes):
+                try:
+                    actions.dump(
+                        rt.criu, spec.pid, staging.images, staging.work,
+                        shell_job=tree.external_session, log_level=rt.settings.criu_log_level,
+                        freeze_timeout=rt.settings.freeze_timeout,
+                        on_notify=None if spec.leave_running else hold,
+                    )
+                except CriuFailed as exc:
+                    if rt.store.free_bytes() < _FULL_BYTES:
+                        raise rt.store.full(needed=tree.rss_bytes) from exc
+                    raise
+            report(ProgressEvent(Phase.COMMIT, message="syncing snapshot to disk"))
+            manifest = Manifest(
+                id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
+                root_pid=spec.pid, processes=list(tree.processes), criu_version=rt.criu.version,
+                kernel=platform.release(), hostname=socket.gethostname(), shell_job=tree.external_session,
+                leave_running=spec.leave_running,
+            )
+            manifest.checkpoint_seconds = round(time.monotonic() - started, 3)
+            with metrics.phase("checkpoint", "commit"):
+                manifest = rt.store.commit(staging, manifest)
+        except BaseException:
+            hold.release()
+            rt.store.discard(staging)
+            raise
+        metrics.BYTES_WRITTEN.inc(manifest.stored_bytes)
+        if not spec.leave_running:
+            report(ProgressEvent(Phase.STOP_SOURCE, message=f"stopping pids {tree.pids}"))
+            signal_tree(tree, signal.SIGKILL)
+            left = wait_for_state(tree.pids, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)
+            if left:
+                log.warning("checkpoint.source_still_alive", pids=left)
+        log.info("checkpoint.done", snapshot=manifest.id, raw_bytes=manifest.raw_bytes,
+                 seconds=round(time.monotonic() - started, 3))
+        return manifest

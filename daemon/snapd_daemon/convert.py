@@ -1,0 +1,63 @@
+"""Domain objects <-> snapd.v1 protobuf messages."""
+
+from __future__ import annotations
+
+from snapd.v1 import snapd_pb2 as pb
+
+from snapd_daemon.manifest import Manifest
+from snapd_daemon.progress import Phase, ProgressEvent
+from snapd_daemon.restore import RestoreOutcome
+
+_PHASES = {
+    Phase.VALIDATE: pb.PHASE_VALIDATE,
+    Phase.DUMP: pb.PHASE_DUMP,
+    Phase.COMMIT: pb.PHASE_COMMIT,
+    Phase.STOP_SOURCE: pb.PHASE_STOP_SOURCE,
+    Phase.PREPARE: pb.PHASE_PREPARE,
+    Phase.RESTORE: pb.PHASE_RESTORE,
+}
+
+
+def progress(event: ProgressEvent, operation_id: str) -> pb.Progress:
+    return pb.Progress(
+        operation_id=operation_id,
+        phase=_PHASES[event.phase],
+        bytes_done=event.bytes_done,
+        bytes_total=event.bytes_total,
+        message=event.message,
+    )
+
+
+def snapshot(m: Manifest) -> pb.Snapshot:
+    msg = pb.Snapshot(
+        id=m.id,
+        name=m.name,
+        labels=m.labels,
+        root_pid=m.root_pid,
+        criu_version=m.criu_version,
+        kernel=m.kernel,
+        hostname=m.hostname,
+        raw_bytes=m.raw_bytes,
+        stored_bytes=m.stored_bytes,
+        checkpoint_seconds=m.checkpoint_seconds,
+        leave_running=m.leave_running,
+        processes=[
+            pb.ProcessInfo(
+                pid=p.pid, ppid=p.ppid, name=p.name, cmdline=list(p.cmdline), threads=p.threads, rss_bytes=p.rss_bytes
+            )
+            for p in m.processes
+        ],
+        files=[pb.ImageFile(name=f.name, size_bytes=f.size_bytes) for f in m.files],
+    )
+    msg.created.FromNanoseconds(int(m.created * 1e9))
+    return msg
+
+
+def restore_result(outcome: RestoreOutcome, operation_id: str) -> pb.RestoreResult:
+    return pb.RestoreResult(
+        operation_id=operation_id,
+        snapshot_id=outcome.snapshot_id,
+        root_pid=outcome.root_pid,
+        pids=outcome.pids,
+        duration_seconds=outcome.seconds,
+    )

@@ -1,0 +1,51 @@
+"""Find a usable CRIU binary and describe it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from snapd_daemon.criu import swrk
+from snapd_daemon.errors import CriuUnavailable
+
+MIN_VERSION = (4, 0)
+# Where scripts/install-criu.sh builds CRIU when the host has none that works.
+PRIVATE_INSTALL = "/opt/gpu-snapd/criu/bin/criu"
+
+
+@dataclass(frozen=True)
+class Criu:
+    path: str
+    version: str
+
+
+def locate(configured: str | None) -> Criu:
+    """Resolve CRIU: the configured path, else snapd's private install, else PATH.
+
+    Raises CriuUnavailable when nothing is found or the version is below 4.0.
+    """
+    candidates = [configured] if configured else [PRIVATE_INSTALL, shutil.which("criu")]
+    path = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    if path is None:
+        where = configured or f"{PRIVATE_INSTALL} or PATH"
+        raise CriuUnavailable(reason=f"no criu executable at {where}")
+    try:
+        found = swrk.version(path)
+    except (OSError, swrk.SwrkError) as exc:
+        raise CriuUnavailable(reason=f"{path} does not answer RPC version requests ({exc})") from exc
+    major_minor = tuple(int(p) for p in found.split(".")[:2])
+    if major_minor < MIN_VERSION:
+        raise CriuUnavailable(reason=f"{path} is criu {found}; snapd needs >= 4.0 (3.x fails on kernels >= 6.x)")
+    return Criu(path=os.path.abspath(path), version=found)
+
+
+def self_check(criu: Criu) -> tuple[bool, str]:
+    """Run `criu check`; returns (passed, last meaningful output line)."""
+    proc = subprocess.run(
+        [criu.path, "check"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip() and "RLIMIT_NOFILE" not in ln]
+    detail = lines[-1] if lines else f"exit status {proc.returncode}"
+    return proc.returncode == 0, detail

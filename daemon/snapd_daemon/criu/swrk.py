@@ -1,0 +1,127 @@
+"""Drive CRIU through its RPC protocol over a `criu swrk` child.
+
+One `CriuCall` is one `criu swrk` process answering one request: snapd sends a
+`Req` datagram on a SOCK_SEQPACKET socketpair and reads `Resp` datagrams until
+the final one. With ``notify_scripts`` set, CRIU stops at each action point
+(pre-dump, post-dump, pre-restore, post-restore, ...) and waits for an ack; the
+caller's hook runs in-process at that moment, and raising from it makes CRIU
+abort the operation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from snapd_daemon.criu import rpc_pb2
+
+NotifyHook = Callable[[str, int], None]
+_MAX_DATAGRAM = 1 << 20
+
+
+class SwrkError(Exception):
+    """CRIU answered with failure or died; ``errmsg`` is CRIU's own message."""
+
+    def __init__(self, errmsg: str, errno_: int = 0) -> None:
+        super().__init__(errmsg)
+        self.errmsg = errmsg
+        self.errno = errno_
+
+
+class HookFailed(Exception):
+    """A notify hook raised; CRIU was told to abort. ``cause`` is the hook's exception."""
+
+    def __init__(self, script: str, cause: BaseException) -> None:
+        super().__init__(f"hook {script} failed: {cause}")
+        self.script = script
+        self.cause = cause
+
+
+def call(
+    binary: str,
+    request: rpc_pb2.Req,
+    *,
+    pass_fds: Sequence[int] = (),
+    on_notify: NotifyHook | None = None,
+    stderr_path: Path | None = None,
+    timeout: float | None = None,
+) -> rpc_pb2.Resp:
+    """Run one request in a fresh `criu swrk` and return CRIU's final response.
+
+    Raises SwrkError when CRIU reports failure or exits without answering, and
+    HookFailed (after CRIU has finished aborting) when ``on_notify`` raised.
+    The swrk child is not tied to the caller's lifetime on purpose: if the
+    daemon dies mid-dump, CRIU completes or aborts cleanly on its own and never
+    leaves a half-seized process behind.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stderr = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            [binary, "swrk", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(), *pass_fds),
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            close_fds=True,
+            start_new_session=True,
+        )
+    finally:
+        theirs.close()
+        if stderr_path:
+            stderr.close()
+    hook_error: HookFailed | None = None
+    try:
+        ours.settimeout(timeout)
+        ours.send(request.SerializeToString())
+        while True:
+            data = ours.recv(_MAX_DATAGRAM)
+            if not data:
+                rc = proc.wait(timeout=30)
+                raise SwrkError(f"criu swrk exited with status {rc} before answering")
+            resp = rpc_pb2.Resp.FromString(data)
+            if resp.type != rpc_pb2.NOTIFY:
+                break
+            ok = True
+            if on_notify is not None and hook_error is None:
+                try:
+                    on_notify(resp.notify.script, resp.notify.pid)
+                except Exception as exc:  # the hook's failure is reported after CRIU aborts
+                    hook_error = HookFailed(resp.notify.script, exc)
+                    ok = False
+            ours.send(rpc_pb2.Req(type=rpc_pb2.NOTIFY, notify_success=ok).SerializeToString())
+    except TimeoutError as exc:
+        proc.send_signal(signal.SIGTERM)
+        raise SwrkError(f"criu did not answer within {timeout} s") from exc
+    finally:
+        ours.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if hook_error is not None:
+        raise hook_error
+    if not resp.success:
+        errmsg = resp.cr_errmsg or f"criu reported failure (errno {resp.cr_errno})"
+        raise SwrkError(errmsg, resp.cr_errno)
+    return resp
+
+
+def version(binary: str) -> str:
+    """CRIU's version as 'major.minor[.sublevel]', asked over RPC."""
+    resp = call(binary, rpc_pb2.Req(type=rpc_pb2.VERSION), timeout=30)
+    v = resp.version
+    text = f"{v.major_number}.{v.minor_number}"
+    if v.HasField("sublevel"):
+        text += f".{v.sublevel}"
+    return text
+
+
+def open_dir(path: Path) -> int:
+    """An O_DIRECTORY fd for CRIU's images_dir_fd / work_dir_fd (caller closes it)."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)

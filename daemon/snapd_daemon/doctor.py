@@ -1,0 +1,80 @@
+"""Host diagnosis for `snapd status`: can this host checkpoint and restore?"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapd_daemon.criu.binary import self_check
+from snapd_daemon.runtime import Runtime
+
+MIN_FREE_BYTES = 8 << 30
+MIN_DRIVER_MAJOR = 570
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Diagnosis:
+    kernel: str
+    gpu_driver: str
+    checks: list[CheckResult] = field(default_factory=list)
+
+
+def _cgroup_v2() -> CheckResult:
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        controllers = root / "cgroup.controllers"
+        if controllers.exists():
+            ctrl = controllers.read_text().split()
+            mode = "unified" if root == Path("/sys/fs/cgroup") else "hybrid"
+            return CheckResult("cgroup-v2", True, f"{mode} at {root}; controllers: {' '.join(ctrl) or 'none'}")
+    return CheckResult("cgroup-v2", False, "no cgroup2 hierarchy mounted")
+
+
+def _gpu_driver() -> tuple[str, CheckResult]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # pynvml raises its own error types, or ImportError without the module
+        return "", CheckResult("gpu-driver", True, f"no NVIDIA driver reachable ({exc}); GPU checkpoints unavailable")
+    try:
+        version = pynvml.nvmlSystemGetDriverVersion()
+        count = pynvml.nvmlDeviceGetCount()
+        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
+    finally:
+        pynvml.nvmlShutdown()
+    major = int(version.split(".")[0])
+    ok = major >= MIN_DRIVER_MAJOR
+    detail = f"driver {version}, {count} GPU(s): {', '.join(names)}"
+    if not ok:
+        detail += f"; CUDA checkpointing needs driver >= {MIN_DRIVER_MAJOR}"
+    return version, CheckResult("gpu-driver", ok, detail)
+
+
+def diagnose(rt: Runtime) -> Diagnosis:
+    kernel = platform.release()
+    criu_ok, criu_detail = self_check(rt.criu)
+    free = rt.store.free_bytes()
+    gpu_version, gpu_check = _gpu_driver()
+    checks = [
+        CheckResult("criu", True, f"criu {rt.criu.version} at {rt.criu.path}"),
+        CheckResult("criu-check", criu_ok, criu_detail),
+        CheckResult("kernel", True, f"{kernel} ({os.uname().machine})"),
+        _cgroup_v2(),
+        CheckResult(
+            "state-dir-space",
+            free >= MIN_FREE_BYTES,
+            f"{free / 2**30:.1f} GiB free in {rt.settings.state_dir}"
+            + ("" if free >= MIN_FREE_BYTES else f" (below {MIN_FREE_BYTES >> 30} GiB)"),
+        ),
+        gpu_check,
+    ]
+    return Diagnosis(kernel=kernel, gpu_driver=gpu_version, checks=checks)

@@ -1,0 +1,75 @@
+"""Registry of in-flight operations: exclusivity on pids and snapshots, and drain.
+
+An operation claims the pids it works on (checkpoint) or the snapshot it reads
+(restore, delete). A second claim on the same pid or snapshot is refused with
+the id of the operation that holds it. ``close`` stops new claims and
+``drain`` waits for the running ones, which is how the daemon stops safely.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from snapd_daemon.errors import ProcessBusy, ShuttingDown, SnapshotBusy
+
+
+def new_operation_id() -> str:
+    return "op-" + secrets.token_hex(6)
+
+
+@dataclass
+class Operation:
+    id: str
+    kind: str
+    pids: frozenset[int] = frozenset()
+    snapshot_id: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+class OperationRegistry:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._ops: dict[str, Operation] = {}
+        self._closed = False
+
+    @contextmanager
+    def claim(
+        self, kind: str, operation_id: str, pids: Iterable[int] = (), snapshot_id: str = ""
+    ) -> Iterator[Operation]:
+        """Hold ``pids`` / ``snapshot_id`` for the duration of the block."""
+        op = Operation(id=operation_id, kind=kind, pids=frozenset(pids), snapshot_id=snapshot_id)
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown()
+            for other in self._ops.values():
+                clash = op.pids & other.pids
+                if clash:
+                    raise ProcessBusy(pid=min(clash), operation_id=other.id)
+                if snapshot_id and snapshot_id == other.snapshot_id:
+                    raise SnapshotBusy(snapshot_id=snapshot_id, operation_id=other.id)
+            self._ops[op.id] = op
+        try:
+            yield op
+        finally:
+            with self._lock:
+                del self._ops[op.id]
+                self._lock.notify_all()
+
+    def in_flight(self) -> list[Operation]:
+        with self._lock:
+            return list(self._ops.values())
+
+    def close(self) -> None:
+        """Refuse every new claim from now on."""
+        with self._lock:
+            self._closed = True
+
+    def drain(self, timeout: float | None) -> bool:
+        """Wait for running operations to end; True if none is left."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._ops, timeout=timeout)

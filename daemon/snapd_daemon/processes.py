@@ -1,0 +1,157 @@
+"""Process trees: what a checkpoint takes, what it must refuse, and signalling.
+
+Pids are checked against their start time before every signal, so a pid that
+was recycled since it was inspected is never touched.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from snapd_daemon.errors import InvalidRequest, ProcessNotFound, ProcessProtected
+
+_PF_KTHREAD = 0x00200000
+_PF_EXITING = 0x00000004
+MAX_PID = 4194304  # PID_MAX_LIMIT on 64-bit Linux
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    pid: int
+    ppid: int
+    name: str
+    cmdline: tuple[str, ...]
+    threads: int
+    rss_bytes: int
+    create_time: float
+
+    def matches_live(self) -> bool:
+        """True if this pid still names the same process (not a recycled pid)."""
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.create_time) < 0.01
+        except psutil.Error:
+            return False
+
+
+@dataclass(frozen=True)
+class ProcessTree:
+    root: int
+    processes: tuple[ProcessRecord, ...]
+    # CRIU's shell_job: the tree's session (or process group) leader is outside the tree
+    external_session: bool
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    @property
+    def rss_bytes(self) -> int:
+        return sum(p.rss_bytes for p in self.processes)
+
+
+def validate_pid(pid: int) -> None:
+    if pid <= 0 or pid > MAX_PID:
+        raise InvalidRequest(field="pid", reason=f"{pid} is not a process id (1..{MAX_PID})")
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # fields after the parenthesised comm: state ppid pgrp session tty tpgid flags ...
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return bool(int(fields[6]) & _PF_KTHREAD)
+
+
+def _record(proc: psutil.Process) -> ProcessRecord:
+    with proc.oneshot():
+        return ProcessRecord(
+            pid=proc.pid,
+            ppid=proc.ppid(),
+            name=proc.name(),
+            cmdline=tuple(proc.cmdline()),
+            threads=proc.num_threads(),
+            rss_bytes=proc.memory_info().rss,
+            create_time=proc.create_time(),
+        )
+
+
+def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
+    """Describe the tree rooted at ``pid``, refusing what must never be checkpointed.
+
+    Refuses (with the reason in the error) pid 1, kernel threads, the daemon
+    itself and any of its ancestors, and a tree that contains the daemon.
+    """
+    validate_pid(pid)
+    daemon_pid = daemon_pid or os.getpid()
+    try:
+        root = psutil.Process(pid)
+        name = root.name()
+        if pid == 1:
+            raise ProcessProtected(pid=pid, name=name, reason="it is the init process of this pid namespace")
+        if _is_kernel_thread(pid):
+            raise ProcessProtected(pid=pid, name=name, reason="it is a kernel thread")
+        if pid == daemon_pid:
+            raise ProcessProtected(pid=pid, name=name, reason="it is the snapd daemon itself")
+        ancestors = {p.pid for p in psutil.Process(daemon_pid).parents()}
+        if pid in ancestors:
+            raise ProcessProtected(pid=pid, name=name, reason=f"it is an ancestor of the snapd daemon (pid {daemon_pid})")
+        members = [root, *root.children(recursive=True)]
+        records = tuple(_record(p) for p in members)
+    except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessNotFound(pid=pid) from exc
+    pids = {r.pid for r in records}
+    if daemon_pid in pids:
+        raise ProcessProtected(pid=pid, name=name, reason=f"its tree contains the snapd daemon (pid {daemon_pid})")
+    try:
+        external = os.getsid(pid) not in pids or os.getpgid(pid) not in pids
+    except ProcessLookupError as exc:
+        raise ProcessNotFound(pid=pid) from exc
+    return ProcessTree(root=pid, processes=records, external_session=external)
+
+
+def signal_tree(tree: ProcessTree, sig: signal.Signals) -> list[int]:
+    """Send ``sig`` to every still-live member of ``tree``; return the pids signalled."""
+    sent = []
+    for rec in tree.processes:
+        if rec.matches_live():
+            try:
+                os.kill(rec.pid, sig)
+                sent.append(rec.pid)
+            except ProcessLookupError:
+                pass
+    return sent
+
+
+class PidState(enum.Enum):
+    FREE = "free"  # no process holds the pid
+    EXITING = "exiting"  # a zombie, or a process tearing down (PF_EXITING)
+    ALIVE = "alive"
+
+
+def pid_state(pid: int) -> PidState:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return PidState.FREE
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X") or int(fields[6]) & _PF_EXITING:
+        return PidState.EXITING
+    return PidState.ALIVE
+
+
+def wait_for_state(pids: list[int], done: set[PidState], timeout: float) -> list[int]:
+    """Poll until every pid is in one of ``done``; return the pids that never got there."""
+    deadline = time.monotonic() + timeout
+    pending = list(pids)
+    while True:
+        pending = [p for p in pending if pid_state(p) not in done]
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(0.02)

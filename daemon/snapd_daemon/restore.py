@@ -1,0 +1,94 @@
+"""Restore: snapshot -> live process tree with its original pids.
+
+The snapshot's images are never written to: CRIU restores from a per-operation
+directory of hard links to them (CRIU drops its restore statistics there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from snapd_daemon import metrics
+from snapd_daemon.criu import actions
+from snapd_daemon.errors import PidsInUse, PidsStillExiting
+from snapd_daemon.manifest import Manifest
+from snapd_daemon.processes import PidState, pid_state, wait_for_state
+from snapd_daemon.progress import Phase, ProgressEvent, Reporter
+from snapd_daemon.runtime import Runtime
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    snapshot_id: str
+    root_pid: int
+    pids: list[int]
+    seconds: float
+
+
+def ensure_pids_free(manifest: Manifest, wait_seconds: float) -> None:
+    """Refuse at once if a snapshot pid is held by a live process; wait for exiting ones."""
+    exiting = []
+    for rec in manifest.processes:
+        state = pid_state(rec.pid)
+        if state is PidState.ALIVE:
+            raise PidsInUse(snapshot_id=manifest.id, pid=rec.pid, name=_comm(rec.pid))
+        if state is PidState.EXITING:
+            exiting.append(rec.pid)
+    if not exiting:
+        return
+    log.info("restore.waiting_for_exit", pids=exiting)
+    left = wait_for_state(exiting, {PidState.FREE}, wait_seconds)
+    if left:
+        raise PidsStillExiting(snapshot_id=manifest.id, pid=left[0], seconds=wait_seconds, ppid=_ppid(left[0]))
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _ppid(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(ln.split()[1] for ln in f if ln.startswith("PPid:"))
+    except (OSError, StopIteration):
+        return "?"
+
+
+def restore(rt: Runtime, ref: str, wait_seconds: float, operation_id: str, report: Reporter) -> RestoreOutcome:
+    started = time.monotonic()
+    manifest = rt.store.get(ref)
+    with rt.registry.claim("restore", operation_id, pids=manifest.pids, snapshot_id=manifest.id):
+        report(ProgressEvent(Phase.PREPARE, 0, manifest.raw_bytes, f"checking pids {manifest.pids}"))
+        ensure_pids_free(manifest, wait_seconds or rt.settings.pid_wait_seconds)
+        with rt.store.translate_os_errors(needed=0):
+            run_dir = rt.store.new_staging(operation_id)
+        try:
+            source = rt.store.images_dir(manifest)
+            for entry in manifest.files:
+                os.link(source / entry.name, run_dir.images / entry.name)
+            report(ProgressEvent(Phase.RESTORE, 0, manifest.raw_bytes, "criu restore"))
+            with metrics.phase("restore", "criu"):
+                root = actions.restore(
+                    rt.criu, manifest.root_pid, run_dir.images, run_dir.work,
+                    shell_job=manifest.shell_job, log_level=rt.settings.criu_log_level,
+                )
+        finally:
+            shutil.rmtree(run_dir.root, ignore_errors=True)
+        metrics.BYTES_READ.inc(manifest.raw_bytes)
+        report(ProgressEvent(Phase.RESTORE, manifest.raw_bytes, manifest.raw_bytes, f"restored as pid {root}"))
+        outcome = RestoreOutcome(
+            snapshot_id=manifest.id, root_pid=root, pids=manifest.pids, seconds=round(time.monotonic() - started, 3)
+        )
+        log.info("restore.done", snapshot=manifest.id, root_pid=root, seconds=outcome.seconds)
+        return outcome

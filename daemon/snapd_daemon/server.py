@@ -1,0 +1,152 @@
+"""The daemon process: gRPC on a unix socket, health, reflection, metrics, drain.
+
+Start-up order: take the state-directory lock, find CRIU, recover the store
+(resume processes a crashed daemon had stopped, remove half-written
+snapshots), then listen. SIGTERM/SIGINT: report NOT_SERVING, refuse new
+operations, wait for running ones to finish, stop the server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import signal
+import socket
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from snapd.v1 import snapd_pb2, snapd_pb2_grpc
+
+from snapd_daemon import __version__, metrics
+from snapd_daemon.criu.binary import locate
+from snapd_daemon.errors import InvalidRequest, StoreError
+from snapd_daemon.runtime import Runtime, Settings
+from snapd_daemon.service import SnapshotsServicer
+from snapd_daemon.store import DirectoryStore
+
+log = structlog.get_logger()
+SERVICE_NAME = snapd_pb2.DESCRIPTOR.services_by_name["Snapshots"].full_name
+DEFAULT_SOCKET = Path("/run/gpu-snapd/snapd.sock")
+
+
+@dataclass(frozen=True)
+class Listen:
+    socket_path: Path = DEFAULT_SOCKET
+    # Optional host:port on a loopback address (tests, local tools).
+    tcp_address: str = ""
+    # Optional host:port for Prometheus /metrics.
+    metrics_address: str = ""
+    # Seconds to wait for running operations on shutdown.
+    drain_timeout: float = 600.0
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode().strip() or "?"
+        os.close(fd)
+        raise StoreError(path=state_dir, reason=f"in use by another snapd daemon (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _check_loopback(address: str) -> None:
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InvalidRequest(
+            field="tcp address",
+            reason=f"{address} is not a loopback address; plain TCP is only served on 127.0.0.0/8 or [::1]",
+        )
+
+
+def _claim_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # stale socket of a daemon that died
+        return
+    finally:
+        probe.close()
+    raise StoreError(path=path, reason="another daemon is listening on this socket")
+
+
+def _resume_held(holds: list[list[dict[str, float]]]) -> None:
+    for hold in holds:
+        for rec in hold:
+            pid = int(rec["pid"])
+            try:
+                if abs(psutil.Process(pid).create_time() - rec["create_time"]) < 0.01:
+                    os.kill(pid, signal.SIGCONT)
+                    log.warning("recover.resumed", pid=pid)
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass
+
+
+def serve(settings: Settings, listen: Listen) -> None:
+    """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures."""
+    if listen.tcp_address:
+        _check_loopback(listen.tcp_address)
+    lock_fd = _lock_state_dir(settings.state_dir)
+    criu = locate(settings.criu_path)
+    store = DirectoryStore(settings.state_dir)
+    _resume_held(store.recover())
+    rt = Runtime(settings=settings, criu=criu, store=store)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"))
+    snapd_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsServicer(rt), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    _claim_socket(listen.socket_path)
+    server.add_insecure_port(f"unix:{listen.socket_path}")
+    if listen.tcp_address:
+        server.add_insecure_port(listen.tcp_address)
+    if listen.metrics_address:
+        metrics.serve(listen.metrics_address)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    server.start()
+    os.chmod(listen.socket_path, 0o660)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "daemon.ready", version=__version__, pid=os.getpid(), socket=str(listen.socket_path),
+        tcp=listen.tcp_address or None, metrics=listen.metrics_address or None,
+        state_dir=str(settings.state_dir), criu=criu.path, criu_version=criu.version,
+    )
+    while not stop.wait(1.0):
+        pass
+
+    log.info("daemon.draining", in_flight=[op.id for op in rt.registry.in_flight()])
+    health_servicer.enter_graceful_shutdown()
+    rt.registry.close()
+    if not rt.registry.drain(listen.drain_timeout):
+        log.error("daemon.drain_timeout", still_running=[op.id for op in rt.registry.in_flight()])
+    server.stop(grace=5).wait()
+    listen.socket_path.unlink(missing_ok=True)
+    os.close(lock_fd)
+    log.info("daemon.stopped")

@@ -1,0 +1,165 @@
+"""The snapd.v1.Snapshots servicer: protobuf in, domain calls, protobuf out.
+
+Long operations run in their own thread and keep running if the caller goes
+away (a checkpoint is either committed or rolled back, never abandoned
+half-way); the handler only relays their progress. Errors are mapped to gRPC
+statuses here and only here.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import structlog
+from snapd.v1 import snapd_pb2 as pb
+from snapd.v1 import snapd_pb2_grpc
+
+from snapd_daemon import __version__, convert, doctor, metrics, validation
+from snapd_daemon.checkpoint import CheckpointSpec, checkpoint
+from snapd_daemon.errors import SnapdError
+from snapd_daemon.operations import new_operation_id
+from snapd_daemon.processes import validate_pid
+from snapd_daemon.progress import ProgressEvent, Reporter
+from snapd_daemon.restore import restore
+from snapd_daemon.runtime import Runtime
+
+log = structlog.get_logger()
+T = TypeVar("T")
+_DONE = object()
+
+
+def abort(context: grpc.ServicerContext, err: SnapdError) -> NoReturn:
+    context.set_trailing_metadata((("snapd-error", type(err).__name__), ("snapd-exit-code", str(err.exit_code))))
+    context.abort(err.status, err.message)
+
+
+def _internal(exc: BaseException) -> SnapdError:
+    return SnapdError(detail=f"internal error: {type(exc).__name__}: {exc}")
+
+
+class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.started = time.monotonic()
+
+    def _stream(
+        self,
+        kind: str,
+        context: grpc.ServicerContext,
+        work: Callable[[str, Reporter], T],
+        wrap_progress: Callable[[pb.Progress], Any],
+        wrap_result: Callable[[T, str], Any],
+    ) -> Iterator[Any]:
+        op_id = new_operation_id()
+        events: queue.Queue[Any] = queue.Queue()
+
+        def run() -> None:
+            structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
+            metrics.IN_FLIGHT.inc()
+            try:
+                result = work(op_id, lambda ev: events.put(ev))
+                metrics.OPERATIONS.labels(kind, "ok").inc()
+                events.put((_DONE, result))
+            except SnapdError as err:
+                metrics.OPERATIONS.labels(kind, type(err).__name__).inc()
+                log.warning(f"{kind}.failed", error=type(err).__name__, message=err.message)
+                events.put(err)
+            except Exception as exc:
+                metrics.OPERATIONS.labels(kind, "internal").inc()
+                log.exception(f"{kind}.crashed")
+                events.put(_internal(exc))
+            finally:
+                metrics.IN_FLIGHT.dec()
+
+        threading.Thread(target=run, name=op_id).start()
+        while True:
+            item = events.get()
+            if isinstance(item, ProgressEvent):
+                yield wrap_progress(convert.progress(item, op_id))
+            elif isinstance(item, SnapdError):
+                abort(context, item)
+            else:
+                yield wrap_result(item[1], op_id)
+                return
+
+    def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointEvent]:
+        try:
+            validate_pid(request.pid)
+            spec = CheckpointSpec(
+                pid=request.pid,
+                name=validation.snapshot_name(request.name),
+                labels=validation.labels(dict(request.labels)),
+                leave_running=request.leave_running,
+            )
+        except SnapdError as err:
+            abort(context, err)
+        yield from self._stream(
+            "checkpoint",
+            context,
+            lambda op_id, report: checkpoint(self.rt, spec, op_id, report),
+            lambda p: pb.CheckpointEvent(progress=p),
+            lambda m, _op: pb.CheckpointEvent(snapshot=convert.snapshot(m)),
+        )
+
+    def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreEvent]:
+        try:
+            ref = validation.snapshot_ref(request.snapshot)
+        except SnapdError as err:
+            abort(context, err)
+        yield from self._stream(
+            "restore",
+            context,
+            lambda op_id, report: restore(self.rt, ref, request.wait_for_exit_seconds, op_id, report),
+            lambda p: pb.RestoreEvent(progress=p),
+            lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id)),
+        )
+
+    def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext) -> pb.ListSnapshotsResponse:
+        try:
+            snaps = self.rt.store.list(validation.snapshot_name(request.name))
+        except SnapdError as err:
+            abort(context, err)
+        return pb.ListSnapshotsResponse(
+            snapshots=[convert.snapshot(m) for m in snaps],
+            store_raw_bytes=sum(m.raw_bytes for m in snaps),
+            store_stored_bytes=sum(m.stored_bytes for m in snaps),
+        )
+
+    def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.Snapshot:
+        try:
+            return convert.snapshot(self.rt.store.get(validation.snapshot_ref(request.snapshot)))
+        except SnapdError as err:
+            abort(context, err)
+
+    def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest, context: grpc.ServicerContext) -> pb.DeleteSnapshotResponse:
+        op_id = new_operation_id()
+        try:
+            manifest = self.rt.store.get(validation.snapshot_ref(request.snapshot))
+            with self.rt.registry.claim("delete", op_id, snapshot_id=manifest.id):
+                freed = self.rt.store.delete(manifest)
+        except SnapdError as err:
+            abort(context, err)
+        log.info("snapshot.deleted", op=op_id, snapshot=manifest.id, freed_bytes=freed)
+        return pb.DeleteSnapshotResponse(id=manifest.id, freed_bytes=freed)
+
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
+        report = doctor.diagnose(self.rt)
+        return pb.DaemonStatus(
+            version=__version__,
+            pid=self.rt.daemon_pid,
+            uptime_seconds=time.monotonic() - self.started,
+            criu_path=self.rt.criu.path,
+            criu_version=self.rt.criu.version,
+            kernel=report.kernel,
+            state_dir=str(self.rt.settings.state_dir),
+            state_dir_free_bytes=self.rt.store.free_bytes(),
+            snapshots=len(self.rt.store.list()),
+            operations_in_flight=len(self.rt.registry.in_flight()),
+            gpu_driver_version=report.gpu_driver,
+            checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+        )

@@ -1,0 +1,153 @@
+"""Fixtures: a real snapd daemon (subprocess, real CRIU) and real workload processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from snapd_client import SnapdClient
+
+WORKLOADS = Path(__file__).parent / "workloads"
+
+
+class Daemon:
+    """A `snapd serve` subprocess on a private socket and state directory."""
+
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.root = root
+        self.state_dir = root / "state"
+        self.socket = root / "snapd.sock"
+        self.log = root / "daemon.log"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"unix://{self.socket}"
+
+    def cli_args(self) -> list[str]:
+        args = [sys.executable, "-m", "snapd_client", "serve", "--state-dir", str(self.state_dir),
+                "--socket", str(self.socket), "--log-format", "json", *self.extra_args]
+        if os.environ.get("SNAPD_CRIU"):
+            args += ["--criu", os.environ["SNAPD_CRIU"]]
+        return args
+
+    def start(self) -> Daemon:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.cli_args(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if self.socket.exists():
+                with grpc.insecure_channel(self.target) as ch:
+                    try:
+                        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                        if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                            return
+                    except grpc.RpcError:
+                        pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def client(self) -> SnapdClient:
+        return SnapdClient(self.target)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+class Workloads:
+    """Workload processes started by a test; reaped as they die, killed at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pids: set[int] = set()
+
+    def start(self, script: str, *args: str, new_session: bool = True) -> tuple[int, Path]:
+        report = self.tmp / f"{script}.{len(self.pids)}.report"
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKLOADS / script), *args, str(report)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=new_session, cwd=WORKLOADS,
+        )
+        threading.Thread(target=proc.wait, daemon=True).start()
+        self.pids.add(proc.pid)
+        wait_for(lambda: report.exists(), 60, f"{script} to report")
+        return proc.pid, report
+
+    def track(self, pids: list[int]) -> None:
+        self.pids.update(pids)
+
+    def kill_all(self) -> None:
+        for pid in self.pids:
+            try:
+                for p in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:
+                    if str(WORKLOADS) in " ".join(p.cmdline()):
+                        p.kill()
+            except psutil.Error:
+                pass
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def ask(pid: int, report: Path, timeout: float = 30) -> list[str]:
+    """SIGUSR1 ``pid`` and return the fields of the report it writes in answer."""
+    before = report.stat().st_mtime_ns if report.exists() else 0
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: report.exists() and report.stat().st_mtime_ns != before, timeout, f"report of pid {pid}")
+    return report.read_text().split()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[SnapdClient]:
+    with daemon.client() as c:
+        yield c
+
+
+@pytest.fixture
+def workloads(tmp_path: Path) -> Iterator[Workloads]:
+    w = Workloads(tmp_path)
+    yield w
+    w.kill_all()
