@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Make this checkout runnable: CRIU (found or built), a virtualenv in .venv with
+# snapd and its test dependencies. Idempotent; fast when already done.
+# Run as root. Prints the CRIU path as the last line of stdout.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { say "run as root (CRIU needs it): sudo $0"; exit 1; }
+
+python=${PYTHON:-python3}
+command -v "$python" >/dev/null || { say "no $python on PATH; install Python >= 3.11"; exit 1; }
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  { say "$python is $("$python" -V 2>&1); snapd needs Python >= 3.11"; exit 1; }
+if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+  say "installing python3-venv"
+  apt-get install -y -q python3-venv >&2 || { apt-get update -q >&2 && apt-get install -y -q python3-venv >&2; }
+fi
+
+criu=$("$root/scripts/install-criu.sh" | tail -n 1)
+
+stamp=.venv/.snapd-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "creating .venv and installing snapd"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  .venv/bin/python -m pip install -q -e '.[test]' >&2
+  echo "$want" > "$stamp"
+fi
+echo "$criu"

@@ -1,0 +1,135 @@
+"""Nothing half-visible and nothing left frozen: daemon crashes, SIGTERM drain, full disks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from conftest import Daemon, Workloads, ask, gone, wait_for
+
+from snapd_client import SnapdClientError
+from snapd.v1 import snapd_pb2 as pb
+
+
+def _state(pid: int) -> str:
+    return psutil.Process(pid).status()
+
+
+def _criu_children_gone(daemon_pid: int) -> bool:
+    return not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"][:1] and
+                p.info["cmdline"][0].endswith("criu") and "swrk" in p.info["cmdline"]]
+
+
+def test_sigkill_mid_checkpoint_leaves_nothing_and_process_running(daemon: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "1024")
+    _, digest, _ = report.read_text().split()
+    dumping = threading.Event()
+    errors: list[Exception] = []
+
+    def run() -> None:
+        with daemon.client() as c:
+            try:
+                c.checkpoint(pid, on_progress=lambda p: p.phase == pb.PHASE_DUMP and p.bytes_done and dumping.set())
+            except SnapdClientError as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert dumping.wait(60), "no dump progress seen"
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait()
+    t.join(30)
+    assert errors and errors[0].exit_code == 3  # the daemon vanished under the client
+    wait_for(lambda: _criu_children_gone(daemon.proc.pid), 60, "criu to finish")
+    wait_for(lambda: _state(pid) in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING), 10, "the target to run")
+    assert ask(pid, report)[1] == digest
+
+    daemon.start()
+    with daemon.client() as c:
+        assert list(c.list().snapshots) == []
+    assert list((daemon.state_dir / "staging").iterdir()) == []
+    assert list((daemon.state_dir / "snapshots").iterdir()) == []
+
+
+def test_restart_resumes_processes_a_crashed_daemon_had_stopped(daemon: Daemon, workloads: Workloads) -> None:
+    """A daemon killed between the post-dump stop and the commit leaves a hold record; the next start resumes."""
+    pid, report = workloads.start("memhold.py", "4")
+    daemon.stop()
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: _state(pid) == psutil.STATUS_STOPPED, 10, "the target to stop")
+    staging = daemon.state_dir / "staging" / "op-crashed"
+    (staging / "images").mkdir(parents=True)
+    (staging / "images" / "pages-1.img").write_bytes(b"\0" * 4096)
+    created = psutil.Process(pid).create_time()
+    (staging / "hold.json").write_text(f'[{{"pid": {pid}, "create_time": {created}}}]')
+
+    daemon.start()
+    wait_for(lambda: _state(pid) != psutil.STATUS_STOPPED, 10, "the target to be resumed")
+    assert not staging.exists()
+    assert ask(pid, report)[0] == str(pid)
+
+
+def test_sigterm_drains_running_checkpoint(daemon: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "768")
+    _, digest, _ = report.read_text().split()
+    dumping = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        with daemon.client() as c:
+            outcome["snapshot"] = c.checkpoint(pid, on_progress=lambda p: p.phase == pb.PHASE_DUMP and dumping.set())
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert dumping.wait(60)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    assert isinstance(outcome.get("snapshot"), pb.Snapshot)
+    assert daemon.proc.wait(60) == 0
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    daemon.start()
+    with daemon.client() as c:
+        snap = c.list().snapshots[0]
+        c.restore(snap.id)
+    workloads.track([pid])
+    assert ask(pid, report)[1] == digest
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_a_clean_error(tmp_path: Path, small_tmpfs: Path, workloads: Workloads) -> None:
+    d = Daemon(tmp_path)
+    d.state_dir = small_tmpfs / "state"
+    d.start()
+    try:
+        pid, report = workloads.start("memhold.py", "96")
+        _, digest, _ = report.read_text().split()
+        with d.client() as c:
+            with pytest.raises(SnapdClientError) as info:
+                c.checkpoint(pid)
+            err = info.value
+            assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.error_class == "StoreFull"
+            assert str(d.state_dir) in err.message and "the process was left running" in err.message
+            assert list(c.list().snapshots) == []
+        assert list((d.state_dir / "staging").iterdir()) == []
+        assert ask(pid, report)[1] == digest
+    finally:
+        d.stop()

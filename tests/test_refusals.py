@@ -1,0 +1,133 @@
+"""Bad input gets a specific error and a proper gRPC status; the daemon stays up."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import Daemon, Workloads, gone, wait_for
+
+from snapd_client import SnapdClient, SnapdClientError
+from snapd.v1 import snapd_pb2 as pb
+
+
+def _error(call) -> SnapdClientError:
+    with pytest.raises(SnapdClientError) as info:
+        call()
+    return info.value
+
+
+def test_pid_that_does_not_exist(client: SnapdClient) -> None:
+    pid = 4_000_000
+    assert not Path(f"/proc/{pid}").exists()
+    err = _error(lambda: client.checkpoint(pid))
+    assert err.code == grpc.StatusCode.NOT_FOUND and err.error_class == "ProcessNotFound"
+    assert f"pid {pid}: no such process" in err.message and err.exit_code == 11
+
+
+@pytest.mark.parametrize("pid", [0, -5, 2**31 - 1])
+def test_pid_out_of_range(client: SnapdClient, pid: int) -> None:
+    err = _error(lambda: client.checkpoint(pid))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"invalid pid: {pid} is not a process id" in err.message
+
+
+def test_pid_1_daemon_and_ancestors(client: SnapdClient, daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    cases = {
+        1: "init process",
+        daemon.proc.pid: "the snapd daemon itself",
+        os.getpid(): "ancestor of the snapd daemon",
+    }
+    for pid, reason in cases.items():
+        err = _error(lambda pid=pid: client.checkpoint(pid))
+        assert err.code == grpc.StatusCode.FAILED_PRECONDITION, pid
+        assert err.error_class == "ProcessProtected" and reason in err.message
+
+
+def test_kernel_thread(client: SnapdClient) -> None:
+    kthreadd = Path("/proc/2/comm")
+    if not kthreadd.exists() or kthreadd.read_text().strip() != "kthreadd":
+        pytest.skip("no kthreadd visible at pid 2 in this pid namespace")
+    err = _error(lambda: client.checkpoint(2))
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION and "kernel thread" in err.message
+
+
+@pytest.mark.parametrize(
+    ("name", "labels", "field"),
+    [
+        ("x" * 129, {}, "name"),
+        ("bad name!", {}, "name"),
+        ("../etc", {}, "name"),
+        ("ok", {"bad key": "v"}, "labels"),
+        ("ok", {"k": "v" * 300}, "labels"),
+        ("ok", {f"k{i}": "v" for i in range(40)}, "labels"),
+    ],
+)
+def test_malformed_checkpoint_requests(client: SnapdClient, workloads: Workloads, name, labels, field) -> None:
+    pid, _ = workloads.start("memhold.py", "1")
+    err = _error(lambda: client.checkpoint(pid, name=name, labels=labels))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.message.startswith(f"invalid {field}:")
+    assert not gone(pid)
+
+
+@pytest.mark.parametrize("ref", ["", "a/b", "..", "x" * 300])
+def test_malformed_snapshot_refs(client: SnapdClient, ref: str) -> None:
+    for call in (client.restore, client.get, client.delete):
+        err = _error(lambda call=call: call(ref))
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT and "invalid snapshot" in err.message
+
+
+def test_unknown_snapshot(client: SnapdClient) -> None:
+    for call in (client.restore, client.get, client.delete):
+        err = _error(lambda call=call: call("no-such-snapshot"))
+        assert err.code == grpc.StatusCode.NOT_FOUND and err.exit_code == 14
+        assert "'no-such-snapshot' not found" in err.message
+
+
+def test_restore_while_original_alive(client: SnapdClient, workloads: Workloads) -> None:
+    pid, _ = workloads.start("memhold.py", "4")
+    snap = client.checkpoint(pid, leave_running=True)
+    err = _error(lambda: client.restore(snap.id))
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "PidsInUse"
+    assert f"pid {pid} (python" in err.message and "of the snapshot is alive" in err.message
+    assert not gone(pid)
+
+
+def test_second_checkpoint_of_same_pid_is_refused(client: SnapdClient, workloads: Workloads) -> None:
+    pid, _ = workloads.start("memhold.py", "768")
+    dumping = threading.Event()
+    result: dict[str, object] = {}
+
+    def first() -> None:
+        result["snapshot"] = client.checkpoint(
+            pid, leave_running=True, on_progress=lambda p: p.phase == pb.PHASE_DUMP and dumping.set()
+        )
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert dumping.wait(60)
+    err = _error(lambda: client.checkpoint(pid))
+    t.join()
+    assert err.code == grpc.StatusCode.ABORTED and err.error_class == "ProcessBusy"
+    assert f"pid {pid} is already part of running operation op-" in err.message
+    assert "snapshot" in result and not gone(pid)
+
+
+def test_daemon_survives_bad_requests(client: SnapdClient, daemon: Daemon) -> None:
+    for pid in (0, 1, 4_000_000):
+        _error(lambda pid=pid: client.checkpoint(pid))
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    assert client.status().pid == daemon.proc.pid
+
+
+def test_cannot_start_second_daemon_on_same_state_dir(daemon: Daemon, tmp_path: Path) -> None:
+    other = Daemon(tmp_path / "second")
+    other.state_dir = daemon.state_dir
+    other.root.mkdir()
+    with pytest.raises(RuntimeError, match="in use by another snapd daemon"):
+        other.start()
+    wait_for(lambda: other.proc is not None and other.proc.poll() == 19, 10, "exit code 19")
