@@ -15,4 +15,4 @@ mkdir -p "$out/proto" "$out/daemon"
   "$root/proto/snapd/v1/snapd.proto"
 "$python" -m grpc_tools.protoc -I "$root/daemon" \
   --python_out="$out/daemon" --pyi_out="$out/daemon" \
-  "$root/daemon/snapd_daemon/criu/rpc.proto"
+  "$root/daemon/snapd_daemon/criu/rpc.proto" "$root/daemon/snapd_daemon/criu/images.proto"

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from snapd_client import SnapdClient
+from snapd_daemon.runtime import Settings
 
 WORKLOADS = Path(__file__).parent / "workloads"
 
@@ -66,6 +67,11 @@ class Daemon:
                         pass
             time.sleep(0.05)
         raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def staging_leftovers(self) -> list[Path]:
+        """Whatever sits in the daemon's staging roots (disk and RAM)."""
+        roots = Settings(state_dir=self.state_dir).scratch_dirs()
+        return [p for root in roots if root is not None and root.exists() for p in root.iterdir()]
 
     def client(self) -> SnapdClient:
         return SnapdClient(self.target)

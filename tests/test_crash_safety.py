@@ -15,15 +15,19 @@ from conftest import Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClientError
 from snapd.v1 import snapd_pb2 as pb
+from snapd_daemon.runtime import Settings
 
 
 def _state(pid: int) -> str:
     return psutil.Process(pid).status()
 
 
-def _criu_children_gone(daemon_pid: int) -> bool:
-    return not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"][:1] and
-                p.info["cmdline"][0].endswith("criu") and "swrk" in p.info["cmdline"]]
+def _no_criu_swrk_running() -> bool:
+    for p in psutil.process_iter(["cmdline"]):
+        argv = p.info["cmdline"] or []
+        if argv and argv[0].endswith("criu") and "swrk" in argv:
+            return False
+    return True
 
 
 def test_sigkill_mid_checkpoint_leaves_nothing_and_process_running(daemon: Daemon, workloads: Workloads) -> None:
@@ -47,15 +51,15 @@ def test_sigkill_mid_checkpoint_leaves_nothing_and_process_running(daemon: Daemo
     daemon.proc.wait()
     t.join(30)
     assert errors and errors[0].exit_code == 3  # the daemon vanished under the client
-    wait_for(lambda: _criu_children_gone(daemon.proc.pid), 60, "criu to finish")
+    wait_for(_no_criu_swrk_running, 60, "criu to finish")
     wait_for(lambda: _state(pid) in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING), 10, "the target to run")
     assert ask(pid, report)[1] == digest
 
     daemon.start()
     with daemon.client() as c:
         assert list(c.list().snapshots) == []
-    assert list((daemon.state_dir / "staging").iterdir()) == []
-    assert list((daemon.state_dir / "snapshots").iterdir()) == []
+    assert daemon.staging_leftovers() == []
+    assert list((daemon.state_dir / "manifests").iterdir()) == []
 
 
 def test_restart_resumes_processes_a_crashed_daemon_had_stopped(daemon: Daemon, workloads: Workloads) -> None:
@@ -64,7 +68,7 @@ def test_restart_resumes_processes_a_crashed_daemon_had_stopped(daemon: Daemon, 
     daemon.stop()
     os.kill(pid, signal.SIGSTOP)
     wait_for(lambda: _state(pid) == psutil.STATUS_STOPPED, 10, "the target to stop")
-    staging = daemon.state_dir / "staging" / "op-crashed"
+    staging = Settings(state_dir=daemon.state_dir).scratch_dirs()[0] / "op-crashed"
     (staging / "images").mkdir(parents=True)
     (staging / "images" / "pages-1.img").write_bytes(b"\0" * 4096)
     created = psutil.Process(pid).create_time()
@@ -129,7 +133,7 @@ def test_full_disk_is_a_clean_error(tmp_path: Path, small_tmpfs: Path, workloads
             assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.error_class == "StoreFull"
             assert str(d.state_dir) in err.message and "the process was left running" in err.message
             assert list(c.list().snapshots) == []
-        assert list((d.state_dir / "staging").iterdir()) == []
+        assert d.staging_leftovers() == []
         assert ask(pid, report)[1] == digest
     finally:
         d.stop()

@@ -6,6 +6,7 @@ daemon error class (listed by `snapd exit-codes` and in the README).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -112,19 +113,26 @@ def cli(ctx: click.Context, target: str, as_json: bool) -> None:
 @click.option("--metrics-address", default="", help="Serve Prometheus /metrics on host:port (off by default).")
 @click.option("--criu", "criu_path", default=None, help="CRIU binary (default: /opt/gpu-snapd/criu/bin/criu, then PATH).")
 @click.option("--criu-log-level", type=click.IntRange(0, 4), default=4, show_default=True)
+@click.option("--scratch", type=click.Choice(["auto", "ram", "disk"]), default="auto", show_default=True,
+              help="Where CRIU images are staged: RAM (/dev/shm) when it has room, or always RAM / disk.")
+@click.option("--io-threads", type=click.IntRange(1, 256), default=None,
+              help="Threads hashing/compressing chunks (default: CPU count, at most 16).")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 def serve(state_dir: Path, socket_path: Path, tcp: str, metrics_address: str, criu_path: str | None,
-          criu_log_level: int, drain_timeout: float, log_level: str, log_format: str) -> None:
+          criu_log_level: int, scratch: str, io_threads: int | None, drain_timeout: float, log_level: str,
+          log_format: str) -> None:
     """Run the daemon (as root) until SIGTERM."""
     from snapd_daemon import logs, server
     from snapd_daemon.errors import SnapdError
     from snapd_daemon.runtime import Settings
 
     logs.configure(log_level, None if log_format == "auto" else log_format == "json")
-    settings = Settings(state_dir=state_dir, criu_path=criu_path, criu_log_level=criu_log_level)
+    settings = Settings(state_dir=state_dir, criu_path=criu_path, criu_log_level=criu_log_level, scratch=scratch)
+    if io_threads:
+        settings = dataclasses.replace(settings, io_threads=io_threads)
     listen = server.Listen(socket_path=socket_path, tcp_address=tcp, metrics_address=metrics_address,
                            drain_timeout=drain_timeout)
     try:
@@ -195,13 +203,16 @@ def list_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
             resp = client.list(name)
 
         def human() -> None:
-            click.echo(f"{'ID':<32} {'NAME':<20} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10}  CREATED")
+            click.echo(f"{'ID':<30} {'NAME':<20} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10} {'NEW':>10}  CREATED")
             for s in resp.snapshots:
                 created = s.created.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-                click.echo(f"{s.id:<32} {s.name or '-':<20} {s.root_pid:>8} {_human_bytes(s.raw_bytes):>10} "
-                           f"{_human_bytes(s.stored_bytes):>10}  {created}")
-            click.echo(f"{len(resp.snapshots)} snapshot(s), {_human_bytes(resp.store_raw_bytes)} raw, "
-                       f"{_human_bytes(resp.store_stored_bytes)} stored")
+                click.echo(f"{s.id:<30} {(s.name or '-') + (' [pinned]' if s.pinned else ''):<20} {s.root_pid:>8} "
+                           f"{_human_bytes(s.raw_bytes):>10} {_human_bytes(s.stored_bytes):>10} "
+                           f"{_human_bytes(s.new_bytes):>10}  {created}")
+            dedupe = resp.store_stored_bytes / resp.store_disk_bytes if resp.store_disk_bytes else 1.0
+            click.echo(f"{len(resp.snapshots)} snapshot(s): {_human_bytes(resp.store_raw_bytes)} raw, "
+                       f"{_human_bytes(resp.store_stored_bytes)} compressed, {_human_bytes(resp.store_disk_bytes)} "
+                       f"on disk (dedupe ratio {dedupe:.2f})")
 
         c.emit(resp, human)
 
@@ -222,7 +233,8 @@ def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
         def human() -> None:
             click.echo(f"id:          {s.id}\nname:        {s.name or '-'}\ncreated:     {s.created.ToJsonString()}")
             click.echo(f"host:        {s.hostname} (kernel {s.kernel}, criu {s.criu_version})")
-            click.echo(f"size:        {_human_bytes(s.raw_bytes)} raw, {_human_bytes(s.stored_bytes)} stored")
+            click.echo(f"size:        {_human_bytes(s.raw_bytes)} raw, {_human_bytes(s.stored_bytes)} compressed, "
+                       f"{_human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
             click.echo(f"checkpoint:  {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}")
             for k, v in sorted(s.labels.items()):
                 click.echo(f"label:       {k}={v}")
@@ -248,6 +260,78 @@ def rm(ctx: click.Context, snapshot: str, as_json: bool) -> None:
         with c.client() as client:
             resp = client.delete(snapshot)
         c.emit(resp, lambda: click.echo(f"deleted {resp.id}, freed {_human_bytes(resp.freed_bytes)}"))
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@click.argument("snapshot")
+@_json_option
+@click.pass_context
+def pin(ctx: click.Context, snapshot: str, as_json: bool) -> None:
+    """Pin SNAPSHOT: gc and rm leave it alone."""
+    _pin(ctx, snapshot, True, as_json)
+
+
+@cli.command()
+@click.argument("snapshot")
+@_json_option
+@click.pass_context
+def unpin(ctx: click.Context, snapshot: str, as_json: bool) -> None:
+    """Unpin SNAPSHOT."""
+    _pin(ctx, snapshot, False, as_json)
+
+
+def _pin(ctx: click.Context, snapshot: str, pinned: bool, as_json: bool) -> None:
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            s = client.pin(snapshot, pinned)
+        c.emit(s, lambda: click.echo(f"{s.id} {'pinned' if s.pinned else 'unpinned'}"))
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@click.option("--keep-last", type=click.IntRange(0), default=0,
+              help="Keep the newest N snapshots of each name, expire older ones (pinned/unnamed are kept).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@_json_option
+@click.pass_context
+def gc(ctx: click.Context, keep_last: int, dry_run: bool, as_json: bool) -> None:
+    """Reclaim space: expire old snapshots (--keep-last) and unreferenced chunks."""
+
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            r = client.gc(keep_last=keep_last, dry_run=dry_run)
+        verb = "would remove" if r.dry_run else "removed"
+        c.emit(r, lambda: click.echo(
+            f"{verb} {len(r.expired_snapshots)} snapshot(s) {list(r.expired_snapshots) or ''} and "
+            f"{r.chunks} chunk(s), {_human_bytes(r.bytes)}"))
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@click.argument("snapshot", required=False, default="")
+@_json_option
+@click.pass_context
+def fsck(ctx: click.Context, snapshot: str, as_json: bool) -> None:
+    """Verify every chunk of SNAPSHOT (default: the whole store). Exit 1 on damage."""
+
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            r = client.fsck(snapshot)
+
+        def human() -> None:
+            for d in r.damage:
+                click.echo(f"DAMAGED snapshot {d.snapshot_id} {d.file}@{d.offset} chunk {d.chunk}: {d.problem}")
+            click.echo(f"{r.snapshots} snapshot(s), {r.chunks_checked} chunk(s), {_human_bytes(r.bytes_checked)} "
+                       f"verified; {len(r.damage)} damaged reference(s); {r.orphan_chunks} orphan chunk(s) "
+                       "(`snapd gc` reclaims them)")
+
+        c.emit(r, human)
+        if r.damage:
+            sys.exit(1)
 
     _run(ctx, as_json, action)
 

@@ -123,6 +123,20 @@ class SnapdClient:
         )
         return result
 
+    def pin(self, snapshot: str, pinned: bool = True) -> pb.Snapshot:
+        result: pb.Snapshot = self._unary(self._stub.PinSnapshot, pb.PinSnapshotRequest(snapshot=snapshot, pinned=pinned))
+        return result
+
+    def gc(self, *, keep_last: int = 0, dry_run: bool = False) -> pb.CollectGarbageResponse:
+        result: pb.CollectGarbageResponse = self._unary(
+            self._stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=keep_last, dry_run=dry_run)
+        )
+        return result
+
+    def fsck(self, snapshot: str = "") -> pb.CheckStoreResponse:
+        result: pb.CheckStoreResponse = self._unary(self._stub.CheckStore, pb.CheckStoreRequest(snapshot=snapshot))
+        return result
+
     def status(self) -> pb.DaemonStatus:
         result: pb.DaemonStatus = self._unary(self._stub.GetStatus, pb.GetStatusRequest())
         return result

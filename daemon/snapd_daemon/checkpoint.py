@@ -22,16 +22,15 @@ import structlog
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import CriuFailed
+from snapd_daemon.fsutil import tree_size
 from snapd_daemon.manifest import Manifest, new_snapshot_id
 from snapd_daemon.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
 from snapd_daemon.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime import Runtime
-from snapd_daemon.store import Staging
+from snapd_daemon.cas.store import Staging
 
 log = structlog.get_logger()
 _KILL_WAIT_SECONDS = 30.0
-# A CRIU failure with less than this free in the store is reported as a full store.
-_FULL_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             "checkpoint.start", pid=spec.pid, processes=len(tree.processes), rss_bytes=tree.rss_bytes,
             leave_running=spec.leave_running, shell_job=tree.external_session,
         )
-        with rt.store.translate_os_errors(needed=tree.rss_bytes):
-            staging = rt.store.new_staging(operation_id)
+        staging = rt.store.new_staging(operation_id, needed=tree.rss_bytes)
         hold = _PostDumpHold(tree, staging)
         try:
             with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, tree.rss_bytes):
@@ -86,10 +84,12 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                         on_notify=None if spec.leave_running else hold,
                     )
                 except CriuFailed as exc:
-                    if rt.store.free_bytes() < _FULL_BYTES:
-                        raise rt.store.full(needed=tree.rss_bytes) from exc
+                    full = rt.store.staging_full(staging, needed=tree.rss_bytes)
+                    if full:
+                        raise full from exc
                     raise
-            report(ProgressEvent(Phase.COMMIT, message="syncing snapshot to disk"))
+            raw_total = tree_size(staging.images)
+            report(ProgressEvent(Phase.COMMIT, 0, raw_total, "storing chunks"))
             manifest = Manifest(
                 id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
                 root_pid=spec.pid, processes=list(tree.processes), criu_version=rt.criu.version,
@@ -98,18 +98,22 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             )
             manifest.checkpoint_seconds = round(time.monotonic() - started, 3)
             with metrics.phase("checkpoint", "commit"):
-                manifest = rt.store.commit(staging, manifest)
+                manifest = rt.store.commit(
+                    staging, manifest, lambda done: report(ProgressEvent(Phase.COMMIT, done, raw_total))
+                )
         except BaseException:
             hold.release()
             rt.store.discard(staging)
             raise
-        metrics.BYTES_WRITTEN.inc(manifest.stored_bytes)
+        metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
         if not spec.leave_running:
             report(ProgressEvent(Phase.STOP_SOURCE, message=f"stopping pids {tree.pids}"))
             signal_tree(tree, signal.SIGKILL)
             left = wait_for_state(tree.pids, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)
             if left:
                 log.warning("checkpoint.source_still_alive", pids=left)
+        rt.store.discard(staging)
         log.info("checkpoint.done", snapshot=manifest.id, raw_bytes=manifest.raw_bytes,
+                 stored_bytes=manifest.stored_bytes, new_bytes=manifest.new_bytes,
                  seconds=round(time.monotonic() - started, 3))
         return manifest

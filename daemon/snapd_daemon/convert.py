@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from snapd.v1 import snapd_pb2 as pb
 
+from snapd_daemon.cas.store import FsckReport, GcPlan
 from snapd_daemon.manifest import Manifest
 from snapd_daemon.progress import Phase, ProgressEvent
 from snapd_daemon.restore import RestoreOutcome
@@ -28,7 +29,7 @@ def progress(event: ProgressEvent, operation_id: str) -> pb.Progress:
     )
 
 
-def snapshot(m: Manifest) -> pb.Snapshot:
+def snapshot(m: Manifest, pinned: bool) -> pb.Snapshot:
     msg = pb.Snapshot(
         id=m.id,
         name=m.name,
@@ -39,6 +40,8 @@ def snapshot(m: Manifest) -> pb.Snapshot:
         hostname=m.hostname,
         raw_bytes=m.raw_bytes,
         stored_bytes=m.stored_bytes,
+        new_bytes=m.new_bytes,
+        pinned=pinned,
         checkpoint_seconds=m.checkpoint_seconds,
         leave_running=m.leave_running,
         processes=[
@@ -60,4 +63,23 @@ def restore_result(outcome: RestoreOutcome, operation_id: str) -> pb.RestoreResu
         root_pid=outcome.root_pid,
         pids=outcome.pids,
         duration_seconds=outcome.seconds,
+    )
+
+
+def gc_report(plan: GcPlan) -> pb.CollectGarbageResponse:
+    return pb.CollectGarbageResponse(
+        expired_snapshots=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run
+    )
+
+
+def fsck_report(report: FsckReport) -> pb.CheckStoreResponse:
+    return pb.CheckStoreResponse(
+        snapshots=report.snapshots,
+        chunks_checked=report.chunks_checked,
+        bytes_checked=report.bytes_checked,
+        orphan_chunks=report.orphan_chunks,
+        damage=[
+            pb.ChunkDamage(snapshot_id=d.snapshot_id, file=d.file, offset=d.offset, chunk=d.chunk, problem=d.problem)
+            for d in report.damage
+        ],
     )

@@ -126,6 +126,20 @@ class SnapshotBusy(SnapdError):
     status = grpc.StatusCode.ABORTED
 
 
+class ChunkCorrupt(SnapdError):
+    """snapshot {snapshot_id}: chunk {chunk} ({file} at offset {offset}) is {problem}; the snapshot cannot be restored. `snapd fsck` lists every damaged chunk."""
+
+    exit_code = 24
+    status = grpc.StatusCode.DATA_LOSS
+
+
+class SnapshotPinned(SnapdError):
+    """snapshot {snapshot_id} is pinned; `snapd unpin {snapshot_id}` first."""
+
+    exit_code = 25
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -141,4 +155,6 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     StoreError,
     ShuttingDown,
     SnapshotBusy,
+    ChunkCorrupt,
+    SnapshotPinned,
 )

@@ -18,10 +18,22 @@ def new_snapshot_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(6)
 
 
+ZERO_CHUNK = ""
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """``length`` bytes of an image file; ``id`` is the BLAKE3 hex of them, or ZERO_CHUNK for zeros."""
+
+    id: str
+    length: int
+
+
 @dataclass(frozen=True)
 class ImageEntry:
     name: str
     size_bytes: int
+    chunks: tuple[ChunkRef, ...] = ()
 
 
 @dataclass
@@ -38,7 +50,10 @@ class Manifest:
     shell_job: bool
     leave_running: bool
     files: list[ImageEntry] = field(default_factory=list)
+    # compressed bytes of this snapshot's chunks (shared ones included), and of
+    # the chunks it was first to add to the store
     stored_bytes: int = 0
+    new_bytes: int = 0
     checkpoint_seconds: float = 0.0
     format_version: int = FORMAT_VERSION
 
@@ -50,6 +65,9 @@ class Manifest:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
+    def chunk_ids(self) -> set[str]:
+        return {c.id for f in self.files for c in f.chunks if c.id != ZERO_CHUNK}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
@@ -59,5 +77,7 @@ class Manifest:
         data["processes"] = [
             ProcessRecord(**{**p, "cmdline": tuple(p["cmdline"])}) for p in data["processes"]
         ]
-        data["files"] = [ImageEntry(**f) for f in data["files"]]
+        data["files"] = [
+            ImageEntry(f["name"], f["size_bytes"], tuple(ChunkRef(**c) for c in f["chunks"])) for f in data["files"]
+        ]
         return cls(**data)

@@ -1,13 +1,11 @@
 """Restore: snapshot -> live process tree with its original pids.
 
-The snapshot's images are never written to: CRIU restores from a per-operation
-directory of hard links to them (CRIU drops its restore statistics there).
+The snapshot's chunks are verified and written into a per-operation staging
+directory (RAM when it has room), from which CRIU restores.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -71,12 +69,13 @@ def restore(rt: Runtime, ref: str, wait_seconds: float, operation_id: str, repor
     with rt.registry.claim("restore", operation_id, pids=manifest.pids, snapshot_id=manifest.id):
         report(ProgressEvent(Phase.PREPARE, 0, manifest.raw_bytes, f"checking pids {manifest.pids}"))
         ensure_pids_free(manifest, wait_seconds or rt.settings.pid_wait_seconds)
-        with rt.store.translate_os_errors(needed=0):
-            run_dir = rt.store.new_staging(operation_id)
+        run_dir = rt.store.new_staging(operation_id, needed=manifest.raw_bytes)
         try:
-            source = rt.store.images_dir(manifest)
-            for entry in manifest.files:
-                os.link(source / entry.name, run_dir.images / entry.name)
+            with metrics.phase("restore", "materialize"):
+                rt.store.materialize(
+                    manifest, run_dir.images,
+                    lambda done: report(ProgressEvent(Phase.PREPARE, done, manifest.raw_bytes)),
+                )
             report(ProgressEvent(Phase.RESTORE, 0, manifest.raw_bytes, "criu restore"))
             with metrics.phase("restore", "criu"):
                 root = actions.restore(
@@ -84,7 +83,7 @@ def restore(rt: Runtime, ref: str, wait_seconds: float, operation_id: str, repor
                     shell_job=manifest.shell_job, log_level=rt.settings.criu_log_level,
                 )
         finally:
-            shutil.rmtree(run_dir.root, ignore_errors=True)
+            rt.store.discard(run_dir)
         metrics.BYTES_READ.inc(manifest.raw_bytes)
         report(ProgressEvent(Phase.RESTORE, manifest.raw_bytes, manifest.raw_bytes, f"restored as pid {root}"))
         outcome = RestoreOutcome(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.operations import OperationRegistry
-from snapd_daemon.store import DirectoryStore
+from snapd_daemon.cas.store import SnapshotStore
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,26 @@ class Settings:
     freeze_timeout: int = 30
     # Default seconds a restore waits for exiting holders of the snapshot's pids.
     pid_wait_seconds: float = 10.0
+    # Where CRIU's images are staged: "auto" (RAM when it has room), "ram" or "disk".
+    scratch: str = "auto"
+    ram_scratch: Path | None = Path("/dev/shm/gpu-snapd")
+    # Threads that hash, compress and write chunks (and read them back on restore).
+    io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
+
+
+    def scratch_dirs(self) -> tuple[Path, Path | None]:
+        """(disk, RAM) staging roots. The RAM one is keyed by the state directory so that
+        daemons with different state directories never clean up each other's staging."""
+        ram = None
+        if self.ram_scratch is not None:
+            ram = self.ram_scratch / hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
+        return self.state_dir / "staging", ram
 
 
 @dataclass
 class Runtime:
     settings: Settings
     criu: Criu
-    store: DirectoryStore
+    store: SnapshotStore
     registry: OperationRegistry = field(default_factory=OperationRegistry)
     daemon_pid: int = field(default_factory=os.getpid)

@@ -30,7 +30,7 @@ from snapd_daemon.criu.binary import locate
 from snapd_daemon.errors import InvalidRequest, StoreError
 from snapd_daemon.runtime import Runtime, Settings
 from snapd_daemon.service import SnapshotsServicer
-from snapd_daemon.store import DirectoryStore
+from snapd_daemon.cas.store import Scratch, SnapshotStore
 
 log = structlog.get_logger()
 SERVICE_NAME = snapd_pb2.DESCRIPTOR.services_by_name["Snapshots"].full_name
@@ -108,7 +108,9 @@ def serve(settings: Settings, listen: Listen) -> None:
         _check_loopback(listen.tcp_address)
     lock_fd = _lock_state_dir(settings.state_dir)
     criu = locate(settings.criu_path)
-    store = DirectoryStore(settings.state_dir)
+    disk_scratch, ram_scratch = settings.scratch_dirs()
+    scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
+    store = SnapshotStore(settings.state_dir, scratch, settings.io_threads)
     _resume_held(store.recover())
     rt = Runtime(settings=settings, criu=criu, store=store)
 

@@ -22,6 +22,7 @@ from snapd.v1 import snapd_pb2_grpc
 from snapd_daemon import __version__, convert, doctor, metrics, validation
 from snapd_daemon.checkpoint import CheckpointSpec, checkpoint
 from snapd_daemon.errors import SnapdError
+from snapd_daemon.manifest import Manifest
 from snapd_daemon.operations import new_operation_id
 from snapd_daemon.processes import validate_pid
 from snapd_daemon.progress import ProgressEvent, Reporter
@@ -87,6 +88,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 yield wrap_result(item[1], op_id)
                 return
 
+    def _snapshot(self, m: Manifest) -> pb.Snapshot:
+        return convert.snapshot(m, self.rt.store.is_pinned(m.id))
+
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointEvent]:
         try:
             validate_pid(request.pid)
@@ -103,7 +107,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             context,
             lambda op_id, report: checkpoint(self.rt, spec, op_id, report),
             lambda p: pb.CheckpointEvent(progress=p),
-            lambda m, _op: pb.CheckpointEvent(snapshot=convert.snapshot(m)),
+            lambda m, _op: pb.CheckpointEvent(snapshot=self._snapshot(m)),
         )
 
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreEvent]:
@@ -125,14 +129,15 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         except SnapdError as err:
             abort(context, err)
         return pb.ListSnapshotsResponse(
-            snapshots=[convert.snapshot(m) for m in snaps],
+            snapshots=[self._snapshot(m) for m in snaps],
             store_raw_bytes=sum(m.raw_bytes for m in snaps),
             store_stored_bytes=sum(m.stored_bytes for m in snaps),
+            store_disk_bytes=self.rt.store.disk_bytes(),
         )
 
     def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.Snapshot:
         try:
-            return convert.snapshot(self.rt.store.get(validation.snapshot_ref(request.snapshot)))
+            return self._snapshot(self.rt.store.get(validation.snapshot_ref(request.snapshot)))
         except SnapdError as err:
             abort(context, err)
 
@@ -146,6 +151,36 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             abort(context, err)
         log.info("snapshot.deleted", op=op_id, snapshot=manifest.id, freed_bytes=freed)
         return pb.DeleteSnapshotResponse(id=manifest.id, freed_bytes=freed)
+
+    def PinSnapshot(self, request: pb.PinSnapshotRequest, context: grpc.ServicerContext) -> pb.Snapshot:
+        try:
+            manifest = self.rt.store.get(validation.snapshot_ref(request.snapshot))
+            self.rt.store.pin(manifest, request.pinned)
+        except SnapdError as err:
+            abort(context, err)
+        log.info("snapshot.pinned" if request.pinned else "snapshot.unpinned", snapshot=manifest.id)
+        return self._snapshot(manifest)
+
+    def CollectGarbage(
+        self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
+    ) -> pb.CollectGarbageResponse:
+        try:
+            with self.rt.registry.claim("gc", new_operation_id()):
+                plan = self.rt.store.gc(request.keep_last, request.dry_run)
+        except SnapdError as err:
+            abort(context, err)
+        log.info("store.gc", expired=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run)
+        return convert.gc_report(plan)
+
+    def CheckStore(self, request: pb.CheckStoreRequest, context: grpc.ServicerContext) -> pb.CheckStoreResponse:
+        try:
+            store = self.rt.store
+            targets = [store.get(validation.snapshot_ref(request.snapshot))] if request.snapshot else store.list()
+            report = store.fsck(targets)
+        except SnapdError as err:
+            abort(context, err)
+        log.info("store.fsck", snapshots=report.snapshots, chunks=report.chunks_checked, damaged=len(report.damage))
+        return convert.fsck_report(report)
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
         report = doctor.diagnose(self.rt)

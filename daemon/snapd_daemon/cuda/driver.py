@@ -228,7 +228,7 @@ def restore(pid: int, gpu_pairs: Sequence[tuple[bytes, bytes]] | None = None) ->
             f"this driver has {driver_version()}"
         )
     pairs = (_GpuPair * len(gpu_pairs))()
-    for pair, (old, new) in zip(pairs, gpu_pairs):
+    for pair, (old, new) in zip(pairs, gpu_pairs, strict=True):
         if len(old) != UUID_BYTES or len(new) != UUID_BYTES:
             raise ValueError(f"GPU UUIDs must be {UUID_BYTES} bytes, got {len(old)} and {len(new)}")
         ctypes.memmove(pair.oldUuid.bytes, old, UUID_BYTES)

@@ -123,7 +123,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,8 @@ class Snapshot(_message.Message):
     FILES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NEW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -159,7 +161,9 @@ class Snapshot(_message.Message):
     files: _containers.RepeatedCompositeFieldContainer[ImageFile]
     checkpoint_seconds: float
     leave_running: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ...) -> None: ...
+    new_bytes: int
+    pinned: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class ListSnapshotsRequest(_message.Message):
     __slots__ = ("name",)
@@ -168,14 +172,16 @@ class ListSnapshotsRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListSnapshotsResponse(_message.Message):
-    __slots__ = ("snapshots", "store_raw_bytes", "store_stored_bytes")
+    __slots__ = ("snapshots", "store_raw_bytes", "store_stored_bytes", "store_disk_bytes")
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     STORE_RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORE_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     snapshots: _containers.RepeatedCompositeFieldContainer[Snapshot]
     store_raw_bytes: int
     store_stored_bytes: int
-    def __init__(self, snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ..., store_raw_bytes: _Optional[int] = ..., store_stored_bytes: _Optional[int] = ...) -> None: ...
+    store_disk_bytes: int
+    def __init__(self, snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ..., store_raw_bytes: _Optional[int] = ..., store_stored_bytes: _Optional[int] = ..., store_disk_bytes: _Optional[int] = ...) -> None: ...
 
 class GetSnapshotRequest(_message.Message):
     __slots__ = ("snapshot",)
@@ -196,6 +202,68 @@ class DeleteSnapshotResponse(_message.Message):
     id: str
     freed_bytes: int
     def __init__(self, id: _Optional[str] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
+
+class PinSnapshotRequest(_message.Message):
+    __slots__ = ("snapshot", "pinned")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    snapshot: str
+    pinned: bool
+    def __init__(self, snapshot: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class CollectGarbageRequest(_message.Message):
+    __slots__ = ("keep_last", "dry_run")
+    KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    keep_last: int
+    dry_run: bool
+    def __init__(self, keep_last: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CollectGarbageResponse(_message.Message):
+    __slots__ = ("expired_snapshots", "chunks", "bytes", "dry_run")
+    EXPIRED_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    expired_snapshots: _containers.RepeatedScalarFieldContainer[str]
+    chunks: int
+    bytes: int
+    dry_run: bool
+    def __init__(self, expired_snapshots: _Optional[_Iterable[str]] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CheckStoreRequest(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: str
+    def __init__(self, snapshot: _Optional[str] = ...) -> None: ...
+
+class ChunkDamage(_message.Message):
+    __slots__ = ("snapshot_id", "file", "offset", "chunk", "problem")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    file: str
+    offset: int
+    chunk: str
+    problem: str
+    def __init__(self, snapshot_id: _Optional[str] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., chunk: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class CheckStoreResponse(_message.Message):
+    __slots__ = ("snapshots", "chunks_checked", "bytes_checked", "damage", "orphan_chunks")
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    DAMAGE_FIELD_NUMBER: _ClassVar[int]
+    ORPHAN_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    snapshots: int
+    chunks_checked: int
+    bytes_checked: int
+    damage: _containers.RepeatedCompositeFieldContainer[ChunkDamage]
+    orphan_chunks: int
+    def __init__(self, snapshots: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damage: _Optional[_Iterable[_Union[ChunkDamage, _Mapping]]] = ..., orphan_chunks: _Optional[int] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

@@ -59,6 +59,21 @@ class SnapshotsStub:
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.DeleteSnapshotRequest.SerializeToString,
                 response_deserializer=snapd_dot_v1_dot_snapd__pb2.DeleteSnapshotResponse.FromString,
                 _registered_method=True)
+        self.PinSnapshot = channel.unary_unary(
+                '/snapd.v1.Snapshots/PinSnapshot',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.PinSnapshotRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/snapd.v1.Snapshots/CollectGarbage',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.CollectGarbageResponse.FromString,
+                _registered_method=True)
+        self.CheckStore = channel.unary_unary(
+                '/snapd.v1.Snapshots/CheckStore',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.CheckStoreRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.CheckStoreResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/snapd.v1.Snapshots/GetStatus',
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.GetStatusRequest.SerializeToString,
@@ -101,6 +116,27 @@ class SnapshotsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PinSnapshot(self, request, context):
+        """Pin (GC and delete leave it alone) or unpin a snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectGarbage(self, request, context):
+        """Plan, and unless dry_run execute: expire old snapshots, reclaim unreferenced chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckStore(self, request, context):
+        """Read and verify every chunk of one snapshot, or of the whole store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Health of the host for checkpointing: CRIU, kernel, cgroups, disk, GPU.
         """
@@ -135,6 +171,21 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.DeleteSnapshot,
                     request_deserializer=snapd_dot_v1_dot_snapd__pb2.DeleteSnapshotRequest.FromString,
                     response_serializer=snapd_dot_v1_dot_snapd__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'PinSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinSnapshot,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.PinSnapshotRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.CollectGarbageResponse.SerializeToString,
+            ),
+            'CheckStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckStore,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.CheckStoreRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.CheckStoreResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -277,6 +328,87 @@ class Snapshots:
             '/snapd.v1.Snapshots/DeleteSnapshot',
             snapd_dot_v1_dot_snapd__pb2.DeleteSnapshotRequest.SerializeToString,
             snapd_dot_v1_dot_snapd__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/PinSnapshot',
+            snapd_dot_v1_dot_snapd__pb2.PinSnapshotRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/CollectGarbage',
+            snapd_dot_v1_dot_snapd__pb2.CollectGarbageRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.CollectGarbageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/CheckStore',
+            snapd_dot_v1_dot_snapd__pb2.CheckStoreRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.CheckStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

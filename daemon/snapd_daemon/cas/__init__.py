@@ -1,0 +1,1 @@
+"""Content-addressed snapshot store: zstd chunks named by their BLAKE3 hash."""

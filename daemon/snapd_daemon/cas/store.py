@@ -1,0 +1,411 @@
+"""The snapshot store: manifests over content-addressed chunks, with GC and fsck.
+
+Layout under the state directory::
+
+    chunks/ab/<blake3>   write-once chunk files (see chunkfile)
+    manifests/<id>.json  one per complete snapshot, written last
+    pins/<id>            pinned snapshots (GC and rm leave them alone)
+    staging/<operation>/ CRIU images being dumped or restored (or the same under
+                         the RAM scratch directory); never listed
+
+Write order for a snapshot: chunks (each fsynced) -> chunk directories fsynced
+-> manifest (tmp, fsync, rename, fsync dir). A crash at any point leaves the
+whole snapshot or none of it; chunks of an unfinished snapshot are orphans
+that GC reclaims. Operations that write or read chunks hold the store lock
+shared; GC and delete hold it exclusive, so they never remove a chunk that an
+in-flight checkpoint has written but not yet published.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapd_daemon.cas import chunkfile
+from snapd_daemon.cas.chunking import Piece, plan
+from snapd_daemon.cas.chunks import ChunkStore
+from snapd_daemon.cas.rwlock import RWLock
+from snapd_daemon.errors import ChunkCorrupt, SnapshotNotFound, SnapshotPinned, StoreError, StoreFull
+from snapd_daemon.fsutil import fsync_path, write_atomic
+from snapd_daemon.manifest import ZERO_CHUNK, ChunkRef, ImageEntry, Manifest
+
+HOLD = "hold.json"
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A private directory for one operation: CRIU images in ``images``, logs in ``work``."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def record_hold(self, processes: list[dict[str, float]]) -> None:
+        """Remember processes snapd stopped, so a restarted daemon can resume them."""
+        write_atomic(self.root / HOLD, json.dumps(processes).encode())
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Where staging directories go: RAM (tmpfs) when it has room, else the state disk.
+
+    CRIU writes a dump once into staging and snapd reads it once to chunk it; on
+    tmpfs that round trip never touches the disk, which then only receives the
+    compressed, deduplicated chunks. ``mode`` is "auto", "ram" or "disk".
+    """
+
+    disk: Path
+    ram: Path | None
+    mode: str = "auto"
+    # RAM staging needs this multiple of the expected size free, in tmpfs and MemAvailable.
+    headroom: float = 1.5
+
+    def roots(self) -> list[Path]:
+        return [p for p in (self.disk, self.ram) if p is not None]
+
+    def choose(self, needed: int) -> Path:
+        if self.ram is None or self.mode == "disk":
+            return self.disk
+        if self.mode == "ram":
+            return self.ram
+        self.ram.mkdir(parents=True, exist_ok=True)
+        room = min(shutil.disk_usage(self.ram).free, _mem_available())
+        return self.ram if room >= needed * self.headroom + (1 << 30) else self.disk
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class GcPlan:
+    expired: list[str] = field(default_factory=list)
+    chunks: int = 0
+    bytes: int = 0
+    dry_run: bool = True
+
+
+@dataclass(frozen=True)
+class Damage:
+    snapshot_id: str
+    file: str
+    offset: int
+    chunk: str
+    problem: str
+
+
+@dataclass
+class FsckReport:
+    snapshots: int = 0
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+    damage: list[Damage] = field(default_factory=list)
+    orphan_chunks: int = 0
+
+
+@dataclass
+class _IngestTally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: int = 0
+    stored: int = 0
+    new: int = 0
+    written: set[str] = field(default_factory=set)
+
+
+class SnapshotStore:
+    def __init__(self, root: Path, scratch: Scratch, threads: int) -> None:
+        self.root = root
+        self.scratch = scratch
+        self.threads = threads
+        self.chunks = ChunkStore(root / "chunks")
+        self.manifests_dir = root / "manifests"
+        self.pins_dir = root / "pins"
+        for d in (self.manifests_dir, self.pins_dir, *scratch.roots()):
+            d.mkdir(parents=True, exist_ok=True)
+        self.lock = RWLock()
+        self._index_lock = threading.Lock()
+        self._manifests: dict[str, Manifest] = {}
+
+    # -- start-up -------------------------------------------------------------
+
+    def recover(self) -> list[list[dict[str, float]]]:
+        """Load manifests; remove staging leftovers and chunk temporaries; return process holds.
+
+        Must run before the daemon accepts requests.
+        """
+        holds = []
+        for scratch in self.scratch.roots():
+            for leftover in sorted(scratch.iterdir()):
+                hold = leftover / HOLD
+                if hold.exists():
+                    holds.append(json.loads(hold.read_text()))
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.chunks.remove_temporaries()
+        for path in self.manifests_dir.glob("*.json"):
+            m = Manifest.from_json(path.read_text())
+            self._manifests[m.id] = m
+        return holds
+
+    # -- staging --------------------------------------------------------------
+
+    def new_staging(self, operation_id: str, needed: int) -> Staging:
+        with self.translate_os_errors(needed):
+            staging = Staging(self.scratch.choose(needed) / operation_id)
+            staging.images.mkdir(parents=True)
+            staging.work.mkdir()
+        return staging
+
+    def discard(self, staging: Staging) -> None:
+        shutil.rmtree(staging.root, ignore_errors=True)
+
+    def staging_full(self, staging: Staging, needed: int) -> StoreFull | None:
+        """A StoreFull error if the staging file system has (nearly) no space left."""
+        free = shutil.disk_usage(staging.root).free
+        return StoreFull(path=staging.root.parent, needed=needed, free=free) if free < 4 << 20 else None
+
+    @contextmanager
+    def translate_os_errors(self, needed: int) -> Iterator[None]:
+        """Turn ENOSPC/EDQUOT into StoreFull and other OS errors into StoreError."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = Path(exc.filename).parent if exc.filename else self.root
+                raise StoreFull(path=where, needed=needed, free=self.free_bytes()) from exc
+            raise StoreError(path=self.root, reason=str(exc)) from exc
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    # -- writing --------------------------------------------------------------
+
+    def commit(self, staging: Staging, manifest: Manifest, progress: Progress) -> Manifest:
+        """Chunk, compress and store ``staging.images``, then publish ``manifest``.
+
+        Fills in ``manifest.files``, ``stored_bytes`` and ``new_bytes``.
+        ``progress`` receives the raw bytes processed so far.
+        """
+        pieces = plan(staging.images)
+        tally = _IngestTally()
+        with self.lock.shared(), self.translate_os_errors(sum(p.length for v in pieces.values() for p in v)):
+            files = []
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="ingest") as pool:
+                for name, cuts in pieces.items():
+                    fd = os.open(staging.images / name, os.O_RDONLY)
+                    try:
+                        refs = list(pool.map(lambda p, fd=fd: self._ingest(fd, p, tally, progress), cuts))
+                    finally:
+                        os.close(fd)
+                    files.append(ImageEntry(name, sum(p.length for p in cuts), tuple(refs)))
+            self.chunks.sync_dirs(tally.written)
+            manifest.files = files
+            manifest.stored_bytes = tally.stored
+            manifest.new_bytes = tally.new
+            write_atomic(self.manifests_dir / f"{manifest.id}.json", manifest.to_json().encode())
+        with self._index_lock:
+            self._manifests[manifest.id] = manifest
+        return manifest
+
+    def _ingest(self, fd: int, piece: Piece, tally: _IngestTally, progress: Progress) -> ChunkRef:
+        raw = os.pread(fd, piece.length, piece.offset)
+        if len(raw) != piece.length:
+            raise StoreError(path=self.root, reason=f"image shrank while being read ({len(raw)} < {piece.length})")
+        if raw.count(0) != len(raw):
+            cid = chunkfile.chunk_id(raw)
+            size = self.chunks.exists(cid)
+            new = False
+            if not size:
+                blob = chunkfile.encode(raw)
+                new = self.chunks.put(cid, blob)
+                size = len(blob)
+        else:
+            cid, size, new = ZERO_CHUNK, 0, False
+        with tally.lock:
+            tally.done += piece.length
+            tally.stored += size
+            if new:
+                tally.new += size
+                tally.written.add(cid)
+            done = tally.done
+        progress(done)
+        return ChunkRef(cid, piece.length)
+
+    # -- reading --------------------------------------------------------------
+
+    def list(self, name: str = "") -> list[Manifest]:
+        """Complete snapshots, oldest first; only those named ``name`` if given."""
+        with self._index_lock:
+            found = [m for m in self._manifests.values() if not name or m.name == name]
+        return sorted(found, key=lambda m: (m.created, m.id))
+
+    def get(self, ref: str) -> Manifest:
+        """A snapshot by id, else the newest snapshot named ``ref``."""
+        with self._index_lock:
+            if ref in self._manifests:
+                return self._manifests[ref]
+        named = self.list(name=ref)
+        if not named:
+            raise SnapshotNotFound(snapshot=ref)
+        return named[-1]
+
+    def is_pinned(self, snapshot_id: str) -> bool:
+        return (self.pins_dir / snapshot_id).exists()
+
+    def materialize(self, manifest: Manifest, dest: Path, progress: Progress) -> None:
+        """Write the snapshot's image files into ``dest``, every chunk verified.
+
+        Zero chunks are left as holes. Raises ChunkCorrupt naming the first bad chunk.
+        """
+        tally = _IngestTally()
+        with self.lock.shared(), self.translate_os_errors(manifest.raw_bytes):
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="materialize") as pool:
+                jobs = []
+                fds = []
+                try:
+                    for entry in manifest.files:
+                        fd = os.open(dest / entry.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                        fds.append(fd)
+                        os.ftruncate(fd, entry.size_bytes)
+                        offset = 0
+                        for ref in entry.chunks:
+                            if ref.id != ZERO_CHUNK:
+                                jobs.append(pool.submit(self._place, manifest, entry.name, fd, offset, ref, tally, progress))
+                            offset += ref.length
+                    for job in jobs:
+                        job.result()
+                finally:
+                    for job in jobs:
+                        job.cancel()
+                    for fd in fds:
+                        os.close(fd)
+
+    def _place(
+        self, manifest: Manifest, name: str, fd: int, offset: int, ref: ChunkRef, tally: _IngestTally, progress: Progress
+    ) -> None:
+        raw = self.read_chunk(manifest, name, offset, ref)
+        os.pwrite(fd, raw, offset)
+        with tally.lock:
+            tally.done += ref.length
+            done = tally.done
+        progress(done)
+
+    def read_chunk(self, manifest: Manifest, name: str, offset: int, ref: ChunkRef) -> bytes:
+        try:
+            return self.chunks.read(ref.id)
+        except FileNotFoundError:
+            problem = "missing"
+        except chunkfile.ChunkDecodeError as exc:
+            problem = f"corrupt ({exc})"
+        raise ChunkCorrupt(snapshot_id=manifest.id, chunk=ref.id, file=name, offset=offset, problem=problem)
+
+    # -- space ----------------------------------------------------------------
+
+    def pin(self, manifest: Manifest, pinned: bool) -> None:
+        path = self.pins_dir / manifest.id
+        if pinned:
+            write_atomic(path, b"")
+        else:
+            path.unlink(missing_ok=True)
+            fsync_path(self.pins_dir)
+
+    def delete(self, manifest: Manifest) -> int:
+        """Remove a snapshot and the chunks only it used; returns the bytes freed."""
+        if self.is_pinned(manifest.id):
+            raise SnapshotPinned(snapshot_id=manifest.id)
+        with self.lock.exclusive():
+            self._unpublish(manifest.id)
+            return self._remove_chunks(manifest.chunk_ids() - self._live_chunks())
+
+    def gc(self, keep_last: int, dry_run: bool) -> GcPlan:
+        """Plan, then (unless ``dry_run``) execute: expire snapshots beyond the newest
+        ``keep_last`` of each name (0: keep all; pinned and unnamed ones are kept), then
+        remove every chunk no remaining snapshot references."""
+        with self.lock.exclusive():
+            result = GcPlan(dry_run=dry_run)
+            if keep_last:
+                by_name: dict[str, list[Manifest]] = {}
+                for m in self.list():
+                    if m.name and not self.is_pinned(m.id):
+                        by_name.setdefault(m.name, []).append(m)
+                result.expired = [m.id for ms in by_name.values() for m in ms[:-keep_last]]
+            with self._index_lock:
+                live = {c for m in self._manifests.values() if m.id not in result.expired for c in m.chunk_ids()}
+            doomed = [(cid, size) for cid, size in self.chunks.all() if cid not in live]
+            result.chunks = len(doomed)
+            result.bytes = sum(size for _, size in doomed)
+            if not dry_run:
+                for sid in result.expired:
+                    self._unpublish(sid)
+                self._remove_chunks({cid for cid, _ in doomed})
+            return result
+
+    def _unpublish(self, snapshot_id: str) -> None:
+        (self.manifests_dir / f"{snapshot_id}.json").unlink()
+        fsync_path(self.manifests_dir)
+        with self._index_lock:
+            del self._manifests[snapshot_id]
+
+    def _live_chunks(self) -> set[str]:
+        with self._index_lock:
+            return {c for m in self._manifests.values() for c in m.chunk_ids()}
+
+    def _remove_chunks(self, cids: set[str]) -> int:
+        freed = 0
+        for cid in cids:
+            freed += self.chunks.exists(cid)
+            self.chunks.remove(cid)
+        return freed
+
+    def disk_bytes(self) -> int:
+        return sum(size for _, size in self.chunks.all())
+
+    # -- integrity ------------------------------------------------------------
+
+    def fsck(self, manifests: list[Manifest]) -> FsckReport:
+        """Read and verify every chunk the given snapshots reference."""
+        report = FsckReport(snapshots=len(manifests))
+        users: dict[str, list[tuple[Manifest, str, int, ChunkRef]]] = {}
+        for m in manifests:
+            for entry in m.files:
+                offset = 0
+                for ref in entry.chunks:
+                    if ref.id != ZERO_CHUNK:
+                        users.setdefault(ref.id, []).append((m, entry.name, offset, ref))
+                    offset += ref.length
+
+        def check(cid: str) -> str:
+            m, name, offset, ref = users[cid][0]
+            try:
+                self.read_chunk(m, name, offset, ref)
+            except ChunkCorrupt as err:
+                return str(err.fields["problem"])
+            return ""
+
+        with self.lock.shared(), ThreadPoolExecutor(self.threads, thread_name_prefix="fsck") as pool:
+            for cid, problem in zip(users, pool.map(check, users), strict=True):
+                report.chunks_checked += 1
+                report.bytes_checked += users[cid][0][3].length
+                if problem:
+                    report.damage += [Damage(m.id, name, off, cid, problem) for m, name, off, _ in users[cid]]
+            live = self._live_chunks()
+            report.orphan_chunks = sum(1 for cid, _ in self.chunks.all() if cid not in live)
+        return report

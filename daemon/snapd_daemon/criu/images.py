@@ -1,0 +1,90 @@
+"""Reading CRIU image files: the page maps that say which bytes of a pages
+image belong to which virtual addresses.
+
+Format: two little-endian u32 magics (CRIU's common magic, then the image's
+own), then entries of ``u32 length`` + protobuf message.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from snapd_daemon.criu import images_pb2
+
+PAGE_SIZE = 4096
+IMG_COMMON_MAGIC = 0x54564319
+PAGEMAP_MAGIC = 0x56084025
+PE_PARENT = 1
+PE_LAZY = 2
+PE_PRESENT = 4
+_PAGEMAP_NAME = re.compile(r"pagemap-(\d+)\.img")
+
+
+class ImageFormatError(Exception):
+    """An image file does not have the layout CRIU writes."""
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """``nr_pages`` pages at ``vaddr`` whose bytes sit at ``offset`` in the pages image."""
+
+    vaddr: int
+    nr_pages: int
+    offset: int
+
+    @property
+    def length(self) -> int:
+        return self.nr_pages * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class PagesImage:
+    """One process's pages image and the runs of pages stored in it, in file order."""
+
+    pid: int
+    pages_file: str
+    runs: tuple[PageRun, ...]
+
+
+def _entries(data: bytes, expected_magic: int, path: Path) -> Iterator[bytes]:
+    if len(data) < 8:
+        raise ImageFormatError(f"{path}: {len(data)} bytes, too short for an image header")
+    common, magic = struct.unpack_from("<II", data, 0)
+    if common != IMG_COMMON_MAGIC or magic != expected_magic:
+        raise ImageFormatError(f"{path}: magic {common:#x}/{magic:#x}, expected {IMG_COMMON_MAGIC:#x}/{expected_magic:#x}")
+    pos = 8
+    while pos < len(data):
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + size > len(data):
+            raise ImageFormatError(f"{path}: entry of {size} bytes at offset {pos} runs past the end")
+        yield data[pos : pos + size]
+        pos += size
+
+
+def read_pagemap(path: Path) -> PagesImage:
+    """Parse ``pagemap-<pid>.img``: which pages file, and where each present run lies in it."""
+    match = _PAGEMAP_NAME.fullmatch(path.name)
+    if not match:
+        raise ImageFormatError(f"{path}: not a pagemap image name")
+    entries = _entries(path.read_bytes(), PAGEMAP_MAGIC, path)
+    head = images_pb2.PagemapHead.FromString(next(entries))
+    runs = []
+    offset = 0
+    for raw in entries:
+        e = images_pb2.PagemapEntry.FromString(raw)
+        nr = e.nr_pages if e.HasField("nr_pages") else e.compat_nr_pages
+        flags = e.flags if e.HasField("flags") else (PE_PARENT if e.in_parent else PE_PRESENT)
+        if flags & PE_PRESENT:
+            runs.append(PageRun(vaddr=e.vaddr, nr_pages=nr, offset=offset))
+            offset += nr * PAGE_SIZE
+    return PagesImage(pid=int(match.group(1)), pages_file=f"pages-{head.pages_id}.img", runs=tuple(runs))
+
+
+def pages_images(images_dir: Path) -> list[PagesImage]:
+    """Every process's pages image in a dump directory."""
+    return [read_pagemap(p) for p in sorted(images_dir.glob("pagemap-*.img"))]

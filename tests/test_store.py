@@ -1,0 +1,176 @@
+"""The content-addressed store: dedupe, integrity, GC, pins, crash safety."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import Daemon, Workloads, ask, gone, wait_for
+
+from snapd.v1 import snapd_pb2 as pb
+from snapd_client import SnapdClient, SnapdClientError
+from snapd_daemon.cas import chunkfile
+from snapd_daemon.cas.chunking import GRID, Piece, cut_fixed, cut_runs
+
+
+def test_runs_are_cut_on_the_address_grid() -> None:
+    runs = [(GRID - 4096, 3 * 4096, 0), (5 * GRID, GRID, 3 * 4096)]
+    assert cut_runs(runs) == [Piece(0, 4096), Piece(4096, 2 * 4096), Piece(3 * 4096, GRID)]
+    # CRIU's arbitrary 1 MiB entry splits inside one mapping do not move the cuts
+    split = [(0, 4096, 0), (4096, GRID - 4096, 4096), (GRID, 8192, GRID)]
+    assert cut_runs(split) == [Piece(0, GRID), Piece(GRID, 8192)]
+    assert cut_fixed(GRID + 10) == [Piece(0, GRID), Piece(GRID, 10)]
+
+
+def test_chunk_files_verify_their_content() -> None:
+    for raw in (bytes(1 << 20), b"snapd" * 1000, bytes(range(256)) * 4096):
+        cid = chunkfile.chunk_id(raw)
+        blob = chunkfile.encode(raw)
+        assert chunkfile.decode(blob, cid) == raw
+        flipped = bytearray(blob)
+        flipped[-1] ^= 1
+        with pytest.raises(chunkfile.ChunkDecodeError):
+            chunkfile.decode(bytes(flipped), cid)
+    assert chunkfile.encode(b"x" * 4096)[4] == chunkfile.CODEC_ZSTD
+
+
+def test_second_process_with_same_memory_adds_little(client: SnapdClient, workloads: Workloads) -> None:
+    a, _ = workloads.start("sharedbuf.py", "128", "7")
+    b, report_b = workloads.start("sharedbuf.py", "128", "7")
+    first = client.checkpoint(a, leave_running=True)
+    second = client.checkpoint(b)
+    assert first.raw_bytes > 128 << 20 and second.raw_bytes > 128 << 20
+    assert first.new_bytes > 128 << 20
+    # the 128 MiB buffer is shared; the second adds its private bytes and small change
+    assert second.new_bytes < 24 << 20, second.new_bytes
+    listing = client.list()
+    assert listing.store_disk_bytes < first.stored_bytes + (24 << 20)
+    _, digest = report_b.read_text().split()
+    wait_for(lambda: gone(b), 10, "the checkpointed process to stop")
+    client.restore(second.id)
+    workloads.track([b])
+    assert ask(b, report_b)[1] == digest
+
+
+def test_zero_pages_cost_nothing(client: SnapdClient, workloads: Workloads) -> None:
+    pid, _ = workloads.start("sharedbuf.py", "64", "0")
+    with_zeros = client.checkpoint(pid, leave_running=True)
+    assert with_zeros.stored_bytes < with_zeros.raw_bytes
+
+
+def _corrupt_one_chunk(daemon: Daemon, snap: pb.Snapshot) -> str:
+    pages = next(f for f in snap.files if f.name.startswith("pages-"))
+    manifest = (daemon.state_dir / "manifests" / f"{snap.id}.json").read_text()
+    entry = next(f for f in json.loads(manifest)["files"] if f["name"] == pages.name)
+    cid = next(c["id"] for c in entry["chunks"] if c["id"])
+    path = daemon.state_dir / "chunks" / cid[:2] / cid
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return cid
+
+
+def test_flipped_byte_is_reported_by_restore_and_fsck(client: SnapdClient, daemon: Daemon,
+                                                      workloads: Workloads) -> None:
+    pid, _ = workloads.start("memhold.py", "16")
+    snap = client.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    assert not client.fsck().damage
+    cid = _corrupt_one_chunk(daemon, snap)
+
+    with pytest.raises(SnapdClientError) as info:
+        client.restore(snap.id)
+    err = info.value
+    assert err.code == grpc.StatusCode.DATA_LOSS and err.error_class == "ChunkCorrupt"
+    assert snap.id in err.message and cid in err.message and "corrupt" in err.message
+    assert gone(pid)
+
+    report = client.fsck(snap.id)
+    assert [(d.snapshot_id, d.chunk) for d in report.damage] == [(snap.id, cid)]
+    assert daemon.staging_leftovers() == []
+
+
+def test_gc_honours_references_pins_and_retention(client: SnapdClient, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "8")
+    old = client.checkpoint(pid, name="svc", leave_running=True)
+    ask(pid, report)
+    new = client.checkpoint(pid, name="svc", leave_running=True)
+    client.pin(old.id)
+    assert client.get(old.id).pinned
+
+    plan = client.gc(keep_last=1, dry_run=True)
+    assert list(plan.expired_snapshots) == [] and plan.chunks == 0
+    with pytest.raises(SnapdClientError) as info:
+        client.delete(old.id)
+    assert info.value.error_class == "SnapshotPinned"
+
+    client.pin(old.id, False)
+    plan = client.gc(keep_last=1, dry_run=True)
+    assert list(plan.expired_snapshots) == [old.id] and plan.dry_run and plan.bytes > 0
+    assert len(client.list().snapshots) == 2
+    done = client.gc(keep_last=1)
+    assert list(done.expired_snapshots) == [old.id] and done.bytes == plan.bytes
+    assert [s.id for s in client.list().snapshots] == [new.id]
+    assert not client.fsck().damage and client.fsck().orphan_chunks == 0
+    workloads.kill_all()
+    client.restore(new.id, wait_for_exit_seconds=10)
+    workloads.track([pid])
+    assert ask(pid, report)[2] == "3"
+
+
+def test_kill_during_ingest_then_fsck_clean_and_gc_reclaims(daemon: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "768")
+    _, digest, _ = report.read_text().split()
+    storing = threading.Event()
+
+    def run() -> None:
+        with daemon.client() as c:
+            try:
+                c.checkpoint(pid, on_progress=lambda p: p.phase == pb.PHASE_COMMIT and p.bytes_done and storing.set())
+            except SnapdClientError:
+                pass
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert storing.wait(120), "no ingest progress seen"
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait()
+    t.join(30)
+    daemon.start()
+    wait_for(lambda: ask(pid, report, timeout=5)[1] == digest, 20, "the held process to be resumed")
+    with daemon.client() as c:
+        assert list(c.list().snapshots) == []
+        check = c.fsck()
+        assert not check.damage and check.orphan_chunks > 0
+        reclaimed = c.gc()
+        assert reclaimed.chunks == check.orphan_chunks
+        assert c.fsck().orphan_chunks == 0 and c.list().store_disk_bytes == 0
+    assert daemon.staging_leftovers() == []
+
+
+def test_gc_during_checkpoint_keeps_its_chunks(client: SnapdClient, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "512")
+    _, digest, _ = report.read_text().split()
+    storing = threading.Event()
+    result: dict[str, pb.Snapshot] = {}
+
+    def run() -> None:
+        result["snap"] = client.checkpoint(
+            pid, on_progress=lambda p: p.phase == pb.PHASE_COMMIT and p.bytes_done and storing.set()
+        )
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert storing.wait(120)
+    reclaimed = client.gc()
+    t.join(120)
+    assert reclaimed.chunks == 0
+    assert not client.fsck().damage
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    client.restore(result["snap"].id)
+    workloads.track([pid])
+    assert ask(pid, report)[1] == digest
