@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -76,6 +77,16 @@ class Ctx:
             click.echo(json.dumps(_as_dict(msg) if isinstance(msg, Message) else msg, indent=2, sort_keys=True))
         else:
             human()
+
+
+def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        parsed[key] = value
+    return parsed
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,22 +158,24 @@ def serve(state_dir: Path, socket_path: Path, tcp: str, metrics_address: str, cr
 @click.option("--name", default="", help="Snapshot name (restore accepts it instead of the id).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label to store (repeatable).")
 @click.option("--leave-running", is_flag=True, help="Keep the process running after the checkpoint.")
+@click.option("--pre-hook", default="", metavar="COMMAND",
+              help="Command the daemon runs before freezing anything (shell-style words, no shell).")
+@click.option("--hook-timeout", type=click.IntRange(0, 3600), default=0, help="Seconds for the hook (default 60).")
+@click.option("--cuda-lock-timeout-ms", type=click.IntRange(0), default=0,
+              help="How long CUDA may wait for in-flight GPU work (default 30000).")
 @_json_option
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
-               as_json: bool) -> None:
-    """Checkpoint process tree PID into a new snapshot."""
-    parsed = {}
-    for item in labels:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
-        parsed[key] = value
+               pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, as_json: bool) -> None:
+    """Checkpoint process tree PID (with its GPU state) into a new snapshot."""
+    parsed = _pairs(labels, "--label")
 
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
-            snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running, on_progress=bar)
+            snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
+                                     pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
+                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, on_progress=bar)
         bar.done()
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
@@ -175,15 +188,24 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @cli.command()
 @click.argument("snapshot")
 @click.option("--wait-for-exit", type=int, default=0, help="Seconds to wait for exiting holders of the snapshot's pids.")
+@click.option("--gpu-map", "gpu_map", multiple=True, metavar="OLD_UUID=NEW_UUID",
+              help="Restore the snapshot's GPU OLD_UUID onto this host's NEW_UUID (repeatable).")
+@click.option("--post-hook", default="", metavar="COMMAND",
+              help="Command the daemon runs once the tree is back (its failure kills the tree).")
+@click.option("--hook-timeout", type=click.IntRange(0, 3600), default=0, help="Seconds for the hook (default 60).")
 @_json_option
 @click.pass_context
-def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, as_json: bool) -> None:
+def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...], post_hook: str,
+            hook_timeout: int, as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or a name: its newest snapshot)."""
+    mapping = _pairs(gpu_map, "--gpu-map")
 
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
-            res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, on_progress=bar)
+            res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
+                                 post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
+                                 on_progress=bar)
         bar.done()
         c.emit(res, lambda: click.echo(
             f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"))

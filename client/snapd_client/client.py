@@ -96,16 +96,33 @@ class SnapdClient:
         name: str = "",
         labels: dict[str, str] | None = None,
         leave_running: bool = False,
+        pre_checkpoint_hook: list[str] | None = None,
+        hook_timeout_seconds: int = 0,
+        cuda_lock_timeout_ms: int = 0,
         on_progress: ProgressCallback | None = None,
     ) -> pb.Snapshot:
-        request = pb.CheckpointRequest(pid=pid, name=name, labels=labels or {}, leave_running=leave_running)
+        request = pb.CheckpointRequest(
+            pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
+            pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
+            cuda_lock_timeout_ms=cuda_lock_timeout_ms,
+        )
         result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress)
         return result
 
     def restore(
-        self, snapshot: str, *, wait_for_exit_seconds: int = 0, on_progress: ProgressCallback | None = None
+        self,
+        snapshot: str,
+        *,
+        wait_for_exit_seconds: int = 0,
+        gpu_uuid_map: dict[str, str] | None = None,
+        post_restore_hook: list[str] | None = None,
+        hook_timeout_seconds: int = 0,
+        on_progress: ProgressCallback | None = None,
     ) -> pb.RestoreResult:
-        request = pb.RestoreRequest(snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds)
+        request = pb.RestoreRequest(
+            snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
+            post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
+        )
         result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress)
         return result
 

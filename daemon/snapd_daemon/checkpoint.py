@@ -17,11 +17,13 @@ import socket
 import time
 from dataclasses import dataclass
 
+import psutil
 import structlog
 
-from snapd_daemon import metrics
+from snapd_daemon import gpu, metrics
 from snapd_daemon.criu import actions
-from snapd_daemon.errors import CriuFailed
+from snapd_daemon.errors import CriuFailed, CudaFailed
+from snapd_daemon.hooks import Hook
 from snapd_daemon.fsutil import tree_size
 from snapd_daemon.manifest import Manifest, new_snapshot_id
 from snapd_daemon.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
@@ -39,6 +41,8 @@ class CheckpointSpec:
     name: str = ""
     labels: dict[str, str] | None = None
     leave_running: bool = False
+    pre_hook: Hook | None = None
+    cuda_lock_timeout_ms: int = 0
 
 
 class _PostDumpHold:
@@ -63,19 +67,46 @@ class _PostDumpHold:
             self.held = False
 
 
+def _tree_rss(tree: ProcessTree) -> int:
+    """Current resident bytes of the tree (after a CUDA checkpoint it includes the VRAM copy)."""
+    total = 0
+    for pid in tree.pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter) -> Manifest:
     started = time.monotonic()
     report(ProgressEvent(Phase.VALIDATE, message=f"inspecting pid {spec.pid}"))
     tree = inspect_tree(spec.pid, rt.daemon_pid)
+    gpu_record = gpu.preflight(tree)
     with rt.registry.claim("checkpoint", operation_id, pids=tree.pids):
         log.info(
             "checkpoint.start", pid=spec.pid, processes=len(tree.processes), rss_bytes=tree.rss_bytes,
             leave_running=spec.leave_running, shell_job=tree.external_session,
+            cuda_pids=list(gpu_record.cuda_pids) if gpu_record else [],
         )
-        staging = rt.store.new_staging(operation_id, needed=tree.rss_bytes)
-        hold = _PostDumpHold(tree, staging)
+        if spec.pre_hook:
+            report(ProgressEvent(Phase.HOOK, message="pre-checkpoint hook"))
+            spec.pre_hook.run("pre-checkpoint", {"SNAPD_PID": str(spec.pid), "SNAPD_OPERATION": operation_id})
+        freeze = gpu.CudaFreeze(
+            gpu_record.cuda_pids if gpu_record else (),
+            spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms,
+        )
+        staging: Staging | None = None
+        hold: _PostDumpHold | None = None
         try:
-            with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, tree.rss_bytes):
+            if gpu_record:
+                report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(freeze.pids)}"))
+                with metrics.phase("checkpoint", "gpu-checkpoint"):
+                    freeze.freeze()
+            needed = _tree_rss(tree)
+            staging = rt.store.new_staging(operation_id, needed=needed)
+            hold = _PostDumpHold(tree, staging)
+            with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, needed):
                 try:
                     actions.dump(
                         rt.criu, spec.pid, staging.images, staging.work,
@@ -84,7 +115,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                         on_notify=None if spec.leave_running else hold,
                     )
                 except CriuFailed as exc:
-                    full = rt.store.staging_full(staging, needed=tree.rss_bytes)
+                    full = rt.store.staging_full(staging, needed=needed)
                     if full:
                         raise full from exc
                     raise
@@ -94,25 +125,37 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                 id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
                 root_pid=spec.pid, processes=list(tree.processes), criu_version=rt.criu.version,
                 kernel=platform.release(), hostname=socket.gethostname(), shell_job=tree.external_session,
-                leave_running=spec.leave_running,
+                leave_running=spec.leave_running, gpu=gpu_record,
             )
             manifest.checkpoint_seconds = round(time.monotonic() - started, 3)
             with metrics.phase("checkpoint", "commit"):
                 manifest = rt.store.commit(
                     staging, manifest, lambda done: report(ProgressEvent(Phase.COMMIT, done, raw_total))
                 )
-        except BaseException:
-            hold.release()
-            rt.store.discard(staging)
+        except BaseException as exc:
+            if hold:
+                hold.release()
+            problems = freeze.thaw()
+            if staging:
+                rt.store.discard(staging)
+            if problems:
+                raise CudaFailed(action="rollback", pid=spec.pid, reason="; ".join(problems),
+                                 rollback=f" (undoing the GPU checkpoint after: {exc})") from exc
             raise
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
-        if not spec.leave_running:
+        if spec.leave_running:
+            problems = freeze.thaw()
+            rt.store.discard(staging)
+            if problems:
+                raise CudaFailed(action="resume", pid=spec.pid, reason="; ".join(problems),
+                                 rollback=f" (snapshot {manifest.id} was stored)")
+        else:
             report(ProgressEvent(Phase.STOP_SOURCE, message=f"stopping pids {tree.pids}"))
             signal_tree(tree, signal.SIGKILL)
             left = wait_for_state(tree.pids, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)
             if left:
                 log.warning("checkpoint.source_still_alive", pids=left)
-        rt.store.discard(staging)
+            rt.store.discard(staging)
         log.info("checkpoint.done", snapshot=manifest.id, raw_bytes=manifest.raw_bytes,
                  stored_bytes=manifest.stored_bytes, new_bytes=manifest.new_bytes,
                  seconds=round(time.monotonic() - started, 3))

@@ -16,6 +16,9 @@ _PHASES = {
     Phase.STOP_SOURCE: pb.PHASE_STOP_SOURCE,
     Phase.PREPARE: pb.PHASE_PREPARE,
     Phase.RESTORE: pb.PHASE_RESTORE,
+    Phase.GPU_CHECKPOINT: pb.PHASE_GPU_CHECKPOINT,
+    Phase.GPU_RESTORE: pb.PHASE_GPU_RESTORE,
+    Phase.HOOK: pb.PHASE_HOOK,
 }
 
 
@@ -53,6 +56,18 @@ def snapshot(m: Manifest, pinned: bool) -> pb.Snapshot:
         files=[pb.ImageFile(name=f.name, size_bytes=f.size_bytes) for f in m.files],
     )
     msg.created.FromNanoseconds(int(m.created * 1e9))
+    if m.gpu is not None:
+        msg.gpu.CopyFrom(
+            pb.GpuInfo(
+                driver_version=m.gpu.driver_version,
+                cuda_driver_api=m.gpu.cuda_driver_api,
+                cuda_pids=list(m.gpu.cuda_pids),
+                devices=[
+                    pb.GpuDevice(index=d.index, name=d.name, uuid=d.uuid, memory_bytes=d.memory_bytes)
+                    for d in m.gpu.devices
+                ],
+            )
+        )
     return msg
 
 

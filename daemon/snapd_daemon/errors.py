@@ -140,6 +140,34 @@ class SnapshotPinned(SnapdError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class GpuUnsupported(SnapdError):
+    """pid {pid} ({name}) cannot be checkpointed with its GPU state: {reason}. Fix: {fix}"""
+
+    exit_code = 26
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class GpuMismatch(SnapdError):
+    """snapshot {snapshot_id} cannot be restored on this host's GPUs: {reason}"""
+
+    exit_code = 27
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class CudaFailed(SnapdError):
+    """CUDA {action} of pid {pid} failed: {reason}{rollback}"""
+
+    exit_code = 28
+    status = grpc.StatusCode.INTERNAL
+
+
+class HookFailed(SnapdError):
+    """{hook} hook {argv} failed: {reason}{rollback}"""
+
+    exit_code = 29
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -157,4 +185,8 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapshotBusy,
     ChunkCorrupt,
     SnapshotPinned,
+    GpuUnsupported,
+    GpuMismatch,
+    CudaFailed,
+    HookFailed,
 )

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from snapd_daemon.gpu import GpuRecord
 from snapd_daemon.processes import ProcessRecord
 
 FORMAT_VERSION = 1
@@ -55,6 +56,7 @@ class Manifest:
     stored_bytes: int = 0
     new_bytes: int = 0
     checkpoint_seconds: float = 0.0
+    gpu: GpuRecord | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -80,4 +82,6 @@ class Manifest:
         data["files"] = [
             ImageEntry(f["name"], f["size_bytes"], tuple(ChunkRef(**c) for c in f["chunks"])) for f in data["files"]
         ]
+        if data.get("gpu"):
+            data["gpu"] = GpuRecord.from_dict(data["gpu"])
         return cls(**data)

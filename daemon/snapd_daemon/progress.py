@@ -19,6 +19,9 @@ class Phase(enum.Enum):
     STOP_SOURCE = "stop-source"
     PREPARE = "prepare"
     RESTORE = "restore"
+    GPU_CHECKPOINT = "gpu-checkpoint"
+    GPU_RESTORE = "gpu-restore"
+    HOOK = "hook"
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,17 @@ directory (RAM when it has room), from which CRIU restores.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon import metrics
+from snapd_daemon import gpu, metrics
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import PidsInUse, PidsStillExiting
+from snapd_daemon.hooks import Hook
 from snapd_daemon.manifest import Manifest
 from snapd_daemon.processes import PidState, pid_state, wait_for_state
 from snapd_daemon.progress import Phase, ProgressEvent, Reporter
@@ -63,12 +66,31 @@ def _ppid(pid: int) -> str:
         return "?"
 
 
-def restore(rt: Runtime, ref: str, wait_seconds: float, operation_id: str, report: Reporter) -> RestoreOutcome:
+@dataclass(frozen=True)
+class RestoreSpec:
+    ref: str
+    wait_seconds: float = 0.0
+    gpu_uuid_map: dict[str, str] = field(default_factory=dict)
+    post_hook: Hook | None = None
+
+
+def _kill_restored(pids: list[int]) -> None:
+    """SIGKILL a tree this operation restored (its pids are claimed by the operation)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for_state(pids, {PidState.FREE, PidState.EXITING}, 30)
+
+
+def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter) -> RestoreOutcome:
     started = time.monotonic()
-    manifest = rt.store.get(ref)
+    manifest = rt.store.get(spec.ref)
     with rt.registry.claim("restore", operation_id, pids=manifest.pids, snapshot_id=manifest.id):
         report(ProgressEvent(Phase.PREPARE, 0, manifest.raw_bytes, f"checking pids {manifest.pids}"))
-        ensure_pids_free(manifest, wait_seconds or rt.settings.pid_wait_seconds)
+        pairs = gpu.restore_pairs(manifest.id, manifest.gpu, spec.gpu_uuid_map) if manifest.gpu else []
+        ensure_pids_free(manifest, spec.wait_seconds or rt.settings.pid_wait_seconds)
         run_dir = rt.store.new_staging(operation_id, needed=manifest.raw_bytes)
         try:
             with metrics.phase("restore", "materialize"):
@@ -85,6 +107,19 @@ def restore(rt: Runtime, ref: str, wait_seconds: float, operation_id: str, repor
         finally:
             rt.store.discard(run_dir)
         metrics.BYTES_READ.inc(manifest.raw_bytes)
+        try:
+            if manifest.gpu:
+                report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(manifest.gpu.cuda_pids)}"))
+                with metrics.phase("restore", "gpu-restore"):
+                    gpu.resume_restored(manifest.gpu.cuda_pids, pairs)
+            if spec.post_hook:
+                report(ProgressEvent(Phase.HOOK, message="post-restore hook"))
+                spec.post_hook.run("post-restore", {"SNAPD_PID": str(root), "SNAPD_OPERATION": operation_id,
+                                                    "SNAPD_SNAPSHOT_ID": manifest.id},
+                                   rollback="; the restored tree was killed")
+        except BaseException:
+            _kill_restored(manifest.pids)
+            raise
         report(ProgressEvent(Phase.RESTORE, manifest.raw_bytes, manifest.raw_bytes, f"restored as pid {root}"))
         outcome = RestoreOutcome(
             snapshot_id=manifest.id, root_pid=root, pids=manifest.pids, seconds=round(time.monotonic() - started, 3)

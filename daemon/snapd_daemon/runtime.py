@@ -20,6 +20,8 @@ class Settings:
     criu_log_level: int = 4
     # Seconds CRIU may take to freeze the tree at dump.
     freeze_timeout: int = 30
+    # How long the CUDA driver may wait for in-flight GPU work when locking.
+    cuda_lock_timeout_ms: int = 30_000
     # Default seconds a restore waits for exiting holders of the snapshot's pids.
     pid_wait_seconds: float = 10.0
     # Where CRIU's images are staged: "auto" (RAM when it has room), "ram" or "disk".

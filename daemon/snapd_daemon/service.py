@@ -22,11 +22,12 @@ from snapd.v1 import snapd_pb2_grpc
 from snapd_daemon import __version__, convert, doctor, metrics, validation
 from snapd_daemon.checkpoint import CheckpointSpec, checkpoint
 from snapd_daemon.errors import SnapdError
+from snapd_daemon.hooks import Hook
 from snapd_daemon.manifest import Manifest
 from snapd_daemon.operations import new_operation_id
 from snapd_daemon.processes import validate_pid
 from snapd_daemon.progress import ProgressEvent, Reporter
-from snapd_daemon.restore import restore
+from snapd_daemon.restore import RestoreSpec, restore
 from snapd_daemon.runtime import Runtime
 
 log = structlog.get_logger()
@@ -99,6 +100,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 name=validation.snapshot_name(request.name),
                 labels=validation.labels(dict(request.labels)),
                 leave_running=request.leave_running,
+                pre_hook=Hook.parse("pre_checkpoint_hook", list(request.pre_checkpoint_hook.argv),
+                                    request.pre_checkpoint_hook.timeout_seconds),
+                cuda_lock_timeout_ms=request.cuda_lock_timeout_ms,
             )
         except SnapdError as err:
             abort(context, err)
@@ -112,13 +116,19 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
 
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreEvent]:
         try:
-            ref = validation.snapshot_ref(request.snapshot)
+            spec = RestoreSpec(
+                ref=validation.snapshot_ref(request.snapshot),
+                wait_seconds=request.wait_for_exit_seconds,
+                gpu_uuid_map=validation.gpu_uuid_map(dict(request.gpu_uuid_map)),
+                post_hook=Hook.parse("post_restore_hook", list(request.post_restore_hook.argv),
+                                     request.post_restore_hook.timeout_seconds),
+            )
         except SnapdError as err:
             abort(context, err)
         yield from self._stream(
             "restore",
             context,
-            lambda op_id, report: restore(self.rt, ref, request.wait_for_exit_seconds, op_id, report),
+            lambda op_id, report: restore(self.rt, spec, op_id, report),
             lambda p: pb.RestoreEvent(progress=p),
             lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id)),
         )

@@ -45,3 +45,14 @@ def snapshot_ref(ref: str) -> str:
     if len(ref) > MAX_REF or "/" in ref or ref in (".", "..") or any(ord(c) < 32 for c in ref):
         raise InvalidRequest(field="snapshot", reason=f"{ref[:40]!r} is not a snapshot id or name")
     return ref
+
+
+GPU_UUID_RE = re.compile(r"GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def gpu_uuid_map(mapping: dict[str, str]) -> dict[str, str]:
+    for old, new in mapping.items():
+        for uuid in (old, new):
+            if not GPU_UUID_RE.fullmatch(uuid):
+                raise InvalidRequest(field="gpu_uuid_map", reason=f"{uuid[:60]!r} is not a GPU UUID (GPU-xxxxxxxx-...)")
+    return dict(mapping)

@@ -19,6 +19,9 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_STOP_SOURCE: _ClassVar[Phase]
     PHASE_PREPARE: _ClassVar[Phase]
     PHASE_RESTORE: _ClassVar[Phase]
+    PHASE_GPU_CHECKPOINT: _ClassVar[Phase]
+    PHASE_GPU_RESTORE: _ClassVar[Phase]
+    PHASE_HOOK: _ClassVar[Phase]
 PHASE_UNSPECIFIED: Phase
 PHASE_VALIDATE: Phase
 PHASE_DUMP: Phase
@@ -26,9 +29,12 @@ PHASE_COMMIT: Phase
 PHASE_STOP_SOURCE: Phase
 PHASE_PREPARE: Phase
 PHASE_RESTORE: Phase
+PHASE_GPU_CHECKPOINT: Phase
+PHASE_GPU_RESTORE: Phase
+PHASE_HOOK: Phase
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("pid", "name", "labels", "leave_running")
+    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,19 +46,42 @@ class CheckpointRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PRE_CHECKPOINT_HOOK_FIELD_NUMBER: _ClassVar[int]
+    CUDA_LOCK_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     name: str
     labels: _containers.ScalarMap[str, str]
     leave_running: bool
-    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ...) -> None: ...
+    pre_checkpoint_hook: Hook
+    cuda_lock_timeout_ms: int
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class Hook(_message.Message):
+    __slots__ = ("argv", "timeout_seconds")
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    timeout_seconds: int
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("snapshot", "wait_for_exit_seconds")
+    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook")
+    class GpuUuidMapEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_EXIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUID_MAP_FIELD_NUMBER: _ClassVar[int]
+    POST_RESTORE_HOOK_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
     wait_for_exit_seconds: int
-    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ...) -> None: ...
+    gpu_uuid_map: _containers.ScalarMap[str, str]
+    post_restore_hook: Hook
+    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("operation_id", "phase", "bytes_done", "bytes_total", "message")
@@ -123,7 +152,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +176,7 @@ class Snapshot(_message.Message):
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NEW_BYTES_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -163,7 +193,32 @@ class Snapshot(_message.Message):
     leave_running: bool
     new_bytes: int
     pinned: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    gpu: GpuInfo
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ...) -> None: ...
+
+class GpuDevice(_message.Message):
+    __slots__ = ("index", "name", "uuid", "memory_bytes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    uuid: str
+    memory_bytes: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
+class GpuInfo(_message.Message):
+    __slots__ = ("driver_version", "cuda_driver_api", "devices", "cuda_pids")
+    DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CUDA_DRIVER_API_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CUDA_PIDS_FIELD_NUMBER: _ClassVar[int]
+    driver_version: str
+    cuda_driver_api: int
+    devices: _containers.RepeatedCompositeFieldContainer[GpuDevice]
+    cuda_pids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, driver_version: _Optional[str] = ..., cuda_driver_api: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., cuda_pids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListSnapshotsRequest(_message.Message):
     __slots__ = ("name",)

@@ -1,0 +1,220 @@
+"""GPU side of checkpoint and restore, through the CUDA driver's checkpoint API.
+
+Checkpoint: refuse what cannot work before anything is touched (``preflight``),
+then lock every CUDA process of the tree, then checkpoint each (VRAM into the
+process's host memory): CRIU then sees plain CPU processes. ``CudaFreeze.thaw``
+undoes exactly the steps that were done, in reverse, and is the rollback of
+every failure after the first lock.
+Restore: after CRIU, restore and unlock every CUDA process of the snapshot,
+onto the same GPUs or onto others given as old -> new UUID pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import structlog
+
+from snapd_daemon.cuda import driver
+from snapd_daemon.errors import CudaFailed, GpuMismatch, GpuUnsupported
+from snapd_daemon.processes import ProcessTree
+
+log = structlog.get_logger()
+# cuDriverGetVersion of the r570 branch, the first with the checkpoint API
+MIN_DRIVER_API = 12080
+MPS_PIPE_DEFAULT = "/tmp/nvidia-mps"
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    name: str
+    uuid: str
+    memory_bytes: int
+    mig_enabled: bool = False
+
+
+@dataclass(frozen=True)
+class GpuRecord:
+    """What a snapshot needs to know about the GPUs it was taken on."""
+
+    driver_version: str
+    cuda_driver_api: int
+    devices: tuple[GpuDevice, ...]
+    cuda_pids: tuple[int, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> GpuRecord:
+        devices = tuple(GpuDevice(**d) for d in data["devices"])  # type: ignore[attr-defined]
+        return cls(
+            driver_version=str(data["driver_version"]),
+            cuda_driver_api=int(data["cuda_driver_api"]),  # type: ignore[call-overload]
+            devices=devices,
+            cuda_pids=tuple(data["cuda_pids"]),  # type: ignore[arg-type]
+        )
+
+
+def inventory() -> tuple[str, tuple[GpuDevice, ...]]:
+    """(driver version, devices) from NVML; ("", ()) when no NVIDIA driver is reachable."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # NVML raises its own error classes, or ImportError without the module
+        return "", ()
+    try:
+        devices = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            try:
+                mig = bool(pynvml.nvmlDeviceGetMigMode(h)[0])
+            except pynvml.NVMLError:
+                mig = False
+            devices.append(GpuDevice(i, pynvml.nvmlDeviceGetName(h), pynvml.nvmlDeviceGetUUID(h),
+                                     int(pynvml.nvmlDeviceGetMemoryInfo(h).total), mig))
+        return pynvml.nvmlSystemGetDriverVersion(), tuple(devices)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _uses_mps(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(e.startswith(b"CUDA_MPS_PIPE_DIRECTORY=") for e in env) or os.path.exists(
+        f"{MPS_PIPE_DEFAULT}/control"
+    )
+
+
+def preflight(tree: ProcessTree) -> GpuRecord | None:
+    """The GPU record to checkpoint ``tree`` with (None: no CUDA in it), or a refusal.
+
+    Refuses, naming the pid and the fix: a pid mapping /dev/nvidia* with no
+    CUDA context, a driver without the checkpoint API (< r570), MPS clients,
+    and GPUs in MIG mode.
+    """
+    if not driver.available():
+        return None
+    orphans = driver.nvidia_mapped_without_context(tree.pids)
+    if orphans:
+        pid = orphans[0]
+        raise GpuUnsupported(
+            pid=pid, name=_comm(pid),
+            reason="it maps /dev/nvidia* but holds no CUDA context (a child forked from a CUDA process "
+                   "without exec, e.g. torch inductor's compile worker); CRIU cannot dump such mappings",
+            fix="start the server with TORCHINDUCTOR_COMPILE_THREADS=1 (or end that child) before checkpointing",
+        )
+    cuda = driver.cuda_pids(tree.pids)
+    if not cuda:
+        return None
+    api = driver.driver_version()
+    if api < MIN_DRIVER_API:
+        raise GpuUnsupported(pid=cuda[0], name=_comm(cuda[0]),
+                             reason=f"the driver's CUDA API version is {api}; checkpointing needs r570+ ({MIN_DRIVER_API})",
+                             fix="upgrade the NVIDIA driver to 570 or newer")
+    for pid in cuda:
+        if _uses_mps(pid):
+            raise GpuUnsupported(pid=pid, name=_comm(pid), reason="it is an MPS client",
+                                 fix="run the server without MPS")
+    version, devices = inventory()
+    mig = [d for d in devices if d.mig_enabled]
+    if mig:
+        raise GpuUnsupported(pid=cuda[0], name=_comm(cuda[0]),
+                             reason=f"GPU {mig[0].index} ({mig[0].uuid}) is in MIG mode",
+                             fix="disable MIG mode (nvidia-smi -mig 0) for checkpointable servers")
+    return GpuRecord(driver_version=version, cuda_driver_api=api, devices=devices, cuda_pids=tuple(cuda))
+
+
+class CudaFreeze:
+    """Locks then checkpoints a set of CUDA processes; ``thaw`` undoes what was done."""
+
+    def __init__(self, pids: tuple[int, ...], lock_timeout_ms: int) -> None:
+        self.pids = pids
+        self.lock_timeout_ms = lock_timeout_ms
+        self.locked: list[int] = []
+        self.checkpointed: list[int] = []
+
+    def freeze(self) -> None:
+        for pid in self.pids:
+            _cuda_call("lock", pid, lambda p=pid: driver.lock(p, self.lock_timeout_ms))
+            self.locked.append(pid)
+        for pid in self.pids:
+            _cuda_call("checkpoint", pid, lambda p=pid: driver.checkpoint(p))
+            self.checkpointed.append(pid)
+
+    def thaw(self) -> list[str]:
+        """Restore and unlock, in reverse, whatever ``freeze`` did; returns the problems met."""
+        problems = []
+        for done, undo in ((self.checkpointed, driver.restore), (self.locked, driver.unlock)):
+            while done:
+                pid = done.pop()
+                try:
+                    undo(pid)
+                except (driver.CudaDriverError, driver.CudaUnavailable) as exc:
+                    problems.append(str(exc))
+                    log.error("cuda.thaw_failed", pid=pid, error=str(exc))
+        return problems
+
+
+def _cuda_call(action: str, pid: int, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except (driver.CudaDriverError, driver.CudaUnavailable) as exc:
+        raise CudaFailed(action=action, pid=pid, reason=str(exc), rollback="") from exc
+
+
+def restore_pairs(snapshot_id: str, record: GpuRecord, uuid_map: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """GPU pairs for restoring ``record``'s processes on this host, or GpuMismatch.
+
+    Checks the driver branch and the GPU model. Without ``uuid_map``, the
+    snapshot's GPUs are used if present, else this host's GPUs in index order.
+    """
+    version, devices = inventory()
+    if not devices:
+        raise GpuMismatch(snapshot_id=snapshot_id, reason="no NVIDIA GPU or driver on this host")
+    if version.split(".")[0] != record.driver_version.split(".")[0]:
+        raise GpuMismatch(snapshot_id=snapshot_id,
+                          reason=f"driver {version} here, snapshot taken with {record.driver_version} "
+                                 "(the driver branch must match)")
+    if len(devices) < len(record.devices):
+        raise GpuMismatch(snapshot_id=snapshot_id,
+                          reason=f"{len(devices)} GPU(s) here, the snapshot was taken with {len(record.devices)}")
+    by_uuid = {d.uuid: d for d in devices}
+    targets: dict[str, GpuDevice] = {}
+    for i, old in enumerate(record.devices):
+        new_uuid = uuid_map.get(old.uuid) or (old.uuid if old.uuid in by_uuid else devices[i].uuid)
+        new = by_uuid.get(new_uuid)
+        if new is None:
+            raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no GPU {new_uuid} on this host")
+        if new.name != old.name:
+            raise GpuMismatch(snapshot_id=snapshot_id,
+                              reason=f"GPU {old.uuid} was a {old.name}; {new.uuid} here is a {new.name}")
+        targets[old.uuid] = new
+    unknown = set(uuid_map) - targets.keys()
+    if unknown:
+        raise GpuMismatch(snapshot_id=snapshot_id, reason=f"GPU map names GPUs not in the snapshot: {sorted(unknown)}")
+    return [(driver.gpu_uuid_bytes(old), driver.gpu_uuid_bytes(new.uuid))
+            for old, new in targets.items() if old != new.uuid]
+
+
+def resume_restored(pids: tuple[int, ...], pairs: list[tuple[bytes, bytes]]) -> None:
+    """Restore (VRAM back to the GPU) then unlock every CUDA process of a restored tree."""
+    for pid in pids:
+        _cuda_call("restore", pid, lambda p=pid: driver.restore(p, pairs or None))
+    for pid in pids:
+        _cuda_call("unlock", pid, lambda p=pid: driver.unlock(p))
