@@ -208,8 +208,9 @@ def restore_pairs(snapshot_id: str, record: GpuRecord, uuid_map: dict[str, str])
     unknown = set(uuid_map) - targets.keys()
     if unknown:
         raise GpuMismatch(snapshot_id=snapshot_id, reason=f"GPU map names GPUs not in the snapshot: {sorted(unknown)}")
+    # pairs for every GPU that moves, and for every GPU the caller mapped explicitly
     return [(driver.gpu_uuid_bytes(old), driver.gpu_uuid_bytes(new.uuid))
-            for old, new in targets.items() if old != new.uuid]
+            for old, new in targets.items() if old != new.uuid or old in uuid_map]
 
 
 def resume_restored(pids: tuple[int, ...], pairs: list[tuple[bytes, bytes]]) -> None:

@@ -1,0 +1,202 @@
+"""GPU checkpoint/restore of the reference inference server (marker ``gpu``).
+
+Skipped, with the reason, where no NVIDIA GPU with the CUDA checkpoint API is
+present. Each test asserts on greedy tokens: the restored server must answer
+exactly as it did before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import Daemon, Workloads, gone, wait_for
+
+from snapd_client import SnapdClient, SnapdClientError
+from snapd_daemon.cuda import driver
+from snapd_daemon.gpu import inventory
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "scripts" / "reference_server.py"
+PROMPT = [1, 15, 300, 42, 7, 99, 1000, 5]
+
+
+def _gpu_missing() -> str:
+    if not driver.available():
+        return "libcuda.so.1 with the checkpoint API (driver >= 570) is not present"
+    if not inventory()[1]:
+        return "NVML reports no NVIDIA GPU"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch is not installed (the reference server needs it)"
+    return ""
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_gpu_missing()), reason=_gpu_missing() or "GPU present")]
+
+
+@dataclass
+class Server:
+    pid: int
+    port: int
+    info: dict[str, object]
+
+    def ask(self, max_new_tokens: int = 16) -> dict[str, object]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/generate", method="POST",
+                                     data=json.dumps({"tokens": PROMPT, "max_new_tokens": max_new_tokens}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return json.loads(resp.read())
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny"
+    subprocess.run([sys.executable, str(SERVER), "--weights-dir", str(path), "--preset", "tiny", "--prepare-only"],
+                   check=True, timeout=600)
+    return path
+
+
+@pytest.fixture
+def start_server(weights: Path, tmp_path: Path, workloads: Workloads) -> Iterator:
+    started: list[int] = []
+
+    def start(*flags: str) -> Server:
+        ready = tmp_path / f"ready-{len(started)}.json"
+        log = open(tmp_path / f"server-{len(started)}.log", "wb")
+        proc = subprocess.Popen([sys.executable, str(SERVER), "--weights-dir", str(weights), "--preset", "tiny",
+                                 "--port", "0", "--ready-file", str(ready), *flags],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        threading.Thread(target=proc.wait, daemon=True).start()
+        started.append(proc.pid)
+        workloads.track([proc.pid])
+        wait_for(lambda: ready.exists() or proc.poll() is not None, 600, "the reference server to be ready")
+        assert ready.exists(), (tmp_path / f"server-{len(started) - 1}.log").read_text()[-3000:]
+        info = json.loads(ready.read_text())
+        return Server(pid=proc.pid, port=int(info["port"]), info=info)
+
+    yield start
+    for pid in started:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _tree_pids(root: int) -> list[int]:
+    return [root] + [c.pid for c in psutil.Process(root).children(recursive=True)]
+
+
+def test_single_process_server_answers_identically_after_restore(client: SnapdClient, start_server) -> None:
+    server = start_server("--kv-cache-fraction", "0.05", "--cuda-graph")
+    before = server.ask()
+    snap = client.checkpoint(server.pid, name="tiny")
+    assert list(snap.gpu.cuda_pids) == [server.pid] and snap.gpu.devices
+    wait_for(lambda: gone(server.pid), 30, "the server to stop")
+    started = time.monotonic()
+    result = client.restore("tiny")
+    after = server.ask()
+    print(f"restore {result.duration_seconds:.2f} s, first answer {time.monotonic() - started:.2f} s")
+    assert after["tokens"] == before["tokens"]
+    assert after["graph_checksum"] == before["graph_checksum"] is not None
+    assert driver.state(server.pid) == driver.CudaState.RUNNING
+
+
+def test_engine_child_mode_two_cuda_processes(client: SnapdClient, start_server) -> None:
+    server = start_server("--engine-process")
+    before = server.ask()
+    engine = int(server.info["engine_pid"])  # type: ignore[arg-type]
+    snap = client.checkpoint(server.pid)
+    assert sorted(snap.gpu.cuda_pids) == sorted([server.pid, engine])
+    wait_for(lambda: gone(server.pid) and gone(engine), 30, "the server tree to stop")
+    client.restore(snap.id)
+    assert server.ask()["tokens"] == before["tokens"]
+
+
+def test_leave_running_then_restore_onto_explicit_gpu_map(client: SnapdClient, start_server) -> None:
+    server = start_server()
+    before = server.ask()
+    snap = client.checkpoint(server.pid, leave_running=True)
+    assert server.ask()["tokens"] == before["tokens"]  # the original serves on
+    assert driver.state(server.pid) == driver.CudaState.RUNNING
+    for pid in _tree_pids(server.pid):
+        os.kill(pid, signal.SIGKILL)
+    uuid = snap.gpu.devices[0].uuid
+    client.restore(snap.id, wait_for_exit_seconds=30, gpu_uuid_map={uuid: uuid})
+    assert server.ask()["tokens"] == before["tokens"]
+
+
+def test_criu_failure_after_gpu_checkpoint_rolls_back(tmp_path: Path, start_server) -> None:
+    server = start_server("--kv-cache-fraction", "0.02")
+    before = server.ask()
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(tiny)], check=True)
+    d = Daemon(tmp_path / "d", ("--scratch", "disk"))
+    d.root.mkdir()
+    d.state_dir = tiny / "state"
+    d.start()
+    try:
+        with d.client() as c, pytest.raises(SnapdClientError) as info:
+            c.checkpoint(server.pid)
+        assert info.value.error_class in ("StoreFull", "CriuFailed"), info.value.message
+        assert driver.state(server.pid) == driver.CudaState.RUNNING
+        assert server.ask()["tokens"] == before["tokens"]
+    finally:
+        d.stop()
+        subprocess.run(["umount", "-l", str(tiny)], check=False)
+
+
+def test_restore_on_mismatched_gpu_is_refused(daemon: Daemon, start_server) -> None:
+    server = start_server()
+    with daemon.client() as c:
+        snap = c.checkpoint(server.pid)
+    wait_for(lambda: gone(server.pid), 30, "the server to stop")
+    daemon.stop()
+    path = daemon.state_dir / "manifests" / f"{snap.id}.json"
+    manifest = json.loads(path.read_text())
+    manifest["gpu"]["devices"][0]["name"] = "NVIDIA A100-SXM4-40GB"
+    path.write_text(json.dumps(manifest))
+    daemon.start()
+    with daemon.client() as c, pytest.raises(SnapdClientError) as info:
+        c.restore(snap.id)
+    assert info.value.error_class == "GpuMismatch" and "was a NVIDIA A100-SXM4-40GB" in info.value.message
+    assert gone(server.pid)
+
+
+def test_forked_cuda_child_is_refused_before_anything_is_frozen(client: SnapdClient, tmp_path: Path,
+                                                                workloads: Workloads) -> None:
+    script = tmp_path / "forker.py"
+    script.write_text(
+        "import os, time, torch\n"
+        "x = torch.ones(1 << 20, device='cuda')\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(3600)\n"
+        f"open({str(tmp_path / 'up')!r}, 'w').close()\n"
+        "while True:\n"
+        "    x.add_(1); torch.cuda.synchronize(); time.sleep(0.1)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, stdin=subprocess.DEVNULL)
+    workloads.track([proc.pid])
+    wait_for((tmp_path / "up").exists, 120, "the CUDA parent to start")
+    child = _tree_pids(proc.pid)[1]
+    workloads.track([child])
+    with pytest.raises(SnapdClientError) as info:
+        client.checkpoint(proc.pid)
+    err = info.value
+    assert err.error_class == "GpuUnsupported" and f"pid {child}" in err.message
+    assert "TORCHINDUCTOR_COMPILE_THREADS=1" in err.message
+    assert driver.state(proc.pid) == driver.CudaState.RUNNING
+    proc.kill()
