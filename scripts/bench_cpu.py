@@ -4,18 +4,21 @@
     sudo .venv/bin/python scripts/bench_cpu.py [--size-mb 1536] [--rounds 1] [--keep-dir] [--json]
 
 Each round, on one workload process (its pid survives every restore):
-  1. snapd: checkpoint through the Python client (timed client-side, end to end:
-     validate, CRIU dump, fsync + commit, stop the source), then restore (timed
-     the same way); the memory checksum is verified after the restore;
+  1. snapd: checkpoint through the Python client (timed client-side, end to end,
+     until the snapshot is durable and the source stopped), then restore (timed
+     the same way); the memory checksum is verified after the restore, and the
+     snapshot is deleted so that no round deduplicates against an earlier one;
   2. stock: `criu dump -t PID -D DIR` then `criu restore -D DIR -d`, timed as
-     subprocesses, checksum verified. snapd fsyncs its images and stock criu does
-     not, so the stock images are fsynced afterwards and timed separately, to
-     give a like-for-like "checkpoint incl. fsync" row.
+     subprocesses, checksum verified. snapd makes its snapshot durable and stock
+     criu does not, so the stock images are fsynced afterwards and timed
+     separately, for a "checkpoint incl. fsync" row.
 
 The workload holds --size-mb of memory: 60% random bytes, 25% zero-filled pages
 (written, so really resident) and 15% a read-only private mmap of a file (CRIU
 does not copy such pages into the images). Nothing is dropped from the page
-cache: it is hot for both sides. snapd always runs first in a round.
+cache: it is hot for both sides. snapd always runs first in a round. Throughput
+(GB/s, GB = 1e9 bytes) is CRIU image bytes per second for both sides; snapd also
+reports the bytes it stored (compressed, deduplicated).
 Both sides use the same CRIU binary; snapd logs at CRIU level 4 (its default),
 stock criu at its own default.
 """
@@ -42,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from snapd.v1 import snapd_pb2 as pb
 
 from snapd_client import SnapdClient
+from snapd_daemon.runtime import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -53,7 +57,7 @@ WORKLOAD = '''\
 """Hold random, zero-filled and file-backed memory; on SIGUSR1 report their SHA-256.
 
 usage: workload.py RANDOM_MB ZERO_MB FILE_MB BACKING_FILE REPORT
-report: "<pid> <sha256 hex> <number of checks so far>"
+report: "<pid> <sha256 hex>", replaced atomically (a new inode each time)
 """
 import hashlib
 import mmap
@@ -78,18 +82,15 @@ def anonymous(size_mb, make):
 regions = [anonymous(random_mb, os.urandom), anonymous(zero_mb, bytes)]
 with open(backing, "rb") as f:
     regions.append(mmap.mmap(f.fileno(), file_mb << 20, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ))
-checks = 0
 
 
 def check(*_args):
-    global checks
-    checks += 1
     digest = hashlib.sha256()
     for region in regions:
         digest.update(region)
     tmp = report + ".tmp"
     with open(tmp, "w") as out:
-        out.write(f"{os.getpid()} {digest.hexdigest()} {checks}")
+        out.write(f"{os.getpid()} {digest.hexdigest()}")
     os.replace(tmp, report)
 
 
@@ -141,7 +142,6 @@ class Workload:
         self.file_mb = size_mb - self.random_mb - self.zero_mb
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
-        self.checks = 0
         self.sha256 = ""
 
     def start(self) -> None:
@@ -157,16 +157,14 @@ class Workload:
         )
         self.pid = self.proc.pid
         wait_until(self.report.exists, 300, "the workload to fill its memory")
-        _pid, self.sha256, checks = self.report.read_text().split()
-        self.checks = int(checks)
+        _pid, self.sha256 = self.report.read_text().split()
 
     def verify(self, after: str) -> None:
         """Ask the (restored) process for its checksum and compare with the original."""
-        want = self.checks + 1
+        before = self.report.stat().st_ino
         os.kill(self.pid, signal.SIGUSR1)
-        wait_until(lambda: int(self.report.read_text().split()[2]) >= want, 120, f"a checksum after {after}")
-        pid, sha256, checks = self.report.read_text().split()
-        self.checks = int(checks)
+        wait_until(lambda: self.report.stat().st_ino != before, 120, f"a checksum after {after}")
+        pid, sha256 = self.report.read_text().split()
         if int(pid) != self.pid or sha256 != self.sha256:
             raise BenchError(f"memory differs after {after}: pid {pid} sha256 {sha256}, "
                              f"expected pid {self.pid} sha256 {self.sha256}")
@@ -239,6 +237,7 @@ class Daemon:
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self) -> None:
+        """Stop the daemon and remove its RAM staging root (the daemon leaves it behind)."""
         if self.proc is None:
             return
         self.proc.terminate()
@@ -247,6 +246,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        _disk, ram = Settings(state_dir=self.state_dir).scratch_dirs()
+        if ram is not None:
+            shutil.rmtree(ram, ignore_errors=True)
 
 
 class PhaseClock:
@@ -271,6 +273,7 @@ class Round:
     snapd_checkpoint_s: float = 0.0
     snapd_restore_s: float = 0.0
     snapd_image_bytes: int = 0
+    snapd_stored_bytes: int = 0
     snapd_daemon_checkpoint_s: float = 0.0
     snapd_daemon_restore_s: float = 0.0
     snapd_checkpoint_phases: dict[str, float] = field(default_factory=dict)
@@ -314,7 +317,8 @@ def bench_round(n: int, workload: Workload, client: SnapdClient, criu: str, root
     r.snapd_checkpoint_s = ended - clock.started
     r.snapd_checkpoint_phases = clock.durations(ended)
     r.snapd_daemon_checkpoint_s = snap.checkpoint_seconds
-    r.snapd_image_bytes = snap.stored_bytes
+    r.snapd_image_bytes = snap.raw_bytes
+    r.snapd_stored_bytes = snap.stored_bytes
     workload.reap()
 
     clock = PhaseClock()
@@ -326,8 +330,7 @@ def bench_round(n: int, workload: Workload, client: SnapdClient, criu: str, root
     if result.root_pid != workload.pid:
         raise BenchError(f"snapd restored pid {result.root_pid}, expected {workload.pid}")
     workload.verify("snapd restore")
-    if not keep:
-        client.delete(snap.id)
+    client.delete(snap.id)
 
     images = root / f"stock-{n}"
     images.mkdir()
@@ -368,7 +371,8 @@ def print_table(criu_version: str, workload: Workload, table: list[dict[str, flo
     print(f"snapd vs stock criu {criu_version} on one {w.random_mb + w.zero_mb + w.file_mb} MiB process "
           f"({w.random_mb} MiB random, {w.zero_mb} MiB zero-filled, {w.file_mb} MiB file-backed), "
           f"{len(rounds)} round(s){', medians' if len(rounds) > 1 else ''}; page cache hot for both, nothing dropped")
-    print(f"image size: snapd {median(rounds, lambda r: r.snapd_image_bytes) / GB:.3f} GB, "
+    print(f"CRIU image size: snapd {median(rounds, lambda r: r.snapd_image_bytes) / GB:.3f} GB "
+          f"(stored by snapd: {median(rounds, lambda r: r.snapd_stored_bytes) / GB:.3f} GB), "
           f"stock {median(rounds, lambda r: r.stock_image_bytes) / GB:.3f} GB (GB = 1e9 bytes)\n")
     header = ("operation", "snapd s", "stock criu s", "ratio (snapd/stock)", "snapd GB/s", "stock GB/s")
     keys = ("operation", "snapd_s", "stock_s", "ratio", "snapd_gb_per_s", "stock_gb_per_s")
@@ -378,7 +382,8 @@ def print_table(criu_version: str, workload: Workload, table: list[dict[str, flo
         print(" | ".join(cell.ljust(wd) if j == 0 else cell.rjust(wd) for j, (cell, wd) in enumerate(zip(row, widths))))
         if i == 0:
             print("-+-".join("-" * wd for wd in widths))
-    print()
+    print("\nsnapd phases are timed client-side from the first progress event of each phase; the first "
+          "dump event comes at the daemon's first progress tick, so 'validate' includes the start of the dump")
     for n, r in enumerate(rounds):
         ck = ", ".join(f"{k} {v:.3f}" for k, v in r.snapd_checkpoint_phases.items())
         rs = ", ".join(f"{k} {v:.3f}" for k, v in r.snapd_restore_phases.items())
@@ -393,7 +398,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1536, help="workload memory in MiB (default 1536)")
     parser.add_argument("--rounds", type=int, default=1, help="checkpoint/restore rounds per side (default 1)")
-    parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (images, CRIU and daemon logs)")
+    parser.add_argument("--keep-dir", action="store_true",
+                        help="keep the temp dir: stock images and CRIU logs, daemon log (snapd snapshots are deleted)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--criu", help="CRIU binary for both sides (default: what scripts/install-criu.sh prints)")
     args = parser.parse_args()
@@ -403,6 +409,7 @@ def main() -> int:
         parser.error("--size-mb must be >= 8 and --rounds >= 1")
 
     criu = args.criu or locate_criu()
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))  # clean up on SIGTERM too
     become_subreaper()
     root = Path(tempfile.mkdtemp(prefix="snapd-bench-"))
     workload = Workload(root, args.size_mb)

@@ -86,5 +86,6 @@ def read_pagemap(path: Path) -> PagesImage:
 
 
 def pages_images(images_dir: Path) -> list[PagesImage]:
-    """Every process's pages image in a dump directory."""
-    return [read_pagemap(p) for p in sorted(images_dir.glob("pagemap-*.img"))]
+    """Every process's pages image in a dump directory (shared-memory page maps,
+    ``pagemap-shmem-<inode>.img``, are not per process and are left out)."""
+    return [read_pagemap(p) for p in sorted(images_dir.glob("pagemap-*.img")) if _PAGEMAP_NAME.fullmatch(p.name)]
