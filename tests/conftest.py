@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,31 +89,29 @@ class Workloads:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.pids: set[int] = set()
+        self.started = 0
 
     def start(self, script: str, *args: str, new_session: bool = True) -> tuple[int, Path]:
-        report = self.tmp / f"{script}.{len(self.pids)}.report"
+        self.started += 1
+        report = self.tmp / f"{script}.{self.started}.report"
         proc = subprocess.Popen(
             [sys.executable, str(WORKLOADS / script), *args, str(report)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=new_session, cwd=WORKLOADS,
         )
         threading.Thread(target=proc.wait, daemon=True).start()
-        self.pids.add(proc.pid)
         wait_for(lambda: report.exists(), 60, f"{script} to report")
         return proc.pid, report
 
-    def track(self, pids: list[int]) -> None:
-        self.pids.update(pids)
-
     def kill_all(self) -> None:
-        for pid in self.pids:
-            try:
-                for p in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:
-                    if str(WORKLOADS) in " ".join(p.cmdline()):
-                        p.kill()
-            except psutil.Error:
-                pass
+        """Kill every process, daemons aside, whose command line names this test's
+        directory: the workloads, their children and any restored copies of them."""
+        mine = str(self.tmp)
+        for proc in psutil.process_iter(["cmdline"]):
+            argv = proc.info["cmdline"] or []
+            if mine in " ".join(argv) and "snapd_client" not in argv:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:

@@ -58,7 +58,7 @@ def test_sigkill_mid_checkpoint_leaves_nothing_and_process_running(daemon: Daemo
     daemon.start()
     with daemon.client() as c:
         assert list(c.list().snapshots) == []
-    assert daemon.staging_leftovers() == []
+    wait_for(lambda: daemon.staging_leftovers() == [], 10, "staging to be removed")
     assert list((daemon.state_dir / "manifests").iterdir()) == []
 
 
@@ -103,7 +103,6 @@ def test_sigterm_drains_running_checkpoint(daemon: Daemon, workloads: Workloads)
     with daemon.client() as c:
         snap = c.list().snapshots[0]
         c.restore(snap.id)
-    workloads.track([pid])
     assert ask(pid, report)[1] == digest
 
 
@@ -133,7 +132,7 @@ def test_full_disk_is_a_clean_error(tmp_path: Path, small_tmpfs: Path, workloads
             assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.error_class == "StoreFull"
             assert str(d.state_dir) in err.message and "the process was left running" in err.message
             assert list(c.list().snapshots) == []
-        assert d.staging_leftovers() == []
+        wait_for(lambda: d.staging_leftovers() == [], 10, "staging to be removed")
         assert ask(pid, report)[1] == digest
     finally:
         d.stop()

@@ -81,7 +81,6 @@ def start_server(weights: Path, tmp_path: Path, workloads: Workloads) -> Iterato
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         threading.Thread(target=proc.wait, daemon=True).start()
         started.append(proc.pid)
-        workloads.track([proc.pid])
         wait_for(lambda: ready.exists() or proc.poll() is not None, 600, "the reference server to be ready")
         assert ready.exists(), (tmp_path / f"server-{len(started) - 1}.log").read_text()[-3000:]
         info = json.loads(ready.read_text())
@@ -126,7 +125,7 @@ def test_engine_child_mode_two_cuda_processes(client: SnapdClient, start_server)
 
 
 def test_leave_running_then_restore_onto_explicit_gpu_map(client: SnapdClient, start_server) -> None:
-    server = start_server()
+    server = start_server(log_to_file=False)
     before = server.ask()
     snap = client.checkpoint(server.pid, leave_running=True)
     assert server.ask()["tokens"] == before["tokens"]  # the original serves on
@@ -188,11 +187,10 @@ def test_forked_cuda_child_is_refused_before_anything_is_frozen(client: SnapdCli
         "while True:\n"
         "    x.add_(1); torch.cuda.synchronize(); time.sleep(0.1)\n"
     )
-    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, stdin=subprocess.DEVNULL)
-    workloads.track([proc.pid])
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for((tmp_path / "up").exists, 120, "the CUDA parent to start")
     child = _tree_pids(proc.pid)[1]
-    workloads.track([child])
     with pytest.raises(SnapdClientError) as info:
         client.checkpoint(proc.pid)
     err = info.value

@@ -19,7 +19,6 @@ def test_hooks_run_with_their_environment(client: SnapdClient, workloads: Worklo
     assert got_pid == str(pid) and op.startswith("op-")
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
     client.restore(snap.id, post_restore_hook=["sh", "-c", f'echo "$SNAPD_PID $SNAPD_SNAPSHOT_ID" > {post}'])
-    workloads.track([pid])
     assert post.read_text().split() == [str(pid), snap.id]
     assert ask(pid, report)[0] == str(pid)
 
@@ -43,7 +42,6 @@ def test_failing_post_hook_kills_the_restored_tree(client: SnapdClient, workload
         client.restore(snap.id, post_restore_hook=["false"])
     assert info.value.error_class == "HookFailed" and "the restored tree was killed" in info.value.message
     wait_for(lambda: gone(pid), 10, "the restored tree to be killed")
-    workloads.track([pid])
 
 
 def test_hook_arguments_are_validated(client: SnapdClient) -> None:

@@ -19,7 +19,6 @@ def test_256mb_of_random_bytes_survive(client: SnapdClient, workloads: Workloads
 
     result = client.restore(snap.id)
     assert result.root_pid == pid and list(result.pids) == [pid]
-    workloads.track(list(result.pids))
     restored_pid, restored_digest, checks = ask(pid, report)
     assert (int(restored_pid), restored_digest, int(checks)) == (pid, digest, 2)
 
@@ -31,7 +30,6 @@ def test_threads_keep_running(client: SnapdClient, workloads: Workloads) -> None
     assert snap.processes[0].threads == 9
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
     client.restore(snap.id)
-    workloads.track([pid])
     first = [int(x) for x in ask(pid, report)]
     wait_for(lambda: [int(x) for x in ask(pid, report)][2:] > first[2:], 10, "counters to advance")
     after = [int(x) for x in ask(pid, report)]
@@ -49,7 +47,6 @@ def test_parent_and_child_restore_together(client: SnapdClient, workloads: Workl
     wait_for(lambda: gone(pid) and gone(child_pid), 10, "both processes to stop")
 
     result = client.restore(snap.id)
-    workloads.track(list(result.pids))
     assert sorted(result.pids) == sorted([pid, child_pid])
     assert ask(pid, report)[0] == str(pid)
     c_pid, c_ppid, _ = ask(child_pid, child_report)
@@ -63,7 +60,6 @@ def test_listening_socket_answers_after_restore(client: SnapdClient, workloads: 
     snap = client.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
     client.restore(snap.id)
-    workloads.track([pid])
     assert _ping(port) == "pong 2"
 
 
@@ -85,7 +81,6 @@ def test_process_outside_its_session_leader(client: SnapdClient, workloads: Work
     snap = client.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
     client.restore(snap.id)
-    workloads.track([pid])
     assert ask(pid, report)[1] == digest
 
 
@@ -97,7 +92,6 @@ def test_restore_by_name_takes_newest_and_rm(client: SnapdClient, workloads: Wor
     assert [s.id for s in client.list("svc").snapshots] == [first.id, second.id]
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
     assert client.restore("svc").snapshot_id == second.id
-    workloads.track([pid])
     assert ask(pid, report)[2] == "3"
     # the two snapshots share most chunks: deleting one frees only what it alone used
     assert second.new_bytes < second.stored_bytes
@@ -117,7 +111,6 @@ def test_snapshots_survive_daemon_restart(daemon: Daemon, workloads: Workloads) 
     with daemon.client() as c:
         assert [s.id for s in c.list().snapshots] == [snap.id]
         c.restore("persist")
-    workloads.track([pid])
     assert ask(pid, report)[1] == digest
 
 

@@ -41,7 +41,6 @@ def test_cli_checkpoint_restore_json(daemon: Daemon, workloads: Workloads) -> No
 
     out = snapd(daemon, "--json", "restore", "cli")
     assert out.returncode == 0, out.stderr
-    workloads.track([pid])
     assert json.loads(out.stdout)["root_pid"] == pid
     assert ask(pid, report)[1] == digest
     assert snapd(daemon, "rm", snap["id"]).returncode == 0

@@ -106,6 +106,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             needed = _tree_rss(tree)
             staging = rt.store.new_staging(operation_id, needed=needed)
             hold = _PostDumpHold(tree, staging)
+            report(ProgressEvent(Phase.DUMP, 0, needed, "criu dump"))
             with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, needed):
                 try:
                     actions.dump(

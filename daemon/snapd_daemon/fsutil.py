@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def fsync_path(path: Path) -> None:
@@ -11,6 +14,18 @@ def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> None:
+    """Flush every dirty page of the file system holding ``path`` (one call
+    instead of an fsync per file when many files were just written)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
 

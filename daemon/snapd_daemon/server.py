@@ -149,6 +149,7 @@ def serve(settings: Settings, listen: Listen) -> None:
     if not rt.registry.drain(listen.drain_timeout):
         log.error("daemon.drain_timeout", still_running=[op.id for op in rt.registry.in_flight()])
     server.stop(grace=5).wait()
+    store.release_scratch()
     listen.socket_path.unlink(missing_ok=True)
     os.close(lock_fd)
     log.info("daemon.stopped")

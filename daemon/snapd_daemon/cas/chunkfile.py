@@ -30,6 +30,7 @@ ZSTD_LEVEL = 1
 # Keep the compressed form only if it saves at least this fraction; random data
 # is stored raw so that restores skip decompression entirely.
 MIN_SAVING = 0.03
+_PROBE = 16 << 10
 
 _local = threading.local()
 
@@ -55,12 +56,26 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.dctx
 
 
-def encode(raw: bytes | memoryview) -> bytes:
-    """Header + payload for ``raw``: zstd if it saves enough, else the raw bytes."""
-    packed = _compressor().compress(raw)
-    if len(packed) <= len(raw) * (1 - MIN_SAVING):
-        return HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)) + packed
-    return HEADER.pack(MAGIC, CODEC_RAW, len(raw)) + bytes(raw)
+def _worth_compressing(raw: bytes | memoryview) -> bool:
+    """Compress a 64 KiB sample (four 16 KiB pieces spread over the chunk) first:
+    incompressible data (random bytes, already-compressed weights) then costs
+    1/32 of a full compression instead of all of it."""
+    if len(raw) <= 4 * _PROBE:
+        return True
+    view = memoryview(raw)
+    step = len(raw) // 4
+    sample = b"".join(view[i * step : i * step + _PROBE] for i in range(4))
+    return len(_compressor().compress(sample)) <= len(sample) * (1 - MIN_SAVING)
+
+
+def encode(raw: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
+    """(header, payload) for ``raw``: zstd if it saves enough, else the raw bytes
+    themselves (not copied)."""
+    if _worth_compressing(raw):
+        packed = _compressor().compress(raw)
+        if len(packed) <= len(raw) * (1 - MIN_SAVING):
+            return HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)), packed
+    return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
 
 
 def decode(blob: bytes, expected_id: str) -> bytes:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from snapd_daemon.cas import chunkfile
-from snapd_daemon.fsutil import fsync_path
+from snapd_daemon.fsutil import fsync_path, syncfs
 
 _TMP_MARK = ".tmp-"
 
@@ -28,40 +28,52 @@ class ChunkStore:
         except FileNotFoundError:
             return 0
 
-    def put(self, cid: str, blob: bytes) -> bool:
-        """Store ``blob`` as chunk ``cid`` durably (tmp, fsync, link); False if it already existed.
-
-        The caller fsyncs the chunk's directory (``sync_dirs``) before it
-        publishes anything that refers to the chunk.
-        """
+    def stage(self, cid: str, header: bytes, payload: bytes | memoryview) -> Path:
+        """Write chunk ``cid`` under a temporary name: neither durable nor visible yet."""
         final = self.path(cid)
         final.parent.mkdir(exist_ok=True)
         tmp = final.with_name(f"{cid}{_TMP_MARK}{os.getpid()}-{threading.get_ident()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            bufs = [memoryview(header), memoryview(payload)]
+            while bufs:
+                n = os.writev(fd, bufs)
+                while bufs and n >= len(bufs[0]):
+                    n -= len(bufs.pop(0))
+                if bufs:
+                    bufs[0] = bufs[0][n:]
         finally:
             os.close(fd)
-        try:
-            os.link(tmp, final)  # fails if another writer stored the same chunk first
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        return tmp
+
+    def publish(self, staged: dict[str, Path]) -> set[str]:
+        """Make staged chunks durable, then visible; returns the ids that were new.
+
+        One syncfs makes every staged file's bytes durable before any of them
+        gets its final name; a chunk another writer published meanwhile is
+        kept as it is (``link`` refuses to replace it). Directories are synced last.
+        """
+        if not staged:
+            return set()
+        syncfs(self.root)
+        added = set()
+        for cid, tmp in staged.items():
+            try:
+                os.link(tmp, self.path(cid))
+                added.add(cid)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        for prefix in {c[:2] for c in staged}:
+            fsync_path(self.root / prefix)
+        fsync_path(self.root)
+        return added
 
     def read(self, cid: str) -> bytes:
         """Verified raw bytes of chunk ``cid``. Raises FileNotFoundError or ChunkDecodeError."""
         with open(self.path(cid), "rb") as f:
             return chunkfile.decode(f.read(), cid)
-
-    def sync_dirs(self, cids: set[str]) -> None:
-        for prefix in {c[:2] for c in cids}:
-            fsync_path(self.root / prefix)
-        fsync_path(self.root)
 
     def all(self) -> Iterator[tuple[str, int]]:
         """Every stored chunk and its size (temporary files excluded)."""

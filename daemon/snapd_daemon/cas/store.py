@@ -18,6 +18,7 @@ in-flight checkpoint has written but not yet published.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -127,8 +128,8 @@ class _IngestTally:
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: int = 0
     stored: int = 0
-    new: int = 0
-    written: set[str] = field(default_factory=set)
+    # chunks written by this ingest, not yet published: id -> (temporary path, size)
+    staged: dict[str, tuple[Path, int]] = field(default_factory=dict)
 
 
 class SnapshotStore:
@@ -175,7 +176,16 @@ class SnapshotStore:
         return staging
 
     def discard(self, staging: Staging) -> None:
-        shutil.rmtree(staging.root, ignore_errors=True)
+        """Remove a staging directory in the background (gigabytes of tmpfs take a
+        noticeable time to free; nobody waits for it). A crash meanwhile leaves it
+        to ``recover``."""
+        threading.Thread(target=shutil.rmtree, args=(staging.root, True), name="discard", daemon=True).start()
+
+    def release_scratch(self) -> None:
+        """Remove the (empty) RAM scratch directory when the daemon stops."""
+        if self.scratch.ram is not None:
+            with contextlib.suppress(OSError):
+                self.scratch.ram.rmdir()
 
     def staging_full(self, staging: Staging, needed: int) -> StoreFull | None:
         """A StoreFull error if the staging file system has (nearly) no space left."""
@@ -216,10 +226,10 @@ class SnapshotStore:
                     finally:
                         os.close(fd)
                     files.append(ImageEntry(name, sum(p.length for p in cuts), tuple(refs)))
-            self.chunks.sync_dirs(tally.written)
+            added = self.chunks.publish({cid: tmp for cid, (tmp, _) in tally.staged.items()})
             manifest.files = files
             manifest.stored_bytes = tally.stored
-            manifest.new_bytes = tally.new
+            manifest.new_bytes = sum(size for cid, (_, size) in tally.staged.items() if cid in added)
             write_atomic(self.manifests_dir / f"{manifest.id}.json", manifest.to_json().encode())
         with self._index_lock:
             self._manifests[manifest.id] = manifest
@@ -229,22 +239,22 @@ class SnapshotStore:
         raw = os.pread(fd, piece.length, piece.offset)
         if len(raw) != piece.length:
             raise StoreError(path=self.root, reason=f"image shrank while being read ({len(raw)} < {piece.length})")
+        cid, size = ZERO_CHUNK, 0
         if raw.count(0) != len(raw):
             cid = chunkfile.chunk_id(raw)
-            size = self.chunks.exists(cid)
-            new = False
+            with tally.lock:
+                size = tally.staged[cid][1] if cid in tally.staged else self.chunks.exists(cid)
             if not size:
-                blob = chunkfile.encode(raw)
-                new = self.chunks.put(cid, blob)
-                size = len(blob)
-        else:
-            cid, size, new = ZERO_CHUNK, 0, False
+                header, payload = chunkfile.encode(raw)
+                size = len(header) + len(payload)
+                tmp = self.chunks.stage(cid, header, payload)
+                with tally.lock:
+                    kept = tally.staged.setdefault(cid, (tmp, size))[0]
+                if kept != tmp:  # another thread staged the same chunk first
+                    tmp.unlink()
         with tally.lock:
             tally.done += piece.length
             tally.stored += size
-            if new:
-                tally.new += size
-                tally.written.add(cid)
             done = tally.done
         progress(done)
         return ChunkRef(cid, piece.length)
