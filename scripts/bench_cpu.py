@@ -48,6 +48,7 @@ from benchlib import (
     fsync_images,
     image_bytes,
     locate_criu,
+    reap_pid,
     run_criu,
     wait_until,
 )
@@ -149,17 +150,7 @@ class Workload:
             self.proc.wait(timeout)
             self.proc = None
             return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
-                    return
-            except ChildProcessError:
-                if not os.path.exists(f"/proc/{self.pid}"):
-                    return
-            if time.monotonic() >= deadline:
-                raise BenchError(f"pid {self.pid} still not reaped after {timeout:.0f} s")
-            time.sleep(0.01)
+        reap_pid(self.pid, timeout)
 
     def kill(self) -> None:
         """Kill whatever incarnation is alive (checked by command line) and reap it."""

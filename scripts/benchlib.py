@@ -141,3 +141,24 @@ def fsync_images(images: Path) -> float:
         finally:
             os.close(fd)
     return time.monotonic() - started
+
+
+def reap_pid(pid: int, timeout: float = 60) -> None:
+    """Wait until ``pid`` is gone and free: reaped by us (a subreaper) or by whoever is its parent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if not os.path.exists(f"/proc/{pid}"):
+                return
+        if time.monotonic() >= deadline:
+            raise BenchError(f"pid {pid} still not reaped after {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+def drop_caches() -> None:
+    """Write back and drop the page cache, so that the next read comes from the disk."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")

@@ -38,8 +38,8 @@ import os
 import signal
 import socketserver
 import sys
-import traceback
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
