@@ -68,15 +68,16 @@ class Server:
 
     def start(self, tag: str) -> dict[str, object]:
         ready = self.work / f"ready-{tag}.json"
-        log = open(self.work / f"server-{tag}.log", "wb")
+        # no log file: the snapshot is restored twice, and CRIU refuses to restore a
+        # regular file whose size changed since the dump
         proc = subprocess.Popen(
             [sys.executable, str(SERVER), "--weights-dir", str(self.weights), "--preset", self.preset,
              "--port", "0", "--ready-file", str(ready), *self.flags],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         wait_until(lambda: ready.exists() or proc.poll() is not None, 1800, f"server {tag} to be ready")
         if not ready.exists():
-            raise BenchError(f"server {tag} exited {proc.returncode}: {(self.work / f'server-{tag}.log').read_text()[-2000:]}")
+            raise BenchError(f"server {tag} exited with status {proc.returncode} before it was ready")
         info = json.loads(ready.read_text())
         self.pid, self.port = proc.pid, int(info["port"])
         return info
@@ -146,6 +147,7 @@ def main() -> int:
     weights = args.weights_dir / args.preset
     flags = ["--kv-cache-fraction", str(args.kv_cache_fraction)] if args.kv_cache_fraction else []
     server = Server(work, weights, args.preset, flags)
+    (work / "daemon").mkdir()
     daemon = Daemon(work / "daemon", criu)
     results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction}
 

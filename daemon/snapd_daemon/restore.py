@@ -120,7 +120,6 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
         except BaseException:
             _kill_restored(manifest.pids)
             raise
-        report(ProgressEvent(Phase.RESTORE, manifest.raw_bytes, manifest.raw_bytes, f"restored as pid {root}"))
         outcome = RestoreOutcome(
             snapshot_id=manifest.id, root_pid=root, pids=manifest.pids, seconds=round(time.monotonic() - started, 3)
         )

@@ -14,6 +14,7 @@ was stored.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 
@@ -41,6 +42,13 @@ class ChunkDecodeError(Exception):
 
 def chunk_id(raw: bytes | memoryview) -> str:
     return blake3.blake3(raw).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def zero_id(length: int) -> str:
+    """The id ``length`` zero bytes would have: comparing hashes finds zero chunks
+    without a scan of the data under the GIL (bytes.count holds it; blake3 does not)."""
+    return chunk_id(bytes(length))
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -78,7 +86,7 @@ def encode(raw: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
     return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
 
 
-def decode(blob: bytes, expected_id: str) -> bytes:
+def decode(blob: bytes, expected_id: str) -> bytes | memoryview:
     """Raw bytes of a chunk file, verified against ``expected_id``."""
     if len(blob) < HEADER.size:
         raise ChunkDecodeError(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
@@ -86,8 +94,9 @@ def decode(blob: bytes, expected_id: str) -> bytes:
     if magic != MAGIC:
         raise ChunkDecodeError(f"bad magic {magic!r}")
     payload = memoryview(blob)[HEADER.size :]
+    raw: bytes | memoryview
     if codec == CODEC_RAW:
-        raw = bytes(payload)
+        raw = payload
     elif codec == CODEC_ZSTD:
         try:
             raw = _decompressor().decompress(payload, max_output_size=length)

@@ -70,7 +70,7 @@ class ChunkStore:
         fsync_path(self.root)
         return added
 
-    def read(self, cid: str) -> bytes:
+    def read(self, cid: str) -> bytes | memoryview:
         """Verified raw bytes of chunk ``cid``. Raises FileNotFoundError or ChunkDecodeError."""
         with open(self.path(cid), "rb") as f:
             return chunkfile.decode(f.read(), cid)

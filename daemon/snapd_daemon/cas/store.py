@@ -239,9 +239,10 @@ class SnapshotStore:
         raw = os.pread(fd, piece.length, piece.offset)
         if len(raw) != piece.length:
             raise StoreError(path=self.root, reason=f"image shrank while being read ({len(raw)} < {piece.length})")
-        cid, size = ZERO_CHUNK, 0
-        if raw.count(0) != len(raw):
-            cid = chunkfile.chunk_id(raw)
+        cid, size = chunkfile.chunk_id(raw), 0
+        if cid == chunkfile.zero_id(len(raw)):
+            cid = ZERO_CHUNK
+        else:
             with tally.lock:
                 size = tally.staged[cid][1] if cid in tally.staged else self.chunks.exists(cid)
             if not size:
@@ -318,7 +319,7 @@ class SnapshotStore:
             done = tally.done
         progress(done)
 
-    def read_chunk(self, manifest: Manifest, name: str, offset: int, ref: ChunkRef) -> bytes:
+    def read_chunk(self, manifest: Manifest, name: str, offset: int, ref: ChunkRef) -> bytes | memoryview:
         try:
             return self.chunks.read(ref.id)
         except FileNotFoundError:
