@@ -128,20 +128,23 @@ def cli(ctx: click.Context, target: str, as_json: bool) -> None:
               help="Where CRIU images are staged: RAM (/dev/shm) when it has room, or always RAM / disk.")
 @click.option("--io-threads", type=click.IntRange(1, 256), default=None,
               help="Threads hashing/compressing chunks (default: CPU count, at most 16).")
+@click.option("--inject-min-mb", type=click.IntRange(0), default=64, show_default=True,
+              help="Restore private anonymous regions of at least this size by parallel memory writes (0: off).")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 def serve(state_dir: Path, socket_path: Path, tcp: str, metrics_address: str, criu_path: str | None,
-          criu_log_level: int, scratch: str, io_threads: int | None, drain_timeout: float, log_level: str,
-          log_format: str) -> None:
+          criu_log_level: int, scratch: str, io_threads: int | None, inject_min_mb: int, drain_timeout: float,
+          log_level: str, log_format: str) -> None:
     """Run the daemon (as root) until SIGTERM."""
     from snapd_daemon import logs, server
     from snapd_daemon.errors import SnapdError
     from snapd_daemon.runtime import Settings
 
     logs.configure(log_level, None if log_format == "auto" else log_format == "json")
-    settings = Settings(state_dir=state_dir, criu_path=criu_path, criu_log_level=criu_log_level, scratch=scratch)
+    settings = Settings(state_dir=state_dir, criu_path=criu_path, criu_log_level=criu_log_level, scratch=scratch,
+                        inject_min_bytes=inject_min_mb << 20)
     if io_threads:
         settings = dataclasses.replace(settings, io_threads=io_threads)
     listen = server.Listen(socket_path=socket_path, tcp_address=tcp, metrics_address=metrics_address,

@@ -168,6 +168,13 @@ class HookFailed(SnapdError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class InjectFailed(SnapdError):
+    """restoring snapshot {snapshot_id}: writing {length} bytes into pid {pid} at {address} failed ({reason}); the partly restored tree was killed."""
+
+    exit_code = 30
+    status = grpc.StatusCode.INTERNAL
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -189,4 +196,5 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     GpuMismatch,
     CudaFailed,
     HookFailed,
+    InjectFailed,
 )

@@ -22,6 +22,7 @@ class Phase(enum.Enum):
     GPU_CHECKPOINT = "gpu-checkpoint"
     GPU_RESTORE = "gpu-restore"
     HOOK = "hook"
+    INJECT = "inject"
 
 
 @dataclass(frozen=True)

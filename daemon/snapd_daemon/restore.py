@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon import gpu, metrics
+from snapd_daemon import fastrestore, gpu, metrics
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import PidsInUse, PidsStillExiting
 from snapd_daemon.hooks import Hook
@@ -93,16 +93,27 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
         ensure_pids_free(manifest, spec.wait_seconds or rt.settings.pid_wait_seconds)
         run_dir = rt.store.new_staging(operation_id, needed=manifest.raw_bytes)
         try:
-            with metrics.phase("restore", "materialize"):
-                rt.store.materialize(
-                    manifest, run_dir.images,
+            with metrics.phase("restore", "prepare"):
+                plan = fastrestore.prepare(
+                    rt.store, manifest, run_dir.images, rt.settings.inject_min_bytes,
                     lambda done: report(ProgressEvent(Phase.PREPARE, done, manifest.raw_bytes)),
                 )
-            report(ProgressEvent(Phase.RESTORE, 0, manifest.raw_bytes, "criu restore"))
+            log.info("restore.prepared", criu_bytes=plan.kept_bytes, inject_bytes=plan.injected_bytes,
+                     chunks_to_inject=len(plan.memory))
+            report(ProgressEvent(Phase.RESTORE, 0, plan.kept_bytes, "criu restore"))
+
+            def fill(script: str, _pid: int) -> None:
+                if script != "pre-resume" or not plan.memory:
+                    return
+                report(ProgressEvent(Phase.INJECT, 0, plan.injected_bytes, "writing memory"))
+                with metrics.phase("restore", "inject"):
+                    rt.store.deliver(manifest, plan.memory,
+                                     lambda done: report(ProgressEvent(Phase.INJECT, done, plan.injected_bytes)))
+
             with metrics.phase("restore", "criu"):
                 root = actions.restore(
                     rt.criu, manifest.root_pid, run_dir.images, run_dir.work,
-                    shell_job=manifest.shell_job, log_level=rt.settings.criu_log_level,
+                    shell_job=manifest.shell_job, log_level=rt.settings.criu_log_level, on_notify=fill,
                 )
         finally:
             rt.store.discard(run_dir)

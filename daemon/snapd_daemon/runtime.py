@@ -27,6 +27,9 @@ class Settings:
     # Where CRIU's images are staged: "auto" (RAM when it has room), "ram" or "disk".
     scratch: str = "auto"
     ram_scratch: Path | None = Path("/dev/shm/gpu-snapd")
+    # Private anonymous regions at least this big are written into restored processes
+    # by snapd (parallel process_vm_writev) instead of by CRIU; 0 turns that off.
+    inject_min_bytes: int = 64 << 20
     # Threads that hash, compress and write chunks (and read them back on restore).
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
 

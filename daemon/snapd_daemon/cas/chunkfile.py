@@ -86,8 +86,9 @@ def encode(raw: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
     return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
 
 
-def decode(blob: bytes, expected_id: str) -> bytes | memoryview:
-    """Raw bytes of a chunk file, verified against ``expected_id``."""
+def decode(blob: bytes | bytearray, expected_id: str) -> bytes | memoryview:
+    """Raw bytes of a chunk file, verified against ``expected_id`` (a view into
+    ``blob`` when the chunk is stored raw)."""
     if len(blob) < HEADER.size:
         raise ChunkDecodeError(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
     magic, codec, length = HEADER.unpack_from(blob)

@@ -72,8 +72,10 @@ class ChunkStore:
 
     def read(self, cid: str) -> bytes | memoryview:
         """Verified raw bytes of chunk ``cid``. Raises FileNotFoundError or ChunkDecodeError."""
-        with open(self.path(cid), "rb") as f:
-            return chunkfile.decode(f.read(), cid)
+        with open(self.path(cid), "rb", buffering=0) as f:
+            blob = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(blob)
+        return chunkfile.decode(blob, cid)
 
     def all(self) -> Iterator[tuple[str, int]]:
         """Every stored chunk and its size (temporary files excluded)."""

@@ -34,11 +34,13 @@ from snapd_daemon.cas import chunkfile
 from snapd_daemon.cas.chunking import Piece, plan
 from snapd_daemon.cas.chunks import ChunkStore
 from snapd_daemon.cas.rwlock import RWLock
-from snapd_daemon.errors import ChunkCorrupt, SnapshotNotFound, SnapshotPinned, StoreError, StoreFull
+from snapd_daemon import memwrite
+from snapd_daemon.errors import ChunkCorrupt, InjectFailed, SnapshotNotFound, SnapshotPinned, StoreError, StoreFull
 from snapd_daemon.fsutil import fsync_path, write_atomic
 from snapd_daemon.manifest import ZERO_CHUNK, ChunkRef, ImageEntry, Manifest
 
 HOLD = "hold.json"
+_ZEROS = bytes(4 << 20)
 Progress = Callable[[int], None]
 
 
@@ -103,6 +105,31 @@ class GcPlan:
     chunks: int = 0
     bytes: int = 0
     dry_run: bool = True
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a slice of a chunk goes: ``fd`` at file offset ``dest_offset``, or, when
+    ``pid`` is set, that process's memory at address ``dest_offset``. A zero chunk
+    is written only to targets with ``zero_fill`` (files keep holes, fresh
+    anonymous memory is already zero)."""
+
+    chunk_offset: int
+    length: int
+    dest_offset: int
+    fd: int = -1
+    pid: int = 0
+    zero_fill: bool = False
+
+
+@dataclass
+class Route:
+    """One chunk of image ``file`` (at ``file_offset``) and where its bytes go."""
+
+    ref: ChunkRef
+    file: str
+    file_offset: int
+    targets: list[Target] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -281,41 +308,40 @@ class SnapshotStore:
     def is_pinned(self, snapshot_id: str) -> bool:
         return (self.pins_dir / snapshot_id).exists()
 
-    def materialize(self, manifest: Manifest, dest: Path, progress: Progress) -> None:
-        """Write the snapshot's image files into ``dest``, every chunk verified.
+    def deliver(self, manifest: Manifest, routes: list[Route], progress: Progress) -> None:
+        """Read each routed chunk once, verified, and write its slices to their targets, in parallel.
 
-        Zero chunks are left as holes. Raises ChunkCorrupt naming the first bad chunk.
+        Raises ChunkCorrupt naming the first bad chunk, InjectFailed when a process
+        refuses a write. ``progress`` receives the bytes delivered so far.
         """
         tally = _IngestTally()
-        with self.lock.shared(), self.translate_os_errors(manifest.raw_bytes):
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="materialize") as pool:
-                jobs = []
-                fds = []
+        with self.lock.shared(), self.translate_os_errors(sum(t.length for r in routes for t in r.targets)):
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="deliver") as pool:
+                jobs = [pool.submit(self._deliver_one, manifest, r, tally, progress) for r in routes]
                 try:
-                    for entry in manifest.files:
-                        fd = os.open(dest / entry.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                        fds.append(fd)
-                        os.ftruncate(fd, entry.size_bytes)
-                        offset = 0
-                        for ref in entry.chunks:
-                            if ref.id != ZERO_CHUNK:
-                                jobs.append(pool.submit(self._place, manifest, entry.name, fd, offset, ref, tally, progress))
-                            offset += ref.length
                     for job in jobs:
                         job.result()
                 finally:
                     for job in jobs:
                         job.cancel()
-                    for fd in fds:
-                        os.close(fd)
 
-    def _place(
-        self, manifest: Manifest, name: str, fd: int, offset: int, ref: ChunkRef, tally: _IngestTally, progress: Progress
-    ) -> None:
-        raw = self.read_chunk(manifest, name, offset, ref)
-        os.pwrite(fd, raw, offset)
+    def _deliver_one(self, manifest: Manifest, route: Route, tally: _IngestTally, progress: Progress) -> None:
+        zero = route.ref.id == ZERO_CHUNK
+        raw = memoryview(_ZEROS if zero else self.read_chunk(manifest, route.file, route.file_offset, route.ref))
+        for t in route.targets:
+            if zero and not t.zero_fill:
+                continue
+            data = raw[t.chunk_offset : t.chunk_offset + t.length]
+            if t.pid:
+                try:
+                    memwrite.write(t.pid, t.dest_offset, data)
+                except OSError as exc:
+                    raise InjectFailed(pid=t.pid, address=f"{t.dest_offset:#x}", length=t.length, reason=exc.strerror
+                                       or str(exc), snapshot_id=manifest.id) from exc
+            else:
+                os.pwrite(t.fd, data, t.dest_offset)
         with tally.lock:
-            tally.done += ref.length
+            tally.done += sum(t.length for t in route.targets)
             done = tally.done
         progress(done)
 

@@ -18,6 +18,7 @@ from snapd_daemon.criu import images_pb2
 PAGE_SIZE = 4096
 IMG_COMMON_MAGIC = 0x54564319
 PAGEMAP_MAGIC = 0x56084025
+MM_MAGIC = 0x57492820
 PE_PARENT = 1
 PE_LAZY = 2
 PE_PRESENT = 4
@@ -46,6 +47,7 @@ class PagesImage:
     """One process's pages image and the runs of pages stored in it, in file order."""
 
     pid: int
+    pages_id: int
     pages_file: str
     runs: tuple[PageRun, ...]
 
@@ -66,6 +68,29 @@ def _entries(data: bytes, expected_magic: int, path: Path) -> Iterator[bytes]:
         pos += size
 
 
+def write_image(path: Path, magic: int, messages: list[bytes]) -> None:
+    """Write an image file: the two magics, then each message with its u32 length."""
+    parts = [struct.pack("<II", IMG_COMMON_MAGIC, magic)]
+    for msg in messages:
+        parts += [struct.pack("<I", len(msg)), msg]
+    path.write_bytes(b"".join(parts))
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    prot: int
+    flags: int
+    status: int
+
+
+def read_vmas(path: Path) -> list[Vma]:
+    """The VMAs of one process from its ``mm-<pid>.img``."""
+    entry = images_pb2.MmEntry.FromString(next(_entries(path.read_bytes(), MM_MAGIC, path)))
+    return [Vma(v.start, v.end, v.prot, v.flags, v.status) for v in entry.vmas]
+
+
 def read_pagemap(path: Path) -> PagesImage:
     """Parse ``pagemap-<pid>.img``: which pages file, and where each present run lies in it."""
     match = _PAGEMAP_NAME.fullmatch(path.name)
@@ -82,7 +107,21 @@ def read_pagemap(path: Path) -> PagesImage:
         if flags & PE_PRESENT:
             runs.append(PageRun(vaddr=e.vaddr, nr_pages=nr, offset=offset))
             offset += nr * PAGE_SIZE
-    return PagesImage(pid=int(match.group(1)), pages_file=f"pages-{head.pages_id}.img", runs=tuple(runs))
+    return PagesImage(
+        pid=int(match.group(1)), pages_id=head.pages_id, pages_file=f"pages-{head.pages_id}.img", runs=tuple(runs)
+    )
+
+
+def write_pagemap(path: Path, pages_id: int, runs: list[tuple[int, int]]) -> None:
+    """Write a pagemap of present pages: ``runs`` are (vaddr, bytes), in pages-file order."""
+    head = images_pb2.PagemapHead(pages_id=pages_id).SerializeToString()
+    entries = [
+        images_pb2.PagemapEntry(
+            vaddr=vaddr, compat_nr_pages=0, flags=PE_PRESENT, nr_pages=length // PAGE_SIZE
+        ).SerializeToString()
+        for vaddr, length in runs
+    ]
+    write_image(path, PAGEMAP_MAGIC, [head, *entries])
 
 
 def pages_images(images_dir: Path) -> list[PagesImage]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esnapd_daemon/criu/images.proto\x12\x11snapd_criu_images\"\x1f\n\x0bPagemapHead\x12\x10\n\x08pages_id\x18\x01 \x02(\r\"j\n\x0cPagemapEntry\x12\r\n\x05vaddr\x18\x01 \x02(\x04\x12\x17\n\x0f\x63ompat_nr_pages\x18\x02 \x02(\r\x12\x11\n\tin_parent\x18\x03 \x01(\x08\x12\r\n\x05\x66lags\x18\x04 \x01(\r\x12\x10\n\x08nr_pages\x18\x05 \x01(\r')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esnapd_daemon/criu/images.proto\x12\x11snapd_criu_images\"\x1f\n\x0bPagemapHead\x12\x10\n\x08pages_id\x18\x01 \x02(\r\"j\n\x0cPagemapEntry\x12\r\n\x05vaddr\x18\x01 \x02(\x04\x12\x17\n\x0f\x63ompat_nr_pages\x18\x02 \x02(\r\x12\x11\n\tin_parent\x18\x03 \x01(\x08\x12\r\n\x05\x66lags\x18\x04 \x01(\r\x12\x10\n\x08nr_pages\x18\x05 \x01(\r\"\x9c\x01\n\x08VmaEntry\x12\r\n\x05start\x18\x01 \x02(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x02(\x04\x12\r\n\x05pgoff\x18\x03 \x02(\x04\x12\r\n\x05shmid\x18\x04 \x02(\x04\x12\x0c\n\x04prot\x18\x05 \x02(\r\x12\r\n\x05\x66lags\x18\x06 \x02(\r\x12\x0e\n\x06status\x18\x07 \x02(\r\x12\n\n\x02\x66\x64\x18\x08 \x02(\x12\x12\x0c\n\x04madv\x18\t \x01(\x04\x12\x0f\n\x07\x66\x64\x66lags\x18\n \x01(\r\"4\n\x07MmEntry\x12)\n\x04vmas\x18\x0e \x03(\x0b\x32\x1b.snapd_criu_images.VmaEntry')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAGEMAPHEAD']._serialized_end=84
   _globals['_PAGEMAPENTRY']._serialized_start=86
   _globals['_PAGEMAPENTRY']._serialized_end=192
+  _globals['_VMAENTRY']._serialized_start=195
+  _globals['_VMAENTRY']._serialized_end=351
+  _globals['_MMENTRY']._serialized_start=353
+  _globals['_MMENTRY']._serialized_end=405
 # @@protoc_insertion_point(module_scope)

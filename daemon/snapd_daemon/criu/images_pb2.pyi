@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -23,3 +25,33 @@ class PagemapEntry(_message.Message):
     flags: int
     nr_pages: int
     def __init__(self, vaddr: _Optional[int] = ..., compat_nr_pages: _Optional[int] = ..., in_parent: _Optional[bool] = ..., flags: _Optional[int] = ..., nr_pages: _Optional[int] = ...) -> None: ...
+
+class VmaEntry(_message.Message):
+    __slots__ = ("start", "end", "pgoff", "shmid", "prot", "flags", "status", "fd", "madv", "fdflags")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    PGOFF_FIELD_NUMBER: _ClassVar[int]
+    SHMID_FIELD_NUMBER: _ClassVar[int]
+    PROT_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FD_FIELD_NUMBER: _ClassVar[int]
+    MADV_FIELD_NUMBER: _ClassVar[int]
+    FDFLAGS_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    pgoff: int
+    shmid: int
+    prot: int
+    flags: int
+    status: int
+    fd: int
+    madv: int
+    fdflags: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., pgoff: _Optional[int] = ..., shmid: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., status: _Optional[int] = ..., fd: _Optional[int] = ..., madv: _Optional[int] = ..., fdflags: _Optional[int] = ...) -> None: ...
+
+class MmEntry(_message.Message):
+    __slots__ = ("vmas",)
+    VMAS_FIELD_NUMBER: _ClassVar[int]
+    vmas: _containers.RepeatedCompositeFieldContainer[VmaEntry]
+    def __init__(self, vmas: _Optional[_Iterable[_Union[VmaEntry, _Mapping]]] = ...) -> None: ...

@@ -22,6 +22,7 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_GPU_CHECKPOINT: _ClassVar[Phase]
     PHASE_GPU_RESTORE: _ClassVar[Phase]
     PHASE_HOOK: _ClassVar[Phase]
+    PHASE_INJECT: _ClassVar[Phase]
 PHASE_UNSPECIFIED: Phase
 PHASE_VALIDATE: Phase
 PHASE_DUMP: Phase
@@ -32,6 +33,7 @@ PHASE_RESTORE: Phase
 PHASE_GPU_CHECKPOINT: Phase
 PHASE_GPU_RESTORE: Phase
 PHASE_HOOK: Phase
+PHASE_INJECT: Phase
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms")
