@@ -1,0 +1,106 @@
+"""Fast restore: big regions cut from CRIU's image and written by snapd (real CRIU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import Daemon, Workloads, ask, gone, wait_for
+
+from snapd_client import SnapdClient, SnapdClientError
+from snapd_daemon.fastrestore import Span, split_runs
+
+
+@pytest.fixture
+def eager(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon that injects every private anonymous region of 1 MiB or more:
+    thread stacks, heaps and inherited regions go through the fast path too."""
+    d = Daemon(tmp_path / "eager", ("--inject-min-mb", "1"))
+    d.root.mkdir()
+    d.start()
+    yield d
+    d.stop()
+
+
+def _log_events(daemon: Daemon, event: str) -> list[dict[str, object]]:
+    lines = daemon.log.read_text().splitlines()
+    return [json.loads(ln) for ln in lines if f'"event": "{event}"' in ln]
+
+
+def test_runs_split_at_region_edges() -> None:
+    runs = [(0x1000, 0x5000, 0), (0x10000, 0x2000, 0x5000)]
+    keep, inject = split_runs(runs, [(0x2000, 0x4000), (0x11000, 0x20000)])
+    assert keep == [Span(0x1000, 0, 0x1000), Span(0x4000, 0x3000, 0x2000), Span(0x10000, 0x5000, 0x1000)]
+    assert inject == [Span(0x2000, 0x1000, 0x2000), Span(0x11000, 0x6000, 0x1000)]
+
+
+def test_every_kind_of_region_comes_back(eager: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("regions.py")
+    before = ask(pid, report)
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        c.restore(snap.id)
+    assert ask(pid, report) == before
+    prepared = _log_events(eager, "restore.prepared")[-1]
+    assert prepared["inject_bytes"] >= 96 << 20  # type: ignore[operator]
+
+
+def test_threads_and_forked_children_through_the_fast_path(eager: Daemon, workloads: Workloads) -> None:
+    tpid, treport = workloads.start("threads.py", "8")
+    fpid, freport = workloads.start("forker.py")
+    child_report = freport.with_name(freport.name + ".child")
+    wait_for(child_report.exists, 10, "the child to report")
+    child = int(child_report.read_text().split()[0])
+    with eager.client() as c:
+        threads_snap = c.checkpoint(tpid)
+        forker_snap = c.checkpoint(fpid)
+        wait_for(lambda: gone(tpid) and gone(fpid) and gone(child), 10, "the sources to stop")
+        c.restore(threads_snap.id)
+        c.restore(forker_snap.id)
+    first = [int(x) for x in ask(tpid, treport)]
+    assert first[1] == 9
+    wait_for(lambda: [int(x) for x in ask(tpid, treport)][2:] > first[2:], 10, "counters to advance")
+    assert int(ask(child, child_report)[1]) == fpid
+
+
+def test_changed_region_between_snapshots(eager: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("regions.py")
+    first_digests = ask(pid, report)
+    with eager.client() as c:
+        first = c.checkpoint(pid, leave_running=True)
+        os.kill(pid, signal.SIGUSR2)
+        wait_for(lambda: report.read_text().split()[1] != first_digests[1], 10, "the big region to change")
+        second_digests = ask(pid, report)
+        second = c.checkpoint(pid)
+        assert second.new_bytes < second.stored_bytes  # only the rewritten part is new
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        c.restore(first.id)
+        assert ask(pid, report) == first_digests
+        workloads.kill_all()
+        c.restore(second.id, wait_for_exit_seconds=10)
+        assert ask(pid, report) == second_digests
+
+
+def test_failure_during_injection_kills_the_half_restored_tree(eager: Daemon, workloads: Workloads) -> None:
+    pid, _ = workloads.start("memhold.py", "32")
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    manifest = json.loads((eager.state_dir / "manifests" / f"{snap.id}.json").read_text())
+    pages = next(f for f in manifest["files"] if f["name"].startswith("pages-"))
+    biggest = max((c for c in pages["chunks"] if c["id"]), key=lambda c: c["length"])
+    path = eager.state_dir / "chunks" / biggest["id"][:2] / biggest["id"]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with eager.client() as c, pytest.raises(SnapdClientError) as info:
+        c.restore(snap.id)
+    err = info.value
+    assert err.code == grpc.StatusCode.DATA_LOSS and biggest["id"] in err.message
+    assert gone(pid), "a half-restored process was left behind"
