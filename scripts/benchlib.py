@@ -87,7 +87,7 @@ class Daemon:
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self) -> None:
-        """Stop the daemon and remove its RAM staging root (the daemon leaves it behind)."""
+        """Stop the daemon and remove its RAM directory (staging and hot tier)."""
         if self.proc is None:
             return
         self.proc.terminate()
@@ -96,7 +96,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        _disk, ram = Settings(state_dir=self.state_dir).scratch_dirs()
+        ram = Settings(state_dir=self.state_dir).ram_dir()
         if ram is not None:
             shutil.rmtree(ram, ignore_errors=True)
 

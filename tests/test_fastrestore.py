@@ -14,6 +14,7 @@ from conftest import Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.fastrestore import Span, split_runs
+from snapd_daemon.runtime import Settings
 
 
 @pytest.fixture
@@ -103,4 +104,46 @@ def test_failure_during_injection_kills_the_half_restored_tree(eager: Daemon, wo
         c.restore(snap.id)
     err = info.value
     assert err.code == grpc.StatusCode.DATA_LOSS and biggest["id"] in err.message
-    assert gone(pid), "a half-restored process was left behind"
+    wait_for(lambda: gone(pid), 10, "CRIU to kill the half-restored tree")
+
+
+def test_prefetched_snapshot_restores_from_ram(eager: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "48")
+    digest = report.read_text().split()[1]
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        added = c.prefetch(snap.id)
+        assert added.bytes >= 48 << 20 and c.get(snap.id).hot
+        assert c.prefetch(snap.id).bytes == 0  # already there
+        # with every disk chunk damaged, the restore can only have come from RAM
+        for chunk in (eager.state_dir / "chunks").rglob("*"):
+            if chunk.is_file():
+                chunk.write_bytes(b"damaged")
+        c.restore(snap.id)
+        assert ask(pid, report)[1] == digest
+        assert c.fsck(snap.id).damage
+        dropped = c.prefetch(snap.id, drop=True)
+        assert dropped.bytes == added.bytes and dropped.hot_bytes == 0 and not c.get(snap.id).hot
+        workloads.kill_all()
+        with pytest.raises(SnapdClientError) as info:
+            c.restore(snap.id, wait_for_exit_seconds=10)
+        assert info.value.error_class == "ChunkCorrupt"
+
+
+def test_damaged_ram_copy_falls_back_to_disk(eager: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "16")
+    digest = report.read_text().split()[1]
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        c.prefetch(snap.id)
+        hot = Settings(state_dir=eager.state_dir).hot_dir()
+        assert hot is not None
+        for chunk in (hot / "chunks").rglob("*"):
+            if chunk.is_file():
+                chunk.write_bytes(b"\0" * chunk.stat().st_size)
+        c.restore(snap.id)
+        assert ask(pid, report)[1] == digest
+        c.delete(snap.id)
+    assert not [p for p in (hot / "chunks").rglob("*") if p.is_file()]

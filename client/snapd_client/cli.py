@@ -231,7 +231,8 @@ def list_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
             click.echo(f"{'ID':<30} {'NAME':<20} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10} {'NEW':>10}  CREATED")
             for s in resp.snapshots:
                 created = s.created.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-                click.echo(f"{s.id:<30} {(s.name or '-') + (' [pinned]' if s.pinned else ''):<20} {s.root_pid:>8} "
+                marks = (" [pinned]" if s.pinned else "") + (" [hot]" if s.hot else "")
+                click.echo(f"{s.id:<30} {(s.name or '-') + marks:<20} {s.root_pid:>8} "
                            f"{_human_bytes(s.raw_bytes):>10} {_human_bytes(s.stored_bytes):>10} "
                            f"{_human_bytes(s.new_bytes):>10}  {created}")
             dedupe = resp.store_stored_bytes / resp.store_disk_bytes if resp.store_disk_bytes else 1.0
@@ -312,6 +313,24 @@ def _pin(ctx: click.Context, snapshot: str, pinned: bool, as_json: bool) -> None
         with c.client() as client:
             s = client.pin(snapshot, pinned)
         c.emit(s, lambda: click.echo(f"{s.id} {'pinned' if s.pinned else 'unpinned'}"))
+
+    _run(ctx, as_json, action)
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.option("--drop", is_flag=True, help="Free the RAM copies instead.")
+@_json_option
+@click.pass_context
+def prefetch(ctx: click.Context, snapshot: str, drop: bool, as_json: bool) -> None:
+    """Hold SNAPSHOT's chunks decompressed in RAM so its restores skip disk and decompression."""
+
+    def action(c: Ctx) -> None:
+        with c.client() as client:
+            r = client.prefetch(snapshot, drop)
+        verb = "dropped" if drop else "prefetched"
+        c.emit(r, lambda: click.echo(f"{verb} {r.snapshot_id}: {_human_bytes(r.bytes)} in {r.seconds:.2f} s; "
+                                     f"hot tier holds {_human_bytes(r.hot_bytes)}"))
 
     _run(ctx, as_json, action)
 

@@ -144,6 +144,10 @@ class SnapdClient:
         result: pb.Snapshot = self._unary(self._stub.PinSnapshot, pb.PinSnapshotRequest(snapshot=snapshot, pinned=pinned))
         return result
 
+    def prefetch(self, snapshot: str, drop: bool = False) -> pb.PrefetchResponse:
+        result: pb.PrefetchResponse = self._unary(self._stub.Prefetch, pb.PrefetchRequest(snapshot=snapshot, drop=drop))
+        return result
+
     def gc(self, *, keep_last: int = 0, dry_run: bool = False) -> pb.CollectGarbageResponse:
         result: pb.CollectGarbageResponse = self._unary(
             self._stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=keep_last, dry_run=dry_run)

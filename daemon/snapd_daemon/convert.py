@@ -33,7 +33,7 @@ def progress(event: ProgressEvent, operation_id: str) -> pb.Progress:
     )
 
 
-def snapshot(m: Manifest, pinned: bool) -> pb.Snapshot:
+def snapshot(m: Manifest, pinned: bool, hot: bool) -> pb.Snapshot:
     msg = pb.Snapshot(
         id=m.id,
         name=m.name,
@@ -46,6 +46,7 @@ def snapshot(m: Manifest, pinned: bool) -> pb.Snapshot:
         stored_bytes=m.stored_bytes,
         new_bytes=m.new_bytes,
         pinned=pinned,
+        hot=hot,
         checkpoint_seconds=m.checkpoint_seconds,
         leave_running=m.leave_running,
         processes=[

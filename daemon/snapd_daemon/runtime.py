@@ -34,13 +34,22 @@ class Settings:
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
 
 
+    def ram_dir(self) -> Path | None:
+        """This daemon's directory in RAM, keyed by the state directory so that daemons
+        with different state directories never touch each other's files."""
+        if self.ram_scratch is None:
+            return None
+        return self.ram_scratch / hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
+
     def scratch_dirs(self) -> tuple[Path, Path | None]:
-        """(disk, RAM) staging roots. The RAM one is keyed by the state directory so that
-        daemons with different state directories never clean up each other's staging."""
-        ram = None
-        if self.ram_scratch is not None:
-            ram = self.ram_scratch / hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
-        return self.state_dir / "staging", ram
+        """(disk, RAM) staging roots."""
+        ram = self.ram_dir()
+        return self.state_dir / "staging", ram / "staging" if ram else None
+
+    def hot_dir(self) -> Path | None:
+        """Where prefetched snapshots keep decompressed chunks (RAM)."""
+        ram = self.ram_dir()
+        return ram / "hot" if ram else None
 
 
 @dataclass

@@ -30,6 +30,7 @@ from snapd_daemon.criu.binary import locate
 from snapd_daemon.errors import InvalidRequest, StoreError
 from snapd_daemon.runtime import Runtime, Settings
 from snapd_daemon.service import SnapshotsServicer
+from snapd_daemon.cas.hot import HotTier
 from snapd_daemon.cas.store import Scratch, SnapshotStore
 
 log = structlog.get_logger()
@@ -110,7 +111,8 @@ def serve(settings: Settings, listen: Listen) -> None:
     criu = locate(settings.criu_path)
     disk_scratch, ram_scratch = settings.scratch_dirs()
     scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
-    store = SnapshotStore(settings.state_dir, scratch, settings.io_threads)
+    hot_dir = settings.hot_dir()
+    store = SnapshotStore(settings.state_dir, scratch, settings.io_threads, HotTier(hot_dir) if hot_dir else None)
     _resume_held(store.recover())
     rt = Runtime(settings=settings, criu=criu, store=store)
 

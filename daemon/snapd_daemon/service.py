@@ -90,7 +90,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 return
 
     def _snapshot(self, m: Manifest) -> pb.Snapshot:
-        return convert.snapshot(m, self.rt.store.is_pinned(m.id))
+        return convert.snapshot(m, self.rt.store.is_pinned(m.id), self.rt.store.is_hot(m.id))
 
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointEvent]:
         try:
@@ -170,6 +170,23 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             abort(context, err)
         log.info("snapshot.pinned" if request.pinned else "snapshot.unpinned", snapshot=manifest.id)
         return self._snapshot(manifest)
+
+    def Prefetch(self, request: pb.PrefetchRequest, context: grpc.ServicerContext) -> pb.PrefetchResponse:
+        started = time.monotonic()
+        op_id = new_operation_id()
+        try:
+            manifest = self.rt.store.get(validation.snapshot_ref(request.snapshot))
+            with self.rt.registry.claim("prefetch", op_id, snapshot_id=manifest.id):
+                if request.drop:
+                    moved = self.rt.store.drop_prefetch(manifest)
+                else:
+                    moved = self.rt.store.prefetch(manifest, lambda _done: None)
+        except SnapdError as err:
+            abort(context, err)
+        hot = self.rt.store.hot
+        log.info("snapshot.prefetch", op=op_id, snapshot=manifest.id, drop=request.drop, bytes=moved)
+        return pb.PrefetchResponse(snapshot_id=manifest.id, bytes=moved, hot_bytes=hot.bytes_used() if hot else 0,
+                                   seconds=time.monotonic() - started)
 
     def CollectGarbage(
         self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext

@@ -33,6 +33,7 @@ from pathlib import Path
 from snapd_daemon.cas import chunkfile
 from snapd_daemon.cas.chunking import Piece, plan
 from snapd_daemon.cas.chunks import ChunkStore
+from snapd_daemon.cas.hot import HotTier
 from snapd_daemon.cas.rwlock import RWLock
 from snapd_daemon import memwrite
 from snapd_daemon.errors import ChunkCorrupt, InjectFailed, SnapshotNotFound, SnapshotPinned, StoreError, StoreFull
@@ -160,10 +161,11 @@ class _IngestTally:
 
 
 class SnapshotStore:
-    def __init__(self, root: Path, scratch: Scratch, threads: int) -> None:
+    def __init__(self, root: Path, scratch: Scratch, threads: int, hot: HotTier | None = None) -> None:
         self.root = root
         self.scratch = scratch
         self.threads = threads
+        self.hot = hot
         self.chunks = ChunkStore(root / "chunks")
         self.manifests_dir = root / "manifests"
         self.pins_dir = root / "pins"
@@ -209,10 +211,11 @@ class SnapshotStore:
         threading.Thread(target=shutil.rmtree, args=(staging.root, True), name="discard", daemon=True).start()
 
     def release_scratch(self) -> None:
-        """Remove the (empty) RAM scratch directory when the daemon stops."""
+        """Remove the (empty) RAM staging directory when the daemon stops; the hot tier stays."""
         if self.scratch.ram is not None:
             with contextlib.suppress(OSError):
                 self.scratch.ram.rmdir()
+                self.scratch.ram.parent.rmdir()
 
     def staging_full(self, staging: Staging, needed: int) -> StoreFull | None:
         """A StoreFull error if the staging file system has (nearly) no space left."""
@@ -345,7 +348,14 @@ class SnapshotStore:
             done = tally.done
         progress(done)
 
-    def read_chunk(self, manifest: Manifest, name: str, offset: int, ref: ChunkRef) -> bytes | memoryview:
+    def read_chunk(
+        self, manifest: Manifest, name: str, offset: int, ref: ChunkRef, hot: bool = True
+    ) -> bytes | memoryview:
+        """Verified bytes of a chunk: from the hot tier when it has them, else from disk."""
+        if hot and self.hot is not None:
+            view = self.hot.read(ref.id)
+            if view is not None:
+                return view
         try:
             return self.chunks.read(ref.id)
         except FileNotFoundError:
@@ -353,6 +363,41 @@ class SnapshotStore:
         except chunkfile.ChunkDecodeError as exc:
             problem = f"corrupt ({exc})"
         raise ChunkCorrupt(snapshot_id=manifest.id, chunk=ref.id, file=name, offset=offset, problem=problem)
+
+    # -- hot tier -------------------------------------------------------------
+
+    def prefetch(self, manifest: Manifest, progress: Progress) -> int:
+        """Put the snapshot's chunks, decompressed and verified, in the hot tier; bytes added."""
+        if self.hot is None:
+            raise StoreError(path=self.root, reason="no RAM directory is configured for the hot tier")
+        hot = self.hot
+        refs = {ref.id: (entry.name, offset, ref) for entry in manifest.files
+                for offset, ref in _offsets(entry.chunks) if ref.id != ZERO_CHUNK}
+        missing = [(cid, where) for cid, where in refs.items() if not hot.has(cid)]
+        needed = sum(where[2].length for _, where in missing)
+        if needed + (1 << 30) > hot.free_bytes():
+            raise StoreFull(path=hot.root, needed=needed, free=hot.free_bytes())
+        tally = _IngestTally()
+
+        def one(item: tuple[str, tuple[str, int, ChunkRef]]) -> None:
+            cid, (name, offset, ref) = item
+            hot.add(cid, self.read_chunk(manifest, name, offset, ref, hot=False))
+            with tally.lock:
+                tally.done += ref.length
+                done = tally.done
+            progress(done)
+
+        with self.lock.shared(), self.translate_os_errors(needed):
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="prefetch") as pool:
+                list(pool.map(one, missing))
+            hot.mark(manifest.id, set(refs))
+        return needed
+
+    def drop_prefetch(self, manifest: Manifest) -> int:
+        return self.hot.unmark(manifest.id) if self.hot is not None else 0
+
+    def is_hot(self, snapshot_id: str) -> bool:
+        return self.hot is not None and (self.hot.snapshots_dir / snapshot_id).exists()
 
     # -- space ----------------------------------------------------------------
 
@@ -370,6 +415,7 @@ class SnapshotStore:
             raise SnapshotPinned(snapshot_id=manifest.id)
         with self.lock.exclusive():
             self._unpublish(manifest.id)
+            self.drop_prefetch(manifest)
             return self._remove_chunks(manifest.chunk_ids() - self._live_chunks())
 
     def gc(self, keep_last: int, dry_run: bool) -> GcPlan:
@@ -391,6 +437,8 @@ class SnapshotStore:
             result.bytes = sum(size for _, size in doomed)
             if not dry_run:
                 for sid in result.expired:
+                    if self.hot is not None:
+                        self.hot.unmark(sid)
                     self._unpublish(sid)
                 self._remove_chunks({cid for cid, _ in doomed})
             return result
@@ -400,6 +448,7 @@ class SnapshotStore:
         fsync_path(self.manifests_dir)
         with self._index_lock:
             del self._manifests[snapshot_id]
+
 
     def _live_chunks(self) -> set[str]:
         with self._index_lock:
@@ -418,7 +467,7 @@ class SnapshotStore:
     # -- integrity ------------------------------------------------------------
 
     def fsck(self, manifests: list[Manifest]) -> FsckReport:
-        """Read and verify every chunk the given snapshots reference."""
+        """Read and verify every chunk the given snapshots reference, on disk (not the hot tier)."""
         report = FsckReport(snapshots=len(manifests))
         users: dict[str, list[tuple[Manifest, str, int, ChunkRef]]] = {}
         for m in manifests:
@@ -432,7 +481,7 @@ class SnapshotStore:
         def check(cid: str) -> str:
             m, name, offset, ref = users[cid][0]
             try:
-                self.read_chunk(m, name, offset, ref)
+                self.read_chunk(m, name, offset, ref, hot=False)
             except ChunkCorrupt as err:
                 return str(err.fields["problem"])
             return ""
@@ -446,3 +495,10 @@ class SnapshotStore:
             live = self._live_chunks()
             report.orphan_chunks = sum(1 for cid, _ in self.chunks.all() if cid not in live)
         return report
+
+
+def _offsets(chunks: tuple[ChunkRef, ...]) -> Iterator[tuple[int, ChunkRef]]:
+    offset = 0
+    for ref in chunks:
+        yield offset, ref
+        offset += ref.length

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14snapd/v1/snapd.proto\x12\x08snapd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x01\n\x11\x43heckpointRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.snapd.v1.CheckpointRequest.LabelsEntry\x12\x15\n\rleave_running\x18\x04 \x01(\x08\x12+\n\x13pre_checkpoint_hook\x18\x05 \x01(\x0b\x32\x0e.snapd.v1.Hook\x12\x1c\n\x14\x63uda_lock_timeout_ms\x18\x06 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x04Hook\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\r\"\xdf\x01\n\x0eRestoreRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x1d\n\x15wait_for_exit_seconds\x18\x02 \x01(\r\x12>\n\x0cgpu_uuid_map\x18\x03 \x03(\x0b\x32(.snapd.v1.RestoreRequest.GpuUuidMapEntry\x12)\n\x11post_restore_hook\x18\x04 \x01(\x0b\x32\x0e.snapd.v1.Hook\x1a\x31\n\x0fGpuUuidMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x08Progress\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x1e\n\x05phase\x18\x02 \x01(\x0e\x32\x0f.snapd.v1.Phase\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\"j\n\x0f\x43heckpointEvent\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.snapd.v1.ProgressH\x00\x12&\n\x08snapshot\x18\x02 \x01(\x0b\x32\x12.snapd.v1.SnapshotH\x00\x42\x07\n\x05\x65vent\"j\n\x0cRestoreEvent\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.snapd.v1.ProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.snapd.v1.RestoreResultH\x00\x42\x07\n\x05\x65vent\"t\n\rRestoreResult\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x10\n\x08root_pid\x18\x03 \x01(\x05\x12\x0c\n\x04pids\x18\x04 \x03(\x05\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\"k\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04ppid\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x04 \x03(\t\x12\x0f\n\x07threads\x18\x05 \x01(\r\x12\x11\n\trss_bytes\x18\x06 \x01(\x04\"-\n\tImageFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"\xe7\x03\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.snapd.v1.Snapshot.LabelsEntry\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08root_pid\x18\x05 \x01(\x05\x12(\n\tprocesses\x18\x06 \x03(\x0b\x32\x15.snapd.v1.ProcessInfo\x12\x14\n\x0c\x63riu_version\x18\x07 \x01(\t\x12\x0e\n\x06kernel\x18\x08 \x01(\t\x12\x10\n\x08hostname\x18\t \x01(\t\x12\x11\n\traw_bytes\x18\n \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x0b \x01(\x04\x12\"\n\x05\x66iles\x18\x0c \x03(\x0b\x32\x13.snapd.v1.ImageFile\x12\x1a\n\x12\x63heckpoint_seconds\x18\r \x01(\x01\x12\x15\n\rleave_running\x18\x0e \x01(\x08\x12\x11\n\tnew_bytes\x18\x0f \x01(\x04\x12\x0e\n\x06pinned\x18\x10 \x01(\x08\x12\x1e\n\x03gpu\x18\x11 \x01(\x0b\x32\x11.snapd.v1.GpuInfo\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\tGpuDevice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\"s\n\x07GpuInfo\x12\x16\n\x0e\x64river_version\x18\x01 \x01(\t\x12\x17\n\x0f\x63uda_driver_api\x18\x02 \x01(\x05\x12$\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x13.snapd.v1.GpuDevice\x12\x11\n\tcuda_pids\x18\x04 \x03(\x05\"$\n\x14ListSnapshotsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8d\x01\n\x15ListSnapshotsResponse\x12%\n\tsnapshots\x18\x01 \x03(\x0b\x32\x12.snapd.v1.Snapshot\x12\x17\n\x0fstore_raw_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12store_stored_bytes\x18\x03 \x01(\x04\x12\x18\n\x10store_disk_bytes\x18\x04 \x01(\x04\"&\n\x12GetSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\")\n\x15\x44\x65leteSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\"9\n\x16\x44\x65leteSnapshotResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"6\n\x12PinSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\";\n\x15\x43ollectGarbageRequest\x12\x11\n\tkeep_last\x18\x01 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"c\n\x16\x43ollectGarbageResponse\x12\x19\n\x11\x65xpired_snapshots\x18\x01 \x03(\t\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"%\n\x11\x43heckStoreRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\"`\n\x0b\x43hunkDamage\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05\x63hunk\x18\x04 \x01(\t\x12\x0f\n\x07problem\x18\x05 \x01(\t\"\x94\x01\n\x12\x43heckStoreResponse\x12\x11\n\tsnapshots\x18\x01 \x01(\r\x12\x16\n\x0e\x63hunks_checked\x18\x02 \x01(\x04\x12\x15\n\rbytes_checked\x18\x03 \x01(\x04\x12%\n\x06\x64\x61mage\x18\x04 \x03(\x0b\x32\x15.snapd.v1.ChunkDamage\x12\x15\n\rorphan_chunks\x18\x05 \x01(\x04\"\x12\n\x10GetStatusRequest\"1\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x9c\x02\n\x0c\x44\x61\x65monStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12\x11\n\tcriu_path\x18\x04 \x01(\t\x12\x14\n\x0c\x63riu_version\x18\x05 \x01(\t\x12\x0e\n\x06kernel\x18\x06 \x01(\t\x12\x11\n\tstate_dir\x18\x07 \x01(\t\x12\x1c\n\x14state_dir_free_bytes\x18\x08 \x01(\x04\x12\x11\n\tsnapshots\x18\t \x01(\r\x12\x1c\n\x14operations_in_flight\x18\n \x01(\r\x12\x1a\n\x12gpu_driver_version\x18\x0b \x01(\t\x12\x1f\n\x06\x63hecks\x18\x0c \x03(\x0b\x32\x0f.snapd.v1.Check*\xe4\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePHASE_VALIDATE\x10\x01\x12\x0e\n\nPHASE_DUMP\x10\x02\x12\x10\n\x0cPHASE_COMMIT\x10\x03\x12\x15\n\x11PHASE_STOP_SOURCE\x10\x04\x12\x11\n\rPHASE_PREPARE\x10\x05\x12\x11\n\rPHASE_RESTORE\x10\x06\x12\x18\n\x14PHASE_GPU_CHECKPOINT\x10\x07\x12\x15\n\x11PHASE_GPU_RESTORE\x10\x08\x12\x0e\n\nPHASE_HOOK\x10\t\x12\x10\n\x0cPHASE_INJECT\x10\n2\x9a\x05\n\tSnapshots\x12\x46\n\nCheckpoint\x12\x1b.snapd.v1.CheckpointRequest\x1a\x19.snapd.v1.CheckpointEvent0\x01\x12=\n\x07Restore\x12\x18.snapd.v1.RestoreRequest\x1a\x16.snapd.v1.RestoreEvent0\x01\x12P\n\rListSnapshots\x12\x1e.snapd.v1.ListSnapshotsRequest\x1a\x1f.snapd.v1.ListSnapshotsResponse\x12?\n\x0bGetSnapshot\x12\x1c.snapd.v1.GetSnapshotRequest\x1a\x12.snapd.v1.Snapshot\x12S\n\x0e\x44\x65leteSnapshot\x12\x1f.snapd.v1.DeleteSnapshotRequest\x1a .snapd.v1.DeleteSnapshotResponse\x12?\n\x0bPinSnapshot\x12\x1c.snapd.v1.PinSnapshotRequest\x1a\x12.snapd.v1.Snapshot\x12S\n\x0e\x43ollectGarbage\x12\x1f.snapd.v1.CollectGarbageRequest\x1a .snapd.v1.CollectGarbageResponse\x12G\n\nCheckStore\x12\x1b.snapd.v1.CheckStoreRequest\x1a\x1c.snapd.v1.CheckStoreResponse\x12?\n\tGetStatus\x12\x1a.snapd.v1.GetStatusRequest\x1a\x16.snapd.v1.DaemonStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14snapd/v1/snapd.proto\x12\x08snapd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x01\n\x11\x43heckpointRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.snapd.v1.CheckpointRequest.LabelsEntry\x12\x15\n\rleave_running\x18\x04 \x01(\x08\x12+\n\x13pre_checkpoint_hook\x18\x05 \x01(\x0b\x32\x0e.snapd.v1.Hook\x12\x1c\n\x14\x63uda_lock_timeout_ms\x18\x06 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x04Hook\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\r\"\xdf\x01\n\x0eRestoreRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x1d\n\x15wait_for_exit_seconds\x18\x02 \x01(\r\x12>\n\x0cgpu_uuid_map\x18\x03 \x03(\x0b\x32(.snapd.v1.RestoreRequest.GpuUuidMapEntry\x12)\n\x11post_restore_hook\x18\x04 \x01(\x0b\x32\x0e.snapd.v1.Hook\x1a\x31\n\x0fGpuUuidMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x08Progress\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x1e\n\x05phase\x18\x02 \x01(\x0e\x32\x0f.snapd.v1.Phase\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\"j\n\x0f\x43heckpointEvent\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.snapd.v1.ProgressH\x00\x12&\n\x08snapshot\x18\x02 \x01(\x0b\x32\x12.snapd.v1.SnapshotH\x00\x42\x07\n\x05\x65vent\"j\n\x0cRestoreEvent\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.snapd.v1.ProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.snapd.v1.RestoreResultH\x00\x42\x07\n\x05\x65vent\"t\n\rRestoreResult\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x10\n\x08root_pid\x18\x03 \x01(\x05\x12\x0c\n\x04pids\x18\x04 \x03(\x05\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\"k\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04ppid\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x04 \x03(\t\x12\x0f\n\x07threads\x18\x05 \x01(\r\x12\x11\n\trss_bytes\x18\x06 \x01(\x04\"-\n\tImageFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"\xf4\x03\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.snapd.v1.Snapshot.LabelsEntry\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08root_pid\x18\x05 \x01(\x05\x12(\n\tprocesses\x18\x06 \x03(\x0b\x32\x15.snapd.v1.ProcessInfo\x12\x14\n\x0c\x63riu_version\x18\x07 \x01(\t\x12\x0e\n\x06kernel\x18\x08 \x01(\t\x12\x10\n\x08hostname\x18\t \x01(\t\x12\x11\n\traw_bytes\x18\n \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x0b \x01(\x04\x12\"\n\x05\x66iles\x18\x0c \x03(\x0b\x32\x13.snapd.v1.ImageFile\x12\x1a\n\x12\x63heckpoint_seconds\x18\r \x01(\x01\x12\x15\n\rleave_running\x18\x0e \x01(\x08\x12\x11\n\tnew_bytes\x18\x0f \x01(\x04\x12\x0e\n\x06pinned\x18\x10 \x01(\x08\x12\x1e\n\x03gpu\x18\x11 \x01(\x0b\x32\x11.snapd.v1.GpuInfo\x12\x0b\n\x03hot\x18\x12 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\tGpuDevice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\"s\n\x07GpuInfo\x12\x16\n\x0e\x64river_version\x18\x01 \x01(\t\x12\x17\n\x0f\x63uda_driver_api\x18\x02 \x01(\x05\x12$\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x13.snapd.v1.GpuDevice\x12\x11\n\tcuda_pids\x18\x04 \x03(\x05\"$\n\x14ListSnapshotsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8d\x01\n\x15ListSnapshotsResponse\x12%\n\tsnapshots\x18\x01 \x03(\x0b\x32\x12.snapd.v1.Snapshot\x12\x17\n\x0fstore_raw_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12store_stored_bytes\x18\x03 \x01(\x04\x12\x18\n\x10store_disk_bytes\x18\x04 \x01(\x04\"&\n\x12GetSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\")\n\x15\x44\x65leteSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\"9\n\x16\x44\x65leteSnapshotResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"6\n\x12PinSnapshotRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"1\n\x0fPrefetchRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x0c\n\x04\x64rop\x18\x02 \x01(\x08\"Z\n\x10PrefetchResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x11\n\thot_bytes\x18\x03 \x01(\x04\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\";\n\x15\x43ollectGarbageRequest\x12\x11\n\tkeep_last\x18\x01 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"c\n\x16\x43ollectGarbageResponse\x12\x19\n\x11\x65xpired_snapshots\x18\x01 \x03(\t\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"%\n\x11\x43heckStoreRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\"`\n\x0b\x43hunkDamage\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05\x63hunk\x18\x04 \x01(\t\x12\x0f\n\x07problem\x18\x05 \x01(\t\"\x94\x01\n\x12\x43heckStoreResponse\x12\x11\n\tsnapshots\x18\x01 \x01(\r\x12\x16\n\x0e\x63hunks_checked\x18\x02 \x01(\x04\x12\x15\n\rbytes_checked\x18\x03 \x01(\x04\x12%\n\x06\x64\x61mage\x18\x04 \x03(\x0b\x32\x15.snapd.v1.ChunkDamage\x12\x15\n\rorphan_chunks\x18\x05 \x01(\x04\"\x12\n\x10GetStatusRequest\"1\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x9c\x02\n\x0c\x44\x61\x65monStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12\x11\n\tcriu_path\x18\x04 \x01(\t\x12\x14\n\x0c\x63riu_version\x18\x05 \x01(\t\x12\x0e\n\x06kernel\x18\x06 \x01(\t\x12\x11\n\tstate_dir\x18\x07 \x01(\t\x12\x1c\n\x14state_dir_free_bytes\x18\x08 \x01(\x04\x12\x11\n\tsnapshots\x18\t \x01(\r\x12\x1c\n\x14operations_in_flight\x18\n \x01(\r\x12\x1a\n\x12gpu_driver_version\x18\x0b \x01(\t\x12\x1f\n\x06\x63hecks\x18\x0c \x03(\x0b\x32\x0f.snapd.v1.Check*\xe4\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePHASE_VALIDATE\x10\x01\x12\x0e\n\nPHASE_DUMP\x10\x02\x12\x10\n\x0cPHASE_COMMIT\x10\x03\x12\x15\n\x11PHASE_STOP_SOURCE\x10\x04\x12\x11\n\rPHASE_PREPARE\x10\x05\x12\x11\n\rPHASE_RESTORE\x10\x06\x12\x18\n\x14PHASE_GPU_CHECKPOINT\x10\x07\x12\x15\n\x11PHASE_GPU_RESTORE\x10\x08\x12\x0e\n\nPHASE_HOOK\x10\t\x12\x10\n\x0cPHASE_INJECT\x10\n2\xdd\x05\n\tSnapshots\x12\x46\n\nCheckpoint\x12\x1b.snapd.v1.CheckpointRequest\x1a\x19.snapd.v1.CheckpointEvent0\x01\x12=\n\x07Restore\x12\x18.snapd.v1.RestoreRequest\x1a\x16.snapd.v1.RestoreEvent0\x01\x12P\n\rListSnapshots\x12\x1e.snapd.v1.ListSnapshotsRequest\x1a\x1f.snapd.v1.ListSnapshotsResponse\x12?\n\x0bGetSnapshot\x12\x1c.snapd.v1.GetSnapshotRequest\x1a\x12.snapd.v1.Snapshot\x12S\n\x0e\x44\x65leteSnapshot\x12\x1f.snapd.v1.DeleteSnapshotRequest\x1a .snapd.v1.DeleteSnapshotResponse\x12?\n\x0bPinSnapshot\x12\x1c.snapd.v1.PinSnapshotRequest\x1a\x12.snapd.v1.Snapshot\x12\x41\n\x08Prefetch\x12\x19.snapd.v1.PrefetchRequest\x1a\x1a.snapd.v1.PrefetchResponse\x12S\n\x0e\x43ollectGarbage\x12\x1f.snapd.v1.CollectGarbageRequest\x1a .snapd.v1.CollectGarbageResponse\x12G\n\nCheckStore\x12\x1b.snapd.v1.CheckStoreRequest\x1a\x1c.snapd.v1.CheckStoreResponse\x12?\n\tGetStatus\x12\x1a.snapd.v1.GetStatusRequest\x1a\x16.snapd.v1.DaemonStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESTOREREQUEST_GPUUUIDMAPENTRY']._serialized_options = b'8\001'
   _globals['_SNAPSHOT_LABELSENTRY']._loaded_options = None
   _globals['_SNAPSHOT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PHASE']._serialized_start=3079
-  _globals['_PHASE']._serialized_end=3307
+  _globals['_PHASE']._serialized_start=3235
+  _globals['_PHASE']._serialized_end=3463
   _globals['_CHECKPOINTREQUEST']._serialized_start=68
   _globals['_CHECKPOINTREQUEST']._serialized_end=316
   _globals['_CHECKPOINTREQUEST_LABELSENTRY']._serialized_start=271
@@ -63,41 +63,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEFILE']._serialized_start=1158
   _globals['_IMAGEFILE']._serialized_end=1203
   _globals['_SNAPSHOT']._serialized_start=1206
-  _globals['_SNAPSHOT']._serialized_end=1693
+  _globals['_SNAPSHOT']._serialized_end=1706
   _globals['_SNAPSHOT_LABELSENTRY']._serialized_start=271
   _globals['_SNAPSHOT_LABELSENTRY']._serialized_end=316
-  _globals['_GPUDEVICE']._serialized_start=1695
-  _globals['_GPUDEVICE']._serialized_end=1771
-  _globals['_GPUINFO']._serialized_start=1773
-  _globals['_GPUINFO']._serialized_end=1888
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1890
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=1926
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=1929
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=2070
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=2072
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=2110
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=2112
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=2153
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=2155
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=2212
-  _globals['_PINSNAPSHOTREQUEST']._serialized_start=2214
-  _globals['_PINSNAPSHOTREQUEST']._serialized_end=2268
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=2270
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=2329
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=2331
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=2430
-  _globals['_CHECKSTOREREQUEST']._serialized_start=2432
-  _globals['_CHECKSTOREREQUEST']._serialized_end=2469
-  _globals['_CHUNKDAMAGE']._serialized_start=2471
-  _globals['_CHUNKDAMAGE']._serialized_end=2567
-  _globals['_CHECKSTORERESPONSE']._serialized_start=2570
-  _globals['_CHECKSTORERESPONSE']._serialized_end=2718
-  _globals['_GETSTATUSREQUEST']._serialized_start=2720
-  _globals['_GETSTATUSREQUEST']._serialized_end=2738
-  _globals['_CHECK']._serialized_start=2740
-  _globals['_CHECK']._serialized_end=2789
-  _globals['_DAEMONSTATUS']._serialized_start=2792
-  _globals['_DAEMONSTATUS']._serialized_end=3076
-  _globals['_SNAPSHOTS']._serialized_start=3310
-  _globals['_SNAPSHOTS']._serialized_end=3976
+  _globals['_GPUDEVICE']._serialized_start=1708
+  _globals['_GPUDEVICE']._serialized_end=1784
+  _globals['_GPUINFO']._serialized_start=1786
+  _globals['_GPUINFO']._serialized_end=1901
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1903
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=1939
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=1942
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=2083
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=2085
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=2123
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=2125
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=2166
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=2168
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=2225
+  _globals['_PINSNAPSHOTREQUEST']._serialized_start=2227
+  _globals['_PINSNAPSHOTREQUEST']._serialized_end=2281
+  _globals['_PREFETCHREQUEST']._serialized_start=2283
+  _globals['_PREFETCHREQUEST']._serialized_end=2332
+  _globals['_PREFETCHRESPONSE']._serialized_start=2334
+  _globals['_PREFETCHRESPONSE']._serialized_end=2424
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=2426
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=2485
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=2487
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=2586
+  _globals['_CHECKSTOREREQUEST']._serialized_start=2588
+  _globals['_CHECKSTOREREQUEST']._serialized_end=2625
+  _globals['_CHUNKDAMAGE']._serialized_start=2627
+  _globals['_CHUNKDAMAGE']._serialized_end=2723
+  _globals['_CHECKSTORERESPONSE']._serialized_start=2726
+  _globals['_CHECKSTORERESPONSE']._serialized_end=2874
+  _globals['_GETSTATUSREQUEST']._serialized_start=2876
+  _globals['_GETSTATUSREQUEST']._serialized_end=2894
+  _globals['_CHECK']._serialized_start=2896
+  _globals['_CHECK']._serialized_end=2945
+  _globals['_DAEMONSTATUS']._serialized_start=2948
+  _globals['_DAEMONSTATUS']._serialized_end=3232
+  _globals['_SNAPSHOTS']._serialized_start=3466
+  _globals['_SNAPSHOTS']._serialized_end=4199
 # @@protoc_insertion_point(module_scope)

@@ -154,7 +154,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class Snapshot(_message.Message):
     NEW_BYTES_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
+    HOT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -196,7 +197,8 @@ class Snapshot(_message.Message):
     new_bytes: int
     pinned: bool
     gpu: GpuInfo
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ...) -> None: ...
+    hot: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ...) -> None: ...
 
 class GpuDevice(_message.Message):
     __slots__ = ("index", "name", "uuid", "memory_bytes")
@@ -267,6 +269,26 @@ class PinSnapshotRequest(_message.Message):
     snapshot: str
     pinned: bool
     def __init__(self, snapshot: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class PrefetchRequest(_message.Message):
+    __slots__ = ("snapshot", "drop")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    snapshot: str
+    drop: bool
+    def __init__(self, snapshot: _Optional[str] = ..., drop: _Optional[bool] = ...) -> None: ...
+
+class PrefetchResponse(_message.Message):
+    __slots__ = ("snapshot_id", "bytes", "hot_bytes", "seconds")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    bytes: int
+    hot_bytes: int
+    seconds: float
+    def __init__(self, snapshot_id: _Optional[str] = ..., bytes: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class CollectGarbageRequest(_message.Message):
     __slots__ = ("keep_last", "dry_run")

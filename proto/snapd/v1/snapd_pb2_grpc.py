@@ -64,6 +64,11 @@ class SnapshotsStub:
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.PinSnapshotRequest.SerializeToString,
                 response_deserializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
                 _registered_method=True)
+        self.Prefetch = channel.unary_unary(
+                '/snapd.v1.Snapshots/Prefetch',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.PrefetchRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.PrefetchResponse.FromString,
+                _registered_method=True)
         self.CollectGarbage = channel.unary_unary(
                 '/snapd.v1.Snapshots/CollectGarbage',
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.CollectGarbageRequest.SerializeToString,
@@ -123,6 +128,13 @@ class SnapshotsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prefetch(self, request, context):
+        """Keep a snapshot's chunks decompressed in RAM for fast restores (or drop them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CollectGarbage(self, request, context):
         """Plan, and unless dry_run execute: expire old snapshots, reclaim unreferenced chunks.
         """
@@ -176,6 +188,11 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.PinSnapshot,
                     request_deserializer=snapd_dot_v1_dot_snapd__pb2.PinSnapshotRequest.FromString,
                     response_serializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.SerializeToString,
+            ),
+            'Prefetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prefetch,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.PrefetchRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.PrefetchResponse.SerializeToString,
             ),
             'CollectGarbage': grpc.unary_unary_rpc_method_handler(
                     servicer.CollectGarbage,
@@ -355,6 +372,33 @@ class Snapshots:
             '/snapd.v1.Snapshots/PinSnapshot',
             snapd_dot_v1_dot_snapd__pb2.PinSnapshotRequest.SerializeToString,
             snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prefetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/Prefetch',
+            snapd_dot_v1_dot_snapd__pb2.PrefetchRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.PrefetchResponse.FromString,
             options,
             channel_credentials,
             insecure,
