@@ -17,7 +17,8 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from snapd_client import SnapdClient
+from snapd.v1 import snapd_pb2 as pb
+from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.runtime import Settings
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -112,6 +113,37 @@ class Workloads:
             if mine in " ".join(argv) and "snapd_client" not in argv:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
+
+
+class BackgroundCheckpoint:
+    """A checkpoint through its own client in a thread; ``wait_for_phase`` returns once
+    progress of ``phase`` with bytes moving has arrived."""
+
+    def __init__(self, target: str, pid: int, phase: int, **kwargs: object) -> None:
+        self.phase = phase
+        self.reached = threading.Event()
+        self.snapshot: pb.Snapshot | None = None
+        self.error: SnapdClientError | None = None
+        self.thread = threading.Thread(target=self._run, args=(target, pid, kwargs))
+        self.thread.start()
+
+    def _run(self, target: str, pid: int, kwargs: dict[str, object]) -> None:
+        with SnapdClient(target) as c:
+            try:
+                self.snapshot = c.checkpoint(pid, on_progress=self._progress, **kwargs)  # type: ignore[arg-type]
+            except SnapdClientError as exc:
+                self.error = exc
+
+    def _progress(self, p: pb.Progress) -> None:
+        if p.phase == self.phase and p.bytes_done:
+            self.reached.set()
+
+    def wait_for_phase(self, timeout: float = 120) -> None:
+        assert self.reached.wait(timeout), f"no progress of phase {self.phase} within {timeout} s"
+
+    def join(self, timeout: float = 120) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the checkpoint did not end"
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:

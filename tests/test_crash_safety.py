@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import grpc
 import psutil
 import pytest
-from conftest import Daemon, Workloads, ask, gone, wait_for
+from conftest import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClientError
 from snapd.v1 import snapd_pb2 as pb
@@ -33,24 +32,13 @@ def _no_criu_swrk_running() -> bool:
 def test_sigkill_mid_checkpoint_leaves_nothing_and_process_running(daemon: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "1024")
     _, digest, _ = report.read_text().split()
-    dumping = threading.Event()
-    errors: list[Exception] = []
-
-    def run() -> None:
-        with daemon.client() as c:
-            try:
-                c.checkpoint(pid, on_progress=lambda p: p.phase == pb.PHASE_DUMP and p.bytes_done and dumping.set())
-            except SnapdClientError as exc:
-                errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    assert dumping.wait(60), "no dump progress seen"
+    checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP)
+    checkpoint.wait_for_phase()
     assert daemon.proc is not None
     daemon.proc.kill()
     daemon.proc.wait()
-    t.join(30)
-    assert errors and errors[0].exit_code == 3  # the daemon vanished under the client
+    checkpoint.join()
+    assert checkpoint.error is not None and checkpoint.error.exit_code == 3  # the daemon vanished under the client
     wait_for(_no_criu_swrk_running, 60, "criu to finish")
     wait_for(lambda: _state(pid) in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING), 10, "the target to run")
     assert ask(pid, report)[1] == digest
@@ -83,20 +71,12 @@ def test_restart_resumes_processes_a_crashed_daemon_had_stopped(daemon: Daemon, 
 def test_sigterm_drains_running_checkpoint(daemon: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "768")
     _, digest, _ = report.read_text().split()
-    dumping = threading.Event()
-    outcome: dict[str, object] = {}
-
-    def run() -> None:
-        with daemon.client() as c:
-            outcome["snapshot"] = c.checkpoint(pid, on_progress=lambda p: p.phase == pb.PHASE_DUMP and dumping.set())
-
-    t = threading.Thread(target=run)
-    t.start()
-    assert dumping.wait(60)
+    checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP)
+    checkpoint.wait_for_phase()
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
-    t.join(120)
-    assert isinstance(outcome.get("snapshot"), pb.Snapshot)
+    checkpoint.join()
+    assert checkpoint.snapshot is not None, checkpoint.error
     assert daemon.proc.wait(60) == 0
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
     daemon.start()

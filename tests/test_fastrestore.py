@@ -12,7 +12,7 @@ import grpc
 import pytest
 from conftest import Daemon, Workloads, ask, gone, wait_for
 
-from snapd_client import SnapdClient, SnapdClientError
+from snapd_client import SnapdClientError
 from snapd_daemon.fastrestore import Span, split_runs
 from snapd_daemon.runtime import Settings
 

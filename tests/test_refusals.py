@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Daemon, Workloads, gone, wait_for
+from conftest import BackgroundCheckpoint, Daemon, Workloads, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
 from snapd.v1 import snapd_pb2 as pb
@@ -97,24 +96,16 @@ def test_restore_while_original_alive(client: SnapdClient, workloads: Workloads)
     assert not gone(pid)
 
 
-def test_second_checkpoint_of_same_pid_is_refused(client: SnapdClient, workloads: Workloads) -> None:
+def test_second_checkpoint_of_same_pid_is_refused(client: SnapdClient, daemon: Daemon,
+                                                   workloads: Workloads) -> None:
     pid, _ = workloads.start("memhold.py", "768")
-    dumping = threading.Event()
-    result: dict[str, object] = {}
-
-    def first() -> None:
-        result["snapshot"] = client.checkpoint(
-            pid, leave_running=True, on_progress=lambda p: p.phase == pb.PHASE_DUMP and dumping.set()
-        )
-
-    t = threading.Thread(target=first)
-    t.start()
-    assert dumping.wait(60)
+    first = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP, leave_running=True)
+    first.wait_for_phase()
     err = _error(lambda: client.checkpoint(pid))
-    t.join()
+    first.join()
     assert err.code == grpc.StatusCode.ABORTED and err.error_class == "ProcessBusy"
     assert f"pid {pid} is already part of running operation op-" in err.message
-    assert "snapshot" in result and not gone(pid)
+    assert first.snapshot is not None and not gone(pid)
 
 
 def test_daemon_survives_bad_requests(client: SnapdClient, daemon: Daemon) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import grpc
 import pytest
-from conftest import Daemon, Workloads, ask, gone, wait_for
+from conftest import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
@@ -125,22 +124,12 @@ def test_gc_honours_references_pins_and_retention(client: SnapdClient, workloads
 def test_kill_during_ingest_leaves_nothing_and_gc_reclaims_orphans(daemon: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "768")
     _, digest, _ = report.read_text().split()
-    storing = threading.Event()
-
-    def run() -> None:
-        with daemon.client() as c:
-            try:
-                c.checkpoint(pid, on_progress=lambda p: p.phase == pb.PHASE_COMMIT and p.bytes_done and storing.set())
-            except SnapdClientError:
-                pass
-
-    t = threading.Thread(target=run)
-    t.start()
-    assert storing.wait(120), "no ingest progress seen"
+    checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_COMMIT)
+    checkpoint.wait_for_phase()
     assert daemon.proc is not None
     daemon.proc.kill()
     daemon.proc.wait()
-    t.join(30)
+    checkpoint.join()
     daemon.start()
     wait_for(lambda: ask(pid, report, timeout=5)[1] == digest, 20, "the held process to be resumed")
     with daemon.client() as c:
@@ -164,24 +153,15 @@ def test_kill_during_ingest_leaves_nothing_and_gc_reclaims_orphans(daemon: Daemo
         assert c.fsck().orphan_chunks == 0 and c.list().store_disk_bytes == 0
 
 
-def test_gc_during_checkpoint_keeps_its_chunks(client: SnapdClient, workloads: Workloads) -> None:
+def test_gc_during_checkpoint_keeps_its_chunks(client: SnapdClient, daemon: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "512")
     _, digest, _ = report.read_text().split()
-    storing = threading.Event()
-    result: dict[str, pb.Snapshot] = {}
-
-    def run() -> None:
-        result["snap"] = client.checkpoint(
-            pid, on_progress=lambda p: p.phase == pb.PHASE_COMMIT and p.bytes_done and storing.set()
-        )
-
-    t = threading.Thread(target=run)
-    t.start()
-    assert storing.wait(120)
+    checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_COMMIT)
+    checkpoint.wait_for_phase()
     reclaimed = client.gc()
-    t.join(120)
-    assert reclaimed.chunks == 0
+    checkpoint.join()
+    assert reclaimed.chunks == 0 and checkpoint.snapshot is not None
     assert not client.fsck().damage
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-    client.restore(result["snap"].id)
+    client.restore(checkpoint.snapshot.id)
     assert ask(pid, report)[1] == digest

@@ -19,7 +19,7 @@ import structlog
 
 from snapd_daemon.cuda import driver
 from snapd_daemon.errors import CudaFailed, GpuMismatch, GpuUnsupported
-from snapd_daemon.processes import ProcessTree
+from snapd_daemon.processes import ProcessTree, comm
 
 log = structlog.get_logger()
 # cuDriverGetVersion of the r570 branch, the first with the checkpoint API
@@ -82,14 +82,6 @@ def inventory() -> tuple[str, tuple[GpuDevice, ...]]:
         pynvml.nvmlShutdown()
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
 def _uses_mps(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -114,7 +106,7 @@ def preflight(tree: ProcessTree) -> GpuRecord | None:
     if orphans:
         pid = orphans[0]
         raise GpuUnsupported(
-            pid=pid, name=_comm(pid),
+            pid=pid, name=comm(pid),
             reason="it maps /dev/nvidia* but holds no CUDA context (a child forked from a CUDA process "
                    "without exec, e.g. torch inductor's compile worker); CRIU cannot dump such mappings",
             fix="start the server with TORCHINDUCTOR_COMPILE_THREADS=1 (or end that child) before checkpointing",
@@ -124,17 +116,17 @@ def preflight(tree: ProcessTree) -> GpuRecord | None:
         return None
     api = driver.driver_version()
     if api < MIN_DRIVER_API:
-        raise GpuUnsupported(pid=cuda[0], name=_comm(cuda[0]),
+        raise GpuUnsupported(pid=cuda[0], name=comm(cuda[0]),
                              reason=f"the driver's CUDA API version is {api}; checkpointing needs r570+ ({MIN_DRIVER_API})",
                              fix="upgrade the NVIDIA driver to 570 or newer")
     for pid in cuda:
         if _uses_mps(pid):
-            raise GpuUnsupported(pid=pid, name=_comm(pid), reason="it is an MPS client",
+            raise GpuUnsupported(pid=pid, name=comm(pid), reason="it is an MPS client",
                                  fix="run the server without MPS")
     version, devices = inventory()
     mig = [d for d in devices if d.mig_enabled]
     if mig:
-        raise GpuUnsupported(pid=cuda[0], name=_comm(cuda[0]),
+        raise GpuUnsupported(pid=cuda[0], name=comm(cuda[0]),
                              reason=f"GPU {mig[0].index} ({mig[0].uuid}) is in MIG mode",
                              fix="disable MIG mode (nvidia-smi -mig 0) for checkpointable servers")
     return GpuRecord(driver_version=version, cuda_driver_api=api, devices=devices, cuda_pids=tuple(cuda))

@@ -155,3 +155,21 @@ def wait_for_state(pids: list[int], done: set[PidState], timeout: float) -> list
         if not pending or time.monotonic() >= deadline:
             return pending
         time.sleep(0.02)
+
+
+def comm(pid: int) -> str:
+    """The process's short name, or "?" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def parent_of(pid: int) -> str:
+    """The parent pid as text, or "?" if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(ln.split()[1] for ln in f if ln.startswith("PPid:"))
+    except (OSError, StopIteration):
+        return "?"

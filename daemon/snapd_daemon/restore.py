@@ -18,7 +18,7 @@ from snapd_daemon.criu import actions
 from snapd_daemon.errors import PidsInUse, PidsStillExiting
 from snapd_daemon.hooks import Hook
 from snapd_daemon.manifest import Manifest
-from snapd_daemon.processes import PidState, pid_state, wait_for_state
+from snapd_daemon.processes import PidState, comm, parent_of, pid_state, wait_for_state
 from snapd_daemon.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime import Runtime
 
@@ -39,7 +39,7 @@ def ensure_pids_free(manifest: Manifest, wait_seconds: float) -> None:
     for rec in manifest.processes:
         state = pid_state(rec.pid)
         if state is PidState.ALIVE:
-            raise PidsInUse(snapshot_id=manifest.id, pid=rec.pid, name=_comm(rec.pid))
+            raise PidsInUse(snapshot_id=manifest.id, pid=rec.pid, name=comm(rec.pid))
         if state is PidState.EXITING:
             exiting.append(rec.pid)
     if not exiting:
@@ -47,23 +47,7 @@ def ensure_pids_free(manifest: Manifest, wait_seconds: float) -> None:
     log.info("restore.waiting_for_exit", pids=exiting)
     left = wait_for_state(exiting, {PidState.FREE}, wait_seconds)
     if left:
-        raise PidsStillExiting(snapshot_id=manifest.id, pid=left[0], seconds=wait_seconds, ppid=_ppid(left[0]))
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def _ppid(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(ln.split()[1] for ln in f if ln.startswith("PPid:"))
-    except (OSError, StopIteration):
-        return "?"
+        raise PidsStillExiting(snapshot_id=manifest.id, pid=left[0], seconds=wait_seconds, ppid=parent_of(left[0]))
 
 
 @dataclass(frozen=True)
