@@ -14,6 +14,7 @@ from __future__ import annotations
 import platform
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ from snapd_daemon.manifest import Manifest, new_snapshot_id
 from snapd_daemon.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
 from snapd_daemon.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime import Runtime
-from snapd_daemon.cas.store import Staging
+from snapd_daemon.cas.follow import DumpFollower
+from snapd_daemon.cas.store import Ingest, Staging
 
 log = structlog.get_logger()
 _KILL_WAIT_SECONDS = 30.0
@@ -98,6 +100,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
         )
         staging: Staging | None = None
         hold: _PostDumpHold | None = None
+        ingest: Ingest | None = None
         try:
             if gpu_record:
                 report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(freeze.pids)}"))
@@ -106,8 +109,17 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             needed = _tree_rss(tree)
             staging = rt.store.new_staging(operation_id, needed=needed)
             hold = _PostDumpHold(tree, staging)
+            dumped = threading.Event()
+            totals = {"raw": needed}
+
+            def stored(done: int) -> None:
+                if dumped.is_set():
+                    report(ProgressEvent(Phase.COMMIT, done, totals["raw"]))
+
+            ingest = rt.store.begin_ingest(staging.images, stored)
             report(ProgressEvent(Phase.DUMP, 0, needed, "criu dump"))
-            with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, needed):
+            with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, needed), \
+                    DumpFollower(ingest, staging.images):
                 try:
                     actions.dump(
                         rt.criu, spec.pid, staging.images, staging.work,
@@ -120,8 +132,9 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                     if full:
                         raise full from exc
                     raise
-            raw_total = tree_size(staging.images)
-            report(ProgressEvent(Phase.COMMIT, 0, raw_total, "storing chunks"))
+            totals["raw"] = tree_size(staging.images)
+            dumped.set()
+            report(ProgressEvent(Phase.COMMIT, 0, totals["raw"], "storing chunks"))
             manifest = Manifest(
                 id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
                 root_pid=spec.pid, processes=list(tree.processes), criu_version=rt.criu.version,
@@ -130,10 +143,10 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             )
             manifest.checkpoint_seconds = round(time.monotonic() - started, 3)
             with metrics.phase("checkpoint", "commit"):
-                manifest = rt.store.commit(
-                    staging, manifest, lambda done: report(ProgressEvent(Phase.COMMIT, done, raw_total))
-                )
+                manifest = ingest.finish(manifest)
         except BaseException as exc:
+            if ingest:
+                ingest.abort()
             if hold:
                 hold.release()
             problems = freeze.thaw()

@@ -57,6 +57,28 @@ def cut_runs(runs: list[tuple[int, int, int]], grid: int = GRID) -> list[Piece]:
     return pieces
 
 
+def settled_pieces(runs: list[tuple[int, int, int]], available: int, grid: int = GRID) -> list[Piece]:
+    """The pieces ``cut_runs`` will produce for a pages file still being written,
+    as far as they cannot change any more: ``runs`` are the runs known so far and
+    ``available`` the bytes of the file written so far.
+
+    More runs can only extend the last known run (when contiguous) or follow it,
+    so its bytes past its last grid line stay open; everything before is final.
+    """
+    merged = merge_runs(runs)
+    if not merged:
+        return []
+    vaddr, length, offset = merged[-1]
+    last_line = (vaddr + length) // grid * grid
+    bound = min(available, offset + max(0, last_line - vaddr))
+    settled = []
+    for piece in cut_runs(merged, grid):
+        if piece.offset + piece.length > bound:
+            break
+        settled.append(piece)
+    return settled
+
+
 def cut_fixed(size: int, grid: int = GRID) -> list[Piece]:
     return [Piece(off, min(grid, size - off)) for off in range(0, size, grid)]
 

@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,29 +238,26 @@ class SnapshotStore:
 
     # -- writing --------------------------------------------------------------
 
-    def commit(self, staging: Staging, manifest: Manifest, progress: Progress) -> Manifest:
-        """Chunk, compress and store ``staging.images``, then publish ``manifest``.
+    def begin_ingest(self, images: Path, progress: Progress) -> Ingest:
+        """Start storing the dump in ``images``: pieces can be handed in while CRIU
+        still writes (``Ingest.submit``); ``Ingest.finish`` stores the rest and
+        publishes. Holds the store lock shared until finished or aborted."""
+        return Ingest(self, images, progress)
 
-        Fills in ``manifest.files``, ``stored_bytes`` and ``new_bytes``.
-        ``progress`` receives the raw bytes processed so far.
-        """
-        pieces = plan(staging.images)
-        tally = _IngestTally()
-        with self.lock.shared(), self.translate_os_errors(sum(p.length for v in pieces.values() for p in v)):
-            files = []
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="ingest") as pool:
-                for name, cuts in pieces.items():
-                    fd = os.open(staging.images / name, os.O_RDONLY)
-                    try:
-                        refs = list(pool.map(lambda p, fd=fd: self._ingest(fd, p, tally, progress), cuts))
-                    finally:
-                        os.close(fd)
-                    files.append(ImageEntry(name, sum(p.length for p in cuts), tuple(refs)))
-            added = self.chunks.publish({cid: tmp for cid, (tmp, _) in tally.staged.items()})
-            manifest.files = files
-            manifest.stored_bytes = tally.stored
-            manifest.new_bytes = sum(size for cid, (_, size) in tally.staged.items() if cid in added)
-            write_atomic(self.manifests_dir / f"{manifest.id}.json", manifest.to_json().encode())
+    def commit(self, staging: Staging, manifest: Manifest, progress: Progress) -> Manifest:
+        """Chunk, compress and store ``staging.images``, then publish ``manifest``."""
+        ingest = self.begin_ingest(staging.images, progress)
+        try:
+            return ingest.finish(manifest)
+        except BaseException:
+            ingest.abort()
+            raise
+
+    def _publish(self, manifest: Manifest, tally: _IngestTally) -> Manifest:
+        added = self.chunks.publish({cid: tmp for cid, (tmp, _) in tally.staged.items()})
+        manifest.stored_bytes = tally.stored
+        manifest.new_bytes = sum(size for cid, (_, size) in tally.staged.items() if cid in added)
+        write_atomic(self.manifests_dir / f"{manifest.id}.json", manifest.to_json().encode())
         with self._index_lock:
             self._manifests[manifest.id] = manifest
         return manifest
@@ -495,6 +492,77 @@ class SnapshotStore:
             live = self._live_chunks()
             report.orphan_chunks = sum(1 for cid, _ in self.chunks.all() if cid not in live)
         return report
+
+
+class Ingest:
+    """One snapshot's images going into the store, possibly while CRIU writes them.
+
+    Pieces are submitted per file in order; ``finish`` checks that what was
+    submitted early is exactly the start of the final plan (else it is redone
+    from scratch, chunks already stored being reused), stores the rest, and
+    publishes. Thread-safe for one submitter plus the finishing thread.
+    """
+
+    def __init__(self, store: SnapshotStore, images: Path, progress: Progress) -> None:
+        self.store = store
+        self.images = images
+        self.progress = progress
+        self.tally = _IngestTally()
+        self.pieces: dict[str, list[Piece]] = {}
+        self.jobs: dict[str, list[Future[ChunkRef]]] = {}
+        self.fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._shared = store.lock.shared()
+        self._shared.__enter__()
+        self.pool = ThreadPoolExecutor(store.threads, thread_name_prefix="ingest")
+
+    def submitted(self, name: str) -> int:
+        with self._lock:
+            return len(self.pieces.get(name, ()))
+
+    def submit(self, name: str, pieces: list[Piece]) -> None:
+        with self._lock:
+            if name not in self.fds:
+                self.fds[name] = os.open(self.images / name, os.O_RDONLY)
+            fd = self.fds[name]
+            self.pieces.setdefault(name, []).extend(pieces)
+            self.jobs.setdefault(name, []).extend(
+                self.pool.submit(self.store._ingest, fd, p, self.tally, self.progress) for p in pieces
+            )
+
+    def finish(self, manifest: Manifest) -> Manifest:
+        """Store whatever was not submitted yet, wait for all of it, publish ``manifest``."""
+        final = plan(self.images)
+        with self.store.translate_os_errors(sum(p.length for v in final.values() for p in v)):
+            for name, cuts in final.items():
+                with self._lock:
+                    early = self.pieces.get(name, [])
+                    if cuts[: len(early)] != early:
+                        self.pieces[name], self.jobs[name] = [], []
+                        early = []
+                self.submit(name, cuts[len(early) :])
+            manifest.files = [
+                ImageEntry(name, sum(p.length for p in cuts), tuple(job.result() for job in self.jobs[name]))
+                for name, cuts in final.items()
+            ]
+            self._close()
+            return self.store._publish(manifest, self.tally)
+
+    def abort(self) -> None:
+        """Stop, and remove every chunk staged but not published."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for tmp, _ in self.tally.staged.values():
+            tmp.unlink(missing_ok=True)
+        self._close()
+
+    def _close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        if self._shared is not None:
+            self._shared.__exit__(None, None, None)
+            self._shared = None
 
 
 def _offsets(chunks: tuple[ChunkRef, ...]) -> Iterator[tuple[int, ChunkRef]]:

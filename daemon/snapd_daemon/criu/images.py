@@ -22,7 +22,7 @@ MM_MAGIC = 0x57492820
 PE_PARENT = 1
 PE_LAZY = 2
 PE_PRESENT = 4
-_PAGEMAP_NAME = re.compile(r"pagemap-(\d+)\.img")
+PAGEMAP_NAME = re.compile(r"pagemap-(\d+)\.img")
 
 
 class ImageFormatError(Exception):
@@ -52,17 +52,25 @@ class PagesImage:
     runs: tuple[PageRun, ...]
 
 
-def _entries(data: bytes, expected_magic: int, path: Path) -> Iterator[bytes]:
+def _entries(data: bytes, expected_magic: int, path: Path, growing: bool = False) -> Iterator[bytes]:
+    """The messages of an image file. ``growing``: the file is still being written;
+    stop quietly at an incomplete header or entry instead of failing."""
     if len(data) < 8:
+        if growing:
+            return
         raise ImageFormatError(f"{path}: {len(data)} bytes, too short for an image header")
     common, magic = struct.unpack_from("<II", data, 0)
     if common != IMG_COMMON_MAGIC or magic != expected_magic:
         raise ImageFormatError(f"{path}: magic {common:#x}/{magic:#x}, expected {IMG_COMMON_MAGIC:#x}/{expected_magic:#x}")
     pos = 8
     while pos < len(data):
+        if growing and pos + 4 > len(data):
+            return
         (size,) = struct.unpack_from("<I", data, pos)
         pos += 4
         if pos + size > len(data):
+            if growing:
+                return
             raise ImageFormatError(f"{path}: entry of {size} bytes at offset {pos} runs past the end")
         yield data[pos : pos + size]
         pos += size
@@ -91,13 +99,22 @@ def read_vmas(path: Path) -> list[Vma]:
     return [Vma(v.start, v.end, v.prot, v.flags, v.status) for v in entry.vmas]
 
 
-def read_pagemap(path: Path) -> PagesImage:
-    """Parse ``pagemap-<pid>.img``: which pages file, and where each present run lies in it."""
-    match = _PAGEMAP_NAME.fullmatch(path.name)
+def read_pagemap(path: Path, growing: bool = False) -> PagesImage | None:
+    """Parse ``pagemap-<pid>.img``: which pages file, and where each present run lies in it.
+
+    ``growing``: CRIU is still writing it; the runs are those complete so far
+    (None before the head is written).
+    """
+    match = PAGEMAP_NAME.fullmatch(path.name)
     if not match:
         raise ImageFormatError(f"{path}: not a pagemap image name")
-    entries = _entries(path.read_bytes(), PAGEMAP_MAGIC, path)
-    head = images_pb2.PagemapHead.FromString(next(entries))
+    entries = _entries(path.read_bytes(), PAGEMAP_MAGIC, path, growing)
+    first = next(entries, None)
+    if first is None:
+        if growing:
+            return None
+        raise ImageFormatError(f"{path}: no pagemap head")
+    head = images_pb2.PagemapHead.FromString(first)
     runs = []
     offset = 0
     for raw in entries:
@@ -127,4 +144,5 @@ def write_pagemap(path: Path, pages_id: int, runs: list[tuple[int, int]]) -> Non
 def pages_images(images_dir: Path) -> list[PagesImage]:
     """Every process's pages image in a dump directory (shared-memory page maps,
     ``pagemap-shmem-<inode>.img``, are not per process and are left out)."""
-    return [read_pagemap(p) for p in sorted(images_dir.glob("pagemap-*.img")) if _PAGEMAP_NAME.fullmatch(p.name)]
+    found = [read_pagemap(p) for p in sorted(images_dir.glob("pagemap-*.img")) if PAGEMAP_NAME.fullmatch(p.name)]
+    return [img for img in found if img is not None]

@@ -1,0 +1,65 @@
+"""Store a dump while CRIU is still writing it.
+
+CRIU writes each process's pages file front to back, and its page map entry by
+entry. A follower thread polls both and hands the pieces that can no longer
+change (``settled_pieces``) to the ingest, so hashing, compression and writing
+run alongside the dump instead of after it. Anything it gets wrong is caught
+by ``Ingest.finish``, which checks the early pieces against the final plan.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+from snapd_daemon.cas.chunking import settled_pieces
+from snapd_daemon.cas.store import Ingest
+from snapd_daemon.criu.images import PAGEMAP_NAME, ImageFormatError, read_pagemap
+
+log = structlog.get_logger()
+
+
+class DumpFollower:
+    def __init__(self, ingest: Ingest, images: Path, interval: float = 0.2) -> None:
+        self.ingest = ingest
+        self.images = images
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dump-follower", daemon=True)
+
+    def __enter__(self) -> DumpFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except (OSError, ImageFormatError) as err:
+                log.warning("ingest.follow_stopped", error=str(err))
+                return
+
+    def poll(self) -> None:
+        for path in sorted(self.images.glob("pagemap-*.img")):
+            if not PAGEMAP_NAME.fullmatch(path.name):
+                continue
+            img = read_pagemap(path, growing=True)
+            if img is None:
+                continue
+            try:
+                available = (self.images / img.pages_file).stat().st_size
+            except FileNotFoundError:
+                continue
+            settled = settled_pieces([(r.vaddr, r.length, r.offset) for r in img.runs], available)
+            done = self.ingest.submitted(img.pages_file)
+            if len(settled) > done:
+                self.ingest.submit(img.pages_file, settled[done:])
