@@ -156,7 +156,8 @@ def cli(ctx: click.Context, target: str, as_json: bool, tls_ca: Path | None, tls
 @click.option("--allow-uid", multiple=True, metavar="USER",
               help="Unix socket caller allowed besides root: user name or uid (repeatable).")
 @click.option("--allow-gid", multiple=True, metavar="GROUP",
-              help="Unix socket callers in this group (primary or supplementary; name or gid) are allowed (repeatable).")
+              help="Unix socket callers in this group (primary or supplementary; name or gid) are allowed "
+              "(repeatable).")
 @click.option("--tcp", default="", help="Also listen on host:port: mutual TLS (--tls-*) or --insecure-loopback-tcp.")
 @click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="PEM certificate chain of the TCP port.")
@@ -190,7 +191,8 @@ def serve(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
     try:
         if config_file:
             options.update(_file_options(ctx, config_file, options))
-        logs.configure(options["log_level"], None if options["log_format"] == "auto" else options["log_format"] == "json")
+        log_format = options["log_format"]
+        logs.configure(options["log_level"], None if log_format == "auto" else log_format == "json")
         server.serve(*config.build(options))
     except SnapdError as err:
         click.echo(f"snapd serve: error: {err.message}", err=True)
@@ -210,7 +212,7 @@ def _file_options(ctx: click.Context, path: Path, options: dict[str, Any]) -> di
             try:
                 taken[name] = params[name].type_cast_value(ctx, value)
             except click.BadParameter as exc:
-                raise ConfigInvalid(source=f"{path}: {name}", reason=exc.format_message()) from exc
+                raise ConfigInvalid(source=f"{path}: {name}", reason=exc.message) from exc
     return taken
 
 

@@ -367,7 +367,8 @@ class CgroupRoot:
             return self._step(parent_fd, part, False, proc_path, created, device)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise InvalidRequest(field="cgroup.path", reason=f"{proc_path} is not a group (a link or a file)") from exc
+                raise InvalidRequest(field="cgroup.path",
+                                     reason=f"{proc_path} is not a group (a link or a file)") from exc
             raise CgroupFailed(cgroup=proc_path, reason=f"cannot open it: {_oserror(exc)}") from exc
         if os.fstat(fd).st_dev != device:
             os.close(fd)

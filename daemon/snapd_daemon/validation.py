@@ -82,10 +82,12 @@ def cgroup_request(
     if not path:
         raise InvalidRequest(field="cgroup.path", reason="empty; give a group below the daemon's cgroup root")
     if path.startswith("/"):
-        raise InvalidRequest(field="cgroup.path", reason=f"{shown!r} is absolute; give it relative to the daemon's cgroup root")
+        raise InvalidRequest(field="cgroup.path",
+                             reason=f"{shown!r} is absolute; give it relative to the daemon's cgroup root")
     parts = path.split("/")
     if len(parts) > MAX_CGROUP_DEPTH:
-        raise InvalidRequest(field="cgroup.path", reason=f"{shown!r} is {len(parts)} levels deep, at most {MAX_CGROUP_DEPTH}")
+        raise InvalidRequest(field="cgroup.path",
+                             reason=f"{shown!r} is {len(parts)} levels deep, at most {MAX_CGROUP_DEPTH}")
     for part in parts:
         if part in ("", ".", ".."):
             raise InvalidRequest(field="cgroup.path", reason=f"{shown!r} has an empty, '.' or '..' component")
