@@ -62,7 +62,7 @@ def test_status_reports_criu_and_host(daemon: Daemon) -> None:
     status = json.loads(out.stdout)
     checks = {c["name"]: c for c in status["checks"]}
     assert checks["criu-check"]["ok"] and status["criu_version"].startswith("4.")
-    assert {"criu", "kernel", "cgroup-v2", "state-dir-space", "gpu-driver"} <= checks.keys()
+    assert {"criu", "kernel", "cgroup-v2", "cgroup-root", "state-dir-space", "gpu-driver"} <= checks.keys()
     assert out.returncode == (0 if all(c["ok"] for c in checks.values()) else 1)
 
 

@@ -1,9 +1,9 @@
 """The daemon process: gRPC behind the unix socket gate, optional TCP, health,
 reflection, metrics, drain.
 
-Start-up order: check the listening configuration, take the state-directory
-lock, find CRIU, recover the store (resume processes a crashed daemon had
-stopped, remove half-written snapshots), check the cgroup root, then listen:
+Start-up order: check the listening configuration and the cgroup root, take
+the state-directory lock, find CRIU, recover the store (resume processes a
+crashed daemon had stopped, remove half-written snapshots), then listen:
 the gRPC server on its private socket in the state directory (and TCP), then
 the public socket's gate (see ``access``). SIGTERM/SIGINT: report NOT_SERVING,
 refuse new operations, wait for running ones to finish, stop the server.
@@ -117,6 +117,7 @@ def serve(settings: Settings, listen: Listen) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures."""
     if listen.tcp:
         listen.tcp.check()
+    cgroups = CgroupRoot.configure(settings.cgroup_root)
     lock_fd = _lock_state_dir(settings.state_dir)
     os.chmod(settings.state_dir, 0o700)
     private = _private_socket(settings.state_dir)
@@ -126,7 +127,7 @@ def serve(settings: Settings, listen: Listen) -> None:
     hot_dir = settings.hot_dir()
     store = SnapshotStore(settings.state_dir, scratch, settings.io_threads, HotTier(hot_dir) if hot_dir else None)
     _resume_held(store.recover())
-    rt = Runtime(settings=settings, criu=criu, store=store, cgroups=CgroupRoot.configure(settings.cgroup_root))
+    rt = Runtime(settings=settings, criu=criu, store=store, cgroups=cgroups)
     notifier = Notifier()
 
     tags = PeerTags()
