@@ -18,6 +18,15 @@ if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
   apt-get install -y -q python3-venv >&2 || { apt-get update -q >&2 && apt-get install -y -q python3-venv >&2; }
 fi
 
+# Tests verify the systemd unit (systemd-analyze) and make TLS certificates (openssl).
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} (systemd-analyze, openssl for the tests)"
+  apt-get install -y -q "${missing[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; }
+fi
+
 criu=$("$root/scripts/install-criu.sh" | tail -n 1)
 
 stamp=.venv/.snapd-installed

@@ -62,7 +62,7 @@ def test_status_reports_criu_and_host(daemon: Daemon) -> None:
     status = json.loads(out.stdout)
     checks = {c["name"]: c for c in status["checks"]}
     assert checks["criu-check"]["ok"] and status["criu_version"].startswith("4.")
-    assert {"criu", "kernel", "cgroup-v2", "state-dir-space", "gpu-driver"} <= checks.keys()
+    assert {"criu", "kernel", "cgroup-v2", "cgroup-root", "state-dir-space", "gpu-driver"} <= checks.keys()
     assert out.returncode == (0 if all(c["ok"] for c in checks.values()) else 1)
 
 
@@ -92,12 +92,6 @@ def test_metrics_count_operations(tmp_path: Path, workloads: Workloads) -> None:
     assert 'snapd_operations_total{kind="checkpoint",result="ok"} 1.0' in text
     assert 'snapd_phase_duration_seconds_count{kind="checkpoint",phase="dump"} 1.0' in text
     assert "snapd_bytes_written_total" in text
-
-
-def test_tcp_must_be_loopback(tmp_path: Path) -> None:
-    d = Daemon(tmp_path, ("--tcp", "0.0.0.0:7070"))
-    out = subprocess.run(d.cli_args(), capture_output=True, text=True, timeout=60)
-    assert out.returncode == 10 and "not a loopback address" in out.stderr
 
 
 def test_committed_stubs_match_protos(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Typed Python client and CLI for the snapd daemon."""
 
-from snapd_client.client import DEFAULT_TARGET, SnapdClient, SnapdClientError
+from snapd_client.client import DEFAULT_TARGET, CgroupSpec, SnapdClient, SnapdClientError, TlsFiles
 
-__all__ = ["DEFAULT_TARGET", "SnapdClient", "SnapdClientError"]
+__all__ = ["DEFAULT_TARGET", "CgroupSpec", "SnapdClient", "SnapdClientError", "TlsFiles"]

@@ -6,7 +6,6 @@ daemon error class (listed by `snapd exit-codes` and in the README).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import sys
@@ -16,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from snapd.v1 import snapd_pb2 as pb
 
-from snapd_client.client import DEFAULT_TARGET, EXIT_UNREACHABLE, SnapdClient, SnapdClientError
+from snapd_client.client import (
+    DEFAULT_TARGET, EXIT_UNREACHABLE, CgroupSpec, SnapdClient, SnapdClientError, TlsFiles,
+)
 
 _PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
 
@@ -65,12 +67,13 @@ class _ProgressLine:
 
 
 class Ctx:
-    def __init__(self, target: str, as_json: bool) -> None:
+    def __init__(self, target: str, as_json: bool, tls: TlsFiles | None) -> None:
         self.target = target
         self.as_json = as_json
+        self.tls = tls
 
     def client(self) -> SnapdClient:
-        return SnapdClient(self.target)
+        return SnapdClient(self.target, tls=self.tls)
 
     def emit(self, msg: Message | dict[str, Any], human: Callable[[], None]) -> None:
         if self.as_json:
@@ -89,12 +92,27 @@ def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
     return parsed
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int:
+    """Bytes from "17179869184", "16G", "512M" (binary units); 0 when not given."""
+    if not value:
+        return 0
+    number, unit = value[:-1], value[-1].upper()
+    if unit not in _SIZE_UNITS:
+        number, unit = value, ""
+    if not number.isdigit():
+        raise click.BadParameter(f"{value!r} is not a size like 17179869184, 16G or 512M", param=param)
+    return int(number) * _SIZE_UNITS[unit]
+
+
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
 
 
 def _run(ctx: click.Context, as_json: bool, action: Callable[[Ctx], None]) -> None:
-    c = Ctx(ctx.obj["target"], as_json or ctx.obj["json"])
+    c = Ctx(ctx.obj["target"], as_json or ctx.obj["json"], ctx.obj["tls"])
     try:
         action(c)
     except SnapdClientError as err:
@@ -110,19 +128,49 @@ def _run(ctx: click.Context, as_json: bool, action: Callable[[Ctx], None]) -> No
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="SNAPD_TARGET",
               help="Daemon address: unix:///path/to.sock or 127.0.0.1:PORT.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (any command).")
+@click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False), envvar="SNAPD_TLS_CA",
+              help="Mutual TLS to a TCP target: CA of the daemon's certificate (with --tls-cert, --tls-key).")
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), envvar="SNAPD_TLS_CERT",
+              help="This client's PEM certificate.")
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), envvar="SNAPD_TLS_KEY",
+              help="This client's PEM private key.")
 @click.pass_context
-def cli(ctx: click.Context, target: str, as_json: bool) -> None:
+def cli(ctx: click.Context, target: str, as_json: bool, tls_ca: Path | None, tls_cert: Path | None,
+        tls_key: Path | None) -> None:
     """snapd: checkpoint warmed (GPU) processes and restore them in seconds."""
-    ctx.obj = {"target": target, "json": as_json}
+    given = [f for f in (tls_ca, tls_cert, tls_key) if f]
+    if given and len(given) != 3:
+        raise click.UsageError("--tls-ca, --tls-cert and --tls-key go together")
+    tls = TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key) if tls_ca and tls_cert and tls_key else None
+    ctx.obj = {"target": target, "json": as_json, "tls": tls}
 
 
 @cli.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="TOML file of these options (keys: option names with _ for -, e.g. tls_client_ca); "
+              "options given here win. The unit uses /etc/gpu-snapd/config.toml.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/gpu-snapd"), show_default=True)
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=Path("/run/gpu-snapd/snapd.sock"),
-              show_default=True)
-@click.option("--tcp", default="", help="Also listen on this loopback host:port (plain TCP, loopback only).")
+@click.option("--socket", type=click.Path(path_type=Path), default=Path("/run/gpu-snapd/snapd.sock"),
+              show_default=True, help="The API's unix socket (owner root, mode 0660).")
+@click.option("--socket-group", default="root", show_default=True, help="Group (name or gid) owning the socket.")
+@click.option("--allow-uid", multiple=True, metavar="USER",
+              help="Unix socket caller allowed besides root: user name or uid (repeatable).")
+@click.option("--allow-gid", multiple=True, metavar="GROUP",
+              help="Unix socket callers in this group (primary or supplementary; name or gid) are allowed "
+              "(repeatable).")
+@click.option("--tcp", default="", help="Also listen on host:port: mutual TLS (--tls-*) or --insecure-loopback-tcp.")
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM certificate chain of the TCP port.")
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM private key of the TCP port.")
+@click.option("--tls-client-ca", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM CA that signs client certificates; clients without one are refused.")
+@click.option("--insecure-loopback-tcp", is_flag=True,
+              help="Serve --tcp as plain TCP (loopback addresses only; any local user can then use the API).")
+@click.option("--cgroup-root", type=click.Path(path_type=Path), default=None,
+              help="Delegated cgroup v2 subtree restores may be placed in [default: <cgroup2 mount>/gpu-snapd].")
 @click.option("--metrics-address", default="", help="Serve Prometheus /metrics on host:port (off by default).")
-@click.option("--criu", "criu_path", default=None, help="CRIU binary (default: /opt/gpu-snapd/criu/bin/criu, then PATH).")
+@click.option("--criu", default=None, help="CRIU binary (default: /opt/gpu-snapd/criu/bin/criu, then PATH).")
 @click.option("--criu-log-level", type=click.IntRange(0, 4), default=4, show_default=True)
 @click.option("--scratch", type=click.Choice(["auto", "ram", "disk"]), default="auto", show_default=True,
               help="Where CRIU images are staged: RAM (/dev/shm) when it has room, or always RAM / disk.")
@@ -134,26 +182,38 @@ def cli(ctx: click.Context, target: str, as_json: bool) -> None:
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
-def serve(state_dir: Path, socket_path: Path, tcp: str, metrics_address: str, criu_path: str | None,
-          criu_log_level: int, scratch: str, io_threads: int | None, inject_min_mb: int, drain_timeout: float,
-          log_level: str, log_format: str) -> None:
+@click.pass_context
+def serve(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
     """Run the daemon (as root) until SIGTERM."""
-    from snapd_daemon import logs, server
+    from snapd_daemon import config, logs, server
     from snapd_daemon.errors import SnapdError
-    from snapd_daemon.runtime import Settings
 
-    logs.configure(log_level, None if log_format == "auto" else log_format == "json")
-    settings = Settings(state_dir=state_dir, criu_path=criu_path, criu_log_level=criu_log_level, scratch=scratch,
-                        inject_min_bytes=inject_min_mb << 20)
-    if io_threads:
-        settings = dataclasses.replace(settings, io_threads=io_threads)
-    listen = server.Listen(socket_path=socket_path, tcp_address=tcp, metrics_address=metrics_address,
-                           drain_timeout=drain_timeout)
     try:
-        server.serve(settings, listen)
+        if config_file:
+            options.update(_file_options(ctx, config_file, options))
+        log_format = options["log_format"]
+        logs.configure(options["log_level"], None if log_format == "auto" else log_format == "json")
+        server.serve(*config.build(options))
     except SnapdError as err:
         click.echo(f"snapd serve: error: {err.message}", err=True)
         sys.exit(err.exit_code)
+
+
+def _file_options(ctx: click.Context, path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The config file's values for the options not given on the command line (or environment),
+    converted and checked like command-line values."""
+    from snapd_daemon import config
+    from snapd_daemon.errors import ConfigInvalid
+
+    params = {p.name: p for p in ctx.command.params if p.name in options}
+    taken = {}
+    for name, value in config.load(path, params).items():
+        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            try:
+                taken[name] = params[name].type_cast_value(ctx, value)
+            except click.BadParameter as exc:
+                raise ConfigInvalid(source=f"{path}: {name}", reason=exc.message) from exc
+    return taken
 
 
 @cli.command()
@@ -196,22 +256,38 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--post-hook", default="", metavar="COMMAND",
               help="Command the daemon runs once the tree is back (its failure kills the tree).")
 @click.option("--hook-timeout", type=click.IntRange(0, 3600), default=0, help="Seconds for the hook (default 60).")
+@click.option("--cgroup", "cgroup_path", default="", metavar="PATH",
+              help="Place the whole tree in this cgroup v2 group, relative to the daemon's cgroup root.")
+@click.option("--create-cgroup", is_flag=True, help="Create the --cgroup group (and missing parents).")
+@click.option("--memory-max", default=None, callback=_size, metavar="SIZE",
+              help="memory.max of the group, e.g. 16G; refused up front when the snapshot does not fit.")
+@click.option("--cpu-max", default="", metavar="'QUOTA PERIOD'", help="cpu.max of the group, e.g. '200000 100000'.")
+@click.option("--pids-max", type=click.IntRange(0), default=0, help="pids.max of the group.")
+@click.option("--cpuset-cpus", default="", metavar="LIST", help="cpuset.cpus of the group, e.g. 0-7.")
+@click.option("--cpuset-mems", default="", metavar="LIST", help="cpuset.mems of the group, e.g. 0.")
 @_json_option
 @click.pass_context
 def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...], post_hook: str,
-            hook_timeout: int, as_json: bool) -> None:
+            hook_timeout: int, cgroup_path: str, create_cgroup: bool, memory_max: int, cpu_max: str, pids_max: int,
+            cpuset_cpus: str, cpuset_mems: str, as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or a name: its newest snapshot)."""
     mapping = _pairs(gpu_map, "--gpu-map")
+    limits = memory_max or cpu_max or pids_max or cpuset_cpus or cpuset_mems or create_cgroup
+    if limits and not cgroup_path:
+        raise click.UsageError("--create-cgroup and the limit options need --cgroup")
+    cgroup = CgroupSpec(path=cgroup_path, create=create_cgroup, memory_max_bytes=memory_max, cpu_max=cpu_max,
+                        pids_max=pids_max, cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems) if cgroup_path else None
 
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
             res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
                                  post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
-                                 on_progress=bar)
+                                 cgroup=cgroup, on_progress=bar)
         bar.done()
         c.emit(res, lambda: click.echo(
-            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"))
+            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
+            + (f", cgroup {res.cgroup}" if res.cgroup else "")))
 
     _run(ctx, as_json, action)
 
@@ -262,6 +338,9 @@ def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
             click.echo(f"size:        {_human_bytes(s.raw_bytes)} raw, {_human_bytes(s.stored_bytes)} compressed, "
                        f"{_human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
             click.echo(f"checkpoint:  {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}")
+            if s.HasField("source_cgroup"):
+                limits = " ".join(f"{k}={v}" for k, v in sorted(s.source_cgroup.limits.items()))
+                click.echo(f"cgroup:      {s.source_cgroup.path}" + (f" ({limits})" if limits else ""))
             for k, v in sorted(s.labels.items()):
                 click.echo(f"label:       {k}={v}")
             click.echo("processes:")

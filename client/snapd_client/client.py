@@ -2,8 +2,10 @@
 
     client = SnapdClient()                      # unix:///run/gpu-snapd/snapd.sock
     snap = client.checkpoint(pid, name="llama-8b")
-    result = client.restore("llama-8b")          # newest snapshot of that name
-    print(result.root_pid)
+    result = client.restore("llama-8b", cgroup=CgroupSpec(path="inference/llama-8b", create=True))
+    print(result.root_pid, result.cgroup)
+
+    remote = SnapdClient("gpu-host-7:7443", tls=TlsFiles(ca=..., cert=..., key=...))
 
 Every failure is raised as SnapdClientError, carrying the gRPC status, the
 daemon's error class and the CLI exit code for it.
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +27,23 @@ DEFAULT_TARGET = "unix:///run/gpu-snapd/snapd.sock"
 # Exit code when the daemon cannot be reached at all.
 EXIT_UNREACHABLE = 3
 ProgressCallback = Callable[[pb.Progress], None]
+CgroupSpec = pb.CgroupSpec
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a daemon's mutual-TLS TCP port: the CA that signed the daemon's
+    certificate (which must name the host of the target), and this client's certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(), private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
 
 
 class SnapdClientError(Exception):
@@ -55,11 +76,15 @@ def default_target() -> str:
 
 
 class SnapdClient:
-    def __init__(self, target: str | None = None, timeout: float | None = None) -> None:
-        """``target``: a gRPC target, e.g. unix:///run/gpu-snapd/snapd.sock or 127.0.0.1:7070."""
+    def __init__(self, target: str | None = None, timeout: float | None = None, tls: TlsFiles | None = None) -> None:
+        """``target``: a gRPC target, e.g. unix:///run/gpu-snapd/snapd.sock or gpu-host-7:7443 (TCP
+        with ``tls``; plain TCP only reaches a daemon serving --insecure-loopback-tcp)."""
         self.target = target or default_target()
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.target)
+        if tls is None:
+            self._channel = grpc.insecure_channel(self.target)
+        else:
+            self._channel = grpc.secure_channel(self.target, tls.credentials())
         self._stub = snapd_pb2_grpc.SnapshotsStub(self._channel)
 
     def close(self) -> None:
@@ -117,11 +142,14 @@ class SnapdClient:
         gpu_uuid_map: dict[str, str] | None = None,
         post_restore_hook: list[str] | None = None,
         hook_timeout_seconds: int = 0,
+        cgroup: CgroupSpec | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> pb.RestoreResult:
+        """``cgroup``: place the whole restored tree in this group below the daemon's cgroup root."""
         request = pb.RestoreRequest(
             snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
+            cgroup=cgroup,
         )
         result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress)
         return result

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import psutil
 import structlog
 
-from snapd_daemon import gpu, metrics
+from snapd_daemon import cgroups, gpu, metrics
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import CriuFailed, CudaFailed
 from snapd_daemon.hooks import Hook
@@ -139,7 +139,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                 id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
                 root_pid=spec.pid, processes=list(tree.processes), criu_version=rt.criu.version,
                 kernel=platform.release(), hostname=socket.gethostname(), shell_job=tree.external_session,
-                leave_running=spec.leave_running, gpu=gpu_record,
+                leave_running=spec.leave_running, gpu=gpu_record, cgroup=cgroups.describe(spec.pid),
             )
             manifest.checkpoint_seconds = round(time.monotonic() - started, 3)
             with metrics.phase("checkpoint", "commit"):

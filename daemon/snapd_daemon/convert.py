@@ -58,6 +58,8 @@ def snapshot(m: Manifest, pinned: bool, hot: bool) -> pb.Snapshot:
         files=[pb.ImageFile(name=f.name, size_bytes=f.size_bytes) for f in m.files],
     )
     msg.created.FromNanoseconds(int(m.created * 1e9))
+    if m.cgroup is not None:
+        msg.source_cgroup.CopyFrom(pb.CgroupInfo(path=m.cgroup.path, limits=m.cgroup.limits))
     if m.gpu is not None:
         msg.gpu.CopyFrom(
             pb.GpuInfo(
@@ -73,13 +75,14 @@ def snapshot(m: Manifest, pinned: bool, hot: bool) -> pb.Snapshot:
     return msg
 
 
-def restore_result(outcome: RestoreOutcome, operation_id: str) -> pb.RestoreResult:
+def restore_result(outcome: RestoreOutcome, operation_id: str, cgroup: str) -> pb.RestoreResult:
     return pb.RestoreResult(
         operation_id=operation_id,
         snapshot_id=outcome.snapshot_id,
         root_pid=outcome.root_pid,
         pids=outcome.pids,
         duration_seconds=outcome.seconds,
+        cgroup=cgroup,
     )
 
 

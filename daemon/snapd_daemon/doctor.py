@@ -7,6 +7,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapd_daemon.cgroups import CgroupRoot
 from snapd_daemon.criu.binary import self_check
 from snapd_daemon.runtime import Runtime
 
@@ -36,6 +37,15 @@ def _cgroup_v2() -> CheckResult:
             mode = "unified" if root == Path("/sys/fs/cgroup") else "hybrid"
             return CheckResult("cgroup-v2", True, f"{mode} at {root}; controllers: {' '.join(ctrl) or 'none'}")
     return CheckResult("cgroup-v2", False, "no cgroup2 hierarchy mounted")
+
+
+def _cgroup_root(root: CgroupRoot) -> CheckResult:
+    if root.path is None:
+        return CheckResult("cgroup-root", False, "no cgroup2 hierarchy: restores cannot be placed in a cgroup")
+    if not root.path.is_dir():
+        return CheckResult("cgroup-root", True, f"{root.path} (created on first use)")
+    ctrl = (root.path / "cgroup.controllers").read_text().split()
+    return CheckResult("cgroup-root", True, f"{root.path}; controllers for limits: {' '.join(ctrl) or 'none'}")
 
 
 def _gpu_driver() -> tuple[str, CheckResult]:
@@ -69,6 +79,7 @@ def diagnose(rt: Runtime) -> Diagnosis:
         CheckResult("criu-check", criu_ok, criu_detail),
         CheckResult("kernel", True, f"{kernel} ({os.uname().machine})"),
         _cgroup_v2(),
+        _cgroup_root(rt.cgroups),
         CheckResult(
             "state-dir-space",
             free >= MIN_FREE_BYTES,

@@ -175,6 +175,34 @@ class InjectFailed(SnapdError):
     status = grpc.StatusCode.INTERNAL
 
 
+class CgroupTooSmall(SnapdError):
+    """cannot restore snapshot {snapshot_id} into cgroup {cgroup}: {reason}. Raise the limit or pick another cgroup; nothing was restored."""
+
+    exit_code = 40
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class CgroupFailed(SnapdError):
+    """cgroup {cgroup}: {reason}"""
+
+    exit_code = 41
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(SnapdError):
+    """permission denied: {reason}"""
+
+    exit_code = 42
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ConfigInvalid(SnapdError):
+    """invalid configuration ({source}): {reason}"""
+
+    exit_code = 43
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -197,4 +225,8 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     CudaFailed,
     HookFailed,
     InjectFailed,
+    CgroupTooSmall,
+    CgroupFailed,
+    PermissionDenied,
+    ConfigInvalid,
 )

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from snapd_daemon.cgroups import CgroupRecord
 from snapd_daemon.gpu import GpuRecord
 from snapd_daemon.processes import ProcessRecord
 
@@ -57,6 +58,8 @@ class Manifest:
     new_bytes: int = 0
     checkpoint_seconds: float = 0.0
     gpu: GpuRecord | None = None
+    # the cgroup v2 group of the root process at checkpoint, with its limits
+    cgroup: CgroupRecord | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -84,4 +87,6 @@ class Manifest:
         ]
         if data.get("gpu"):
             data["gpu"] = GpuRecord.from_dict(data["gpu"])
+        if data.get("cgroup"):
+            data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
         return cls(**data)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from snapd_daemon import fastrestore, gpu, metrics
+from snapd_daemon.cgroups import CgroupRequest
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import PidsInUse, PidsStillExiting
 from snapd_daemon.hooks import Hook
@@ -56,6 +57,7 @@ class RestoreSpec:
     wait_seconds: float = 0.0
     gpu_uuid_map: dict[str, str] = field(default_factory=dict)
     post_hook: Hook | None = None
+    cgroup: CgroupRequest | None = None
 
 
 def _kill_restored(pids: list[int]) -> None:
@@ -71,7 +73,8 @@ def _kill_restored(pids: list[int]) -> None:
 def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter) -> RestoreOutcome:
     started = time.monotonic()
     manifest = rt.store.get(spec.ref)
-    with rt.registry.claim("restore", operation_id, pids=manifest.pids, snapshot_id=manifest.id):
+    with (rt.registry.claim("restore", operation_id, pids=manifest.pids, snapshot_id=manifest.id),
+          rt.cgroups.placement(spec.cgroup, manifest) as cgroup):
         report(ProgressEvent(Phase.PREPARE, 0, manifest.raw_bytes, f"checking pids {manifest.pids}"))
         pairs = gpu.restore_pairs(manifest.id, manifest.gpu, spec.gpu_uuid_map) if manifest.gpu else []
         ensure_pids_free(manifest, spec.wait_seconds or rt.settings.pid_wait_seconds)
@@ -98,6 +101,7 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
                 root = actions.restore(
                     rt.criu, manifest.root_pid, run_dir.images, run_dir.work,
                     shell_job=manifest.shell_job, log_level=rt.settings.criu_log_level, on_notify=fill,
+                    cgroup=cgroup,
                 )
         finally:
             rt.store.discard(run_dir)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapd_daemon.cgroups import CgroupRoot
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.operations import OperationRegistry
 from snapd_daemon.cas.store import SnapshotStore
@@ -26,6 +27,8 @@ class Settings:
     pid_wait_seconds: float = 10.0
     # Where CRIU's images are staged: "auto" (RAM when it has room), "ram" or "disk".
     scratch: str = "auto"
+    # Delegated cgroup v2 subtree restores may be placed in (None: <cgroup2 mount>/gpu-snapd).
+    cgroup_root: Path | None = None
     ram_scratch: Path | None = Path("/dev/shm/gpu-snapd")
     # Private anonymous regions at least this big are written into restored processes
     # by snapd (parallel process_vm_writev) instead of by CRIU; 0 turns that off.
@@ -57,5 +60,6 @@ class Runtime:
     settings: Settings
     criu: Criu
     store: SnapshotStore
+    cgroups: CgroupRoot
     registry: OperationRegistry = field(default_factory=OperationRegistry)
     daemon_pid: int = field(default_factory=os.getpid)

@@ -1,15 +1,17 @@
-"""The daemon process: gRPC on a unix socket, health, reflection, metrics, drain.
+"""The daemon process: gRPC behind the unix socket gate, optional TCP, health,
+reflection, metrics, drain.
 
-Start-up order: take the state-directory lock, find CRIU, recover the store
-(resume processes a crashed daemon had stopped, remove half-written
-snapshots), then listen. SIGTERM/SIGINT: report NOT_SERVING, refuse new
-operations, wait for running ones to finish, stop the server.
+Start-up order: check the listening configuration and the cgroup root, take
+the state-directory lock, find CRIU, recover the store (resume processes a
+crashed daemon had stopped, remove half-written snapshots), then listen:
+the gRPC server on its private socket in the state directory (and TCP), then
+the public socket's gate (see ``access``). SIGTERM/SIGINT: report NOT_SERVING,
+refuse new operations, wait for running ones to finish, stop the server.
 """
 
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 import signal
 import socket
@@ -26,23 +28,35 @@ from grpc_reflection.v1alpha import reflection
 from snapd.v1 import snapd_pb2, snapd_pb2_grpc
 
 from snapd_daemon import __version__, metrics
-from snapd_daemon.criu.binary import locate
-from snapd_daemon.errors import InvalidRequest, StoreError
-from snapd_daemon.runtime import Runtime, Settings
-from snapd_daemon.service import SnapshotsServicer
+from snapd_daemon.access import AccessInterceptor, AccessPolicy, PeerTags
 from snapd_daemon.cas.hot import HotTier
 from snapd_daemon.cas.store import Scratch, SnapshotStore
+from snapd_daemon.cgroups import CgroupRoot
+from snapd_daemon.criu.binary import locate
+from snapd_daemon.errors import ConfigInvalid, StoreError
+from snapd_daemon.gate import Gate
+from snapd_daemon.runtime import Runtime, Settings
+from snapd_daemon.sdnotify import Notifier
+from snapd_daemon.service import SnapshotsServicer
+from snapd_daemon.tcp import TcpListen
 
 log = structlog.get_logger()
 SERVICE_NAME = snapd_pb2.DESCRIPTOR.services_by_name["Snapshots"].full_name
 DEFAULT_SOCKET = Path("/run/gpu-snapd/snapd.sock")
+# The gRPC server's own socket, in the state directory (0700): only the gate reaches it.
+PRIVATE_SOCKET = "api.sock"
+_SUN_PATH_MAX = 107
 
 
 @dataclass(frozen=True)
 class Listen:
     socket_path: Path = DEFAULT_SOCKET
-    # Optional host:port on a loopback address (tests, local tools).
-    tcp_address: str = ""
+    # Group owning the public socket (mode 0660, owner root).
+    socket_group: int = 0
+    # Unix socket callers allowed besides root.
+    policy: AccessPolicy = AccessPolicy()
+    # Optional TCP port (mutual TLS, or plain loopback by name).
+    tcp: TcpListen | None = None
     # Optional host:port for Prometheus /metrics.
     metrics_address: str = ""
     # Seconds to wait for running operations on shutdown.
@@ -61,19 +75,6 @@ def _lock_state_dir(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def _check_loopback(address: str) -> None:
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise InvalidRequest(
-            field="tcp address",
-            reason=f"{address} is not a loopback address; plain TCP is only served on 127.0.0.0/8 or [::1]",
-        )
 
 
 def _claim_socket(path: Path) -> None:
@@ -103,55 +104,85 @@ def _resume_held(holds: list[list[dict[str, float]]]) -> None:
                 pass
 
 
+def _private_socket(state_dir: Path) -> Path:
+    path = state_dir / PRIVATE_SOCKET
+    if len(str(path)) > _SUN_PATH_MAX:
+        raise ConfigInvalid(source="state_dir", reason=f"{path} is longer than a unix socket path may be "
+                            f"({_SUN_PATH_MAX} bytes); use a shorter state directory")
+    path.unlink(missing_ok=True)  # a stale one; the state lock says no daemon serves it
+    return path
+
+
 def serve(settings: Settings, listen: Listen) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures."""
-    if listen.tcp_address:
-        _check_loopback(listen.tcp_address)
+    if listen.tcp:
+        listen.tcp.check()
+    cgroups = CgroupRoot.configure(settings.cgroup_root)
     lock_fd = _lock_state_dir(settings.state_dir)
+    os.chmod(settings.state_dir, 0o700)
+    private = _private_socket(settings.state_dir)
     criu = locate(settings.criu_path)
     disk_scratch, ram_scratch = settings.scratch_dirs()
     scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
     hot_dir = settings.hot_dir()
     store = SnapshotStore(settings.state_dir, scratch, settings.io_threads, HotTier(hot_dir) if hot_dir else None)
     _resume_held(store.recover())
-    rt = Runtime(settings=settings, criu=criu, store=store)
+    rt = Runtime(settings=settings, criu=criu, store=store, cgroups=cgroups)
+    notifier = Notifier()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"))
+    tags = PeerTags()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
+                         interceptors=[AccessInterceptor(tags)])
     snapd_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsServicer(rt), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    _claim_socket(listen.socket_path)
-    server.add_insecure_port(f"unix:{listen.socket_path}")
-    if listen.tcp_address:
-        server.add_insecure_port(listen.tcp_address)
+    server.add_insecure_port(f"unix:{private}")
+    if listen.tcp:
+        listen.tcp.add_to(server)
     if listen.metrics_address:
         metrics.serve(listen.metrics_address)
+    _claim_socket(listen.socket_path)
+    gate = Gate(listen.socket_path, listen.socket_group, private, listen.policy, tags)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
     server.start()
-    os.chmod(listen.socket_path, 0o660)
+    os.chmod(private, 0o600)
+    try:
+        gate.start()
+    except OSError as exc:
+        raise ConfigInvalid(source="socket", reason=f"cannot serve {listen.socket_path}: {exc.strerror}") from exc
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "daemon.ready", version=__version__, pid=os.getpid(), socket=str(listen.socket_path),
-        tcp=listen.tcp_address or None, metrics=listen.metrics_address or None,
-        state_dir=str(settings.state_dir), criu=criu.path, criu_version=criu.version,
+        socket_group=listen.socket_group, allow_uids=sorted(listen.policy.uids),
+        allow_gids=sorted(listen.policy.gids), tcp=listen.tcp.address if listen.tcp else None,
+        tcp_tls=listen.tcp.tls if listen.tcp else None, metrics=listen.metrics_address or None,
+        state_dir=str(settings.state_dir), cgroup_root=str(rt.cgroups.path) if rt.cgroups.path else None,
+        criu=criu.path, criu_version=criu.version,
     )
+    if listen.tcp and listen.tcp.insecure_loopback:
+        log.warning("daemon.insecure_tcp", tcp=listen.tcp.address,
+                    reason="plain TCP: every local user can call the API")
+    notifier.send(f"READY=1\nMAINPID={os.getpid()}")
     while not stop.wait(1.0):
         pass
 
+    notifier.send("STOPPING=1")
     log.info("daemon.draining", in_flight=[op.id for op in rt.registry.in_flight()])
     health_servicer.enter_graceful_shutdown()
     rt.registry.close()
     if not rt.registry.drain(listen.drain_timeout):
         log.error("daemon.drain_timeout", still_running=[op.id for op in rt.registry.in_flight()])
     server.stop(grace=5).wait()
+    gate.stop()
     store.release_scratch()
     listen.socket_path.unlink(missing_ok=True)
+    private.unlink(missing_ok=True)
     os.close(lock_fd)
     log.info("daemon.stopped")

@@ -20,6 +20,7 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
 
 from snapd_daemon import __version__, convert, doctor, metrics, validation
+from snapd_daemon.cgroups import CgroupRequest
 from snapd_daemon.checkpoint import CheckpointSpec, checkpoint
 from snapd_daemon.errors import SnapdError
 from snapd_daemon.hooks import Hook
@@ -42,6 +43,13 @@ def abort(context: grpc.ServicerContext, err: SnapdError) -> NoReturn:
 
 def _internal(exc: BaseException) -> SnapdError:
     return SnapdError(detail=f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _cgroup_request(spec: pb.CgroupSpec) -> CgroupRequest:
+    return validation.cgroup_request(
+        spec.path, spec.create, memory_max=spec.memory_max_bytes, cpu_max=spec.cpu_max, pids_max=spec.pids_max,
+        cpuset_cpus=spec.cpuset_cpus, cpuset_mems=spec.cpuset_mems,
+    )
 
 
 class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
@@ -122,15 +130,17 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 gpu_uuid_map=validation.gpu_uuid_map(dict(request.gpu_uuid_map)),
                 post_hook=Hook.parse("post_restore_hook", list(request.post_restore_hook.argv),
                                      request.post_restore_hook.timeout_seconds),
+                cgroup=_cgroup_request(request.cgroup) if request.HasField("cgroup") else None,
             )
         except SnapdError as err:
             abort(context, err)
+        placed = self.rt.cgroups.proc_path(spec.cgroup) if spec.cgroup else ""
         yield from self._stream(
             "restore",
             context,
             lambda op_id, report: restore(self.rt, spec, op_id, report),
             lambda p: pb.RestoreEvent(progress=p),
-            lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id)),
+            lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id, placed)),
         )
 
     def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext) -> pb.ListSnapshotsResponse:

@@ -1,10 +1,12 @@
-"""Checks on caller-supplied names and labels (pids are checked in processes)."""
+"""Checks on caller-supplied names, labels, references and cgroup requests (pids are checked in processes)."""
 
 from __future__ import annotations
 
 import re
 
+from snapd_daemon.cgroups import CgroupRequest
 from snapd_daemon.errors import InvalidRequest
+from snapd_daemon.processes import MAX_PID
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
@@ -56,3 +58,64 @@ def gpu_uuid_map(mapping: dict[str, str]) -> dict[str, str]:
             if not GPU_UUID_RE.fullmatch(uuid):
                 raise InvalidRequest(field="gpu_uuid_map", reason=f"{uuid[:60]!r} is not a GPU UUID (GPU-xxxxxxxx-...)")
     return dict(mapping)
+
+
+CGROUP_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+MAX_CGROUP_DEPTH = 8
+# Names the kernel uses for interface files (a group named so would clash with one).
+_CGROUP_FILE_PREFIXES = ("cgroup.", "memory.", "cpu.", "cpuset.", "pids.", "io.", "hugetlb.", "rdma.", "misc.")
+CPU_MAX_RE = re.compile(r"(max|[0-9]{1,18})(?: ([0-9]{1,7}))?")
+CPU_LIST_RE = re.compile(r"[0-9]{1,5}(-[0-9]{1,5})?(,[0-9]{1,5}(-[0-9]{1,5})?){0,63}")
+
+
+def cgroup_request(
+    path: str, create: bool, *, memory_max: int = 0, cpu_max: str = "", pids_max: int = 0,
+    cpuset_cpus: str = "", cpuset_mems: str = "",
+) -> CgroupRequest:
+    """A cgroup path relative to the delegated root, and the limits to write (0 / "" = leave as is).
+
+    Paths are 1-8 components of [A-Za-z0-9._-] (64 chars each, not starting with "." or "-",
+    not named like a cgroup interface file); absolute paths, "..", "." and empty components
+    are refused here, before the file system is touched.
+    """
+    shown = path if len(path) <= 80 else path[:80] + f"... ({len(path)} chars)"
+    if not path:
+        raise InvalidRequest(field="cgroup.path", reason="empty; give a group below the daemon's cgroup root")
+    if path.startswith("/"):
+        raise InvalidRequest(field="cgroup.path",
+                             reason=f"{shown!r} is absolute; give it relative to the daemon's cgroup root")
+    parts = path.split("/")
+    if len(parts) > MAX_CGROUP_DEPTH:
+        raise InvalidRequest(field="cgroup.path",
+                             reason=f"{shown!r} is {len(parts)} levels deep, at most {MAX_CGROUP_DEPTH}")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidRequest(field="cgroup.path", reason=f"{shown!r} has an empty, '.' or '..' component")
+        if not CGROUP_PART_RE.fullmatch(part) or part.startswith(_CGROUP_FILE_PREFIXES):
+            raise InvalidRequest(
+                field="cgroup.path",
+                reason=f"component {part[:70]!r} must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a "
+                "letter, digit or _, and not be named like a cgroup interface file",
+            )
+    limits = {}
+    if memory_max:
+        limits["memory.max"] = str(memory_max)
+    if cpu_max:
+        match = CPU_MAX_RE.fullmatch(cpu_max)
+        quota_ok = match and (match.group(1) == "max" or int(match.group(1)) >= 1000)
+        period_ok = match and (match.group(2) is None or 1000 <= int(match.group(2)) <= 1_000_000)
+        if not (quota_ok and period_ok):
+            raise InvalidRequest(field="cgroup.cpu_max", reason=f"{cpu_max[:40]!r} is not 'max' or 'QUOTA [PERIOD]' "
+                                 "in microseconds (quota >= 1000, period 1000-1000000)")
+        limits["cpu.max"] = cpu_max
+    if pids_max:
+        if pids_max > MAX_PID:
+            raise InvalidRequest(field="cgroup.pids_max", reason=f"{pids_max} is above the kernel's {MAX_PID}")
+        limits["pids.max"] = str(pids_max)
+    for name, value in (("cpuset.cpus", cpuset_cpus), ("cpuset.mems", cpuset_mems)):
+        if value:
+            if not CPU_LIST_RE.fullmatch(value):
+                raise InvalidRequest(field=f"cgroup.{name.replace('.', '_')}",
+                                     reason=f"{value[:40]!r} is not a list like '0-7,16'")
+            limits[name] = value
+    return CgroupRequest(parts=tuple(parts), create=create, limits=limits)

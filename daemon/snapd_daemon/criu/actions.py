@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from snapd_daemon.cgroups import Cgroup
 from snapd_daemon.criu import rpc_pb2, swrk
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.errors import CriuFailed
@@ -37,6 +38,7 @@ def _run(
     work: Path,
     log_name: str,
     on_notify: swrk.NotifyHook | None,
+    place: swrk.PlaceHook | None = None,
 ) -> rpc_pb2.Resp:
     images_fd = swrk.open_dir(images)
     work_fd = swrk.open_dir(work)
@@ -52,6 +54,7 @@ def _run(
             pass_fds=(images_fd, work_fd),
             on_notify=on_notify,
             stderr_path=work / f"{action}.stderr",
+            place=place,
         )
     except swrk.HookFailed as exc:
         raise exc.cause from exc
@@ -99,12 +102,18 @@ def restore(
     shell_job: bool,
     log_level: int,
     on_notify: swrk.NotifyHook | None = None,
+    cgroup: Cgroup | None = None,
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
 
     The restored tree is detached: it is reparented away from CRIU when the
-    swrk child exits and does not depend on the daemon.
+    swrk child exits and does not depend on the daemon. With ``cgroup``, CRIU
+    is moved into that group before it gets the request and leaves cgroups
+    alone, so the whole tree is born there (see ``snapd_daemon.cgroups``).
     """
     opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level)
-    resp = _run(criu, "restore", root_pid, opts, images, work, RESTORE_LOG, on_notify)
+    if cgroup is not None:
+        opts.manage_cgroups_mode = rpc_pb2.IGNORE
+    resp = _run(criu, "restore", root_pid, opts, images, work, RESTORE_LOG, on_notify,
+                cgroup.adopt if cgroup is not None else None)
     return resp.restore.pid

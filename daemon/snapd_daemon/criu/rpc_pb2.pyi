@@ -22,6 +22,16 @@ class ReqType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERSION: _ClassVar[ReqType]
     WAIT_PID: _ClassVar[ReqType]
     PAGE_SERVER_CHLD: _ClassVar[ReqType]
+
+class CgMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IGNORE: _ClassVar[CgMode]
+    CG_NONE: _ClassVar[CgMode]
+    PROPS: _ClassVar[CgMode]
+    SOFT: _ClassVar[CgMode]
+    FULL: _ClassVar[CgMode]
+    STRICT: _ClassVar[CgMode]
+    DEFAULT: _ClassVar[CgMode]
 EMPTY: ReqType
 DUMP: ReqType
 RESTORE: ReqType
@@ -35,9 +45,16 @@ FEATURE_CHECK: ReqType
 VERSION: ReqType
 WAIT_PID: ReqType
 PAGE_SERVER_CHLD: ReqType
+IGNORE: CgMode
+CG_NONE: CgMode
+PROPS: CgMode
+SOFT: CgMode
+FULL: CgMode
+STRICT: CgMode
+DEFAULT: CgMode
 
 class Opts(_message.Message):
-    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "work_dir_fd", "link_remap", "rst_sibling", "external", "timeout")
+    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "work_dir_fd", "link_remap", "rst_sibling", "manage_cgroups_mode", "external", "timeout")
     IMAGES_DIR_FD_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +68,7 @@ class Opts(_message.Message):
     WORK_DIR_FD_FIELD_NUMBER: _ClassVar[int]
     LINK_REMAP_FIELD_NUMBER: _ClassVar[int]
     RST_SIBLING_FIELD_NUMBER: _ClassVar[int]
+    MANAGE_CGROUPS_MODE_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     images_dir_fd: int
@@ -66,9 +84,10 @@ class Opts(_message.Message):
     work_dir_fd: int
     link_remap: bool
     rst_sibling: bool
+    manage_cgroups_mode: CgMode
     external: _containers.RepeatedScalarFieldContainer[str]
     timeout: int
-    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., external: _Optional[_Iterable[str]] = ..., timeout: _Optional[int] = ...) -> None: ...
+    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., timeout: _Optional[int] = ...) -> None: ...
 
 class DumpResp(_message.Message):
     __slots__ = ("restored",)

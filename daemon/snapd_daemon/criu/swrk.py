@@ -20,6 +20,8 @@ from pathlib import Path
 from snapd_daemon.criu import rpc_pb2
 
 NotifyHook = Callable[[str, int], None]
+# Called with the swrk child's pid before the request is sent (e.g. to move it into a cgroup).
+PlaceHook = Callable[[int], None]
 _MAX_DATAGRAM = 1 << 20
 
 
@@ -49,12 +51,14 @@ def call(
     on_notify: NotifyHook | None = None,
     stderr_path: Path | None = None,
     timeout: float | None = None,
+    place: PlaceHook | None = None,
 ) -> rpc_pb2.Resp:
     """Run one request in a fresh `criu swrk` and return CRIU's final response.
 
     Raises SwrkError when CRIU reports failure or exits without answering, and
     HookFailed (after CRIU has finished aborting) when ``on_notify`` raised.
-    The swrk child is not tied to the caller's lifetime on purpose: if the
+    ``place`` gets the child's pid before CRIU sees the request; its error
+    ends the call (the child exits on the closed socket). The swrk child is not tied to the caller's lifetime on purpose: if the
     daemon dies mid-dump, CRIU completes or aborts cleanly on its own and never
     leaves a half-seized process behind.
     """
@@ -76,6 +80,8 @@ def call(
             stderr.close()
     hook_error: HookFailed | None = None
     try:
+        if place is not None:
+            place(proc.pid)
         ours.settimeout(timeout)
         ours.send(request.SerializeToString())
         while True:

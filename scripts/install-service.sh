@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install gpu-snapd as a systemd service from this checkout (as root). Idempotent:
+#   /opt/gpu-snapd/criu/bin/criu   CRIU >= 4.0 (scripts/install-criu.sh: found or built)
+#   /opt/gpu-snapd/venv            snapd and its dependencies (pip, from this checkout)
+#   group gpu-snapd                the API socket's group
+#   /etc/gpu-snapd/config.toml     from deploy/config.toml (+ the CRIU path), only when there is none yet
+#   /etc/systemd/system/gpu-snapd.service, enabled and (re)started; restored trees
+#                                  survive the restart (KillMode=process)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+say() { printf 'install-service: %s\n' "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { say "run as root: sudo $0"; exit 1; }
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  { say "$python is $("$python" -V 2>&1); snapd needs Python >= 3.11 (set PYTHON=)"; exit 1; }
+
+criu=$("$root/scripts/install-criu.sh" | tail -n 1)
+[ -x /opt/gpu-snapd/venv/bin/python ] || "$python" -m venv /opt/gpu-snapd/venv
+/opt/gpu-snapd/venv/bin/python -m pip install -q --upgrade "$root" >&2
+getent group gpu-snapd >/dev/null || groupadd --system gpu-snapd
+install -d -m 0755 /etc/gpu-snapd
+if [ ! -e /etc/gpu-snapd/config.toml ]; then
+  install -m 0644 "$root/deploy/config.toml" /etc/gpu-snapd/config.toml
+  printf '\n# the CRIU scripts/install-criu.sh picked\ncriu = "%s"\n' "$criu" >> /etc/gpu-snapd/config.toml
+fi
+install -m 0644 "$root/deploy/systemd/gpu-snapd.service" /etc/systemd/system/gpu-snapd.service
+
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable gpu-snapd.service
+  systemctl restart gpu-snapd.service
+  say "gpu-snapd.service is $(systemctl is-active gpu-snapd.service); socket /run/gpu-snapd/snapd.sock"
+else
+  say "installed; systemd is not running here, start it with: /opt/gpu-snapd/venv/bin/snapd serve --config /etc/gpu-snapd/config.toml"
+fi
