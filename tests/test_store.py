@@ -13,7 +13,7 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.cas import chunkfile
 from snapd_daemon.cas.chunks import ChunkStore
-from snapd_daemon.cas.chunking import GRID, Piece, cut_fixed, cut_runs
+from snapd_daemon.cas.chunking import GRID, Piece, cut_fixed, cut_runs, settled_pieces
 
 
 def test_runs_are_cut_on_the_address_grid() -> None:
@@ -22,6 +22,18 @@ def test_runs_are_cut_on_the_address_grid() -> None:
     # CRIU's arbitrary 1 MiB entry splits inside one mapping do not move the cuts
     split = [(0, 4096, 0), (4096, GRID - 4096, 4096), (GRID, 8192, GRID)]
     assert cut_runs(split) == [Piece(0, GRID), Piece(GRID, 8192)]
+
+
+def test_cuts_follow_the_mapping_not_the_absolute_address() -> None:
+    """The same mapping at two alignments yields the same pieces; mapping edges cut."""
+    for base in (0x7F0000001000, 0x7F00000FF000):
+        mapping = [(base, base + 3 * GRID)]
+        runs = [(base - 4096, 4096, 0), (base, 3 * GRID, 4096)]
+        assert cut_runs(runs, mapping) == [Piece(0, 4096), Piece(4096, GRID), Piece(4096 + GRID, GRID),
+                                           Piece(4096 + 2 * GRID, GRID)]
+        # while CRIU still writes: the open last piece and bytes not yet in the file wait
+        assert settled_pieces(runs, 4096 + 3 * GRID, mapping) == cut_runs(runs, mapping)[:-1]
+        assert settled_pieces(runs, 4096 + GRID, mapping) == cut_runs(runs, mapping)[:2]
     assert cut_fixed(GRID + 10) == [Piece(0, GRID), Piece(GRID, 10)]
 
 

@@ -15,7 +15,7 @@ from types import TracebackType
 
 import structlog
 
-from snapd_daemon.cas.chunking import settled_pieces
+from snapd_daemon.cas.chunking import Region, live_regions, settled_pieces
 from snapd_daemon.cas.store import Ingest
 from snapd_daemon.criu.images import PAGEMAP_NAME, ImageFormatError, read_pagemap
 
@@ -27,6 +27,9 @@ class DumpFollower:
         self.ingest = ingest
         self.images = images
         self.interval = interval
+        # mappings of each process, read from /proc while it is frozen for the dump;
+        # the final plan uses the dumped mm image, and finish() checks they agree
+        self.regions: dict[int, list[Region]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dump-follower", daemon=True)
 
@@ -59,7 +62,9 @@ class DumpFollower:
                 available = (self.images / img.pages_file).stat().st_size
             except FileNotFoundError:
                 continue
-            settled = settled_pieces([(r.vaddr, r.length, r.offset) for r in img.runs], available)
+            if img.pid not in self.regions:
+                self.regions[img.pid] = live_regions(img.pid)
+            settled = settled_pieces([(r.vaddr, r.length, r.offset) for r in img.runs], available, self.regions[img.pid])
             done = self.ingest.submitted(img.pages_file)
             if len(settled) > done:
                 self.ingest.submit(img.pages_file, settled[done:])

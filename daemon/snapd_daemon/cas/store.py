@@ -30,17 +30,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
+from snapd_daemon import memwrite
 from snapd_daemon.cas import chunkfile
 from snapd_daemon.cas.chunking import Piece, plan
 from snapd_daemon.cas.chunks import ChunkStore
 from snapd_daemon.cas.hot import HotTier
 from snapd_daemon.cas.rwlock import RWLock
-from snapd_daemon import memwrite
-from snapd_daemon.errors import ChunkCorrupt, InjectFailed, SnapshotNotFound, SnapshotPinned, StoreError, StoreFull
+from snapd_daemon.errors import (
+    ChunkCorrupt,
+    InjectFailed,
+    SnapshotNotFound,
+    SnapshotPinned,
+    StoreError,
+    StoreFull,
+)
 from snapd_daemon.fsutil import fsync_path, write_atomic
 from snapd_daemon.manifest import ZERO_CHUNK, ChunkRef, ImageEntry, Manifest
 
 HOLD = "hold.json"
+log = structlog.get_logger()
 _ZEROS = bytes(4 << 20)
 Progress = Callable[[int], None]
 
@@ -533,14 +543,19 @@ class Ingest:
     def finish(self, manifest: Manifest) -> Manifest:
         """Store whatever was not submitted yet, wait for all of it, publish ``manifest``."""
         final = plan(self.images)
+        early_bytes = 0
+        redone = []
         with self.store.translate_os_errors(sum(p.length for v in final.values() for p in v)):
             for name, cuts in final.items():
                 with self._lock:
                     early = self.pieces.get(name, [])
                     if cuts[: len(early)] != early:
                         self.pieces[name], self.jobs[name] = [], []
+                        redone.append(name)
                         early = []
+                early_bytes += sum(p.length for p in early)
                 self.submit(name, cuts[len(early) :])
+            log.info("ingest.plan", stored_while_dumping=early_bytes, redone=redone)
             manifest.files = [
                 ImageEntry(name, sum(p.length for p in cuts), tuple(job.result() for job in self.jobs[name]))
                 for name, cuts in final.items()
