@@ -108,10 +108,11 @@ class Workloads:
         """Kill every process, daemons aside, whose command line names this test's
         directory: the workloads, their children and any restored copies of them."""
         mine = str(self.tmp)
-        for proc in psutil.process_iter(["cmdline"]):
-            argv = proc.info["cmdline"] or []
-            if mine in " ".join(argv) and "snapd_client" not in argv:
-                with contextlib.suppress(psutil.Error):
+        for pid in psutil.pids():  # not process_iter: its cache skips a pid that a restore reused
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                argv = proc.cmdline()
+                if mine in " ".join(argv) and "snapd_client" not in argv:
                     proc.kill()
 
 
