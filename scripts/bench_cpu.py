@@ -13,8 +13,8 @@ Each round, on one workload process (its pid survives every restore):
      criu does not, so the stock images are fsynced afterwards and timed
      separately, for a "checkpoint incl. fsync" row.
 
-The workload holds --size-mb of memory: 60% random bytes, 25% zero-filled pages
-(written, so really resident) and 15% a read-only private mmap of a file (CRIU
+The workload holds --size-mb of memory: 55% random bytes, 25% zero-filled pages
+(written, so really resident), 5% shared anonymous random bytes and 15% a read-only private mmap of a file (CRIU
 does not copy such pages into the images). Nothing is dropped from the page
 cache: it is hot for both sides. stock criu runs first in a round (see bench_round). Throughput
 (GB/s, GB = 1e9 bytes) is CRIU image bytes per second for both sides; snapd also
@@ -54,12 +54,12 @@ from benchlib import (
 )
 from snapd_client import SnapdClient
 
-RANDOM_SHARE, ZERO_SHARE = 0.60, 0.25
+RANDOM_SHARE, ZERO_SHARE, SHARED_SHARE = 0.55, 0.25, 0.05
 
 WORKLOAD = '''\
-"""Hold random, zero-filled and file-backed memory; on SIGUSR1 report their SHA-256.
+"""Hold random, zero-filled, shared and file-backed memory; on SIGUSR1 report their SHA-256.
 
-usage: workload.py RANDOM_MB ZERO_MB FILE_MB BACKING_FILE REPORT
+usage: workload.py RANDOM_MB ZERO_MB SHARED_MB FILE_MB BACKING_FILE REPORT
 report: "<pid> <sha256 hex>", replaced atomically (a new inode each time)
 """
 import hashlib
@@ -70,19 +70,20 @@ import sys
 import time
 
 CHUNK = 16 << 20
-random_mb, zero_mb, file_mb = (int(a) for a in sys.argv[1:4])
-backing, report = sys.argv[4], sys.argv[5]
+random_mb, zero_mb, shared_mb, file_mb = (int(a) for a in sys.argv[1:5])
+backing, report = sys.argv[5], sys.argv[6]
 
 
-def anonymous(size_mb, make):
-    region = mmap.mmap(-1, size_mb << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+def anonymous(size_mb, make, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS):
+    region = mmap.mmap(-1, size_mb << 20, flags=flags)
     for off in range(0, len(region), CHUNK):
         n = min(CHUNK, len(region) - off)
         region[off : off + n] = make(n)
     return region
 
 
-regions = [anonymous(random_mb, os.urandom), anonymous(zero_mb, bytes)]
+regions = [anonymous(random_mb, os.urandom), anonymous(zero_mb, bytes),
+           anonymous(shared_mb, os.urandom, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)]
 with open(backing, "rb") as f:
     regions.append(mmap.mmap(f.fileno(), file_mb << 20, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ))
 
@@ -114,7 +115,8 @@ class Workload:
         self.report = root / "workload.report"
         self.random_mb = round(size_mb * RANDOM_SHARE)
         self.zero_mb = round(size_mb * ZERO_SHARE)
-        self.file_mb = size_mb - self.random_mb - self.zero_mb
+        self.shared_mb = round(size_mb * SHARED_SHARE)
+        self.file_mb = size_mb - self.random_mb - self.zero_mb - self.shared_mb
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
         self.sha256 = ""
@@ -125,7 +127,7 @@ class Workload:
             for _ in range(self.file_mb):
                 f.write(os.urandom(1 << 20))
         self.proc = subprocess.Popen(
-            [sys.executable, str(self.script), str(self.random_mb), str(self.zero_mb), str(self.file_mb),
+            [sys.executable, str(self.script), str(self.random_mb), str(self.zero_mb), str(self.shared_mb), str(self.file_mb),
              str(self.backing), str(self.report)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             cwd=self.script.parent, start_new_session=True,
@@ -171,6 +173,7 @@ class Round:
     snapd_restore_s: float = 0.0
     snapd_image_bytes: int = 0
     snapd_stored_bytes: int = 0
+    snapd_second_new_bytes: int = 0
     snapd_daemon_checkpoint_s: float = 0.0
     snapd_daemon_restore_s: float = 0.0
     snapd_checkpoint_phases: dict[str, float] = field(default_factory=dict)
@@ -216,6 +219,9 @@ def bench_round(n: int, workload: Workload, client: SnapdClient, criu: str, root
     if result.root_pid != workload.pid:
         raise BenchError(f"snapd restored pid {result.root_pid}, expected {workload.pid}")
     workload.verify("snapd restore")
+    again = client.checkpoint(workload.pid, name=f"bench-{n}", leave_running=True)
+    r.snapd_second_new_bytes = again.new_bytes
+    client.delete(again.id)
     client.delete(snap.id)
     return r
 
@@ -243,12 +249,15 @@ def summary(rounds: list[Round]) -> list[dict[str, float | str]]:
 
 def print_table(criu_version: str, workload: Workload, table: list[dict[str, float | str]], rounds: list[Round]) -> None:
     w = workload
-    print(f"snapd vs stock criu {criu_version} on one {w.random_mb + w.zero_mb + w.file_mb} MiB process "
-          f"({w.random_mb} MiB random, {w.zero_mb} MiB zero-filled, {w.file_mb} MiB file-backed), "
+    print(f"snapd vs stock criu {criu_version} on one {w.random_mb + w.zero_mb + w.shared_mb + w.file_mb} MiB process "
+          f"({w.random_mb} MiB random, {w.zero_mb} MiB zero-filled, {w.shared_mb} MiB shared random, "
+          f"{w.file_mb} MiB file-backed), "
           f"{len(rounds)} round(s){', medians' if len(rounds) > 1 else ''}; page cache hot for both, nothing dropped")
     print(f"CRIU image size: snapd {median(rounds, lambda r: r.snapd_image_bytes) / GB:.3f} GB "
           f"(stored by snapd: {median(rounds, lambda r: r.snapd_stored_bytes) / GB:.3f} GB), "
-          f"stock {median(rounds, lambda r: r.stock_image_bytes) / GB:.3f} GB (GB = 1e9 bytes)\n")
+          f"stock {median(rounds, lambda r: r.stock_image_bytes) / GB:.3f} GB (GB = 1e9 bytes); "
+          f"on disk / raw {median(rounds, lambda r: r.snapd_stored_bytes / r.snapd_image_bytes):.3f}; a second "
+          f"snapshot of the same memory added {median(rounds, lambda r: r.snapd_second_new_bytes) / 1e6:.1f} MB\n")
     header = ("operation", "snapd s", "stock criu s", "ratio (snapd/stock)", "snapd GB/s", "stock GB/s")
     keys = ("operation", "snapd_s", "stock_s", "ratio", "snapd_gb_per_s", "stock_gb_per_s")
     rows = [header, *[tuple(str(row[k]) for k in keys) for row in table]]
@@ -313,7 +322,7 @@ def main() -> int:
         "criu_version": criu_version,
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
-        "workload": {"size_mb": args.size_mb, "random_mb": workload.random_mb, "zero_mb": workload.zero_mb,
+        "workload": {"size_mb": args.size_mb, "random_mb": workload.random_mb, "zero_mb": workload.zero_mb, "shared_mb": workload.shared_mb,
                      "file_mb": workload.file_mb},
         "page_cache": "hot for both sides (nothing dropped)",
         "summary": table,
