@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import enum
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from snapd_daemon.fsutil import tree_size
+from snapd_daemon.poller import Poller
 
 
 class Phase(enum.Enum):
@@ -36,29 +35,17 @@ class ProgressEvent:
 Reporter = Callable[[ProgressEvent], None]
 
 
-class DirectoryGrowth:
+class DirectoryGrowth(Poller):
     """Reports the growing size of a directory as progress of ``phase`` until exited."""
 
     def __init__(self, report: Reporter, phase: Phase, path: Path, total: int, interval: float = 0.25) -> None:
+        super().__init__(f"progress-{phase.value}", interval)
         self._report = report
         self._phase = phase
         self._path = path
         self._total = total
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"progress-{phase.value}", daemon=True)
 
-    def __enter__(self) -> DirectoryGrowth:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            done = tree_size(self._path)
-            self._report(ProgressEvent(self._phase, done, max(self._total, done)))
+    def poll(self) -> bool:
+        done = tree_size(self._path)
+        self._report(ProgressEvent(self._phase, done, max(self._total, done)))
+        return True

@@ -9,49 +9,37 @@ by ``Ingest.finish``, which checks the early pieces against the final plan.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from types import TracebackType
 
 import structlog
 
 from snapd_daemon.cas.chunking import Region, live_regions, settled_pieces
 from snapd_daemon.cas.store import Ingest
 from snapd_daemon.criu.images import PAGEMAP_NAME, ImageFormatError, read_pagemap
+from snapd_daemon.poller import Poller
 
 log = structlog.get_logger()
 
 
-class DumpFollower:
+class DumpFollower(Poller):
     def __init__(self, ingest: Ingest, images: Path, interval: float = 0.2) -> None:
+        super().__init__("dump-follower", interval)
         self.ingest = ingest
         self.images = images
-        self.interval = interval
         # mappings of each process, read from /proc while it is frozen for the dump;
         # the final plan uses the dumped mm image, and finish() checks they agree
         self.regions: dict[int, list[Region]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dump-follower", daemon=True)
 
-    def __enter__(self) -> DumpFollower:
-        self._thread.start()
-        return self
+    def poll(self) -> bool:
+        """Submit newly settled pieces; False (stop following) on an unreadable image."""
+        try:
+            self._feed()
+        except (OSError, ImageFormatError) as err:
+            log.warning("ingest.follow_stopped", error=str(err))
+            return False
+        return True
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.poll()
-            except (OSError, ImageFormatError) as err:
-                log.warning("ingest.follow_stopped", error=str(err))
-                return
-
-    def poll(self) -> None:
+    def _feed(self) -> None:
         for path in sorted(self.images.glob("pagemap-*.img")):
             if not PAGEMAP_NAME.fullmatch(path.name):
                 continue
