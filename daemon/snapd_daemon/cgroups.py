@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from snapd_daemon.errors import CgroupFailed, CgroupTooSmall, ConfigInvalid, InvalidRequest
+from snapd_daemon.errors import (
+    CgroupFailed,
+    CgroupTooSmall,
+    ConfigInvalid,
+    InvalidRequest,
+)
 
 if TYPE_CHECKING:
     from snapd_daemon.manifest import Manifest

@@ -22,16 +22,22 @@ import psutil
 import structlog
 
 from snapd_daemon import cgroups, gpu, metrics
-from snapd_daemon.criu import actions
-from snapd_daemon.errors import CriuFailed, CudaFailed
-from snapd_daemon.hooks import Hook
-from snapd_daemon.fsutil import tree_size
-from snapd_daemon.manifest import Manifest, new_snapshot_id
-from snapd_daemon.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
-from snapd_daemon.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
-from snapd_daemon.runtime import Runtime
 from snapd_daemon.cas.follow import DumpFollower
 from snapd_daemon.cas.store import Ingest, Staging
+from snapd_daemon.criu import actions
+from snapd_daemon.errors import CriuFailed, CudaFailed
+from snapd_daemon.fsutil import tree_size
+from snapd_daemon.hooks import Hook
+from snapd_daemon.manifest import Manifest, new_snapshot_id
+from snapd_daemon.processes import (
+    PidState,
+    ProcessTree,
+    inspect_tree,
+    signal_tree,
+    wait_for_state,
+)
+from snapd_daemon.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
+from snapd_daemon.runtime import Runtime
 
 log = structlog.get_logger()
 _KILL_WAIT_SECONDS = 30.0

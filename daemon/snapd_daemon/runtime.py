@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapd_daemon.cas.store import SnapshotStore
 from snapd_daemon.cgroups import CgroupRoot
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.operations import OperationRegistry
-from snapd_daemon.cas.store import SnapshotStore
 
 
 @dataclass(frozen=True)
