@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snapd_daemon.cas.store import Progress, Route, SnapshotStore, Target
+from snapd_daemon.cas.store import Progress, Route, SnapshotStore, Target, chunk_offsets
 from snapd_daemon.criu.images import Vma, pages_images, read_vmas, write_pagemap
 from snapd_daemon.manifest import ChunkRef, ImageEntry, Manifest
 
@@ -85,11 +85,7 @@ class ChunkIndex:
 
     def __init__(self, entry: ImageEntry) -> None:
         self.entry = entry
-        self.starts: list[int] = []
-        pos = 0
-        for ref in entry.chunks:
-            self.starts.append(pos)
-            pos += ref.length
+        self.starts = [offset for offset, _ in chunk_offsets(entry.chunks)]
 
     def cover(self, offset: int, length: int) -> Iterator[tuple[int, ChunkRef, int, int]]:
         """(chunk start, chunk, offset in chunk, bytes) for each chunk piece of the range."""

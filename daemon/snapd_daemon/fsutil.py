@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -35,7 +36,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
     tmp file in the same directory -> fsync -> rename -> fsync directory.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -45,7 +46,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def tree_size(path: Path) -> int:
-    """Bytes allocated under ``path`` by regular files (0 if it vanished meanwhile)."""
+    """Sum of the sizes of the regular files under ``path`` (0 if it vanished meanwhile)."""
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:

@@ -203,7 +203,8 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     ) -> pb.CollectGarbageResponse:
         try:
             with self.rt.registry.claim("gc", new_operation_id()):
-                plan = self.rt.store.gc(request.keep_last, request.dry_run)
+                busy = frozenset(op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id)
+                plan = self.rt.store.gc(request.keep_last, request.dry_run, busy)
         except SnapdError as err:
             abort(context, err)
         log.info("store.gc", expired=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run)

@@ -7,8 +7,9 @@ processes (mmap, no decompression). Every read is still verified against the
 chunk's hash; a copy that fails is removed and the disk chunk is used instead.
 
 Layout: ``chunks/<aa>/<blake3>`` raw bytes; ``snapshots/<id>`` lists the chunks
-a prefetched snapshot holds here. A chunk is removed once no listed snapshot
-uses it. RAM only: nothing here survives a reboot, and nothing needs to.
+a prefetched snapshot holds here, written before its chunks are added. A chunk
+is removed when the last snapshot listing it is dropped (a failed prefetch
+drops its own listing). RAM only: nothing here survives a reboot, nor needs to.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 from pathlib import Path
 
 from snapd_daemon.cas import chunkfile
+from snapd_daemon.fsutil import write_atomic
 
 
 class HotTier:
@@ -57,19 +59,24 @@ class HotTier:
         final = self.path(cid)
         final.parent.mkdir(exist_ok=True)
         tmp = final.with_name(f"{cid}.tmp-{threading.get_ident()}")
-        with open(tmp, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(raw)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
     def holds(self) -> dict[str, set[str]]:
         """Prefetched snapshot id -> the chunk ids it holds here."""
-        return {p.name: set(json.loads(p.read_text())) for p in self.snapshots_dir.iterdir()}
+        return {p.name: set(json.loads(p.read_text())) for p in self.snapshots_dir.iterdir()
+                if not p.name.startswith(".")}
 
     def mark(self, snapshot_id: str, cids: set[str]) -> None:
-        (self.snapshots_dir / snapshot_id).write_text(json.dumps(sorted(cids)))
+        with self._lock:
+            write_atomic(self.snapshots_dir / snapshot_id, json.dumps(sorted(cids)).encode())
 
     def unmark(self, snapshot_id: str) -> int:
         """Forget a snapshot; remove the chunks no other prefetched snapshot uses; bytes freed."""

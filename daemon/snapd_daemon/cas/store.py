@@ -165,7 +165,6 @@ class FsckReport:
 class _IngestTally:
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: int = 0
-    stored: int = 0
     # chunks written by this ingest, not yet published: id -> (temporary path, size)
     staged: dict[str, tuple[Path, int]] = field(default_factory=dict)
 
@@ -254,19 +253,18 @@ class SnapshotStore:
         publishes. Holds the store lock shared until finished or aborted."""
         return Ingest(self, images, progress)
 
-    def commit(self, staging: Staging, manifest: Manifest, progress: Progress) -> Manifest:
-        """Chunk, compress and store ``staging.images``, then publish ``manifest``."""
-        ingest = self.begin_ingest(staging.images, progress)
-        try:
-            return ingest.finish(manifest)
-        except BaseException:
-            ingest.abort()
-            raise
-
     def _publish(self, manifest: Manifest, tally: _IngestTally) -> Manifest:
+        """Publish the chunks ``manifest`` uses, then the manifest. Caller holds the lock shared.
+
+        Staged chunks the manifest does not use (from redone pieces) are removed.
+        Sizes are counted per distinct chunk."""
+        used = manifest.chunk_ids()
+        for cid in [c for c in tally.staged if c not in used]:
+            tally.staged.pop(cid)[0].unlink(missing_ok=True)
         added = self.chunks.publish({cid: tmp for cid, (tmp, _) in tally.staged.items()})
-        manifest.stored_bytes = tally.stored
-        manifest.new_bytes = sum(size for cid, (_, size) in tally.staged.items() if cid in added)
+        sizes = {cid: tally.staged[cid][1] if cid in tally.staged else self.chunks.exists(cid) for cid in used}
+        manifest.stored_bytes = sum(sizes.values())
+        manifest.new_bytes = sum(sizes[cid] for cid in added)
         write_atomic(self.manifests_dir / f"{manifest.id}.json", manifest.to_json().encode())
         with self._index_lock:
             self._manifests[manifest.id] = manifest
@@ -292,7 +290,6 @@ class SnapshotStore:
                     tmp.unlink()
         with tally.lock:
             tally.done += piece.length
-            tally.stored += size
             done = tally.done
         progress(done)
         return ChunkRef(cid, piece.length)
@@ -379,7 +376,7 @@ class SnapshotStore:
             raise StoreError(path=self.root, reason="no RAM directory is configured for the hot tier")
         hot = self.hot
         refs = {ref.id: (entry.name, offset, ref) for entry in manifest.files
-                for offset, ref in _offsets(entry.chunks) if ref.id != ZERO_CHUNK}
+                for offset, ref in chunk_offsets(entry.chunks) if ref.id != ZERO_CHUNK}
         missing = [(cid, where) for cid, where in refs.items() if not hot.has(cid)]
         needed = sum(where[2].length for _, where in missing)
         if needed + (1 << 30) > hot.free_bytes():
@@ -394,10 +391,14 @@ class SnapshotStore:
                 done = tally.done
             progress(done)
 
-        with self.lock.shared(), self.translate_os_errors(needed):
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="prefetch") as pool:
-                list(pool.map(one, missing))
-            hot.mark(manifest.id, set(refs))
+        hot.mark(manifest.id, set(refs))  # first, so no concurrent drop removes what this adds
+        try:
+            with self.lock.shared(), self.translate_os_errors(needed):
+                with ThreadPoolExecutor(self.threads, thread_name_prefix="prefetch") as pool:
+                    list(pool.map(one, missing))
+        except BaseException:
+            hot.unmark(manifest.id)
+            raise
         return needed
 
     def drop_prefetch(self, manifest: Manifest) -> int:
@@ -425,18 +426,20 @@ class SnapshotStore:
             self.drop_prefetch(manifest)
             return self._remove_chunks(manifest.chunk_ids() - self._live_chunks())
 
-    def gc(self, keep_last: int, dry_run: bool) -> GcPlan:
+    def gc(self, keep_last: int, dry_run: bool, busy: frozenset[str] = frozenset()) -> GcPlan:
         """Plan, then (unless ``dry_run``) execute: expire snapshots beyond the newest
-        ``keep_last`` of each name (0: keep all; pinned and unnamed ones are kept), then
-        remove every chunk no remaining snapshot references."""
+        ``keep_last`` of each name (0: keep all; pinned, unnamed and ``busy`` ones —
+        those an operation is using — are kept), then remove every chunk no
+        remaining snapshot references."""
         with self.lock.exclusive():
             result = GcPlan(dry_run=dry_run)
             if keep_last:
                 by_name: dict[str, list[Manifest]] = {}
                 for m in self.list():
-                    if m.name and not self.is_pinned(m.id):
+                    if m.name:
                         by_name.setdefault(m.name, []).append(m)
-                result.expired = [m.id for ms in by_name.values() for m in ms[:-keep_last]]
+                result.expired = [m.id for ms in by_name.values() for m in ms[:-keep_last]
+                                  if not self.is_pinned(m.id) and m.id not in busy]
             with self._index_lock:
                 live = {c for m in self._manifests.values() if m.id not in result.expired for c in m.chunk_ids()}
             doomed = [(cid, size) for cid, size in self.chunks.all() if cid not in live]
@@ -444,8 +447,7 @@ class SnapshotStore:
             result.bytes = sum(size for _, size in doomed)
             if not dry_run:
                 for sid in result.expired:
-                    if self.hot is not None:
-                        self.hot.unmark(sid)
+                    self.drop_prefetch(self.get(sid))
                     self._unpublish(sid)
                 self._remove_chunks({cid for cid, _ in doomed})
             return result
@@ -479,11 +481,9 @@ class SnapshotStore:
         users: dict[str, list[tuple[Manifest, str, int, ChunkRef]]] = {}
         for m in manifests:
             for entry in m.files:
-                offset = 0
-                for ref in entry.chunks:
+                for offset, ref in chunk_offsets(entry.chunks):
                     if ref.id != ZERO_CHUNK:
                         users.setdefault(ref.id, []).append((m, entry.name, offset, ref))
-                    offset += ref.length
 
         def check(cid: str) -> str:
             m, name, offset, ref = users[cid][0]
@@ -510,7 +510,10 @@ class Ingest:
     Pieces are submitted per file in order; ``finish`` checks that what was
     submitted early is exactly the start of the final plan (else it is redone
     from scratch, chunks already stored being reused), stores the rest, and
-    publishes. Thread-safe for one submitter plus the finishing thread.
+    publishes. The store lock is held shared from the start until the manifest
+    is published (or ``abort``), so GC never sees chunks of an unpublished
+    snapshot as orphans. Thread-safe for one submitter plus the finishing thread.
+    Every Ingest must end in ``finish`` or ``abort``.
     """
 
     def __init__(self, store: SnapshotStore, images: Path, progress: Progress) -> None:
@@ -549,10 +552,13 @@ class Ingest:
             for name, cuts in final.items():
                 with self._lock:
                     early = self.pieces.get(name, [])
-                    if cuts[: len(early)] != early:
+                    stale = self.jobs.get(name, []) if cuts[: len(early)] != early else []
+                    if stale:
                         self.pieces[name], self.jobs[name] = [], []
                         redone.append(name)
                         early = []
+                for job in stale:  # let them end; their chunks are dropped at publish if unused
+                    job.exception()
                 early_bytes += sum(p.length for p in early)
                 self.submit(name, cuts[len(early) :])
             log.info("ingest.plan", stored_while_dumping=early_bytes, redone=redone)
@@ -560,8 +566,9 @@ class Ingest:
                 ImageEntry(name, sum(p.length for p in cuts), tuple(job.result() for job in self.jobs[name]))
                 for name, cuts in final.items()
             ]
-            self._close()
-            return self.store._publish(manifest, self.tally)
+            published = self.store._publish(manifest, self.tally)
+        self._close()
+        return published
 
     def abort(self) -> None:
         """Stop, and remove every chunk staged but not published."""
@@ -580,7 +587,8 @@ class Ingest:
             self._shared = None
 
 
-def _offsets(chunks: tuple[ChunkRef, ...]) -> Iterator[tuple[int, ChunkRef]]:
+def chunk_offsets(chunks: tuple[ChunkRef, ...]) -> Iterator[tuple[int, ChunkRef]]:
+    """(offset in the file, chunk) for each chunk of an image file."""
     offset = 0
     for ref in chunks:
         yield offset, ref
