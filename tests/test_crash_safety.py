@@ -14,6 +14,7 @@ from conftest import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_fo
 
 from snapd_client import SnapdClientError
 from snapd.v1 import snapd_pb2 as pb
+from snapd_daemon.holds import HoldJournal, HoldRecord
 from snapd_daemon.runtime import Settings
 
 
@@ -51,20 +52,21 @@ def test_sigkill_mid_checkpoint_leaves_nothing_and_process_running(daemon: Daemo
 
 
 def test_restart_resumes_processes_a_crashed_daemon_had_stopped(daemon: Daemon, workloads: Workloads) -> None:
-    """A daemon killed between the post-dump stop and the commit leaves a hold record; the next start resumes."""
+    """A daemon killed while it held a tree stopped leaves a hold record; the next start resumes it."""
     pid, report = workloads.start("memhold.py", "4")
     daemon.stop()
     os.kill(pid, signal.SIGSTOP)
     wait_for(lambda: _state(pid) == psutil.STATUS_STOPPED, 10, "the target to stop")
-    staging = Settings(state_dir=daemon.state_dir).scratch_dirs()[0] / "op-crashed"
-    (staging / "images").mkdir(parents=True)
-    (staging / "images" / "pages-1.img").write_bytes(b"\0" * 4096)
-    created = psutil.Process(pid).create_time()
-    (staging / "hold.json").write_text(f'[{{"pid": {pid}, "create_time": {created}}}]')
+    HoldJournal(daemon.state_dir / "holds").write(
+        "op-crashed", HoldRecord([(pid, psutil.Process(pid).create_time())], [])
+    )
+    leftover = Settings(state_dir=daemon.state_dir).scratch_dirs()[0] / "op-crashed" / "images"
+    leftover.mkdir(parents=True)
+    (leftover / "pages-1.img").write_bytes(b"\0" * 4096)
 
     daemon.start()
     wait_for(lambda: _state(pid) != psutil.STATUS_STOPPED, 10, "the target to be resumed")
-    assert not staging.exists()
+    assert not leftover.exists() and not list((daemon.state_dir / "holds").iterdir())
     assert ask(pid, report)[0] == str(pid)
 
 

@@ -224,7 +224,7 @@ def _file_options(ctx: click.Context, path: Path, options: dict[str, Any]) -> di
 @click.option("--pre-hook", default="", metavar="COMMAND",
               help="Command the daemon runs before freezing anything (shell-style words, no shell).")
 @click.option("--hook-timeout", type=click.IntRange(0, 3600), default=0, help="Seconds for the hook (default 60).")
-@click.option("--cuda-lock-timeout-ms", type=click.IntRange(0), default=0,
+@click.option("--cuda-lock-timeout-ms", type=click.IntRange(0, 2**32 - 1), default=0,
               help="How long CUDA may wait for in-flight GPU work (default 30000).")
 @_json_option
 @click.pass_context
@@ -250,7 +250,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 
 @cli.command()
 @click.argument("snapshot")
-@click.option("--wait-for-exit", type=int, default=0, help="Seconds to wait for exiting holders of the snapshot's pids.")
+@click.option("--wait-for-exit", type=click.IntRange(0, 3600), default=0, help="Seconds to wait for exiting holders of the snapshot's pids.")
 @click.option("--gpu-map", "gpu_map", multiple=True, metavar="OLD_UUID=NEW_UUID",
               help="Restore the snapshot's GPU OLD_UUID onto this host's NEW_UUID (repeatable).")
 @click.option("--post-hook", default="", metavar="COMMAND",

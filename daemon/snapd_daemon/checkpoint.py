@@ -2,11 +2,16 @@
 
 Order of events:
   1. inspect and claim the tree (refusals happen here, before anything is touched);
-  2. CRIU dumps into a private staging directory, always leaving the tree running;
-     at CRIU's post-dump point (tree still frozen) snapd SIGSTOPs the tree when it
-     is to be stopped, recording the hold so a restarted daemon resumes it;
-  3. the staging directory is fsynced and renamed into place (the snapshot appears);
-  4. only now is a stopped tree killed. Any failure before: SIGCONT, staging removed.
+     run the pre-checkpoint hook;
+  2. write the hold record (holds.py), open the staging directory and the ingest,
+     then CUDA lock + checkpoint every CUDA process;
+  3. CRIU dumps into staging, always leaving the tree running, while the dump
+     follower already stores settled chunks; at CRIU's post-dump point (tree still
+     frozen) snapd re-reads the tree and, unless it is to keep running, SIGSTOPs it;
+  4. the rest is stored and the manifest published (the snapshot appears);
+  5. only now is a stopped tree killed, or a kept one thawed (CUDA restore + unlock).
+Any failure before 5: SIGCONT, CUDA restore + unlock, stored chunks dropped,
+staging removed, in that order.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import psutil
 import structlog
 
 from snapd_daemon import cgroups, gpu, metrics
@@ -27,6 +31,7 @@ from snapd_daemon.cas.store import Ingest, Staging
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import CriuFailed, CudaFailed
 from snapd_daemon.fsutil import tree_size
+from snapd_daemon.holds import HoldJournal, HoldRecord
 from snapd_daemon.hooks import Hook
 from snapd_daemon.manifest import Manifest, new_snapshot_id
 from snapd_daemon.processes import (
@@ -54,36 +59,37 @@ class CheckpointSpec:
 
 
 class _PostDumpHold:
-    """CRIU notify hook: at post-dump, SIGSTOP the (still frozen) tree so it
-    cannot run between the dump and the moment the snapshot is durable."""
+    """CRIU notify hook, at post-dump (tree still frozen by CRIU): take the tree as
+    it is now (children forked since it was inspected included) and, when ``stop``,
+    SIGSTOP it so it cannot run between the dump and the moment the snapshot is durable."""
 
-    def __init__(self, tree: ProcessTree, staging: Staging) -> None:
+    def __init__(self, tree: ProcessTree, stop: bool, journal: HoldJournal, operation_id: str,
+                 cuda_pids: tuple[int, ...], daemon_pid: int) -> None:
         self.tree = tree
-        self.staging = staging
+        self.stop = stop
+        self.journal = journal
+        self.operation_id = operation_id
+        self.cuda_pids = cuda_pids
+        self.daemon_pid = daemon_pid
         self.held = False
+
+    def record(self) -> None:
+        self.journal.write(self.operation_id, HoldRecord(
+            [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids)))
 
     def __call__(self, script: str, _pid: int) -> None:
         if script != "post-dump":
             return
-        self.staging.record_hold([{"pid": p.pid, "create_time": p.create_time} for p in self.tree.processes])
-        signal_tree(self.tree, signal.SIGSTOP)
-        self.held = True
+        self.tree = inspect_tree(self.tree.root, self.daemon_pid)
+        if self.stop:
+            self.record()
+            self.held = True
+            signal_tree(self.tree, signal.SIGSTOP)
 
     def release(self) -> None:
         if self.held:
             signal_tree(self.tree, signal.SIGCONT)
             self.held = False
-
-
-def _tree_rss(tree: ProcessTree) -> int:
-    """Current resident bytes of the tree (after a CUDA checkpoint it includes the VRAM copy)."""
-    total = 0
-    for pid in tree.pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter) -> Manifest:
@@ -100,38 +106,35 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
         if spec.pre_hook:
             report(ProgressEvent(Phase.HOOK, message="pre-checkpoint hook"))
             spec.pre_hook.run("pre-checkpoint", {"SNAPD_PID": str(spec.pid), "SNAPD_OPERATION": operation_id})
-        freeze = gpu.CudaFreeze(
-            gpu_record.cuda_pids if gpu_record else (),
-            spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms,
-        )
+        cuda_pids = gpu_record.cuda_pids if gpu_record else ()
+        freeze = gpu.CudaFreeze(cuda_pids, spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms)
+        hold = _PostDumpHold(tree, not spec.leave_running, rt.journal, operation_id, cuda_pids, rt.daemon_pid)
         staging: Staging | None = None
-        hold: _PostDumpHold | None = None
         ingest: Ingest | None = None
+        dumped = threading.Event()
+        needed = tree.rss_bytes + gpu.memory_used(cuda_pids)
+        totals = {"raw": needed}
+
+        def stored(done: int) -> None:
+            if dumped.is_set():
+                report(ProgressEvent(Phase.COMMIT, done, totals["raw"]))
+
         try:
+            hold.record()
+            staging = rt.store.new_staging(operation_id, needed=needed)
+            ingest = rt.store.begin_ingest(staging.images, stored)
             if gpu_record:
-                report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(freeze.pids)}"))
+                report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(cuda_pids)}"))
                 with metrics.phase("checkpoint", "gpu-checkpoint"):
                     freeze.freeze()
-            needed = _tree_rss(tree)
-            staging = rt.store.new_staging(operation_id, needed=needed)
-            hold = _PostDumpHold(tree, staging)
-            dumped = threading.Event()
-            totals = {"raw": needed}
-
-            def stored(done: int) -> None:
-                if dumped.is_set():
-                    report(ProgressEvent(Phase.COMMIT, done, totals["raw"]))
-
-            ingest = rt.store.begin_ingest(staging.images, stored)
             report(ProgressEvent(Phase.DUMP, 0, needed, "criu dump"))
             with metrics.phase("checkpoint", "dump"), DirectoryGrowth(report, Phase.DUMP, staging.images, needed), \
-                    DumpFollower(ingest, staging.images):
+                    DumpFollower(ingest, staging.images), rt.store.translate_os_errors(needed):
                 try:
                     actions.dump(
                         rt.criu, spec.pid, staging.images, staging.work,
                         shell_job=tree.external_session, log_level=rt.settings.criu_log_level,
-                        freeze_timeout=rt.settings.freeze_timeout,
-                        on_notify=None if spec.leave_running else hold,
+                        freeze_timeout=rt.settings.freeze_timeout, on_notify=hold,
                     )
                 except CriuFailed as exc:
                     full = rt.store.staging_full(staging, needed=needed)
@@ -143,7 +146,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             report(ProgressEvent(Phase.COMMIT, 0, totals["raw"], "storing chunks"))
             manifest = Manifest(
                 id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
-                root_pid=spec.pid, processes=list(tree.processes), criu_version=rt.criu.version,
+                root_pid=spec.pid, processes=list(hold.tree.processes), criu_version=rt.criu.version,
                 kernel=platform.release(), hostname=socket.gethostname(), shell_job=tree.external_session,
                 leave_running=spec.leave_running, gpu=gpu_record, cgroup=cgroups.describe(spec.pid),
             )
@@ -151,16 +154,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             with metrics.phase("checkpoint", "commit"):
                 manifest = ingest.finish(manifest)
         except BaseException as exc:
-            if ingest:
-                ingest.abort()
-            if hold:
-                hold.release()
-            problems = freeze.thaw()
-            if staging:
-                rt.store.discard(staging)
-            if problems:
-                raise CudaFailed(action="rollback", pid=spec.pid, reason="; ".join(problems),
-                                 rollback=f" (undoing the GPU checkpoint after: {exc})") from exc
+            _roll_back(rt, operation_id, hold, freeze, ingest, staging, exc)
             raise
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
         if spec.leave_running:
@@ -170,13 +164,36 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                 raise CudaFailed(action="resume", pid=spec.pid, reason="; ".join(problems),
                                  rollback=f" (snapshot {manifest.id} was stored)")
         else:
-            report(ProgressEvent(Phase.STOP_SOURCE, message=f"stopping pids {tree.pids}"))
-            signal_tree(tree, signal.SIGKILL)
-            left = wait_for_state(tree.pids, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)
+            report(ProgressEvent(Phase.STOP_SOURCE, message=f"stopping pids {hold.tree.pids}"))
+            signal_tree(hold.tree, signal.SIGKILL)
+            left = wait_for_state(hold.tree.pids, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)
             if left:
                 log.warning("checkpoint.source_still_alive", pids=left)
             rt.store.discard(staging)
+        rt.journal.clear(operation_id)
         log.info("checkpoint.done", snapshot=manifest.id, raw_bytes=manifest.raw_bytes,
                  stored_bytes=manifest.stored_bytes, new_bytes=manifest.new_bytes,
                  seconds=round(time.monotonic() - started, 3))
         return manifest
+
+
+def _roll_back(rt: Runtime, operation_id: str, hold: _PostDumpHold, freeze: gpu.CudaFreeze,
+               ingest: Ingest | None, staging: Staging | None, cause: BaseException) -> None:
+    """Undo a failed checkpoint: let the tree run first (SIGCONT, CUDA restore +
+    unlock), then drop what was stored and staged. The hold record stays when the
+    GPU side could not be thawed, so that a restarted daemon tries again."""
+    try:
+        hold.release()
+    finally:
+        problems = freeze.thaw()
+        try:
+            if ingest:
+                ingest.abort()
+        finally:
+            if staging:
+                rt.store.discard(staging)
+            if not problems:
+                rt.journal.clear(operation_id)
+    if problems:
+        raise CudaFailed(action="rollback", pid=hold.tree.root, reason="; ".join(problems),
+                         rollback=f" (undoing the GPU checkpoint after: {cause})") from cause

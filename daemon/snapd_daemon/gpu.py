@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -44,9 +44,6 @@ class GpuRecord:
     cuda_driver_api: int
     devices: tuple[GpuDevice, ...]
     cuda_pids: tuple[int, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> GpuRecord:
@@ -93,6 +90,29 @@ def _uses_mps(pid: int) -> bool:
     )
 
 
+def memory_used(pids: tuple[int, ...]) -> int:
+    """GPU memory the given processes hold now, as NVML reports it (0 without NVML):
+    what a CUDA checkpoint will add to their host memory."""
+    if not pids:
+        return 0
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # NVML's own error classes, or ImportError without the module
+        return 0
+    try:
+        wanted = set(pids)
+        total = 0
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i)):
+                if proc.pid in wanted and proc.usedGpuMemory:
+                    total += int(proc.usedGpuMemory)
+        return total
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def preflight(tree: ProcessTree) -> GpuRecord | None:
     """The GPU record to checkpoint ``tree`` with (None: no CUDA in it), or a refusal.
 
@@ -101,7 +121,19 @@ def preflight(tree: ProcessTree) -> GpuRecord | None:
     and GPUs in MIG mode.
     """
     if not driver.available():
+        users = [pid for pid in tree.pids if driver.uses_nvidia_device(pid)]
+        if users:
+            raise GpuUnsupported(pid=users[0], name=comm(users[0]),
+                                 reason="it uses /dev/nvidia* but libcuda here has no checkpoint API (driver < r570)",
+                                 fix="upgrade the NVIDIA driver to 570 or newer")
         return None
+    try:
+        return _preflight_cuda(tree)
+    except (driver.CudaDriverError, driver.CudaUnavailable) as exc:
+        raise CudaFailed(action="inspection", pid=tree.root, reason=str(exc), rollback="") from exc
+
+
+def _preflight_cuda(tree: ProcessTree) -> GpuRecord | None:
     orphans = driver.nvidia_mapped_without_context(tree.pids)
     if orphans:
         pid = orphans[0]
@@ -196,6 +228,8 @@ def restore_pairs(snapshot_id: str, record: GpuRecord, uuid_map: dict[str, str])
         if new.name != old.name:
             raise GpuMismatch(snapshot_id=snapshot_id,
                               reason=f"GPU {old.uuid} was a {old.name}; {new.uuid} here is a {new.name}")
+        if any(t.uuid == new.uuid for t in targets.values()):
+            raise GpuMismatch(snapshot_id=snapshot_id, reason=f"two of the snapshot's GPUs would go to {new.uuid}")
         targets[old.uuid] = new
     unknown = set(uuid_map) - targets.keys()
     if unknown:

@@ -85,7 +85,8 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     """Describe the tree rooted at ``pid``, refusing what must never be checkpointed.
 
     Refuses (with the reason in the error) pid 1, kernel threads, the daemon
-    itself and any of its ancestors, and a tree that contains the daemon.
+    itself and any of its ancestors, a tree that contains the daemon, and a
+    process in another pid namespace.
     """
     validate_pid(pid)
     daemon_pid = daemon_pid or os.getpid()
@@ -98,6 +99,12 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
             raise ProcessProtected(pid=pid, name=name, reason="it is a kernel thread")
         if pid == daemon_pid:
             raise ProcessProtected(pid=pid, name=name, reason="it is the snapd daemon itself")
+        if os.readlink(f"/proc/{pid}/ns/pid") != os.readlink(f"/proc/{daemon_pid}/ns/pid"):
+            raise ProcessProtected(
+                pid=pid, name=name,
+                reason="it lives in another pid namespace than the daemon (CRIU would name its processes by "
+                       "pids this host does not use); run snapd in that namespace",
+            )
         ancestors = {p.pid for p in psutil.Process(daemon_pid).parents()}
         if pid in ancestors:
             raise ProcessProtected(pid=pid, name=name, reason=f"it is an ancestor of the snapd daemon (pid {daemon_pid})")

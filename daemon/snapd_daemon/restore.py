@@ -1,7 +1,9 @@
 """Restore: snapshot -> live process tree with its original pids.
 
-The snapshot's chunks are verified and written into a per-operation staging
-directory (RAM when it has room), from which CRIU restores.
+The snapshot's images are written, verified, into a per-operation staging
+directory (RAM when it has room) with the large regions cut out; CRIU restores
+from there and snapd writes those regions into the processes before they
+resume (fastrestore.py). Then the GPU side is restored and unlocked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from snapd_daemon import fastrestore, gpu, metrics
 from snapd_daemon.cgroups import CgroupRequest
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import PidsInUse, PidsStillExiting
+from snapd_daemon.holds import HoldRecord
 from snapd_daemon.hooks import Hook
 from snapd_daemon.manifest import Manifest
 from snapd_daemon.processes import PidState, comm, parent_of, pid_state, wait_for_state
@@ -75,12 +78,13 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
     manifest = rt.store.get(spec.ref)
     with (rt.registry.claim("restore", operation_id, pids=manifest.pids, snapshot_id=manifest.id),
           rt.cgroups.placement(spec.cgroup, manifest) as cgroup):
+        manifest = rt.store.get(manifest.id)  # still there now that it is claimed (an rm may have won)
         report(ProgressEvent(Phase.PREPARE, 0, manifest.raw_bytes, f"checking pids {manifest.pids}"))
         pairs = gpu.restore_pairs(manifest.id, manifest.gpu, spec.gpu_uuid_map) if manifest.gpu else []
         ensure_pids_free(manifest, spec.wait_seconds or rt.settings.pid_wait_seconds)
         run_dir = rt.store.new_staging(operation_id, needed=manifest.raw_bytes)
         try:
-            with metrics.phase("restore", "prepare"):
+            with metrics.phase("restore", "prepare"), rt.store.translate_os_errors(manifest.raw_bytes):
                 plan = fastrestore.prepare(
                     rt.store, manifest, run_dir.images, rt.settings.inject_min_bytes,
                     lambda done: report(ProgressEvent(Phase.PREPARE, done, manifest.raw_bytes)),
@@ -97,6 +101,9 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
                     rt.store.deliver(manifest, plan.memory,
                                      lambda done: report(ProgressEvent(Phase.INJECT, done, plan.injected_bytes)))
 
+            if manifest.gpu:  # from here until its GPUs are back, the tree is frozen on the GPU side
+                rt.journal.write(operation_id, HoldRecord([(pid, 0.0) for pid in manifest.pids],
+                                                          list(manifest.gpu.cuda_pids)))
             with metrics.phase("restore", "criu"):
                 root = actions.restore(
                     rt.criu, manifest.root_pid, run_dir.images, run_dir.work,
@@ -119,6 +126,8 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
         except BaseException:
             _kill_restored(manifest.pids)
             raise
+        finally:
+            rt.journal.clear(operation_id)
         outcome = RestoreOutcome(
             snapshot_id=manifest.id, root_pid=root, pids=manifest.pids, seconds=round(time.monotonic() - started, 3)
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from snapd_daemon.cas.store import SnapshotStore
 from snapd_daemon.cgroups import CgroupRoot
+from snapd_daemon.holds import HoldJournal
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.operations import OperationRegistry
 
@@ -61,5 +62,6 @@ class Runtime:
     criu: Criu
     store: SnapshotStore
     cgroups: CgroupRoot
+    journal: HoldJournal
     registry: OperationRegistry = field(default_factory=OperationRegistry)
     daemon_pid: int = field(default_factory=os.getpid)

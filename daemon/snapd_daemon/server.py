@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import psutil
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -35,6 +34,7 @@ from snapd_daemon.cgroups import CgroupRoot
 from snapd_daemon.criu.binary import locate
 from snapd_daemon.errors import ConfigInvalid, StoreError
 from snapd_daemon.gate import Gate
+from snapd_daemon.holds import HoldJournal
 from snapd_daemon.runtime import Runtime, Settings
 from snapd_daemon.sdnotify import Notifier
 from snapd_daemon.service import SnapshotsServicer
@@ -92,18 +92,6 @@ def _claim_socket(path: Path) -> None:
     raise StoreError(path=path, reason="another daemon is listening on this socket")
 
 
-def _resume_held(holds: list[list[dict[str, float]]]) -> None:
-    for hold in holds:
-        for rec in hold:
-            pid = int(rec["pid"])
-            try:
-                if abs(psutil.Process(pid).create_time() - rec["create_time"]) < 0.01:
-                    os.kill(pid, signal.SIGCONT)
-                    log.warning("recover.resumed", pid=pid)
-            except (psutil.NoSuchProcess, ProcessLookupError):
-                pass
-
-
 def _private_socket(state_dir: Path) -> Path:
     path = state_dir / PRIVATE_SOCKET
     if len(str(path)) > _SUN_PATH_MAX:
@@ -126,8 +114,10 @@ def serve(settings: Settings, listen: Listen) -> None:
     scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
     hot_dir = settings.hot_dir()
     store = SnapshotStore(settings.state_dir, scratch, settings.io_threads, HotTier(hot_dir) if hot_dir else None)
-    _resume_held(store.recover())
-    rt = Runtime(settings=settings, criu=criu, store=store, cgroups=cgroups)
+    store.recover()
+    journal = HoldJournal(settings.state_dir / "holds")
+    journal.thaw_leftovers()
+    rt = Runtime(settings=settings, criu=criu, store=store, cgroups=cgroups, journal=journal)
     notifier = Notifier()
 
     tags = PeerTags()

@@ -2,16 +2,18 @@
 
 Long operations run in their own thread and keep running if the caller goes
 away (a checkpoint is either committed or rolled back, never abandoned
-half-way); the handler only relays their progress. Errors are mapped to gRPC
-statuses here and only here.
+half-way); the handler only relays their progress. Errors become gRPC statuses
+here: SnapdError with its own status and trailers, anything else INTERNAL.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -43,6 +45,27 @@ def abort(context: grpc.ServicerContext, err: SnapdError) -> NoReturn:
 
 def _internal(exc: BaseException) -> SnapdError:
     return SnapdError(detail=f"internal error: {type(exc).__name__}: {exc}")
+
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.ServicerContext], R]
+
+
+def _unary(handler: Handler[R]) -> Handler[R]:
+    """Map a unary handler's failures: SnapdError to its status, anything else to
+    INTERNAL with the daemon log holding the traceback."""
+
+    @functools.wraps(handler)
+    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return handler(self, request, context)
+        except SnapdError as err:
+            abort(context, err)
+        except Exception as exc:
+            log.exception(f"{handler.__name__}.crashed")
+            abort(context, _internal(exc))
+
+    return wrapped
 
 
 def _cgroup_request(spec: pb.CgroupSpec) -> CgroupRequest:
@@ -79,10 +102,12 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 metrics.OPERATIONS.labels(kind, type(err).__name__).inc()
                 log.warning(f"{kind}.failed", error=type(err).__name__, message=err.message)
                 events.put(err)
-            except Exception as exc:
+            except BaseException as exc:
                 metrics.OPERATIONS.labels(kind, "internal").inc()
                 log.exception(f"{kind}.crashed")
                 events.put(_internal(exc))
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 metrics.IN_FLIGHT.dec()
 
@@ -143,11 +168,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id, placed)),
         )
 
+    @_unary
     def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext) -> pb.ListSnapshotsResponse:
-        try:
-            snaps = self.rt.store.list(validation.snapshot_name(request.name))
-        except SnapdError as err:
-            abort(context, err)
+        snaps = self.rt.store.list(validation.snapshot_name(request.name))
         return pb.ListSnapshotsResponse(
             snapshots=[self._snapshot(m) for m in snaps],
             store_raw_bytes=sum(m.raw_bytes for m in snaps),
@@ -155,71 +178,64 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             store_disk_bytes=self.rt.store.disk_bytes(),
         )
 
+    @_unary
     def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.Snapshot:
-        try:
-            return self._snapshot(self.rt.store.get(validation.snapshot_ref(request.snapshot)))
-        except SnapdError as err:
-            abort(context, err)
+        return self._snapshot(self.rt.store.get(validation.snapshot_ref(request.snapshot)))
 
-    def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest, context: grpc.ServicerContext) -> pb.DeleteSnapshotResponse:
+    @contextmanager
+    def _claimed(self, kind: str, ref: str) -> Iterator[tuple[str, Manifest]]:
+        """Claim the snapshot ``ref`` names and yield (operation id, its manifest as of the claim)."""
         op_id = new_operation_id()
-        try:
-            manifest = self.rt.store.get(validation.snapshot_ref(request.snapshot))
-            with self.rt.registry.claim("delete", op_id, snapshot_id=manifest.id):
-                freed = self.rt.store.delete(manifest)
-        except SnapdError as err:
-            abort(context, err)
+        found = self.rt.store.get(validation.snapshot_ref(ref))
+        with self.rt.registry.claim(kind, op_id, snapshot_id=found.id):
+            yield op_id, self.rt.store.get(found.id)
+
+    @_unary
+    def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest, context: grpc.ServicerContext) -> pb.DeleteSnapshotResponse:
+        with self._claimed("delete", request.snapshot) as (op_id, manifest):
+            freed = self.rt.store.delete(manifest)
         log.info("snapshot.deleted", op=op_id, snapshot=manifest.id, freed_bytes=freed)
         return pb.DeleteSnapshotResponse(id=manifest.id, freed_bytes=freed)
 
+    @_unary
     def PinSnapshot(self, request: pb.PinSnapshotRequest, context: grpc.ServicerContext) -> pb.Snapshot:
-        try:
-            manifest = self.rt.store.get(validation.snapshot_ref(request.snapshot))
+        with self._claimed("pin", request.snapshot) as (op_id, manifest):
             self.rt.store.pin(manifest, request.pinned)
-        except SnapdError as err:
-            abort(context, err)
-        log.info("snapshot.pinned" if request.pinned else "snapshot.unpinned", snapshot=manifest.id)
+        log.info("snapshot.pinned" if request.pinned else "snapshot.unpinned", op=op_id, snapshot=manifest.id)
         return self._snapshot(manifest)
 
+    @_unary
     def Prefetch(self, request: pb.PrefetchRequest, context: grpc.ServicerContext) -> pb.PrefetchResponse:
         started = time.monotonic()
-        op_id = new_operation_id()
-        try:
-            manifest = self.rt.store.get(validation.snapshot_ref(request.snapshot))
-            with self.rt.registry.claim("prefetch", op_id, snapshot_id=manifest.id):
-                if request.drop:
-                    moved = self.rt.store.drop_prefetch(manifest)
-                else:
-                    moved = self.rt.store.prefetch(manifest, lambda _done: None)
-        except SnapdError as err:
-            abort(context, err)
+        with self._claimed("prefetch", request.snapshot) as (op_id, manifest):
+            if request.drop:
+                moved = self.rt.store.drop_prefetch(manifest)
+            else:
+                moved = self.rt.store.prefetch(manifest, lambda _done: None)
         hot = self.rt.store.hot
         log.info("snapshot.prefetch", op=op_id, snapshot=manifest.id, drop=request.drop, bytes=moved)
         return pb.PrefetchResponse(snapshot_id=manifest.id, bytes=moved, hot_bytes=hot.bytes_used() if hot else 0,
                                    seconds=time.monotonic() - started)
 
+    @_unary
     def CollectGarbage(
         self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
     ) -> pb.CollectGarbageResponse:
-        try:
-            with self.rt.registry.claim("gc", new_operation_id()):
-                busy = frozenset(op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id)
-                plan = self.rt.store.gc(request.keep_last, request.dry_run, busy)
-        except SnapdError as err:
-            abort(context, err)
+        with self.rt.registry.claim("gc", new_operation_id()):
+            busy = frozenset(op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id)
+            plan = self.rt.store.gc(request.keep_last, request.dry_run, busy)
         log.info("store.gc", expired=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run)
         return convert.gc_report(plan)
 
+    @_unary
     def CheckStore(self, request: pb.CheckStoreRequest, context: grpc.ServicerContext) -> pb.CheckStoreResponse:
-        try:
-            store = self.rt.store
-            targets = [store.get(validation.snapshot_ref(request.snapshot))] if request.snapshot else store.list()
-            report = store.fsck(targets)
-        except SnapdError as err:
-            abort(context, err)
+        store = self.rt.store
+        targets = [store.get(validation.snapshot_ref(request.snapshot))] if request.snapshot else store.list()
+        report = store.fsck(targets)
         log.info("store.fsck", snapshots=report.snapshots, chunks=report.chunks_checked, damaged=len(report.damage))
         return convert.fsck_report(report)
 
+    @_unary
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
         report = doctor.diagnose(self.rt)
         return pb.DaemonStatus(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import threading
@@ -49,7 +48,6 @@ from snapd_daemon.errors import (
 from snapd_daemon.fsutil import fsync_path, write_atomic
 from snapd_daemon.manifest import ZERO_CHUNK, ChunkRef, ImageEntry, Manifest
 
-HOLD = "hold.json"
 log = structlog.get_logger()
 _ZEROS = bytes(4 << 20)
 Progress = Callable[[int], None]
@@ -68,10 +66,6 @@ class Staging:
     @property
     def work(self) -> Path:
         return self.root / "work"
-
-    def record_hold(self, processes: list[dict[str, float]]) -> None:
-        """Remember processes snapd stopped, so a restarted daemon can resume them."""
-        write_atomic(self.root / HOLD, json.dumps(processes).encode())
 
 
 @dataclass(frozen=True)
@@ -186,23 +180,18 @@ class SnapshotStore:
 
     # -- start-up -------------------------------------------------------------
 
-    def recover(self) -> list[list[dict[str, float]]]:
-        """Load manifests; remove staging leftovers and chunk temporaries; return process holds.
+    def recover(self) -> None:
+        """Load manifests; remove staging leftovers and chunk temporaries.
 
         Must run before the daemon accepts requests.
         """
-        holds = []
         for scratch in self.scratch.roots():
             for leftover in sorted(scratch.iterdir()):
-                hold = leftover / HOLD
-                if hold.exists():
-                    holds.append(json.loads(hold.read_text()))
                 shutil.rmtree(leftover, ignore_errors=True)
         self.chunks.remove_temporaries()
         for path in self.manifests_dir.glob("*.json"):
             m = Manifest.from_json(path.read_text())
             self._manifests[m.id] = m
-        return holds
 
     # -- staging --------------------------------------------------------------
 

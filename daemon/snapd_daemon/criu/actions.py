@@ -6,6 +6,7 @@ end of CRIU's log, and names the pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -40,8 +41,26 @@ def _run(
     on_notify: swrk.NotifyHook | None,
     place: swrk.PlaceHook | None = None,
 ) -> rpc_pb2.Resp:
-    images_fd = swrk.open_dir(images)
-    work_fd = swrk.open_dir(work)
+    with contextlib.ExitStack() as fds:
+        images_fd = swrk.open_dir(images)
+        fds.callback(os.close, images_fd)
+        work_fd = swrk.open_dir(work)
+        fds.callback(os.close, work_fd)
+        return _call(criu, action, pid, opts, images_fd, work_fd, work, log_name, on_notify, place)
+
+
+def _call(
+    criu: Criu,
+    action: str,
+    pid: int,
+    opts: rpc_pb2.Opts,
+    images_fd: int,
+    work_fd: int,
+    work: Path,
+    log_name: str,
+    on_notify: swrk.NotifyHook | None,
+    place: swrk.PlaceHook | None,
+) -> rpc_pb2.Resp:
     try:
         opts.images_dir_fd = images_fd
         opts.work_dir_fd = work_fd
@@ -62,9 +81,6 @@ def _run(
         raise CriuFailed(
             action=action, pid=pid, reason=str(exc), log=work / log_name, log_tail=log_tail(work / log_name)
         ) from exc
-    finally:
-        os.close(images_fd)
-        os.close(work_fd)
 
 
 def dump(

@@ -87,8 +87,11 @@ def call(
         while True:
             data = ours.recv(_MAX_DATAGRAM)
             if not data:
-                rc = proc.wait(timeout=30)
-                raise SwrkError(f"criu swrk exited with status {rc} before answering")
+                try:
+                    rc: int | str = proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    rc = "unknown (still running)"
+                raise SwrkError(f"criu swrk closed the connection before answering; exit status {rc}")
             resp = rpc_pb2.Resp.FromString(data)
             if resp.type != rpc_pb2.NOTIFY:
                 break

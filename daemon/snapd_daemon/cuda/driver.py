@@ -105,7 +105,6 @@ _SIGNATURES: dict[str, list[type]] = {
     "cuCheckpointProcessRestore": [ctypes.c_int, ctypes.POINTER(_RestoreArgs)],
     "cuCheckpointProcessUnlock": [ctypes.c_int, ctypes.c_void_p],
     "cuCheckpointProcessGetState": [ctypes.c_int, _INT_P],
-    "cuCheckpointProcessGetRestoreThreadId": [ctypes.c_int, _INT_P],
 }
 
 _load_lock = threading.Lock()
@@ -222,10 +221,10 @@ def restore(pid: int, gpu_pairs: Sequence[tuple[bytes, bytes]] | None = None) ->
     if not gpu_pairs:
         _check("cuCheckpointProcessRestore", pid, pid, None)
         return
-    if driver_version() < GPU_REMAP_MIN_DRIVER:
+    version = driver_version()
+    if version < GPU_REMAP_MIN_DRIVER:
         raise CudaUnavailable(
-            f"restoring onto other GPUs needs driver API {GPU_REMAP_MIN_DRIVER} (r580), "
-            f"this driver has {driver_version()}"
+            f"restoring onto other GPUs needs driver API {GPU_REMAP_MIN_DRIVER} (r580), this driver has {version}"
         )
     pairs = (_GpuPair * len(gpu_pairs))()
     for pair, (old, new) in zip(pairs, gpu_pairs, strict=True):
@@ -242,13 +241,6 @@ def unlock(pid: int) -> None:
     _check("cuCheckpointProcessUnlock", pid, pid, None)
 
 
-def restore_thread_id(pid: int) -> int:
-    """The tid of the driver's restore thread inside pid."""
-    tid = ctypes.c_int()
-    _check("cuCheckpointProcessGetRestoreThreadId", pid, pid, ctypes.byref(tid))
-    return tid.value
-
-
 def gpu_uuid_bytes(text: str) -> bytes:
     """The 16 bytes of a GPU UUID written as NVML and nvidia-smi do ("GPU-xxxxxxxx-xxxx-...")."""
     digits = text.strip().removeprefix("GPU-").replace("-", "")
@@ -258,7 +250,7 @@ def gpu_uuid_bytes(text: str) -> bytes:
     return raw
 
 
-def _uses_nvidia_device(pid: int) -> bool | None:
+def uses_nvidia_device(pid: int) -> bool | None:
     """Whether pid has a /dev/nvidia* fd open or mapped; None if /proc does not let us see.
 
     A vanished pid counts as False.
@@ -285,7 +277,7 @@ def cuda_pids(pids: Iterable[int]) -> list[int]:
     be read) are asked. A CHECKPOINTED process has released its device files,
     so it is not reported: callers restoring one must know its pid already.
     """
-    return [pid for pid in pids if _uses_nvidia_device(pid) is not False and state(pid) is not None]
+    return [pid for pid in pids if uses_nvidia_device(pid) is not False and state(pid) is not None]
 
 
 def nvidia_mapped_without_context(pids: Iterable[int]) -> list[int]:
@@ -294,4 +286,4 @@ def nvidia_mapped_without_context(pids: Iterable[int]) -> list[int]:
     Typically a child forked from a CUDA process without exec; CRIU cannot dump
     it ("Can't handle non-regular mapping").
     """
-    return [pid for pid in pids if _uses_nvidia_device(pid) and state(pid) is None]
+    return [pid for pid in pids if uses_nvidia_device(pid) and state(pid) is None]
