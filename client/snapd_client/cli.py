@@ -240,9 +240,10 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, on_progress=bar)
         bar.done()
+        total = time.monotonic() - bar.started
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
-            f"{_human_bytes(snap.raw_bytes)} in {snap.checkpoint_seconds:.2f} s"
+            f"{_human_bytes(snap.raw_bytes)} in {total:.2f} s (dumped after {snap.checkpoint_seconds:.2f} s)"
             + ("; process left running" if snap.leave_running else "; process stopped")))
 
     _run(ctx, as_json, action)
@@ -337,7 +338,7 @@ def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
             click.echo(f"host:        {s.hostname} (kernel {s.kernel}, criu {s.criu_version})")
             click.echo(f"size:        {_human_bytes(s.raw_bytes)} raw, {_human_bytes(s.stored_bytes)} compressed, "
                        f"{_human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
-            click.echo(f"checkpoint:  {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}")
+            click.echo(f"checkpoint:  dumped after {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}")
             if s.HasField("source_cgroup"):
                 limits = " ".join(f"{k}={v}" for k, v in sorted(s.source_cgroup.limits.items()))
                 click.echo(f"cgroup:      {s.source_cgroup.path}" + (f" ({limits})" if limits else ""))

@@ -65,10 +65,15 @@ class ChunkStore:
                 pass
             finally:
                 os.unlink(tmp)
-        for prefix in {c[:2] for c in staged}:
-            fsync_path(self.root / prefix)
-        fsync_path(self.root)
+        self.sync_prefixes(set(staged))
         return added
+
+    def sync_prefixes(self, cids: set[str]) -> None:
+        """fsync the directories holding these chunks' names."""
+        for prefix in {c[:2] for c in cids}:
+            fsync_path(self.root / prefix)
+        if cids:
+            fsync_path(self.root)
 
     def read(self, cid: str) -> bytes | memoryview:
         """Verified raw bytes of chunk ``cid``. Raises FileNotFoundError or ChunkDecodeError."""

@@ -33,6 +33,8 @@ class HotTier:
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
         self.snapshots_dir.mkdir(exist_ok=True)
         self._lock = threading.Lock()
+        for leftover in [*self.chunks_dir.glob("*/*.tmp-*"), *self.snapshots_dir.glob(".*.tmp-*")]:
+            leftover.unlink(missing_ok=True)
 
     def path(self, cid: str) -> Path:
         return self.chunks_dir / cid[:2] / cid

@@ -8,7 +8,8 @@ Layout under the state directory::
     staging/<operation>/ CRIU images being dumped or restored (or the same under
                          the RAM scratch directory); never listed
 
-Write order for a snapshot: chunks (each fsynced) -> chunk directories fsynced
+Write order for a snapshot: chunks under temporary names -> one syncfs -> final
+names (links) -> chunk directories fsynced
 -> manifest (tmp, fsync, rename, fsync dir). A crash at any point leaves the
 whole snapshot or none of it; chunks of an unfinished snapshot are orphans
 that GC reclaims. Operations that write or read chunks hold the store lock
@@ -251,6 +252,7 @@ class SnapshotStore:
         for cid in [c for c in tally.staged if c not in used]:
             tally.staged.pop(cid)[0].unlink(missing_ok=True)
         added = self.chunks.publish({cid: tmp for cid, (tmp, _) in tally.staged.items()})
+        self.chunks.sync_prefixes(used - added)  # chunks another writer linked: their entries durable too
         sizes = {cid: tally.staged[cid][1] if cid in tally.staged else self.chunks.exists(cid) for cid in used}
         manifest.stored_bytes = sum(sizes.values())
         manifest.new_bytes = sum(sizes[cid] for cid in added)
