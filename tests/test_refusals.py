@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from conftest import BackgroundCheckpoint, Daemon, Workloads, gone, wait_for
-
-from snapd_client import SnapdClient, SnapdClientError
 from snapd.v1 import snapd_pb2 as pb
+from snapd_client import SnapdClient, SnapdClientError
 
 
 def _error(call) -> SnapdClientError:
@@ -122,3 +124,17 @@ def test_cannot_start_second_daemon_on_same_state_dir(daemon: Daemon, tmp_path: 
     with pytest.raises(RuntimeError, match="in use by another snapd daemon"):
         other.start()
     wait_for(lambda: other.proc is not None and other.proc.poll() == 19, 10, "exit code 19")
+
+
+def test_process_in_another_pid_namespace(client: SnapdClient, tmp_path: Path) -> None:
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "sleep", "300"], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: psutil.Process(proc.pid).children(), 10, "the namespaced child")
+        inner = psutil.Process(proc.pid).children()[0].pid
+        for pid in (inner, proc.pid):  # the process itself, and a tree holding it
+            err = _error(lambda pid=pid: client.checkpoint(pid))
+            assert err.error_class == "ProcessProtected" and f"pid {inner} of its tree" in err.message
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

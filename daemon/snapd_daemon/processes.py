@@ -99,16 +99,18 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
             raise ProcessProtected(pid=pid, name=name, reason="it is a kernel thread")
         if pid == daemon_pid:
             raise ProcessProtected(pid=pid, name=name, reason="it is the snapd daemon itself")
-        if os.readlink(f"/proc/{pid}/ns/pid") != os.readlink(f"/proc/{daemon_pid}/ns/pid"):
-            raise ProcessProtected(
-                pid=pid, name=name,
-                reason="it lives in another pid namespace than the daemon (CRIU would name its processes by "
-                       "pids this host does not use); run snapd in that namespace",
-            )
         ancestors = {p.pid for p in psutil.Process(daemon_pid).parents()}
         if pid in ancestors:
             raise ProcessProtected(pid=pid, name=name, reason=f"it is an ancestor of the snapd daemon (pid {daemon_pid})")
         members = [root, *root.children(recursive=True)]
+        own_ns = os.readlink(f"/proc/{daemon_pid}/ns/pid")
+        for member in members:
+            if os.readlink(f"/proc/{member.pid}/ns/pid") != own_ns:
+                raise ProcessProtected(
+                    pid=pid, name=name,
+                    reason=f"pid {member.pid} of its tree lives in another pid namespace than the daemon (CRIU "
+                           "would name it by a pid this host does not use); run snapd in that namespace",
+                )
         records = tuple(_record(p) for p in members)
     except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessNotFound(pid=pid) from exc
