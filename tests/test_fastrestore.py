@@ -70,6 +70,24 @@ def test_threads_and_forked_children_through_the_fast_path(eager: Daemon, worklo
     assert int(ask(child, child_report)[1]) == fpid
 
 
+def test_huge_page_advice_fills_regions_in_huge_pages(tmp_path: Path, workloads: Workloads) -> None:
+    d = Daemon(tmp_path / "huge", ("--inject-huge-pages",))
+    d.root.mkdir()
+    d.start()
+    try:
+        pid, report = workloads.start("memhold.py", "64")
+        digest = report.read_text().split()[1]
+        with d.client() as c:
+            snap = c.checkpoint(pid)
+            wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+            c.restore(snap.id)
+        assert ask(pid, report)[1] == digest
+        big = next(ln for ln in Path(f"/proc/{pid}/smaps").read_text().split("\n") if "hg" in ln and "VmFlags" in ln)
+        assert "hg" in big.split()  # MADV_HUGEPAGE re-applied by CRIU from the rewritten image
+    finally:
+        d.stop()
+
+
 def test_changed_region_between_snapshots(eager: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("regions.py")
     first_digests = ask(pid, report)

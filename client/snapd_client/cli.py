@@ -178,6 +178,8 @@ def cli(ctx: click.Context, target: str, as_json: bool, tls_ca: Path | None, tls
               help="Threads hashing/compressing chunks (default: CPU count, at most 16).")
 @click.option("--inject-min-mb", type=click.IntRange(0), default=64, show_default=True,
               help="Restore private anonymous regions of at least this size by parallel memory writes (0: off).")
+@click.option("--inject-huge-pages/--no-inject-huge-pages", default=False, show_default=True,
+              help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapd_daemon.cas.store import Progress, Route, SnapshotStore, Target, chunk_offsets
-from snapd_daemon.criu.images import Vma, pages_images, read_vmas, write_pagemap
+from snapd_daemon.criu.images import Vma, advise_hugepages, pages_images, read_vmas, write_pagemap
 from snapd_daemon.manifest import ChunkRef, ImageEntry, Manifest
 
 PROT_WRITE = 0x2
@@ -130,7 +130,8 @@ def _inherited(pid: int, region: tuple[int, int], others: dict[int, list[tuple[i
     return any(region in regions for other, regions in others.items() if other != pid)
 
 
-def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: int, progress: Progress) -> FastRestore:
+def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: int, progress: Progress,
+            huge_pages: bool = False) -> FastRestore:
     """Write the snapshot's images into ``dest`` with the big regions cut out.
 
     Returns the memory writes to make (``store.deliver``) once CRIU has restored
@@ -152,6 +153,9 @@ def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: in
             img.pid: [(v.start, v.end) for v in read_vmas(dest / f"mm-{img.pid}.img") if injectable(v, min_region)]
             for img in images
         }
+        if huge_pages:
+            for pid, spans in regions.items():
+                advise_hugepages(dest / f"mm-{pid}.img", spans)
         memory = Router()
         injected = kept = 0
         planned: set[str] = set()

@@ -88,6 +88,7 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
                 plan = fastrestore.prepare(
                     rt.store, manifest, run_dir.images, rt.settings.inject_min_bytes,
                     lambda done: report(ProgressEvent(Phase.PREPARE, done, manifest.raw_bytes)),
+                    huge_pages=rt.settings.inject_huge_pages,
                 )
             log.info("restore.prepared", criu_bytes=plan.kept_bytes, inject_bytes=plan.injected_bytes,
                      chunks_to_inject=len(plan.memory))

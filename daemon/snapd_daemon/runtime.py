@@ -34,6 +34,11 @@ class Settings:
     # Private anonymous regions at least this big are written into restored processes
     # by snapd (parallel process_vm_writev) instead of by CRIU; 0 turns that off.
     inject_min_bytes: int = 64 << 20
+    # Mark those regions MADV_HUGEPAGE in the image, so the writes land in huge pages.
+    # Off: on the 2-core CI VM it made a 1 GiB injection 3x slower (huge-page faults
+    # cost more there); FIELD-NOTES saw THP speed up injection and the driver's
+    # host->GPU copy on the GPU host, where it is still to be measured.
+    inject_huge_pages: bool = False
     # Threads that hash, compress and write chunks (and read them back on restore).
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
 

@@ -19,6 +19,7 @@ PAGE_SIZE = 4096
 IMG_COMMON_MAGIC = 0x54564319
 PAGEMAP_MAGIC = 0x56084025
 MM_MAGIC = 0x57492820
+MADV_HUGEPAGE = 14
 PE_PARENT = 1
 PE_PRESENT = 4
 PAGEMAP_NAME = re.compile(r"pagemap-(\d+)\.img")
@@ -96,6 +97,21 @@ def read_vmas(path: Path) -> list[Vma]:
     """The VMAs of one process from its ``mm-<pid>.img``."""
     entry = images_pb2.MmEntry.FromString(next(_entries(path.read_bytes(), MM_MAGIC, path)))
     return [Vma(v.start, v.end, v.prot, v.flags, v.status) for v in entry.vmas]
+
+
+def advise_hugepages(path: Path, regions: list[tuple[int, int]]) -> None:
+    """Mark the VMAs [start, end) in ``mm-<pid>.img`` MADV_HUGEPAGE (vma_entry.madv bit
+    14), which CRIU re-applies on restore: the regions snapd fills then get huge
+    pages (when THP is "madvise"), without touching the host's THP setting. Fields
+    snapd does not model are kept as they were."""
+    data = path.read_bytes()
+    entries = list(_entries(data, MM_MAGIC, path))
+    mm = images_pb2.MmEntry.FromString(entries[0])
+    wanted = set(regions)
+    for vma in mm.vmas:
+        if (vma.start, vma.end) in wanted:
+            vma.madv |= 1 << MADV_HUGEPAGE
+    write_image(path, MM_MAGIC, [mm.SerializeToString(), *entries[1:]])
 
 
 def read_pagemap(path: Path, growing: bool = False) -> PagesImage | None:
