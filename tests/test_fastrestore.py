@@ -149,6 +149,20 @@ def test_prefetched_snapshot_restores_from_ram(eager: Daemon, workloads: Workloa
         assert info.value.error_class == "ChunkCorrupt"
 
 
+def test_checkpoint_can_keep_the_snapshot_hot(eager: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "32")
+    digest = report.read_text().split()[1]
+    with eager.client() as c:
+        snap = c.checkpoint(pid, keep_hot=True)
+        assert c.get(snap.id).hot
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        for chunk in (eager.state_dir / "chunks").rglob("*"):
+            if chunk.is_file():
+                chunk.write_bytes(b"damaged")
+        c.restore(snap.id)  # only possible from the RAM copies
+        assert ask(pid, report)[1] == digest
+
+
 def test_damaged_ram_copy_falls_back_to_disk(eager: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "16")
     digest = report.read_text().split()[1]

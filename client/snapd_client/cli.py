@@ -228,10 +228,11 @@ def _file_options(ctx: click.Context, path: Path, options: dict[str, Any]) -> di
 @click.option("--hook-timeout", type=click.IntRange(0, 3600), default=0, help="Seconds for the hook (default 60).")
 @click.option("--cuda-lock-timeout-ms", type=click.IntRange(0, 2**32 - 1), default=0,
               help="How long CUDA may wait for in-flight GPU work (default 30000).")
+@click.option("--keep-hot", is_flag=True, help="Also keep the snapshot decompressed in RAM for a fast next restore.")
 @_json_option
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
-               pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, as_json: bool) -> None:
+               pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool, as_json: bool) -> None:
     """Checkpoint process tree PID (with its GPU state) into a new snapshot."""
     parsed = _pairs(labels, "--label")
 
@@ -240,7 +241,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
         with c.client() as client:
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
-                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, on_progress=bar)
+                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, on_progress=bar)
         bar.done()
         total = time.monotonic() - bar.started
         c.emit(snap, lambda: click.echo(

@@ -124,12 +124,13 @@ class SnapdClient:
         pre_checkpoint_hook: list[str] | None = None,
         hook_timeout_seconds: int = 0,
         cuda_lock_timeout_ms: int = 0,
+        keep_hot: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> pb.Snapshot:
         request = pb.CheckpointRequest(
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
-            cuda_lock_timeout_ms=cuda_lock_timeout_ms,
+            cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
         )
         result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress)
         return result

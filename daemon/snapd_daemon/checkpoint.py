@@ -56,6 +56,7 @@ class CheckpointSpec:
     leave_running: bool = False
     pre_hook: Hook | None = None
     cuda_lock_timeout_ms: int = 0
+    keep_hot: bool = False
 
 
 class _PostDumpHold:
@@ -122,7 +123,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
         try:
             hold.record()
             staging = rt.store.new_staging(operation_id, needed=needed)
-            ingest = rt.store.begin_ingest(staging.images, stored)
+            ingest = rt.store.begin_ingest(staging.images, stored, keep_hot=spec.keep_hot)
             if gpu_record:
                 report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(cuda_pids)}"))
                 with metrics.phase("checkpoint", "gpu-checkpoint"):

@@ -136,6 +136,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 pre_hook=Hook.parse("pre_checkpoint_hook", list(request.pre_checkpoint_hook.argv),
                                     request.pre_checkpoint_hook.timeout_seconds),
                 cuda_lock_timeout_ms=request.cuda_lock_timeout_ms,
+                keep_hot=request.keep_hot,
             )
         except SnapdError as err:
             abort(context, err)

@@ -86,16 +86,24 @@ class HotTier:
             holds = self.holds()
             mine = holds.pop(snapshot_id, set())
             (self.snapshots_dir / snapshot_id).unlink(missing_ok=True)
-            still = set().union(*holds.values()) if holds else set()
-            freed = 0
-            for cid in mine - still:
-                path = self.path(cid)
-                try:
-                    freed += path.stat().st_size
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-            return freed
+            return self._remove(mine, holds)
+
+    def discard_unheld(self, cids: set[str]) -> int:
+        """Remove those of ``cids`` that no prefetched snapshot lists; bytes freed."""
+        with self._lock:
+            return self._remove(cids, self.holds())
+
+    def _remove(self, cids: set[str], holds: dict[str, set[str]]) -> int:
+        still = set().union(*holds.values()) if holds else set()
+        freed = 0
+        for cid in cids - still:
+            path = self.path(cid)
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        return freed
 
     def bytes_used(self) -> int:
         return sum(e.stat().st_size for sub in self.chunks_dir.iterdir() for e in os.scandir(sub))

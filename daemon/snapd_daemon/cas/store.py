@@ -162,6 +162,8 @@ class _IngestTally:
     done: int = 0
     # chunks written by this ingest, not yet published: id -> (temporary path, size)
     staged: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    # chunks this ingest put in the hot tier (removed again if it aborts)
+    hot_added: set[str] = field(default_factory=set)
 
 
 class SnapshotStore:
@@ -237,11 +239,14 @@ class SnapshotStore:
 
     # -- writing --------------------------------------------------------------
 
-    def begin_ingest(self, images: Path, progress: Progress) -> Ingest:
+    def begin_ingest(self, images: Path, progress: Progress, keep_hot: bool = False) -> Ingest:
         """Start storing the dump in ``images``: pieces can be handed in while CRIU
         still writes (``Ingest.submit``); ``Ingest.finish`` stores the rest and
-        publishes. Holds the store lock shared until finished or aborted."""
-        return Ingest(self, images, progress)
+        publishes. Holds the store lock shared until finished or aborted.
+        ``keep_hot``: also put the raw chunks in the hot tier, as a prefetch would."""
+        if keep_hot and self.hot is None:
+            raise StoreError(path=self.root, reason="no RAM directory is configured for the hot tier")
+        return Ingest(self, images, progress, self.hot if keep_hot else None)
 
     def _publish(self, manifest: Manifest, tally: _IngestTally) -> Manifest:
         """Publish the chunks ``manifest`` uses, then the manifest. Caller holds the lock shared.
@@ -261,7 +266,9 @@ class SnapshotStore:
             self._manifests[manifest.id] = manifest
         return manifest
 
-    def _ingest(self, fd: int, piece: Piece, tally: _IngestTally, progress: Progress) -> ChunkRef:
+    def _ingest(
+        self, fd: int, piece: Piece, tally: _IngestTally, progress: Progress, hot: HotTier | None
+    ) -> ChunkRef:
         raw = os.pread(fd, piece.length, piece.offset)
         if len(raw) != piece.length:
             raise StoreError(path=self.root, reason=f"image shrank while being read ({len(raw)} < {piece.length})")
@@ -279,6 +286,10 @@ class SnapshotStore:
                     kept = tally.staged.setdefault(cid, (tmp, size))[0]
                 if kept != tmp:  # another thread staged the same chunk first
                     tmp.unlink()
+            if hot is not None and not hot.has(cid):
+                hot.add(cid, raw)
+                with tally.lock:
+                    tally.hot_added.add(cid)
         with tally.lock:
             tally.done += piece.length
             done = tally.done
@@ -507,8 +518,9 @@ class Ingest:
     Every Ingest must end in ``finish`` or ``abort``.
     """
 
-    def __init__(self, store: SnapshotStore, images: Path, progress: Progress) -> None:
+    def __init__(self, store: SnapshotStore, images: Path, progress: Progress, hot: HotTier | None) -> None:
         self.store = store
+        self.hot = hot
         self.images = images
         self.progress = progress
         self.tally = _IngestTally()
@@ -531,7 +543,7 @@ class Ingest:
             fd = self.fds[name]
             self.pieces.setdefault(name, []).extend(pieces)
             self.jobs.setdefault(name, []).extend(
-                self.pool.submit(self.store._ingest, fd, p, self.tally, self.progress) for p in pieces
+                self.pool.submit(self.store._ingest, fd, p, self.tally, self.progress, self.hot) for p in pieces
             )
 
     def finish(self, manifest: Manifest) -> Manifest:
@@ -558,14 +570,18 @@ class Ingest:
                 for name, cuts in final.items()
             ]
             published = self.store._publish(manifest, self.tally)
+            if self.hot is not None:
+                self.hot.mark(manifest.id, manifest.chunk_ids())
         self._close()
         return published
 
     def abort(self) -> None:
-        """Stop, and remove every chunk staged but not published."""
+        """Stop, and remove every chunk staged but not published (and its RAM copy)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         for tmp, _ in self.tally.staged.values():
             tmp.unlink(missing_ok=True)
+        if self.hot is not None:
+            self.hot.discard_unheld(self.tally.hot_added)
         self._close()
 
     def _close(self) -> None:
