@@ -111,6 +111,9 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
                     shell_job=manifest.shell_job, log_level=rt.settings.criu_log_level, on_notify=fill,
                     cgroup=cgroup,
                 )
+        except BaseException:
+            rt.journal.clear(operation_id)  # CRIU killed what it had restored
+            raise
         finally:
             rt.store.discard(run_dir)
         metrics.BYTES_READ.inc(manifest.raw_bytes)
