@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,17 @@ from snapd_daemon.runtime import Settings
 WORKLOADS = Path(__file__).parent / "workloads"
 
 
+_DAEMONS: list[Daemon] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _free_daemon_ram() -> Iterator[None]:
+    """Every test daemon's RAM directory (hot tier) outlives it by design: free them all."""
+    yield
+    for d in _DAEMONS:
+        d.remove_ram()
+
+
 class Daemon:
     """A `snapd serve` subprocess on a private socket and state directory."""
 
@@ -34,6 +46,7 @@ class Daemon:
         self.log = root / "daemon.log"
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
+        _DAEMONS.append(self)
 
     @property
     def target(self) -> str:
@@ -83,6 +96,12 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
+
+    def remove_ram(self) -> None:
+        """Free what this daemon keeps in RAM beyond its life (the hot tier)."""
+        ram = Settings(state_dir=self.state_dir).ram_dir()
+        if ram is not None:
+            shutil.rmtree(ram, ignore_errors=True)
 
 
 class Workloads:
