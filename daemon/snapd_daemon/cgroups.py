@@ -383,7 +383,8 @@ class CgroupRoot:
     @contextlib.contextmanager
     def placement(self, request: CgroupRequest | None, manifest: Manifest) -> Iterator[Cgroup | None]:
         """The group a restore goes into, opened (created on request), checked to fit with the
-        requested limits (CgroupTooSmall before anything is written or restored), then limited;
+        requested limits (CgroupTooSmall before any limit is written or anything restored; only
+        the controllers the limits need are enabled on the path first), then limited;
         None when no group was asked for. A failure inside the block removes the groups this
         placement created."""
         if request is None:

@@ -184,13 +184,16 @@ class SnapshotStore:
     # -- start-up -------------------------------------------------------------
 
     def recover(self) -> None:
-        """Load manifests; remove staging leftovers and chunk temporaries.
+        """Load manifests; remove staging leftovers and every temporary file a crash left.
 
         Must run before the daemon accepts requests.
         """
         for scratch in self.scratch.roots():
             for leftover in sorted(scratch.iterdir()):
                 shutil.rmtree(leftover, ignore_errors=True)
+        for directory in (self.manifests_dir, self.pins_dir):
+            for tmp in directory.glob(".*.tmp-*"):  # write_atomic's temporaries of a crash
+                tmp.unlink()
         self.chunks.remove_temporaries()
         for path in self.manifests_dir.glob("*.json"):
             m = Manifest.from_json(path.read_text())
