@@ -111,16 +111,20 @@ class Workloads:
         self.tmp = tmp
         self.started = 0
 
-    def start(self, script: str, *args: str, new_session: bool = True) -> tuple[int, Path]:
+    def start(self, script: str, *args: str, under_shell: bool = False) -> tuple[int, Path]:
+        """Start a workload as a session leader, or, with ``under_shell``, as the child of a
+        shell that leads its session (the shape of a job started from a terminal)."""
         self.started += 1
         report = self.tmp / f"{script}.{self.started}.report"
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKLOADS / script), *args, str(report)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=new_session, cwd=WORKLOADS,
-        )
+        command = [sys.executable, str(WORKLOADS / script), *args, str(report)]
+        if under_shell:
+            command = ["sh", "-c", '"$@" & wait', "sh", *command]
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, cwd=WORKLOADS)
         threading.Thread(target=proc.wait, daemon=True).start()
         wait_for(lambda: report.exists(), 60, f"{script} to report")
+        if under_shell:
+            return psutil.Process(proc.pid).children()[0].pid, report
         return proc.pid, report
 
     def kill_all(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -124,6 +125,30 @@ def test_cannot_start_second_daemon_on_same_state_dir(daemon: Daemon, tmp_path: 
     with pytest.raises(RuntimeError, match="in use by another snapd daemon"):
         other.start()
     wait_for(lambda: other.proc is not None and other.proc.poll() == 19, 10, "exit code 19")
+
+
+_SESSION_OUTSIDE = """
+import subprocess, sys
+from snapd_daemon.errors import ProcessProtected
+from snapd_daemon.processes import inspect_tree
+child = subprocess.Popen(["sleep", "300"])
+try:
+    inspect_tree(child.pid)
+except ProcessProtected as exc:
+    print(exc)
+finally:
+    child.kill()
+"""
+
+
+def test_session_leader_outside_the_pid_namespace() -> None:
+    # unshare is the session leader; its forked child is init of a new pid namespace that
+    # cannot see it, so every process started there has a session id of 0
+    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _SESSION_OUTSIDE],
+                         start_new_session=True, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "cannot be checkpointed" in out.stdout and "session id reads 0" in out.stdout
+    assert "start the workload in its own session" in out.stdout
 
 
 def test_process_in_another_pid_namespace(client: SnapdClient, tmp_path: Path) -> None:

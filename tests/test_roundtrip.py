@@ -76,7 +76,7 @@ def test_leave_running_then_restore_after_original_exits(client: SnapdClient, wo
 
 
 def test_process_outside_its_session_leader(client: SnapdClient, workloads: Workloads) -> None:
-    pid, report = workloads.start("memhold.py", "8", new_session=False)
+    pid, report = workloads.start("memhold.py", "8", under_shell=True)
     _, digest, _ = report.read_text().split()
     snap = client.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")

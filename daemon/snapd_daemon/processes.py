@@ -85,8 +85,9 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     """Describe the tree rooted at ``pid``, refusing what must never be checkpointed.
 
     Refuses (with the reason in the error) pid 1, kernel threads, the daemon
-    itself and any of its ancestors, a tree that contains the daemon, and a
-    process in another pid namespace.
+    itself and any of its ancestors, a tree that contains the daemon, a
+    process in another pid namespace, and a process whose session leader lives
+    in an ancestor pid namespace (CRIU cannot dump a session id that reads 0).
     """
     validate_pid(pid)
     daemon_pid = daemon_pid or os.getpid()
@@ -118,9 +119,17 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     if daemon_pid in pids:
         raise ProcessProtected(pid=pid, name=name, reason=f"its tree contains the snapd daemon (pid {daemon_pid})")
     try:
+        orphaned = [p for p in sorted(pids) if os.getsid(p) == 0]
         external = os.getsid(pid) not in pids or os.getpgid(pid) not in pids
     except ProcessLookupError as exc:
         raise ProcessNotFound(pid=pid) from exc
+    if orphaned:
+        raise ProcessProtected(
+            pid=pid, name=name,
+            reason=f"pid {orphaned[0]} of its tree belongs to a session whose leader lives outside this pid "
+                   "namespace (its session id reads 0), which CRIU cannot dump; start the workload in its own "
+                   "session (setsid, or as a systemd service)",
+        )
     return ProcessTree(root=pid, processes=records, external_session=external)
 
 
