@@ -285,6 +285,8 @@ def main() -> int:
     parser.add_argument("--keep-dir", action="store_true",
                         help="keep the temp dir: stock images and CRIU logs, daemon log (snapd snapshots are deleted)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
+                        help="extra argument for snapd serve, e.g. --serve-option=--inject-read-ahead-mb=0 (repeatable)")
     parser.add_argument("--criu", help="CRIU binary for both sides (default: what scripts/install-criu.sh prints)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -297,7 +299,7 @@ def main() -> int:
     become_subreaper()
     root = Path(tempfile.mkdtemp(prefix="snapd-bench-"))
     workload = Workload(root, args.size_mb)
-    daemon = Daemon(root, criu)
+    daemon = Daemon(root, criu, tuple(args.serve_option))
     rounds: list[Round] = []
     try:
         print(f"bench dir {root}; starting daemon and a {args.size_mb} MiB workload", file=sys.stderr)

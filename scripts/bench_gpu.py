@@ -137,6 +137,8 @@ def main() -> int:
     parser.add_argument("--kv-cache-fraction", type=float, default=0.0)
     parser.add_argument("--compile", action="store_true", help="also measure a torch.compile cold start")
     parser.add_argument("--keep-weights", action="store_true", help="keep the generated weights (disk space)")
+    parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
+                        help="extra argument for snapd serve, e.g. --serve-option=--inject-read-ahead-mb=0 (repeatable)")
     parser.add_argument("--criu", default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -148,7 +150,7 @@ def main() -> int:
     flags = ["--kv-cache-fraction", str(args.kv_cache_fraction)] if args.kv_cache_fraction else []
     server = Server(work, weights, args.preset, flags)
     (work / "daemon").mkdir()
-    daemon = Daemon(work / "daemon", criu)
+    daemon = Daemon(work / "daemon", criu, tuple(args.serve_option))
     results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction}
 
     def record(key: str, value: object) -> None:

@@ -53,7 +53,8 @@ def image_bytes(images: Path) -> int:
 class Daemon:
     """A private `snapd serve` on its own socket and state directory."""
 
-    def __init__(self, root: Path, criu: str) -> None:
+    def __init__(self, root: Path, criu: str, serve_options: tuple[str, ...] = ()) -> None:
+        self.serve_options = serve_options
         self.state_dir = root / "state"
         self.socket = root / "snapd.sock"
         self.log = root / "daemon.log"
@@ -68,7 +69,7 @@ class Daemon:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "snapd_client", "serve", "--state-dir", str(self.state_dir),
-                 "--socket", str(self.socket), "--log-format", "json", "--criu", self.criu],
+                 "--socket", str(self.socket), "--log-format", "json", "--criu", self.criu, *self.serve_options],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )
         wait_until(self._serving, timeout, f"the daemon to serve (log: {self.log})")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,34 @@ class ProgressEvent:
 
 
 Reporter = Callable[[ProgressEvent], None]
+
+
+class Throttle:
+    """A Reporter that passes on at most one event per ``interval`` seconds of a
+    phase, but always the first of a phase, any with a message, and the one that
+    completes it (``bytes_done == bytes_total``).
+
+    Workers report once per chunk (thousands per second when restoring from
+    RAM); each forwarded event costs a protobuf message on the stream and GIL
+    time taken from those workers. Thread-safe.
+    """
+
+    def __init__(self, report: Reporter, interval: float = 0.1) -> None:
+        self._report = report
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._phase: Phase | None = None
+        self._last = 0.0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = (event.phase is not self._phase or event.message or now - self._last >= self._interval
+                   or event.bytes_done == event.bytes_total)
+            if not due:
+                return
+            self._phase, self._last = event.phase, now
+            self._report(event)
 
 
 class DirectoryGrowth(Poller):

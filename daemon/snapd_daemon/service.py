@@ -29,7 +29,7 @@ from snapd_daemon.hooks import Hook
 from snapd_daemon.manifest import Manifest
 from snapd_daemon.operations import new_operation_id
 from snapd_daemon.processes import validate_pid
-from snapd_daemon.progress import ProgressEvent, Reporter
+from snapd_daemon.progress import ProgressEvent, Reporter, Throttle
 from snapd_daemon.restore import RestoreSpec, restore
 from snapd_daemon.runtime import Runtime
 
@@ -95,7 +95,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
             metrics.IN_FLIGHT.inc()
             try:
-                result = work(op_id, lambda ev: events.put(ev))
+                result = work(op_id, Throttle(events.put))
                 metrics.OPERATIONS.labels(kind, "ok").inc()
                 events.put((_DONE, result))
             except SnapdError as err:
