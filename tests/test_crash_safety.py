@@ -70,6 +70,30 @@ def test_restart_resumes_processes_a_crashed_daemon_had_stopped(daemon: Daemon, 
     assert ask(pid, report)[0] == str(pid)
 
 
+def test_recovery_survives_bad_records_and_runs_before_configuration(daemon: Daemon, workloads: Workloads,
+                                                                     tmp_path: Path) -> None:
+    """A torn record and one naming a vanished pid do not stop the start; a stopped tree is
+    resumed even when the daemon then refuses its configuration and exits."""
+    pid, report = workloads.start("memhold.py", "4")
+    daemon.stop()
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: _state(pid) == psutil.STATUS_STOPPED, 10, "the target to stop")
+    holds = daemon.state_dir / "holds"
+    HoldJournal(holds).write("op-a", HoldRecord([(pid, psutil.Process(pid).create_time())], []))
+    HoldJournal(holds).write("op-b", HoldRecord([(4_000_000, 1.0)], []))
+    (holds / "op-c.json").write_text('{"processes": [[1')
+    broken = Daemon(tmp_path / "broken", ("--cgroup-root", "/proc/not-a-cgroup"))
+    broken.root.mkdir()
+    broken.state_dir = daemon.state_dir
+    with pytest.raises(RuntimeError, match="daemon exited"):
+        broken.start()
+    wait_for(lambda: _state(pid) != psutil.STATUS_STOPPED, 10, "the target to be resumed")
+    assert sorted(p.name for p in holds.iterdir()) == ["op-c.json"]  # kept for an operator, logged
+    assert "recover.unreadable_record" in broken.log.read_text()
+    daemon.start()
+    assert ask(pid, report)[0] == str(pid)
+
+
 def test_sigterm_drains_running_checkpoint(daemon: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "768")
     _, digest, _ = report.read_text().split()

@@ -201,3 +201,25 @@ def test_forked_cuda_child_is_refused_before_anything_is_frozen(client: SnapdCli
     assert "TORCHINDUCTOR_COMPILE_THREADS=1" in err.message
     assert driver.state(proc.pid) == driver.CudaState.RUNNING
     proc.kill()
+
+
+def test_process_frozen_on_gpu_side_is_refused_then_thawed_by_restart(daemon: Daemon, start_server) -> None:
+    server = start_server()
+    before = server.ask()
+    driver.lock(server.pid, 30_000)
+    driver.checkpoint(server.pid)  # as a crashed tool would leave it: no /dev/nvidia* files any more
+    try:
+        with daemon.client() as c, pytest.raises(SnapdClientError) as info:
+            c.checkpoint(server.pid)
+        assert info.value.error_class == "GpuUnsupported" and "CUDA state is checkpointed" in info.value.message
+        assert driver.state(server.pid) == driver.CudaState.CHECKPOINTED  # refused before touching it
+        # a record as a daemon killed mid-checkpoint leaves: the next start thaws the process
+        daemon.stop()
+        holds = daemon.state_dir / "holds"
+        (holds / "op-crashed.json").write_text(json.dumps(
+            {"processes": [[server.pid, psutil.Process(server.pid).create_time()]], "cuda_pids": [server.pid]}))
+        daemon.start()
+        assert driver.state(server.pid) == driver.CudaState.RUNNING and not list(holds.iterdir())
+    finally:
+        driver.thaw(server.pid)
+    assert server.ask()["tokens"] == before["tokens"]

@@ -117,3 +117,25 @@ def test_snapshots_survive_daemon_restart(daemon: Daemon, workloads: Workloads) 
 def _ping(port: int) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         return s.makefile().readline().strip()
+
+
+def test_host_criu_plugins_are_not_loaded(tmp_path, workloads: Workloads, monkeypatch) -> None:
+    """CRIU would load every *.so of its plugin directory (the host's cuda_plugin.so among
+    them) and fail on one that is not a plugin; snapd points CRIU at a directory without any."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken_plugin.so").write_bytes(b"not an ELF file")
+    monkeypatch.setenv("CRIU_LIBS_DIR", str(plugins))  # where CRIU looks when not told otherwise
+    d = Daemon(tmp_path / "d")
+    d.root.mkdir()
+    d.start()
+    try:
+        pid, report = workloads.start("memhold.py", "8")
+        _, digest, _ = report.read_text().split()
+        with d.client() as c:
+            snap = c.checkpoint(pid)
+            wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+            c.restore(snap.id)
+        assert ask(pid, report)[1] == digest
+    finally:
+        d.stop()

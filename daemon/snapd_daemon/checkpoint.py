@@ -113,7 +113,8 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
         staging: Staging | None = None
         ingest: Ingest | None = None
         dumped = threading.Event()
-        needed = tree.rss_bytes + gpu.memory_used(cuda_pids)
+        vram = gpu.memory_used(cuda_pids)  # the CUDA checkpoint copies it into host memory
+        needed = tree.rss_bytes + vram
         totals = {"raw": needed}
 
         def stored(done: int) -> None:
@@ -122,8 +123,12 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
 
         try:
             hold.record()
-            staging = rt.store.new_staging(operation_id, needed=needed)
-            ingest = rt.store.begin_ingest(staging.images, stored, keep_hot=spec.keep_hot)
+            staging = rt.store.new_staging(operation_id, needed=needed, ram_besides=vram)
+            # RAM the checkpoint takes beyond what is free now: the host copy of VRAM, the
+            # images when staged in RAM, and with keep_hot the hot copy of (at most) all of them
+            ram_taken = vram + (needed if rt.store.scratch.in_ram(staging) else 0)
+            ingest = rt.store.begin_ingest(staging.images, stored, keep_hot=spec.keep_hot,
+                                           hot_ram_needed=ram_taken + needed)
             if gpu_record:
                 report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(cuda_pids)}"))
                 with metrics.phase("checkpoint", "gpu-checkpoint"):
@@ -142,6 +147,12 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                     if full:
                         raise full from exc
                     raise
+            if spec.leave_running and gpu_record:
+                # the images are complete: the server gets its GPUs back now, not after the store
+                report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(cuda_pids)}"))
+                problems = freeze.thaw()
+                if problems:
+                    raise CudaFailed(action="resume", pid=spec.pid, reason="; ".join(problems), rollback="")
             totals["raw"] = tree_size(staging.images)
             dumped.set()
             report(ProgressEvent(Phase.COMMIT, 0, totals["raw"], "storing chunks"))
@@ -159,11 +170,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
             raise
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
         if spec.leave_running:
-            problems = freeze.thaw()
             rt.store.discard(staging)
-            if problems:
-                raise CudaFailed(action="resume", pid=spec.pid, reason="; ".join(problems),
-                                 rollback=f" (snapshot {manifest.id} was stored)")
         else:
             report(ProgressEvent(Phase.STOP_SOURCE, message=f"stopping pids {hold.tree.pids}"))
             signal_tree(hold.tree, signal.SIGKILL)

@@ -8,18 +8,6 @@ import threading
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting.
-
-    Not a durability barrier (syncfs/fsync still is): it moves the disk writes of
-    a freshly written file from the final sync into the time spent producing the
-    next ones. Best effort; a file system that does not support it is ignored.
-    """
-    _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_path(path: Path) -> None:

@@ -117,8 +117,10 @@ def preflight(tree: ProcessTree) -> GpuRecord | None:
     """The GPU record to checkpoint ``tree`` with (None: no CUDA in it), or a refusal.
 
     Refuses, naming the pid and the fix: a pid mapping /dev/nvidia* with no
-    CUDA context, a driver without the checkpoint API (< r570), MPS clients,
-    and GPUs in MIG mode.
+    CUDA context, a pid already locked or checkpointed on the GPU side (such a
+    process has no /dev/nvidia* files left, so it would otherwise be dumped as
+    a plain CPU process and never thawed), a driver without the checkpoint API
+    (< r570), MPS clients, and GPUs in MIG mode.
     """
     if not driver.available():
         users = [pid for pid in tree.pids if driver.uses_nvidia_device(pid)]
@@ -143,6 +145,15 @@ def _preflight_cuda(tree: ProcessTree) -> GpuRecord | None:
                    "without exec, e.g. torch inductor's compile worker); CRIU cannot dump such mappings",
             fix="start the server with TORCHINDUCTOR_COMPILE_THREADS=1 (or end that child) before checkpointing",
         )
+    stuck = driver.frozen(tree.pids)
+    if stuck:
+        pid, state = stuck[0]
+        raise GpuUnsupported(
+            pid=pid, name=comm(pid), reason=f"its CUDA state is {state.name.lower()}, not running (frozen on the GPU "
+                                            "side by another tool, or by a snapd operation that failed to undo it)",
+            fix="bring it back first (cuCheckpointProcessRestore/Unlock, e.g. `cuda-checkpoint --toggle`); "
+                "a restarted snapd does that for processes it froze",
+        )
     cuda = driver.cuda_pids(tree.pids)
     if not cuda:
         return None
@@ -165,33 +176,31 @@ def _preflight_cuda(tree: ProcessTree) -> GpuRecord | None:
 
 
 class CudaFreeze:
-    """Locks then checkpoints a set of CUDA processes; ``thaw`` undoes what was done."""
+    """Locks then checkpoints a set of CUDA processes; ``thaw`` brings back to
+    running every process ``freeze`` touched, by the state the driver reports
+    (a call that failed half-way may still have changed it). Thawing is idempotent."""
 
     def __init__(self, pids: tuple[int, ...], lock_timeout_ms: int) -> None:
         self.pids = pids
         self.lock_timeout_ms = lock_timeout_ms
-        self.locked: list[int] = []
-        self.checkpointed: list[int] = []
+        self.touched: list[int] = []
 
     def freeze(self) -> None:
         for pid in self.pids:
+            self.touched.append(pid)
             _cuda_call("lock", pid, lambda p=pid: driver.lock(p, self.lock_timeout_ms))
-            self.locked.append(pid)
         for pid in self.pids:
             _cuda_call("checkpoint", pid, lambda p=pid: driver.checkpoint(p))
-            self.checkpointed.append(pid)
 
     def thaw(self) -> list[str]:
-        """Restore and unlock, in reverse, whatever ``freeze`` did; returns the problems met."""
+        """Thaw the touched processes, in reverse order; returns the problems met."""
         problems = []
-        for done, undo in ((self.checkpointed, driver.restore), (self.locked, driver.unlock)):
-            while done:
-                pid = done.pop()
-                try:
-                    undo(pid)
-                except (driver.CudaDriverError, driver.CudaUnavailable) as exc:
-                    problems.append(str(exc))
-                    log.error("cuda.thaw_failed", pid=pid, error=str(exc))
+        for pid in reversed(self.touched):
+            try:
+                driver.thaw(pid)
+            except (driver.CudaDriverError, driver.CudaUnavailable, driver.CudaStuck) as exc:
+                problems.append(str(exc))
+                log.error("cuda.thaw_failed", pid=pid, error=str(exc))
         return problems
 
 

@@ -5,8 +5,9 @@ it SIGSTOPs the tree; a GPU restore writes one before CRIU runs. The record is
 removed when the operation has thawed, killed or handed over its processes.
 At start, before serving, the daemon thaws every record left by a crash:
 SIGCONT to the processes, and CUDA restore + unlock of any still locked or
-checkpointed (restored processes are matched by pid alone: their start time is
-new; a process whose CUDA state is running is left alone).
+checkpointed (a process whose CUDA state is running is left alone). A GPU
+restore's record names pids alone until CRIU has created them, then by start
+time as well.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ log = structlog.get_logger()
 
 @dataclass
 class HoldRecord:
-    # (pid, start time) of each process; start time 0 for a restored process
+    # (pid, start time) of each process; start time 0 for one a restore has not created yet
     processes: list[tuple[int, float]] = field(default_factory=list)
     cuda_pids: list[int] = field(default_factory=list)
 
@@ -45,16 +46,28 @@ class HoldJournal:
         (self.directory / f"{operation_id}.json").unlink(missing_ok=True)
 
     def thaw_leftovers(self) -> None:
-        """Thaw what operations of a crashed daemon left frozen; must run before serving."""
+        """Thaw what operations of a crashed daemon left frozen; must run before serving.
+
+        A record whose CUDA thaw failed is kept, so the next start tries again;
+        an unreadable record is logged and kept for an operator to look at."""
         for path in sorted(self.directory.glob("*.json")):
-            data = json.loads(path.read_text())
-            record = HoldRecord([(int(p), float(t)) for p, t in data["processes"]], list(data["cuda_pids"]))
+            try:
+                data = json.loads(path.read_text())
+                record = HoldRecord([(int(p), float(t)) for p, t in data["processes"]],
+                                    [int(p) for p in data["cuda_pids"]])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("recover.unreadable_record", path=str(path), error=str(exc))
+                continue
             live = {pid for pid, started in record.processes if _same(pid, started)}
             for pid in live:
-                os.kill(pid, signal.SIGCONT)
-            for pid in record.cuda_pids:
-                if pid in live:
-                    _thaw_cuda(pid)
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            failed = [pid for pid in record.cuda_pids if pid in live and not _thaw_cuda(pid)]
+            if failed:
+                log.error("recover.kept_record", operation=path.stem, cuda_pids_still_frozen=failed)
+                continue
             log.warning("recover.thawed", operation=path.stem, pids=sorted(live))
             path.unlink()
 
@@ -66,13 +79,11 @@ def _same(pid: int, started: float) -> bool:
         return False
 
 
-def _thaw_cuda(pid: int) -> None:
+def _thaw_cuda(pid: int) -> bool:
+    """Bring pid's CUDA state back to running; False if it could not (logged)."""
     try:
-        state = driver.state(pid)
-        if state == driver.CudaState.CHECKPOINTED:
-            driver.restore(pid)
-            state = driver.CudaState.LOCKED
-        if state == driver.CudaState.LOCKED:
-            driver.unlock(pid)
-    except (driver.CudaDriverError, driver.CudaUnavailable) as exc:
+        driver.thaw(pid)
+    except (driver.CudaDriverError, driver.CudaUnavailable, driver.CudaStuck, ValueError) as exc:
         log.error("recover.cuda_thaw_failed", pid=pid, error=str(exc))
+        return False
+    return True

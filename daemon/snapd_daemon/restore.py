@@ -13,6 +13,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import psutil
 import structlog
 
 from snapd_daemon import fastrestore, gpu, metrics
@@ -95,7 +96,12 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
             report(ProgressEvent(Phase.RESTORE, 0, plan.kept_bytes, "criu restore"))
 
             def fill(script: str, _pid: int) -> None:
-                if script != "pre-resume" or not plan.memory:
+                if script != "pre-resume":
+                    return
+                if manifest.gpu:  # the tree exists now: name it by start time too, so pids reused later are safe
+                    rt.journal.write(operation_id, HoldRecord([(pid, psutil.Process(pid).create_time())
+                                                               for pid in manifest.pids], list(manifest.gpu.cuda_pids)))
+                if not plan.memory:
                     return
                 report(ProgressEvent(Phase.INJECT, 0, plan.injected_bytes, "writing memory"))
                 with metrics.phase("restore", "inject"):

@@ -103,11 +103,13 @@ def _private_socket(state_dir: Path) -> Path:
 
 def serve(settings: Settings, listen: Listen) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures."""
+    lock_fd = _lock_state_dir(settings.state_dir)
+    os.chmod(settings.state_dir, 0o700)
+    journal = HoldJournal(settings.state_dir / "holds")
+    journal.thaw_leftovers()  # first: no configuration error may keep a crashed daemon's processes frozen
     if listen.tcp:
         listen.tcp.check()
     cgroups = CgroupRoot.configure(settings.cgroup_root)
-    lock_fd = _lock_state_dir(settings.state_dir)
-    os.chmod(settings.state_dir, 0o700)
     private = _private_socket(settings.state_dir)
     criu = locate(settings.criu_path)
     disk_scratch, ram_scratch = settings.scratch_dirs()
@@ -115,8 +117,6 @@ def serve(settings: Settings, listen: Listen) -> None:
     hot_dir = settings.hot_dir()
     store = SnapshotStore(settings.state_dir, scratch, settings.io_threads, HotTier(hot_dir) if hot_dir else None)
     store.recover()
-    journal = HoldJournal(settings.state_dir / "holds")
-    journal.thaw_leftovers()
     rt = Runtime(settings=settings, criu=criu, store=store, cgroups=cgroups, journal=journal)
     notifier = Notifier()
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from snapd_daemon.cas import chunkfile
-from snapd_daemon.fsutil import fsync_path, start_writeback, syncfs
+from snapd_daemon.fsutil import fsync_path, syncfs
 
 _TMP_MARK = ".tmp-"
 
@@ -42,7 +42,6 @@ class ChunkStore:
                     n -= len(bufs.pop(0))
                 if bufs:
                     bufs[0] = bufs[0][n:]
-            start_writeback(fd)
         finally:
             os.close(fd)
         return tmp

@@ -74,6 +74,10 @@ def _call(
             on_notify=on_notify,
             stderr_path=work / f"{action}.stderr",
             place=place,
+            # snapd drives the GPU side itself: CRIU's cuda plugin would restore and unlock
+            # the processes inside CRIU's restore, before snapd has written their memory.
+            # The work directory holds only logs, so CRIU finds no plugin in it.
+            plugin_dir=work,
         )
     except swrk.HookFailed as exc:
         raise exc.cause from exc

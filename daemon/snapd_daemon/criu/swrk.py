@@ -52,8 +52,12 @@ def call(
     stderr_path: Path | None = None,
     timeout: float | None = None,
     place: PlaceHook | None = None,
+    plugin_dir: Path | None = None,
 ) -> rpc_pb2.Resp:
     """Run one request in a fresh `criu swrk` and return CRIU's final response.
+
+    ``plugin_dir``: the only directory CRIU loads plugins (*.so) from; an empty
+    one keeps the host's (/usr/lib/criu: cuda_plugin.so, amdgpu_plugin.so) out.
 
     Raises SwrkError when CRIU reports failure or exits without answering, and
     HookFailed (after CRIU has finished aborting) when ``on_notify`` raised.
@@ -73,6 +77,7 @@ def call(
             stderr=stderr,
             close_fds=True,
             start_new_session=True,
+            env={**os.environ, "CRIU_LIBS_DIR": str(plugin_dir)} if plugin_dir else None,
         )
     finally:
         theirs.close()

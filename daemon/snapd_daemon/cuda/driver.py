@@ -241,6 +241,30 @@ def unlock(pid: int) -> None:
     _check("cuCheckpointProcessUnlock", pid, pid, None)
 
 
+class CudaStuck(Exception):
+    """pid is in a CUDA state that restore/unlock cannot leave (failed, or mid-transition)."""
+
+    def __init__(self, pid: int, state: CudaState) -> None:
+        self.pid = pid
+        self.state = state
+        super().__init__(f"pid {pid} is in CUDA state {state.name.lower()}, which restore/unlock cannot leave")
+
+
+def thaw(pid: int) -> None:
+    """Bring pid back to running from wherever a checkpoint left it, by its state
+    as the driver reports it now: checkpointed -> restore -> unlock, locked ->
+    unlock; running, or no CUDA state, is left alone (so thawing twice is safe).
+    Raises CudaDriverError, or CudaStuck for any other state."""
+    current = state(pid)
+    if current == CudaState.CHECKPOINTED:
+        restore(pid)
+        current = CudaState.LOCKED
+    if current == CudaState.LOCKED:
+        unlock(pid)
+    elif current not in (None, CudaState.RUNNING):
+        raise CudaStuck(pid, current)
+
+
 def gpu_uuid_bytes(text: str) -> bytes:
     """The 16 bytes of a GPU UUID written as NVML and nvidia-smi do ("GPU-xxxxxxxx-xxxx-...")."""
     digits = text.strip().removeprefix("GPU-").replace("-", "")
@@ -268,6 +292,26 @@ def uses_nvidia_device(pid: int) -> bool | None:
         return None
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def frozen(pids: Iterable[int]) -> list[tuple[int, CudaState]]:
+    """Those of pids whose CUDA state is anything but running, with that state.
+
+    A pid with /dev/nvidia* files raises like ``state``; for one without (the
+    common case: plain CPU processes, and checkpointed CUDA processes), an
+    error from the driver means it holds no CUDA state.
+    """
+    found = []
+    for pid in pids:
+        try:
+            current = state(pid)
+        except CudaDriverError:
+            if uses_nvidia_device(pid) is False:
+                continue
+            raise
+        if current not in (None, CudaState.RUNNING):
+            found.append((pid, current))
+    return found
 
 
 def cuda_pids(pids: Iterable[int]) -> list[int]:
