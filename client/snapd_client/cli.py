@@ -180,6 +180,8 @@ def cli(ctx: click.Context, target: str, as_json: bool, tls_ca: Path | None, tls
               help="Restore private anonymous regions of at least this size by parallel memory writes (0: off).")
 @click.option("--inject-huge-pages/--no-inject-huge-pages", default=False, show_default=True,
               help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
+@click.option("--restore-log-dir", type=click.Path(path_type=Path), default=None,
+              help="Where restored trees' stdout/stderr pipes go when their reader is gone [default: STATE_DIR/logs].")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
@@ -269,11 +271,14 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--pids-max", type=click.IntRange(0), default=0, help="pids.max of the group.")
 @click.option("--cpuset-cpus", default="", metavar="LIST", help="cpuset.cpus of the group, e.g. 0-7.")
 @click.option("--cpuset-mems", default="", metavar="LIST", help="cpuset.mems of the group, e.g. 0.")
+@click.option("--log-name", default="", metavar="NAME",
+              help="File in the daemon's restore log directory for the tree's stdout/stderr pipes whose reader "
+                   "is gone (default: SNAPSHOT_ID.log).")
 @_json_option
 @click.pass_context
 def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...], post_hook: str,
             hook_timeout: int, cgroup_path: str, create_cgroup: bool, memory_max: int, cpu_max: str, pids_max: int,
-            cpuset_cpus: str, cpuset_mems: str, as_json: bool) -> None:
+            cpuset_cpus: str, cpuset_mems: str, log_name: str, as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or a name: its newest snapshot)."""
     mapping = _pairs(gpu_map, "--gpu-map")
     limits = memory_max or cpu_max or pids_max or cpuset_cpus or cpuset_mems or create_cgroup
@@ -287,11 +292,11 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
         with c.client() as client:
             res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
                                  post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
-                                 cgroup=cgroup, on_progress=bar)
+                                 cgroup=cgroup, log_name=log_name, on_progress=bar)
         bar.done()
         c.emit(res, lambda: click.echo(
             f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
-            + (f", cgroup {res.cgroup}" if res.cgroup else "")))
+            + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")))
 
     _run(ctx, as_json, action)
 

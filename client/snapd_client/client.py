@@ -144,13 +144,17 @@ class SnapdClient:
         post_restore_hook: list[str] | None = None,
         hook_timeout_seconds: int = 0,
         cgroup: CgroupSpec | None = None,
+        log_name: str = "",
         on_progress: ProgressCallback | None = None,
     ) -> pb.RestoreResult:
-        """``cgroup``: place the whole restored tree in this group below the daemon's cgroup root."""
+        """``cgroup``: place the whole restored tree in this group below the daemon's cgroup root.
+        ``log_name``: file in the daemon's restore log directory that stdout/stderr pipes of
+        the tree whose reader is gone write into (default "<snapshot id>.log"; see
+        ``RestoreResult.log_path``)."""
         request = pb.RestoreRequest(
             snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
-            cgroup=cgroup,
+            cgroup=cgroup, log_name=log_name,
         )
         result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress)
         return result

@@ -43,6 +43,7 @@ from snapd_daemon.processes import (
 )
 from snapd_daemon.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime import Runtime
+from snapd_daemon.stdio import outward_stdio
 
 log = structlog.get_logger()
 _KILL_WAIT_SECONDS = 30.0
@@ -98,6 +99,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
     report(ProgressEvent(Phase.VALIDATE, message=f"inspecting pid {spec.pid}"))
     tree = inspect_tree(spec.pid, rt.daemon_pid)
     gpu_record = gpu.preflight(tree)
+    stdio_ends = outward_stdio(tree.pids)
     with rt.registry.claim("checkpoint", operation_id, pids=tree.pids):
         log.info(
             "checkpoint.start", pid=spec.pid, processes=len(tree.processes), rss_bytes=tree.rss_bytes,
@@ -141,6 +143,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                         rt.criu, spec.pid, staging.images, staging.work,
                         shell_job=tree.external_session, log_level=rt.settings.criu_log_level,
                         freeze_timeout=rt.settings.freeze_timeout, on_notify=hold,
+                        external=[e.criu_external for e in stdio_ends if e.criu_external],
                     )
                 except CriuFailed as exc:
                     full = rt.store.staging_full(staging, needed=needed)
@@ -161,6 +164,7 @@ def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Rep
                 root_pid=spec.pid, processes=list(hold.tree.processes), criu_version=rt.criu.version,
                 kernel=platform.release(), hostname=socket.gethostname(), shell_job=tree.external_session,
                 leave_running=spec.leave_running, gpu=gpu_record, cgroup=cgroups.describe(spec.pid),
+                outward_stdio=stdio_ends,
             )
             manifest.checkpoint_seconds = round(time.monotonic() - started, 3)
             with metrics.phase("checkpoint", "commit"):

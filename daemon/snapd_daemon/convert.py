@@ -83,6 +83,7 @@ def restore_result(outcome: RestoreOutcome, operation_id: str, cgroup: str) -> p
         pids=outcome.pids,
         duration_seconds=outcome.seconds,
         cgroup=cgroup,
+        log_path=str(outcome.log_path or ""),
     )
 
 

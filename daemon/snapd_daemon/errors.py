@@ -196,6 +196,13 @@ class PermissionDenied(SnapdError):
     status = grpc.StatusCode.PERMISSION_DENIED
 
 
+class RestoreLogUnavailable(SnapdError):
+    """cannot open restore log {path} for the restored tree's stdio: {reason}; nothing was restored."""
+
+    exit_code = 44
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ConfigInvalid(SnapdError):
     """invalid configuration ({source}): {reason}"""
 
@@ -229,4 +236,5 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     CgroupFailed,
     PermissionDenied,
     ConfigInvalid,
+    RestoreLogUnavailable,
 )

@@ -11,6 +11,7 @@ from typing import Any
 from snapd_daemon.cgroups import CgroupRecord
 from snapd_daemon.gpu import GpuRecord
 from snapd_daemon.processes import ProcessRecord
+from snapd_daemon.stdio import OutwardEnd
 
 FORMAT_VERSION = 1
 
@@ -60,6 +61,8 @@ class Manifest:
     gpu: GpuRecord | None = None
     # the cgroup v2 group of the root process at checkpoint, with its limits
     cgroup: CgroupRecord | None = None
+    # stdio pipes/sockets whose other end was outside the tree: redirected at restore
+    outward_stdio: list[OutwardEnd] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -89,4 +92,5 @@ class Manifest:
             data["gpu"] = GpuRecord.from_dict(data["gpu"])
         if data.get("cgroup"):
             data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
+        data["outward_stdio"] = [OutwardEnd(**e) for e in data.get("outward_stdio", [])]
         return cls(**data)

@@ -12,11 +12,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import structlog
 
-from snapd_daemon import fastrestore, gpu, metrics
+from snapd_daemon import fastrestore, gpu, metrics, stdio
 from snapd_daemon.cgroups import CgroupRequest
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import PidsInUse, PidsStillExiting
@@ -36,6 +37,8 @@ class RestoreOutcome:
     root_pid: int
     pids: list[int]
     seconds: float
+    # where the tree's outward stdio pipes write now (None: it had none)
+    log_path: Path | None = None
 
 
 def ensure_pids_free(manifest: Manifest, wait_seconds: float) -> None:
@@ -62,6 +65,8 @@ class RestoreSpec:
     gpu_uuid_map: dict[str, str] = field(default_factory=dict)
     post_hook: Hook | None = None
     cgroup: CgroupRequest | None = None
+    # file in the restore log directory for outward stdio pipes ("": "<snapshot id>.log")
+    log_name: str = ""
 
 
 def _kill_restored(pids: list[int]) -> None:
@@ -111,11 +116,13 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
             if manifest.gpu:  # from here until its GPUs are back, the tree is frozen on the GPU side
                 rt.journal.write(operation_id, HoldRecord([(pid, 0.0) for pid in manifest.pids],
                                                           list(manifest.gpu.cuda_pids)))
-            with metrics.phase("restore", "criu"):
+            with metrics.phase("restore", "criu"), stdio.inherited_fds(
+                    manifest.outward_stdio, rt.settings.log_dir(), spec.log_name or f"{manifest.id}.log",
+            ) as (inherit, log_path):
                 root = actions.restore(
                     rt.criu, manifest.root_pid, run_dir.images, run_dir.work,
                     shell_job=manifest.shell_job, log_level=rt.settings.criu_log_level, on_notify=fill,
-                    cgroup=cgroup,
+                    cgroup=cgroup, inherit=inherit,
                 )
         except BaseException:
             rt.journal.clear(operation_id)  # CRIU killed what it had restored
@@ -139,7 +146,8 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
         finally:
             rt.journal.clear(operation_id)
         outcome = RestoreOutcome(
-            snapshot_id=manifest.id, root_pid=root, pids=manifest.pids, seconds=round(time.monotonic() - started, 3)
+            snapshot_id=manifest.id, root_pid=root, pids=manifest.pids, seconds=round(time.monotonic() - started, 3),
+            log_path=log_path if any(e.writes for e in manifest.outward_stdio) else None,
         )
         log.info("restore.done", snapshot=manifest.id, root_pid=root, seconds=outcome.seconds)
         return outcome

@@ -39,6 +39,8 @@ class Settings:
     # cost more there); FIELD-NOTES saw THP speed up injection and the driver's
     # host->GPU copy on the GPU host, where it is still to be measured.
     inject_huge_pages: bool = False
+    # Where restored trees' outward stdout/stderr pipes are redirected (None: <state_dir>/logs).
+    restore_log_dir: Path | None = None
     # Threads that hash, compress and write chunks (and read them back on restore).
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
 
@@ -54,6 +56,9 @@ class Settings:
         """(disk, RAM) staging roots."""
         ram = self.ram_dir()
         return self.state_dir / "staging", ram / "staging" if ram else None
+
+    def log_dir(self) -> Path:
+        return self.restore_log_dir or self.state_dir / "logs"
 
     def hot_dir(self) -> Path | None:
         """Where prefetched snapshots keep decompressed chunks (RAM)."""

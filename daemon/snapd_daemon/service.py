@@ -30,6 +30,7 @@ from snapd_daemon.manifest import Manifest
 from snapd_daemon.operations import new_operation_id
 from snapd_daemon.processes import validate_pid
 from snapd_daemon.progress import ProgressEvent, Reporter, Throttle
+from snapd_daemon.stdio import validate_log_name
 from snapd_daemon.restore import RestoreSpec, restore
 from snapd_daemon.runtime import Runtime
 
@@ -157,6 +158,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 post_hook=Hook.parse("post_restore_hook", list(request.post_restore_hook.argv),
                                      request.post_restore_hook.timeout_seconds),
                 cgroup=_cgroup_request(request.cgroup) if request.HasField("cgroup") else None,
+                log_name=validate_log_name(request.log_name),
             )
         except SnapdError as err:
             abort(context, err)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from snapd_daemon.cgroups import Cgroup
@@ -20,14 +21,30 @@ RESTORE_LOG = "restore.log"
 _TAIL_LINES = 12
 
 
-def log_tail(path: Path, lines: int = _TAIL_LINES) -> str:
-    """The last error lines of a CRIU log (else its last lines); '' if there is no log."""
+def _error_lines(path: Path) -> list[str] | None:
+    """The error lines of a CRIU log, CRIU's harmless RLIMIT_NOFILE complaint left
+    out; None if there is no log."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
-        return "(no log written)"
-    errors = [ln for ln in text if "Error" in ln and "RLIMIT_NOFILE" not in ln]
-    return "\n".join((errors or text)[-lines:])
+        return None
+    return [ln for ln in text if "Error" in ln and "RLIMIT_NOFILE" not in ln] or text
+
+
+def log_tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    """The last error lines of a CRIU log (else its last lines)."""
+    found = _error_lines(path)
+    return "(no log written)" if found is None else "\n".join(found[-lines:])
+
+
+def failure_reason(path: Path, errmsg: str) -> str:
+    """What went wrong: the last error in CRIU's log before its closing "... FAILED."
+    line (CRIU's own errmsg is its first error, often a harmless one), else ``errmsg``."""
+    for line in reversed(_error_lines(path) or []):
+        cause = line.split("): ", 1)[-1].strip()
+        if "Error" in line and not cause.endswith("FAILED."):
+            return cause
+    return errmsg
 
 
 def _run(
@@ -40,13 +57,14 @@ def _run(
     log_name: str,
     on_notify: swrk.NotifyHook | None,
     place: swrk.PlaceHook | None = None,
+    extra_fds: tuple[int, ...] = (),
 ) -> rpc_pb2.Resp:
     with contextlib.ExitStack() as fds:
         images_fd = swrk.open_dir(images)
         fds.callback(os.close, images_fd)
         work_fd = swrk.open_dir(work)
         fds.callback(os.close, work_fd)
-        return _call(criu, action, pid, opts, images_fd, work_fd, work, log_name, on_notify, place)
+        return _call(criu, action, pid, opts, (images_fd, work_fd, *extra_fds), work, log_name, on_notify, place)
 
 
 def _call(
@@ -54,23 +72,22 @@ def _call(
     action: str,
     pid: int,
     opts: rpc_pb2.Opts,
-    images_fd: int,
-    work_fd: int,
+    fds: tuple[int, ...],
     work: Path,
     log_name: str,
     on_notify: swrk.NotifyHook | None,
     place: swrk.PlaceHook | None,
 ) -> rpc_pb2.Resp:
+    """``fds``: the images and work directories, then any fd ``opts`` names."""
     try:
-        opts.images_dir_fd = images_fd
-        opts.work_dir_fd = work_fd
+        opts.images_dir_fd, opts.work_dir_fd = fds[:2]
         opts.log_file = log_name
         opts.notify_scripts = on_notify is not None
         req_type = rpc_pb2.DUMP if action == "dump" else rpc_pb2.RESTORE
         return swrk.call(
             criu.path,
             rpc_pb2.Req(type=req_type, opts=opts),
-            pass_fds=(images_fd, work_fd),
+            pass_fds=fds,
             on_notify=on_notify,
             stderr_path=work / f"{action}.stderr",
             place=place,
@@ -83,7 +100,8 @@ def _call(
         raise exc.cause from exc
     except (swrk.SwrkError, OSError) as exc:
         raise CriuFailed(
-            action=action, pid=pid, reason=str(exc), log=work / log_name, log_tail=log_tail(work / log_name)
+            action=action, pid=pid, reason=failure_reason(work / log_name, str(exc)), log=work / log_name,
+            log_tail=log_tail(work / log_name)
         ) from exc
 
 
@@ -97,10 +115,12 @@ def dump(
     log_level: int,
     freeze_timeout: int,
     on_notify: swrk.NotifyHook | None = None,
+    external: Sequence[str] = (),
 ) -> None:
     """Dump the tree rooted at ``pid`` into ``images``. The tree is always left
     running by CRIU; stopping it is the caller's decision, made only once the
-    snapshot is durable."""
+    snapshot is durable. ``external``: resources CRIU may dump without their
+    other end ("unix[ino]"), to be given back at restore with inherit_fd."""
     opts = rpc_pb2.Opts(
         images_dir_fd=-1,
         pid=pid,
@@ -109,6 +129,7 @@ def dump(
         file_locks=True,
         log_level=log_level,
         timeout=freeze_timeout,
+        external=list(external),
     )
     _run(criu, "dump", pid, opts, images, work, DUMP_LOG, on_notify)
 
@@ -123,6 +144,7 @@ def restore(
     log_level: int,
     on_notify: swrk.NotifyHook | None = None,
     cgroup: Cgroup | None = None,
+    inherit: Sequence[tuple[str, int]] = (),
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
 
@@ -130,10 +152,14 @@ def restore(
     swrk child exits and does not depend on the daemon. With ``cgroup``, CRIU
     is moved into that group before it gets the request and leaves cgroups
     alone, so the whole tree is born there (see ``snapd_daemon.cgroups``).
+    ``inherit``: (CRIU key, fd of ours) for resources the tree gets in place of
+    the dumped ones (CRIU's inherit_fd).
     """
     opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level)
+    for key, fd in inherit:
+        opts.inherit_fd.add(key=key, fd=fd)
     if cgroup is not None:
         opts.manage_cgroups_mode = rpc_pb2.IGNORE
     resp = _run(criu, "restore", root_pid, opts, images, work, RESTORE_LOG, on_notify,
-                cgroup.adopt if cgroup is not None else None)
+                cgroup.adopt if cgroup is not None else None, tuple(fd for _, fd in inherit))
     return resp.restore.pid

@@ -53,8 +53,16 @@ FULL: CgMode
 STRICT: CgMode
 DEFAULT: CgMode
 
+class InheritFd(_message.Message):
+    __slots__ = ("key", "fd")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FD_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    fd: int
+    def __init__(self, key: _Optional[str] = ..., fd: _Optional[int] = ...) -> None: ...
+
 class Opts(_message.Message):
-    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "work_dir_fd", "link_remap", "rst_sibling", "manage_cgroups_mode", "external", "timeout")
+    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "work_dir_fd", "link_remap", "rst_sibling", "inherit_fd", "manage_cgroups_mode", "external", "timeout")
     IMAGES_DIR_FD_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +76,7 @@ class Opts(_message.Message):
     WORK_DIR_FD_FIELD_NUMBER: _ClassVar[int]
     LINK_REMAP_FIELD_NUMBER: _ClassVar[int]
     RST_SIBLING_FIELD_NUMBER: _ClassVar[int]
+    INHERIT_FD_FIELD_NUMBER: _ClassVar[int]
     MANAGE_CGROUPS_MODE_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
@@ -84,10 +93,11 @@ class Opts(_message.Message):
     work_dir_fd: int
     link_remap: bool
     rst_sibling: bool
+    inherit_fd: _containers.RepeatedCompositeFieldContainer[InheritFd]
     manage_cgroups_mode: CgMode
     external: _containers.RepeatedScalarFieldContainer[str]
     timeout: int
-    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., timeout: _Optional[int] = ...) -> None: ...
+    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., inherit_fd: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., timeout: _Optional[int] = ...) -> None: ...
 
 class DumpResp(_message.Message):
     __slots__ = ("restored",)

@@ -69,7 +69,7 @@ class Hook(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup")
+    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name")
     class GpuUuidMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -82,12 +82,14 @@ class RestoreRequest(_message.Message):
     GPU_UUID_MAP_FIELD_NUMBER: _ClassVar[int]
     POST_RESTORE_HOOK_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
+    LOG_NAME_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
     wait_for_exit_seconds: int
     gpu_uuid_map: _containers.ScalarMap[str, str]
     post_restore_hook: Hook
     cgroup: CgroupSpec
-    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ...) -> None: ...
+    log_name: str
+    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ...) -> None: ...
 
 class CgroupSpec(_message.Message):
     __slots__ = ("path", "create", "memory_max_bytes", "cpu_max", "pids_max", "cpuset_cpus", "cpuset_mems")
@@ -138,20 +140,22 @@ class RestoreEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup")
+    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path")
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     ROOT_PID_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
+    LOG_PATH_FIELD_NUMBER: _ClassVar[int]
     operation_id: str
     snapshot_id: str
     root_pid: int
     pids: _containers.RepeatedScalarFieldContainer[int]
     duration_seconds: float
     cgroup: str
-    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ...) -> None: ...
+    log_path: str
+    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ...) -> None: ...
 
 class ProcessInfo(_message.Message):
     __slots__ = ("pid", "ppid", "name", "cmdline", "threads", "rss_bytes")

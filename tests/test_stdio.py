@@ -1,0 +1,134 @@
+"""A tree whose stdout/stderr lead to a reader outside it (a pipe to the shell or
+scheduler that started it, a unix socket as journald's) keeps running after a
+restore, writing to the restore log."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import WORKLOADS, Daemon, gone, wait_for
+
+from snapd_client import SnapdClient, SnapdClientError
+from snapd_daemon.stdio import OutwardEnd, outward_stdio, unix_peers
+
+
+def _start_piped(tmp_path: Path) -> tuple[int, Path]:
+    """ticker.py | cat > out, started from a shell: the ticker's stdout and stderr
+    pipe's reader (cat) is outside the ticker's tree."""
+    report, out = tmp_path / "ticker.report", tmp_path / "piped.out"
+    shell = subprocess.Popen(["sh", "-c", '"$1" -u ticker.py "$2" 2>&1 | cat > "$3"', "sh", sys.executable, report, out],
+                             cwd=WORKLOADS, start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=shell.wait, daemon=True).start()
+    wait_for(report.exists, 30, "the ticker to start")
+    return int(report.read_text()), out
+
+
+def _ticks(path: Path, pid: int) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.startswith(f"{pid} tick "))
+
+
+def _start_socketed(tmp_path: Path) -> tuple[int, Path, subprocess.Popen]:
+    """ticker.py with stdout and stderr on a unix stream socket whose peer is held by
+    a reader process outside the ticker's tree (the shape of journald's stdout streams)."""
+    report, out = tmp_path / "ticker.report", tmp_path / "socketed.out"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", SOCKET_READER, str(WORKLOADS / "ticker.py"), str(report), str(out)],
+        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(report.exists, 30, "the ticker to start")
+    return int(report.read_text()), out, reader
+
+
+SOCKET_READER = """
+import socket, subprocess, sys
+ours, theirs = socket.socketpair()
+subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]], stdout=theirs, stderr=theirs, start_new_session=True)
+theirs.close()
+with open(sys.argv[3], "ab", buffering=0) as out:
+    while data := ours.recv(4096):
+        out.write(data)
+"""
+
+
+def test_outward_stdio_is_found() -> None:
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(["sleep", "30"], stdin=in_r, stdout=out_w, stderr=theirs)
+    try:
+        assert unix_peers()[os.fstat(theirs.fileno()).st_ino] == os.fstat(ours.fileno()).st_ino
+        expected = [OutwardEnd(f"pipe:[{os.fstat(in_r).st_ino}]", writes=False),
+                    OutwardEnd(f"pipe:[{os.fstat(out_w).st_ino}]", writes=True),
+                    OutwardEnd(f"socket:[{os.fstat(theirs.fileno()).st_ino}]", writes=True)]
+        assert sorted(outward_stdio([child.pid]), key=str) == sorted(expected, key=str)
+        assert expected[2].criu_external == f"unix[{os.fstat(theirs.fileno()).st_ino}]"
+        # with this process, which holds the other ends, none of them is outward
+        assert not set(outward_stdio([child.pid, os.getpid()])) & set(expected)
+    finally:
+        child.kill()
+        child.wait()
+        for fd in (in_r, in_w, out_r, out_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+
+
+def test_restored_tree_writes_to_the_restore_log(daemon: Daemon, client: SnapdClient, tmp_path: Path,
+                                                 workloads) -> None:
+    pid, piped = _start_piped(tmp_path)
+    wait_for(lambda: _ticks(piped, pid) >= 3, 10, "ticks through the pipe")
+    snap = client.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed ticker to stop")
+    result = client.restore(snap.id)
+    log = daemon.state_dir / "logs" / f"{snap.id}.log"
+    assert result.log_path == str(log)
+    wait_for(lambda: log.exists() and _ticks(log, pid) >= 10, 10, "ticks in the restore log")
+    assert not gone(pid)  # without the redirection the first tick kills it with SIGPIPE
+    assert f"{pid} err " in log.read_text()
+    assert oct(log.stat().st_mode & 0o777) == "0o640"
+
+
+def test_log_name_is_confined_to_the_log_directory(daemon: Daemon, client: SnapdClient, tmp_path: Path,
+                                                   workloads) -> None:
+    pid, _ = _start_piped(tmp_path)
+    snap = client.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed ticker to stop")
+    for bad in ("../escape", "a/b", ".hidden", "x" * 129):
+        with pytest.raises(SnapdClientError) as info:
+            client.restore(snap.id, log_name=bad)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "log_name" in info.value.message
+    logs = daemon.state_dir / "logs"
+    logs.mkdir()
+    (logs / "link").symlink_to(tmp_path / "elsewhere")
+    os.mkfifo(logs / "fifo")
+    for name, reason in (("link", "it is a symbolic link"), ("fifo", "it is a FIFO with no reader")):
+        with pytest.raises(SnapdClientError) as info:
+            client.restore(snap.id, log_name=name)
+        err = info.value
+        assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "RestoreLogUnavailable"
+        assert f"{logs / name}" in err.message and reason in err.message and gone(pid)
+    assert not (tmp_path / "elsewhere").exists()
+    result = client.restore(snap.id, log_name="ticker.log")
+    wait_for(lambda: _ticks(logs / "ticker.log", pid) >= 3, 10, "ticks in the named log")
+    assert result.log_path == str(logs / "ticker.log")
+
+
+def test_stdout_on_an_outside_unix_socket(daemon: Daemon, client: SnapdClient, tmp_path: Path, workloads) -> None:
+    pid, socketed, reader = _start_socketed(tmp_path)
+    try:
+        wait_for(lambda: _ticks(socketed, pid) >= 3, 10, "ticks through the socket")
+        snap = client.checkpoint(pid)  # plain CRIU refuses: "External socket is used"
+        wait_for(lambda: gone(pid), 10, "the checkpointed ticker to stop")
+        result = client.restore(snap.id, log_name="socketed.log")
+        wait_for(lambda: _ticks(Path(result.log_path), pid) >= 5, 10, "ticks in the restore log")
+        assert f"{pid} err " in Path(result.log_path).read_text() and not gone(pid)
+    finally:
+        reader.kill()
+        reader.wait()
