@@ -132,3 +132,27 @@ def test_stdout_on_an_outside_unix_socket(daemon: Daemon, client: SnapdClient, t
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_log_file_that_grew_since_the_dump(client: SnapdClient, tmp_path: Path, workloads) -> None:
+    """CRIU refuses a file whose size changed since the dump (unless it is open
+    O_APPEND); for files open write-only snapd drops that check, so a server whose
+    output goes to a file (`server > log`) restores after its original (left
+    running) or its restored self went on writing."""
+    logfile, report = tmp_path / "server.log", tmp_path / "filelog.report"
+    writer = subprocess.Popen([sys.executable, str(WORKLOADS / "filelog.py"), str(logfile), str(report)],
+                                cwd=WORKLOADS, start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=writer.wait, daemon=True).start()
+    wait_for(report.exists, 30, "the writer to start")
+    pid = int(report.read_text())
+    snap = client.checkpoint(pid, leave_running=True)
+    for _ in range(2):  # the original grows the log, then the restored process does
+        size = logfile.stat().st_size
+        wait_for(lambda size=size: logfile.stat().st_size > size + 100, 10, "the log to grow")
+        workloads.kill_all()
+        wait_for(lambda: gone(pid), 10, "the writer to exit")
+        client.restore(snap.id, wait_for_exit_seconds=10)
+        lines = logfile.stat().st_size
+        wait_for(lambda lines=lines: logfile.stat().st_size > lines, 10, "the restored writer to write")
+        assert not gone(pid)

@@ -24,10 +24,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from snapd_daemon.cas.store import Progress, Route, SnapshotStore, Target, chunk_offsets
-from snapd_daemon.criu.images import Vma, advise_hugepages, pages_images, read_vmas, write_pagemap
+from snapd_daemon.criu.images import (
+    FILES_NAME,
+    Vma,
+    advise_hugepages,
+    pages_images,
+    read_vmas,
+    unpin_output_sizes,
+    write_pagemap,
+)
 from snapd_daemon.manifest import ChunkRef, ImageEntry, Manifest
 
+log = structlog.get_logger()
 PROT_WRITE = 0x2
 MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
@@ -132,7 +143,8 @@ def _inherited(pid: int, region: tuple[int, int], others: dict[int, list[tuple[i
 
 def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: int, progress: Progress,
             huge_pages: bool = False) -> FastRestore:
-    """Write the snapshot's images into ``dest`` with the big regions cut out.
+    """Write the snapshot's images into ``dest`` with the big regions cut out, and
+    without the recorded sizes of files open write-only (outputs grow).
 
     Returns the memory writes to make (``store.deliver``) once CRIU has restored
     the tree and before it resumes it.
@@ -147,6 +159,10 @@ def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: in
                 fd = _create(dest / name, entry.size_bytes, fds)
                 router.add(ChunkIndex(entry), 0, entry.size_bytes, fd=fd)
         store.deliver(manifest, router.take(), lambda _done: None)
+        if (dest / FILES_NAME).exists():
+            outputs = unpin_output_sizes(dest / FILES_NAME)
+            if outputs:
+                log.info("restore.output_files_unpinned", files=outputs)
 
         images = pages_images(dest)
         regions = {

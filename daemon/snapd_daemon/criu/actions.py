@@ -38,9 +38,9 @@ def log_tail(path: Path, lines: int = _TAIL_LINES) -> str:
 
 
 def failure_reason(path: Path, errmsg: str) -> str:
-    """What went wrong: the last error in CRIU's log before its closing "... FAILED."
-    line (CRIU's own errmsg is its first error, often a harmless one), else ``errmsg``."""
-    for line in reversed(_error_lines(path) or []):
+    """What went wrong: the first error in CRIU's log after the harmless
+    RLIMIT_NOFILE complaint, which CRIU reports as its errmsg; else ``errmsg``."""
+    for line in _error_lines(path) or []:
         cause = line.split("): ", 1)[-1].strip()
         if "Error" in line and not cause.endswith("FAILED."):
             return cause

@@ -7,6 +7,7 @@ own), then entries of ``u32 length`` + protobuf message.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ PAGE_SIZE = 4096
 IMG_COMMON_MAGIC = 0x54564319
 PAGEMAP_MAGIC = 0x56084025
 MM_MAGIC = 0x57492820
+FILES_MAGIC = 0x56303138
+FILES_NAME = "files.img"
 MADV_HUGEPAGE = 14
 PE_PARENT = 1
 PE_PRESENT = 4
@@ -112,6 +115,27 @@ def advise_hugepages(path: Path, regions: list[tuple[int, int]]) -> None:
         if (vma.start, vma.end) in wanted:
             vma.madv |= 1 << MADV_HUGEPAGE
     write_image(path, MM_MAGIC, [mm.SerializeToString(), *entries[1:]])
+
+
+def unpin_output_sizes(path: Path) -> list[str]:
+    """Drop the recorded size of every regular file open write-only in ``files.img``.
+
+    CRIU checks it at restore and refuses a file whose size changed (except
+    O_APPEND ones): an output file (`server > log`) the original, left running,
+    or the restored process went on writing. A write-only file holds nothing
+    the process read. Returns the names of those files; other entries are kept
+    as they were."""
+    data = path.read_bytes()
+    entries = [images_pb2.FileEntry.FromString(e) for e in _entries(data, FILES_MAGIC, path)]
+    outputs = []
+    for entry in entries:
+        reg = entry.reg
+        if entry.HasField("reg") and reg.HasField("size") and reg.flags & os.O_ACCMODE == os.O_WRONLY:
+            reg.ClearField("size")
+            outputs.append(reg.name)
+    if outputs:
+        write_image(path, FILES_MAGIC, [e.SerializeToString() for e in entries])
+    return outputs
 
 
 def read_pagemap(path: Path, growing: bool = False) -> PagesImage | None:

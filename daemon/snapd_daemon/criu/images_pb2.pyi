@@ -55,3 +55,25 @@ class MmEntry(_message.Message):
     VMAS_FIELD_NUMBER: _ClassVar[int]
     vmas: _containers.RepeatedCompositeFieldContainer[VmaEntry]
     def __init__(self, vmas: _Optional[_Iterable[_Union[VmaEntry, _Mapping]]] = ...) -> None: ...
+
+class RegFileEntry(_message.Message):
+    __slots__ = ("id", "flags", "name", "size")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    flags: int
+    name: str
+    size: int
+    def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class FileEntry(_message.Message):
+    __slots__ = ("type", "id", "reg")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REG_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    id: int
+    reg: RegFileEntry
+    def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[RegFileEntry, _Mapping]] = ...) -> None: ...
