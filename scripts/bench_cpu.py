@@ -286,7 +286,7 @@ def main() -> int:
                         help="keep the temp dir: stock images and CRIU logs, daemon log (snapd snapshots are deleted)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
-                        help="extra argument for snapd serve, e.g. --serve-option=--inject-read-ahead-mb=0 (repeatable)")
+                        help="extra argument for snapd serve, e.g. --serve-option=--inject-huge-pages (repeatable)")
     parser.add_argument("--criu", help="CRIU binary for both sides (default: what scripts/install-criu.sh prints)")
     args = parser.parse_args()
     if os.geteuid() != 0:
