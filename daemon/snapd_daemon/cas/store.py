@@ -526,6 +526,12 @@ class SnapshotStore:
         return report
 
 
+def _yield_to_criu() -> None:
+    """Run this ingest thread at nice 10: while CRIU dumps, the tree is frozen, and
+    CRIU should win the CPU over storing what it already wrote."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 class _Flusher(Poller):
     """Writes staged chunks to disk in the background while an ingest runs, so
     that the syncfs at publish finds little left to do: one syncfs per interval
@@ -577,7 +583,7 @@ class Ingest:
         self._lock = threading.Lock()
         self._shared = store.lock.shared()
         self._shared.__enter__()
-        self.pool = ThreadPoolExecutor(store.threads, thread_name_prefix="ingest")
+        self.pool = ThreadPoolExecutor(store.threads, thread_name_prefix="ingest", initializer=_yield_to_criu)
         self._flusher: _Flusher | None = _Flusher(store.root, self.tally).__enter__()
 
     def submitted(self, name: str) -> int:
