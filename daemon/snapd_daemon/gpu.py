@@ -44,6 +44,9 @@ class GpuRecord:
     cuda_driver_api: int
     devices: tuple[GpuDevice, ...]
     cuda_pids: tuple[int, ...] = field(default_factory=tuple)
+    # UUIDs of the GPUs each CUDA pid had a context on (NVML); empty: not known,
+    # every device of the host then counts as used
+    gpus_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> GpuRecord:
@@ -53,7 +56,13 @@ class GpuRecord:
             cuda_driver_api=int(data["cuda_driver_api"]),  # type: ignore[call-overload]
             devices=devices,
             cuda_pids=tuple(data["cuda_pids"]),  # type: ignore[arg-type]
+            gpus_of={int(pid): tuple(uuids) for pid, uuids in data.get("gpus_of", {}).items()},  # type: ignore[attr-defined]
         )
+
+    def used(self) -> tuple[GpuDevice, ...]:
+        """The devices the checkpointed processes used, in index order."""
+        wanted = {u for uuids in self.gpus_of.values() for u in uuids}
+        return tuple(d for d in self.devices if d.uuid in wanted) if wanted else self.devices
 
 
 def inventory() -> tuple[str, tuple[GpuDevice, ...]]:
@@ -75,6 +84,28 @@ def inventory() -> tuple[str, tuple[GpuDevice, ...]]:
             devices.append(GpuDevice(i, pynvml.nvmlDeviceGetName(h), pynvml.nvmlDeviceGetUUID(h),
                                      int(pynvml.nvmlDeviceGetMemoryInfo(h).total), mig))
         return pynvml.nvmlSystemGetDriverVersion(), tuple(devices)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def gpus_by_pid(pids: tuple[int, ...]) -> dict[int, tuple[str, ...]]:
+    """UUIDs of the GPUs each of ``pids`` has a CUDA context on, as NVML lists
+    compute processes (pids it does not list are left out; {} without NVML)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # NVML's own error classes, or ImportError without the module
+        return {}
+    try:
+        found: dict[int, list[str]] = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids:
+                    found.setdefault(proc.pid, []).append(uuid)
+        return {pid: tuple(uuids) for pid, uuids in found.items()}
     finally:
         pynvml.nvmlShutdown()
 
@@ -172,7 +203,8 @@ def _preflight_cuda(tree: ProcessTree) -> GpuRecord | None:
         raise GpuUnsupported(pid=cuda[0], name=comm(cuda[0]),
                              reason=f"GPU {mig[0].index} ({mig[0].uuid}) is in MIG mode",
                              fix="disable MIG mode (nvidia-smi -mig 0) for checkpointable servers")
-    return GpuRecord(driver_version=version, cuda_driver_api=api, devices=devices, cuda_pids=tuple(cuda))
+    return GpuRecord(driver_version=version, cuda_driver_api=api, devices=devices, cuda_pids=tuple(cuda),
+                     gpus_of=gpus_by_pid(tuple(cuda)))
 
 
 class CudaFreeze:
@@ -211,46 +243,70 @@ def _cuda_call(action: str, pid: int, fn: Callable[[], None]) -> None:
         raise CudaFailed(action=action, pid=pid, reason=str(exc), rollback="") from exc
 
 
-def restore_pairs(snapshot_id: str, record: GpuRecord, uuid_map: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    """GPU pairs for restoring ``record``'s processes on this host, or GpuMismatch.
-
-    Checks the driver branch and the GPU model. Without ``uuid_map``, the
-    snapshot's GPUs are used if present, else this host's GPUs in index order.
-    """
+def restore_pairs(snapshot_id: str, record: GpuRecord, uuid_map: dict[str, str]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Per CUDA pid, the GPU pairs to restore it with on this host ({} or empty
+    lists: onto the same GPUs), or GpuMismatch. See ``plan_pairs``."""
     version, devices = inventory()
+    return plan_pairs(snapshot_id, record, version, devices, uuid_map)
+
+
+def plan_pairs(snapshot_id: str, record: GpuRecord, version: str, devices: tuple[GpuDevice, ...],
+               uuid_map: dict[str, str]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Where the GPUs the snapshot's processes used go on a host with ``devices``.
+
+    Checks the driver branch and the GPU model. Each used GPU goes where
+    ``uuid_map`` says, else to itself when this host has it, else to the first
+    free GPU of the same model. When any GPU moves (or a map is given), each
+    pid gets a pair for every GPU it used: the driver wants the array to name
+    every GPU the process checkpointed.
+    """
     if not devices:
         raise GpuMismatch(snapshot_id=snapshot_id, reason="no NVIDIA GPU or driver on this host")
     if version.split(".")[0] != record.driver_version.split(".")[0]:
         raise GpuMismatch(snapshot_id=snapshot_id,
                           reason=f"driver {version} here, snapshot taken with {record.driver_version} "
                                  "(the driver branch must match)")
-    if len(devices) < len(record.devices):
+    used = record.used()
+    if len(devices) < len(used):
         raise GpuMismatch(snapshot_id=snapshot_id,
-                          reason=f"{len(devices)} GPU(s) here, the snapshot was taken with {len(record.devices)}")
+                          reason=f"{len(devices)} GPU(s) here, the snapshot's processes used {len(used)}")
+    unknown = set(uuid_map) - {d.uuid for d in used}
+    if unknown:
+        raise GpuMismatch(snapshot_id=snapshot_id,
+                          reason=f"GPU map names GPUs the snapshot's processes did not use: {sorted(unknown)}")
     by_uuid = {d.uuid: d for d in devices}
+    taken = set(uuid_map.values())
     targets: dict[str, GpuDevice] = {}
-    for i, old in enumerate(record.devices):
-        new_uuid = uuid_map.get(old.uuid) or (old.uuid if old.uuid in by_uuid else devices[i].uuid)
-        new = by_uuid.get(new_uuid)
-        if new is None:
-            raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no GPU {new_uuid} on this host")
+    for old in used:
+        if old.uuid in uuid_map:
+            new = by_uuid.get(uuid_map[old.uuid])
+            if new is None:
+                raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no GPU {uuid_map[old.uuid]} on this host")
+        elif old.uuid in by_uuid and old.uuid not in taken:
+            new = by_uuid[old.uuid]
+        else:
+            new = next((d for d in devices if d.name == old.name and d.uuid not in taken), None)
+            if new is None:
+                raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no free {old.name} here for GPU {old.uuid}")
         if new.name != old.name:
             raise GpuMismatch(snapshot_id=snapshot_id,
                               reason=f"GPU {old.uuid} was a {old.name}; {new.uuid} here is a {new.name}")
         if any(t.uuid == new.uuid for t in targets.values()):
             raise GpuMismatch(snapshot_id=snapshot_id, reason=f"two of the snapshot's GPUs would go to {new.uuid}")
+        taken.add(new.uuid)
         targets[old.uuid] = new
-    unknown = set(uuid_map) - targets.keys()
-    if unknown:
-        raise GpuMismatch(snapshot_id=snapshot_id, reason=f"GPU map names GPUs not in the snapshot: {sorted(unknown)}")
-    # pairs for every GPU that moves, and for every GPU the caller mapped explicitly
-    return [(driver.gpu_uuid_bytes(old), driver.gpu_uuid_bytes(new.uuid))
-            for old, new in targets.items() if old != new.uuid or old in uuid_map]
+    if not uuid_map and all(old == new.uuid for old, new in targets.items()):
+        return {}
+    every = tuple(targets)
+    return {pid: [(driver.gpu_uuid_bytes(old), driver.gpu_uuid_bytes(targets[old].uuid))
+                  for old in (record.gpus_of.get(pid) or every)]
+            for pid in record.cuda_pids}
 
 
-def resume_restored(pids: tuple[int, ...], pairs: list[tuple[bytes, bytes]]) -> None:
-    """Restore (VRAM back to the GPU) then unlock every CUDA process of a restored tree."""
+def resume_restored(pids: tuple[int, ...], pairs: dict[int, list[tuple[bytes, bytes]]]) -> None:
+    """Restore (VRAM back to the GPU, onto ``pairs[pid]`` when given) then unlock
+    every CUDA process of a restored tree."""
     for pid in pids:
-        _cuda_call("restore", pid, lambda p=pid: driver.restore(p, pairs or None))
+        _cuda_call("restore", pid, lambda p=pid: driver.restore(p, pairs.get(p) or None))
     for pid in pids:
         _cuda_call("unlock", pid, lambda p=pid: driver.unlock(p))

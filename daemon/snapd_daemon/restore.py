@@ -86,7 +86,7 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter)
           rt.cgroups.placement(spec.cgroup, manifest) as cgroup):
         manifest = rt.store.get(manifest.id)  # still there now that it is claimed (an rm may have won)
         report(ProgressEvent(Phase.PREPARE, 0, manifest.raw_bytes, f"checking pids {manifest.pids}"))
-        pairs = gpu.restore_pairs(manifest.id, manifest.gpu, spec.gpu_uuid_map) if manifest.gpu else []
+        pairs = gpu.restore_pairs(manifest.id, manifest.gpu, spec.gpu_uuid_map) if manifest.gpu else {}
         ensure_pids_free(manifest, spec.wait_seconds or rt.settings.pid_wait_seconds)
         run_dir = rt.store.new_staging(operation_id, needed=manifest.raw_bytes)
         try:
