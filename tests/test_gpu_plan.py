@@ -44,6 +44,13 @@ def test_only_the_gpus_used_must_exist_and_every_used_gpu_is_paired() -> None:
     assert plan_pairs("s", record, "580.95", (A, X), {}) == {10: [_pair(A, A)], 11: [_pair(A, A), _pair(B, X)]}
 
 
+def test_a_pid_nvml_did_not_list_counts_as_using_every_gpu() -> None:
+    record = GpuRecord(driver_version="580.159.04", cuda_driver_api=13000, devices=(A, B), cuda_pids=(10, 11),
+                       gpus_of={10: (A.uuid,)})
+    assert record.used() == (A, B)
+    assert plan_pairs("s", record, "580.95", (A, X), {}) == {10: [_pair(A, A)], 11: [_pair(A, A), _pair(B, X)]}
+
+
 def test_explicit_map_pairs_even_onto_the_same_gpu() -> None:
     record = _record((A,), {10: (A.uuid,)})
     assert plan_pairs("s", record, "580.95", (A,), {A.uuid: A.uuid}) == {10: [_pair(A, A)]}

@@ -21,6 +21,20 @@ def test_throttle_keeps_phase_starts_messages_and_completions() -> None:
     ]
 
 
+def test_held_back_events_are_passed_on_at_phase_end_and_flush() -> None:
+    sent: list[ProgressEvent] = []
+    report = Throttle(sent.append, interval=60)
+    for done in range(5):
+        report(ProgressEvent(Phase.DUMP, done, 100))  # total is an estimate: never reached
+    report(ProgressEvent(Phase.COMMIT, 0, 100))
+    report(ProgressEvent(Phase.COMMIT, 7, 100))
+    report.flush()
+    report.flush()  # nothing left: no repeat
+    assert [(e.phase, e.bytes_done) for e in sent] == [
+        (Phase.DUMP, 0), (Phase.DUMP, 4), (Phase.COMMIT, 0), (Phase.COMMIT, 7),
+    ]
+
+
 def test_throttle_passes_one_event_per_interval() -> None:
     sent: list[ProgressEvent] = []
     report = Throttle(sent.append, interval=0.05)

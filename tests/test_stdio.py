@@ -5,6 +5,7 @@ restore, writing to the restore log."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -93,6 +94,51 @@ def test_restored_tree_writes_to_the_restore_log(daemon: Daemon, client: SnapdCl
     assert not gone(pid)  # without the redirection the first tick kills it with SIGPIPE
     assert f"{pid} err " in log.read_text()
     assert oct(log.stat().st_mode & 0o777) == "0o640"
+
+
+PIPES_READER = """
+import subprocess, sys, threading
+child = subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+def copy(source, path):
+    with open(path, "ab", buffering=0) as out:
+        while data := source.read1(4096):
+            out.write(data)
+threads = [threading.Thread(target=copy, args=(child.stdout, sys.argv[3])),
+           threading.Thread(target=copy, args=(child.stderr, sys.argv[4]))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_separate_stdout_and_stderr_pipes_append_to_one_log(daemon: Daemon, client: SnapdClient, tmp_path: Path,
+                                                             workloads) -> None:
+    """A scheduler's Popen(stdout=PIPE, stderr=PIPE): two outward pipes. Both go to the
+    log, which is appended to (earlier content kept), restore after restore."""
+    report = tmp_path / "ticker.report"
+    reader = subprocess.Popen([sys.executable, "-c", PIPES_READER, str(WORKLOADS / "ticker.py"), str(report),
+                               str(tmp_path / "out"), str(tmp_path / "err")], start_new_session=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=reader.wait, daemon=True).start()
+    wait_for(report.exists, 30, "the ticker to start")
+    pid = int(report.read_text())
+    snap = client.checkpoint(pid)
+    assert len(client.get(snap.id).processes) == 1
+    log = daemon.state_dir / "logs" / "two-pipes.log"
+    log.parent.mkdir()
+    log.write_text("written before the restores\n")
+    for _ in range(2):
+        wait_for(lambda: gone(pid), 10, "the ticker to stop")
+        client.restore(snap.id, log_name=log.name, wait_for_exit_seconds=10)
+        before = _ticks(log, pid)
+        wait_for(lambda before=before: _ticks(log, pid) >= before + 5, 10, "ticks in the log")
+        workloads.kill_all()
+    lines = log.read_text().splitlines()
+    assert lines[0] == "written before the restores"
+    assert all(re.fullmatch(rf"{pid} (tick|err) \d+", line) for line in lines[1:]), lines
+    assert {line.split()[1] for line in lines[1:]} == {"tick", "err"}
 
 
 def test_log_name_is_confined_to_the_log_directory(daemon: Daemon, client: SnapdClient, tmp_path: Path,

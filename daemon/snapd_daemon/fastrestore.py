@@ -29,11 +29,11 @@ import structlog
 from snapd_daemon.cas.store import Progress, Route, SnapshotStore, Target, chunk_offsets
 from snapd_daemon.criu.images import (
     FILES_NAME,
+    adjust_files,
     Vma,
     advise_hugepages,
     pages_images,
     read_vmas,
-    unpin_output_sizes,
     write_pagemap,
 )
 from snapd_daemon.manifest import ChunkRef, ImageEntry, Manifest
@@ -143,8 +143,9 @@ def _inherited(pid: int, region: tuple[int, int], others: dict[int, list[tuple[i
 
 def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: int, progress: Progress,
             huge_pages: bool = False) -> FastRestore:
-    """Write the snapshot's images into ``dest`` with the big regions cut out, and
-    without the recorded sizes of files open write-only (outputs grow).
+    """Write the snapshot's images into ``dest`` with the big regions cut out, without
+    the recorded sizes of files open write-only (outputs grow), and with O_APPEND
+    on the tree's outward stdout/stderr pipes (they will write to a restore log).
 
     Returns the memory writes to make (``store.deliver``) once CRIU has restored
     the tree and before it resumes it.
@@ -160,7 +161,8 @@ def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: in
                 router.add(ChunkIndex(entry), 0, entry.size_bytes, fd=fd)
         store.deliver(manifest, router.take(), lambda _done: None)
         if (dest / FILES_NAME).exists():
-            outputs = unpin_output_sizes(dest / FILES_NAME)
+            appended = {inode for end in manifest.outward_stdio if end.writes and (inode := end.pipe_inode)}
+            outputs = adjust_files(dest / FILES_NAME, appended)
             if outputs:
                 log.info("restore.output_files_unpinned", files=outputs)
 

@@ -44,8 +44,8 @@ class GpuRecord:
     cuda_driver_api: int
     devices: tuple[GpuDevice, ...]
     cuda_pids: tuple[int, ...] = field(default_factory=tuple)
-    # UUIDs of the GPUs each CUDA pid had a context on (NVML); empty: not known,
-    # every device of the host then counts as used
+    # UUIDs of the GPUs each CUDA pid had a context on (NVML); a pid missing: not
+    # known, every device of the host then counts as used
     gpus_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
@@ -60,9 +60,12 @@ class GpuRecord:
         )
 
     def used(self) -> tuple[GpuDevice, ...]:
-        """The devices the checkpointed processes used, in index order."""
+        """The devices the checkpointed processes used, in index order (all of them
+        unless NVML listed every CUDA pid)."""
+        if not self.cuda_pids or any(pid not in self.gpus_of for pid in self.cuda_pids):
+            return self.devices
         wanted = {u for uuids in self.gpus_of.values() for u in uuids}
-        return tuple(d for d in self.devices if d.uuid in wanted) if wanted else self.devices
+        return tuple(d for d in self.devices if d.uuid in wanted)
 
 
 def inventory() -> tuple[str, tuple[GpuDevice, ...]]:
@@ -98,14 +101,17 @@ def gpus_by_pid(pids: tuple[int, ...]) -> dict[int, tuple[str, ...]]:
     except Exception:  # NVML's own error classes, or ImportError without the module
         return {}
     try:
-        found: dict[int, list[str]] = {}
+        found: dict[int, dict[str, None]] = {}  # ordered sets: a pid with several contexts on a GPU
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if proc.pid in pids:
-                    found.setdefault(proc.pid, []).append(uuid)
+                    found.setdefault(proc.pid, {})[uuid] = None
         return {pid: tuple(uuids) for pid, uuids in found.items()}
+    except pynvml.NVMLError as err:
+        log.warning("gpu.usage_unknown", error=str(err))
+        return {}
     finally:
         pynvml.nvmlShutdown()
 

@@ -81,6 +81,14 @@ def _record(proc: psutil.Process) -> ProcessRecord:
         )
 
 
+def _session_id(pid: int) -> int | None:
+    """pid's session id as its pid namespace sees it; None if it has exited."""
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     """Describe the tree rooted at ``pid``, refusing what must never be checkpointed.
 
@@ -119,10 +127,10 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     if daemon_pid in pids:
         raise ProcessProtected(pid=pid, name=name, reason=f"its tree contains the snapd daemon (pid {daemon_pid})")
     try:
-        orphaned = [p for p in sorted(pids) if os.getsid(p) == 0]
         external = os.getsid(pid) not in pids or os.getpgid(pid) not in pids
     except ProcessLookupError as exc:
         raise ProcessNotFound(pid=pid) from exc
+    orphaned = [p for p in sorted(pids) if _session_id(p) == 0]
     if orphaned:
         raise ProcessProtected(
             pid=pid, name=name,

@@ -40,7 +40,9 @@ Reporter = Callable[[ProgressEvent], None]
 class Throttle:
     """A Reporter that passes on at most one event per ``interval`` seconds of a
     phase, but always the first of a phase, any with a message, and the one that
-    completes it (``bytes_done == bytes_total``).
+    completes it (``bytes_done == bytes_total``). The latest event held back is
+    passed on before the next phase starts, and by ``flush`` (call it before
+    the operation's result), so the last figure of a phase is never lost.
 
     Workers report once per chunk (thousands per second when restoring from
     RAM); each forwarded event costs a protobuf message on the stream and GIL
@@ -53,16 +55,30 @@ class Throttle:
         self._lock = threading.Lock()
         self._phase: Phase | None = None
         self._last = 0.0
+        self._held: ProgressEvent | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
         now = time.monotonic()
         with self._lock:
+            if event.phase is not self._phase:
+                self._pass_held()
             due = (event.phase is not self._phase or event.message or now - self._last >= self._interval
                    or event.bytes_done == event.bytes_total)
             if not due:
+                self._held = event
                 return
+            self._held = None
             self._phase, self._last = event.phase, now
             self._report(event)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._pass_held()
+
+    def _pass_held(self) -> None:
+        if self._held is not None:
+            self._report(self._held)
+            self._held = None
 
 
 class DirectoryGrowth(Poller):

@@ -96,7 +96,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
             metrics.IN_FLIGHT.inc()
             try:
-                result = work(op_id, Throttle(events.put))
+                report = Throttle(events.put)
+                result = work(op_id, report)
+                report.flush()
                 metrics.OPERATIONS.labels(kind, "ok").inc()
                 events.put((_DONE, result))
             except SnapdError as err:

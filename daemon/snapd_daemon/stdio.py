@@ -55,6 +55,11 @@ class OutwardEnd:
     writes: bool
 
     @property
+    def pipe_inode(self) -> int | None:
+        kind, inode = _ANON.fullmatch(self.key).groups()  # type: ignore[union-attr]
+        return int(inode) if kind == "pipe" else None
+
+    @property
     def criu_external(self) -> str | None:
         """The dump option that lets CRIU dump it ("unix[ino]"); None for a pipe."""
         kind, inode = _ANON.fullmatch(self.key).groups()  # type: ignore[union-attr]
@@ -92,9 +97,13 @@ def unix_peers() -> dict[int, int]:
 
 
 def _anonymous_fds(pid: int) -> Iterator[tuple[str, str, int, int]]:
-    """(fd, kind, inode, O_ACCMODE) for every pipe and socket fd of pid."""
+    """(fd, kind, inode, O_ACCMODE) for every pipe and socket fd of pid (none if it exited)."""
     fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
+    try:
+        fds = os.listdir(fd_dir)
+    except (FileNotFoundError, ProcessLookupError):
+        return
+    for fd in fds:
         try:
             match = _ANON.fullmatch(os.readlink(f"{fd_dir}/{fd}"))
             if match is None:
@@ -152,17 +161,23 @@ def inherited_fds(ends: list[OutwardEnd], log_dir: Path, name: str) -> Iterator[
     """Open what each outward end becomes; yields ([(CRIU key, fd)], log path) and closes them after.
 
     The log is opened below ``log_dir`` without following links, created 0640
-    and appended to; a FIFO there needs a reader. Raises RestoreLogUnavailable."""
+    and appended to; a FIFO there needs a reader. Each key gets an fd of its
+    own (CRIU moves every inherited fd into its store and closes it).
+    Raises RestoreLogUnavailable."""
     path = log_dir / name
     fds: list[int] = []
     try:
-        inherit = []
+        sources: dict[bool, int] = {}
         if any(e.writes for e in ends):
-            fds.append(_open_log(log_dir, name))
-            inherit += [(e.key, fds[-1]) for e in ends if e.writes]
+            sources[True] = _open_log(log_dir, name)
+            fds.append(sources[True])
         if any(not e.writes for e in ends):
-            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-            inherit += [(e.key, fds[-1]) for e in ends if not e.writes]
+            sources[False] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(sources[False])
+        inherit = []
+        for end in ends:
+            fds.append(os.dup(sources[end.writes]))
+            inherit.append((end.key, fds[-1]))
         yield inherit, path
     finally:
         for fd in fds:

@@ -527,9 +527,14 @@ class SnapshotStore:
 
 
 def _yield_to_criu() -> None:
-    """Run this ingest thread at nice 10: while CRIU dumps, the tree is frozen, and
-    CRIU should win the CPU over storing what it already wrote."""
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    """Run this ingest thread 10 nice levels below the daemon (at most 19): while
+    CRIU dumps, the tree is frozen, and CRIU should win the CPU over storing what
+    it already wrote. Best effort."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+    except OSError as err:
+        log.warning("ingest.nice_failed", error=str(err))
 
 
 class _Flusher(Poller):

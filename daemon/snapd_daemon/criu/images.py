@@ -117,23 +117,33 @@ def advise_hugepages(path: Path, regions: list[tuple[int, int]]) -> None:
     write_image(path, MM_MAGIC, [mm.SerializeToString(), *entries[1:]])
 
 
-def unpin_output_sizes(path: Path) -> list[str]:
-    """Drop the recorded size of every regular file open write-only in ``files.img``.
+def adjust_files(path: Path, append_pipes: set[int]) -> list[str]:
+    """Rewrite ``files.img`` for a restore; returns the names of the files unpinned.
 
-    CRIU checks it at restore and refuses a file whose size changed (except
-    O_APPEND ones): an output file (`server > log`) the original, left running,
-    or the restored process went on writing. A write-only file holds nothing
-    the process read. Returns the names of those files; other entries are kept
-    as they were."""
+    - The recorded size of every regular file open write-only is dropped. CRIU
+      refuses a file whose size changed (except O_APPEND ones): an output file
+      (`server > log`) that the original, left running, or the restored process
+      went on writing. A write-only file holds nothing the process read.
+    - The write ends of the pipes in ``append_pipes`` (inodes) get O_APPEND.
+      CRIU reopens an inherited pipe's replacement with the pipe's flags, so a
+      restore log handed in for it is then appended to, not written from 0.
+
+    Other entries, and every field snapd does not model, are kept as they were.
+    """
     data = path.read_bytes()
     entries = [images_pb2.FileEntry.FromString(e) for e in _entries(data, FILES_MAGIC, path)]
     outputs = []
+    changed = False
     for entry in entries:
-        reg = entry.reg
+        reg, pipe = entry.reg, entry.pipe
         if entry.HasField("reg") and reg.HasField("size") and reg.flags & os.O_ACCMODE == os.O_WRONLY:
             reg.ClearField("size")
             outputs.append(reg.name)
-    if outputs:
+            changed = True
+        if entry.HasField("pipe") and pipe.pipe_id in append_pipes and pipe.flags & os.O_ACCMODE == os.O_WRONLY:
+            pipe.flags |= os.O_APPEND
+            changed = True
+    if changed:
         write_image(path, FILES_MAGIC, [e.SerializeToString() for e in entries])
     return outputs
 

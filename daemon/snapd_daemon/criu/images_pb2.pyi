@@ -68,12 +68,24 @@ class RegFileEntry(_message.Message):
     size: int
     def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
+class PipeEntry(_message.Message):
+    __slots__ = ("id", "pipe_id", "flags")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PIPE_ID_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    pipe_id: int
+    flags: int
+    def __init__(self, id: _Optional[int] = ..., pipe_id: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+
 class FileEntry(_message.Message):
-    __slots__ = ("type", "id", "reg")
+    __slots__ = ("type", "id", "reg", "pipe")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     REG_FIELD_NUMBER: _ClassVar[int]
+    PIPE_FIELD_NUMBER: _ClassVar[int]
     type: int
     id: int
     reg: RegFileEntry
-    def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[RegFileEntry, _Mapping]] = ...) -> None: ...
+    pipe: PipeEntry
+    def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[RegFileEntry, _Mapping]] = ..., pipe: _Optional[_Union[PipeEntry, _Mapping]] = ...) -> None: ...
