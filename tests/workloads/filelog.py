@@ -1,4 +1,4 @@
-"""Write "<pid> line <n>" to LOG ten times a second, through one write-only file
+"""Write "<pid> line <n> <wall clock ns>" to LOG ten times a second, through one write-only file
 opened as `cmd > LOG` opens it (truncated, not appending).
 
 usage: filelog.py LOG REPORT
@@ -16,5 +16,5 @@ write_report(sys.argv[2], str(os.getpid()))
 n = 0
 while True:
     n += 1
-    log.write(f"{os.getpid()} line {n}\n")
+    log.write(f"{os.getpid()} line {n} {time.time_ns()}\n")
     time.sleep(0.1)

@@ -123,7 +123,9 @@ def adjust_files(path: Path, append_pipes: set[int]) -> list[str]:
     - The recorded size of every regular file open write-only is dropped. CRIU
       refuses a file whose size changed (except O_APPEND ones): an output file
       (`server > log`) that the original, left running, or the restored process
-      went on writing. A write-only file holds nothing the process read.
+      went on writing. A write-only file holds nothing the process read. When
+      its size did change, the restored fd goes on at the file's end now (not
+      over what was written since, nor past the end of a truncated file).
     - The write ends of the pipes in ``append_pipes`` (inodes) get O_APPEND.
       CRIU reopens an inherited pipe's replacement with the pipe's flags, so a
       restore log handed in for it is then appended to, not written from 0.
@@ -137,6 +139,12 @@ def adjust_files(path: Path, append_pipes: set[int]) -> list[str]:
     for entry in entries:
         reg, pipe = entry.reg, entry.pipe
         if entry.HasField("reg") and reg.HasField("size") and reg.flags & os.O_ACCMODE == os.O_WRONLY:
+            try:
+                now = os.stat(reg.name).st_size
+            except OSError:  # not visible from here (another mount namespace): CRIU decides
+                continue
+            if now != reg.size:
+                reg.pos = now
             reg.ClearField("size")
             outputs.append(reg.name)
             changed = True

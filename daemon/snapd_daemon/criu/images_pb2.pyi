@@ -57,16 +57,18 @@ class MmEntry(_message.Message):
     def __init__(self, vmas: _Optional[_Iterable[_Union[VmaEntry, _Mapping]]] = ...) -> None: ...
 
 class RegFileEntry(_message.Message):
-    __slots__ = ("id", "flags", "name", "size")
+    __slots__ = ("id", "flags", "pos", "name", "size")
     ID_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    POS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     id: int
     flags: int
+    pos: int
     name: str
     size: int
-    def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class PipeEntry(_message.Message):
     __slots__ = ("id", "pipe_id", "flags")
