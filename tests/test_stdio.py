@@ -65,9 +65,9 @@ def test_outward_stdio_is_found() -> None:
     child = subprocess.Popen(["sleep", "30"], stdin=in_r, stdout=out_w, stderr=theirs)
     try:
         assert unix_peers()[os.fstat(theirs.fileno()).st_ino] == os.fstat(ours.fileno()).st_ino
-        expected = [OutwardEnd(f"pipe:[{os.fstat(in_r).st_ino}]", writes=False),
-                    OutwardEnd(f"pipe:[{os.fstat(out_w).st_ino}]", writes=True),
-                    OutwardEnd(f"socket:[{os.fstat(theirs.fileno()).st_ino}]", writes=True)]
+        expected = [OutwardEnd("pipe", os.fstat(in_r).st_ino, writes=False),
+                    OutwardEnd("pipe", os.fstat(out_w).st_ino, writes=True),
+                    OutwardEnd("socket", os.fstat(theirs.fileno()).st_ino, writes=True)]
         assert sorted(outward_stdio([child.pid]), key=str) == sorted(expected, key=str)
         assert expected[2].criu_external == f"unix[{os.fstat(theirs.fileno()).st_ino}]"
         # with this process, which holds the other ends, none of them is outward

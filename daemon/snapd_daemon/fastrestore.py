@@ -161,7 +161,7 @@ def prepare(store: SnapshotStore, manifest: Manifest, dest: Path, min_region: in
                 router.add(ChunkIndex(entry), 0, entry.size_bytes, fd=fd)
         store.deliver(manifest, router.take(), lambda _done: None)
         if (dest / FILES_NAME).exists():
-            appended = {inode for end in manifest.outward_stdio if end.writes and (inode := end.pipe_inode)}
+            appended = {end.inode for end in manifest.outward_stdio if end.writes and end.kind == "pipe"}
             outputs = adjust_files(dest / FILES_NAME, appended)
             if outputs:
                 log.info("restore.output_files_unpinned", files=outputs)

@@ -51,19 +51,19 @@ class OutwardEnd:
     """The tree's end of a pipe or unix socket whose other end no process of the
     tree holds, on a standard stream: ``writes`` for stdout/stderr, else stdin."""
 
-    key: str  # how CRIU names it for inherit_fd: "pipe:[ino]" or "socket:[ino]"
+    kind: str  # "pipe" or "socket"
+    inode: int
     writes: bool
 
     @property
-    def pipe_inode(self) -> int | None:
-        kind, inode = _ANON.fullmatch(self.key).groups()  # type: ignore[union-attr]
-        return int(inode) if kind == "pipe" else None
+    def key(self) -> str:
+        """How CRIU names it for inherit_fd: "pipe:[ino]" or "socket:[ino]"."""
+        return f"{self.kind}:[{self.inode}]"
 
     @property
     def criu_external(self) -> str | None:
         """The dump option that lets CRIU dump it ("unix[ino]"); None for a pipe."""
-        kind, inode = _ANON.fullmatch(self.key).groups()  # type: ignore[union-attr]
-        return f"unix[{inode}]" if kind == "socket" else None
+        return f"unix[{self.inode}]" if self.kind == "socket" else None
 
 
 def unix_peers() -> dict[int, int]:
@@ -120,31 +120,29 @@ def outward_stdio(pids: list[int]) -> list[OutwardEnd]:
     of them holds, a unix socket whose peer none of them holds."""
     pipe_modes: dict[int, set[int]] = {}
     sockets: set[int] = set()
-    stdio: dict[str, bool] = {}  # key -> writes
+    stdio: dict[tuple[str, int], bool] = {}  # (kind, inode) -> writes
     for pid in pids:
         for fd, kind, inode, mode in _anonymous_fds(pid):
-            key = f"{kind}:[{inode}]"
             if kind == "pipe":
                 pipe_modes.setdefault(inode, set()).add(mode)
             else:
                 sockets.add(inode)
             if fd in _STDIO:
-                stdio[key] = stdio.get(key, False) or fd != "0"
+                stdio[kind, inode] = stdio.get((kind, inode), False) or fd != "0"
     peers: dict[int, int] = {}
-    if any(k.startswith("socket") for k in stdio):
+    if any(kind == "socket" for kind, _ in stdio):
         try:
             peers = unix_peers()
         except OSError as err:  # no unix_diag in this kernel: CRIU cannot dump unix sockets either
             log.warning("stdio.sock_diag_failed", error=str(err))
     outward = []
-    for key, writes in sorted(stdio.items()):
-        kind, inode = _ANON.fullmatch(key).groups()  # type: ignore[union-attr]
+    for (kind, inode), writes in sorted(stdio.items()):
         if kind == "pipe":
-            alone = pipe_modes[int(inode)] in ({os.O_WRONLY}, {os.O_RDONLY})
+            alone = pipe_modes[inode] in ({os.O_WRONLY}, {os.O_RDONLY})
         else:
-            alone = peers.get(int(inode), 0) not in (0, *sockets)
+            alone = peers.get(inode, 0) not in (0, *sockets)
         if alone:
-            outward.append(OutwardEnd(key, writes))
+            outward.append(OutwardEnd(kind, inode, writes))
     return outward
 
 
