@@ -50,8 +50,8 @@ from benchlib import (
     wait_until,
 )
 from snapd_client import SnapdClient
-from snapd_daemon.cuda import driver
-from snapd_daemon.gpu import inventory
+from snapd_daemon.host import cuda as driver
+from snapd_daemon.host.gpu import inventory
 
 SERVER = REPO / "scripts" / "reference_server.py"
 PROMPT = [128000, 791, 3938, 315, 17332, 374, 220, 17, 13]

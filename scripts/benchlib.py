@@ -68,7 +68,7 @@ class Daemon:
     def start(self, timeout: float = 60) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "snapd_client", "serve", "--state-dir", str(self.state_dir),
+                [sys.executable, "-m", "snapd_daemon", "serve", "--state-dir", str(self.state_dir),
                  "--socket", str(self.socket), "--log-format", "json", "--criu", self.criu, *self.serve_options],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )

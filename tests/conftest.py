@@ -53,7 +53,7 @@ class Daemon:
         return f"unix://{self.socket}"
 
     def cli_args(self) -> list[str]:
-        args = [sys.executable, "-m", "snapd_client", "serve", "--state-dir", str(self.state_dir),
+        args = [sys.executable, "-m", "snapd_daemon", "serve", "--state-dir", str(self.state_dir),
                 "--socket", str(self.socket), "--log-format", "json", *self.extra_args]
         if os.environ.get("SNAPD_CRIU"):
             args += ["--criu", os.environ["SNAPD_CRIU"]]
@@ -135,7 +135,7 @@ class Workloads:
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(pid)
                 argv = proc.cmdline()
-                if mine in " ".join(argv) and "snapd_client" not in argv:
+                if mine in " ".join(argv) and not {"snapd_client", "snapd_daemon"} & set(argv):
                     proc.kill()
 
 

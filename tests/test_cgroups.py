@@ -21,7 +21,7 @@ import pytest
 from conftest import Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import CgroupSpec, SnapdClientError
-from snapd_daemon.cgroups import cgroup2_mount, cgroup_of
+from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
 
 
 @pytest.fixture

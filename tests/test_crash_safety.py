@@ -14,7 +14,7 @@ from conftest import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_fo
 
 from snapd_client import SnapdClientError
 from snapd.v1 import snapd_pb2 as pb
-from snapd_daemon.holds import HoldJournal, HoldRecord
+from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
 from snapd_daemon.runtime import Settings
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from snapd_client.cli import serve
-from snapd_daemon import config
+from snapd_daemon.server import config
+from snapd_daemon.server.cli import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "gpu-snapd.service"

@@ -13,7 +13,7 @@ import pytest
 from conftest import Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClientError
-from snapd_daemon.fastrestore import Span, split_runs
+from snapd_daemon.restore.images import Span, split_runs
 from snapd_daemon.runtime import Settings
 
 

@@ -24,8 +24,8 @@ import pytest
 from conftest import Daemon, Workloads, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
-from snapd_daemon.cuda import driver
-from snapd_daemon.gpu import inventory
+from snapd_daemon.host import cuda as driver
+from snapd_daemon.host.gpu import inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "scripts" / "reference_server.py"

@@ -8,9 +8,9 @@ from dataclasses import asdict
 
 import pytest
 
-from snapd_daemon.cuda.driver import gpu_uuid_bytes
+from snapd_daemon.host.cuda import gpu_uuid_bytes
 from snapd_daemon.errors import GpuMismatch
-from snapd_daemon.gpu import GpuDevice, GpuRecord, plan_pairs
+from snapd_daemon.host.gpu import GpuDevice, GpuRecord, plan_pairs
 
 H100 = "NVIDIA H100 80GB HBM3"
 

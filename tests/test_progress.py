@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from snapd_daemon.progress import Phase, ProgressEvent, Throttle
+from snapd_daemon.runtime.progress import Phase, ProgressEvent, Throttle
 
 
 def test_throttle_keeps_phase_starts_messages_and_completions() -> None:

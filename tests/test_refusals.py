@@ -130,7 +130,7 @@ def test_cannot_start_second_daemon_on_same_state_dir(daemon: Daemon, tmp_path: 
 _SESSION_OUTSIDE = """
 import subprocess, sys
 from snapd_daemon.errors import ProcessProtected
-from snapd_daemon.processes import inspect_tree
+from snapd_daemon.host.processes import inspect_tree
 child = subprocess.Popen(["sleep", "300"])
 try:
     inspect_tree(child.pid)

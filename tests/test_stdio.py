@@ -17,7 +17,7 @@ import pytest
 from conftest import WORKLOADS, Daemon, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
-from snapd_daemon.stdio import OutwardEnd, outward_stdio, unix_peers
+from snapd_daemon.host.stdio import OutwardEnd, outward_stdio, unix_peers
 
 
 def _start_piped(tmp_path: Path) -> tuple[int, Path]:

@@ -11,9 +11,9 @@ from conftest import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_fo
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
-from snapd_daemon.cas import chunkfile
-from snapd_daemon.cas.chunks import ChunkStore
-from snapd_daemon.cas.chunking import GRID, Piece, cut_fixed, cut_runs, settled_pieces
+from snapd_daemon.store import codec
+from snapd_daemon.store.chunkdir import ChunkDir
+from snapd_daemon.checkpoint.cutplan import GRID, Piece, cut_fixed, cut_runs, settled_pieces
 
 
 def test_runs_are_cut_on_the_address_grid() -> None:
@@ -39,16 +39,16 @@ def test_cuts_follow_the_mapping_not_the_absolute_address() -> None:
 
 def test_chunk_files_verify_their_content() -> None:
     for raw in (bytes(1 << 20), b"snapd" * 1000, bytes(range(256)) * 4096):
-        cid = chunkfile.chunk_id(raw)
-        header, payload = chunkfile.encode(raw)
+        cid = codec.chunk_id(raw)
+        header, payload = codec.encode(raw)
         blob = header + bytes(payload)
-        assert chunkfile.decode(blob, cid) == raw
+        assert codec.decode(blob, cid) == raw
         flipped = bytearray(blob)
         flipped[-1] ^= 1
-        with pytest.raises(chunkfile.ChunkDecodeError):
-            chunkfile.decode(bytes(flipped), cid)
-    assert chunkfile.encode(b"x" * 4096)[0][4] == chunkfile.CODEC_ZSTD
-    assert chunkfile.encode(os.urandom(1 << 20))[0][4] == chunkfile.CODEC_RAW
+        with pytest.raises(codec.ChunkDecodeError):
+            codec.decode(bytes(flipped), cid)
+    assert codec.encode(b"x" * 4096)[0][4] == codec.CODEC_ZSTD
+    assert codec.encode(os.urandom(1 << 20))[0][4] == codec.CODEC_RAW
 
 
 def test_second_process_with_same_memory_adds_little(client: SnapdClient, workloads: Workloads) -> None:
@@ -153,10 +153,10 @@ def test_kill_during_ingest_leaves_nothing_and_gc_reclaims_orphans(daemon: Daemo
 
     # a crash between publishing chunks and writing the manifest leaves orphans: GC reclaims them
     daemon.stop()
-    orphans = ChunkStore(daemon.state_dir / "chunks")
+    orphans = ChunkDir(daemon.state_dir / "chunks")
     raw = os.urandom(1 << 20)
-    header, payload = chunkfile.encode(raw)
-    cid = chunkfile.chunk_id(raw)
+    header, payload = codec.encode(raw)
+    cid = codec.chunk_id(raw)
     assert orphans.publish({cid: orphans.stage(cid, header, payload)}) == {cid}
     daemon.start()
     with daemon.client() as c:

@@ -1,4 +1,7 @@
-"""The `snapd` command line. Everything except `serve` talks to the daemon over gRPC.
+"""The `snapd` command line for callers of the daemon: every command here talks to it over gRPC.
+
+This package imports grpcio and protobuf (and click), never the daemon; the daemon's
+`snapd` entry point adds `serve` and `exit-codes` to this group.
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
 daemon error class (listed by `snapd exit-codes` and in the README).
@@ -15,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from snapd.v1 import snapd_pb2 as pb
 
 from snapd_client.client import (
-    DEFAULT_TARGET, EXIT_UNREACHABLE, CgroupSpec, SnapdClient, SnapdClientError, TlsFiles,
+    DEFAULT_TARGET,
+    CgroupSpec,
+    SnapdClient,
+    SnapdClientError,
+    TlsFiles,
 )
 
 _PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
@@ -143,81 +149,6 @@ def cli(ctx: click.Context, target: str, as_json: bool, tls_ca: Path | None, tls
         raise click.UsageError("--tls-ca, --tls-cert and --tls-key go together")
     tls = TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key) if tls_ca and tls_cert and tls_key else None
     ctx.obj = {"target": target, "json": as_json, "tls": tls}
-
-
-@cli.command()
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="TOML file of these options (keys: option names with _ for -, e.g. tls_client_ca); "
-              "options given here win. The unit uses /etc/gpu-snapd/config.toml.")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/gpu-snapd"), show_default=True)
-@click.option("--socket", type=click.Path(path_type=Path), default=Path("/run/gpu-snapd/snapd.sock"),
-              show_default=True, help="The API's unix socket (owner root, mode 0660).")
-@click.option("--socket-group", default="root", show_default=True, help="Group (name or gid) owning the socket.")
-@click.option("--allow-uid", multiple=True, metavar="USER",
-              help="Unix socket caller allowed besides root: user name or uid (repeatable).")
-@click.option("--allow-gid", multiple=True, metavar="GROUP",
-              help="Unix socket callers in this group (primary or supplementary; name or gid) are allowed "
-              "(repeatable).")
-@click.option("--tcp", default="", help="Also listen on host:port: mutual TLS (--tls-*) or --insecure-loopback-tcp.")
-@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="PEM certificate chain of the TCP port.")
-@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="PEM private key of the TCP port.")
-@click.option("--tls-client-ca", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="PEM CA that signs client certificates; clients without one are refused.")
-@click.option("--insecure-loopback-tcp", is_flag=True,
-              help="Serve --tcp as plain TCP (loopback addresses only; any local user can then use the API).")
-@click.option("--cgroup-root", type=click.Path(path_type=Path), default=None,
-              help="Delegated cgroup v2 subtree restores may be placed in [default: <cgroup2 mount>/gpu-snapd].")
-@click.option("--metrics-address", default="", help="Serve Prometheus /metrics on host:port (off by default).")
-@click.option("--criu", default=None, help="CRIU binary (default: /opt/gpu-snapd/criu/bin/criu, then PATH).")
-@click.option("--criu-log-level", type=click.IntRange(0, 4), default=4, show_default=True)
-@click.option("--scratch", type=click.Choice(["auto", "ram", "disk"]), default="auto", show_default=True,
-              help="Where CRIU images are staged: RAM (/dev/shm) when it has room, or always RAM / disk.")
-@click.option("--io-threads", type=click.IntRange(1, 256), default=None,
-              help="Threads hashing/compressing chunks (default: CPU count, at most 16).")
-@click.option("--inject-min-mb", type=click.IntRange(0), default=64, show_default=True,
-              help="Restore private anonymous regions of at least this size by parallel memory writes (0: off).")
-@click.option("--inject-huge-pages/--no-inject-huge-pages", default=False, show_default=True,
-              help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
-@click.option("--restore-log-dir", type=click.Path(path_type=Path), default=None,
-              help="Where restored trees' stdout/stderr pipes go when their reader is gone [default: STATE_DIR/logs].")
-@click.option("--drain-timeout", type=float, default=600.0, show_default=True,
-              help="Seconds to wait for running operations on SIGTERM.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
-@click.pass_context
-def serve(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
-    """Run the daemon (as root) until SIGTERM."""
-    from snapd_daemon import config, logs, server
-    from snapd_daemon.errors import SnapdError
-
-    try:
-        if config_file:
-            options.update(_file_options(ctx, config_file, options))
-        log_format = options["log_format"]
-        logs.configure(options["log_level"], None if log_format == "auto" else log_format == "json")
-        server.serve(*config.build(options))
-    except SnapdError as err:
-        click.echo(f"snapd serve: error: {err.message}", err=True)
-        sys.exit(err.exit_code)
-
-
-def _file_options(ctx: click.Context, path: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """The config file's values for the options not given on the command line (or environment),
-    converted and checked like command-line values."""
-    from snapd_daemon import config
-    from snapd_daemon.errors import ConfigInvalid
-
-    params = {p.name: p for p in ctx.command.params if p.name in options}
-    taken = {}
-    for name, value in config.load(path, params).items():
-        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
-            try:
-                taken[name] = params[name].type_cast_value(ctx, value)
-            except click.BadParameter as exc:
-                raise ConfigInvalid(source=f"{path}: {name}", reason=exc.message) from exc
-    return taken
 
 
 @cli.command()
@@ -489,17 +420,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
             sys.exit(1)
 
     _run(ctx, as_json, action)
-
-
-@cli.command("exit-codes")
-def exit_codes() -> None:
-    """List the exit codes of this CLI."""
-    from snapd_daemon.errors import ALL_ERRORS
-
-    click.echo("0  success\n2  usage error")
-    click.echo(f"{EXIT_UNREACHABLE}  daemon unreachable")
-    for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code):
-        click.echo(f"{cls.exit_code:<2} {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}")
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from snapd_daemon.cgroups import Cgroup
 from snapd_daemon.criu import rpc_pb2, swrk
 from snapd_daemon.criu.binary import Criu
+from snapd_daemon.criu.notify import Notify
 from snapd_daemon.errors import CriuFailed
 
 DUMP_LOG = "dump.log"
@@ -55,7 +55,7 @@ def _run(
     images: Path,
     work: Path,
     log_name: str,
-    on_notify: swrk.NotifyHook | None,
+    notify: Notify | None,
     place: swrk.PlaceHook | None = None,
     extra_fds: tuple[int, ...] = (),
 ) -> rpc_pb2.Resp:
@@ -64,7 +64,7 @@ def _run(
         fds.callback(os.close, images_fd)
         work_fd = swrk.open_dir(work)
         fds.callback(os.close, work_fd)
-        return _call(criu, action, pid, opts, (images_fd, work_fd, *extra_fds), work, log_name, on_notify, place)
+        return _call(criu, action, pid, opts, (images_fd, work_fd, *extra_fds), work, log_name, notify, place)
 
 
 def _call(
@@ -75,20 +75,20 @@ def _call(
     fds: tuple[int, ...],
     work: Path,
     log_name: str,
-    on_notify: swrk.NotifyHook | None,
+    notify: Notify | None,
     place: swrk.PlaceHook | None,
 ) -> rpc_pb2.Resp:
     """``fds``: the images and work directories, then any fd ``opts`` names."""
     try:
         opts.images_dir_fd, opts.work_dir_fd = fds[:2]
         opts.log_file = log_name
-        opts.notify_scripts = on_notify is not None
+        opts.notify_scripts = notify is not None
         req_type = rpc_pb2.DUMP if action == "dump" else rpc_pb2.RESTORE
         return swrk.call(
             criu.path,
             rpc_pb2.Req(type=req_type, opts=opts),
             pass_fds=fds,
-            on_notify=on_notify,
+            notify=notify,
             stderr_path=work / f"{action}.stderr",
             place=place,
             # snapd drives the GPU side itself: CRIU's cuda plugin would restore and unlock
@@ -114,7 +114,7 @@ def dump(
     shell_job: bool,
     log_level: int,
     freeze_timeout: int,
-    on_notify: swrk.NotifyHook | None = None,
+    notify: Notify | None = None,
     external: Sequence[str] = (),
 ) -> None:
     """Dump the tree rooted at ``pid`` into ``images``. The tree is always left
@@ -131,7 +131,7 @@ def dump(
         timeout=freeze_timeout,
         external=list(external),
     )
-    _run(criu, "dump", pid, opts, images, work, DUMP_LOG, on_notify)
+    _run(criu, "dump", pid, opts, images, work, DUMP_LOG, notify)
 
 
 def restore(
@@ -142,24 +142,24 @@ def restore(
     *,
     shell_job: bool,
     log_level: int,
-    on_notify: swrk.NotifyHook | None = None,
-    cgroup: Cgroup | None = None,
+    notify: Notify | None = None,
+    place: swrk.PlaceHook | None = None,
     inherit: Sequence[tuple[str, int]] = (),
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
 
     The restored tree is detached: it is reparented away from CRIU when the
-    swrk child exits and does not depend on the daemon. With ``cgroup``, CRIU
-    is moved into that group before it gets the request and leaves cgroups
-    alone, so the whole tree is born there (see ``snapd_daemon.cgroups``).
+    swrk child exits and does not depend on the daemon. With ``place`` (e.g. a
+    cgroup's ``adopt``), CRIU is handed to it before it gets the request and
+    leaves cgroups alone, so the whole tree is born there (see ``snapd_daemon.host.cgroups``).
     ``inherit``: (CRIU key, fd of ours) for resources the tree gets in place of
     the dumped ones (CRIU's inherit_fd).
     """
     opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level)
     for key, fd in inherit:
         opts.inherit_fd.add(key=key, fd=fd)
-    if cgroup is not None:
+    if place is not None:
         opts.manage_cgroups_mode = rpc_pb2.IGNORE
-    resp = _run(criu, "restore", root_pid, opts, images, work, RESTORE_LOG, on_notify,
-                cgroup.adopt if cgroup is not None else None, tuple(fd for _, fd in inherit))
+    resp = _run(criu, "restore", root_pid, opts, images, work, RESTORE_LOG, notify, place,
+                tuple(fd for _, fd in inherit))
     return resp.restore.pid

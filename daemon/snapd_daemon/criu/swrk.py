@@ -3,9 +3,10 @@
 One `CriuCall` is one `criu swrk` process answering one request: snapd sends a
 `Req` datagram on a SOCK_SEQPACKET socketpair and reads `Resp` datagrams until
 the final one. With ``notify_scripts`` set, CRIU stops at each action point
-(pre-dump, post-dump, pre-restore, post-restore, ...) and waits for an ack; the
-caller's hook runs in-process at that moment, and raising from it makes CRIU
-abort the operation.
+(pre-dump, post-dump, pre-restore, post-restore, ...) and waits for an ack;
+the caller's ``Notify`` method runs in-process at that moment (notify.py), and
+raising from it makes CRIU abort the operation. CRIU 4.2.1 honours that at
+every point but pre-resume, where it logs the failure and resumes anyway.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from snapd_daemon.criu import rpc_pb2
+from snapd_daemon.criu.notify import Notify, dispatch
 
-NotifyHook = Callable[[str, int], None]
 # Called with the swrk child's pid before the request is sent (e.g. to move it into a cgroup).
 PlaceHook = Callable[[int], None]
 _MAX_DATAGRAM = 1 << 20
@@ -48,7 +49,7 @@ def call(
     request: rpc_pb2.Req,
     *,
     pass_fds: Sequence[int] = (),
-    on_notify: NotifyHook | None = None,
+    notify: Notify | None = None,
     stderr_path: Path | None = None,
     timeout: float | None = None,
     place: PlaceHook | None = None,
@@ -60,7 +61,7 @@ def call(
     one keeps the host's (/usr/lib/criu: cuda_plugin.so, amdgpu_plugin.so) out.
 
     Raises SwrkError when CRIU reports failure or exits without answering, and
-    HookFailed (after CRIU has finished aborting) when ``on_notify`` raised.
+    HookFailed (after CRIU has finished aborting) when a ``notify`` method raised.
     ``place`` gets the child's pid before CRIU sees the request; its error
     ends the call (the child exits on the closed socket). The swrk child is not tied to the caller's lifetime on purpose: if the
     daemon dies mid-dump, CRIU completes or aborts cleanly on its own and never
@@ -101,9 +102,9 @@ def call(
             if resp.type != rpc_pb2.NOTIFY:
                 break
             ok = True
-            if on_notify is not None and hook_error is None:
+            if notify is not None and hook_error is None:
                 try:
-                    on_notify(resp.notify.script, resp.notify.pid)
+                    dispatch(notify, resp.notify.script, resp.notify.pid)
                 except Exception as exc:  # the hook's failure is reported after CRIU aborts
                     hook_error = HookFailed(resp.notify.script, exc)
                     ok = False

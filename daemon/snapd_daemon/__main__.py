@@ -1,0 +1,3 @@
+from snapd_daemon.server.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""Domain objects <-> snapd.v1 protobuf messages."""
+
+from __future__ import annotations
+
+from snapd.v1 import snapd_pb2 as pb
+
+from snapd_daemon.restore import RestoreOutcome
+from snapd_daemon.runtime.progress import Phase, ProgressEvent
+from snapd_daemon.snapshots.catalog import FsckReport, GcReport
+from snapd_daemon.snapshots.manifest import Manifest
+
+_PHASES = {
+    Phase.VALIDATE: pb.PHASE_VALIDATE,
+    Phase.DUMP: pb.PHASE_DUMP,
+    Phase.COMMIT: pb.PHASE_COMMIT,
+    Phase.STOP_SOURCE: pb.PHASE_STOP_SOURCE,
+    Phase.PREPARE: pb.PHASE_PREPARE,
+    Phase.RESTORE: pb.PHASE_RESTORE,
+    Phase.GPU_CHECKPOINT: pb.PHASE_GPU_CHECKPOINT,
+    Phase.GPU_RESTORE: pb.PHASE_GPU_RESTORE,
+    Phase.HOOK: pb.PHASE_HOOK,
+    Phase.INJECT: pb.PHASE_INJECT,
+}
+
+
+def progress(event: ProgressEvent, operation_id: str) -> pb.Progress:
+    return pb.Progress(
+        operation_id=operation_id,
+        phase=_PHASES[event.phase],
+        bytes_done=event.bytes_done,
+        bytes_total=event.bytes_total,
+        message=event.message,
+    )
+
+
+def snapshot(m: Manifest, pinned: bool, hot: bool) -> pb.Snapshot:
+    msg = pb.Snapshot(
+        id=m.id,
+        name=m.name,
+        labels=m.labels,
+        root_pid=m.root_pid,
+        criu_version=m.criu_version,
+        kernel=m.kernel,
+        hostname=m.hostname,
+        raw_bytes=m.raw_bytes,
+        stored_bytes=m.stored_bytes,
+        new_bytes=m.new_bytes,
+        pinned=pinned,
+        hot=hot,
+        checkpoint_seconds=m.checkpoint_seconds,
+        leave_running=m.leave_running,
+        processes=[
+            pb.ProcessInfo(
+                pid=p.pid, ppid=p.ppid, name=p.name, cmdline=list(p.cmdline), threads=p.threads, rss_bytes=p.rss_bytes
+            )
+            for p in m.processes
+        ],
+        files=[pb.ImageFile(name=f.name, size_bytes=f.size_bytes) for f in m.files],
+    )
+    msg.created.FromNanoseconds(int(m.created * 1e9))
+    if m.cgroup is not None:
+        msg.source_cgroup.CopyFrom(pb.CgroupInfo(path=m.cgroup.path, limits=m.cgroup.limits))
+    if m.gpu is not None:
+        msg.gpu.CopyFrom(
+            pb.GpuInfo(
+                driver_version=m.gpu.driver_version,
+                cuda_driver_api=m.gpu.cuda_driver_api,
+                cuda_pids=list(m.gpu.cuda_pids),
+                devices=[
+                    pb.GpuDevice(index=d.index, name=d.name, uuid=d.uuid, memory_bytes=d.memory_bytes)
+                    for d in m.gpu.devices
+                ],
+            )
+        )
+    return msg
+
+
+def restore_result(outcome: RestoreOutcome, operation_id: str, cgroup: str) -> pb.RestoreResult:
+    return pb.RestoreResult(
+        operation_id=operation_id,
+        snapshot_id=outcome.snapshot_id,
+        root_pid=outcome.root_pid,
+        pids=outcome.pids,
+        duration_seconds=outcome.seconds,
+        cgroup=cgroup,
+        log_path=str(outcome.log_path or ""),
+    )
+
+
+def gc_report(plan: GcReport) -> pb.CollectGarbageResponse:
+    return pb.CollectGarbageResponse(
+        expired_snapshots=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run
+    )
+
+
+def fsck_report(report: FsckReport) -> pb.CheckStoreResponse:
+    return pb.CheckStoreResponse(
+        snapshots=report.snapshots,
+        chunks_checked=report.chunks_checked,
+        bytes_checked=report.bytes_checked,
+        orphan_chunks=report.orphan_chunks,
+        damage=[
+            pb.ChunkDamage(snapshot_id=d.snapshot_id, file=d.file, offset=d.offset, chunk=d.chunk, problem=d.problem)
+            for d in report.damage
+        ],
+    )

@@ -1,0 +1,165 @@
+"""Requests in: every caller-supplied value checked, and protobuf requests turned into typed specs.
+
+All validation of what a caller sends happens here (pids and log names through
+the host adapters that own those rules), before any operation starts; an
+operation receives a spec it can trust.
+"""
+
+from __future__ import annotations
+
+import re
+
+from snapd.v1 import snapd_pb2 as pb
+
+from snapd_daemon.checkpoint import CheckpointSpec
+from snapd_daemon.errors import InvalidRequest
+from snapd_daemon.host.cgroups import CgroupRequest
+from snapd_daemon.host.hooks import Hook
+from snapd_daemon.host.processes import MAX_PID, validate_pid
+from snapd_daemon.host.stdio import validate_log_name
+from snapd_daemon.restore import RestoreSpec
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 256
+MAX_REF = 256
+
+
+def snapshot_name(name: str) -> str:
+    if name and not NAME_RE.fullmatch(name):
+        shown = name if len(name) <= 40 else name[:40] + f"... ({len(name)} chars)"
+        raise InvalidRequest(
+            field="name",
+            reason=f"{shown!r} must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
+        )
+    return name
+
+
+def labels(values: dict[str, str]) -> dict[str, str]:
+    if len(values) > MAX_LABELS:
+        raise InvalidRequest(field="labels", reason=f"{len(values)} labels given, at most {MAX_LABELS} allowed")
+    for key, value in values.items():
+        if not LABEL_KEY_RE.fullmatch(key):
+            raise InvalidRequest(
+                field="labels", reason=f"key {key[:70]!r} must be 1-63 characters of A-Z a-z 0-9 . _ / -"
+            )
+        if len(value) > MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
+            raise InvalidRequest(
+                field="labels",
+                reason=f"value of {key!r} must be at most {MAX_LABEL_VALUE} printable characters",
+            )
+    return dict(values)
+
+
+def snapshot_ref(ref: str) -> str:
+    if not ref:
+        raise InvalidRequest(field="snapshot", reason="empty; give a snapshot id or name")
+    if len(ref) > MAX_REF or "/" in ref or ref in (".", "..") or any(ord(c) < 32 for c in ref):
+        raise InvalidRequest(field="snapshot", reason=f"{ref[:40]!r} is not a snapshot id or name")
+    return ref
+
+
+GPU_UUID_RE = re.compile(r"GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def gpu_uuid_map(mapping: dict[str, str]) -> dict[str, str]:
+    for old, new in mapping.items():
+        for uuid in (old, new):
+            if not GPU_UUID_RE.fullmatch(uuid):
+                raise InvalidRequest(field="gpu_uuid_map", reason=f"{uuid[:60]!r} is not a GPU UUID (GPU-xxxxxxxx-...)")
+    return dict(mapping)
+
+
+CGROUP_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+MAX_CGROUP_DEPTH = 8
+# Names the kernel uses for interface files (a group named so would clash with one).
+_CGROUP_FILE_PREFIXES = ("cgroup.", "memory.", "cpu.", "cpuset.", "pids.", "io.", "hugetlb.", "rdma.", "misc.")
+CPU_MAX_RE = re.compile(r"(max|[0-9]{1,18})(?: ([0-9]{1,7}))?")
+CPU_LIST_RE = re.compile(r"[0-9]{1,5}(-[0-9]{1,5})?(,[0-9]{1,5}(-[0-9]{1,5})?){0,63}")
+
+
+def cgroup_request(
+    path: str, create: bool, *, memory_max: int = 0, cpu_max: str = "", pids_max: int = 0,
+    cpuset_cpus: str = "", cpuset_mems: str = "",
+) -> CgroupRequest:
+    """A cgroup path relative to the delegated root, and the limits to write (0 / "" = leave as is).
+
+    Paths are 1-8 components of [A-Za-z0-9._-] (64 chars each, not starting with "." or "-",
+    not named like a cgroup interface file); absolute paths, "..", "." and empty components
+    are refused here, before the file system is touched.
+    """
+    shown = path if len(path) <= 80 else path[:80] + f"... ({len(path)} chars)"
+    if not path:
+        raise InvalidRequest(field="cgroup.path", reason="empty; give a group below the daemon's cgroup root")
+    if path.startswith("/"):
+        raise InvalidRequest(field="cgroup.path",
+                             reason=f"{shown!r} is absolute; give it relative to the daemon's cgroup root")
+    parts = path.split("/")
+    if len(parts) > MAX_CGROUP_DEPTH:
+        raise InvalidRequest(field="cgroup.path",
+                             reason=f"{shown!r} is {len(parts)} levels deep, at most {MAX_CGROUP_DEPTH}")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidRequest(field="cgroup.path", reason=f"{shown!r} has an empty, '.' or '..' component")
+        if not CGROUP_PART_RE.fullmatch(part) or part.startswith(_CGROUP_FILE_PREFIXES):
+            raise InvalidRequest(
+                field="cgroup.path",
+                reason=f"component {part[:70]!r} must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a "
+                "letter, digit or _, and not be named like a cgroup interface file",
+            )
+    limits = {}
+    if memory_max:
+        limits["memory.max"] = str(memory_max)
+    if cpu_max:
+        match = CPU_MAX_RE.fullmatch(cpu_max)
+        quota_ok = match and (match.group(1) == "max" or int(match.group(1)) >= 1000)
+        period_ok = match and (match.group(2) is None or 1000 <= int(match.group(2)) <= 1_000_000)
+        if not (quota_ok and period_ok):
+            raise InvalidRequest(field="cgroup.cpu_max", reason=f"{cpu_max[:40]!r} is not 'max' or 'QUOTA [PERIOD]' "
+                                 "in microseconds (quota >= 1000, period 1000-1000000)")
+        limits["cpu.max"] = cpu_max
+    if pids_max:
+        if pids_max > MAX_PID:
+            raise InvalidRequest(field="cgroup.pids_max", reason=f"{pids_max} is above the kernel's {MAX_PID}")
+        limits["pids.max"] = str(pids_max)
+    for name, value in (("cpuset.cpus", cpuset_cpus), ("cpuset.mems", cpuset_mems)):
+        if value:
+            if not CPU_LIST_RE.fullmatch(value):
+                raise InvalidRequest(field=f"cgroup.{name.replace('.', '_')}",
+                                     reason=f"{value[:40]!r} is not a list like '0-7,16'")
+            limits[name] = value
+    return CgroupRequest(parts=tuple(parts), create=create, limits=limits)
+
+
+def checkpoint_spec(request: pb.CheckpointRequest) -> CheckpointSpec:
+    validate_pid(request.pid)
+    return CheckpointSpec(
+        pid=request.pid,
+        name=snapshot_name(request.name),
+        labels=labels(dict(request.labels)),
+        leave_running=request.leave_running,
+        pre_hook=Hook.parse("pre_checkpoint_hook", list(request.pre_checkpoint_hook.argv),
+                            request.pre_checkpoint_hook.timeout_seconds),
+        cuda_lock_timeout_ms=request.cuda_lock_timeout_ms,
+        keep_hot=request.keep_hot,
+    )
+
+
+def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
+    return RestoreSpec(
+        ref=snapshot_ref(request.snapshot),
+        wait_seconds=request.wait_for_exit_seconds,
+        gpu_uuid_map=gpu_uuid_map(dict(request.gpu_uuid_map)),
+        post_hook=Hook.parse("post_restore_hook", list(request.post_restore_hook.argv),
+                             request.post_restore_hook.timeout_seconds),
+        cgroup=_cgroup_request(request.cgroup) if request.HasField("cgroup") else None,
+        log_name=validate_log_name(request.log_name),
+    )
+
+
+def _cgroup_request(spec: pb.CgroupSpec) -> CgroupRequest:
+    return cgroup_request(
+        spec.path, spec.create, memory_max=spec.memory_max_bytes, cpu_max=spec.cpu_max, pids_max=spec.pids_max,
+        cpuset_cpus=spec.cpuset_cpus, cpuset_mems=spec.cpuset_mems,
+    )

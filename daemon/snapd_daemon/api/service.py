@@ -1,0 +1,222 @@
+"""The snapd.v1.Snapshots servicer: protobuf in (requests.py), domain calls, protobuf out (convert.py).
+
+Long operations run in their own thread and keep running if the caller goes
+away (a checkpoint is either committed or rolled back, never abandoned
+half-way); the handler only relays their progress. Every failure leaves
+through status.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from snapd.v1 import snapd_pb2 as pb
+from snapd.v1 import snapd_pb2_grpc
+
+from snapd_daemon import __version__, metrics
+from snapd_daemon.api import convert, requests
+from snapd_daemon.api.status import abort, internal
+from snapd_daemon.checkpoint import checkpoint
+from snapd_daemon.errors import SnapdError
+from snapd_daemon.restore import restore
+from snapd_daemon.runtime import Runtime, doctor
+from snapd_daemon.runtime.progress import ProgressEvent, Reporter, Throttle
+from snapd_daemon.runtime.registry import new_operation_id
+from snapd_daemon.snapshots.manifest import Manifest
+
+log = structlog.get_logger()
+T = TypeVar("T")
+_DONE = object()
+
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.ServicerContext], R]
+
+
+def _unary(handler: Handler[R]) -> Handler[R]:
+    """Map a unary handler's failures: SnapdError to its status, anything else to
+    INTERNAL with the daemon log holding the traceback."""
+
+    @functools.wraps(handler)
+    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return handler(self, request, context)
+        except SnapdError as err:
+            abort(context, err)
+        except Exception as exc:
+            log.exception(f"{handler.__name__}.crashed")
+            abort(context, internal(exc))
+
+    return wrapped
+
+
+class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.started = time.monotonic()
+
+    def _stream(
+        self,
+        kind: str,
+        context: grpc.ServicerContext,
+        work: Callable[[str, Reporter], T],
+        wrap_progress: Callable[[pb.Progress], Any],
+        wrap_result: Callable[[T, str], Any],
+    ) -> Iterator[Any]:
+        op_id = new_operation_id()
+        events: queue.Queue[Any] = queue.Queue()
+
+        def run() -> None:
+            structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
+            metrics.IN_FLIGHT.inc()
+            try:
+                report = Throttle(events.put)
+                result = work(op_id, report)
+                report.flush()
+                metrics.OPERATIONS.labels(kind, "ok").inc()
+                events.put((_DONE, result))
+            except SnapdError as err:
+                metrics.OPERATIONS.labels(kind, type(err).__name__).inc()
+                log.warning(f"{kind}.failed", error=type(err).__name__, message=err.message)
+                events.put(err)
+            except BaseException as exc:
+                metrics.OPERATIONS.labels(kind, "internal").inc()
+                log.exception(f"{kind}.crashed")
+                events.put(internal(exc))
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                metrics.IN_FLIGHT.dec()
+
+        threading.Thread(target=run, name=op_id).start()
+        while True:
+            item = events.get()
+            if isinstance(item, ProgressEvent):
+                yield wrap_progress(convert.progress(item, op_id))
+            elif isinstance(item, SnapdError):
+                abort(context, item)
+            else:
+                yield wrap_result(item[1], op_id)
+                return
+
+    def _snapshot(self, m: Manifest) -> pb.Snapshot:
+        return convert.snapshot(m, self.rt.catalog.is_pinned(m.id), self.rt.catalog.is_hot(m.id))
+
+    def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointEvent]:
+        try:
+            spec = requests.checkpoint_spec(request)
+        except SnapdError as err:
+            abort(context, err)
+        yield from self._stream(
+            "checkpoint",
+            context,
+            lambda op_id, report: checkpoint(self.rt, spec, op_id, report),
+            lambda p: pb.CheckpointEvent(progress=p),
+            lambda m, _op: pb.CheckpointEvent(snapshot=self._snapshot(m)),
+        )
+
+    def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreEvent]:
+        try:
+            spec = requests.restore_spec(request)
+        except SnapdError as err:
+            abort(context, err)
+        placed = self.rt.cgroups.proc_path(spec.cgroup) if spec.cgroup else ""
+        yield from self._stream(
+            "restore",
+            context,
+            lambda op_id, report: restore(self.rt, spec, op_id, report),
+            lambda p: pb.RestoreEvent(progress=p),
+            lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id, placed)),
+        )
+
+    @_unary
+    def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext) -> pb.ListSnapshotsResponse:
+        snaps = self.rt.catalog.list(requests.snapshot_name(request.name))
+        return pb.ListSnapshotsResponse(
+            snapshots=[self._snapshot(m) for m in snaps],
+            store_raw_bytes=sum(m.raw_bytes for m in snaps),
+            store_stored_bytes=sum(m.stored_bytes for m in snaps),
+            store_disk_bytes=self.rt.store.disk_bytes(),
+        )
+
+    @_unary
+    def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.Snapshot:
+        return self._snapshot(self.rt.catalog.get(requests.snapshot_ref(request.snapshot)))
+
+    @contextmanager
+    def _claimed(self, kind: str, ref: str) -> Iterator[tuple[str, Manifest]]:
+        """Claim the snapshot ``ref`` names and yield (operation id, its manifest as of the claim)."""
+        op_id = new_operation_id()
+        found = self.rt.catalog.get(requests.snapshot_ref(ref))
+        with self.rt.registry.claim(kind, op_id, snapshot_id=found.id):
+            yield op_id, self.rt.catalog.get(found.id)
+
+    @_unary
+    def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest, context: grpc.ServicerContext) -> pb.DeleteSnapshotResponse:
+        with self._claimed("delete", request.snapshot) as (op_id, manifest):
+            freed = self.rt.catalog.delete(manifest)
+        log.info("snapshot.deleted", op=op_id, snapshot=manifest.id, freed_bytes=freed)
+        return pb.DeleteSnapshotResponse(id=manifest.id, freed_bytes=freed)
+
+    @_unary
+    def PinSnapshot(self, request: pb.PinSnapshotRequest, context: grpc.ServicerContext) -> pb.Snapshot:
+        with self._claimed("pin", request.snapshot) as (op_id, manifest):
+            self.rt.catalog.pin(manifest, request.pinned)
+        log.info("snapshot.pinned" if request.pinned else "snapshot.unpinned", op=op_id, snapshot=manifest.id)
+        return self._snapshot(manifest)
+
+    @_unary
+    def Prefetch(self, request: pb.PrefetchRequest, context: grpc.ServicerContext) -> pb.PrefetchResponse:
+        started = time.monotonic()
+        with self._claimed("prefetch", request.snapshot) as (op_id, manifest):
+            if request.drop:
+                moved = self.rt.catalog.drop_prefetch(manifest)
+            else:
+                moved = self.rt.catalog.prefetch(manifest, lambda _done: None)
+        log.info("snapshot.prefetch", op=op_id, snapshot=manifest.id, drop=request.drop, bytes=moved)
+        return pb.PrefetchResponse(snapshot_id=manifest.id, bytes=moved, hot_bytes=self.rt.store.hot_bytes(),
+                                   seconds=time.monotonic() - started)
+
+    @_unary
+    def CollectGarbage(
+        self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
+    ) -> pb.CollectGarbageResponse:
+        with self.rt.registry.claim("gc", new_operation_id()):
+            busy = frozenset(op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id)
+            plan = self.rt.catalog.gc(request.keep_last, request.dry_run, busy)
+        log.info("store.gc", expired=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run)
+        return convert.gc_report(plan)
+
+    @_unary
+    def CheckStore(self, request: pb.CheckStoreRequest, context: grpc.ServicerContext) -> pb.CheckStoreResponse:
+        catalog = self.rt.catalog
+        targets = [catalog.get(requests.snapshot_ref(request.snapshot))] if request.snapshot else catalog.list()
+        report = catalog.fsck(targets)
+        log.info("store.fsck", snapshots=report.snapshots, chunks=report.chunks_checked, damaged=len(report.damage))
+        return convert.fsck_report(report)
+
+    @_unary
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
+        report = doctor.diagnose(self.rt)
+        return pb.DaemonStatus(
+            version=__version__,
+            pid=self.rt.daemon_pid,
+            uptime_seconds=time.monotonic() - self.started,
+            criu_path=self.rt.criu.path,
+            criu_version=self.rt.criu.version,
+            kernel=report.kernel,
+            state_dir=str(self.rt.settings.state_dir),
+            state_dir_free_bytes=self.rt.store.free_bytes(),
+            snapshots=len(self.rt.catalog.list()),
+            operations_in_flight=len(self.rt.registry.in_flight()),
+            gpu_driver_version=report.gpu_driver,
+            checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+        )

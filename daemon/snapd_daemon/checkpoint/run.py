@@ -1,0 +1,260 @@
+"""Checkpoint: process tree -> durable snapshot, or nothing and the tree running.
+
+A ``CheckpointRun`` goes through its phases in order, one method each:
+  1. ``inspect``: read the tree, refuse what cannot work (before anything is
+     touched), claim its pids; then the pre-checkpoint hook;
+  2. ``hold``: write the hold record (runtime/holds.py), open the staging
+     directory and the store's ingest;
+  3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process;
+  4. ``dump``: CRIU dumps into staging, always leaving the tree running, while
+     the dump follower already stores settled chunks; at CRIU's post-dump point
+     (tree still frozen) the tree is re-read and, unless it is to keep running,
+     SIGSTOPped; with ``leave_running`` the GPUs are given back right after;
+  5. ``commit``: the rest is stored and the manifest published (the snapshot appears);
+  6. ``finish``: only now is a stopped tree killed (or a kept one left running).
+Each of phases 2-4 pushes its undo onto the run's stack as it acts; a failure
+before 6 unwinds it: SIGCONT, CUDA restore + unlock, stored chunks dropped,
+staging removed, hold record cleared, in that order. The record stays when the
+GPU side could not be thawed, so that a restarted daemon tries again.
+"""
+
+from __future__ import annotations
+
+import platform
+import signal
+import socket
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import TracebackType
+
+import structlog
+
+from snapd_daemon import metrics
+from snapd_daemon.checkpoint.cutplan import plan
+from snapd_daemon.checkpoint.follower import DumpFollower
+from snapd_daemon.criu import actions
+from snapd_daemon.criu.notify import Notify
+from snapd_daemon.errors import CriuFailed, CudaFailed
+from snapd_daemon.host import cgroups, gpu
+from snapd_daemon.host.hooks import Hook
+from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
+from snapd_daemon.host.stdio import OutwardEnd, outward_stdio
+from snapd_daemon.runtime import Runtime
+from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
+from snapd_daemon.runtime.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
+from snapd_daemon.runtime.staging import Staging
+from snapd_daemon.snapshots.manifest import ImageEntry, Manifest, new_snapshot_id
+from snapd_daemon.store.protocol import IngestSession
+from snapd_daemon.util.fsutil import tree_size
+
+log = structlog.get_logger()
+_KILL_WAIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    pid: int
+    name: str = ""
+    labels: dict[str, str] | None = None
+    leave_running: bool = False
+    pre_hook: Hook | None = None
+    cuda_lock_timeout_ms: int = 0
+    keep_hot: bool = False
+
+
+class _PostDumpHold(Notify):
+    """At CRIU's post-dump point (tree still frozen by CRIU): take the tree as it is
+    now (children forked since it was inspected included) and, when ``stop``, SIGSTOP
+    it so it cannot run between the dump and the moment the snapshot is durable."""
+
+    def __init__(self, tree: ProcessTree, stop: bool, journal: HoldJournal, operation_id: str,
+                 cuda_pids: tuple[int, ...], daemon_pid: int) -> None:
+        self.tree = tree
+        self.stop = stop
+        self.journal = journal
+        self.operation_id = operation_id
+        self.cuda_pids = cuda_pids
+        self.daemon_pid = daemon_pid
+        self.held = False
+
+    def record(self) -> None:
+        self.journal.write(self.operation_id, HoldRecord(
+            [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids)))
+
+    def post_dump(self) -> None:
+        self.tree = inspect_tree(self.tree.root, self.daemon_pid)
+        if self.stop:
+            self.record()
+            self.held = True
+            signal_tree(self.tree, signal.SIGSTOP)
+
+    def release(self) -> None:
+        if self.held:
+            signal_tree(self.tree, signal.SIGCONT)
+            self.held = False
+
+
+class CheckpointRun:
+    def __init__(self, rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter) -> None:
+        self.rt = rt
+        self.spec = spec
+        self.op = operation_id
+        self.report = report
+        self.started = time.monotonic()
+        self.tree: ProcessTree
+        self.gpu_record: gpu.GpuRecord | None = None
+        self.stdio: list[OutwardEnd] = []
+        self.hold_point: _PostDumpHold
+        self.freeze: gpu.CudaFreeze
+        self.staging: Staging
+        self.ingest: IngestSession
+        self.needed = 0
+        self.raw = 0
+        self.keep_record = False
+        self._dumped = threading.Event()
+
+    @property
+    def cuda_pids(self) -> tuple[int, ...]:
+        return self.gpu_record.cuda_pids if self.gpu_record else ()
+
+    def execute(self) -> Manifest:
+        self.inspect()
+        with self.rt.registry.claim("checkpoint", self.op, pids=self.tree.pids):
+            log.info("checkpoint.start", pid=self.spec.pid, processes=len(self.tree.processes),
+                     rss_bytes=self.tree.rss_bytes, leave_running=self.spec.leave_running,
+                     shell_job=self.tree.external_session, cuda_pids=list(self.cuda_pids))
+            self.pre_hook()
+            with ExitStack() as undo:
+                self.hold(undo)
+                self.freeze_gpu(undo)
+                self.dump()
+                manifest = self.commit()
+                undo.pop_all()
+            self.finish(manifest)
+            return manifest
+
+    # -- phases ---------------------------------------------------------------
+
+    def inspect(self) -> None:
+        self.report(ProgressEvent(Phase.VALIDATE, message=f"inspecting pid {self.spec.pid}"))
+        self.tree = inspect_tree(self.spec.pid, self.rt.daemon_pid)
+        self.gpu_record = gpu.preflight(self.tree)
+        self.stdio = outward_stdio(self.tree.pids)
+
+    def pre_hook(self) -> None:
+        if self.spec.pre_hook:
+            self.report(ProgressEvent(Phase.HOOK, message="pre-checkpoint hook"))
+            self.spec.pre_hook.run("pre-checkpoint", {"SNAPD_PID": str(self.spec.pid), "SNAPD_OPERATION": self.op})
+
+    def hold(self, undo: ExitStack) -> None:
+        """Hold record, staging and ingest, each undone on failure (record last)."""
+        rt, spec = self.rt, self.spec
+        self.hold_point = _PostDumpHold(self.tree, not spec.leave_running, rt.journal, self.op, self.cuda_pids,
+                                        rt.daemon_pid)
+        self.freeze = gpu.CudaFreeze(self.cuda_pids, spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms)
+        vram = gpu.memory_used(self.cuda_pids)  # the CUDA checkpoint copies it into host memory
+        self.needed = self.raw = self.tree.rss_bytes + vram
+        self.hold_point.record()
+        undo.push(self._clear_record)
+        self.staging = rt.scratch.new(self.op, needed=self.needed, ram_besides=vram)
+        undo.callback(rt.scratch.discard, self.staging)
+        # RAM the checkpoint takes beyond what is free now: the host copy of VRAM, the
+        # images when staged in RAM, and with keep_hot the hot copy of (at most) all of them
+        ram_taken = vram + (self.needed if rt.scratch.in_ram(self.staging) else 0)
+        self.ingest = undo.enter_context(rt.store.begin_ingest(
+            self.staging.images, self._stored, keep_hot=spec.keep_hot, hot_ram_needed=ram_taken + self.needed))
+
+    def freeze_gpu(self, undo: ExitStack) -> None:
+        undo.push(self._thaw_gpu)
+        undo.callback(self.hold_point.release)
+        if self.gpu_record:
+            self.report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(self.cuda_pids)}"))
+            with metrics.phase("checkpoint", "gpu-checkpoint"):
+                self.freeze.freeze()
+
+    def dump(self) -> None:
+        rt, staging = self.rt, self.staging
+        self.report(ProgressEvent(Phase.DUMP, 0, self.needed, "criu dump"))
+        with metrics.phase("checkpoint", "dump"), DirectoryGrowth(self.report, Phase.DUMP, staging.images, self.needed), \
+                DumpFollower(self.ingest, staging.images), rt.store.translate_os_errors(self.needed):
+            try:
+                actions.dump(
+                    rt.criu, self.spec.pid, staging.images, staging.work,
+                    shell_job=self.tree.external_session, log_level=rt.settings.criu_log_level,
+                    freeze_timeout=rt.settings.freeze_timeout, notify=self.hold_point,
+                    external=[e.criu_external for e in self.stdio if e.criu_external],
+                )
+            except CriuFailed as exc:
+                full = rt.scratch.full(staging, needed=self.needed)
+                if full:
+                    raise full from exc
+                raise
+        if self.spec.leave_running and self.gpu_record:
+            # the images are complete: the server gets its GPUs back now, not after the store
+            self.report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(self.cuda_pids)}"))
+            problems = self.freeze.thaw()
+            if problems:
+                raise CudaFailed(action="resume", pid=self.spec.pid, reason="; ".join(problems), rollback="")
+
+    def commit(self) -> Manifest:
+        rt, spec = self.rt, self.spec
+        self.raw = tree_size(self.staging.images)
+        self._dumped.set()
+        self.report(ProgressEvent(Phase.COMMIT, 0, self.raw, "storing chunks"))
+        manifest = Manifest(
+            id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
+            root_pid=spec.pid, processes=list(self.hold_point.tree.processes), criu_version=rt.criu.version,
+            kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
+            leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
+            outward_stdio=self.stdio,
+        )
+        manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
+        with metrics.phase("checkpoint", "commit"):
+            final = plan(self.staging.images)
+            chunks = self.ingest.complete(final)
+            manifest.files = [ImageEntry(name, sum(p.length for p in cuts), chunks[name]) for name, cuts in final.items()]
+            rt.catalog.publish(self.ingest, manifest)
+        self.ingest.close()
+        metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
+        return manifest
+
+    def finish(self, manifest: Manifest) -> None:
+        """The snapshot is durable: kill a stopped tree, drop staging and the hold record."""
+        tree = self.hold_point.tree
+        if not self.spec.leave_running:
+            self.report(ProgressEvent(Phase.STOP_SOURCE, message=f"stopping pids {tree.pids}"))
+            signal_tree(tree, signal.SIGKILL)
+            left = wait_for_state(tree.pids, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)
+            if left:
+                log.warning("checkpoint.source_still_alive", pids=left)
+        self.rt.scratch.discard(self.staging)
+        self.rt.journal.clear(self.op)
+        log.info("checkpoint.done", snapshot=manifest.id, raw_bytes=manifest.raw_bytes,
+                 stored_bytes=manifest.stored_bytes, new_bytes=manifest.new_bytes,
+                 seconds=round(time.monotonic() - self.started, 3))
+
+    # -- undo steps -----------------------------------------------------------
+
+    def _stored(self, done: int) -> None:
+        if self._dumped.is_set():
+            self.report(ProgressEvent(Phase.COMMIT, done, self.raw))
+
+    def _thaw_gpu(self, _type: type[BaseException] | None, cause: BaseException | None,
+                  _tb: TracebackType | None) -> None:
+        """Bring the GPU side back; CudaFailed (replacing ``cause``) when it could not be."""
+        problems = self.freeze.thaw()
+        if problems:
+            self.keep_record = True
+            raise CudaFailed(action="rollback", pid=self.tree.root, reason="; ".join(problems),
+                             rollback=f" (undoing the GPU checkpoint after: {cause})") from cause
+
+    def _clear_record(self, *_exc: object) -> None:
+        if not self.keep_record:
+            self.rt.journal.clear(self.op)
+
+
+def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter) -> Manifest:
+    """Checkpoint ``spec.pid``'s tree into a new snapshot (see the module docstring)."""
+    return CheckpointRun(rt, spec, operation_id, report).execute()

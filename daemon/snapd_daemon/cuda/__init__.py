@@ -1,1 +1,0 @@
-"""CUDA driver bindings used by snapd."""

@@ -1,0 +1,81 @@
+"""Host diagnosis for `snapd status`: can this host checkpoint and restore?"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapd_daemon.criu.binary import self_check
+from snapd_daemon.host import cuda, nvml
+from snapd_daemon.host.cgroups import CgroupRoot
+from snapd_daemon.runtime.settings import Runtime
+
+MIN_FREE_BYTES = 8 << 30
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Diagnosis:
+    kernel: str
+    gpu_driver: str
+    checks: list[CheckResult] = field(default_factory=list)
+
+
+def _cgroup_v2() -> CheckResult:
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        controllers = root / "cgroup.controllers"
+        if controllers.exists():
+            ctrl = controllers.read_text().split()
+            mode = "unified" if root == Path("/sys/fs/cgroup") else "hybrid"
+            return CheckResult("cgroup-v2", True, f"{mode} at {root}; controllers: {' '.join(ctrl) or 'none'}")
+    return CheckResult("cgroup-v2", False, "no cgroup2 hierarchy mounted")
+
+
+def _cgroup_root(root: CgroupRoot) -> CheckResult:
+    if root.path is None:
+        return CheckResult("cgroup-root", False, "no cgroup2 hierarchy: restores cannot be placed in a cgroup")
+    if not root.path.is_dir():
+        return CheckResult("cgroup-root", True, f"{root.path} (created on first use)")
+    ctrl = (root.path / "cgroup.controllers").read_text().split()
+    return CheckResult("cgroup-root", True, f"{root.path}; controllers for limits: {' '.join(ctrl) or 'none'}")
+
+
+def _gpu_driver() -> tuple[str, CheckResult]:
+    view = nvml.read()
+    if not view.driver_version:
+        return "", CheckResult("gpu-driver", True, f"{view.error}; GPU checkpoints unavailable")
+    ok = int(view.driver_version.split(".")[0]) >= cuda.MIN_DRIVER_BRANCH
+    detail = f"driver {view.driver_version}, {len(view.devices)} GPU(s): {', '.join(d.name for d in view.devices)}"
+    if not ok:
+        detail += f"; CUDA checkpointing needs driver >= {cuda.MIN_DRIVER_BRANCH}"
+    return view.driver_version, CheckResult("gpu-driver", ok, detail)
+
+
+def diagnose(rt: Runtime) -> Diagnosis:
+    kernel = platform.release()
+    criu_ok, criu_detail = self_check(rt.criu)
+    free = rt.store.free_bytes()
+    gpu_version, gpu_check = _gpu_driver()
+    checks = [
+        CheckResult("criu", True, f"criu {rt.criu.version} at {rt.criu.path}"),
+        CheckResult("criu-check", criu_ok, criu_detail),
+        CheckResult("kernel", True, f"{kernel} ({os.uname().machine})"),
+        _cgroup_v2(),
+        _cgroup_root(rt.cgroups),
+        CheckResult(
+            "state-dir-space",
+            free >= MIN_FREE_BYTES,
+            f"{free / 2**30:.1f} GiB free in {rt.settings.state_dir}"
+            + ("" if free >= MIN_FREE_BYTES else f" (below {MIN_FREE_BYTES >> 30} GiB)"),
+        ),
+        gpu_check,
+    ]
+    return Diagnosis(kernel=kernel, gpu_driver=gpu_version, checks=checks)

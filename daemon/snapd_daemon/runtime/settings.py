@@ -1,0 +1,81 @@
+"""The daemon's settings (what `snapd serve` was told) and the Runtime every operation gets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapd_daemon.criu.binary import Criu
+from snapd_daemon.host.cgroups import CgroupRoot
+from snapd_daemon.runtime.holds import HoldJournal
+from snapd_daemon.runtime.registry import OperationRegistry
+from snapd_daemon.runtime.staging import Scratch
+from snapd_daemon.snapshots.catalog import Catalog
+from snapd_daemon.store.protocol import ChunkStore
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = Path("/var/lib/gpu-snapd")
+    criu_path: str | None = None
+    # CRIU log verbosity (0..4); 4 keeps enough context to explain failures.
+    criu_log_level: int = 4
+    # Seconds CRIU may take to freeze the tree at dump.
+    freeze_timeout: int = 30
+    # How long the CUDA driver may wait for in-flight GPU work when locking.
+    cuda_lock_timeout_ms: int = 30_000
+    # Default seconds a restore waits for exiting holders of the snapshot's pids.
+    pid_wait_seconds: float = 10.0
+    # Where CRIU's images are staged: "auto" (RAM when it has room), "ram" or "disk".
+    scratch: str = "auto"
+    # Delegated cgroup v2 subtree restores may be placed in (None: <cgroup2 mount>/gpu-snapd).
+    cgroup_root: Path | None = None
+    ram_scratch: Path | None = Path("/dev/shm/gpu-snapd")
+    # Private anonymous regions at least this big are written into restored processes
+    # by snapd (parallel process_vm_writev) instead of by CRIU; 0 turns that off.
+    inject_min_bytes: int = 64 << 20
+    # Mark those regions MADV_HUGEPAGE in the image, so the writes land in huge pages.
+    # Off: on the 2-core CI VM it made a 1 GiB injection 3x slower (huge-page faults
+    # cost more there); FIELD-NOTES saw THP speed up injection and the driver's
+    # host->GPU copy on the GPU host, where it is still to be measured.
+    inject_huge_pages: bool = False
+    # Where restored trees' outward stdout/stderr pipes are redirected (None: <state_dir>/logs).
+    restore_log_dir: Path | None = None
+    # Threads that hash, compress and write chunks (and read them back on restore).
+    io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
+
+
+    def ram_dir(self) -> Path | None:
+        """This daemon's directory in RAM, keyed by the state directory so that daemons
+        with different state directories never touch each other's files."""
+        if self.ram_scratch is None:
+            return None
+        return self.ram_scratch / hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
+
+    def scratch_dirs(self) -> tuple[Path, Path | None]:
+        """(disk, RAM) staging roots."""
+        ram = self.ram_dir()
+        return self.state_dir / "staging", ram / "staging" if ram else None
+
+    def log_dir(self) -> Path:
+        return self.restore_log_dir or self.state_dir / "logs"
+
+    def hot_dir(self) -> Path | None:
+        """Where prefetched snapshots keep decompressed chunks (RAM)."""
+        ram = self.ram_dir()
+        return ram / "hot" if ram else None
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    criu: Criu
+    store: ChunkStore
+    catalog: Catalog
+    scratch: Scratch
+    cgroups: CgroupRoot
+    journal: HoldJournal
+    registry: OperationRegistry = field(default_factory=OperationRegistry)
+    daemon_pid: int = field(default_factory=os.getpid)

@@ -1,0 +1,77 @@
+"""`snapd serve` options -> the daemon's Settings and Listen (where and to whom it listens), and the TOML config file.
+
+The config file (``snapd serve --config /etc/gpu-snapd/config.toml``) holds the
+same options as the command line: each key is an option's long name with "_"
+for "-" (``--tls-client-ca`` is ``tls_client_ca``; repeatable options take a
+list). Options given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snapd_daemon.api.access import AccessPolicy, resolve_gid
+from snapd_daemon.errors import ConfigInvalid
+from snapd_daemon.runtime import Settings
+from snapd_daemon.server.tcp import TcpListen
+
+DEFAULT_SOCKET = Path("/run/gpu-snapd/snapd.sock")
+
+
+@dataclass(frozen=True)
+class Listen:
+    socket_path: Path = DEFAULT_SOCKET
+    # Group owning the public socket (mode 0660, owner root).
+    socket_group: int = 0
+    # Unix socket callers allowed besides root.
+    policy: AccessPolicy = AccessPolicy()
+    # Optional TCP port (mutual TLS, or plain loopback by name).
+    tcp: TcpListen | None = None
+    # Optional host:port for Prometheus /metrics.
+    metrics_address: str = ""
+    # Seconds to wait for running operations on shutdown.
+    drain_timeout: float = 600.0
+
+
+
+
+def load(path: Path, known: Iterable[str]) -> dict[str, Any]:
+    """The file's keys and values; refuses unreadable files, bad TOML and unknown keys."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigInvalid(source=str(path), reason=exc.strerror or str(exc)) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigInvalid(source=str(path), reason=f"not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigInvalid(source=str(path), reason=f"unknown key(s) {', '.join(unknown)}; the keys are the "
+                            "options of `snapd serve --help` with _ for -")
+    return data
+
+
+def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
+    """Settings and Listen from the merged options of `snapd serve`."""
+    settings = Settings(
+        state_dir=o["state_dir"], criu_path=o["criu"], criu_log_level=o["criu_log_level"], scratch=o["scratch"],
+        inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
+        cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"],
+    )
+    if o["io_threads"]:
+        settings = dataclasses.replace(settings, io_threads=o["io_threads"])
+    tcp = None
+    if o["tcp"]:
+        tcp = TcpListen(o["tcp"], o["tls_cert"], o["tls_key"], o["tls_client_ca"], o["insecure_loopback_tcp"])
+    elif o["tls_cert"] or o["tls_key"] or o["tls_client_ca"] or o["insecure_loopback_tcp"]:
+        raise ConfigInvalid(source="tcp", reason="TLS files or insecure_loopback_tcp given without a tcp address")
+    listen = Listen(
+        socket_path=o["socket"], socket_group=resolve_gid(o["socket_group"], "socket_group"),
+        policy=AccessPolicy.from_names(o["allow_uid"], o["allow_gid"]), tcp=tcp,
+        metrics_address=o["metrics_address"], drain_timeout=o["drain_timeout"],
+    )
+    return settings, listen

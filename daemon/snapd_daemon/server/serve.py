@@ -1,0 +1,167 @@
+"""The daemon process: gRPC behind the unix socket gate, optional TCP, health,
+reflection, metrics, drain.
+
+Start-up order: check the listening configuration and the cgroup root, take
+the state-directory lock, find CRIU, recover the store (resume processes a
+crashed daemon had stopped, remove half-written snapshots), then listen:
+the gRPC server on its private socket in the state directory (and TCP), then
+the public socket's gate (see ``access``). SIGTERM/SIGINT: report NOT_SERVING,
+refuse new operations, wait for running ones to finish, stop the server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from snapd.v1 import snapd_pb2, snapd_pb2_grpc
+
+from snapd_daemon import __version__, metrics
+from snapd_daemon.api.access import AccessInterceptor, PeerTags
+from snapd_daemon.api.gate import Gate
+from snapd_daemon.api.service import SnapshotsServicer
+from snapd_daemon.criu.binary import locate
+from snapd_daemon.errors import ConfigInvalid, StoreError
+from snapd_daemon.host.cgroups import CgroupRoot
+from snapd_daemon.runtime import Runtime, Settings
+from snapd_daemon.runtime.holds import HoldJournal
+from snapd_daemon.runtime.staging import Scratch
+from snapd_daemon.server.config import Listen
+from snapd_daemon.server.sdnotify import Notifier
+from snapd_daemon.snapshots.catalog import Catalog
+from snapd_daemon.store.hot import HotTier
+from snapd_daemon.store.local import LocalStore
+
+log = structlog.get_logger()
+SERVICE_NAME = snapd_pb2.DESCRIPTOR.services_by_name["Snapshots"].full_name
+# The gRPC server's own socket, in the state directory (0700): only the gate reaches it.
+PRIVATE_SOCKET = "api.sock"
+_SUN_PATH_MAX = 107
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode().strip() or "?"
+        os.close(fd)
+        raise StoreError(path=state_dir, reason=f"in use by another snapd daemon (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _claim_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # stale socket of a daemon that died
+        return
+    finally:
+        probe.close()
+    raise StoreError(path=path, reason="another daemon is listening on this socket")
+
+
+def _private_socket(state_dir: Path) -> Path:
+    path = state_dir / PRIVATE_SOCKET
+    if len(str(path)) > _SUN_PATH_MAX:
+        raise ConfigInvalid(source="state_dir", reason=f"{path} is longer than a unix socket path may be "
+                            f"({_SUN_PATH_MAX} bytes); use a shorter state directory")
+    path.unlink(missing_ok=True)  # a stale one; the state lock says no daemon serves it
+    return path
+
+
+def serve(settings: Settings, listen: Listen) -> None:
+    """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures."""
+    lock_fd = _lock_state_dir(settings.state_dir)
+    os.chmod(settings.state_dir, 0o700)
+    journal = HoldJournal(settings.state_dir / "holds")
+    journal.thaw_leftovers()  # first: no configuration error may keep a crashed daemon's processes frozen
+    if listen.tcp:
+        listen.tcp.check()
+    cgroups = CgroupRoot.configure(settings.cgroup_root)
+    private = _private_socket(settings.state_dir)
+    criu = locate(settings.criu_path)
+    disk_scratch, ram_scratch = settings.scratch_dirs()
+    scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
+    scratch.recover()
+    hot_dir = settings.hot_dir()
+    store = LocalStore(settings.state_dir, settings.io_threads, HotTier(hot_dir) if hot_dir else None)
+    store.recover()
+    catalog = Catalog(store)
+    catalog.load()
+    rt = Runtime(settings=settings, criu=criu, store=store, catalog=catalog, scratch=scratch, cgroups=cgroups,
+                 journal=journal)
+    notifier = Notifier()
+
+    tags = PeerTags()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
+                         interceptors=[AccessInterceptor(tags)])
+    snapd_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsServicer(rt), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    server.add_insecure_port(f"unix:{private}")
+    if listen.tcp:
+        listen.tcp.add_to(server)
+    if listen.metrics_address:
+        metrics.serve(listen.metrics_address)
+    _claim_socket(listen.socket_path)
+    gate = Gate(listen.socket_path, listen.socket_group, private, listen.policy, tags)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    server.start()
+    os.chmod(private, 0o600)
+    try:
+        gate.start()
+    except OSError as exc:
+        raise ConfigInvalid(source="socket", reason=f"cannot serve {listen.socket_path}: {exc.strerror}") from exc
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "daemon.ready", version=__version__, pid=os.getpid(), socket=str(listen.socket_path),
+        socket_group=listen.socket_group, allow_uids=sorted(listen.policy.uids),
+        allow_gids=sorted(listen.policy.gids), tcp=listen.tcp.address if listen.tcp else None,
+        tcp_tls=listen.tcp.tls if listen.tcp else None, metrics=listen.metrics_address or None,
+        state_dir=str(settings.state_dir), cgroup_root=str(rt.cgroups.path) if rt.cgroups.path else None,
+        criu=criu.path, criu_version=criu.version,
+    )
+    if listen.tcp and listen.tcp.insecure_loopback:
+        log.warning("daemon.insecure_tcp", tcp=listen.tcp.address,
+                    reason="plain TCP: every local user can call the API")
+    notifier.send(f"READY=1\nMAINPID={os.getpid()}")
+    while not stop.wait(1.0):
+        pass
+
+    notifier.send("STOPPING=1")
+    log.info("daemon.draining", in_flight=[op.id for op in rt.registry.in_flight()])
+    health_servicer.enter_graceful_shutdown()
+    rt.registry.close()
+    if not rt.registry.drain(listen.drain_timeout):
+        log.error("daemon.drain_timeout", still_running=[op.id for op in rt.registry.in_flight()])
+    server.stop(grace=5).wait()
+    gate.stop()
+    scratch.release()
+    listen.socket_path.unlink(missing_ok=True)
+    private.unlink(missing_ok=True)
+    os.close(lock_fd)
+    log.info("daemon.stopped")

@@ -1,0 +1,180 @@
+"""The snapshots a store holds: its manifests parsed, found by id or name, and the
+snapshot-level decisions over its chunks (delete, gc, fsck, prefetch).
+
+Invariants: the index holds the manifests the store holds, parsed; a manifest
+enters it while its ingest still holds the store lock (``publish``), so gc,
+which computes what is live from the index under the exclusive lock, never
+sees a committed snapshot's chunks as orphans.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from snapd_daemon.errors import ChunkCorrupt, SnapshotNotFound, SnapshotPinned
+from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.store.ingest import Committed
+from snapd_daemon.store.local import PrunePlan
+from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable, chunk_offsets
+from snapd_daemon.store.protocol import ChunkStore, IngestSession
+
+
+@dataclass
+class GcReport:
+    expired: list[str] = field(default_factory=list)
+    chunks: int = 0
+    bytes: int = 0
+    dry_run: bool = True
+
+
+@dataclass(frozen=True)
+class Damage:
+    snapshot_id: str
+    file: str
+    offset: int
+    chunk: str
+    problem: str
+
+
+@dataclass
+class FsckReport:
+    snapshots: int = 0
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+    damage: list[Damage] = field(default_factory=list)
+    orphan_chunks: int = 0
+
+
+def chunk_corrupt(manifest: Manifest, err: ChunkUnreadable) -> ChunkCorrupt:
+    """The snapshot-level error for a chunk of ``manifest`` that could not be read."""
+    name, offset = manifest.locate(err.cid)
+    return ChunkCorrupt(snapshot_id=manifest.id, chunk=err.cid, file=name, offset=offset, problem=err.problem)
+
+
+class Catalog:
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._index: dict[str, Manifest] = {}
+
+    def load(self) -> None:
+        """Parse every manifest the store holds. Must run before the daemon accepts requests."""
+        for _path, data in self.store.manifests.all():
+            m = Manifest.from_json(data.decode())
+            self._index[m.id] = m
+
+    # -- finding --------------------------------------------------------------
+
+    def list(self, name: str = "") -> list[Manifest]:
+        """Complete snapshots, oldest first; only those named ``name`` if given."""
+        with self._lock:
+            found = [m for m in self._index.values() if not name or m.name == name]
+        return sorted(found, key=lambda m: (m.created, m.id))
+
+    def get(self, ref: str) -> Manifest:
+        """A snapshot by id, else the newest snapshot named ``ref``."""
+        with self._lock:
+            if ref in self._index:
+                return self._index[ref]
+        named = self.list(name=ref)
+        if not named:
+            raise SnapshotNotFound(snapshot=ref)
+        return named[-1]
+
+    def is_pinned(self, snapshot_id: str) -> bool:
+        return snapshot_id in self.store.pins
+
+    def is_hot(self, snapshot_id: str) -> bool:
+        return self.store.is_hot(snapshot_id)
+
+    def live_chunks(self, leaving: frozenset[str] = frozenset()) -> set[str]:
+        """Chunks the snapshots reference, those in ``leaving`` left out."""
+        with self._lock:
+            return {c for m in self._index.values() if m.id not in leaving for c in m.chunk_ids()}
+
+    # -- changing -------------------------------------------------------------
+
+    def publish(self, ingest: IngestSession, manifest: Manifest) -> Manifest:
+        """Commit ``ingest`` with ``manifest`` (its sizes filled in at commit) and list it."""
+
+        def render(committed: Committed) -> bytes:
+            manifest.stored_bytes = committed.stored_bytes
+            manifest.new_bytes = committed.new_bytes
+            return manifest.to_json().encode()
+
+        ingest.commit(manifest.id, manifest.chunk_ids(), render)
+        with self._lock:
+            self._index[manifest.id] = manifest
+        return manifest
+
+    def pin(self, manifest: Manifest, pinned: bool) -> None:
+        self.store.pins.set(manifest.id, pinned)
+
+    def delete(self, manifest: Manifest) -> int:
+        """Remove a snapshot and the chunks only it used; returns the bytes freed."""
+        if self.is_pinned(manifest.id):
+            raise SnapshotPinned(snapshot_id=manifest.id)
+        with self.store.lock.exclusive():
+            self._unpublish(manifest.id)
+            return self.store.prune(PrunePlan([(cid, 0) for cid in manifest.chunk_ids() - self.live_chunks()]))
+
+    def gc(self, keep_last: int, dry_run: bool, busy: frozenset[str] = frozenset()) -> GcReport:
+        """Plan, then (unless ``dry_run``) execute: expire snapshots beyond the newest
+        ``keep_last`` of each name (0: keep all; pinned, unnamed and ``busy`` ones —
+        those an operation is using — are kept), then remove every chunk no
+        remaining snapshot references."""
+        with self.store.lock.exclusive():
+            report = GcReport(dry_run=dry_run)
+            if keep_last:
+                by_name: dict[str, list[Manifest]] = {}
+                for m in self.list():
+                    if m.name:
+                        by_name.setdefault(m.name, []).append(m)
+                report.expired = [m.id for ms in by_name.values() for m in ms[:-keep_last]
+                                  if not self.is_pinned(m.id) and m.id not in busy]
+            plan = self.store.plan_prune(self.live_chunks(frozenset(report.expired)))
+            report.chunks, report.bytes = len(plan.chunks), plan.bytes
+            if not dry_run:
+                for sid in report.expired:
+                    self._unpublish(sid)
+                self.store.prune(plan)
+            return report
+
+    def _unpublish(self, snapshot_id: str) -> None:
+        """Forget a snapshot: its prefetched copy, its manifest. Caller holds the lock exclusive."""
+        self.store.drop_prefetch(snapshot_id)
+        self.store.manifests.remove(snapshot_id)
+        with self._lock:
+            del self._index[snapshot_id]
+
+    # -- reading --------------------------------------------------------------
+
+    def fsck(self, manifests: list[Manifest]) -> FsckReport:
+        """Read and verify every chunk the given snapshots reference, on disk (not the hot tier)."""
+        report = FsckReport(snapshots=len(manifests))
+        users: dict[str, list[tuple[Manifest, str, int, int]]] = {}
+        for m in manifests:
+            for entry in m.files:
+                for offset, ref in chunk_offsets(entry.chunks):
+                    if ref.id != ZERO_CHUNK:
+                        users.setdefault(ref.id, []).append((m, entry.name, offset, ref.length))
+        problems = self.store.check(list(users))
+        report.chunks_checked = len(users)
+        report.bytes_checked = sum(places[0][3] for places in users.values())
+        for cid, problem in problems.items():
+            report.damage += [Damage(m.id, name, off, cid, problem) for m, name, off, _ in users[cid]]
+        report.orphan_chunks = self.store.orphans(self.live_chunks())
+        return report
+
+    def prefetch(self, manifest: Manifest, progress: Callable[[int], None]) -> int:
+        """Keep the snapshot's chunks decompressed in RAM; bytes added."""
+        chunks = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
+        try:
+            return self.store.prefetch(manifest.id, chunks, progress)
+        except ChunkUnreadable as err:
+            raise chunk_corrupt(manifest, err) from err
+
+    def drop_prefetch(self, manifest: Manifest) -> int:
+        return self.store.drop_prefetch(manifest.id)

@@ -1,0 +1,98 @@
+"""The record of one snapshot: what was checkpointed, where, how big, and which chunks hold its files.
+
+Serialised as JSON (``to_json`` / ``from_json``); the store keeps those bytes
+without reading them. FORMAT_VERSION changes only with an incompatible change.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from snapd_daemon.host.cgroups import CgroupRecord
+from snapd_daemon.host.gpu import GpuRecord
+from snapd_daemon.host.processes import ProcessRecord
+from snapd_daemon.host.stdio import OutwardEnd
+from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, chunk_offsets
+
+FORMAT_VERSION = 1
+
+
+def new_snapshot_id() -> str:
+    """Sortable and unique: UTC creation second plus 48 random bits."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    name: str
+    size_bytes: int
+    chunks: tuple[ChunkRef, ...] = ()
+
+
+@dataclass
+class Manifest:
+    id: str
+    name: str
+    labels: dict[str, str]
+    created: float
+    root_pid: int
+    processes: list[ProcessRecord]
+    criu_version: str
+    kernel: str
+    hostname: str
+    shell_job: bool
+    leave_running: bool
+    files: list[ImageEntry] = field(default_factory=list)
+    # compressed bytes of this snapshot's chunks (shared ones included), and of
+    # the chunks it was first to add to the store
+    stored_bytes: int = 0
+    new_bytes: int = 0
+    checkpoint_seconds: float = 0.0
+    gpu: GpuRecord | None = None
+    # the cgroup v2 group of the root process at checkpoint, with its limits
+    cgroup: CgroupRecord | None = None
+    # stdio pipes/sockets whose other end was outside the tree: redirected at restore
+    outward_stdio: list[OutwardEnd] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def chunk_ids(self) -> set[str]:
+        return {c.id for f in self.files for c in f.chunks if c.id != ZERO_CHUNK}
+
+    def locate(self, cid: str) -> tuple[str, int]:
+        """(file, offset) of the first place chunk ``cid`` holds ("", 0 if none)."""
+        for entry in self.files:
+            for offset, ref in chunk_offsets(entry.chunks):
+                if ref.id == cid:
+                    return entry.name, offset
+        return "", 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data: dict[str, Any] = json.loads(text)
+        data["processes"] = [
+            ProcessRecord(**{**p, "cmdline": tuple(p["cmdline"])}) for p in data["processes"]
+        ]
+        data["files"] = [
+            ImageEntry(f["name"], f["size_bytes"], tuple(ChunkRef(**c) for c in f["chunks"])) for f in data["files"]
+        ]
+        if data.get("gpu"):
+            data["gpu"] = GpuRecord.from_dict(data["gpu"])
+        if data.get("cgroup"):
+            data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
+        data["outward_stdio"] = [OutwardEnd(**e) for e in data.get("outward_stdio", [])]
+        return cls(**data)

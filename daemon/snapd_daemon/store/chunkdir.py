@@ -1,0 +1,115 @@
+"""Write-once chunk files under ``chunks/<first two hex digits>/<blake3 hex>``.
+
+A chunk file appears under its final name only once its bytes are durable
+(``stage`` then ``publish``); temporaries carry ``.tmp-`` in their name and are
+never listed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from snapd_daemon.store import codec
+from snapd_daemon.store.model import ChunkUnreadable
+from snapd_daemon.util.fsutil import fsync_path, syncfs
+
+_TMP_MARK = ".tmp-"
+
+
+class ChunkDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, cid: str) -> Path:
+        return self.root / cid[:2] / cid
+
+    def exists(self, cid: str) -> int:
+        """Stored size of chunk ``cid``, or 0 if the store lacks it."""
+        try:
+            return os.stat(self.path(cid)).st_size
+        except FileNotFoundError:
+            return 0
+
+    def stage(self, cid: str, header: bytes, payload: bytes | memoryview) -> Path:
+        """Write chunk ``cid`` under a temporary name: neither durable nor visible yet."""
+        final = self.path(cid)
+        final.parent.mkdir(exist_ok=True)
+        tmp = final.with_name(f"{cid}{_TMP_MARK}{os.getpid()}-{threading.get_ident()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            bufs = [memoryview(header), memoryview(payload)]
+            while bufs:
+                n = os.writev(fd, bufs)
+                while bufs and n >= len(bufs[0]):
+                    n -= len(bufs.pop(0))
+                if bufs:
+                    bufs[0] = bufs[0][n:]
+        finally:
+            os.close(fd)
+        return tmp
+
+    def publish(self, staged: dict[str, Path]) -> set[str]:
+        """Make staged chunks durable, then visible; returns the ids that were new.
+
+        One syncfs makes every staged file's bytes durable before any of them
+        gets its final name; a chunk another writer published meanwhile is
+        kept as it is (``link`` refuses to replace it). Directories are synced last.
+        """
+        if not staged:
+            return set()
+        syncfs(self.root)
+        added = set()
+        for cid, tmp in staged.items():
+            try:
+                os.link(tmp, self.path(cid))
+                added.add(cid)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        self.sync_prefixes(set(staged))
+        return added
+
+    def sync_prefixes(self, cids: set[str]) -> None:
+        """fsync the directories holding these chunks' names."""
+        for prefix in {c[:2] for c in cids}:
+            fsync_path(self.root / prefix)
+        if cids:
+            fsync_path(self.root)
+
+    def read(self, cid: str) -> bytes | memoryview:
+        """Verified raw bytes of chunk ``cid``; raises ChunkUnreadable when it is missing or corrupt."""
+        try:
+            with open(self.path(cid), "rb", buffering=0) as f:
+                blob = bytearray(os.fstat(f.fileno()).st_size)
+                f.readinto(blob)
+        except FileNotFoundError:
+            raise ChunkUnreadable(cid, "missing") from None
+        try:
+            return codec.decode(blob, cid)
+        except codec.ChunkDecodeError as exc:
+            raise ChunkUnreadable(cid, f"corrupt ({exc})") from None
+
+    def all(self) -> Iterator[tuple[str, int]]:
+        """Every stored chunk and its size (temporary files excluded)."""
+        for sub in self.root.iterdir():
+            for entry in os.scandir(sub):
+                if _TMP_MARK not in entry.name:
+                    yield entry.name, entry.stat().st_size
+
+    def remove(self, cid: str) -> None:
+        self.path(cid).unlink(missing_ok=True)
+
+    def remove_temporaries(self) -> int:
+        """Delete temporary files a crashed writer left; returns how many."""
+        count = 0
+        for sub in self.root.iterdir():
+            for entry in os.scandir(sub):
+                if _TMP_MARK in entry.name:
+                    os.unlink(entry.path)
+                    count += 1
+        return count

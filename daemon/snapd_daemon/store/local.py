@@ -1,0 +1,187 @@
+"""The local content store: chunks, manifests as bytes, pins and the hot tier in one state directory.
+
+Layout under the state directory::
+
+    chunks/ab/<blake3>   write-once chunk files (codec.py, chunkdir.py)
+    manifests/<id>.json  one per complete snapshot, written last (opaque bytes here)
+    pins/<id>            ids gc and rm leave alone
+
+Write order for a snapshot (ingest.py): chunks under temporary names -> one
+syncfs -> final names (links) -> chunk directories fsynced -> manifest (tmp,
+fsync, rename, fsync dir). A crash at any point leaves the whole snapshot or
+none of it; chunks of an unfinished snapshot are orphans that gc reclaims.
+Operations that write or read chunks hold ``lock`` shared; gc and delete hold
+it exclusive, so they never remove a chunk an in-flight ingest has written but
+not yet committed. Every read verifies the chunk's hash.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapd_daemon.errors import StoreError, StoreFull
+from snapd_daemon.store.chunkdir import ChunkDir
+from snapd_daemon.store.hot import HotTier
+from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
+from snapd_daemon.store.manifests import ManifestDir, PinSet
+from snapd_daemon.store.model import ChunkUnreadable
+from snapd_daemon.store.oserrors import translated
+from snapd_daemon.store.rwlock import RWLock
+from snapd_daemon.util.meminfo import mem_available
+
+# RAM a hot-tier fill or prefetch leaves free besides what it adds.
+_RAM_RESERVE = 1 << 30
+
+
+@dataclass
+class PrunePlan:
+    """Chunks to remove: (id, stored size) of each."""
+
+    chunks: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self.chunks)
+
+
+class _Count:
+    """A byte count several threads add to."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def add(self, n: int) -> int:
+        with self._lock:
+            self.total += n
+            return self.total
+
+
+class LocalStore:
+    def __init__(self, root: Path, threads: int, hot: HotTier | None = None) -> None:
+        self.root = root
+        self.threads = threads
+        self.hot = hot
+        self.chunks = ChunkDir(root / "chunks")
+        self.manifests = ManifestDir(root / "manifests")
+        self.pins = PinSet(root / "pins")
+        self.lock = RWLock()
+
+    def recover(self) -> None:
+        """Remove every temporary file a crash left. Must run before the daemon accepts requests."""
+        self.manifests.remove_temporaries()
+        self.pins.remove_temporaries()
+        self.chunks.remove_temporaries()
+
+    def translate_os_errors(self, needed: int) -> AbstractContextManager[None]:
+        """Turn ENOSPC/EDQUOT into StoreFull and other OS errors into StoreError."""
+        return translated(self.root, needed)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def disk_bytes(self) -> int:
+        return sum(size for _, size in self.chunks.all())
+
+    # -- writing --------------------------------------------------------------
+
+    def begin_ingest(self, source: Path, progress: Progress, keep_hot: bool = False,
+                     hot_ram_needed: int = 0) -> Ingest:
+        """Start storing the files of directory ``source`` (see ingest.py).
+        ``keep_hot``: also put the raw chunks in the hot tier, as a prefetch would;
+        refused (StoreFull) unless RAM has room for ``hot_ram_needed`` bytes more."""
+        if keep_hot:
+            hot = self._hot()
+            free = min(hot.free_bytes(), mem_available())
+            if hot_ram_needed + _RAM_RESERVE > free:
+                raise StoreFull(path=hot.root, needed=hot_ram_needed, free=free)
+        return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads), source, progress,
+                      self.hot if keep_hot else None)
+
+    # -- reading --------------------------------------------------------------
+
+    def read_chunk(self, cid: str, hot: bool = True) -> bytes | memoryview:
+        """Verified bytes of a chunk: from the hot tier when it has them (and ``hot``),
+        else from disk. Raises ChunkUnreadable."""
+        if hot and self.hot is not None:
+            view = self.hot.read(cid)
+            if view is not None:
+                return view
+        return self.chunks.read(cid)
+
+    # -- hot tier -------------------------------------------------------------
+
+    def _hot(self) -> HotTier:
+        if self.hot is None:
+            raise StoreError(path=self.root, reason="no RAM directory is configured for the hot tier")
+        return self.hot
+
+    def prefetch(self, holder: str, chunks: dict[str, int], progress: Progress) -> int:
+        """Put ``chunks`` (id -> raw length), decompressed and verified, in the hot tier
+        on behalf of ``holder``; bytes added. Raises ChunkUnreadable for a bad chunk."""
+        hot = self._hot()
+        missing = [(cid, length) for cid, length in chunks.items() if not hot.has(cid)]
+        needed = sum(length for _, length in missing)
+        if needed + _RAM_RESERVE > hot.free_bytes():
+            raise StoreFull(path=hot.root, needed=needed, free=hot.free_bytes())
+        count = _Count()
+
+        def one(item: tuple[str, int]) -> None:
+            hot.add(item[0], self.chunks.read(item[0]))
+            progress(count.add(item[1]))
+
+        hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
+        try:
+            with self.lock.shared(), self.translate_os_errors(needed):
+                with ThreadPoolExecutor(self.threads, thread_name_prefix="prefetch") as pool:
+                    list(pool.map(one, missing))
+        except BaseException:
+            hot.unmark(holder)
+            raise
+        return needed
+
+    def drop_prefetch(self, holder: str) -> int:
+        return self.hot.unmark(holder) if self.hot is not None else 0
+
+    def hot_bytes(self) -> int:
+        """Bytes the hot tier holds (0 without one)."""
+        return self.hot.bytes_used() if self.hot is not None else 0
+
+    def is_hot(self, holder: str) -> bool:
+        return self.hot is not None and (self.hot.snapshots_dir / holder).exists()
+
+    # -- space and integrity --------------------------------------------------
+
+    def plan_prune(self, live: set[str]) -> PrunePlan:
+        """The stored chunks not in ``live``. Caller holds the lock exclusive."""
+        return PrunePlan([(cid, size) for cid, size in self.chunks.all() if cid not in live])
+
+    def prune(self, plan: PrunePlan) -> int:
+        """Remove the planned chunks; bytes freed. Caller holds the lock exclusive."""
+        freed = 0
+        for cid, _ in plan.chunks:
+            freed += self.chunks.exists(cid)
+            self.chunks.remove(cid)
+        return freed
+
+    def check(self, cids: list[str]) -> dict[str, str]:
+        """Read and verify each chunk on disk (not the hot tier); id -> problem for the bad ones."""
+
+        def one(cid: str) -> str:
+            try:
+                self.chunks.read(cid)
+            except ChunkUnreadable as err:
+                return err.problem
+            return ""
+
+        with self.lock.shared(), ThreadPoolExecutor(self.threads, thread_name_prefix="fsck") as pool:
+            return {cid: problem for cid, problem in zip(cids, pool.map(one, cids), strict=True) if problem}
+
+    def orphans(self, live: set[str]) -> int:
+        """How many stored chunks ``live`` does not name."""
+        return sum(1 for cid, _ in self.chunks.all() if cid not in live)

@@ -1,0 +1,43 @@
+"""The store's vocabulary: chunk references, pieces of a file to store, and the
+error a chunk read raises. Nothing here knows what the bytes mean."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+# The id of a chunk of zeros: never stored, read back as zeros.
+ZERO_CHUNK = ""
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """``length`` bytes of a file; ``id`` is the BLAKE3 hex of them, or ZERO_CHUNK for zeros."""
+
+    id: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """``length`` bytes at ``offset`` of a file being stored: one chunk."""
+
+    offset: int
+    length: int
+
+
+class ChunkUnreadable(Exception):
+    """Chunk ``cid`` cannot be read back as stored: ``problem`` says why (missing, or corrupt and how)."""
+
+    def __init__(self, cid: str, problem: str) -> None:
+        super().__init__(f"chunk {cid}: {problem}")
+        self.cid = cid
+        self.problem = problem
+
+
+def chunk_offsets(chunks: tuple[ChunkRef, ...]) -> Iterator[tuple[int, ChunkRef]]:
+    """(offset in the file, chunk) for each chunk of a file stored as ``chunks``."""
+    offset = 0
+    for ref in chunks:
+        yield offset, ref
+        offset += ref.length

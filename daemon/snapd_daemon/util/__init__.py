@@ -1,0 +1,4 @@
+"""Small helpers with no knowledge of snapd: durable files, pollers, /proc/meminfo.
+
+Owns nothing; imports nothing of snapd_daemon.
+"""
