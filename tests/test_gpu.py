@@ -28,7 +28,7 @@ from snapd_daemon.cuda import driver
 from snapd_daemon.gpu import inventory
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "scripts" / "reference_server.py"
+SERVER = ROOT / "scripts" / "bench" / "reference_server.py"
 PROMPT = [1, 15, 300, 42, 7, 99, 1000, 5]
 
 

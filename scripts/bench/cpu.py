@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark snapd against the stock criu CLI on the same CPU process, in one run.
 
-    sudo .venv/bin/python scripts/bench_cpu.py [--size-mb 1536] [--rounds 1] [--keep-dir] [--json]
+    sudo .venv/bin/python scripts/bench/cpu.py [--size-mb 1536] [--rounds 1] [--keep-dir] [--json]
 
 Each round, on one workload process (its pid survives every restore):
   1. snapd: checkpoint through the Python client (timed client-side, end to end,
@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchlib import (
+from lib import (
     GB,
     BenchError,
     Daemon,
@@ -341,5 +341,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except BenchError as exc:
-        print(f"bench_cpu: error: {exc}", file=sys.stderr)
+        print(f"bench/cpu.py: error: {exc}", file=sys.stderr)
         sys.exit(1)

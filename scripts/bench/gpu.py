@@ -3,7 +3,7 @@
 random bf16 weights) through snapd and through the stock flow (criu CLI + the CUDA
 driver API by hand), printed as a table with ratios.
 
-    sudo python3 scripts/bench_gpu.py [--preset 8b] [--kv-cache-fraction 0] [--compile] [--json OUT]
+    sudo python3 scripts/bench/gpu.py [--preset 8b] [--kv-cache-fraction 0] [--compile] [--json OUT]
 
 Steps, in this order, on one server process (its pid survives every restore):
   1. weights generated (untimed for the cold start), then a cold start (eager; with
@@ -35,7 +35,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import (
+from lib import (
     GB,
     REPO,
     BenchError,
@@ -53,7 +53,7 @@ from snapd_client import SnapdClient
 from snapd_daemon.cuda import driver
 from snapd_daemon.gpu import inventory
 
-SERVER = REPO / "scripts" / "reference_server.py"
+SERVER = REPO / "scripts" / "bench" / "reference_server.py"
 PROMPT = [128000, 791, 3938, 315, 17332, 374, 220, 17, 13]
 NEW_TOKENS = 16
 

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from snapd.v1 import snapd_pb2 as pb
 from snapd_daemon.runtime import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PR_SET_CHILD_SUBREAPER = 36
 GB = 1e9
 PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower().replace("_", "-") for v in pb.Phase.DESCRIPTOR.values}
