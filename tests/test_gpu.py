@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Daemon, Workloads, gone, wait_for
+from harness import Daemon, Workloads, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.cuda import driver

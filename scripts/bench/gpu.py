@@ -170,7 +170,7 @@ def main() -> int:
     flags = ["--kv-cache-fraction", str(args.kv_cache_fraction)] if args.kv_cache_fraction else []
     server = Server(work, weights, args.preset, flags)
     (work / "daemon").mkdir()
-    daemon = Daemon(work / "daemon", criu, tuple(args.serve_option))
+    daemon = Daemon(work / "daemon", tuple(args.serve_option), criu=criu)
     results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction}
 
     def record(key: str, value: object) -> None:
@@ -198,7 +198,7 @@ def main() -> int:
         if not args.keep_weights:
             shutil.rmtree(weights, ignore_errors=True)
 
-        daemon.start()
+        daemon.start(timeout=60)
         with SnapdClient(daemon.target) as client:
             clock = PhaseClock()
             t = time.monotonic()
@@ -240,7 +240,7 @@ def main() -> int:
         record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold"))
     finally:
         server.kill()
-        daemon.stop()
+        daemon.close()
         shutil.rmtree(work, ignore_errors=True)
 
     def ratio(a: str, b: str, key: str) -> str:
