@@ -1,197 +1,23 @@
-"""Fixtures: a real snapd daemon (subprocess, real CRIU) and real workload processes."""
+"""Fixtures: a real snapd daemon (subprocess, real CRIU) and real workload processes,
+from the harness in harness.py (which the benchmarks share)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-import psutil
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import Daemon, Workloads
 
-from snapd.v1 import snapd_pb2 as pb
-from snapd_client import SnapdClient, SnapdClientError
-from snapd_daemon.runtime import Settings
-
-WORKLOADS = Path(__file__).parent / "workloads"
-
-
-_DAEMONS: list[Daemon] = []
+from snapd_client import SnapdClient
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _free_daemon_ram() -> Iterator[None]:
     """Every test daemon's RAM directory (hot tier) outlives it by design: free them all."""
     yield
-    for d in _DAEMONS:
+    for d in Daemon.made:
         d.remove_ram()
-
-
-class Daemon:
-    """A `snapd serve` subprocess on a private socket and state directory."""
-
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()) -> None:
-        self.root = root
-        self.state_dir = root / "state"
-        self.socket = root / "snapd.sock"
-        self.log = root / "daemon.log"
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen[bytes] | None = None
-        _DAEMONS.append(self)
-
-    @property
-    def target(self) -> str:
-        return f"unix://{self.socket}"
-
-    def cli_args(self) -> list[str]:
-        args = [sys.executable, "-m", "snapd_daemon", "serve", "--state-dir", str(self.state_dir),
-                "--socket", str(self.socket), "--log-format", "json", *self.extra_args]
-        if os.environ.get("SNAPD_CRIU"):
-            args += ["--criu", os.environ["SNAPD_CRIU"]]
-        return args
-
-    def start(self) -> Daemon:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.cli_args(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            if self.socket.exists():
-                with grpc.insecure_channel(self.target) as ch:
-                    try:
-                        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                        if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                            return
-                    except grpc.RpcError:
-                        pass
-            time.sleep(0.05)
-        raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log.read_text()}")
-
-    def staging_leftovers(self) -> list[Path]:
-        """Whatever sits in the daemon's staging roots (disk and RAM)."""
-        roots = Settings(state_dir=self.state_dir).scratch_dirs()
-        return [p for root in roots if root is not None and root.exists() for p in root.iterdir()]
-
-    def client(self) -> SnapdClient:
-        return SnapdClient(self.target)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-    def remove_ram(self) -> None:
-        """Free what this daemon keeps in RAM beyond its life (the hot tier)."""
-        ram = Settings(state_dir=self.state_dir).ram_dir()
-        if ram is not None:
-            shutil.rmtree(ram, ignore_errors=True)
-
-
-class Workloads:
-    """Workload processes started by a test; reaped as they die, killed at teardown."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.started = 0
-
-    def start(self, script: str, *args: str, under_shell: bool = False) -> tuple[int, Path]:
-        """Start a workload as a session leader, or, with ``under_shell``, as the child of a
-        shell that leads its session (the shape of a job started from a terminal)."""
-        self.started += 1
-        report = self.tmp / f"{script}.{self.started}.report"
-        command = [sys.executable, str(WORKLOADS / script), *args, str(report)]
-        if under_shell:
-            command = ["sh", "-c", '"$@" & wait', "sh", *command]
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, cwd=WORKLOADS)
-        threading.Thread(target=proc.wait, daemon=True).start()
-        wait_for(lambda: report.exists(), 60, f"{script} to report")
-        if under_shell:
-            return psutil.Process(proc.pid).children()[0].pid, report
-        return proc.pid, report
-
-    def kill_all(self) -> None:
-        """Kill every process, daemons aside, whose command line names this test's
-        directory: the workloads, their children and any restored copies of them."""
-        mine = str(self.tmp)
-        for pid in psutil.pids():  # not process_iter: its cache skips a pid that a restore reused
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                argv = proc.cmdline()
-                if mine in " ".join(argv) and not {"snapd_client", "snapd_daemon"} & set(argv):
-                    proc.kill()
-
-
-class BackgroundCheckpoint:
-    """A checkpoint through its own client in a thread; ``wait_for_phase`` returns once
-    progress of ``phase`` with bytes moving has arrived."""
-
-    def __init__(self, target: str, pid: int, phase: int, **kwargs: object) -> None:
-        self.phase = phase
-        self.reached = threading.Event()
-        self.snapshot: pb.Snapshot | None = None
-        self.error: SnapdClientError | None = None
-        self.thread = threading.Thread(target=self._run, args=(target, pid, kwargs))
-        self.thread.start()
-
-    def _run(self, target: str, pid: int, kwargs: dict[str, object]) -> None:
-        with SnapdClient(target) as c:
-            try:
-                self.snapshot = c.checkpoint(pid, on_progress=self._progress, **kwargs)  # type: ignore[arg-type]
-            except SnapdClientError as exc:
-                self.error = exc
-
-    def _progress(self, p: pb.Progress) -> None:
-        if p.phase == self.phase and p.bytes_done:
-            self.reached.set()
-
-    def wait_for_phase(self, timeout: float = 120) -> None:
-        assert self.reached.wait(timeout), f"no progress of phase {self.phase} within {timeout} s"
-
-    def join(self, timeout: float = 120) -> None:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the checkpoint did not end"
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def ask(pid: int, report: Path, timeout: float = 30) -> list[str]:
-    """SIGUSR1 ``pid`` and return the fields of the report it writes in answer."""
-    before = report.stat().st_mtime_ns if report.exists() else 0
-    os.kill(pid, signal.SIGUSR1)
-    wait_for(lambda: report.exists() and report.stat().st_mtime_ns != before, timeout, f"report of pid {pid}")
-    return report.read_text().split()
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Daemon
+from harness import Daemon
 from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Daemon, Workloads, ask, gone, wait_for
+from harness import Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import CgroupSpec, SnapdClientError
 from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from conftest import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
+from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClientError
 from snapd.v1 import snapd_pb2 as pb

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Daemon, Workloads, ask, gone, wait_for
+from harness import Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClientError
 from snapd_daemon.restore.images import Span, split_runs

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Daemon, Workloads, gone, wait_for
+from harness import Daemon, Workloads, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.gpu import inventory
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "scripts" / "reference_server.py"
+SERVER = ROOT / "scripts" / "bench" / "reference_server.py"
 PROMPT = [1, 15, 300, 42, 7, 99, 1000, 5]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Workloads, ask, gone, wait_for
+from harness import Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
 

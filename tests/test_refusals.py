@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from conftest import BackgroundCheckpoint, Daemon, Workloads, gone, wait_for
+from harness import BackgroundCheckpoint, Daemon, Workloads, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from conftest import Daemon, Workloads, ask, gone, wait_for
+from harness import Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClient
 

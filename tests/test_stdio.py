@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import WORKLOADS, Daemon, gone, wait_for
+from harness import WORKLOADS, Daemon, gone, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio, unix_peers

@@ -7,7 +7,7 @@ import os
 
 import grpc
 import pytest
-from conftest import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
+from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark snapd against the stock criu CLI on the same CPU process, in one run.
 
-    sudo .venv/bin/python scripts/bench_cpu.py [--size-mb 1536] [--rounds 1] [--keep-dir] [--json]
+    sudo .venv/bin/python scripts/bench/cpu.py [--size-mb 1536] [--rounds 1] [--keep-dir] [--json]
 
 Each round, on one workload process (its pid survives every restore):
   1. snapd: checkpoint through the Python client (timed client-side, end to end,
@@ -39,10 +39,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchlib import (
+from lib import (
     GB,
     BenchError,
     Daemon,
+    DaemonFailed,
     PhaseClock,
     become_subreaper,
     fsync_images,
@@ -299,11 +300,11 @@ def main() -> int:
     become_subreaper()
     root = Path(tempfile.mkdtemp(prefix="snapd-bench-"))
     workload = Workload(root, args.size_mb)
-    daemon = Daemon(root, criu, tuple(args.serve_option))
+    daemon = Daemon(root, tuple(args.serve_option), criu=criu)
     rounds: list[Round] = []
     try:
         print(f"bench dir {root}; starting daemon and a {args.size_mb} MiB workload", file=sys.stderr)
-        daemon.start()
+        daemon.start(timeout=60)
         workload.start()
         with SnapdClient(daemon.target) as client:
             criu_version = client.status().criu_version
@@ -312,7 +313,7 @@ def main() -> int:
                 print(f"round {n} done, checksums verified", file=sys.stderr)
     finally:
         workload.kill()
-        daemon.stop()
+        daemon.close()
         if args.keep_dir:
             print(f"kept {root}", file=sys.stderr)
         else:
@@ -340,6 +341,6 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_cpu: error: {exc}", file=sys.stderr)
+    except (BenchError, DaemonFailed) as exc:
+        print(f"bench/cpu.py: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -1,22 +1,25 @@
-"""Shared by the benchmarks: a private snapd daemon, phase clocks, criu CLI runs."""
+"""Shared by the benchmarks: phase clocks, criu CLI runs, reaping; the private snapd
+daemon is the tests' own (tests/harness.py), imported from here."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from snapd.v1 import snapd_pb2 as pb
-from snapd_daemon.runtime import Settings
+from snapd_daemon.util.fsutil import fsync_path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from harness import Daemon as Daemon  # noqa: E402  (one daemon harness for tests and benchmarks)
+from harness import DaemonFailed as DaemonFailed  # noqa: E402
+from harness import wait_for  # noqa: E402
+
 PR_SET_CHILD_SUBREAPER = 36
 GB = 1e9
 PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower().replace("_", "-") for v in pb.Phase.DESCRIPTOR.values}
@@ -27,11 +30,8 @@ class BenchError(Exception):
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.01)
+    """The harness's wait, failing with a BenchError."""
+    wait_for(cond, timeout, what, error=BenchError, interval=0.01)
 
 
 def become_subreaper() -> None:
@@ -48,58 +48,6 @@ def locate_criu() -> str:
 
 def image_bytes(images: Path) -> int:
     return sum(p.stat().st_size for p in images.iterdir() if p.is_file() and p.suffix != ".log")
-
-
-class Daemon:
-    """A private `snapd serve` on its own socket and state directory."""
-
-    def __init__(self, root: Path, criu: str, serve_options: tuple[str, ...] = ()) -> None:
-        self.serve_options = serve_options
-        self.state_dir = root / "state"
-        self.socket = root / "snapd.sock"
-        self.log = root / "daemon.log"
-        self.criu = criu
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"unix://{self.socket}"
-
-    def start(self, timeout: float = 60) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "snapd_daemon", "serve", "--state-dir", str(self.state_dir),
-                 "--socket", str(self.socket), "--log-format", "json", "--criu", self.criu, *self.serve_options],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )
-        wait_until(self._serving, timeout, f"the daemon to serve (log: {self.log})")
-
-    def _serving(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise BenchError(f"daemon exited with status {self.proc.returncode}:\n{self.log.read_text()}")
-        if not self.socket.exists():
-            return False
-        with grpc.insecure_channel(self.target) as channel:
-            try:
-                resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            except grpc.RpcError:
-                return False
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def stop(self) -> None:
-        """Stop the daemon and remove its RAM directory (staging and hot tier)."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        ram = Settings(state_dir=self.state_dir).ram_dir()
-        if ram is not None:
-            shutil.rmtree(ram, ignore_errors=True)
 
 
 class PhaseClock:
@@ -136,27 +84,19 @@ def run_criu(criu: str, args: list[str], images: Path, log_name: str) -> float:
 def fsync_images(images: Path) -> float:
     started = time.monotonic()
     for path in images.iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
     return time.monotonic() - started
 
 
 def reap_pid(pid: int, timeout: float = 60) -> None:
     """Wait until ``pid`` is gone and free: reaped by us (a subreaper) or by whoever is its parent."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def reaped() -> bool:
         try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
+            return os.waitpid(pid, os.WNOHANG)[0] == pid
         except ChildProcessError:
-            if not os.path.exists(f"/proc/{pid}"):
-                return
-        if time.monotonic() >= deadline:
-            raise BenchError(f"pid {pid} still not reaped after {timeout:.0f} s")
-        time.sleep(0.01)
+            return not os.path.exists(f"/proc/{pid}")
+
+    wait_until(reaped, timeout, f"pid {pid} to be reaped")
 
 
 def drop_caches() -> None:

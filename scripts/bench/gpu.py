@@ -3,7 +3,7 @@
 random bf16 weights) through snapd and through the stock flow (criu CLI + the CUDA
 driver API by hand), printed as a table with ratios.
 
-    sudo python3 scripts/bench_gpu.py [--preset 8b] [--kv-cache-fraction 0] [--compile] [--json OUT]
+    sudo python3 scripts/bench/gpu.py [--preset 8b] [--kv-cache-fraction 0] [--compile] [--json OUT]
 
 Steps, in this order, on one server process (its pid survives every restore):
   1. weights generated (untimed for the cold start), then a cold start (eager; with
@@ -35,7 +35,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import (
+from lib import (
     GB,
     REPO,
     BenchError,
@@ -53,7 +53,7 @@ from snapd_client import SnapdClient
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.gpu import inventory
 
-SERVER = REPO / "scripts" / "reference_server.py"
+SERVER = REPO / "scripts" / "bench" / "reference_server.py"
 PROMPT = [128000, 791, 3938, 315, 17332, 374, 220, 17, 13]
 NEW_TOKENS = 16
 
@@ -170,7 +170,7 @@ def main() -> int:
     flags = ["--kv-cache-fraction", str(args.kv_cache_fraction)] if args.kv_cache_fraction else []
     server = Server(work, weights, args.preset, flags)
     (work / "daemon").mkdir()
-    daemon = Daemon(work / "daemon", criu, tuple(args.serve_option))
+    daemon = Daemon(work / "daemon", tuple(args.serve_option), criu=criu)
     results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction}
 
     def record(key: str, value: object) -> None:
@@ -198,7 +198,7 @@ def main() -> int:
         if not args.keep_weights:
             shutil.rmtree(weights, ignore_errors=True)
 
-        daemon.start()
+        daemon.start(timeout=60)
         with SnapdClient(daemon.target) as client:
             clock = PhaseClock()
             t = time.monotonic()
@@ -240,7 +240,7 @@ def main() -> int:
         record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold"))
     finally:
         server.kill()
-        daemon.stop()
+        daemon.close()
         shutil.rmtree(work, ignore_errors=True)
 
     def ratio(a: str, b: str, key: str) -> str:
