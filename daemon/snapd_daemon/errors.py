@@ -202,6 +202,13 @@ class RestoreLogUnavailable(SnapdError):
     status = "FAILED_PRECONDITION"
 
 
+class Cancelled(SnapdError):
+    """operation {operation_id} was cancelled before its commit point ({why}); {undone}"""
+
+    exit_code = 45
+    status = "CANCELLED"
+
+
 class ConfigInvalid(SnapdError):
     """invalid configuration ({source}): {reason}"""
 
@@ -236,4 +243,5 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     PermissionDenied,
     ConfigInvalid,
     RestoreLogUnavailable,
+    Cancelled,
 )

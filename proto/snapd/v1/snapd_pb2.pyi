@@ -182,7 +182,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +209,7 @@ class Snapshot(_message.Message):
     GPU_FIELD_NUMBER: _ClassVar[int]
     HOT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_CGROUP_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -228,7 +229,8 @@ class Snapshot(_message.Message):
     gpu: GpuInfo
     hot: bool
     source_cgroup: CgroupInfo
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ...) -> None: ...
+    damaged_chunks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CgroupInfo(_message.Message):
     __slots__ = ("path", "limits")
@@ -404,7 +406,7 @@ class Check(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DaemonStatus(_message.Message):
-    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks")
+    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -417,6 +419,9 @@ class DaemonStatus(_message.Message):
     OPERATIONS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     GPU_DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     uptime_seconds: float
@@ -429,4 +434,21 @@ class DaemonStatus(_message.Message):
     operations_in_flight: int
     gpu_driver_version: str
     checks: _containers.RepeatedCompositeFieldContainer[Check]
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ...) -> None: ...
+    recovered_operations: int
+    quarantined_manifests: int
+    quarantined_chunks: int
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recovered_operations: _Optional[int] = ..., quarantined_manifests: _Optional[int] = ..., quarantined_chunks: _Optional[int] = ...) -> None: ...
+
+class CancelOperationRequest(_message.Message):
+    __slots__ = ("operation_id",)
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    def __init__(self, operation_id: _Optional[str] = ...) -> None: ...
+
+class CancelOperationResponse(_message.Message):
+    __slots__ = ("cancelled", "detail")
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    detail: str
+    def __init__(self, cancelled: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,11 @@ class SnapshotsStub:
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=snapd_dot_v1_dot_snapd__pb2.DaemonStatus.FromString,
                 _registered_method=True)
+        self.CancelOperation = channel.unary_unary(
+                '/snapd.v1.Snapshots/CancelOperation',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationResponse.FromString,
+                _registered_method=True)
 
 
 class SnapshotsServicer:
@@ -156,6 +161,16 @@ class SnapshotsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelOperation(self, request, context):
+        """Ask a running Checkpoint or Restore to stop. Before its commit point it rolls
+        back and its stream ends with CANCELLED (snapd-error Cancelled); after it,
+        the operation completes. Cancelling the call itself, or its deadline passing,
+        has the same effect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +223,11 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=snapd_dot_v1_dot_snapd__pb2.GetStatusRequest.FromString,
                     response_serializer=snapd_dot_v1_dot_snapd__pb2.DaemonStatus.SerializeToString,
+            ),
+            'CancelOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOperation,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +500,33 @@ class Snapshots:
             '/snapd.v1.Snapshots/GetStatus',
             snapd_dot_v1_dot_snapd__pb2.GetStatusRequest.SerializeToString,
             snapd_dot_v1_dot_snapd__pb2.DaemonStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/CancelOperation',
+            snapd_dot_v1_dot_snapd__pb2.CancelOperationRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.CancelOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,
