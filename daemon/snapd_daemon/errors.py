@@ -104,6 +104,10 @@ class StoreFull(SnapdError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class RestoreSpaceFull(StoreFull):
+    """no space left in {path} to stage the restore of snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing was restored. Free space there (or restore with the RAM staging directory larger) and retry."""
+
+
 class StoreError(SnapdError):
     """snapshot store {path}: {reason}"""
 
@@ -228,6 +232,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     CriuFailed,
     CriuUnavailable,
     StoreFull,
+    RestoreSpaceFull,
     StoreError,
     ShuttingDown,
     SnapshotBusy,

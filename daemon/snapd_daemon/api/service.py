@@ -219,4 +219,5 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             operations_in_flight=len(self.rt.registry.in_flight()),
             gpu_driver_version=report.gpu_driver,
             checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+            recovered_operations=self.rt.recovered_operations,
         )

@@ -20,6 +20,7 @@ GPU side could not be thawed, so that a restarted daemon tries again.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import signal
 import socket
@@ -84,7 +85,11 @@ class _PostDumpHold(Notify):
             [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids)))
 
     def post_dump(self) -> None:
-        self.tree = inspect_tree(self.tree.root, self.daemon_pid)
+        # CRIU holds the tree in a tracing stop now: keep what was stopped when it was first inspected
+        stopped = {p.pid for p in self.tree.processes if p.stopped}
+        now = inspect_tree(self.tree.root, self.daemon_pid)
+        self.tree = dataclasses.replace(now, processes=tuple(
+            dataclasses.replace(p, stopped=p.pid in stopped) for p in now.processes))
         if self.stop:
             self.record()
             self.held = True

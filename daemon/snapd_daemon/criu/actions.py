@@ -144,21 +144,26 @@ def restore(
     log_level: int,
     notify: Notify | None = None,
     place: swrk.PlaceHook | None = None,
+    manage_cgroups: bool = True,
     inherit: Sequence[tuple[str, int]] = (),
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
+    Every restored task is left stopped (``leave_stopped``): the caller resumes
+    them once it has finished the tree, or kills it.
 
     The restored tree is detached: it is reparented away from CRIU when the
-    swrk child exits and does not depend on the daemon. With ``place`` (e.g. a
-    cgroup's ``adopt``), CRIU is handed to it before it gets the request and
-    leaves cgroups alone, so the whole tree is born there (see ``snapd_daemon.host.cgroups``).
+    swrk child exits and does not depend on the daemon. ``place`` gets
+    CRIU's pid before CRIU sees the request (to record it, or to move it into a
+    cgroup); without ``manage_cgroups`` CRIU leaves cgroups alone, so a tree
+    whose CRIU was moved into a group is born there (see ``snapd_daemon.host.cgroups``).
     ``inherit``: (CRIU key, fd of ours) for resources the tree gets in place of
     the dumped ones (CRIU's inherit_fd).
     """
-    opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level)
+    opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level,
+                        leave_stopped=True)
     for key, fd in inherit:
         opts.inherit_fd.add(key=key, fd=fd)
-    if place is not None:
+    if not manage_cgroups:
         opts.manage_cgroups_mode = rpc_pb2.IGNORE
     resp = _run(criu, "restore", root_pid, opts, images, work, RESTORE_LOG, notify, place,
                 tuple(fd for _, fd in inherit))

@@ -30,6 +30,8 @@ class ProcessRecord:
     threads: int
     rss_bytes: int
     create_time: float
+    # stopped (SIGSTOP, state T) when inspected: a restore leaves it stopped
+    stopped: bool = False
 
     def matches_live(self) -> bool:
         """True if this pid still names the same process (not a recycled pid)."""
@@ -78,6 +80,7 @@ def _record(proc: psutil.Process) -> ProcessRecord:
             threads=proc.num_threads(),
             rss_bytes=proc.memory_info().rss,
             create_time=proc.create_time(),
+            stopped=proc.status() == psutil.STATUS_STOPPED,
         )
 
 

@@ -1,19 +1,30 @@
-"""Restore: snapshot -> live process tree with its original pids.
+"""Restore: snapshot -> live process tree with its original pids, all or nothing.
 
 A ``RestoreRun`` goes through its phases in order, one method each:
   1. ``claim``: find the snapshot, claim its pids and itself, open the cgroup
      placement, check the GPUs and that the pids are free;
-  2. ``prepare``: write the snapshot's images, verified, into a staging
+  2. ``journal``: write the restore's hold record (runtime/holds.py, KILL) before
+     anything is created, so that a daemon killed from here on is followed, at
+     its next start, by killing whatever this restore created;
+  3. ``prepare``: write the snapshot's images, verified, into a staging
      directory (RAM when it has room) with the large regions cut out (images.py);
-  3. ``criu``: CRIU restores from there; at its pre-resume point snapd writes
-     those regions into the processes (``_PreResume``, delivery.py);
-  4. ``resume_gpu``: the GPU side is restored and unlocked; then the post-restore hook.
-Undo: staging is always discarded; a GPU restore's hold record is cleared
-when the operation ends; a failure after CRIU kills the restored tree.
+  4. ``criu``: CRIU restores from there and leaves every task stopped;
+     the record then names the tree by start time;
+  5. ``inject``: snapd writes the cut-out regions into the stopped processes,
+     each chunk verified against its hash (delivery.py);
+  6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
+     stopped then stays stopped) — nothing of the tree ran before this point;
+  7. ``resume_gpu``: the GPU side is restored and unlocked; then the post-restore hook.
+Undo: staging is always discarded and the record cleared at the end; any
+failure after CRIU created the tree (a corrupt or missing chunk, a refused
+write, a cancelled call, the GPU, the hook) SIGKILLs the whole tree; a failure
+inside CRIU leaves CRIU to kill what it made.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -24,7 +35,7 @@ import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
-from snapd_daemon.criu.notify import Notify
+from snapd_daemon.errors import RestoreSpaceFull, StoreFull
 from snapd_daemon.host import gpu, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
@@ -32,7 +43,7 @@ from snapd_daemon.restore import images
 from snapd_daemon.restore.delivery import Delivery
 from snapd_daemon.restore.pids import ensure_pids_free, kill_restored
 from snapd_daemon.runtime import Runtime
-from snapd_daemon.runtime.holds import HoldRecord
+from snapd_daemon.runtime.holds import KILL, HoldRecord
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import Manifest
@@ -61,27 +72,6 @@ class RestoreOutcome:
     log_path: Path | None = None
 
 
-class _PreResume(Notify):
-    """At CRIU's pre-resume point (every task restored, none running yet): name a GPU
-    tree by start time in its hold record, then write the injected regions."""
-
-    def __init__(self, run: RestoreRun, plan: images.FastRestore) -> None:
-        self.run = run
-        self.plan = plan
-
-    def pre_resume(self) -> None:
-        run, manifest = self.run, self.run.manifest
-        if manifest.gpu:  # the tree exists now: name it by start time too, so pids reused later are safe
-            run.rt.journal.write(run.op, HoldRecord([(pid, psutil.Process(pid).create_time())
-                                                     for pid in manifest.pids], list(manifest.gpu.cuda_pids)))
-        if not self.plan.memory:
-            return
-        total = self.plan.injected_bytes
-        run.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory"))
-        with metrics.phase("restore", "inject"):
-            run.delivery.run(self.plan.memory, lambda done: run.report(ProgressEvent(Phase.INJECT, done, total)))
-
-
 class RestoreRun:
     def __init__(self, rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter) -> None:
         self.rt = rt
@@ -95,6 +85,8 @@ class RestoreRun:
         self.staging: Staging
         self.root = 0
         self.log_path: Path | None = None
+        self.since = time.time()
+        self.record = HoldRecord()
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -104,14 +96,16 @@ class RestoreRun:
             self.claim()
             with ExitStack() as always:
                 always.callback(self.rt.journal.clear, self.op)
+                self.journal()
                 self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
                 with ExitStack() as staged:
                     staged.callback(self.rt.scratch.discard, self.staging)
                     plan = self.prepare()
-                    self.criu(plan, cgroup)
-                metrics.BYTES_READ.inc(self.manifest.raw_bytes)
+                    self.criu(cgroup)
                 with ExitStack() as undo:
                     undo.callback(kill_restored, self.manifest.pids)
+                    self.inject(plan)
+                    self.resume()
                     self.resume_gpu()
                     self.post_hook()
                     undo.pop_all()
@@ -132,31 +126,66 @@ class RestoreRun:
         self.pairs = gpu.restore_pairs(m.id, m.gpu, self.spec.gpu_uuid_map) if m.gpu else {}
         ensure_pids_free(m, self.spec.wait_seconds or self.rt.settings.pid_wait_seconds)
 
+    def journal(self, processes: list[tuple[int, float]] | None = None, helper: tuple[int, float] = (0, 0.0)) -> None:
+        """Write (or rewrite) the record that lets a restarted daemon kill this restore's tree."""
+        m = self.manifest
+        self.record = HoldRecord(
+            processes=processes or [(p.pid, 0.0) for p in m.processes],
+            cuda_pids=list(m.gpu.cuda_pids) if m.gpu else [], action=KILL,
+            names={p.pid: p.name for p in m.processes}, since=self.since, helper=helper,
+        )
+        self.rt.journal.write(self.op, self.record)
+
     def prepare(self) -> images.FastRestore:
         m, settings = self.manifest, self.rt.settings
-        with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
-            plan = images.prepare(
-                self.delivery, m, self.staging.images, settings.inject_min_bytes,
-                lambda done: self.report(ProgressEvent(Phase.PREPARE, done, m.raw_bytes)),
-                huge_pages=settings.inject_huge_pages,
-            )
+        try:
+            with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
+                plan = images.prepare(
+                    self.delivery, m, self.staging.images, settings.inject_min_bytes,
+                    lambda done: self.report(ProgressEvent(Phase.PREPARE, done, m.raw_bytes)),
+                    huge_pages=settings.inject_huge_pages,
+                )
+        except StoreFull as full:
+            raise RestoreSpaceFull(snapshot_id=m.id, **full.fields) from full
         log.info("restore.prepared", criu_bytes=plan.kept_bytes, inject_bytes=plan.injected_bytes,
                  chunks_to_inject=len(plan.memory))
         return plan
 
-    def criu(self, plan: images.FastRestore, cgroup: Cgroup | None) -> None:
+    def criu(self, cgroup: Cgroup | None) -> None:
         m, rt = self.manifest, self.rt
-        self.report(ProgressEvent(Phase.RESTORE, 0, plan.kept_bytes, "criu restore"))
-        if m.gpu:  # from here until its GPUs are back, the tree is frozen on the GPU side
-            rt.journal.write(self.op, HoldRecord([(pid, 0.0) for pid in m.pids], list(m.gpu.cuda_pids)))
+        self.report(ProgressEvent(Phase.RESTORE, 0, m.raw_bytes, "criu restore"))
+
+        def place(helper: int) -> None:
+            self.journal(helper=(helper, psutil.Process(helper).create_time()))
+            if cgroup is not None:
+                cgroup.adopt(helper)
+
         with metrics.phase("restore", "criu"), stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
         ) as (inherit, self.log_path):
             self.root = actions.restore(
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
-                shell_job=m.shell_job, log_level=rt.settings.criu_log_level, notify=_PreResume(self, plan),
-                place=cgroup.adopt if cgroup is not None else None, inherit=inherit,
+                shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
+                manage_cgroups=cgroup is None,
             )
+        metrics.BYTES_READ.inc(m.raw_bytes)
+        # the tree exists, every task stopped: name it by start time from now on
+        self.journal(processes=[(pid, psutil.Process(pid).create_time()) for pid in m.pids])
+
+    def inject(self, plan: images.FastRestore) -> None:
+        if not plan.memory:
+            return
+        total = plan.injected_bytes
+        self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory"))
+        with metrics.phase("restore", "inject"):
+            self.delivery.run(plan.memory, lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)))
+
+    def resume(self) -> None:
+        """Let the tree run: every task that was running at checkpoint."""
+        running = [p.pid for p in self.manifest.processes if not p.stopped]
+        log.info("restore.resume", pids=running)
+        for pid in running:
+            os.kill(pid, signal.SIGCONT)
 
     def resume_gpu(self) -> None:
         m = self.manifest

@@ -1,13 +1,23 @@
-"""What an operation has frozen, on disk, so that a restarted daemon can thaw it.
+"""What an operation holds on the host, on disk, so that a restarted daemon can undo it.
 
-A checkpoint writes its record before the first CUDA lock and updates it when
-it SIGSTOPs the tree; a GPU restore writes one before CRIU runs. The record is
-removed when the operation has thawed, killed or handed over its processes.
-At start, before serving, the daemon thaws every record left by a crash:
-SIGCONT to the processes, and CUDA restore + unlock of any still locked or
-checkpointed (a process whose CUDA state is running is left alone). A GPU
-restore's record names pids alone until CRIU has created them, then by start
-time as well.
+Two kinds of record, one file each (``holds/<operation>.json``, written whole):
+
+- THAW (checkpoint): written before the first CUDA lock, updated when the tree
+  is SIGSTOPped after the dump. A restarted daemon thaws the tree: SIGCONT to
+  the processes, CUDA restore + unlock of any still locked or checkpointed (a
+  process whose CUDA state is running is left alone).
+- KILL (restore): written before CRIU starts, naming the snapshot's pids and
+  their names, the time the restore began, and CRIU's own pid once it runs;
+  rewritten with exact start times once CRIU has created the tree. A
+  restarted daemon ends CRIU if it still runs, then SIGKILLs every process
+  the record names: by exact start time when known, else by pid, name and a
+  start at or after the restore began — never a pid that another process
+  held before the restore.
+
+A record is removed when the operation has thawed, killed or handed over its
+processes. At start, before serving, the daemon acts on every record a crash
+left (``recover``); a record whose CUDA thaw failed is kept so that the next
+start tries again; an unreadable record is logged and kept for an operator.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,13 +36,23 @@ from snapd_daemon.host import cuda
 from snapd_daemon.util.fsutil import write_atomic
 
 log = structlog.get_logger()
+THAW = "thaw"
+KILL = "kill"
+# Slack when comparing start times read from /proc with times taken by the daemon.
+_CLOCK_SLACK = 1.0
+_HELPER_EXIT_SECONDS = 30.0
 
 
 @dataclass
 class HoldRecord:
-    # (pid, start time) of each process; start time 0 for one a restore has not created yet
+    # (pid, start time) of each process; start time 0: not created yet when the record was written
     processes: list[tuple[int, float]] = field(default_factory=list)
     cuda_pids: list[int] = field(default_factory=list)
+    action: str = THAW
+    # KILL: the processes' names, when the restore began, and CRIU's (pid, start time) while it runs
+    names: dict[int, str] = field(default_factory=dict)
+    since: float = 0.0
+    helper: tuple[int, float] = (0, 0.0)
 
 
 class HoldJournal:
@@ -45,38 +66,105 @@ class HoldJournal:
     def clear(self, operation_id: str) -> None:
         (self.directory / f"{operation_id}.json").unlink(missing_ok=True)
 
-    def thaw_leftovers(self) -> None:
-        """Thaw what operations of a crashed daemon left frozen; must run before serving.
-
-        A record whose CUDA thaw failed is kept, so the next start tries again;
-        an unreadable record is logged and kept for an operator to look at."""
+    def recover(self) -> int:
+        """Undo what operations of a killed or crashed daemon left; must run before
+        serving. Returns how many operations were recovered."""
+        recovered = 0
         for path in sorted(self.directory.glob("*.json")):
             try:
-                data = json.loads(path.read_text())
-                record = HoldRecord([(int(p), float(t)) for p, t in data["processes"]],
-                                    [int(p) for p in data["cuda_pids"]])
+                record = _parse(json.loads(path.read_text()))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("recover.unreadable_record", path=str(path), error=str(exc))
                 continue
-            live = {pid for pid, started in record.processes if _same(pid, started)}
-            for pid in live:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-            failed = [pid for pid in record.cuda_pids if pid in live and not _thaw_cuda(pid)]
-            if failed:
-                log.error("recover.kept_record", operation=path.stem, cuda_pids_still_frozen=failed)
-                continue
-            log.warning("recover.thawed", operation=path.stem, pids=sorted(live))
+            if record.action == KILL:
+                killed = _kill_restored(record)
+                log.warning("recover.killed_restore", operation=path.stem, pids=killed)
+            else:
+                thawed = _thaw(record)
+                if thawed is None:
+                    log.error("recover.kept_record", operation=path.stem)
+                    continue
+                log.warning("recover.thawed", operation=path.stem, pids=thawed)
             path.unlink()
+            recovered += 1
+        return recovered
 
 
-def _same(pid: int, started: float) -> bool:
+def _parse(data: dict[str, object]) -> HoldRecord:
+    helper = data.get("helper") or (0, 0.0)
+    return HoldRecord(
+        processes=[(int(p), float(t)) for p, t in data["processes"]],  # type: ignore[attr-defined]
+        cuda_pids=[int(p) for p in data["cuda_pids"]],  # type: ignore[attr-defined]
+        action=str(data.get("action", THAW)),
+        names={int(p): str(n) for p, n in dict(data.get("names") or {}).items()},  # type: ignore[call-overload]
+        since=float(data.get("since", 0.0)),  # type: ignore[arg-type]
+        helper=(int(helper[0]), float(helper[1])),  # type: ignore[index]
+    )
+
+
+def _started(pid: int) -> float | None:
+    """Start time of live ``pid`` (None if gone or a zombie)."""
     try:
-        return not started or abs(psutil.Process(pid).create_time() - started) < 0.01
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _thaw(record: HoldRecord) -> list[int] | None:
+    """SIGCONT + CUDA thaw; the pids thawed, or None if a CUDA thaw failed."""
+    live = []
+    for pid, started in record.processes:
+        now = _started(pid)
+        if now is not None and (not started or abs(now - started) < 0.01):
+            live.append(pid)
+    for pid in live:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    failed = [pid for pid in record.cuda_pids if pid in live and not _thaw_cuda(pid)]
+    if failed:
+        log.error("recover.cuda_still_frozen", cuda_pids=failed)
+        return None
+    return sorted(live)
+
+
+def _ours(record: HoldRecord, pid: int, started: float) -> bool:
+    """Whether live ``pid`` is the process the restore created (not one that held the pid before)."""
+    now = _started(pid)
+    if now is None:
+        return False
+    if started:
+        return abs(now - started) < 0.01
+    try:
+        name = psutil.Process(pid).name()
     except psutil.NoSuchProcess:
         return False
+    return now >= record.since - _CLOCK_SLACK and name == record.names.get(pid, name)
+
+
+def _kill_restored(record: HoldRecord) -> list[int]:
+    """End CRIU if it still runs, then SIGKILL the restored processes; the pids killed."""
+    helper, helper_started = record.helper
+    running = _started(helper) if helper else None
+    if running is not None and abs(running - helper_started) < 0.01:
+        try:
+            os.kill(helper, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + _HELPER_EXIT_SECONDS
+        while _started(helper) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    killed = []
+    for pid, started in record.processes:
+        if _ours(record, pid, started):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 def _thaw_cuda(pid: int) -> bool:

@@ -78,4 +78,6 @@ class Runtime:
     cgroups: CgroupRoot
     journal: HoldJournal
     registry: OperationRegistry = field(default_factory=OperationRegistry)
+    # operations of an earlier daemon process that this start rolled back
+    recovered_operations: int = 0
     daemon_pid: int = field(default_factory=os.getpid)

@@ -91,7 +91,7 @@ def serve(settings: Settings, listen: Listen) -> None:
     lock_fd = _lock_state_dir(settings.state_dir)
     os.chmod(settings.state_dir, 0o700)
     journal = HoldJournal(settings.state_dir / "holds")
-    journal.thaw_leftovers()  # first: no configuration error may keep a crashed daemon's processes frozen
+    recovered = journal.recover()  # first: no configuration error may keep a killed daemon's processes held
     if listen.tcp:
         listen.tcp.check()
     cgroups = CgroupRoot.configure(settings.cgroup_root)
@@ -106,7 +106,7 @@ def serve(settings: Settings, listen: Listen) -> None:
     catalog = Catalog(store)
     catalog.load()
     rt = Runtime(settings=settings, criu=criu, store=store, catalog=catalog, scratch=scratch, cgroups=cgroups,
-                 journal=journal)
+                 journal=journal, recovered_operations=recovered)
     notifier = Notifier()
 
     tags = PeerTags()
