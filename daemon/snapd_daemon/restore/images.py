@@ -4,8 +4,8 @@ Stock `criu restore` copies every page through one serial read loop. Here the
 large private anonymous regions of each process (the driver's host copy of
 VRAM, model weights, a KV cache) are cut out of the image CRIU sees: their
 pagemap entries and page bytes are removed, so CRIU maps them as fresh, zeroed
-anonymous memory. At CRIU's pre-resume point (every task restored, none running
-yet) snapd writes their bytes straight from the store into the processes with
+anonymous memory. Once CRIU has restored the tree (every task left stopped,
+none has run) snapd writes their bytes straight from the store into the processes with
 process_vm_writev, in parallel, one chunk decode per 2 MiB; all-zero chunks are
 not written at all. Everything else (small regions, file-backed pages, all
 other images) goes to CRIU as usual.
@@ -92,7 +92,7 @@ def split_runs(
 
 @dataclass
 class FastRestore:
-    """The trimmed image written for CRIU, and the memory writes left for pre-resume."""
+    """The trimmed image written for CRIU, and the memory writes left for after CRIU."""
 
     memory: list[Route]
     injected_bytes: int
@@ -110,7 +110,7 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
     on the tree's outward stdout/stderr pipes (they will write to a restore log).
 
     Returns the memory writes to make (``Delivery.run``) once CRIU has restored
-    the tree and before it resumes it.
+    the tree, before any task of it runs.
     """
     entries = {e.name: e for e in manifest.files}
     pages_names = {name for name in entries if name.startswith("pages-")}
