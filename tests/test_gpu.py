@@ -7,6 +7,7 @@ exactly as it did before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import psutil
 import pytest
 from harness import Daemon, Workloads, gone, wait_for
 
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.gpu import inventory
@@ -223,3 +225,70 @@ def test_process_frozen_on_gpu_side_is_refused_then_thawed_by_restart(daemon: Da
     finally:
         driver.thaw(server.pid)
     assert server.ask()["tokens"] == before["tokens"]
+
+
+def _compute_pids() -> set[int]:
+    """Pids NVML lists as holding GPU memory."""
+    from snapd_daemon.host import nvml
+
+    return {pid for device in nvml.read().devices for pid in device.compute}
+
+
+def _nothing_of(pids: list[int]) -> None:
+    """No process of ``pids`` lives (stopped, half-restored or running), none holds GPU memory."""
+    wait_for(lambda: all(gone(p) for p in pids), 30, f"pids {pids} to be gone")
+    assert not set(pids) & _compute_pids()
+
+
+def test_gpu_restore_with_a_corrupt_chunk_leaves_nothing(daemon: Daemon, start_server) -> None:
+    """All or nothing on the GPU: a chunk that fails its hash (the largest stored one, in the
+    region holding the host copy of VRAM) ends the restore with ChunkCorrupt and no process
+    of the snapshot alive or holding GPU memory."""
+    server = start_server("--kv-cache-fraction", "0.02")
+    with daemon.client() as c:
+        snap = c.checkpoint(server.pid)
+        wait_for(lambda: gone(server.pid), 30, "the server to stop")
+        victim = max((daemon.state_dir / "chunks").glob("*/*"), key=lambda p: p.stat().st_size)
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+        with pytest.raises(SnapdClientError) as info:
+            c.restore(snap.id)
+    assert info.value.error_class == "ChunkCorrupt", info.value.message
+    _nothing_of([p.pid for p in snap.processes])
+
+
+def test_daemon_killed_during_gpu_restore_leaves_nothing_half_restored(daemon: Daemon, start_server) -> None:
+    """A daemon SIGKILLed while a GPU tree is being restored (from CRIU on) is followed, at its
+    next start, by nothing half-restored: either the whole server answers as before, or no
+    process of it is left and a new restore brings it back answering as before."""
+    server = start_server("--kv-cache-fraction", "0.02")
+    before = server.ask()
+    with daemon.client() as c:
+        snap = c.checkpoint(server.pid)
+    wait_for(lambda: gone(server.pid), 30, "the server to stop")
+    pids = [p.pid for p in snap.processes]
+    reached = threading.Event()
+
+    def watch(progress) -> None:  # type: ignore[no-untyped-def]
+        if progress.phase in (pb.PHASE_RESTORE, pb.PHASE_INJECT, pb.PHASE_GPU_RESTORE):
+            reached.set()
+
+    def run() -> None:
+        with daemon.client() as c, contextlib.suppress(SnapdClientError):
+            c.restore(snap.id, on_progress=watch)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert reached.wait(300), "the restore never reached CRIU"
+    daemon.stop(signal.SIGKILL)
+    thread.join(60)
+    daemon.start()
+    with daemon.client() as c:
+        recovered = c.status().recovered_operations
+    if recovered:
+        _nothing_of(pids)
+        with daemon.client() as c:
+            c.restore(snap.id, wait_for_exit_seconds=30)
+    assert server.ask()["tokens"] == before["tokens"]
+    assert driver.state(server.pid) == driver.CudaState.RUNNING
