@@ -27,6 +27,7 @@ from snapd_daemon.store.protocol import ChunkStore, IngestSession
 
 log = structlog.get_logger()
 
+
 @dataclass
 class GcReport:
     expired: list[str] = field(default_factory=list)
