@@ -184,6 +184,13 @@ class BackgroundCheckpoint:
         assert not self.thread.is_alive(), "the checkpoint did not end"
 
 
+def snapd(daemon: Daemon | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `snapd` CLI against ``daemon`` (None: an address nothing listens on)."""
+    target = daemon.target if daemon else "unix:///nonexistent/snapd.sock"
+    return subprocess.run([sys.executable, "-m", "snapd_client", "--target", target, *args],
+                          capture_output=True, text=True, timeout=300)
+
+
 def wait_for(cond: Callable[[], object], timeout: float, what: str,
              error: type[Exception] = AssertionError, interval: float = 0.02) -> None:
     """Poll ``cond`` until it is true; raise ``error`` after ``timeout`` seconds."""

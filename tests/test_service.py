@@ -12,17 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from harness import Daemon, Workloads, ask, gone, wait_for
+from harness import Daemon, Workloads, ask, gone, snapd, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def snapd(daemon: Daemon | None, *args: str) -> subprocess.CompletedProcess[str]:
-    target = daemon.target if daemon else "unix:///nonexistent/snapd.sock"
-    return subprocess.run([sys.executable, "-m", "snapd_client", "--target", target, *args],
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_checkpoint_restore_json(daemon: Daemon, workloads: Workloads) -> None:

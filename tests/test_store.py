@@ -7,7 +7,7 @@ import os
 
 import grpc
 import pytest
-from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
+from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, snapd, wait_for
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
@@ -74,11 +74,19 @@ def test_zero_pages_cost_nothing(client: SnapdClient, workloads: Workloads) -> N
     assert with_zeros.stored_bytes < with_zeros.raw_bytes
 
 
-def _corrupt_one_chunk(daemon: Daemon, snap: pb.Snapshot) -> str:
+def _chunk_ids(daemon: Daemon, snap: pb.Snapshot) -> list[str]:
+    """The full-size chunks of the snapshot's pages, in file order."""
     pages = next(f for f in snap.files if f.name.startswith("pages-"))
     manifest = (daemon.state_dir / "manifests" / f"{snap.id}.json").read_text()
     entry = next(f for f in json.loads(manifest)["files"] if f["name"] == pages.name)
-    cid = next(c["id"] for c in entry["chunks"] if c["id"])
+    return [c["id"] for c in entry["chunks"] if c["id"] and c["length"] == GRID]
+
+
+def _corrupt_one_chunk(daemon: Daemon, snap: pb.Snapshot) -> str:
+    """Flip a byte of a chunk from the middle of the pages: the workload's buffer, the same in
+    every checkpoint of the running process."""
+    full = _chunk_ids(daemon, snap)
+    cid = full[len(full) // 2]
     path = daemon.state_dir / "chunks" / cid[:2] / cid
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -104,6 +112,82 @@ def test_flipped_byte_is_reported_by_restore_and_fsck(client: SnapdClient, daemo
     report = client.fsck(snap.id)
     assert [(d.snapshot_id, d.chunk) for d in report.damage] == [(snap.id, cid)]
     wait_for(lambda: daemon.staging_leftovers() == [], 10, "staging to be removed")
+
+
+def _quarantined(daemon: Daemon, cid: str) -> bool:
+    """The chunk's file was moved from the store to its quarantine."""
+    return ((daemon.state_dir / "quarantine" / "chunks" / cid).is_file()
+            and not (daemon.state_dir / "chunks" / cid[:2] / cid).exists())
+
+
+@pytest.mark.parametrize("restored", ["repaired", "new"])
+def test_fsck_quarantines_and_the_next_checkpoint_stores_the_chunk_anew(
+        client: SnapdClient, daemon: Daemon, workloads: Workloads, restored: str) -> None:
+    """The damaged snapshot is repaired, and the new one is born whole (it does not dedupe against
+    the corrupt file fsck reported); either restores."""
+    pid, report = workloads.start("memhold.py", "16")
+    digest = report.read_text().split()[1]
+    old = client.checkpoint(pid, leave_running=True)
+    cid = _corrupt_one_chunk(daemon, old)
+
+    text = snapd(daemon, "fsck")
+    assert text.returncode == 24 and old.id in text.stderr and "snapd rm" in text.stderr, text
+    assert _quarantined(daemon, cid)
+    as_json = snapd(daemon, "--json", "fsck")  # still damaged: the chunk is in quarantine now
+    assert as_json.returncode == 24 and json.loads(as_json.stderr)["error"] == "ChunkCorrupt"
+    assert [d["chunk"] for d in json.loads(as_json.stdout)["damage"]] == [cid]
+    assert list(client.get(old.id).damaged_chunks) == [cid] and client.status().quarantined_chunks == 1
+    assert any(old.id in line and "[damaged]" in line for line in snapd(daemon, "list").stdout.splitlines())
+    assert cid in snapd(daemon, "inspect", old.id).stdout
+
+    new = client.checkpoint(pid)  # the same memory
+    assert cid in _chunk_ids(daemon, new) and new.new_bytes >= GRID
+    assert [list(s.damaged_chunks) for s in client.list().snapshots] == [[], []]
+    assert not client.fsck().damage and snapd(daemon, "fsck").returncode == 0
+    client.gc()  # forgets the quarantined copy of a chunk stored anew
+    assert client.status().quarantined_chunks == 0
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    client.restore(old.id if restored == "repaired" else new.id)
+    assert ask(pid, report)[1] == digest
+
+
+def test_restore_of_a_corrupt_chunk_quarantines_it(client: SnapdClient, daemon: Daemon,
+                                                   workloads: Workloads) -> None:
+    pid, _ = workloads.start("memhold.py", "16")
+    snap = client.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    cid = _corrupt_one_chunk(daemon, snap)
+    with pytest.raises(SnapdClientError) as info:
+        client.restore(snap.id)
+    err = info.value
+    assert err.error_class == "ChunkCorrupt" and err.exit_code == 24
+    pages = next(f.name for f in snap.files if f.name.startswith("pages-"))
+    assert snap.id in err.message and cid in err.message and f"{pages} at offset" in err.message
+    assert _quarantined(daemon, cid)
+    assert [list(s.damaged_chunks) for s in client.list().snapshots] == [[cid]]
+
+
+def test_unparsable_manifest_is_quarantined_and_status_warns(daemon: Daemon, workloads: Workloads) -> None:
+    pid, _ = workloads.start("memhold.py", "4")
+    with daemon.client() as c:
+        kept = c.checkpoint(pid, leave_running=True)
+        broken = c.checkpoint(pid, leave_running=True)
+    daemon.stop()
+    path = daemon.state_dir / "manifests" / f"{broken.id}.json"
+    path.write_bytes(path.read_bytes()[:100])
+    daemon.start()
+    moved = daemon.state_dir / "quarantine" / "manifests" / path.name
+    assert moved.is_file() and not path.exists()
+    assert "JSONDecodeError" in moved.with_name(f"{path.name}.error").read_text()
+    assert "snapshot.manifest_quarantined" in daemon.log.read_text() and str(path) in daemon.log.read_text()
+    with daemon.client() as c:
+        assert [s.id for s in c.list().snapshots] == [kept.id]
+        status = c.status()
+    assert status.quarantined_manifests == 1
+    store = next(chk for chk in status.checks if chk.name == "store")
+    assert not store.ok and str(moved.parent) in store.detail
+    out = snapd(daemon, "status")
+    assert out.returncode == 1 and "[FAIL] store" in out.stdout
 
 
 def test_gc_honours_references_pins_and_retention(client: SnapdClient, workloads: Workloads) -> None:

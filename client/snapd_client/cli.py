@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from google.protobuf.json_format import MessageToDict
@@ -31,6 +31,10 @@ from snapd_client.client import (
 )
 
 _PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
+# ChunkCorrupt's exit code (DATA_LOSS): `snapd fsck` found damage
+_EXIT_DATA_LOSS = 24
+_REPAIR = ("checkpoint the same source again to store the damaged chunks anew (that repairs every snapshot "
+           "using them), or `snapd rm` the damaged snapshot(s)")
 
 
 def _human_bytes(n: float) -> str:
@@ -122,12 +126,16 @@ def _run(ctx: click.Context, as_json: bool, action: Callable[[Ctx], None]) -> No
     try:
         action(c)
     except SnapdClientError as err:
-        if c.as_json:
-            click.echo(json.dumps({"error": err.error_class or err.code.name, "message": err.message,
-                                   "exit_code": err.exit_code}), err=True)
-        else:
-            click.echo(f"snapd: error: {err.message}", err=True)
-        sys.exit(err.exit_code)
+        _fail(c, err.error_class or err.code.name, err.message, err.exit_code)
+
+
+def _fail(c: Ctx, error: str, message: str, exit_code: int) -> NoReturn:
+    """Say why on stderr (a JSON object with --json) and exit with ``exit_code``."""
+    if c.as_json:
+        click.echo(json.dumps({"error": error, "message": message, "exit_code": exit_code}), err=True)
+    else:
+        click.echo(f"snapd: error: {message}", err=True)
+    sys.exit(exit_code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SNAPD"})
@@ -247,7 +255,8 @@ def list_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
             click.echo(f"{'ID':<30} {'NAME':<20} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10} {'NEW':>10}  CREATED")
             for s in resp.snapshots:
                 created = s.created.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-                marks = (" [pinned]" if s.pinned else "") + (" [hot]" if s.hot else "")
+                marks = ((" [pinned]" if s.pinned else "") + (" [hot]" if s.hot else "")
+                         + (" [damaged]" if s.damaged_chunks else ""))
                 click.echo(f"{s.id:<30} {(s.name or '-') + marks:<20} {s.root_pid:>8} "
                            f"{_human_bytes(s.raw_bytes):>10} {_human_bytes(s.stored_bytes):>10} "
                            f"{_human_bytes(s.new_bytes):>10}  {created}")
@@ -288,6 +297,9 @@ def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
                 click.echo(f"  {p.pid:>7} ppid {p.ppid:<7} {p.threads:>3} thr {_human_bytes(p.rss_bytes):>10}  "
                            f"{' '.join(p.cmdline) or p.name}")
             click.echo(f"images:      {len(s.files)} files")
+            if s.damaged_chunks:
+                click.echo(f"damaged:     {len(s.damaged_chunks)} chunk(s) in quarantine, cannot restore: "
+                           f"{' '.join(s.damaged_chunks)}; {_REPAIR}")
 
         c.emit(s, human)
 
@@ -379,7 +391,7 @@ def gc(ctx: click.Context, keep_last: int, dry_run: bool, as_json: bool) -> None
 @_json_option
 @click.pass_context
 def fsck(ctx: click.Context, snapshot: str, as_json: bool) -> None:
-    """Verify every chunk of SNAPSHOT (default: the whole store). Exit 1 on damage."""
+    """Verify every chunk of SNAPSHOT (default: the whole store). Exit 24 on damage."""
 
     def action(c: Ctx) -> None:
         with c.client() as client:
@@ -394,7 +406,9 @@ def fsck(ctx: click.Context, snapshot: str, as_json: bool) -> None:
 
         c.emit(r, human)
         if r.damage:
-            sys.exit(1)
+            damaged = sorted({d.snapshot_id for d in r.damage})
+            _fail(c, "ChunkCorrupt", f"{len(damaged)} damaged snapshot(s) {' '.join(damaged)}; their bad chunks "
+                  f"are in quarantine: {_REPAIR}", _EXIT_DATA_LOSS)
 
     _run(ctx, as_json, action)
 

@@ -33,7 +33,7 @@ def progress(event: ProgressEvent, operation_id: str) -> pb.Progress:
     )
 
 
-def snapshot(m: Manifest, pinned: bool, hot: bool) -> pb.Snapshot:
+def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Snapshot:
     msg = pb.Snapshot(
         id=m.id,
         name=m.name,
@@ -49,6 +49,7 @@ def snapshot(m: Manifest, pinned: bool, hot: bool) -> pb.Snapshot:
         hot=hot,
         checkpoint_seconds=m.checkpoint_seconds,
         leave_running=m.leave_running,
+        damaged_chunks=damaged,
         processes=[
             pb.ProcessInfo(
                 pid=p.pid, ppid=p.ppid, name=p.name, cmdline=list(p.cmdline), threads=p.threads, rss_bytes=p.rss_bytes

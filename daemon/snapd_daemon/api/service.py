@@ -108,7 +108,8 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 return
 
     def _snapshot(self, m: Manifest) -> pb.Snapshot:
-        return convert.snapshot(m, self.rt.catalog.is_pinned(m.id), self.rt.catalog.is_hot(m.id))
+        catalog = self.rt.catalog
+        return convert.snapshot(m, catalog.is_pinned(m.id), catalog.is_hot(m.id), catalog.damaged_chunks(m))
 
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointEvent]:
         try:
@@ -206,6 +207,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     @_unary
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
         report = doctor.diagnose(self.rt)
+        quarantine = self.rt.store.quarantine
         return pb.DaemonStatus(
             version=__version__,
             pid=self.rt.daemon_pid,
@@ -220,4 +222,6 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             gpu_driver_version=report.gpu_driver,
             checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
             recovered_operations=self.rt.recovered_operations,
+            quarantined_manifests=quarantine.manifest_count(),
+            quarantined_chunks=len(quarantine.chunk_ids()),
         )

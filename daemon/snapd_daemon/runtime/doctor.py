@@ -59,6 +59,22 @@ def _gpu_driver() -> tuple[str, CheckResult]:
     return view.driver_version, CheckResult("gpu-driver", ok, detail)
 
 
+def _store(rt: Runtime) -> CheckResult:
+    """Fails while manifests sit in quarantine: their snapshots are not listed until someone acts."""
+    q = rt.store.quarantine
+    manifests, chunks = q.manifest_count(), len(q.chunk_ids())
+    if manifests:
+        return CheckResult("store", False, f"{manifests} manifest(s) did not parse and were moved to "
+                           f"{q.manifests_dir} (a .error file beside each says why); their snapshots are not "
+                           f"listed: repair one and move it back to {rt.store.manifests.root}, then restart the "
+                           "daemon; or delete it and its .error file")
+    if chunks:
+        return CheckResult("store", True, f"{chunks} chunk(s) in {q.chunks_dir}; `snapd list` marks the snapshots "
+                           "still damaged: checkpoint their source again to repair them, or `snapd rm` them; "
+                           "`snapd gc` forgets chunks stored anew or unreferenced")
+    return CheckResult("store", True, "nothing in quarantine")
+
+
 def diagnose(rt: Runtime) -> Diagnosis:
     kernel = platform.release()
     criu_ok, criu_detail = self_check(rt.criu)
@@ -76,6 +92,7 @@ def diagnose(rt: Runtime) -> Diagnosis:
             f"{free / 2**30:.1f} GiB free in {rt.settings.state_dir}"
             + ("" if free >= MIN_FREE_BYTES else f" (below {MIN_FREE_BYTES >> 30} GiB)"),
         ),
+        _store(rt),
         gpu_check,
     ]
     return Diagnosis(kernel=kernel, gpu_driver=gpu_version, checks=checks)

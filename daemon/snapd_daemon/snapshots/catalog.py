@@ -4,7 +4,10 @@ snapshot-level decisions over its chunks (delete, gc, fsck, prefetch).
 Invariants: the index holds the manifests the store holds, parsed; a manifest
 enters it while its ingest still holds the store lock (``publish``), so gc,
 which computes what is live from the index under the exclusive lock, never
-sees a committed snapshot's chunks as orphans.
+sees a committed snapshot's chunks as orphans. A manifest that does not parse
+never enters it: ``load`` puts it in the store's quarantine and goes on. A
+snapshot is damaged while a chunk it references is in quarantine and not
+stored anew (the store decides that; ``damaged_chunks``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 from snapd_daemon.errors import ChunkCorrupt, SnapshotNotFound, SnapshotPinned
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkStore, IngestSession
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -60,9 +67,16 @@ class Catalog:
         self._index: dict[str, Manifest] = {}
 
     def load(self) -> None:
-        """Parse every manifest the store holds. Must run before the daemon accepts requests."""
-        for _path, data in self.store.manifests.all():
-            m = Manifest.from_json(data.decode())
+        """Parse every manifest the store holds; one that does not parse goes to the quarantine,
+        logged with its path and error. Must run before the daemon accepts requests."""
+        for path, data in self.store.manifests.all():
+            try:
+                m = Manifest.from_json(data.decode())
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                moved = self.store.quarantine.put_manifest(path, error)
+                log.error("snapshot.manifest_quarantined", path=str(path), moved_to=str(moved), error=error)
+                continue
             self._index[m.id] = m
 
     # -- finding --------------------------------------------------------------
@@ -88,6 +102,10 @@ class Catalog:
 
     def is_hot(self, snapshot_id: str) -> bool:
         return self.store.is_hot(snapshot_id)
+
+    def damaged_chunks(self, manifest: Manifest) -> list[str]:
+        """The chunks of ``manifest`` in quarantine and not stored anew, sorted."""
+        return sorted(self.store.damaged(manifest.chunk_ids()))
 
     def live_chunks(self, leaving: frozenset[str] = frozenset()) -> set[str]:
         """Chunks the snapshots reference, those in ``leaving`` left out."""
@@ -152,7 +170,8 @@ class Catalog:
     # -- reading --------------------------------------------------------------
 
     def fsck(self, manifests: list[Manifest]) -> FsckReport:
-        """Read and verify every chunk the given snapshots reference, on disk (not the hot tier)."""
+        """Read and verify every chunk the given snapshots reference, on disk (not the hot tier);
+        the store quarantines each bad one, so the snapshots using it show as damaged."""
         report = FsckReport(snapshots=len(manifests))
         users: dict[str, list[tuple[Manifest, str, int, int]]] = {}
         for m in manifests:

@@ -2,7 +2,9 @@
 
 A chunk file appears under its final name only once its bytes are durable
 (``stage`` then ``publish``); temporaries carry ``.tmp-`` in their name and are
-never listed.
+never listed. A file leaves its name only by ``remove`` (gc) or ``move_out``
+(quarantine), and ``move_out`` moves only the very file that failed its hash:
+never a good copy published under the name meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class ChunkDir:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        # serialises giving a chunk its name (publish) with taking a bad file's away (move_out)
+        self._names = threading.Lock()
 
     def path(self, cid: str) -> Path:
         return self.root / cid[:2] / cid
@@ -65,7 +69,8 @@ class ChunkDir:
         added = set()
         for cid, tmp in staged.items():
             try:
-                os.link(tmp, self.path(cid))
+                with self._names:
+                    os.link(tmp, self.path(cid))
                 added.add(cid)
             except FileExistsError:
                 pass
@@ -82,17 +87,35 @@ class ChunkDir:
             fsync_path(self.root)
 
     def read(self, cid: str) -> bytes | memoryview:
-        """Verified raw bytes of chunk ``cid``; raises ChunkUnreadable when it is missing or corrupt."""
+        """Verified raw bytes of chunk ``cid``; raises ChunkUnreadable when it is missing or
+        corrupt (then naming the file read, for ``move_out``)."""
         try:
             with open(self.path(cid), "rb", buffering=0) as f:
-                blob = bytearray(os.fstat(f.fileno()).st_size)
+                st = os.fstat(f.fileno())
+                blob = bytearray(st.st_size)
                 f.readinto(blob)
         except FileNotFoundError:
             raise ChunkUnreadable(cid, "missing") from None
         try:
             return codec.decode(blob, cid)
         except codec.ChunkDecodeError as exc:
-            raise ChunkUnreadable(cid, f"corrupt ({exc})") from None
+            raise ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino)) from None
+
+    def move_out(self, cid: str, file_id: tuple[int, int], dest: Path) -> bool:
+        """Rename chunk ``cid`` to ``dest`` (same file system) if its name still holds the file
+        ``file_id`` (st_dev, st_ino); False when that file is gone already (another reader moved
+        it) or a fresh copy replaced it."""
+        path = self.path(cid)
+        with self._names:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return False
+            if (st.st_dev, st.st_ino) != file_id:
+                return False
+            os.rename(path, dest)
+        self.sync_prefixes({cid})
+        return True
 
     def all(self) -> Iterator[tuple[str, int]]:
         """Every stored chunk and its size (temporary files excluded)."""

@@ -5,6 +5,7 @@ Layout under the state directory::
     chunks/ab/<blake3>   write-once chunk files (codec.py, chunkdir.py)
     manifests/<id>.json  one per complete snapshot, written last (opaque bytes here)
     pins/<id>            ids gc and rm leave alone
+    quarantine/          chunks that failed their hash, manifests that did not parse (quarantine.py)
 
 Write order for a snapshot (ingest.py): chunks under temporary names -> one
 syncfs -> final names (links) -> chunk directories fsynced -> manifest (tmp,
@@ -12,7 +13,9 @@ fsync, rename, fsync dir). A crash at any point leaves the whole snapshot or
 none of it; chunks of an unfinished snapshot are orphans that gc reclaims.
 Operations that write or read chunks hold ``lock`` shared; gc and delete hold
 it exclusive, so they never remove a chunk an in-flight ingest has written but
-not yet committed. Every read verifies the chunk's hash.
+not yet committed. Every read verifies the chunk's hash; a chunk a read
+(restore, prefetch, check) finds corrupt or missing goes to the quarantine
+before the read fails, so no later ingest dedupes against its bad file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from snapd_daemon.errors import StoreError, StoreFull
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
@@ -31,18 +36,21 @@ from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
 from snapd_daemon.store.manifests import ManifestDir, PinSet
 from snapd_daemon.store.model import ChunkUnreadable
 from snapd_daemon.store.oserrors import translated
+from snapd_daemon.store.quarantine import Quarantine
 from snapd_daemon.store.rwlock import RWLock
 from snapd_daemon.util.meminfo import mem_available
 
+log = structlog.get_logger()
 # RAM a hot-tier fill or prefetch leaves free besides what it adds.
 _RAM_RESERVE = 1 << 30
 
 
 @dataclass
 class PrunePlan:
-    """Chunks to remove: (id, stored size) of each."""
+    """Chunks to remove: (id, stored size) of each; and quarantine entries to forget."""
 
     chunks: list[tuple[str, int]] = field(default_factory=list)
+    quarantined: set[str] = field(default_factory=set)
 
     @property
     def bytes(self) -> int:
@@ -70,6 +78,7 @@ class LocalStore:
         self.chunks = ChunkDir(root / "chunks")
         self.manifests = ManifestDir(root / "manifests")
         self.pins = PinSet(root / "pins")
+        self.quarantine = Quarantine(root / "quarantine")
         self.lock = RWLock()
 
     def recover(self) -> None:
@@ -77,6 +86,7 @@ class LocalStore:
         self.manifests.remove_temporaries()
         self.pins.remove_temporaries()
         self.chunks.remove_temporaries()
+        self.quarantine.remove_temporaries()
 
     def translate_os_errors(self, needed: int) -> AbstractContextManager[None]:
         """Turn ENOSPC/EDQUOT into StoreFull and other OS errors into StoreError."""
@@ -112,7 +122,36 @@ class LocalStore:
             view = self.hot.read(cid)
             if view is not None:
                 return view
-        return self.chunks.read(cid)
+        return self._read_disk(cid)
+
+    def _read_disk(self, cid: str) -> bytes | memoryview:
+        """Verified bytes of a chunk on disk; one found corrupt or missing is quarantined,
+        then ChunkUnreadable raised."""
+        try:
+            return self.chunks.read(cid)
+        except ChunkUnreadable as err:
+            raise self._contain(err) from None
+
+    def _contain(self, err: ChunkUnreadable) -> ChunkUnreadable:
+        """Put the chunk ``err`` is about in quarantine (best effort: the read's error is what
+        the caller must see); the error to raise."""
+        q, cid = self.quarantine, err.cid
+        try:
+            if err.file_id is not None:
+                if self.chunks.move_out(cid, err.file_id, q.chunk_path(cid)):
+                    q.sync()
+                    log.error("store.chunk_quarantined", chunk=cid, problem=err.problem, path=str(q.chunk_path(cid)))
+            elif q.holds_file(cid):
+                return ChunkUnreadable(cid, "in quarantine (it failed its hash on an earlier read)")
+            elif q.mark_missing(cid):
+                log.error("store.chunk_missing", chunk=cid, path=str(self.chunks.path(cid)))
+        except OSError as exc:
+            log.error("store.quarantine_failed", chunk=cid, error=str(exc))
+        return err
+
+    def damaged(self, cids: set[str]) -> set[str]:
+        """Those of ``cids`` that are in quarantine and were not stored anew since."""
+        return {cid for cid in self.quarantine.chunk_ids() & cids if not self.chunks.exists(cid)}
 
     # -- hot tier -------------------------------------------------------------
 
@@ -132,7 +171,7 @@ class LocalStore:
         count = _Count()
 
         def one(item: tuple[str, int]) -> None:
-            hot.add(item[0], self.chunks.read(item[0]))
+            hot.add(item[0], self._read_disk(item[0]))
             progress(count.add(item[1]))
 
         hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
@@ -158,8 +197,10 @@ class LocalStore:
     # -- space and integrity --------------------------------------------------
 
     def plan_prune(self, live: set[str]) -> PrunePlan:
-        """The stored chunks not in ``live``. Caller holds the lock exclusive."""
-        return PrunePlan([(cid, size) for cid, size in self.chunks.all() if cid not in live])
+        """The stored chunks not in ``live``, and the quarantine entries of chunks not in
+        ``live`` or stored anew. Caller holds the lock exclusive."""
+        return PrunePlan([(cid, size) for cid, size in self.chunks.all() if cid not in live],
+                         {cid for cid in self.quarantine.chunk_ids() if cid not in live or self.chunks.exists(cid)})
 
     def prune(self, plan: PrunePlan) -> int:
         """Remove the planned chunks; bytes freed. Caller holds the lock exclusive."""
@@ -167,14 +208,16 @@ class LocalStore:
         for cid, _ in plan.chunks:
             freed += self.chunks.exists(cid)
             self.chunks.remove(cid)
+        self.quarantine.forget(plan.quarantined)
         return freed
 
     def check(self, cids: list[str]) -> dict[str, str]:
-        """Read and verify each chunk on disk (not the hot tier); id -> problem for the bad ones."""
+        """Read and verify each chunk on disk (not the hot tier); id -> problem for the bad ones
+        (quarantined, as any read does)."""
 
         def one(cid: str) -> str:
             try:
-                self.chunks.read(cid)
+                self._read_disk(cid)
             except ChunkUnreadable as err:
                 return err.problem
             return ""

@@ -27,12 +27,14 @@ class Piece:
 
 
 class ChunkUnreadable(Exception):
-    """Chunk ``cid`` cannot be read back as stored: ``problem`` says why (missing, or corrupt and how)."""
+    """Chunk ``cid`` cannot be read back as stored: ``problem`` says why (missing, or corrupt and how).
+    ``file_id`` is (st_dev, st_ino) of the file that failed its hash; None when there was no file."""
 
-    def __init__(self, cid: str, problem: str) -> None:
+    def __init__(self, cid: str, problem: str, file_id: tuple[int, int] | None = None) -> None:
         super().__init__(f"chunk {cid}: {problem}")
         self.cid = cid
         self.problem = problem
+        self.file_id = file_id
 
 
 def chunk_offsets(chunks: tuple[ChunkRef, ...]) -> Iterator[tuple[int, ChunkRef]]:
