@@ -5,6 +5,11 @@ This package imports grpcio and protobuf (and click), never the daemon; the daem
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
 daemon error class (listed by `snapd exit-codes` and in the README).
+
+Ctrl-C during `checkpoint` or `restore` asks the daemon to cancel the operation
+and waits for its answer: rolled back (exit 45, "snapd: cancelled: ...") or
+past its commit point and completed (the result, exit 0, and a line saying
+so). A second Ctrl-C leaves at once (exit 130); the daemon decides the outcome.
 """
 
 from __future__ import annotations
@@ -72,6 +77,39 @@ class _ProgressLine:
             sys.stderr.flush()
 
 
+class _Interrupts:
+    """on_interrupt for a checkpoint or restore: the first Ctrl-C cancels the operation, a second
+    one (also while the cancel is being asked for) leaves without waiting, exit 130."""
+
+    def __init__(self, client: SnapdClient, bar: _ProgressLine) -> None:
+        self.client = client
+        self.bar = bar
+        self.operation_id = ""
+
+    def __call__(self, operation_id: str) -> None:
+        self.bar.done()
+        if self.operation_id:
+            self._leave()
+        self.operation_id = operation_id
+        click.echo(f"snapd: cancelling operation {operation_id} (Ctrl-C again to stop waiting)", err=True)
+        try:
+            answer = self.client.cancel(operation_id)
+        except KeyboardInterrupt:
+            self._leave()
+        click.echo(f"snapd: {answer.detail}", err=True)
+
+    def _leave(self) -> None:
+        click.echo(f"snapd: not waiting for operation {self.operation_id}; the daemon decides whether it rolls "
+                   "back or completes (`snapd list` shows a completed checkpoint)", err=True)
+        sys.exit(130)
+
+    def completed(self) -> None:
+        """Say so when the operation completed although Ctrl-C asked it to cancel."""
+        if self.operation_id:
+            click.echo(f"snapd: operation {self.operation_id} had passed its commit point when it was cancelled; "
+                       "it completed", err=True)
+
+
 class Ctx:
     def __init__(self, target: str, as_json: bool, tls: TlsFiles | None) -> None:
         self.target = target
@@ -126,7 +164,7 @@ def _run(ctx: click.Context, as_json: bool, action: Callable[[Ctx], None]) -> No
             click.echo(json.dumps({"error": err.error_class or err.code.name, "message": err.message,
                                    "exit_code": err.exit_code}), err=True)
         else:
-            click.echo(f"snapd: error: {err.message}", err=True)
+            click.echo(f"snapd: {'cancelled' if err.error_class == 'Cancelled' else 'error'}: {err.message}", err=True)
         sys.exit(err.exit_code)
 
 
@@ -172,10 +210,13 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
+            interrupts = _Interrupts(client, bar)
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
-                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, on_progress=bar)
+                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, on_progress=bar,
+                                     on_interrupt=interrupts)
         bar.done()
+        interrupts.completed()
         total = time.monotonic() - bar.started
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
@@ -221,10 +262,12 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
+            interrupts = _Interrupts(client, bar)
             res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
                                  post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
-                                 cgroup=cgroup, log_name=log_name, on_progress=bar)
+                                 cgroup=cgroup, log_name=log_name, on_progress=bar, on_interrupt=interrupts)
         bar.done()
+        interrupts.completed()
         c.emit(res, lambda: click.echo(
             f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
             + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")))

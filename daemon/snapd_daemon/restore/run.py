@@ -31,7 +31,8 @@ from snapd_daemon.host.hooks import Hook
 from snapd_daemon.restore import images
 from snapd_daemon.restore.delivery import Delivery
 from snapd_daemon.restore.pids import ensure_pids_free, kill_restored
-from snapd_daemon.runtime import Runtime
+from snapd_daemon.runtime import Runtime, criulogs
+from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import HoldRecord
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -83,11 +84,13 @@ class _PreResume(Notify):
 
 
 class RestoreRun:
-    def __init__(self, rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter) -> None:
+    def __init__(self, rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
+                 cancel: CancelToken) -> None:
         self.rt = rt
         self.spec = spec
         self.op = operation_id
         self.report = report
+        self.cancel = cancel
         self.started = time.monotonic()
         self.manifest: Manifest = rt.catalog.get(spec.ref)
         self.delivery = Delivery(rt.store, self.manifest, rt.settings.io_threads)
@@ -107,11 +110,14 @@ class RestoreRun:
                 self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
                 with ExitStack() as staged:
                     staged.callback(self.rt.scratch.discard, self.staging)
+                    self.cancel.check()
                     plan = self.prepare()
+                    self.cancel.check()
                     self.criu(plan, cgroup)
                 metrics.BYTES_READ.inc(self.manifest.raw_bytes)
                 with ExitStack() as undo:
                     undo.callback(kill_restored, self.manifest.pids)
+                    self.cancel.commit()  # the commit point: a cancel during CRIU kills the tree
                     self.resume_gpu()
                     self.post_hook()
                     undo.pop_all()
@@ -149,7 +155,7 @@ class RestoreRun:
         self.report(ProgressEvent(Phase.RESTORE, 0, plan.kept_bytes, "criu restore"))
         if m.gpu:  # from here until its GPUs are back, the tree is frozen on the GPU side
             rt.journal.write(self.op, HoldRecord([(pid, 0.0) for pid in m.pids], list(m.gpu.cuda_pids)))
-        with metrics.phase("restore", "criu"), stdio.inherited_fds(
+        with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
         ) as (inherit, self.log_path):
             self.root = actions.restore(
@@ -173,6 +179,7 @@ class RestoreRun:
                                     rollback="; the restored tree was killed")
 
 
-def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter) -> RestoreOutcome:
+def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
+            cancel: CancelToken) -> RestoreOutcome:
     """Restore the snapshot ``spec.ref`` names (see the module docstring)."""
-    return RestoreRun(rt, spec, operation_id, report).execute()
+    return RestoreRun(rt, spec, operation_id, report, cancel).execute()

@@ -1,8 +1,8 @@
 """Write-once chunk files under ``chunks/<first two hex digits>/<blake3 hex>``.
 
 A chunk file appears under its final name only once its bytes are durable
-(``stage`` then ``publish``); temporaries carry ``.tmp-`` in their name and are
-never listed.
+(``stage`` then ``publish``); temporaries carry ``.tmp-`` in their name, are
+never listed, and a ``stage`` that fails removes its own.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class ChunkDir:
                     n -= len(bufs.pop(0))
                 if bufs:
                     bufs[0] = bufs[0][n:]
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write (ENOSPC) leaves no temporary behind
+            raise
         finally:
             os.close(fd)
         return tmp
