@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from google.protobuf.json_format import MessageToDict
@@ -98,7 +98,7 @@ class _Interrupts:
             self._leave()
         click.echo(f"snapd: {answer.detail}", err=True)
 
-    def _leave(self) -> None:
+    def _leave(self) -> NoReturn:
         click.echo(f"snapd: not waiting for operation {self.operation_id}; the daemon decides whether it rolls "
                    "back or completes (`snapd list` shows a completed checkpoint)", err=True)
         sys.exit(130)

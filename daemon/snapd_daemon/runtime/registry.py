@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from snapd_daemon.errors import ProcessBusy, ShuttingDown, SnapshotBusy
 from snapd_daemon.runtime.cancel import CancelToken
@@ -57,23 +58,26 @@ class OperationRegistry:
                 if snapshot_id and snapshot_id == other.snapshot_id:
                     raise SnapshotBusy(snapshot_id=snapshot_id, operation_id=other.id)
             self._ops[op.id] = op
-        try:
+        with self._listed(self._ops, op.id):
             yield op
-        finally:
-            with self._lock:
-                del self._ops[op.id]
-                self._lock.notify_all()
 
     @contextmanager
     def cancellable(self, token: CancelToken) -> Iterator[CancelToken]:
         """Make ``token`` reachable by its operation id for the duration of the block."""
         with self._lock:
             self._tokens[token.operation_id] = token
-        try:
+        with self._listed(self._tokens, token.operation_id):
             yield token
+
+    @contextmanager
+    def _listed(self, table: dict[str, Any], key: str) -> Iterator[None]:
+        """Drop ``table[key]`` (entered by the caller) when the block ends, and wake ``drain``."""
+        try:
+            yield
         finally:
             with self._lock:
-                del self._tokens[token.operation_id]
+                del table[key]
+                self._lock.notify_all()
 
     def cancel(self, operation_id: str, why: str) -> bool | None:
         """Cancel a running operation: True if it will roll back, False if it is past its
