@@ -60,8 +60,9 @@ def test_deadline_before_commit_rolls_back(daemon: Daemon, client: SnapdClient, 
         with pytest.raises(SnapdClientError) as info:
             hasty.checkpoint(pid, pre_checkpoint_hook=["sleep", "3.11"])
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: '"error": "Cancelled"' in daemon.log.read_text(), 60, "the checkpoint to roll back")
+    assert "before its commit point (its deadline passed)" in daemon.log.read_text()
     _nothing_left(daemon, client)
-    assert '"error": "Cancelled"' in daemon.log.read_text() and "its deadline passed" in daemon.log.read_text()
     assert _running(pid) and ask(pid, report)[1] == digest
 
 

@@ -5,11 +5,7 @@ This package imports grpcio and protobuf (and click), never the daemon; the daem
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
 daemon error class (listed by `snapd exit-codes` and in the README).
-
-Ctrl-C during `checkpoint` or `restore` asks the daemon to cancel the operation
-and waits for its answer: rolled back (exit 45, "snapd: cancelled: ...") or
-past its commit point and completed (the result, exit 0, and a line saying
-so). A second Ctrl-C leaves at once (exit 130); the daemon decides the outcome.
+Ctrl-C during `checkpoint` or `restore`: see interrupts.py.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from google.protobuf.json_format import MessageToDict
@@ -34,6 +30,7 @@ from snapd_client.client import (
     SnapdClientError,
     TlsFiles,
 )
+from snapd_client.interrupts import Interrupts
 
 _PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
 
@@ -75,39 +72,6 @@ class _ProgressLine:
         if self.enabled:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
-
-
-class _Interrupts:
-    """on_interrupt for a checkpoint or restore: the first Ctrl-C cancels the operation, a second
-    one (also while the cancel is being asked for) leaves without waiting, exit 130."""
-
-    def __init__(self, client: SnapdClient, bar: _ProgressLine) -> None:
-        self.client = client
-        self.bar = bar
-        self.operation_id = ""
-
-    def __call__(self, operation_id: str) -> None:
-        self.bar.done()
-        if self.operation_id:
-            self._leave()
-        self.operation_id = operation_id
-        click.echo(f"snapd: cancelling operation {operation_id} (Ctrl-C again to stop waiting)", err=True)
-        try:
-            answer = self.client.cancel(operation_id)
-        except KeyboardInterrupt:
-            self._leave()
-        click.echo(f"snapd: {answer.detail}", err=True)
-
-    def _leave(self) -> NoReturn:
-        click.echo(f"snapd: not waiting for operation {self.operation_id}; the daemon decides whether it rolls "
-                   "back or completes (`snapd list` shows a completed checkpoint)", err=True)
-        sys.exit(130)
-
-    def completed(self) -> None:
-        """Say so when the operation completed although Ctrl-C asked it to cancel."""
-        if self.operation_id:
-            click.echo(f"snapd: operation {self.operation_id} had passed its commit point when it was cancelled; "
-                       "it completed", err=True)
 
 
 class Ctx:
@@ -210,7 +174,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
-            interrupts = _Interrupts(client, bar)
+            interrupts = Interrupts(client, bar.done)
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, on_progress=bar,
@@ -262,7 +226,7 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
-            interrupts = _Interrupts(client, bar)
+            interrupts = Interrupts(client, bar.done)
             res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
                                  post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
                                  cgroup=cgroup, log_name=log_name, on_progress=bar, on_interrupt=interrupts)

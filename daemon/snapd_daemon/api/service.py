@@ -79,11 +79,10 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         events: queue.Queue[Any] = queue.Queue()
         token = CancelToken(op_id, undone)
 
-        def call_ended() -> None:  # runs on every end of the call, also after a result
+        def call_ended() -> None:  # on every end of the call; a no-op once the operation has ended
             remaining = context.time_remaining()
             timed_out = remaining is not None and remaining <= 0
-            if token.cancel("its deadline passed" if timed_out else "its call was cancelled or its client went away"):
-                log.info(f"{kind}.call_ended", op=op_id, timed_out=timed_out)
+            token.cancel("its deadline passed" if timed_out else "its call was cancelled or its client went away")
 
         def run() -> None:
             structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
