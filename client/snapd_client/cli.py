@@ -130,6 +130,10 @@ def _run(ctx: click.Context, as_json: bool, action: Callable[[Ctx], None]) -> No
         else:
             click.echo(f"snapd: {'cancelled' if err.error_class == 'Cancelled' else 'error'}: {err.message}", err=True)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("snapd: interrupted; the call was cancelled (an operation the daemon had started rolls back "
+                   "unless it was past its commit point)", err=True)
+        sys.exit(130)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SNAPD"})

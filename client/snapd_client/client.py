@@ -125,14 +125,19 @@ class SnapdClient:
     def _follow(self, events: Any, final_field: str, on_progress: ProgressCallback | None,
                 on_interrupt: InterruptCallback | None = None) -> Any:
         """The stream's result. The stream is read on a helper thread, so that a KeyboardInterrupt
-        never lands inside gRPC: once the operation id is known it calls ``on_interrupt`` and the
-        stream is followed on to its end; before that (or without ``on_interrupt``) it cancels
-        the call and propagates."""
+        never lands inside gRPC. With ``on_interrupt``, a KeyboardInterrupt calls it with the
+        operation id (as soon as the first progress event names it) and the stream is followed
+        on to its end; a second one before the id is known, or any without ``on_interrupt``,
+        cancels the call and propagates."""
         received: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(target=_read_stream, args=(events, received), name="stream", daemon=True).start()
         operation_id = ""
+        pending = False  # interrupted before the operation id was known
         while True:
             try:
+                if pending and operation_id and on_interrupt is not None:
+                    pending = False
+                    on_interrupt(operation_id)
                 event = received.get()
                 if isinstance(event, grpc.RpcError):
                     raise SnapdClientError.from_rpc(event, self.target)
@@ -145,10 +150,10 @@ class SnapdClient:
                 elif event.HasField(final_field):
                     return getattr(event, final_field)
             except KeyboardInterrupt:
-                if on_interrupt is None or not operation_id:
+                if on_interrupt is None or (pending and not operation_id):
                     events.cancel()
                     raise
-                on_interrupt(operation_id)
+                pending = True
 
     def checkpoint(
         self,

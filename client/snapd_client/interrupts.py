@@ -1,7 +1,8 @@
 """Ctrl-C during a `snapd checkpoint` or `snapd restore`.
 
 The first Ctrl-C asks the daemon to cancel the operation (its id comes with
-every progress event) and the stream is followed on to its end: rolled back
+every progress event; a Ctrl-C before the first one waits for it) and the
+stream is followed on to its end: rolled back
 (the call ends with Cancelled: "snapd: cancelled: ...", exit 45) or past its
 commit point and completed (the result, exit 0, and a line saying so). A
 second Ctrl-C, also while the cancel is being asked for, leaves at once

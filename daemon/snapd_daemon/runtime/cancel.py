@@ -34,11 +34,6 @@ class CancelToken:
                 self._why = why
             return True
 
-    @property
-    def committed(self) -> bool:
-        with self._lock:
-            return self._committed
-
     def check(self) -> None:
         """Raise Cancelled when a cancel was accepted."""
         with self._lock:
