@@ -37,6 +37,7 @@ from snapd_daemon.snapshots.manifest import Manifest
 log = structlog.get_logger()
 T = TypeVar("T")
 _DONE = object()
+_DEADLINE_SLACK = 1.0  # seconds
 
 
 R = TypeVar("R")
@@ -81,7 +82,8 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
 
         def call_ended() -> None:  # on every end of the call; a no-op once the operation has ended
             remaining = context.time_remaining()
-            timed_out = remaining is not None and remaining <= 0
+            # the client gives up at its deadline, which may reach the server a little before its own
+            timed_out = remaining is not None and remaining < _DEADLINE_SLACK
             token.cancel("its deadline passed" if timed_out else "its call was cancelled or its client went away")
 
         def run() -> None:
