@@ -155,10 +155,11 @@ class Workloads:
 
 class BackgroundCheckpoint:
     """A checkpoint through its own client in a thread; ``wait_for_phase`` returns once
-    progress of ``phase`` with bytes moving has arrived."""
+    progress of ``phase`` with bytes moving has arrived (``operation_id`` is known then)."""
 
     def __init__(self, target: str, pid: int, phase: int, **kwargs: object) -> None:
         self.phase = phase
+        self.operation_id = ""
         self.reached = threading.Event()
         self.snapshot: pb.Snapshot | None = None
         self.error: SnapdClientError | None = None
@@ -173,6 +174,7 @@ class BackgroundCheckpoint:
                 self.error = exc
 
     def _progress(self, p: pb.Progress) -> None:
+        self.operation_id = p.operation_id
         if p.phase == self.phase and p.bytes_done:
             self.reached.set()
 

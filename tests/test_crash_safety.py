@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -139,6 +140,38 @@ def test_full_disk_is_a_clean_error(tmp_path: Path, small_tmpfs: Path, workloads
             assert str(d.state_dir) in err.message and "the process was left running" in err.message
             assert list(c.list().snapshots) == []
         wait_for(lambda: d.staging_leftovers() == [], 10, "staging to be removed")
+        assert [p for p in d.state_dir.rglob("*") if ".tmp-" in p.name] == []  # not only after a restart
         assert ask(pid, report)[1] == digest
     finally:
         d.stop()
+
+
+def test_criu_failure_keeps_its_log(daemon: Daemon, tmp_path: Path) -> None:
+    """CRIU refuses a stream unix socket whose peer is outside the tree; the error names a
+    copy of CRIU's log under the state directory (not deleted staging), and only the newest
+    20 copies stay."""
+    kept = daemon.state_dir / "criu-logs"
+    kept.mkdir()
+    for i in range(25):
+        old = kept / f"op-old{i:02d}-dump.log"
+        old.write_text("old\n")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    ours, theirs = socket.socketpair()
+    holder = subprocess.Popen(["sleep", "300"], pass_fds=(theirs.fileno(),), start_new_session=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    theirs.close()
+    try:
+        with daemon.client() as c, pytest.raises(SnapdClientError) as info:
+            c.checkpoint(holder.pid)
+        err = info.value
+        assert err.error_class == "CriuFailed" and err.exit_code == 16
+        logs = sorted(kept.glob("op-*-dump.log"))
+        new = [p for p in logs if not p.name.startswith("op-old")]
+        assert len(new) == 1 and f"criu log ({new[0]})" in err.message
+        assert "Error" in new[0].read_text()
+        assert len(logs) == 20 and not (kept / "op-old05-dump.log").exists()
+        assert _state(holder.pid) in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
+    finally:
+        holder.kill()
+        holder.wait()
+        ours.close()

@@ -163,3 +163,57 @@ def test_process_in_another_pid_namespace(client: SnapdClient, tmp_path: Path) -
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_controlling_terminal_is_refused_before_anything_is_frozen(client: SnapdClient,
+                                                                     workloads: Workloads) -> None:
+    """A restore could never give the tree its terminal back: refused, named, with the fix."""
+    pid, report = workloads.start("tty.py")
+    _, child, tty = report.read_text().split()
+    err = _error(lambda: client.checkpoint(pid))
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "ProcessProtected"
+    assert err.exit_code == 12
+    assert f"pid {pid} of its tree has a controlling terminal ({tty})" in err.message
+    assert "setsid -f CMD </dev/null >LOG 2>&1" in err.message and "systemd-run" in err.message
+    for member in (pid, int(child)):
+        assert psutil.Process(member).status() in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
+    assert list(client.list().snapshots) == []
+
+
+def test_oversized_hook_argv_is_invalid(client: SnapdClient, workloads: Workloads) -> None:
+    pid, _ = workloads.start("memhold.py", "1")
+    err = _error(lambda: client.checkpoint(pid, pre_checkpoint_hook=["true", "x" * (3 << 20)]))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.error_class == "InvalidRequest"
+    assert f"argv is {(3 << 20) + 4} bytes, at most 32768 allowed" in err.message
+    assert not gone(pid)
+
+
+def test_long_failure_message_is_cut_not_lost(client: SnapdClient, workloads: Workloads) -> None:
+    """A hook whose output is huge fails with HookFailed, its message cut to a bounded size."""
+    pid, _ = workloads.start("memhold.py", "1")
+    noisy = [sys.executable, "-c", "import sys; sys.stderr.write('e' * 100000); sys.exit(3)"]
+    err = _error(lambda: client.checkpoint(pid, pre_checkpoint_hook=noisy))
+    assert err.error_class == "HookFailed" and err.exit_code == 29
+    assert "failed: exit status 3" in err.message and "more characters cut)" in err.message
+    assert len(err.message) < 2100
+    assert not gone(pid)
+
+
+@pytest.mark.parametrize(("method", "raw"), [
+    ("Checkpoint", b"\xff\xff\xff"),  # not protobuf wire format
+    ("Checkpoint", b"\x12\x02\xff\xfe"),  # name (field 2) not UTF-8
+    ("GetSnapshot", b"\x0a\x02\xff\xfe"),  # snapshot (field 1) not UTF-8
+])
+def test_undecodable_request_is_invalid_argument(daemon: Daemon, method: str, raw: bytes) -> None:
+    with grpc.insecure_channel(daemon.target) as ch:
+        with pytest.raises(grpc.RpcError) as info:
+            if method == "Checkpoint":
+                list(ch.unary_stream(f"/snapd.v1.Snapshots/{method}")(raw, timeout=30))
+            else:
+                ch.unary_unary(f"/snapd.v1.Snapshots/{method}")(raw, timeout=30)
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    trailers = dict(err.trailing_metadata())
+    assert trailers["snapd-error"] == "InvalidRequest" and trailers["snapd-exit-code"] == "10"
+    assert f"not a valid {method} request" in err.details()
+    assert daemon.proc is not None and daemon.proc.poll() is None

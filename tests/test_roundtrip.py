@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from harness import Daemon, Workloads, ask, gone, wait_for
@@ -139,3 +140,37 @@ def test_host_criu_plugins_are_not_loaded(tmp_path, workloads: Workloads, monkey
         assert ask(pid, report)[1] == digest
     finally:
         d.stop()
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """(state, ppid) from /proc/PID/stat."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def test_zombie_child_is_checkpointed_and_restored(client: SnapdClient, workloads: Workloads) -> None:
+    pid, report = workloads.start("zombie.py")
+    zombie = int(report.read_text().split()[1])
+    assert _stat(zombie) == ("Z", pid)
+    snap = client.checkpoint(pid)
+    assert sorted(p.pid for p in snap.processes) == sorted([pid, zombie])
+    wait_for(lambda: gone(pid) and not os.path.exists(f"/proc/{zombie}"), 10, "the tree and its zombie to go")
+
+    result = client.restore(snap.id)
+    assert sorted(result.pids) == sorted([pid, zombie])
+    assert ask(pid, report)[:2] == [str(pid), str(zombie)]
+    assert _stat(zombie) == ("Z", pid)
+
+
+def test_tree_whose_threads_and_children_come_and_go(client: SnapdClient, workloads: Workloads) -> None:
+    pid, report = workloads.start("zombie.py", "churn")
+    zombie = int(report.read_text().split()[1])
+    for _ in range(4):
+        snap = client.checkpoint(pid, leave_running=True)
+        assert {pid, zombie} <= {p.pid for p in snap.processes}
+    client.checkpoint(pid)
+    wait_for(lambda: gone(pid) and not os.path.exists(f"/proc/{zombie}"), 10, "the tree and its zombie to go")
+    client.restore(snap.id)
+    ticks = int(ask(pid, report)[2])
+    wait_for(lambda: int(ask(pid, report)[2]) > ticks, 10, "the restored tree to run")
+    assert _stat(zombie) == ("Z", pid)

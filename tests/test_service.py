@@ -95,3 +95,12 @@ def test_committed_stubs_match_protos(tmp_path: Path) -> None:
     assert generated, "nothing generated"
     stale = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
     assert not stale, f"stubs differ from their .proto; run scripts/gen-proto.sh: {stale}"
+
+
+def test_graceful_stop_logs_no_traceback(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        c.status()
+        assert daemon.stop() == 0
+    log = daemon.log.read_text()
+    assert '"event": "daemon.stopped"' in log
+    assert "Traceback" not in log and "no current event loop" not in log

@@ -5,6 +5,7 @@ This package imports grpcio and protobuf (and click), never the daemon; the daem
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
 daemon error class (listed by `snapd exit-codes` and in the README).
+Ctrl-C during `checkpoint` or `restore`: see interrupts.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from snapd_client.client import (
     SnapdClientError,
     TlsFiles,
 )
+from snapd_client.interrupts import Interrupts
 
 _PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
 # ChunkCorrupt's exit code (DATA_LOSS): `snapd fsck` found damage
@@ -127,6 +129,10 @@ def _run(ctx: click.Context, as_json: bool, action: Callable[[Ctx], None]) -> No
         action(c)
     except SnapdClientError as err:
         _fail(c, err.error_class or err.code.name, err.message, err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("snapd: interrupted; the call was cancelled (an operation the daemon had started rolls back "
+                   "unless it was past its commit point)", err=True)
+        sys.exit(130)
 
 
 def _fail(c: Ctx, error: str, message: str, exit_code: int) -> NoReturn:
@@ -134,7 +140,7 @@ def _fail(c: Ctx, error: str, message: str, exit_code: int) -> NoReturn:
     if c.as_json:
         click.echo(json.dumps({"error": error, "message": message, "exit_code": exit_code}), err=True)
     else:
-        click.echo(f"snapd: error: {message}", err=True)
+        click.echo(f"snapd: {'cancelled' if error == 'Cancelled' else 'error'}: {message}", err=True)
     sys.exit(exit_code)
 
 
@@ -180,10 +186,13 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
+            interrupts = Interrupts(client, bar.done)
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
-                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, on_progress=bar)
+                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, on_progress=bar,
+                                     on_interrupt=interrupts)
         bar.done()
+        interrupts.completed()
         total = time.monotonic() - bar.started
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
@@ -229,10 +238,12 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     def action(c: Ctx) -> None:
         bar = _ProgressLine()
         with c.client() as client:
+            interrupts = Interrupts(client, bar.done)
             res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
                                  post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
-                                 cgroup=cgroup, log_name=log_name, on_progress=bar)
+                                 cgroup=cgroup, log_name=log_name, on_progress=bar, on_interrupt=interrupts)
         bar.done()
+        interrupts.completed()
         c.emit(res, lambda: click.echo(
             f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
             + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")))

@@ -9,11 +9,18 @@
 
 Every failure is raised as SnapdClientError, carrying the gRPC status, the
 daemon's error class and the CLI exit code for it.
+
+Checkpoint and restore name their operation in every progress event
+(``Progress.operation_id``); ``cancel`` asks the daemon to roll it back, which
+it does only before the operation's commit point. Cancelling the call itself
+(its deadline passing, the client going away) has the same effect.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +34,9 @@ DEFAULT_TARGET = "unix:///run/gpu-snapd/snapd.sock"
 # Exit code when the daemon cannot be reached at all.
 EXIT_UNREACHABLE = 3
 ProgressCallback = Callable[[pb.Progress], None]
+# Called with the operation id when KeyboardInterrupt arrives while a stream is followed;
+# following goes on after it returns (raise or exit from it to stop).
+InterruptCallback = Callable[[str], None]
 CgroupSpec = pb.CgroupSpec
 
 
@@ -71,6 +81,16 @@ class SnapdClientError(Exception):
         return cls(code, f"{code.name}: {err.details()}", "", 1)  # type: ignore[attr-defined]
 
 
+def _read_stream(events: Iterator[Any], into: queue.SimpleQueue[Any]) -> None:
+    """Put each event of a response stream into ``into``, then None, or the RpcError it ended with."""
+    try:
+        for event in events:
+            into.put(event)
+        into.put(None)
+    except grpc.RpcError as err:
+        into.put(err)
+
+
 def default_target() -> str:
     return os.environ.get("SNAPD_TARGET", DEFAULT_TARGET)
 
@@ -102,17 +122,38 @@ class SnapdClient:
         except grpc.RpcError as err:
             raise SnapdClientError.from_rpc(err, self.target) from None
 
-    def _follow(self, events: Iterator[Any], final_field: str, on_progress: ProgressCallback | None) -> Any:
-        try:
-            for event in events:
+    def _follow(self, events: Any, final_field: str, on_progress: ProgressCallback | None,
+                on_interrupt: InterruptCallback | None = None) -> Any:
+        """The stream's result. The stream is read on a helper thread, so that a KeyboardInterrupt
+        never lands inside gRPC. With ``on_interrupt``, a KeyboardInterrupt calls it with the
+        operation id (as soon as the first progress event names it) and the stream is followed
+        on to its end; a second one before the id is known, or any without ``on_interrupt``,
+        cancels the call and propagates."""
+        received: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=_read_stream, args=(events, received), name="stream", daemon=True).start()
+        operation_id = ""
+        pending = False  # interrupted before the operation id was known
+        while True:
+            try:
+                if pending and operation_id and on_interrupt is not None:
+                    pending = False
+                    on_interrupt(operation_id)
+                event = received.get()
+                if isinstance(event, grpc.RpcError):
+                    raise SnapdClientError.from_rpc(event, self.target)
+                if event is None:
+                    raise SnapdClientError(grpc.StatusCode.INTERNAL, "stream ended without a result", "", 1)
                 if event.HasField("progress"):
+                    operation_id = event.progress.operation_id
                     if on_progress:
                         on_progress(event.progress)
                 elif event.HasField(final_field):
                     return getattr(event, final_field)
-        except grpc.RpcError as err:
-            raise SnapdClientError.from_rpc(err, self.target) from None
-        raise SnapdClientError(grpc.StatusCode.INTERNAL, "stream ended without a result", "", 1)
+            except KeyboardInterrupt:
+                if on_interrupt is None or (pending and not operation_id):
+                    events.cancel()
+                    raise
+                pending = True
 
     def checkpoint(
         self,
@@ -126,13 +167,15 @@ class SnapdClient:
         cuda_lock_timeout_ms: int = 0,
         keep_hot: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_interrupt: InterruptCallback | None = None,
     ) -> pb.Snapshot:
         request = pb.CheckpointRequest(
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
             cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
         )
-        result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress)
+        result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress,
+                                           on_interrupt)
         return result
 
     def restore(
@@ -146,6 +189,7 @@ class SnapdClient:
         cgroup: CgroupSpec | None = None,
         log_name: str = "",
         on_progress: ProgressCallback | None = None,
+        on_interrupt: InterruptCallback | None = None,
     ) -> pb.RestoreResult:
         """``cgroup``: place the whole restored tree in this group below the daemon's cgroup root.
         ``log_name``: file in the daemon's restore log directory that stdout/stderr pipes of
@@ -156,7 +200,16 @@ class SnapdClient:
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
             cgroup=cgroup, log_name=log_name,
         )
-        result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress)
+        result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress,
+                                                on_interrupt)
+        return result
+
+    def cancel(self, operation_id: str) -> pb.CancelOperationResponse:
+        """Ask a running checkpoint or restore to roll back; ``cancelled`` says whether it will
+        (False: it is past its commit point and completes, or it is not running; see ``detail``)."""
+        result: pb.CancelOperationResponse = self._unary(
+            self._stub.CancelOperation, pb.CancelOperationRequest(operation_id=operation_id)
+        )
         return result
 
     def list(self, name: str = "") -> pb.ListSnapshotsResponse:

@@ -69,11 +69,16 @@ class Gate:
 
     def _run(self, server: asyncio.Server) -> None:
         self._loop.run_forever()
-        server.close()
-        for task in self._tasks:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(server.wait_closed(), *self._tasks, return_exceptions=True))
+        self._loop.run_until_complete(self._close(server))
         self._loop.close()
+
+    async def _close(self, server: asyncio.Server) -> None:
+        """Stop accepting, cut every relayed connection and wait for both (on the loop, which
+        this thread does not own as its current loop)."""
+        server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(server.wait_closed(), *self._tasks, return_exceptions=True)
 
     def stop(self) -> None:
         """Stop accepting and cut every relayed connection."""

@@ -24,6 +24,7 @@ LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
 MAX_REF = 256
+OPERATION_ID_RE = re.compile(r"op-[0-9a-f]{12}")
 
 
 def snapshot_name(name: str) -> str:
@@ -58,6 +59,13 @@ def snapshot_ref(ref: str) -> str:
     if len(ref) > MAX_REF or "/" in ref or ref in (".", "..") or any(ord(c) < 32 for c in ref):
         raise InvalidRequest(field="snapshot", reason=f"{ref[:40]!r} is not a snapshot id or name")
     return ref
+
+
+def operation_id(value: str) -> str:
+    if not OPERATION_ID_RE.fullmatch(value):
+        raise InvalidRequest(field="operation_id", reason=f"{value[:40]!r} is not an operation id (op- and 12 hex "
+                             "digits, as in Progress.operation_id)")
+    return value
 
 
 GPU_UUID_RE = re.compile(r"GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -1,9 +1,10 @@
 """The snapd.v1.Snapshots servicer: protobuf in (requests.py), domain calls, protobuf out (convert.py).
 
-Long operations run in their own thread and keep running if the caller goes
-away (a checkpoint is either committed or rolled back, never abandoned
-half-way); the handler only relays their progress. Every failure leaves
-through status.py.
+Long operations run in their own thread, never abandoned half-way: the
+handler only relays their progress. A caller that goes away, cancels its
+call or runs past its deadline cancels the operation, as CancelOperation
+does: before its commit point it rolls back, after it it completes
+(runtime/cancel.py). Every failure leaves through status.py.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from snapd.v1 import snapd_pb2_grpc
 
 from snapd_daemon import __version__, metrics
 from snapd_daemon.api import convert, requests
-from snapd_daemon.api.status import abort, internal
+from snapd_daemon.api.status import abort, bounded, internal
 from snapd_daemon.checkpoint import checkpoint
 from snapd_daemon.errors import SnapdError
 from snapd_daemon.restore import restore
 from snapd_daemon.runtime import Runtime, doctor
+from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.progress import ProgressEvent, Reporter, Throttle
 from snapd_daemon.runtime.registry import new_operation_id
 from snapd_daemon.snapshots.manifest import Manifest
@@ -35,6 +37,7 @@ from snapd_daemon.snapshots.manifest import Manifest
 log = structlog.get_logger()
 T = TypeVar("T")
 _DONE = object()
+_DEADLINE_SLACK = 1.0  # seconds
 
 
 R = TypeVar("R")
@@ -67,25 +70,35 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         self,
         kind: str,
         context: grpc.ServicerContext,
-        work: Callable[[str, Reporter], T],
+        work: Callable[[str, Reporter, CancelToken], T],
         wrap_progress: Callable[[pb.Progress], Any],
         wrap_result: Callable[[T, str], Any],
+        undone: str,
     ) -> Iterator[Any]:
+        """``undone``: what a rollback of this kind of operation leaves (for Cancelled)."""
         op_id = new_operation_id()
         events: queue.Queue[Any] = queue.Queue()
+        token = CancelToken(op_id, undone)
+
+        def call_ended() -> None:  # on every end of the call; a no-op once the operation has ended
+            remaining = context.time_remaining()
+            # the client gives up at its deadline, which may reach the server a little before its own
+            timed_out = remaining is not None and remaining < _DEADLINE_SLACK
+            token.cancel("its deadline passed" if timed_out else "its call was cancelled or its client went away")
 
         def run() -> None:
             structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
             metrics.IN_FLIGHT.inc()
             try:
                 report = Throttle(events.put)
-                result = work(op_id, report)
+                with self.rt.registry.cancellable(token):
+                    result = work(op_id, report, token)
                 report.flush()
                 metrics.OPERATIONS.labels(kind, "ok").inc()
                 events.put((_DONE, result))
             except SnapdError as err:
                 metrics.OPERATIONS.labels(kind, type(err).__name__).inc()
-                log.warning(f"{kind}.failed", error=type(err).__name__, message=err.message)
+                log.warning(f"{kind}.failed", error=type(err).__name__, message=bounded(err.message))
                 events.put(err)
             except BaseException as exc:
                 metrics.OPERATIONS.labels(kind, "internal").inc()
@@ -97,6 +110,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 metrics.IN_FLIGHT.dec()
 
         threading.Thread(target=run, name=op_id).start()
+        context.add_callback(call_ended)
         while True:
             item = events.get()
             if isinstance(item, ProgressEvent):
@@ -119,9 +133,10 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         yield from self._stream(
             "checkpoint",
             context,
-            lambda op_id, report: checkpoint(self.rt, spec, op_id, report),
+            lambda op_id, report, cancel: checkpoint(self.rt, spec, op_id, report, cancel),
             lambda p: pb.CheckpointEvent(progress=p),
             lambda m, _op: pb.CheckpointEvent(snapshot=self._snapshot(m)),
+            "the process tree was left running and nothing was stored",
         )
 
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreEvent]:
@@ -133,9 +148,10 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         yield from self._stream(
             "restore",
             context,
-            lambda op_id, report: restore(self.rt, spec, op_id, report),
+            lambda op_id, report, cancel: restore(self.rt, spec, op_id, report, cancel),
             lambda p: pb.RestoreEvent(progress=p),
             lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id, placed)),
+            "nothing was restored and the snapshot's pids are free",
         )
 
     @_unary
@@ -203,6 +219,21 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         report = catalog.fsck(targets)
         log.info("store.fsck", snapshots=report.snapshots, chunks=report.chunks_checked, damaged=len(report.damage))
         return convert.fsck_report(report)
+
+    @_unary
+    def CancelOperation(self, request: pb.CancelOperationRequest,
+                        context: grpc.ServicerContext) -> pb.CancelOperationResponse:
+        op_id = requests.operation_id(request.operation_id)
+        verdict = self.rt.registry.cancel(op_id, "CancelOperation was called")
+        log.info("operation.cancel", operation=op_id, verdict=verdict)
+        if verdict is None:
+            return pb.CancelOperationResponse(cancelled=False, detail=f"no operation {op_id} is running "
+                                              "(it has ended, or never existed)")
+        if verdict:
+            return pb.CancelOperationResponse(cancelled=True, detail=f"operation {op_id} rolls back; its call "
+                                              "ends with CANCELLED")
+        return pb.CancelOperationResponse(cancelled=False, detail=f"operation {op_id} is past its commit point "
+                                          "and completes")
 
     @_unary
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:

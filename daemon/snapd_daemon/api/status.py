@@ -4,7 +4,9 @@ Every failure a call ends with carries, besides the status code and message,
 the trailers ``snapd-error`` (the class name) and ``snapd-exit-code`` (the CLI
 exit code), so clients map it back without parsing messages. Anything that is
 not a SnapdError becomes INTERNAL with its type named; the daemon log holds
-the traceback.
+the traceback. A message is at most ``MAX_MESSAGE`` characters (its start
+kept, the cut said), so that no caller-supplied text (a hook's argv or
+output) can push the trailers past gRPC's metadata limit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import grpc
 
 from snapd_daemon.errors import SnapdError
 
+MAX_MESSAGE = 2000
+
 
 def code_of(err: SnapdError) -> grpc.StatusCode:
     return grpc.StatusCode[err.status]
@@ -24,7 +28,14 @@ def internal(exc: BaseException) -> SnapdError:
     return SnapdError(detail=f"internal error: {type(exc).__name__}: {exc}")
 
 
+def bounded(message: str) -> str:
+    """``message``, or its first MAX_MESSAGE characters and how many more were cut."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters cut)"
+
+
 def abort(context: grpc.ServicerContext, err: SnapdError) -> NoReturn:
-    """End the call with ``err``'s status, message and trailers."""
+    """End the call with ``err``'s status, (bounded) message and trailers."""
     context.set_trailing_metadata((("snapd-error", type(err).__name__), ("snapd-exit-code", str(err.exit_code))))
-    context.abort(code_of(err), err.message)
+    context.abort(code_of(err), bounded(err.message))

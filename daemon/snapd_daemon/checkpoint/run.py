@@ -16,6 +16,12 @@ Each of phases 2-4 pushes its undo onto the run's stack as it acts; a failure
 before 6 unwinds it: SIGCONT, CUDA restore + unlock, stored chunks dropped,
 staging removed, hold record cleared, in that order. The record stays when the
 GPU side could not be thawed, so that a restarted daemon tries again.
+
+Cancellation: the run checks its cancel token after the claim, after the
+pre-hook, before and right after CRIU's dump (which is never interrupted:
+the tree is frozen only while it runs), and before the manifest is
+published, its commit point; an accepted cancel raises Cancelled there and
+the same undo stack rolls everything back. A cancel after that is refused.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from snapd_daemon.host import cgroups, gpu
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio
-from snapd_daemon.runtime import Runtime
+from snapd_daemon.runtime import Runtime, criulogs
+from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
 from snapd_daemon.runtime.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -102,11 +109,13 @@ class _PostDumpHold(Notify):
 
 
 class CheckpointRun:
-    def __init__(self, rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter) -> None:
+    def __init__(self, rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter,
+                 cancel: CancelToken) -> None:
         self.rt = rt
         self.spec = spec
         self.op = operation_id
         self.report = report
+        self.cancel = cancel
         self.started = time.monotonic()
         self.tree: ProcessTree
         self.gpu_record: gpu.GpuRecord | None = None
@@ -130,11 +139,15 @@ class CheckpointRun:
             log.info("checkpoint.start", pid=self.spec.pid, processes=len(self.tree.processes),
                      rss_bytes=self.tree.rss_bytes, leave_running=self.spec.leave_running,
                      shell_job=self.tree.external_session, cuda_pids=list(self.cuda_pids))
+            self.cancel.check()
             self.pre_hook()
+            self.cancel.check()
             with ExitStack() as undo:
                 self.hold(undo)
                 self.freeze_gpu(undo)
+                self.cancel.check()
                 self.dump()
+                self.cancel.check()
                 manifest = self.commit()
                 undo.pop_all()
             self.finish(manifest)
@@ -183,7 +196,8 @@ class CheckpointRun:
         rt, staging = self.rt, self.staging
         self.report(ProgressEvent(Phase.DUMP, 0, self.needed, "criu dump"))
         with metrics.phase("checkpoint", "dump"), DirectoryGrowth(self.report, Phase.DUMP, staging.images, self.needed), \
-                DumpFollower(self.ingest, staging.images), rt.store.translate_os_errors(self.needed):
+                DumpFollower(self.ingest, staging.images), rt.store.translate_os_errors(self.needed), \
+                criulogs.kept(rt.settings.criu_log_dir(), self.op):
             try:
                 actions.dump(
                     rt.criu, self.spec.pid, staging.images, staging.work,
@@ -220,6 +234,7 @@ class CheckpointRun:
             final = plan(self.staging.images)
             chunks = self.ingest.complete(final)
             manifest.files = [ImageEntry(name, sum(p.length for p in cuts), chunks[name]) for name, cuts in final.items()]
+            self.cancel.commit()
             rt.catalog.publish(self.ingest, manifest)
         self.ingest.close()
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
@@ -260,6 +275,7 @@ class CheckpointRun:
             self.rt.journal.clear(self.op)
 
 
-def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter) -> Manifest:
+def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter,
+               cancel: CancelToken) -> Manifest:
     """Checkpoint ``spec.pid``'s tree into a new snapshot (see the module docstring)."""
-    return CheckpointRun(rt, spec, operation_id, report).execute()
+    return CheckpointRun(rt, spec, operation_id, report, cancel).execute()

@@ -1,6 +1,10 @@
 """Operator commands run by the daemon around an operation (e.g. an HTTP call
 that asks a vLLM server to drop its KV cache before a snapshot, or to wake up
-after a restore)."""
+after a restore).
+
+A hook's argv is bounded (count and total size) when the request is parsed,
+since it is echoed in its failure message and in log lines.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from snapd_daemon.errors import HookFailed, InvalidRequest
 
 log = structlog.get_logger()
 MAX_ARGS = 64
+MAX_ARGV_BYTES = 32 << 10  # all arguments together, UTF-8
 MAX_TIMEOUT = 3600
 
 
@@ -28,6 +33,9 @@ class Hook:
             return None
         if len(argv) > MAX_ARGS or any(not a or "\0" in a for a in argv):
             raise InvalidRequest(field=field, reason=f"argv must be 1-{MAX_ARGS} non-empty arguments")
+        size = sum(len(a.encode()) for a in argv)
+        if size > MAX_ARGV_BYTES:
+            raise InvalidRequest(field=field, reason=f"argv is {size} bytes, at most {MAX_ARGV_BYTES} allowed")
         if timeout_seconds > MAX_TIMEOUT:
             raise InvalidRequest(field=field, reason=f"timeout {timeout_seconds} s is above {MAX_TIMEOUT} s")
         return cls(tuple(argv), float(timeout_seconds or 60))

@@ -1,7 +1,11 @@
 """Process trees: what a checkpoint takes, what it must refuse, and signalling.
 
 Pids are checked against their start time before every signal, so a pid that
-was recycled since it was inspected is never touched.
+was recycled since it was inspected is never touched. A tree is read as it is
+at that moment: zombies are members (CRIU dumps and restores them), children
+that exit and are reaped while it is read are not, and the root must be alive.
+Everything a restore could never bring back is refused here, before anything
+is frozen.
 """
 
 from __future__ import annotations
@@ -62,12 +66,31 @@ def validate_pid(pid: int) -> None:
         raise InvalidRequest(field="pid", reason=f"{pid} is not a process id (1..{MAX_PID})")
 
 
-def _is_kernel_thread(pid: int) -> bool:
+def _stat(pid: int) -> list[bytes]:
+    """The fields of /proc/PID/stat after the parenthesised comm: state ppid pgrp
+    session tty_nr tpgid flags ... (FileNotFoundError once the pid is free)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
-    # fields after the parenthesised comm: state ppid pgrp session tty tpgid flags ...
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return bool(int(fields[6]) & _PF_KTHREAD)
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    return bool(int(_stat(pid)[6]) & _PF_KTHREAD)
+
+
+def _tty_name(tty_nr: int) -> str:
+    """/dev name of a tty_nr (major in bits 8-15, minor in bits 0-7 and 20-31)."""
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if 136 <= major <= 143:
+        return f"/dev/pts/{(major - 136) * 256 + minor}"
+    return f"/dev/tty{minor}" if major == 4 else f"tty device {major}:{minor}"
+
+
+def _cmdline(proc: psutil.Process) -> tuple[str, ...]:
+    try:
+        return tuple(proc.cmdline())
+    except psutil.ZombieProcess:  # a zombie has no memory to read its arguments from
+        return ()
 
 
 def _record(proc: psutil.Process) -> ProcessRecord:
@@ -76,7 +99,7 @@ def _record(proc: psutil.Process) -> ProcessRecord:
             pid=proc.pid,
             ppid=proc.ppid(),
             name=proc.name(),
-            cmdline=tuple(proc.cmdline()),
+            cmdline=_cmdline(proc),
             threads=proc.num_threads(),
             rss_bytes=proc.memory_info().rss,
             create_time=proc.create_time(),
@@ -97,8 +120,10 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
 
     Refuses (with the reason in the error) pid 1, kernel threads, the daemon
     itself and any of its ancestors, a tree that contains the daemon, a
-    process in another pid namespace, and a process whose session leader lives
-    in an ancestor pid namespace (CRIU cannot dump a session id that reads 0).
+    process in another pid namespace, a process whose session leader lives
+    in an ancestor pid namespace (CRIU cannot dump a session id that reads 0),
+    and a process with a controlling terminal (CRIU restores it only from a
+    terminal of its own; the daemon has none, so every restore would fail).
     """
     validate_pid(pid)
     daemon_pid = daemon_pid or os.getpid()
@@ -114,16 +139,9 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
         ancestors = {p.pid for p in psutil.Process(daemon_pid).parents()}
         if pid in ancestors:
             raise ProcessProtected(pid=pid, name=name, reason=f"it is an ancestor of the snapd daemon (pid {daemon_pid})")
-        members = [root, *root.children(recursive=True)]
         own_ns = os.readlink(f"/proc/{daemon_pid}/ns/pid")
-        for member in members:
-            if os.readlink(f"/proc/{member.pid}/ns/pid") != own_ns:
-                raise ProcessProtected(
-                    pid=pid, name=name,
-                    reason=f"pid {member.pid} of its tree lives in another pid namespace than the daemon (CRIU "
-                           "would name it by a pid this host does not use); run snapd in that namespace",
-                )
-        records = tuple(_record(p) for p in members)
+        records = tuple(r for member in [root, *root.children(recursive=True)]
+                        if (r := _member(member, pid, name, own_ns)) is not None)
     except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessNotFound(pid=pid) from exc
     pids = {r.pid for r in records}
@@ -142,6 +160,38 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
                    "session (setsid, or as a systemd service)",
         )
     return ProcessTree(root=pid, processes=records, external_session=external)
+
+
+def _member(proc: psutil.Process, root: int, name: str, own_ns: str) -> ProcessRecord | None:
+    """``proc``'s record, or None when it is a child that exited and was reaped while
+    the tree was read; refuses a member a restore could not bring back."""
+    try:
+        fields = _stat(proc.pid)
+        zombie = fields[0] in (b"Z", b"X")
+        if zombie and proc.pid == root:
+            raise ProcessLookupError(proc.pid)
+        # a zombie has left its namespaces (the link reads ENOENT); it dies where its parent lives
+        if not zombie and os.readlink(f"/proc/{proc.pid}/ns/pid") != own_ns:
+            raise ProcessProtected(
+                pid=root, name=name,
+                reason=f"pid {proc.pid} of its tree lives in another pid namespace than the daemon (CRIU "
+                       "would name it by a pid this host does not use); run snapd in that namespace",
+            )
+        tty_nr = int(fields[4])
+        if tty_nr:
+            raise ProcessProtected(
+                pid=root, name=name,
+                reason=f"pid {proc.pid} of its tree has a controlling terminal ({_tty_name(tty_nr)}), which a "
+                       "restore can never give back (CRIU: \"Don't have tty to inherit session from\"), so the "
+                       "process would be lost; start the workload without one: `setsid -f CMD </dev/null >LOG "
+                       "2>&1`, `systemd-run --unit NAME CMD`, or a service unit (`nohup CMD &` alone keeps the "
+                       "terminal)",
+            )
+        return _record(proc)
+    except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+        if proc.pid == root:
+            raise
+        return None
 
 
 def signal_tree(tree: ProcessTree, sig: signal.Signals) -> list[int]:
@@ -165,11 +215,9 @@ class PidState(enum.Enum):
 
 def pid_state(pid: int) -> PidState:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        fields = _stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return PidState.FREE
-    fields = stat[stat.rindex(b")") + 2 :].split()
     if fields[0] in (b"Z", b"X") or int(fields[6]) & _PF_EXITING:
         return PidState.EXITING
     return PidState.ALIVE

@@ -42,7 +42,8 @@ from snapd_daemon.host.hooks import Hook
 from snapd_daemon.restore import images
 from snapd_daemon.restore.delivery import Delivery
 from snapd_daemon.restore.pids import ensure_pids_free, kill_restored
-from snapd_daemon.runtime import Runtime
+from snapd_daemon.runtime import Runtime, criulogs
+from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -73,11 +74,13 @@ class RestoreOutcome:
 
 
 class RestoreRun:
-    def __init__(self, rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter) -> None:
+    def __init__(self, rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
+                 cancel: CancelToken) -> None:
         self.rt = rt
         self.spec = spec
         self.op = operation_id
         self.report = report
+        self.cancel = cancel
         self.started = time.monotonic()
         self.manifest: Manifest = rt.catalog.get(spec.ref)
         self.delivery = Delivery(rt.store, self.manifest, rt.settings.io_threads)
@@ -100,11 +103,14 @@ class RestoreRun:
                 self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
                 with ExitStack() as staged:
                     staged.callback(self.rt.scratch.discard, self.staging)
+                    self.cancel.check()
                     plan = self.prepare()
+                    self.cancel.check()
                     self.criu(cgroup)
                 with ExitStack() as undo:
                     undo.callback(kill_restored, self.manifest.pids)
                     self.inject(plan)
+                    self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu()
                     self.post_hook()
@@ -160,7 +166,8 @@ class RestoreRun:
             if cgroup is not None:
                 cgroup.adopt(helper)
 
-        with metrics.phase("restore", "criu"), stdio.inherited_fds(
+        with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
+                stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
         ) as (inherit, self.log_path):
             self.root = actions.restore(
@@ -202,6 +209,7 @@ class RestoreRun:
                                     rollback="; the restored tree was killed")
 
 
-def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter) -> RestoreOutcome:
+def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
+            cancel: CancelToken) -> RestoreOutcome:
     """Restore the snapshot ``spec.ref`` names (see the module docstring)."""
-    return RestoreRun(rt, spec, operation_id, report).execute()
+    return RestoreRun(rt, spec, operation_id, report, cancel).execute()

@@ -4,6 +4,8 @@ An operation claims the pids it works on (checkpoint) or the snapshot it reads
 (restore, delete). A second claim on the same pid or snapshot is refused with
 the id of the operation that holds it. ``close`` stops new claims and
 ``drain`` waits for the running ones, which is how the daemon stops safely.
+A long operation's cancel token is found here by its id (``cancellable``,
+``cancel``) from its start until it has ended.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from snapd_daemon.errors import ProcessBusy, ShuttingDown, SnapshotBusy
+from snapd_daemon.runtime.cancel import CancelToken
 
 
 def new_operation_id() -> str:
@@ -35,6 +39,7 @@ class OperationRegistry:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._ops: dict[str, Operation] = {}
+        self._tokens: dict[str, CancelToken] = {}
         self._closed = False
 
     @contextmanager
@@ -53,12 +58,33 @@ class OperationRegistry:
                 if snapshot_id and snapshot_id == other.snapshot_id:
                     raise SnapshotBusy(snapshot_id=snapshot_id, operation_id=other.id)
             self._ops[op.id] = op
-        try:
+        with self._listed(self._ops, op.id):
             yield op
+
+    @contextmanager
+    def cancellable(self, token: CancelToken) -> Iterator[CancelToken]:
+        """Make ``token`` reachable by its operation id for the duration of the block."""
+        with self._lock:
+            self._tokens[token.operation_id] = token
+        with self._listed(self._tokens, token.operation_id):
+            yield token
+
+    @contextmanager
+    def _listed(self, table: dict[str, Any], key: str) -> Iterator[None]:
+        """Drop ``table[key]`` (entered by the caller) when the block ends, and wake ``drain``."""
+        try:
+            yield
         finally:
             with self._lock:
-                del self._ops[op.id]
+                del table[key]
                 self._lock.notify_all()
+
+    def cancel(self, operation_id: str, why: str) -> bool | None:
+        """Cancel a running operation: True if it will roll back, False if it is past its
+        commit point, None if no operation of that id is running."""
+        with self._lock:
+            token = self._tokens.get(operation_id)
+        return None if token is None else token.cancel(why)
 
     def in_flight(self) -> list[Operation]:
         with self._lock:

@@ -62,6 +62,10 @@ class Settings:
     def log_dir(self) -> Path:
         return self.restore_log_dir or self.state_dir / "logs"
 
+    def criu_log_dir(self) -> Path:
+        """Where the CRIU logs of failed operations are kept (runtime/criulogs.py)."""
+        return self.state_dir / "criu-logs"
+
     def hot_dir(self) -> Path | None:
         """Where prefetched snapshots keep decompressed chunks (RAM)."""
         ram = self.ram_dir()

@@ -27,6 +27,7 @@ from snapd.v1 import snapd_pb2, snapd_pb2_grpc
 
 from snapd_daemon import __version__, metrics
 from snapd_daemon.api.access import AccessInterceptor, PeerTags
+from snapd_daemon.api.decoding import DecodeInterceptor
 from snapd_daemon.api.gate import Gate
 from snapd_daemon.api.service import SnapshotsServicer
 from snapd_daemon.criu.binary import locate
@@ -111,7 +112,7 @@ def serve(settings: Settings, listen: Listen) -> None:
 
     tags = PeerTags()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-                         interceptors=[AccessInterceptor(tags)])
+                         interceptors=[AccessInterceptor(tags), DecodeInterceptor()])
     snapd_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsServicer(rt), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,10 +1,11 @@
 """Write-once chunk files under ``chunks/<first two hex digits>/<blake3 hex>``.
 
 A chunk file appears under its final name only once its bytes are durable
-(``stage`` then ``publish``); temporaries carry ``.tmp-`` in their name and are
-never listed. A file leaves its name only by ``remove`` (gc) or ``move_out``
-(quarantine), and ``move_out`` moves only the very file that failed its hash:
-never a good copy published under the name meanwhile.
+(``stage`` then ``publish``); temporaries carry ``.tmp-`` in their name, are
+never listed, and a ``stage`` that fails removes its own. A file leaves its
+name only by ``remove`` (gc) or ``move_out`` (quarantine), and ``move_out``
+moves only the very file that failed its hash: never a good copy published
+under the name meanwhile.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class ChunkDir:
                     n -= len(bufs.pop(0))
                 if bufs:
                     bufs[0] = bufs[0][n:]
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write (ENOSPC) leaves no temporary behind
+            raise
         finally:
             os.close(fd)
         return tmp
