@@ -67,7 +67,7 @@ def test_deadline_before_commit_rolls_back(daemon: Daemon, client: SnapdClient, 
 
 
 def test_cancel_after_commit_completes(daemon: Daemon, client: SnapdClient, workloads: Workloads) -> None:
-    """A restore's commit point is the end of CRIU's restore; its post-hook runs after it."""
+    """A restore's commit point is the resume of the restored tree; its post-hook runs after it."""
     pid, report = workloads.start("memhold.py", "8")
     _, digest, _ = report.read_text().split()
     snap = client.checkpoint(pid)
@@ -142,3 +142,32 @@ def test_second_ctrl_c_leaves_at_once(daemon: Daemon, client: SnapdClient, workl
 
 def _asked_cancel(daemon: Daemon) -> bool:
     return '"event": "operation.cancel"' in daemon.log.read_text()
+
+
+def test_sigterm_past_the_drain_timeout_cancels_and_rolls_back(tmp_path: Path, workloads: Workloads) -> None:
+    """A daemon told to stop waits for running operations (--drain-timeout); past it, an
+    operation before its commit point is cancelled and rolls back before the daemon exits."""
+    daemon = Daemon(tmp_path, ("--drain-timeout", "0.5")).start()
+    pid, report = workloads.start("memhold.py", "8")
+    _, digest, _ = report.read_text().split()
+    errors: list[SnapdClientError] = []
+
+    def run() -> None:
+        with daemon.client() as c:
+            try:
+                c.checkpoint(pid, pre_checkpoint_hook=["sleep", "3.13"])
+            except SnapdClientError as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: _hook_running("3.13"), 60, "the pre-checkpoint hook")
+    assert daemon.stop(signal.SIGTERM) == 0
+    thread.join(60)
+    assert errors and errors[0].error_class == "Cancelled", errors
+    assert "drain timeout passed" in errors[0].message
+    assert _running(pid) and ask(pid, report)[1] == digest
+    daemon.start()
+    with daemon.client() as c:
+        _nothing_left(daemon, c)
+    daemon.stop()

@@ -86,6 +86,12 @@ class OperationRegistry:
             token = self._tokens.get(operation_id)
         return None if token is None else token.cancel(why)
 
+    def cancel_all(self, why: str) -> list[str]:
+        """Cancel every running operation; the ids of those that will roll back."""
+        with self._lock:
+            tokens = list(self._tokens.values())
+        return [t.operation_id for t in tokens if t.cancel(why)]
+
     def in_flight(self) -> list[Operation]:
         with self._lock:
             return list(self._ops.values())

@@ -46,6 +46,8 @@ log = structlog.get_logger()
 SERVICE_NAME = snapd_pb2.DESCRIPTOR.services_by_name["Snapshots"].full_name
 # The gRPC server's own socket, in the state directory (0700): only the gate reaches it.
 PRIVATE_SOCKET = "api.sock"
+# How long operations cancelled at the end of a drain get to roll back.
+_ROLLBACK_SECONDS = 60.0
 _SUN_PATH_MAX = 107
 
 
@@ -158,7 +160,11 @@ def serve(settings: Settings, listen: Listen) -> None:
     health_servicer.enter_graceful_shutdown()
     rt.registry.close()
     if not rt.registry.drain(listen.drain_timeout):
-        log.error("daemon.drain_timeout", still_running=[op.id for op in rt.registry.in_flight()])
+        # past the drain timeout: what has not reached its commit point rolls back now
+        cancelled = rt.registry.cancel_all("the daemon is stopping and its drain timeout passed")
+        log.warning("daemon.drain_timeout", cancelled=cancelled)
+        if not rt.registry.drain(_ROLLBACK_SECONDS):
+            log.error("daemon.stopped_with_operations", still_running=[op.id for op in rt.registry.in_flight()])
     server.stop(grace=5).wait()
     gate.stop()
     scratch.release()
