@@ -269,9 +269,11 @@ KINDS = ("checkpoint", "checkpoint-leave-running", "restore", "restore-corrupt")
 _KILL_POINTS = {
     "checkpoint": (pb.PHASE_VALIDATE, pb.PHASE_DUMP, pb.PHASE_COMMIT, pb.PHASE_STOP_SOURCE, None, None),
     "checkpoint-leave-running": (pb.PHASE_VALIDATE, pb.PHASE_DUMP, pb.PHASE_COMMIT, None, None),
-    "restore": (pb.PHASE_PREPARE, pb.PHASE_RESTORE, pb.PHASE_INJECT, None, None),
-    "restore-corrupt": (pb.PHASE_PREPARE, pb.PHASE_RESTORE, pb.PHASE_INJECT, None, None),
+    "restore": (pb.PHASE_PREPARE, pb.PHASE_RESTORE, pb.PHASE_INJECT, pb.PHASE_INJECT, None),
+    "restore-corrupt": (pb.PHASE_PREPARE, pb.PHASE_RESTORE, pb.PHASE_INJECT, pb.PHASE_INJECT, None),
 }
+# the horizon of a random delay from the start of the call (about an operation's length here)
+_HORIZON = {"checkpoint": 0.8, "checkpoint-leave-running": 0.8, "restore": 0.4, "restore-corrupt": 0.4}
 
 
 @dataclass
@@ -302,8 +304,10 @@ def run_trial(root: Path, kind: str, seed: int, serve_args: tuple[str, ...] = ()
     assert kind in KINDS, kind
     rng = random.Random(seed)
     point = rng.choice(_KILL_POINTS[kind])
-    delay = rng.uniform(0, 0.03) if point is not None else rng.uniform(0, 1.0)
-    size_mb = rng.choice((16, 24, 40))
+    delay = rng.uniform(0, 0.03) if point is not None else rng.uniform(0, _HORIZON[kind])
+    # restores get regions big enough that writing them takes tens of ms on a small VM,
+    # so that kills land inside the injection too
+    size_mb = rng.choice((16, 24, 40) if kind.startswith("checkpoint") else (48, 64, 96))
     result = TrialResult(kind, seed, (f"at {pb.Phase.Name(point)}" if point is not None else "after")
                          + f" +{delay * 1000:.0f} ms ({size_mb} MiB)")
     root.mkdir(parents=True, exist_ok=True)
