@@ -372,6 +372,42 @@ def test_ctrl_c_on_cli_checkpoint_cancels_and_says_so(snapd: Daemon, tmp_path: P
         _rolled_back(snapd, c, pid, report, digest)
 
 
+def test_cancelled_restore_kills_the_stopped_tree(snapd: Daemon, workloads: Workloads) -> None:
+    """CancelOperation of a restore before it resumes the tree (held in its memory
+    injection by a chunk file that is a FIFO nobody writes): the call ends with
+    Cancelled, the tree is killed and never ran; the snapshot restores afterwards."""
+    pid, report, digest = start_sentinel(workloads, 24, SEED + 15)
+    beat = beat_file(report)
+    with snapd.client() as c:
+        snap = c.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed source to stop")
+    chunk = biggest_chunk(snapd.state_dir)
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    os.mkfifo(chunk)
+    beat.unlink()
+    call = BackgroundCall(snapd.target, "restore", snap.id)
+    try:
+        assert call.wait_until(lambda e: e.phase == pb.PHASE_INJECT, 30), call.error
+        wait_for(lambda: psutil.pid_exists(pid), 10, "the restored tree to exist")
+        cancelled, detail = cancel_operation(snapd.target, call.operation_id())
+        assert cancelled, detail
+        call.join(30)
+        assert call.error is not None and call.error.error_class == "Cancelled", call.error
+    finally:
+        if not call.done.is_set():  # the daemon hangs on the FIFO for good: the test has failed, end it
+            assert snapd.proc is not None
+            snapd.proc.kill()
+            call.join()
+        chunk.unlink()
+        chunk.write_bytes(saved)
+    wait_for(lambda: gone(pid), 10, "the cancelled restore's tree to be killed")
+    assert not beat.exists(), "the tree of a cancelled restore ran"
+    with snapd.client() as c:
+        c.restore(snap.id, wait_for_exit_seconds=10)
+    assert ask(pid, report)[1] == digest
+
+
 def test_every_progress_event_names_its_operation(snapd: Daemon, workloads: Workloads) -> None:
     """Progress.operation_id is set on every event of a checkpoint and of a restore
     (one id per call; the restore's equals RestoreResult.operation_id)."""
