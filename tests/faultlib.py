@@ -12,8 +12,6 @@ import contextlib
 import os
 import random
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 from harness import Daemon, Workloads, ask, gone, wait_for
 
@@ -74,77 +71,6 @@ def damage_chunk(path: Path, how: str) -> str:
 
 def quarantined_chunk(state_dir: Path, chunk_id: str) -> Path:
     return state_dir / "quarantine" / "chunks" / chunk_id
-
-
-# ---------------------------------------------------------------- the API beyond today's proto
-
-def field_of(msg: Any, name: str) -> Any:
-    """``msg.<name>``, failing with a plain reason when the API does not have it yet."""
-    assert name in msg.DESCRIPTOR.fields_by_name, (
-        f"{msg.DESCRIPTOR.name}.{name} is not part of the API yet (issue #10)")
-    return getattr(msg, name)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _parse_fields(data: bytes) -> dict[int, Any]:
-    """A minimal protobuf wire decoder: varints and length-delimited fields only."""
-    fields: dict[int, Any] = {}
-    i = 0
-    while i < len(data):
-        key, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        num, wire = key >> 3, key & 7
-        value, shift = 0, 0
-        if wire in (0, 2):
-            while True:
-                b = data[i]
-                i += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            if wire == 2:
-                value, i = data[i : i + value], i + value
-        else:
-            raise ValueError(f"wire type {wire} not handled")
-        fields[num] = value
-    return fields
-
-
-def cancel_operation(target: str, operation_id: str, timeout: float = 30) -> tuple[bool, str]:
-    """Call ``CancelOperation(CancelOperationRequest{operation_id=1})`` ->
-    ``CancelOperationResponse{bool cancelled = 1; string detail = 2}`` (issue #10).
-    Uses the generated messages once they exist, the wire format until then."""
-    if hasattr(pb, "CancelOperationRequest"):
-        request = pb.CancelOperationRequest(operation_id=operation_id).SerializeToString()
-    else:
-        raw = operation_id.encode()
-        request = b"\x0a" + _varint(len(raw)) + raw
-    with grpc.insecure_channel(target) as ch:
-        try:
-            reply = ch.unary_unary("/snapd.v1.Snapshots/CancelOperation")(request, timeout=timeout)
-        except grpc.RpcError as err:
-            raise SnapdClientError.from_rpc(err, target) from None
-    if hasattr(pb, "CancelOperationResponse"):
-        resp = pb.CancelOperationResponse.FromString(reply)
-        return resp.cancelled, resp.detail
-    fields = _parse_fields(reply)
-    return bool(fields.get(1, 0)), fields.get(2, b"").decode()
 
 
 class BackgroundCall:
@@ -240,12 +166,6 @@ def start_sentinel(workloads: Workloads, size_mb: int, seed: int) -> tuple[int, 
 
 def beat_file(report: Path) -> Path:
     return report.with_name(report.name + ".beat")
-
-
-def cli(daemon: Daemon, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the `snapd` CLI against ``daemon``."""
-    return subprocess.run([sys.executable, "-m", "snapd_client", "--target", daemon.target, *args],
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def criu_children(daemon: Daemon) -> list[psutil.Process]:

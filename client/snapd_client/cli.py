@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from snapd.v1 import snapd_pb2 as pb
 
 from snapd_client.client import (
     DEFAULT_TARGET,
@@ -31,51 +29,12 @@ from snapd_client.client import (
     TlsFiles,
 )
 from snapd_client.interrupts import Interrupts
+from snapd_client.output import ProgressLine, as_dict, human_bytes
 
-_PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
 # ChunkCorrupt's exit code (DATA_LOSS): `snapd fsck` found damage
 _EXIT_DATA_LOSS = 24
 _REPAIR = ("checkpoint the same source again to store the damaged chunks anew (that repairs every snapshot "
            "using them), or `snapd rm` the damaged snapshot(s)")
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _as_dict(msg: Message) -> dict[str, Any]:
-    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
-class _ProgressLine:
-    """One self-rewriting status line on stderr, only when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
-
-    def __call__(self, p: pb.Progress) -> None:
-        if not self.enabled:
-            return
-        phase = _PHASE_NAMES.get(p.phase, "?")
-        if p.bytes_total:
-            frac = min(1.0, p.bytes_done / p.bytes_total)
-            bar = "#" * int(frac * 30)
-            text = f"{phase:<12} [{bar:<30}] {_human_bytes(p.bytes_done)} / {_human_bytes(p.bytes_total)}"
-        else:
-            text = f"{phase:<12} {p.message}"
-        elapsed = time.monotonic() - self.started
-        sys.stderr.write(f"\r\033[K{text} {elapsed:5.1f}s")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
 
 
 class Ctx:
@@ -89,7 +48,7 @@ class Ctx:
 
     def emit(self, msg: Message | dict[str, Any], human: Callable[[], None]) -> None:
         if self.as_json:
-            click.echo(json.dumps(_as_dict(msg) if isinstance(msg, Message) else msg, indent=2, sort_keys=True))
+            click.echo(json.dumps(as_dict(msg) if isinstance(msg, Message) else msg, indent=2, sort_keys=True))
         else:
             human()
 
@@ -184,7 +143,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
     parsed = _pairs(labels, "--label")
 
     def action(c: Ctx) -> None:
-        bar = _ProgressLine()
+        bar = ProgressLine()
         with c.client() as client:
             interrupts = Interrupts(client, bar.done)
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
@@ -196,7 +155,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
         total = time.monotonic() - bar.started
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
-            f"{_human_bytes(snap.raw_bytes)} in {total:.2f} s (dumped after {snap.checkpoint_seconds:.2f} s)"
+            f"{human_bytes(snap.raw_bytes)} in {total:.2f} s (dumped after {snap.checkpoint_seconds:.2f} s)"
             + ("; process left running" if snap.leave_running else "; process stopped")))
 
     _run(ctx, as_json, action)
@@ -236,7 +195,7 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
                         pids_max=pids_max, cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems) if cgroup_path else None
 
     def action(c: Ctx) -> None:
-        bar = _ProgressLine()
+        bar = ProgressLine()
         with c.client() as client:
             interrupts = Interrupts(client, bar.done)
             res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
@@ -269,11 +228,11 @@ def list_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
                 marks = ((" [pinned]" if s.pinned else "") + (" [hot]" if s.hot else "")
                          + (" [damaged]" if s.damaged_chunks else ""))
                 click.echo(f"{s.id:<30} {(s.name or '-') + marks:<20} {s.root_pid:>8} "
-                           f"{_human_bytes(s.raw_bytes):>10} {_human_bytes(s.stored_bytes):>10} "
-                           f"{_human_bytes(s.new_bytes):>10}  {created}")
+                           f"{human_bytes(s.raw_bytes):>10} {human_bytes(s.stored_bytes):>10} "
+                           f"{human_bytes(s.new_bytes):>10}  {created}")
             dedupe = resp.store_stored_bytes / resp.store_disk_bytes if resp.store_disk_bytes else 1.0
-            click.echo(f"{len(resp.snapshots)} snapshot(s): {_human_bytes(resp.store_raw_bytes)} raw, "
-                       f"{_human_bytes(resp.store_stored_bytes)} compressed, {_human_bytes(resp.store_disk_bytes)} "
+            click.echo(f"{len(resp.snapshots)} snapshot(s): {human_bytes(resp.store_raw_bytes)} raw, "
+                       f"{human_bytes(resp.store_stored_bytes)} compressed, {human_bytes(resp.store_disk_bytes)} "
                        f"on disk (dedupe ratio {dedupe:.2f})")
 
         c.emit(resp, human)
@@ -295,8 +254,8 @@ def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
         def human() -> None:
             click.echo(f"id:          {s.id}\nname:        {s.name or '-'}\ncreated:     {s.created.ToJsonString()}")
             click.echo(f"host:        {s.hostname} (kernel {s.kernel}, criu {s.criu_version})")
-            click.echo(f"size:        {_human_bytes(s.raw_bytes)} raw, {_human_bytes(s.stored_bytes)} compressed, "
-                       f"{_human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
+            click.echo(f"size:        {human_bytes(s.raw_bytes)} raw, {human_bytes(s.stored_bytes)} compressed, "
+                       f"{human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
             click.echo(f"checkpoint:  dumped after {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}")
             if s.HasField("source_cgroup"):
                 limits = " ".join(f"{k}={v}" for k, v in sorted(s.source_cgroup.limits.items()))
@@ -305,7 +264,7 @@ def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
                 click.echo(f"label:       {k}={v}")
             click.echo("processes:")
             for p in s.processes:
-                click.echo(f"  {p.pid:>7} ppid {p.ppid:<7} {p.threads:>3} thr {_human_bytes(p.rss_bytes):>10}  "
+                click.echo(f"  {p.pid:>7} ppid {p.ppid:<7} {p.threads:>3} thr {human_bytes(p.rss_bytes):>10}  "
                            f"{' '.join(p.cmdline) or p.name}")
             click.echo(f"images:      {len(s.files)} files")
             if s.damaged_chunks:
@@ -327,7 +286,7 @@ def rm(ctx: click.Context, snapshot: str, as_json: bool) -> None:
     def action(c: Ctx) -> None:
         with c.client() as client:
             resp = client.delete(snapshot)
-        c.emit(resp, lambda: click.echo(f"deleted {resp.id}, freed {_human_bytes(resp.freed_bytes)}"))
+        c.emit(resp, lambda: click.echo(f"deleted {resp.id}, freed {human_bytes(resp.freed_bytes)}"))
 
     _run(ctx, as_json, action)
 
@@ -371,8 +330,8 @@ def prefetch(ctx: click.Context, snapshot: str, drop: bool, as_json: bool) -> No
         with c.client() as client:
             r = client.prefetch(snapshot, drop)
         verb = "dropped" if drop else "prefetched"
-        c.emit(r, lambda: click.echo(f"{verb} {r.snapshot_id}: {_human_bytes(r.bytes)} in {r.seconds:.2f} s; "
-                                     f"hot tier holds {_human_bytes(r.hot_bytes)}"))
+        c.emit(r, lambda: click.echo(f"{verb} {r.snapshot_id}: {human_bytes(r.bytes)} in {r.seconds:.2f} s; "
+                                     f"hot tier holds {human_bytes(r.hot_bytes)}"))
 
     _run(ctx, as_json, action)
 
@@ -392,7 +351,7 @@ def gc(ctx: click.Context, keep_last: int, dry_run: bool, as_json: bool) -> None
         verb = "would remove" if r.dry_run else "removed"
         c.emit(r, lambda: click.echo(
             f"{verb} {len(r.expired_snapshots)} snapshot(s) {list(r.expired_snapshots) or ''} and "
-            f"{r.chunks} chunk(s), {_human_bytes(r.bytes)}"))
+            f"{r.chunks} chunk(s), {human_bytes(r.bytes)}"))
 
     _run(ctx, as_json, action)
 
@@ -411,7 +370,7 @@ def fsck(ctx: click.Context, snapshot: str, as_json: bool) -> None:
         def human() -> None:
             for d in r.damage:
                 click.echo(f"DAMAGED snapshot {d.snapshot_id} {d.file}@{d.offset} chunk {d.chunk}: {d.problem}")
-            click.echo(f"{r.snapshots} snapshot(s), {r.chunks_checked} chunk(s), {_human_bytes(r.bytes_checked)} "
+            click.echo(f"{r.snapshots} snapshot(s), {r.chunks_checked} chunk(s), {human_bytes(r.bytes_checked)} "
                        f"verified; {len(r.damage)} damaged reference(s); {r.orphan_chunks} orphan chunk(s) "
                        "(`snapd gc` reclaims them)")
 

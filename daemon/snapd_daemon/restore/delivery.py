@@ -101,12 +101,15 @@ class Delivery:
         self.manifest = manifest
         self.threads = threads
 
-    def run(self, routes: list[Route], progress: Progress) -> None:
-        """Deliver every route; ``progress`` receives the bytes delivered so far."""
+    def run(self, routes: list[Route], progress: Progress, before_each: Callable[[], None] | None = None) -> None:
+        """Deliver every route; ``progress`` receives the bytes delivered so far;
+        ``before_each`` runs before each route (raising from it stops the delivery)."""
         lock = threading.Lock()
         done = [0]
 
         def one(route: Route) -> None:
+            if before_each is not None:
+                before_each()
             self._deliver(route)
             with lock:
                 done[0] += route.length

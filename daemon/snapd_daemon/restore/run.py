@@ -35,7 +35,7 @@ import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
-from snapd_daemon.errors import RestoreSpaceFull, StoreFull
+from snapd_daemon.errors import RestoreSpaceFull, SnapdError, StoreFull
 from snapd_daemon.host import gpu, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
@@ -185,7 +185,12 @@ class RestoreRun:
         total = plan.injected_bytes
         self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory"))
         with metrics.phase("restore", "inject"):
-            self.delivery.run(plan.memory, lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)))
+            try:
+                self.delivery.run(plan.memory, lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)),
+                                  self.cancel.check)
+            except SnapdError:
+                self.cancel.check()  # a cancel accepted meanwhile is the cause that counts
+                raise
 
     def resume(self) -> None:
         """Let the tree run: every task that was running at checkpoint."""
