@@ -193,6 +193,15 @@ def snapd(daemon: Daemon | None, *args: str) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=300)
 
 
+def error_of(call: Callable[[], object]) -> SnapdClientError:
+    """The SnapdClientError ``call`` raises (failing the test when it raises none)."""
+    try:
+        call()
+    except SnapdClientError as exc:
+        return exc
+    raise AssertionError("the call succeeded; a SnapdClientError was expected")
+
+
 def wait_for(cond: Callable[[], object], timeout: float, what: str,
              error: type[Exception] = AssertionError, interval: float = 0.02) -> None:
     """Poll ``cond`` until it is true; raise ``error`` after ``timeout`` seconds."""

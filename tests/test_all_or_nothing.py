@@ -18,6 +18,7 @@ import sys
 import termios
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,11 +28,11 @@ from faultlib import (
     BackgroundCall, beat_file, biggest_chunk, chunk_temporaries, damage_chunk, quarantined_chunk, start_sentinel,
     stopped,
 )
-from harness import WORKLOADS, Daemon, Workloads, ask, gone, wait_for
+from harness import WORKLOADS, Daemon, Workloads, ask, error_of, gone, wait_for
 from harness import snapd as snapd_cli
 
 from snapd.v1 import snapd_pb2 as pb
-from snapd_client import SnapdClient, SnapdClientError
+from snapd_client import SnapdClient
 
 SEED = 1010
 
@@ -45,11 +46,6 @@ def snapd(tmp_path: Path) -> Iterator[Daemon]:
     yield d
     d.stop()
 
-
-def _error(call) -> SnapdClientError:
-    with pytest.raises(SnapdClientError) as info:
-        call()
-    return info.value
 
 
 def _running(pid: int) -> bool:
@@ -77,7 +73,7 @@ def test_restore_with_damaged_chunk_runs_nothing_and_marks_the_snapshot(snapd: D
         wait_for(lambda: gone(pid), 10, "the checkpointed source to stop")
         chunk = damage_chunk(biggest_chunk(snapd.state_dir), how)
         beat.unlink()
-        err = _error(lambda: c.restore(snap.id))
+        err = error_of(lambda: c.restore(snap.id))
         assert err.error_class == "ChunkCorrupt" and err.exit_code == 24, err.message
         assert err.code == grpc.StatusCode.DATA_LOSS and chunk in err.message
         wait_for(lambda: gone(pid), 10, "the half-restored tree to be killed")
@@ -112,7 +108,7 @@ def test_failed_injection_kills_the_tree_before_it_runs(snapd: Daemon, workloads
         wait_for(lambda: gone(pid), 10, "the checkpointed source to stop")
         damage_chunk(biggest_chunk(snapd.state_dir), "flip")
         beat.unlink()
-        assert _error(lambda: c.restore(snap.id)).error_class == "ChunkCorrupt"
+        assert error_of(lambda: c.restore(snap.id)).error_class == "ChunkCorrupt"
     wait_for(lambda: gone(pid), 10, "the half-restored tree to be killed")
     assert not beat.exists(), "the tree ran with part of its memory missing"
 
@@ -131,7 +127,7 @@ def test_chunk_found_corrupt_is_quarantined_and_never_reused(snapd: Daemon, work
         if read == "fsck":
             assert [d.chunk for d in c.fsck().damage] == [chunk]
         else:
-            err = _error(lambda: c.prefetch(first.id))
+            err = error_of(lambda: c.prefetch(first.id))
             assert err.error_class == "ChunkCorrupt" and chunk in err.message
 
         pid2, report2, _ = start_sentinel(workloads, 16, SEED + 2)
@@ -147,12 +143,25 @@ def test_chunk_found_corrupt_is_quarantined_and_never_reused(snapd: Daemon, work
         assert ask(pid, report)[1] == digest
 
 
-def test_sigkill_during_injection_is_undone_at_next_start(snapd: Daemon, workloads: Workloads) -> None:
-    """A daemon SIGKILLed while it writes the memory of a restored tree (held here by a
-    chunk file that is a FIFO nobody writes): at its next start it kills the stopped tree
-    its journal names, counts the recovery (recovered_operations), the copy never ran,
-    and the snapshot restores again (no PidsInUse)."""
-    pid, report, digest = start_sentinel(workloads, 24, SEED + 5)
+@dataclass
+class HeldRestore:
+    """A restore of a sentinel's snapshot held inside its memory injection: the biggest
+    chunk file is a FIFO nobody writes, so the read of that chunk blocks."""
+
+    pid: int
+    report: Path
+    digest: str
+    beat: Path
+    snapshot: str
+    call: BackgroundCall
+
+
+@contextlib.contextmanager
+def held_restore(snapd: Daemon, workloads: Workloads, seed: int) -> Iterator[HeldRestore]:
+    """Checkpoint a sentinel, then restore it until it blocks in the injection; the restored
+    tree exists (stopped) when this yields. Afterwards the chunk is put back, and a daemon
+    still blocked on the FIFO (the test failed) is killed."""
+    pid, report, digest = start_sentinel(workloads, 24, seed)
     beat = beat_file(report)
     with snapd.client() as c:
         snap = c.checkpoint(pid)
@@ -166,20 +175,43 @@ def test_sigkill_during_injection_is_undone_at_next_start(snapd: Daemon, workloa
     try:
         assert call.wait_until(lambda e: e.phase == pb.PHASE_INJECT, 30), call.error
         wait_for(lambda: psutil.pid_exists(pid), 10, "the restored tree to exist")
+        held = HeldRestore(pid, report, digest, beat, snap.id, call)
+        yield held
+        while not call.done.wait(0.05):  # let a read blocked on the FIFO go on: it finds the chunk empty
+            with contextlib.suppress(OSError):  # ENXIO: no reader (the delivery stopped before this chunk)
+                os.close(os.open(chunk, os.O_WRONLY | os.O_NONBLOCK))
+    finally:
+        if not call.done.is_set():
+            assert snapd.proc is not None
+            snapd.proc.kill()
+            snapd.proc.wait()
+            call.join()
+        chunk.unlink(missing_ok=True)  # an empty read put the FIFO in quarantine
+        chunk.write_bytes(saved)
+
+
+def _restores_again(snapd: Daemon, held: HeldRestore) -> None:
+    """The tree of the held restore is gone and never ran; the snapshot restores whole."""
+    wait_for(lambda: gone(held.pid), 15, "the held restore's tree to be killed")
+    assert not held.beat.exists(), "the tree of the failed restore ran"
+    with snapd.client() as c:
+        c.restore(held.snapshot, wait_for_exit_seconds=10)
+    assert ask(held.pid, held.report)[1] == held.digest
+
+
+def test_sigkill_during_injection_is_undone_at_next_start(snapd: Daemon, workloads: Workloads) -> None:
+    """A daemon SIGKILLed while it writes the memory of a restored tree: at its next start
+    it kills the stopped tree its journal names, counts the recovery
+    (recovered_operations), the copy never ran, and the snapshot restores again (no PidsInUse)."""
+    with held_restore(snapd, workloads, SEED + 5) as held:
         assert snapd.proc is not None
         snapd.proc.kill()
         snapd.proc.wait()
-        call.join()
-    finally:
-        chunk.unlink()
-        chunk.write_bytes(saved)
+        held.call.join()
     snapd.start()
-    wait_for(lambda: gone(pid), 15, "the restarted daemon to kill the half-restored tree")
-    assert not beat.exists(), "the half-restored tree ran"
     with snapd.client() as c:
         assert c.status().recovered_operations >= 1
-        c.restore(snap.id, wait_for_exit_seconds=10)
-    assert ask(pid, report)[1] == digest
+    _restores_again(snapd, held)
 
 
 # ------------------------------------------------------------------ 4: controlling terminal
@@ -207,7 +239,7 @@ def test_process_with_a_controlling_terminal_is_refused_before_freezing(snapd: D
         tty_nr = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
         assert tty_nr != 0, "the workload has no controlling terminal"
         with snapd.client() as c:
-            err = _error(lambda: c.checkpoint(pid))
+            err = error_of(lambda: c.checkpoint(pid))
             assert err.error_class == "ProcessProtected" and err.exit_code == 12, err.message
             assert err.code == grpc.StatusCode.FAILED_PRECONDITION
             assert str(pid) in err.message and "setsid" in err.message
@@ -263,44 +295,15 @@ def test_abandoned_checkpoint_rolls_back(snapd: Daemon, tmp_path: Path, workload
 
 
 def test_cancelled_restore_kills_the_stopped_tree(snapd: Daemon, workloads: Workloads) -> None:
-    """CancelOperation of a restore before it resumes the tree (held in its memory
-    injection by a chunk file that is a FIFO, opened for writing only once the cancel
-    is accepted): the call ends with Cancelled, not with the broken chunk it met
-    afterwards; the tree is killed and never ran; the snapshot restores afterwards."""
-    pid, report, digest = start_sentinel(workloads, 24, SEED + 15)
-    beat = beat_file(report)
-    with snapd.client() as c:
-        snap = c.checkpoint(pid)
-    wait_for(lambda: gone(pid), 10, "the checkpointed source to stop")
-    chunk = biggest_chunk(snapd.state_dir)
-    saved = chunk.read_bytes()
-    chunk.unlink()
-    os.mkfifo(chunk)
-    beat.unlink()
-    call = BackgroundCall(snapd.target, "restore", snap.id)
-    try:
-        assert call.wait_until(lambda e: e.phase == pb.PHASE_INJECT, 30), call.error
-        wait_for(lambda: psutil.pid_exists(pid), 10, "the restored tree to exist")
-        answer = snapd.client().cancel(call.operation_id())
-        cancelled, detail = answer.cancelled, answer.detail
-        assert cancelled, detail
-        while not call.done.wait(0.05):  # let a read blocked on the FIFO go on: it finds the chunk empty
-            with contextlib.suppress(OSError):  # ENXIO: no reader (the delivery stopped before this chunk)
-                os.close(os.open(chunk, os.O_WRONLY | os.O_NONBLOCK))
-        call.join(30)
-        assert call.error is not None and call.error.error_class == "Cancelled", call.error
-    finally:
-        if not call.done.is_set():  # the daemon hangs on the FIFO for good: the test has failed, end it
-            assert snapd.proc is not None
-            snapd.proc.kill()
-            call.join()
-        chunk.unlink(missing_ok=True)  # the empty read put the FIFO in quarantine
-        chunk.write_bytes(saved)
-    wait_for(lambda: gone(pid), 10, "the cancelled restore's tree to be killed")
-    assert not beat.exists(), "the tree of a cancelled restore ran"
-    with snapd.client() as c:
-        c.restore(snap.id, wait_for_exit_seconds=10)
-    assert ask(pid, report)[1] == digest
+    """CancelOperation of a restore before it resumes the tree: the call ends with
+    Cancelled, not with the broken chunk it met afterwards; the tree is killed and never
+    ran; the snapshot restores afterwards."""
+    with held_restore(snapd, workloads, SEED + 15) as held:
+        answer = snapd.client().cancel(held.call.operation_id())
+        assert answer.cancelled, answer.detail
+    held.call.join(30)
+    assert held.call.error is not None and held.call.error.error_class == "Cancelled", held.call.error
+    _restores_again(snapd, held)
 
 
 def test_every_progress_event_names_its_operation(snapd: Daemon, workloads: Workloads) -> None:
@@ -357,7 +360,7 @@ def test_checkpoint_into_full_disk_is_store_full_and_clean(tmp_path: Path, tiny_
     try:
         pid, report, digest = start_sentinel(workloads, 48, SEED + 13)
         with d.client() as c:
-            err = _error(lambda: c.checkpoint(pid))
+            err = error_of(lambda: c.checkpoint(pid))
             assert err.error_class == "StoreFull" and err.exit_code == 18, err.message
             assert list(c.list().snapshots) == []
         assert _running(pid) and ask(pid, report)[1] == digest
@@ -387,7 +390,7 @@ def test_restore_into_full_disk_is_store_full_and_leaves_no_process(tmp_path: Pa
             with filler.open("wb") as f:
                 os.posix_fallocate(f.fileno(), 0, max(st.f_bavail * st.f_frsize - (2 << 20), 1))
             beat.unlink()
-            err = _error(lambda: c.restore(snap.id))
+            err = error_of(lambda: c.restore(snap.id))
             assert err.error_class == "RestoreSpaceFull" and err.exit_code == 18, err.message
             assert "nothing was restored" in err.message
             wait_for(lambda: gone(pid), 10, "no process of the failed restore")

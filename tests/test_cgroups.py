@@ -18,9 +18,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Daemon, Workloads, ask, gone, wait_for
+from harness import Daemon, Workloads, ask, error_of, gone, wait_for
 
-from snapd_client import CgroupSpec, SnapdClientError
+from snapd_client import CgroupSpec
 from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
 
 
@@ -56,11 +56,6 @@ def cg_daemon(tmp_path: Path, cgroup_root: Path) -> Iterator[Daemon]:
     yield d
     d.stop()
 
-
-def _error(call) -> SnapdClientError:
-    with pytest.raises(SnapdClientError) as info:
-        call()
-    return info.value
 
 
 def _tasks_cgroups(pid: int) -> set[str]:
@@ -122,7 +117,7 @@ def test_existing_group_needs_create(cg_daemon: Daemon, workloads: Workloads, cg
     with cg_daemon.client() as c:
         snap = c.checkpoint(pid)
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-        err = _error(lambda: c.restore(snap.id, cgroup=CgroupSpec(path="missing")))
+        err = error_of(lambda: c.restore(snap.id, cgroup=CgroupSpec(path="missing")))
         assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "CgroupFailed"
         assert "does not exist" in err.message and gone(pid)
         (cgroup_root / "ready").mkdir(parents=True)
@@ -136,7 +131,7 @@ def test_failed_restore_removes_the_groups_it_created(cg_daemon: Daemon, workloa
     with cg_daemon.client() as c:
         snap = c.checkpoint(pid)
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-        err = _error(lambda: c.restore(snap.id, post_restore_hook=["false"],
+        err = error_of(lambda: c.restore(snap.id, post_restore_hook=["false"],
                                        cgroup=CgroupSpec(path="team/hookfail", create=True)))
     assert err.error_class == "HookFailed"
     wait_for(lambda: gone(pid), 10, "the restored tree to be killed")
@@ -151,7 +146,7 @@ def test_failed_restore_removes_the_groups_it_created(cg_daemon: Daemon, workloa
 def test_cgroup_path_escapes_are_invalid_argument(cg_daemon: Daemon, cgroup_root: Path, path: str) -> None:
     before = sorted(os.listdir(cgroup_root.parent))
     with cg_daemon.client() as c:
-        err = _error(lambda: c.restore("any-snapshot", cgroup=CgroupSpec(path=path, create=True)))
+        err = error_of(lambda: c.restore("any-snapshot", cgroup=CgroupSpec(path=path, create=True)))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.message.startswith("invalid cgroup.path:")
     assert sorted(os.listdir(cgroup_root.parent)) == before and not cgroup_root.exists()
 
@@ -168,7 +163,7 @@ def test_cgroup_path_escapes_are_invalid_argument(cg_daemon: Daemon, cgroup_root
 )
 def test_malformed_limits_are_invalid_argument(cg_daemon: Daemon, spec: CgroupSpec, field: str) -> None:
     with cg_daemon.client() as c:
-        err = _error(lambda: c.restore("any-snapshot", cgroup=spec))
+        err = error_of(lambda: c.restore("any-snapshot", cgroup=spec))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.message.startswith(f"invalid {field}:")
 
 
@@ -181,7 +176,7 @@ def test_limit_without_its_controller_is_refused_clearly(cg_daemon: Daemon, work
     with cg_daemon.client() as c:
         snap = c.checkpoint(pid)
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-        err = _error(lambda: c.restore(snap.id, cgroup=CgroupSpec(path="lim", create=True, memory_max_bytes=1 << 30)))
+        err = error_of(lambda: c.restore(snap.id, cgroup=CgroupSpec(path="lim", create=True, memory_max_bytes=1 << 30)))
     assert err.error_class == "CgroupFailed" and "controller(s) memory not available" in err.message
     assert gone(pid) and not (cgroup_root / "lim").exists()
 
@@ -222,7 +217,7 @@ def test_too_small_cgroup_is_refused_up_front_with_the_numbers(cg_daemon: Daemon
         half = snap.raw_bytes // 2
         spec = (CgroupSpec(path="small", create=True, memory_max_bytes=half) if resource == "memory"
                 else CgroupSpec(path="small", create=True, pids_max=3))
-        err = _error(lambda: c.restore(snap.id, cgroup=spec))
+        err = error_of(lambda: c.restore(snap.id, cgroup=spec))
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "CgroupTooSmall"
     if resource == "memory":
         assert f"needs {snap.raw_bytes} bytes" in err.message and f"memory.max {half} " in err.message

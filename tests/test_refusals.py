@@ -11,28 +11,23 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from harness import BackgroundCheckpoint, Daemon, Workloads, gone, wait_for
+from harness import BackgroundCheckpoint, Daemon, Workloads, error_of, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
-from snapd_client import SnapdClient, SnapdClientError
+from snapd_client import SnapdClient
 
-
-def _error(call) -> SnapdClientError:
-    with pytest.raises(SnapdClientError) as info:
-        call()
-    return info.value
 
 
 def test_pid_that_does_not_exist(client: SnapdClient) -> None:
     pid = 4_000_000
     assert not Path(f"/proc/{pid}").exists()
-    err = _error(lambda: client.checkpoint(pid))
+    err = error_of(lambda: client.checkpoint(pid))
     assert err.code == grpc.StatusCode.NOT_FOUND and err.error_class == "ProcessNotFound"
     assert f"pid {pid}: no such process" in err.message and err.exit_code == 11
 
 
 @pytest.mark.parametrize("pid", [0, -5, 2**31 - 1])
 def test_pid_out_of_range(client: SnapdClient, pid: int) -> None:
-    err = _error(lambda: client.checkpoint(pid))
+    err = error_of(lambda: client.checkpoint(pid))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     assert f"invalid pid: {pid} is not a process id" in err.message
 
@@ -45,7 +40,7 @@ def test_pid_1_daemon_and_ancestors(client: SnapdClient, daemon: Daemon) -> None
         os.getpid(): "ancestor of the snapd daemon",
     }
     for pid, reason in cases.items():
-        err = _error(lambda pid=pid: client.checkpoint(pid))
+        err = error_of(lambda pid=pid: client.checkpoint(pid))
         assert err.code == grpc.StatusCode.FAILED_PRECONDITION, pid
         assert err.error_class == "ProcessProtected" and reason in err.message
 
@@ -54,7 +49,7 @@ def test_kernel_thread(client: SnapdClient) -> None:
     kthreadd = Path("/proc/2/comm")
     if not kthreadd.exists() or kthreadd.read_text().strip() != "kthreadd":
         pytest.skip("no kthreadd visible at pid 2 in this pid namespace")
-    err = _error(lambda: client.checkpoint(2))
+    err = error_of(lambda: client.checkpoint(2))
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and "kernel thread" in err.message
 
 
@@ -71,7 +66,7 @@ def test_kernel_thread(client: SnapdClient) -> None:
 )
 def test_malformed_checkpoint_requests(client: SnapdClient, workloads: Workloads, name, labels, field) -> None:
     pid, _ = workloads.start("memhold.py", "1")
-    err = _error(lambda: client.checkpoint(pid, name=name, labels=labels))
+    err = error_of(lambda: client.checkpoint(pid, name=name, labels=labels))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.message.startswith(f"invalid {field}:")
     assert not gone(pid)
 
@@ -79,13 +74,13 @@ def test_malformed_checkpoint_requests(client: SnapdClient, workloads: Workloads
 @pytest.mark.parametrize("ref", ["", "a/b", "..", "x" * 300])
 def test_malformed_snapshot_refs(client: SnapdClient, ref: str) -> None:
     for call in (client.restore, client.get, client.delete):
-        err = _error(lambda call=call: call(ref))
+        err = error_of(lambda call=call: call(ref))
         assert err.code == grpc.StatusCode.INVALID_ARGUMENT and "invalid snapshot" in err.message
 
 
 def test_unknown_snapshot(client: SnapdClient) -> None:
     for call in (client.restore, client.get, client.delete):
-        err = _error(lambda call=call: call("no-such-snapshot"))
+        err = error_of(lambda call=call: call("no-such-snapshot"))
         assert err.code == grpc.StatusCode.NOT_FOUND and err.exit_code == 14
         assert "'no-such-snapshot' not found" in err.message
 
@@ -93,7 +88,7 @@ def test_unknown_snapshot(client: SnapdClient) -> None:
 def test_restore_while_original_alive(client: SnapdClient, workloads: Workloads) -> None:
     pid, _ = workloads.start("memhold.py", "4")
     snap = client.checkpoint(pid, leave_running=True)
-    err = _error(lambda: client.restore(snap.id))
+    err = error_of(lambda: client.restore(snap.id))
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "PidsInUse"
     assert f"pid {pid} (python" in err.message and "of the snapshot is alive" in err.message
     assert not gone(pid)
@@ -104,7 +99,7 @@ def test_second_checkpoint_of_same_pid_is_refused(client: SnapdClient, daemon: D
     pid, _ = workloads.start("memhold.py", "768")
     first = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP, leave_running=True)
     first.wait_for_phase()
-    err = _error(lambda: client.checkpoint(pid))
+    err = error_of(lambda: client.checkpoint(pid))
     first.join()
     assert err.code == grpc.StatusCode.ABORTED and err.error_class == "ProcessBusy"
     assert f"pid {pid} is already part of running operation op-" in err.message
@@ -113,7 +108,7 @@ def test_second_checkpoint_of_same_pid_is_refused(client: SnapdClient, daemon: D
 
 def test_daemon_survives_bad_requests(client: SnapdClient, daemon: Daemon) -> None:
     for pid in (0, 1, 4_000_000):
-        _error(lambda pid=pid: client.checkpoint(pid))
+        error_of(lambda pid=pid: client.checkpoint(pid))
     assert daemon.proc is not None and daemon.proc.poll() is None
     assert client.status().pid == daemon.proc.pid
 
@@ -158,7 +153,7 @@ def test_process_in_another_pid_namespace(client: SnapdClient, tmp_path: Path) -
         wait_for(lambda: psutil.Process(proc.pid).children(), 10, "the namespaced child")
         inner = psutil.Process(proc.pid).children()[0].pid
         for pid in (inner, proc.pid):  # the process itself, and a tree holding it
-            err = _error(lambda pid=pid: client.checkpoint(pid))
+            err = error_of(lambda pid=pid: client.checkpoint(pid))
             assert err.error_class == "ProcessProtected" and f"pid {inner} of its tree" in err.message
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -170,7 +165,7 @@ def test_controlling_terminal_is_refused_before_anything_is_frozen(client: Snapd
     """A restore could never give the tree its terminal back: refused, named, with the fix."""
     pid, report = workloads.start("tty.py")
     _, child, tty = report.read_text().split()
-    err = _error(lambda: client.checkpoint(pid))
+    err = error_of(lambda: client.checkpoint(pid))
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "ProcessProtected"
     assert err.exit_code == 12
     assert f"pid {pid} of its tree has a controlling terminal ({tty})" in err.message
@@ -182,7 +177,7 @@ def test_controlling_terminal_is_refused_before_anything_is_frozen(client: Snapd
 
 def test_oversized_hook_argv_is_invalid(client: SnapdClient, workloads: Workloads) -> None:
     pid, _ = workloads.start("memhold.py", "1")
-    err = _error(lambda: client.checkpoint(pid, pre_checkpoint_hook=["true", "x" * (3 << 20)]))
+    err = error_of(lambda: client.checkpoint(pid, pre_checkpoint_hook=["true", "x" * (3 << 20)]))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.error_class == "InvalidRequest"
     assert f"argv is {(3 << 20) + 4} bytes, at most 32768 allowed" in err.message
     assert not gone(pid)
@@ -192,7 +187,7 @@ def test_long_failure_message_is_cut_not_lost(client: SnapdClient, workloads: Wo
     """A hook whose output is huge fails with HookFailed, its message cut to a bounded size."""
     pid, _ = workloads.start("memhold.py", "1")
     noisy = [sys.executable, "-c", "import sys; sys.stderr.write('e' * 100000); sys.exit(3)"]
-    err = _error(lambda: client.checkpoint(pid, pre_checkpoint_hook=noisy))
+    err = error_of(lambda: client.checkpoint(pid, pre_checkpoint_hook=noisy))
     assert err.error_class == "HookFailed" and err.exit_code == 29
     assert "failed: exit status 3" in err.message and "more characters cut)" in err.message
     assert len(err.message) < 2100

@@ -51,6 +51,7 @@ from snapd_daemon.host.stdio import OutwardEnd, outward_stdio
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
+from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest, new_snapshot_id
@@ -108,15 +109,11 @@ class _PostDumpHold(Notify):
             self.held = False
 
 
-class CheckpointRun:
+class CheckpointRun(OperationRun):
     def __init__(self, rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter,
                  cancel: CancelToken) -> None:
-        self.rt = rt
+        super().__init__(rt, operation_id, report, cancel)
         self.spec = spec
-        self.op = operation_id
-        self.report = report
-        self.cancel = cancel
-        self.started = time.monotonic()
         self.tree: ProcessTree
         self.gpu_record: gpu.GpuRecord | None = None
         self.stdio: list[OutwardEnd] = []

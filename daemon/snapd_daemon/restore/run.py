@@ -45,6 +45,7 @@ from snapd_daemon.restore.pids import ensure_pids_free, kill_restored
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
+from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import Manifest
@@ -73,15 +74,11 @@ class RestoreOutcome:
     log_path: Path | None = None
 
 
-class RestoreRun:
+class RestoreRun(OperationRun):
     def __init__(self, rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
                  cancel: CancelToken) -> None:
-        self.rt = rt
+        super().__init__(rt, operation_id, report, cancel)
         self.spec = spec
-        self.op = operation_id
-        self.report = report
-        self.cancel = cancel
-        self.started = time.monotonic()
         self.manifest: Manifest = rt.catalog.get(spec.ref)
         self.delivery = Delivery(rt.store, self.manifest, rt.settings.io_threads)
         self.pairs: dict[int, list[tuple[bytes, bytes]]] = {}
