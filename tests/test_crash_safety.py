@@ -15,7 +15,7 @@ from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 
 from snapd_client import SnapdClientError
 from snapd.v1 import snapd_pb2 as pb
-from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
+from snapd_daemon.runtime.holds import KILL, HoldJournal, HoldRecord
 from snapd_daemon.runtime import Settings
 
 
@@ -175,3 +175,45 @@ def test_criu_failure_keeps_its_log(daemon: Daemon, tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
         ours.close()
+
+
+def test_restart_kills_what_a_kill_record_names_and_nothing_else(daemon: Daemon, workloads: Workloads) -> None:
+    """A KILL record (a restore, or a checkpoint past its commit point, cut short by a
+    killed daemon) makes the next start SIGKILL the processes it names by start time; a
+    process that holds a named pid but started at another time (a pid reused since) lives."""
+    doomed, _ = workloads.start("memhold.py", "4")
+    bystander, report = workloads.start("memhold.py", "4")
+    daemon.stop()
+    holds = daemon.state_dir / "holds"
+    HoldJournal(holds).write("op-restore", HoldRecord(
+        [(doomed, psutil.Process(doomed).create_time()), (bystander, psutil.Process(bystander).create_time() - 5)],
+        [], action=KILL, names={doomed: "python3", bystander: "python3"}))
+    daemon.start()
+    wait_for(lambda: gone(doomed), 10, "the recorded process to be killed")
+    assert ask(bystander, report)[0] == str(bystander)
+    assert not list(holds.iterdir())
+    with daemon.client() as c:
+        assert c.status().recovered_operations == 1
+
+
+def test_stopped_process_stays_stopped_through_rollback_and_restore(daemon: Daemon, workloads: Workloads) -> None:
+    """A task stopped (SIGSTOP) before its checkpoint stays stopped: after a rolled-back
+    checkpoint (cancelled during the dump), and after a restore of its snapshot."""
+    pid, report = workloads.start("memhold.py", "1024")
+    _, digest, _ = report.read_text().split()
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: _state(pid) == psutil.STATUS_STOPPED, 10, "the target to stop")
+    checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP)
+    checkpoint.wait_for_phase()
+    with daemon.client() as c:
+        assert c.cancel(checkpoint.operation_id).cancelled
+    checkpoint.join()
+    assert checkpoint.error is not None and checkpoint.error.error_class == "Cancelled"
+    wait_for(lambda: _state(pid) == psutil.STATUS_STOPPED, 10, "the rolled-back target to be stopped")
+    with daemon.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the source to go")
+        c.restore(snap.id)
+    wait_for(lambda: _state(pid) == psutil.STATUS_STOPPED, 10, "the restored task to be stopped")
+    os.kill(pid, signal.SIGCONT)
+    assert ask(pid, report)[1] == digest

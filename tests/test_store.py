@@ -261,3 +261,30 @@ def test_gc_during_checkpoint_keeps_its_chunks(client: SnapdClient, daemon: Daem
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
     client.restore(checkpoint.snapshot.id)
     assert ask(pid, report)[1] == digest
+
+
+def test_manifest_of_another_version_keeps_its_chunks(daemon: Daemon, workloads: Workloads) -> None:
+    """A manifest with a field this snapd does not know still loads; one of a newer format is
+    quarantined, and gc keeps every chunk it names until an operator deals with it."""
+    pid, _ = workloads.start("memhold.py", "8")
+    with daemon.client() as c:
+        extended = c.checkpoint(pid, leave_running=True)
+        newer = c.checkpoint(pid, leave_running=True)
+    daemon.stop()
+
+    def chunks_of(snapshot_id: str) -> set[str]:
+        data = json.loads((daemon.state_dir / "manifests" / f"{snapshot_id}.json").read_text())
+        return {c["id"] for f in data["files"] for c in f["chunks"] if c["id"]}
+
+    only_newer = chunks_of(newer.id) - chunks_of(extended.id)
+    assert only_newer  # its own metadata images at least
+    for snap, change in ((extended, {"added_by_a_newer_snapd": 1}), (newer, {"format_version": 99})):
+        path = daemon.state_dir / "manifests" / f"{snap.id}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    daemon.start()
+    with daemon.client() as c:
+        assert [s.id for s in c.list().snapshots] == [extended.id]
+        c.gc()
+    assert "format_version 99 is newer" in (daemon.state_dir / "quarantine" / "manifests" /
+                                           f"{newer.id}.json.error").read_text()
+    assert all((daemon.state_dir / "chunks" / cid[:2] / cid).exists() for cid in only_newer)

@@ -178,6 +178,13 @@ class InjectFailed(SnapdError):
     status = "INTERNAL"
 
 
+class RestoreAborted(SnapdError):
+    """restoring snapshot {snapshot_id}: {reason}; the restored tree was killed before any of it ran."""
+
+    exit_code = 31
+    status = "ABORTED"
+
+
 class CgroupTooSmall(SnapdError):
     """cannot restore snapshot {snapshot_id} into cgroup {cgroup}: {reason}. Raise the limit or pick another cgroup; nothing was restored."""
 
@@ -243,6 +250,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     CudaFailed,
     HookFailed,
     InjectFailed,
+    RestoreAborted,
     CgroupTooSmall,
     CgroupFailed,
     PermissionDenied,

@@ -109,8 +109,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             finally:
                 metrics.IN_FLIGHT.dec()
 
+        if not context.add_callback(call_ended):  # the call has ended already
+            call_ended()
         threading.Thread(target=run, name=op_id).start()
-        context.add_callback(call_ended)
         while True:
             item = events.get()
             if isinstance(item, ProgressEvent):

@@ -10,7 +10,8 @@ A ``CheckpointRun`` goes through its phases in order, one method each:
      the dump follower already stores settled chunks; at CRIU's post-dump point
      (tree still frozen) the tree is re-read and, unless it is to keep running,
      SIGSTOPped; with ``leave_running`` the GPUs are given back right after;
-  5. ``commit``: the rest is stored and the manifest published (the snapshot appears);
+  5. ``commit``: the rest is stored and the manifest published (the snapshot
+     appears); the hold record of a tree to stop turns into one that kills it;
   6. ``finish``: only now is a stopped tree killed (or a kept one left running).
 Each of phases 2-4 pushes its undo onto the run's stack as it acts; a failure
 before 6 unwinds it: SIGCONT, CUDA restore + unlock, stored chunks dropped,
@@ -50,7 +51,7 @@ from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, sig
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
-from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
+from snapd_daemon.runtime.holds import KILL, HoldJournal, HoldRecord
 from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -90,7 +91,14 @@ class _PostDumpHold(Notify):
 
     def record(self) -> None:
         self.journal.write(self.operation_id, HoldRecord(
-            [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids)))
+            [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids),
+            stopped=[p.pid for p in self.tree.processes if p.stopped]))
+
+    def doom(self) -> None:
+        """The snapshot is published: should the daemon die now, its next start kills the
+        stopped source (by start time) instead of thawing it next to its snapshot."""
+        self.journal.write(self.operation_id, HoldRecord(
+            [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids), action=KILL))
 
     def post_dump(self) -> None:
         # CRIU holds the tree in a tracing stop now: keep what was stopped when it was first inspected
@@ -104,8 +112,10 @@ class _PostDumpHold(Notify):
             signal_tree(self.tree, signal.SIGSTOP)
 
     def release(self) -> None:
+        """Let the tree run again (a process stopped before the checkpoint stays stopped)."""
         if self.held:
-            signal_tree(self.tree, signal.SIGCONT)
+            running = dataclasses.replace(self.tree, processes=tuple(p for p in self.tree.processes if not p.stopped))
+            signal_tree(running, signal.SIGCONT)
             self.held = False
 
 
@@ -233,6 +243,8 @@ class CheckpointRun(OperationRun):
             manifest.files = [ImageEntry(name, sum(p.length for p in cuts), chunks[name]) for name, cuts in final.items()]
             self.cancel.commit()
             rt.catalog.publish(self.ingest, manifest)
+        if not spec.leave_running:
+            self.hold_point.doom()
         self.ingest.close()
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
         return manifest

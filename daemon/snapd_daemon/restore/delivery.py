@@ -103,7 +103,8 @@ class Delivery:
 
     def run(self, routes: list[Route], progress: Progress, before_each: Callable[[], None] | None = None) -> None:
         """Deliver every route; ``progress`` receives the bytes delivered so far;
-        ``before_each`` runs before each route (raising from it stops the delivery)."""
+        ``before_each`` runs before each route (raising from it stops the delivery).
+        The caller holds the store lock shared."""
         lock = threading.Lock()
         done = [0]
 
@@ -116,7 +117,7 @@ class Delivery:
                 total = done[0]
             progress(total)
 
-        with self.store.lock.shared(), self.store.translate_os_errors(sum(r.length for r in routes)):
+        with self.store.translate_os_errors(sum(r.length for r in routes)):
             with ThreadPoolExecutor(self.threads, thread_name_prefix="deliver") as pool:
                 jobs = [pool.submit(one, r) for r in routes]
                 try:

@@ -1,14 +1,12 @@
-"""The pids a snapshot restores with: free them or refuse; kill a tree that must not live."""
+"""The pids a snapshot restores with: free them or refuse; kill a restored tree that must not live."""
 
 from __future__ import annotations
-
-import os
-import signal
 
 import structlog
 
 from snapd_daemon.errors import PidsInUse, PidsStillExiting
 from snapd_daemon.host.processes import PidState, comm, parent_of, pid_state, wait_for_state
+from snapd_daemon.runtime.holds import HoldRecord, kill_restored
 from snapd_daemon.snapshots.manifest import Manifest
 
 log = structlog.get_logger()
@@ -32,11 +30,9 @@ def ensure_pids_free(manifest: Manifest, wait_seconds: float) -> None:
         raise PidsStillExiting(snapshot_id=manifest.id, pid=left[0], seconds=wait_seconds, ppid=parent_of(left[0]))
 
 
-def kill_restored(pids: list[int]) -> None:
-    """SIGKILL a tree this operation restored (its pids are claimed by the operation)."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    wait_for_state(pids, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)
+def kill_tree(record: HoldRecord) -> list[int]:
+    """SIGKILL what this restore created, as its record names it (by start time, or by
+    name and a start after the restore began: never a process that took a pid since);
+    returns the pids still alive after the wait (none, normally)."""
+    killed = kill_restored(record)
+    return wait_for_state(killed, {PidState.FREE, PidState.EXITING}, _KILL_WAIT_SECONDS)

@@ -15,10 +15,14 @@ A ``RestoreRun`` goes through its phases in order, one method each:
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
   7. ``resume_gpu``: the GPU side is restored and unlocked; then the post-restore hook.
-Undo: staging is always discarded and the record cleared at the end; any
-failure after CRIU created the tree (a corrupt or missing chunk, a refused
-write, a cancelled call, the GPU, the hook) SIGKILLs the whole tree; a failure
-inside CRIU leaves CRIU to kill what it made.
+Undo: staging is always discarded; any failure from the moment CRIU returns
+(a corrupt or missing chunk, a refused write, a cancelled call, a task that
+died, the GPU, the hook) SIGKILLs the whole tree, identified as the record
+names it (never a process that took one of the pids since); a failure inside
+CRIU leaves CRIU to kill what it made. The record is cleared at the end,
+unless a process of the tree survived the kill: then the next start tries.
+The store lock is held shared from prepare to the end of the injection, so a
+waiting gc never holds a stopped tree up between the two.
 """
 
 from __future__ import annotations
@@ -35,13 +39,13 @@ import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
-from snapd_daemon.errors import RestoreSpaceFull, SnapdError, StoreFull
+from snapd_daemon.errors import RestoreAborted, RestoreSpaceFull, SnapdError, StoreFull
 from snapd_daemon.host import gpu, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.restore import images
 from snapd_daemon.restore.delivery import Delivery
-from snapd_daemon.restore.pids import ensure_pids_free, kill_restored
+from snapd_daemon.restore.pids import ensure_pids_free, kill_tree
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
@@ -87,6 +91,7 @@ class RestoreRun(OperationRun):
         self.log_path: Path | None = None
         self.since = time.time()
         self.record = HoldRecord()
+        self.keep_record = False
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -95,18 +100,18 @@ class RestoreRun(OperationRun):
               self.rt.cgroups.placement(self.spec.cgroup, needs) as cgroup):
             self.claim()
             with ExitStack() as always:
-                always.callback(self.rt.journal.clear, self.op)
+                always.callback(self._clear_record)
                 self.journal()
-                self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
-                with ExitStack() as staged:
-                    staged.callback(self.rt.scratch.discard, self.staging)
-                    self.cancel.check()
-                    plan = self.prepare()
-                    self.cancel.check()
-                    self.criu(cgroup)
                 with ExitStack() as undo:
-                    undo.callback(kill_restored, self.manifest.pids)
-                    self.inject(plan)
+                    with self.rt.store.lock.shared():
+                        self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
+                        with ExitStack() as staged:
+                            staged.callback(self.rt.scratch.discard, self.staging)
+                            self.cancel.check()
+                            plan = self.prepare()
+                            self.cancel.check()
+                            self.criu(cgroup, undo)
+                        self.inject(plan)
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu()
@@ -154,15 +159,18 @@ class RestoreRun(OperationRun):
                  chunks_to_inject=len(plan.memory))
         return plan
 
-    def criu(self, cgroup: Cgroup | None) -> None:
+    def criu(self, cgroup: Cgroup | None, undo: ExitStack) -> None:
+        """CRIU restores the tree, every task left stopped; from the moment it returns,
+        ``undo`` kills the tree."""
         m, rt = self.manifest, self.rt
-        self.report(ProgressEvent(Phase.RESTORE, 0, m.raw_bytes, "criu restore"))
 
         def place(helper: int) -> None:
-            self.journal(helper=(helper, psutil.Process(helper).create_time()))
-            if cgroup is not None:
-                cgroup.adopt(helper)
+            with rt.store.translate_os_errors(0):
+                self.journal(helper=(helper, psutil.Process(helper).create_time()))
+                if cgroup is not None:
+                    cgroup.adopt(helper)
 
+        self.report(ProgressEvent(Phase.RESTORE, 0, m.raw_bytes, "criu restore"))
         with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
                 stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
@@ -172,9 +180,16 @@ class RestoreRun(OperationRun):
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
                 manage_cgroups=cgroup is None,
             )
+            undo.callback(self._kill_tree)
         metrics.BYTES_READ.inc(m.raw_bytes)
         # the tree exists, every task stopped: name it by start time from now on
-        self.journal(processes=[(pid, psutil.Process(pid).create_time()) for pid in m.pids])
+        try:
+            started = [(pid, psutil.Process(pid).create_time()) for pid in m.pids]
+        except psutil.NoSuchProcess as exc:
+            raise RestoreAborted(snapshot_id=m.id, reason=f"pid {exc.pid} died right after CRIU restored it "
+                                 "(killed from outside, or by the OOM killer?)") from exc
+        with rt.store.translate_os_errors(0):
+            self.journal(processes=started)
 
     def inject(self, plan: images.FastRestore) -> None:
         if not plan.memory:
@@ -194,7 +209,11 @@ class RestoreRun(OperationRun):
         running = [p.pid for p in self.manifest.processes if not p.stopped]
         log.info("restore.resume", pids=running)
         for pid in running:
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError as exc:
+                raise RestoreAborted(snapshot_id=self.manifest.id,
+                                     reason=f"pid {pid} died while stopped (killed from outside?)") from exc
 
     def resume_gpu(self) -> None:
         m = self.manifest
@@ -202,6 +221,17 @@ class RestoreRun(OperationRun):
             self.report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(m.gpu.cuda_pids)}"))
             with metrics.phase("restore", "gpu-restore"):
                 gpu.resume_restored(m.gpu.cuda_pids, self.pairs)
+
+    def _kill_tree(self) -> None:
+        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start."""
+        survivors = kill_tree(self.record)
+        if survivors:
+            self.keep_record = True
+            log.error("restore.kill_failed", pids=survivors)
+
+    def _clear_record(self) -> None:
+        if not self.keep_record:
+            self.rt.journal.clear(self.op)
 
     def post_hook(self) -> None:
         if self.spec.post_hook:

@@ -4,13 +4,16 @@ Two kinds of record, one file each (``holds/<operation>.json``, written whole):
 
 - THAW (checkpoint): written before the first CUDA lock, updated when the tree
   is SIGSTOPped after the dump. A restarted daemon thaws the tree: SIGCONT to
-  the processes, CUDA restore + unlock of any still locked or checkpointed (a
-  process whose CUDA state is running is left alone).
+  the processes (but those stopped before the checkpoint), CUDA restore +
+  unlock of any still locked or checkpointed (a process whose CUDA state is
+  running is left alone). Once the snapshot is published, a checkpoint that
+  stops its source turns its record into a KILL record by start time: the
+  source must not come back next to its snapshot.
 - KILL (restore): written before CRIU starts, naming the snapshot's pids and
   their names, the time the restore began, and CRIU's own pid once it runs;
   rewritten with exact start times once CRIU has created the tree. A
-  restarted daemon ends CRIU if it still runs, then SIGKILLs every process
-  the record names: by exact start time when known, else by pid, name and a
+  restarted daemon ends CRIU if it still runs, with every task it had forked,
+  then SIGKILLs every process the record names: by exact start time when known, else by pid, name and a
   start at or after the restore began — never a pid that another process
   held before the restore.
 
@@ -53,6 +56,8 @@ class HoldRecord:
     names: dict[int, str] = field(default_factory=dict)
     since: float = 0.0
     helper: tuple[int, float] = (0, 0.0)
+    # THAW: pids that were stopped before the operation touched them (left stopped)
+    stopped: list[int] = field(default_factory=list)
 
 
 class HoldJournal:
@@ -77,7 +82,7 @@ class HoldJournal:
                 log.error("recover.unreadable_record", path=str(path), error=str(exc))
                 continue
             if record.action == KILL:
-                killed = _kill_restored(record)
+                killed = kill_restored(record)
                 log.warning("recover.killed_restore", operation=path.stem, pids=killed)
             else:
                 thawed = _thaw(record)
@@ -99,6 +104,7 @@ def _parse(data: dict[str, object]) -> HoldRecord:
         names={int(p): str(n) for p, n in dict(data.get("names") or {}).items()},  # type: ignore[call-overload]
         since=float(data.get("since", 0.0)),  # type: ignore[arg-type]
         helper=(int(helper[0]), float(helper[1])),  # type: ignore[index]
+        stopped=[int(p) for p in data.get("stopped") or []],  # type: ignore[attr-defined]
     )
 
 
@@ -119,6 +125,8 @@ def _thaw(record: HoldRecord) -> list[int] | None:
         if now is not None and (not started or abs(now - started) < 0.01):
             live.append(pid)
     for pid in live:
+        if pid in record.stopped:
+            continue
         try:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
@@ -144,27 +152,35 @@ def _ours(record: HoldRecord, pid: int, started: float) -> bool:
     return now >= record.since - _CLOCK_SLACK and name == record.names.get(pid, name)
 
 
-def _kill_restored(record: HoldRecord) -> list[int]:
-    """End CRIU if it still runs, then SIGKILL the restored processes; the pids killed."""
+def kill_restored(record: HoldRecord) -> list[int]:
+    """End CRIU if it still runs (and every task it had forked), then SIGKILL the restored
+    processes the record names; the pids killed."""
+    killed = []
     helper, helper_started = record.helper
     running = _started(helper) if helper else None
     if running is not None and abs(running - helper_started) < 0.01:
         try:
+            forked = psutil.Process(helper).children(recursive=True)  # tasks not yet renamed by CRIU
             os.kill(helper, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            forked = []
+        for proc in forked:
+            try:
+                proc.kill()
+                killed.append(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
         deadline = time.monotonic() + _HELPER_EXIT_SECONDS
         while _started(helper) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
-    killed = []
     for pid, started in record.processes:
-        if _ours(record, pid, started):
+        if pid not in killed and _ours(record, pid, started):
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             except ProcessLookupError:
                 pass
-    return killed
+    return sorted(killed)
 
 
 def _thaw_cuda(pid: int) -> bool:

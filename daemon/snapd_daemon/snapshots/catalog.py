@@ -108,9 +108,11 @@ class Catalog:
         return sorted(self.store.damaged(manifest.chunk_ids()))
 
     def live_chunks(self, leaving: frozenset[str] = frozenset()) -> set[str]:
-        """Chunks the snapshots reference, those in ``leaving`` left out."""
+        """Chunks the snapshots reference (those in ``leaving`` left out), and every chunk a
+        quarantined manifest names: an unreadable manifest never costs its snapshot's chunks."""
         with self._lock:
-            return {c for m in self._index.values() if m.id not in leaving for c in m.chunk_ids()}
+            live = {c for m in self._index.values() if m.id not in leaving for c in m.chunk_ids()}
+        return live | self.store.quarantine.manifest_refs()
 
     # -- changing -------------------------------------------------------------
 

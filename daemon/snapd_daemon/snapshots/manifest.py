@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 from snapd_daemon.host.cgroups import CgroupRecord
 from snapd_daemon.host.gpu import GpuRecord
@@ -83,10 +83,12 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
+        """Parse a manifest. Fields this version does not know are ignored (a newer snapd
+        may add some); a newer ``format_version`` is refused (ValueError)."""
         data: dict[str, Any] = json.loads(text)
-        data["processes"] = [
-            ProcessRecord(**{**p, "cmdline": tuple(p["cmdline"])}) for p in data["processes"]
-        ]
+        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(f"format_version {data['format_version']} is newer than this snapd's {FORMAT_VERSION}")
+        data["processes"] = [_known(ProcessRecord, {**p, "cmdline": tuple(p["cmdline"])}) for p in data["processes"]]
         data["files"] = [
             ImageEntry(f["name"], f["size_bytes"], tuple(ChunkRef(**c) for c in f["chunks"])) for f in data["files"]
         ]
@@ -94,5 +96,14 @@ class Manifest:
             data["gpu"] = GpuRecord.from_dict(data["gpu"])
         if data.get("cgroup"):
             data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
-        data["outward_stdio"] = [OutwardEnd(**e) for e in data.get("outward_stdio", [])]
-        return cls(**data)
+        data["outward_stdio"] = [_known(OutwardEnd, e) for e in data.get("outward_stdio", [])]
+        return _known(cls, data)
+
+
+T = TypeVar("T")
+
+
+def _known(kind: type[T], data: dict[str, Any]) -> T:
+    """``kind(**data)`` with the keys ``kind`` does not have left out."""
+    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    return kind(**{k: v for k, v in data.items() if k in names})

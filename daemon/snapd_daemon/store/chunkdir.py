@@ -29,6 +29,10 @@ class ChunkDir:
         # serialises giving a chunk its name (publish) with taking a bad file's away (move_out)
         self._names = threading.Lock()
 
+    def naming(self) -> threading.Lock:
+        """Held, no chunk gets or loses its name (publish, move_out)."""
+        return self._names
+
     def path(self, cid: str) -> Path:
         return self.root / cid[:2] / cid
 

@@ -130,6 +130,7 @@ class Ingest:
         self._shared = store.lock.shared()
         self._shared.__enter__()
         self._committed = False
+        self._marked: str | None = None  # the hot tier's listing made at commit (dropped if it fails)
         self.pool = ThreadPoolExecutor(store.threads, thread_name_prefix="ingest", initializer=_yield_to_dump)
         self._flusher: _Flusher | None = _Flusher(store.root, self.tally).__enter__()
 
@@ -194,19 +195,28 @@ class Ingest:
             added = self.store.chunks.publish({cid: tmp for cid, (tmp, _) in tally.staged.items()})
             self.store.chunks.sync_prefixes(used - added)  # chunks another writer linked: their entries durable too
             log.info("store.chunks_published", new_chunks=len(added), seconds=round(time.monotonic() - synced, 3))
-            sizes = {cid: tally.staged[cid][1] if cid in tally.staged else self.store.chunks.exists(cid)
-                     for cid in used}
-            committed = Committed(sum(sizes.values()), sum(sizes[cid] for cid in added))
-            self.store.manifests.put(manifest_id, render(committed))
+            if self.hot is not None:  # before the manifest: a failure here leaves no manifest behind
+                self.hot.mark(manifest_id, used)
+                self._marked = manifest_id
+            with self.store.chunks.naming():  # no quarantine takes a reused chunk away until the manifest is out
+                sizes = {cid: tally.staged[cid][1] if cid in tally.staged else self.store.chunks.exists(cid)
+                         for cid in used}
+                gone = sorted(cid for cid, size in sizes.items() if not size)
+                if gone:
+                    raise StoreError(path=self.store.root, reason=f"chunk {gone[0]}, reused by this checkpoint, "
+                                     "was taken out of the store meanwhile (a concurrent read found it corrupt); "
+                                     "checkpoint again to store it anew")
+                committed = Committed(sum(sizes.values()), sum(sizes[cid] for cid in added))
+                self.store.manifests.put(manifest_id, render(committed))
             tally.staged.clear()
             self._committed = True
-            if self.hot is not None:
-                self.hot.mark(manifest_id, used)
         return committed
 
     def abort(self) -> None:
         """Stop, and remove every chunk staged but not committed (and its RAM copy)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.hot is not None and self._marked is not None:
+            self.hot.unmark(self._marked)
         for tmp, _ in self.tally.staged.values():
             tmp.unlink(missing_ok=True)
         self.tally.staged.clear()

@@ -21,10 +21,12 @@ Invariants:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from snapd_daemon.util.fsutil import fsync_path, write_atomic
 
+_CHUNK_ID = re.compile(r"\b[0-9a-f]{64}\b")
 _MISSING = ".missing"
 _ERROR = ".error"
 
@@ -75,6 +77,15 @@ class Quarantine:
         fsync_path(self.manifests_dir)
         fsync_path(path.parent)
         return dest
+
+    def manifest_refs(self) -> set[str]:
+        """Every chunk id written in a quarantined manifest, read as text (it did not parse):
+        gc keeps those chunks until an operator repairs or deletes the manifest."""
+        found: set[str] = set()
+        for path in self.manifests_dir.iterdir():
+            if not path.name.startswith(".") and not path.name.endswith(_ERROR):
+                found |= set(_CHUNK_ID.findall(path.read_text(errors="replace")))
+        return found
 
     def manifest_count(self) -> int:
         return sum(1 for name in os.listdir(self.manifests_dir)
