@@ -8,7 +8,7 @@ survive never ran, no checkpoint lost its source without a snapshot, every liste
 snapshot is whole (fsck, restores), fsck clean apart from the chunk corrupted on purpose,
 no staging leftovers nor chunk temporaries.
 
-SNAPD_FAULT_TRIALS (default 12: three of each kind) and SNAPD_FAULT_SEED (default 10010)
+SNAPD_FAULT_TRIALS (default 24: six of each kind) and SNAPD_FAULT_SEED (default 10010)
 pick the trials; scripts/faults.py runs many more and prints a table of outcomes.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from faultlib import KINDS, run_trial
 
-TRIALS = int(os.environ.get("SNAPD_FAULT_TRIALS", "12"))
+TRIALS = int(os.environ.get("SNAPD_FAULT_TRIALS", "24"))
 SEED = int(os.environ.get("SNAPD_FAULT_SEED", "10010"))
 
 
