@@ -112,6 +112,10 @@ class Gate:
             return
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            # cut by ``_close`` at shutdown: end normally, or asyncio's stream callback logs
+            # the cancellation as an error with a traceback
+            pass
         finally:
             up_writer.close()
             writer.close()
