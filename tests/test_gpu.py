@@ -292,3 +292,23 @@ def test_daemon_killed_during_gpu_restore_leaves_nothing_half_restored(daemon: D
             c.restore(snap.id, wait_for_exit_seconds=30)
     assert server.ask()["tokens"] == before["tokens"]
     assert driver.state(server.pid) == driver.CudaState.RUNNING
+
+
+def test_sleep_mode_hooks_keep_the_kv_cache_out_of_the_snapshot(client: SnapdClient, start_server) -> None:
+    """vLLM's recipe: POST /sleep?level=1 as the pre-checkpoint hook releases the KV cache, so the
+    driver does not copy it; POST /wake_up as the post-restore hook allocates it again."""
+    server = start_server("--kv-cache-fraction", "0.2", "--cuda-graph")
+    before = server.ask()
+    ask = [sys.executable, str(SERVER), "ask", "--port", str(server.port)]
+    plain = client.checkpoint(server.pid, leave_running=True)
+    slept = client.checkpoint(server.pid, pre_checkpoint_hook=[*ask, "--sleep"])
+    wait_for(lambda: gone(server.pid), 30, "the server to stop")
+    gpu_bytes = inventory()[1][0].memory_bytes
+    print(f"image {plain.raw_bytes / 1e9:.2f} GB without the hook, {slept.raw_bytes / 1e9:.2f} GB with it")
+    assert plain.raw_bytes - slept.raw_bytes > 0.1 * gpu_bytes  # most of the 20% reservation is gone
+    client.restore(slept.id, post_restore_hook=[*ask, "--wake-up"])
+    after = server.ask()
+    assert after["tokens"] == before["tokens"] and after["graph_checksum"] == before["graph_checksum"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/is_sleeping", timeout=30) as resp:
+        state = json.loads(resp.read())
+    assert state["is_sleeping"] is False and state["kv_cache_bytes"] > 0.1 * gpu_bytes

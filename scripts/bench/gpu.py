@@ -10,19 +10,24 @@ Steps, in this order, on one server process (its pid survives every restore):
      --compile also a torch.compile cold start) to ready, weights in page cache;
   2. snapd checkpoint (until durable in the store and the server stopped);
   3. snapd restore -> first answer, store in page cache ("hot");
-  4. the same after dropping the page cache ("cold"); then the disk's read
+  4. the ceiling of injection: the same bytes written with process_vm_writev from
+     memory already resident into a fresh process, as many threads as the daemon's;
+     the same restore after dropping the page cache ("cold"); then the disk's read
      bandwidth over the snapshot's chunk files (caches dropped, 8 readers), for
-     the cold goal: restore <= 1.3 x stored bytes / bandwidth + CUDA restore;
+     the cold goal: restore <= 1.1 x stored bytes / bandwidth + CUDA restore;
   5. `snapd prefetch` (chunks decompressed into RAM), restore -> first answer ("ram");
   6. stock: CUDA lock + checkpoint, `criu dump`, `criu restore -d`, CUDA restore +
      unlock -> first answer, hot; then again from cold page cache.
 Every answer is compared with the tokens the freshly started server gave.
+--sleep-hooks runs vLLM's sleep-mode recipe (README) in both flows; --py-spy DIR
+profiles the daemon during the hot and RAM restores.
 Results are printed as they come (stderr) and as a table at the end (stdout).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,6 +50,7 @@ from lib import (
     become_subreaper,
     drop_caches,
     image_bytes,
+    inject_ceiling,
     locate_criu,
     reap_pid,
     run_criu,
@@ -103,21 +110,52 @@ class Server:
             reap_pid(self.pid)
 
 
-def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int]) -> dict[str, float]:
+class Profiler:
+    """py-spy sampling the daemon's threads (native frames included) around one operation,
+    written as collapsed stacks to DIR/<tag>.txt; nothing without a directory."""
+
+    def __init__(self, directory: Path | None, pid: int) -> None:
+        self.directory, self.pid = directory, pid
+
+    @contextlib.contextmanager
+    def record(self, tag: str) -> Iterator[None]:
+        if self.directory is None:
+            yield
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(self.pid), "--rate", "200", "--threads", "--idle",
+                                "--native", "--format", "raw", "--output", str(self.directory / f"{tag}.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)  # attached before the operation starts
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)
+            _, err = spy.communicate(timeout=120)
+            if spy.returncode not in (0, -signal.SIGINT):
+                note(f"py-spy ended with {spy.returncode}: {err.decode(errors='replace')[-500:]}")
+
+
+def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int],
+                  hook: list[str] | None = None) -> dict[str, float]:
     clock = PhaseClock()
     started = time.monotonic()
-    result = client.restore(snapshot, on_progress=clock)
+    result = client.restore(snapshot, on_progress=clock, post_restore_hook=hook)
     restored = time.monotonic() - started
     tokens, _ = server.ask()
     answered = time.monotonic() - started
     if tokens != expected:
         raise BenchError(f"snapd restore answered {tokens}, expected {expected}")
+    phases = clock.durations(started + restored)
+    injected = clock.totals.get("inject", 0)
     return {"restored": restored, "first_answer": answered, "daemon": result.duration_seconds,
-            **{f"phase:{k}": v for k, v in clock.durations(started + restored).items()}}
+            "inject_gb": round(injected / GB, 2),
+            "inject_gbps": round(injected / GB / phases["inject"], 2) if phases.get("inject") else 0.0,
+            **{f"phase:{k}": v for k, v in phases.items()}}
 
 
 def stock_restore(criu: str, server: Server, images: Path, cuda_pids: list[int], expected: list[int],
-                  tag: str) -> dict[str, float]:
+                  tag: str, hook: list[str] | None) -> dict[str, float]:
     started = time.monotonic()
     criu_s = run_criu(criu, ["restore", "-d"], images, f"restore-{tag}.log")
     t = time.monotonic()
@@ -125,6 +163,8 @@ def stock_restore(criu: str, server: Server, images: Path, cuda_pids: list[int],
         driver.restore(pid)
     for pid in cuda_pids:
         driver.unlock(pid)
+    if hook:
+        subprocess.run(hook, check=True, stdout=subprocess.DEVNULL)
     cuda_s = time.monotonic() - t
     restored = time.monotonic() - started
     tokens, _ = server.ask()
@@ -159,6 +199,11 @@ def main() -> int:
     parser.add_argument("--keep-weights", action="store_true", help="keep the generated weights (disk space)")
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
                         help="extra argument for snapd serve, e.g. --serve-option=--inject-huge-pages (repeatable)")
+    parser.add_argument("--sleep-hooks", action="store_true",
+                        help="vLLM's sleep mode around checkpoints: POST /sleep?level=1 before (snapd's "
+                             "pre-checkpoint hook; by hand in the stock flow), POST /wake_up after each restore")
+    parser.add_argument("--py-spy", type=Path, metavar="DIR",
+                        help="profile the daemon with py-spy during the hot and RAM restores into DIR")
     parser.add_argument("--criu", default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -171,7 +216,8 @@ def main() -> int:
     server = Server(work, weights, args.preset, flags)
     (work / "daemon").mkdir()
     daemon = Daemon(work / "daemon", tuple(args.serve_option), criu=criu)
-    results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction}
+    results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction,
+                                  "sleep_hooks": args.sleep_hooks}
 
     def record(key: str, value: object) -> None:
         results[key] = value
@@ -195,6 +241,8 @@ def main() -> int:
         record("cold_start_eager_s", info["startup_seconds"])
         expected, first_s = server.ask()
         record("first_answer_after_start_s", round(first_s, 3))
+        ask = [sys.executable, str(SERVER), "ask", "--port", str(server.port)]
+        sleep, wake = ([*ask, "--sleep"], [*ask, "--wake-up"]) if args.sleep_hooks else (None, None)
         if not args.keep_weights:
             shutil.rmtree(weights, ignore_errors=True)
 
@@ -202,28 +250,36 @@ def main() -> int:
         with SnapdClient(daemon.target) as client:
             clock = PhaseClock()
             t = time.monotonic()
-            snap = client.checkpoint(server.pid, name="bench", on_progress=clock)
+            snap = client.checkpoint(server.pid, name="bench", on_progress=clock, pre_checkpoint_hook=sleep)
             ckpt = time.monotonic() - t
             record("snapd_checkpoint", {"total": round(ckpt, 2), **clock.durations(t + ckpt),
                                         "raw_gb": round(snap.raw_bytes / GB, 2),
                                         "stored_gb": round(snap.stored_bytes / GB, 2)})
             cuda_pids = list(snap.gpu.cuda_pids)
             reap_pid(server.pid)
-            record("snapd_restore_hot", snapd_restore(client, server, snap.id, expected))
+            profiler = Profiler(args.py_spy, daemon.proc.pid)
+            with profiler.record("restore-hot"):
+                record("snapd_restore_hot", snapd_restore(client, server, snap.id, expected, wake))
             server.kill()
+            injected = int(results["snapd_restore_hot"]["inject_gb"] * GB)  # type: ignore[index]
+            if injected:
+                record("inject_ceiling_gbps", round(inject_ceiling(injected, min(16, os.cpu_count() or 1)) / GB, 2))
             drop_caches()
-            record("snapd_restore_cold", snapd_restore(client, server, snap.id, expected))
+            record("snapd_restore_cold", snapd_restore(client, server, snap.id, expected, wake))
             server.kill()
             record("disk_read_gbps", round(read_bandwidth(daemon.state_dir / "chunks") / GB, 2))
             t = time.monotonic()
             client.prefetch(snap.id)
             record("snapd_prefetch_s", round(time.monotonic() - t, 2))
-            record("snapd_restore_ram", snapd_restore(client, server, snap.id, expected))
+            with profiler.record("restore-ram"):
+                record("snapd_restore_ram", snapd_restore(client, server, snap.id, expected, wake))
             client.prefetch(snap.id, drop=True)
 
         images = work / "stock-images"
         images.mkdir()
         t = time.monotonic()
+        if sleep:
+            subprocess.run(sleep, check=True, stdout=subprocess.DEVNULL)
         for pid in cuda_pids:
             driver.lock(pid, 30_000)
         for pid in cuda_pids:
@@ -234,10 +290,10 @@ def main() -> int:
         record("stock_checkpoint", {"cuda_lock_checkpoint": round(lock_ckpt, 2), "criu_dump": round(dump, 2),
                                     "total": round(lock_ckpt + dump, 2),
                                     "image_gb": round(image_bytes(images) / GB, 2)})
-        record("stock_restore_hot", stock_restore(criu, server, images, cuda_pids, expected, "hot"))
+        record("stock_restore_hot", stock_restore(criu, server, images, cuda_pids, expected, "hot", wake))
         server.kill()
         drop_caches()
-        record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold"))
+        record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold", wake))
     finally:
         server.kill()
         daemon.close()
@@ -247,7 +303,8 @@ def main() -> int:
         x, y = results[a][key], results[b][key]  # type: ignore[index]
         return f"{x:8.2f} s | {y:8.2f} s | {x / y:5.2f}"
 
-    print(f"\nGPU: {results['gpu']}  preset {args.preset}, kv-cache fraction {args.kv_cache_fraction}")
+    print(f"\nGPU: {results['gpu']}  preset {args.preset}, kv-cache fraction {args.kv_cache_fraction}"
+          + (", sleep-mode hooks" if args.sleep_hooks else ""))
     print(f"cold start eager {results['cold_start_eager_s']} s"
           + (f", compiled {results['cold_start_compiled_s']} s" if args.compile else ""))
     print("operation                        |    snapd   |    stock   | snapd/stock")
@@ -259,9 +316,15 @@ def main() -> int:
           f"   (after snapd prefetch, {results['snapd_prefetch_s']} s; stock column: hot page cache)")
     cold = results["snapd_restore_cold"]
     stored_gb = results["snapd_checkpoint"]["stored_gb"]  # type: ignore[index]
-    bound = 1.3 * stored_gb / results["disk_read_gbps"] + cold.get("phase:gpu-restore", 0.0)  # type: ignore[union-attr, operator]
-    print(f"cold goal: restored in {cold['restored']:.2f} s; 1.3 x {stored_gb} GB / "  # type: ignore[index]
+    bound = 1.1 * stored_gb / results["disk_read_gbps"] + cold.get("phase:gpu-restore", 0.0)  # type: ignore[union-attr, operator]
+    print(f"cold goal: restored in {cold['restored']:.2f} s; 1.1 x {stored_gb} GB / "  # type: ignore[index]
           f"{results['disk_read_gbps']} GB/s + CUDA restore = {bound:.2f} s")
+    ceiling = results.get("inject_ceiling_gbps")
+    if ceiling:
+        for tier in ("hot", "ram", "cold"):
+            rate = results[f"snapd_restore_{tier}"]["inject_gbps"]  # type: ignore[index]
+            print(f"injection {tier:4}: {rate:6.2f} GB/s of {results['snapd_restore_hot']['inject_gb']} GB; "  # type: ignore[index]
+                  f"ceiling (parallel process_vm_writev from RAM) {ceiling} GB/s; ratio {rate / ceiling:4.2f}")
     print(json.dumps(results, indent=1))
     return 0
 

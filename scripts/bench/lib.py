@@ -56,11 +56,13 @@ class PhaseClock:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.marks: list[tuple[str, float]] = []
+        self.totals: dict[str, int] = {}
 
     def __call__(self, progress: pb.Progress) -> None:
         name = PHASE_NAMES.get(progress.phase, "?")
         if not self.marks or self.marks[-1][0] != name:
             self.marks.append((name, time.monotonic()))
+        self.totals[name] = max(self.totals.get(name, 0), progress.bytes_total)
 
     def durations(self, ended: float) -> dict[str, float]:
         ends = [t for _name, t in self.marks[1:]] + [ended]
@@ -103,3 +105,35 @@ def drop_caches() -> None:
     """Write back and drop the page cache, so that the next read comes from the disk."""
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
+    """Bytes per second at which ``threads`` threads fill ``total`` bytes of fresh anonymous
+    memory in a new process with process_vm_writev, from a source already resident here:
+    what the machine allows a restore's injection (no reads, no decompression, no hashes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from snapd_daemon.host import memwrite
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import ctypes, mmap, sys; m = mmap.mmap(-1, int(sys.argv[1])); "
+         "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True); sys.stdin.read()", str(total)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        base = int(child.stdout.readline())  # type: ignore[union-attr]
+        source = memoryview(os.urandom(64 << 20))
+        slots = len(source) // piece
+
+        def fill(i: int) -> None:
+            offset = i * piece
+            n = min(piece, total - offset)
+            start = (i % slots) * piece
+            memwrite.write(child.pid, base + offset, source[start : start + n])
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fill, range((total + piece - 1) // piece)))
+        return total / (time.monotonic() - started)
+    finally:
+        child.kill()
+        child.wait()

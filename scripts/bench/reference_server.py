@@ -6,7 +6,7 @@ Serve (the default command):
       [--port 0] [--ready-file PATH] [--kv-cache-fraction F] [--cuda-graph]
       [--engine-process] [--compile] [--seed N] [--prepare-only]
 Ask a running server:
-  reference_server.py ask --port P [--tokens 1,2,3] [--max-new-tokens 16] [--health]
+  reference_server.py ask --port P [--tokens 1,2,3] [--max-new-tokens 16] [--health | --sleep | --wake-up]
 
 The model is a Llama of the chosen shape with seeded random bf16 weights, generated
 on the GPU into DIR (safetensors shards + config.json) on first use and reused after;
@@ -17,6 +17,11 @@ HTTP on 127.0.0.1:PORT:
   GET  /health    -> {"ready": true, "pid", "engine_pid", "mode", "compiled", "cuda_graph"}
   POST /generate  {"tokens": [ids], "max_new_tokens": 16}
                   -> {"tokens": [new ids], "seconds", "graph_checksum"}
+  POST /sleep?level=1, POST /wake_up, GET /is_sleeping
+                  -> {"is_sleeping", "kv_cache_bytes"}: vLLM's sleep mode (level 1 releases
+                     the KV cache's GPU memory; /generate is refused while asleep), used as
+                     snapd's pre-checkpoint and post-restore hooks so that a checkpoint
+                     does not copy the KV cache (see Engine.control)
 The ready file (JSON: port, pid, engine_pid, mode, startup_seconds, timings) is written
 atomically once warm-up is done; startup_seconds counts from the process's start.
 Logs are JSON lines on stderr; stdin is never read, no terminal is needed.
@@ -41,6 +46,7 @@ import sys
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -307,6 +313,8 @@ class Engine:
         self._forward: Any = torch.compile(self.model) if options.compile else self.model
         # Never read: holding the reservation, as vLLM's KV cache does, is the point.
         self._kv_cache: torch.Tensor | None = None
+        self._kv_elements = 0
+        self.sleeping = False
         if options.kv_cache_fraction > 0:
             with _timed(timings, "kv_cache"):
                 self._kv_cache = self._allocate_kv_cache(options.kv_cache_fraction)
@@ -324,11 +332,33 @@ class Engine:
 
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
-        elements = int(free * fraction) // 2
-        cache = torch.zeros(elements, dtype=torch.bfloat16, device=DEVICE)
+        self._kv_elements = int(free * fraction) // 2
+        cache = torch.zeros(self._kv_elements, dtype=torch.bfloat16, device=DEVICE)
         torch.cuda.synchronize()
-        _log("kv_cache_allocated", bytes=2 * elements, free_before=free, total=total)
+        _log("kv_cache_allocated", bytes=2 * self._kv_elements, free_before=free, total=total)
         return cache
+
+    def control(self, command: str, level: int = 1) -> dict[str, Any]:
+        """vLLM's sleep mode: "sleep" (level 1 gives the KV cache's GPU memory back to
+        the driver, so that a checkpoint taken then does not copy it; vLLM's level 1
+        also moves the weights to host memory, which a checkpoint does anyway, so here
+        they stay), "wake_up" (allocate it again, zeroed) or "is_sleeping"."""
+        import torch
+
+        if command == "sleep":
+            if level != 1:
+                raise ValueError(f"sleep level {level} is not supported here (1: release the KV cache)")
+            self._kv_cache = None
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            self.sleeping = True
+        elif command == "wake_up":
+            if self._kv_elements and self._kv_cache is None:
+                self._kv_cache = torch.zeros(self._kv_elements, dtype=torch.bfloat16, device=DEVICE)
+                torch.cuda.synchronize()
+            self.sleeping = False
+        _log("sleep_mode", command=command, is_sleeping=self.sleeping)
+        return {"is_sleeping": self.sleeping, "kv_cache_bytes": 0 if self._kv_cache is None else 2 * self._kv_elements}
 
     def _warm_up(self) -> None:
         prompts = [WARMUP_PROMPT, COMPILE_WARMUP_PROMPT] if self.options.compile else [WARMUP_PROMPT]
@@ -392,6 +422,8 @@ class Engine:
 
     def generate(self, tokens: list[int], max_new_tokens: int) -> dict[str, Any]:
         """The /generate answer for validated tokens."""
+        if self.sleeping:
+            raise ServerError("the engine is sleeping: POST /wake_up first")
         started = time.perf_counter()
         new_tokens = self._greedy(tokens, max_new_tokens)
         checksum = self._graph_checksum()
@@ -412,11 +444,11 @@ def _engine_main(conn: Connection, options: EngineOptions) -> None:
     conn.send(("ready", {"pid": os.getpid(), "timings": timings}))
     while True:
         try:
-            tokens, max_new_tokens = conn.recv()
+            command, args = conn.recv()
         except EOFError:
             return
         try:
-            conn.send(("ok", engine.generate(tokens, max_new_tokens)))
+            conn.send(("ok", engine.generate(*args) if command == "generate" else engine.control(command, *args)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -429,6 +461,8 @@ class Backend(Protocol):
     timings: dict[str, float]
 
     def generate(self, tokens: list[int], max_new_tokens: int) -> dict[str, Any]: ...
+
+    def control(self, command: str, level: int) -> dict[str, Any]: ...
 
     def alive(self) -> bool: ...
 
@@ -443,6 +477,12 @@ class LocalBackend:
 
     def generate(self, tokens: list[int], max_new_tokens: int) -> dict[str, Any]:
         return self.engine.generate(tokens, max_new_tokens)
+
+    def control(self, command: str, level: int) -> dict[str, Any]:
+        try:
+            return self.engine.control(command, level)
+        except ValueError as exc:
+            raise ServerError(str(exc)) from exc
 
     def alive(self) -> bool:
         return True
@@ -459,8 +499,14 @@ class EngineClient:
         self.timings = cast(dict[str, float], info["timings"])
 
     def generate(self, tokens: list[int], max_new_tokens: int) -> dict[str, Any]:
+        return self._call("generate", (tokens, max_new_tokens))
+
+    def control(self, command: str, level: int) -> dict[str, Any]:
+        return self._call(command, (level,))
+
+    def _call(self, command: str, args: tuple[Any, ...]) -> dict[str, Any]:
         try:
-            self.conn.send((tokens, max_new_tokens))
+            self.conn.send((command, args))
             kind, payload = self.conn.recv()
         except (EOFError, OSError) as exc:
             raise ServerError(f"engine process {self.engine_pid} is gone ({exc!r})") from exc
@@ -544,7 +590,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _sleep_mode(self, command: str, query: dict[str, list[str]]) -> None:
+        """vLLM's POST /sleep?level=1, POST /wake_up, GET /is_sleeping."""
+        try:
+            level = int(query.get("level", ["1"])[0])
+            answer = self._server().backend.control(command, level)
+        except (ValueError, ServerError) as exc:
+            self._reply(400, {"error": str(exc)})
+            return
+        self._reply(200, answer)
+
     def do_GET(self) -> None:
+        if self.path == "/is_sleeping":
+            self._sleep_mode("is_sleeping", {})
+            return
         if self.path != "/health":
             self._reply(404, {"error": f"no such path {self.path}"})
             return
@@ -553,6 +612,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._reply(200 if ready else 503, {"ready": ready, **server.info})
 
     def do_POST(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.path in ("/sleep", "/wake_up"):
+            self._sleep_mode(url.path.lstrip("/"), urllib.parse.parse_qs(url.query))
+            return
         if self.path != "/generate":
             self._reply(404, {"error": f"no such path {self.path}"})
             return
@@ -684,11 +747,15 @@ def ask(argv: Sequence[str]) -> int:
     parser.add_argument("--tokens", default="1,2,3", help="comma-separated token ids")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--health", action="store_true", help="GET /health instead of generating")
+    parser.add_argument("--sleep", action="store_true", help="POST /sleep?level=1 (release the KV cache)")
+    parser.add_argument("--wake-up", action="store_true", help="POST /wake_up (allocate the KV cache again)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
     base = f"http://127.0.0.1:{args.port}"
     if args.health:
         request = urllib.request.Request(f"{base}/health")
+    elif args.sleep or args.wake_up:
+        request = urllib.request.Request(f"{base}/sleep?level=1" if args.sleep else f"{base}/wake_up", method="POST")
     else:
         try:
             tokens = [int(token) for token in args.tokens.split(",") if token.strip()]

@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from snapd_daemon.errors import ChunkCorrupt, InjectFailed
 from snapd_daemon.host import memwrite
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
+from snapd_daemon.store.buffers import PerThread, ReadBuffers
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkStore
 
 _ZEROS = bytes(4 << 20)
+# How far (raw bytes) the readahead runs ahead of the delivery threads.
+READAHEAD_BYTES = 512 << 20
 Progress = Callable[[int], None]
 
 
@@ -94,30 +97,36 @@ class Router:
 
 
 class Delivery:
-    """Delivers routes of one snapshot's chunks from ``store`` with ``threads`` threads."""
+    """Delivers routes of one snapshot's chunks from ``store`` with ``threads`` threads.
 
-    def __init__(self, store: ChunkStore, manifest: Manifest, threads: int) -> None:
+    Each thread reads into buffers of its own, reused for every chunk (no fresh
+    memory per chunk). A readahead thread asks the store to start reading the
+    chunks next in line (``store.readahead``) while the threads work, keeping up
+    to ``readahead_bytes`` ahead of them, so that a cold store has more reads in
+    flight than there are threads.
+    """
+
+    def __init__(self, store: ChunkStore, manifest: Manifest, threads: int,
+                 readahead_bytes: int = READAHEAD_BYTES) -> None:
         self.store = store
         self.manifest = manifest
         self.threads = threads
+        self.readahead_bytes = readahead_bytes
 
     def run(self, routes: list[Route], progress: Progress, before_each: Callable[[], None] | None = None) -> None:
         """Deliver every route; ``progress`` receives the bytes delivered so far;
         ``before_each`` runs before each route (raising from it stops the delivery).
         The caller holds the store lock shared."""
-        lock = threading.Lock()
-        done = [0]
+        scratch = PerThread()
+        ahead = _Readahead(self.store, routes, self.readahead_bytes)
 
         def one(route: Route) -> None:
             if before_each is not None:
                 before_each()
-            self._deliver(route)
-            with lock:
-                done[0] += route.length
-                total = done[0]
-            progress(total)
+            self._deliver(route, scratch.buffers)
+            progress(ahead.delivered(route.length))
 
-        with self.store.translate_os_errors(sum(r.length for r in routes)):
+        with self.store.translate_os_errors(sum(r.length for r in routes)), ahead:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="deliver") as pool:
                 jobs = [pool.submit(one, r) for r in routes]
                 try:
@@ -127,10 +136,10 @@ class Delivery:
                     for job in jobs:
                         job.cancel()
 
-    def _deliver(self, route: Route) -> None:
+    def _deliver(self, route: Route, buffers: ReadBuffers) -> None:
         zero = route.ref.id == ZERO_CHUNK
         try:
-            raw = memoryview(_ZEROS if zero else self.store.read_chunk(route.ref.id))
+            raw = memoryview(_ZEROS) if zero else self.store.read_chunk(route.ref.id, buffers)
         except ChunkUnreadable as err:
             raise ChunkCorrupt(snapshot_id=self.manifest.id, chunk=err.cid, file=route.file,
                                offset=route.file_offset, problem=err.problem) from err
@@ -146,3 +155,48 @@ class Delivery:
                                        reason=exc.strerror or str(exc), snapshot_id=self.manifest.id) from exc
             else:
                 os.pwrite(t.fd, data, t.dest_offset)
+
+
+class _Readahead:
+    """A thread walking ``routes`` in delivery order, asking the store to read each chunk
+    ahead while fewer than ``window`` bytes separate it from what was delivered.
+    Advice only: its failures are ignored (the delivery's own read reports them)."""
+
+    def __init__(self, store: ChunkStore, routes: list[Route], window: int) -> None:
+        self.store = store
+        self.routes = routes
+        self.window = window
+        self._cond = threading.Condition()
+        self._done = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="readahead", daemon=True)
+
+    def __enter__(self) -> _Readahead:
+        if self.window > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def delivered(self, n: int) -> int:
+        """Count ``n`` bytes delivered; the total so far."""
+        with self._cond:
+            self._done += n
+            self._cond.notify()
+            return self._done
+
+    def _run(self) -> None:
+        issued = 0
+        for route in self.routes:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or issued - self._done < self.window)
+                if self._stop:
+                    return
+            if route.ref.id != ZERO_CHUNK:
+                self.store.readahead(route.ref.id)
+            issued += route.length

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from snapd_daemon.store import codec
+from snapd_daemon.store.buffers import ReadBuffers, read_exactly
 from snapd_daemon.store.model import ChunkUnreadable
 from snapd_daemon.util.fsutil import fsync_path, syncfs
 
@@ -94,18 +95,18 @@ class ChunkDir:
         if cids:
             fsync_path(self.root)
 
-    def read(self, cid: str) -> bytes | memoryview:
-        """Verified raw bytes of chunk ``cid``; raises ChunkUnreadable when it is missing or
-        corrupt (then naming the file read, for ``move_out``)."""
+    def read(self, cid: str, buffers: ReadBuffers) -> memoryview:
+        """Verified raw bytes of chunk ``cid``, a view into ``buffers``; raises ChunkUnreadable
+        when it is missing or corrupt (then naming the file read, for ``move_out``)."""
         try:
             with open(self.path(cid), "rb", buffering=0) as f:
                 st = os.fstat(f.fileno())
-                blob = bytearray(st.st_size)
-                f.readinto(blob)
+                blob = buffers.stored(st.st_size)
+                blob = blob[: read_exactly(f, blob)]
         except FileNotFoundError:
             raise ChunkUnreadable(cid, "missing") from None
         try:
-            return codec.decode(blob, cid)
+            return memoryview(codec.decode(blob, cid, buffers))
         except codec.ChunkDecodeError as exc:
             raise ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino)) from None
 

@@ -21,6 +21,8 @@ import threading
 import blake3
 import zstandard
 
+from snapd_daemon.store.buffers import ReadBuffers, read_exactly
+
 MAGIC = b"SNC1"
 HEADER = struct.Struct("<4sB3xQ")
 CODEC_RAW = 0
@@ -86,9 +88,10 @@ def encode(raw: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
     return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
 
 
-def decode(blob: bytes | bytearray, expected_id: str) -> bytes | memoryview:
-    """Raw bytes of a chunk file, verified against ``expected_id`` (a view into
-    ``blob`` when the chunk is stored raw)."""
+def decode(blob: bytes | bytearray | memoryview, expected_id: str, out: ReadBuffers | None = None) -> bytes | memoryview:
+    """Raw bytes of a chunk file, verified against ``expected_id``: a view into
+    ``blob`` when the chunk is stored raw; with ``out``, a compressed chunk is
+    decompressed into ``out.raw`` (no fresh memory) and the view is into that."""
     if len(blob) < HEADER.size:
         raise ChunkDecodeError(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
     magic, codec, length = HEADER.unpack_from(blob)
@@ -100,7 +103,7 @@ def decode(blob: bytes | bytearray, expected_id: str) -> bytes | memoryview:
         raw = payload
     elif codec == CODEC_ZSTD:
         try:
-            raw = _decompressor().decompress(payload, max_output_size=length)
+            raw = _decompress(payload, length, out)
         except zstandard.ZstdError as exc:
             raise ChunkDecodeError(f"zstd: {exc}") from exc
     else:
@@ -111,3 +114,11 @@ def decode(blob: bytes | bytearray, expected_id: str) -> bytes | memoryview:
     if actual != expected_id:
         raise ChunkDecodeError(f"content hashes to {actual}")
     return raw
+
+
+def _decompress(payload: memoryview, length: int, out: ReadBuffers | None) -> bytes | memoryview:
+    """At most ``length`` decompressed bytes of the zstd frame ``payload``."""
+    if out is None:
+        return _decompressor().decompress(payload, max_output_size=length)
+    view = out.raw(length)
+    return view[: read_exactly(_decompressor().stream_reader(payload, read_size=len(payload)), view)]

@@ -20,6 +20,7 @@ before the read fails, so no later ingest dedupes against its bad file.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from pathlib import Path
 import structlog
 
 from snapd_daemon.errors import StoreError, StoreFull
+from snapd_daemon.store.buffers import PerThread, ReadBuffers
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
@@ -115,20 +117,34 @@ class LocalStore:
 
     # -- reading --------------------------------------------------------------
 
-    def read_chunk(self, cid: str, hot: bool = True) -> bytes | memoryview:
-        """Verified bytes of a chunk: from the hot tier when it has them (and ``hot``),
-        else from disk. Raises ChunkUnreadable."""
+    def read_chunk(self, cid: str, buffers: ReadBuffers, hot: bool = True) -> memoryview:
+        """Verified bytes of a chunk, a view into ``buffers`` (valid until their next use):
+        from the hot tier when it has them (and ``hot``), else from disk. Raises ChunkUnreadable."""
         if hot and self.hot is not None:
-            view = self.hot.read(cid)
+            view = self.hot.read(cid, buffers)
             if view is not None:
                 return view
-        return self._read_disk(cid)
+        return self._read_disk(cid, buffers)
 
-    def _read_disk(self, cid: str) -> bytes | memoryview:
+    def readahead(self, cid: str) -> None:
+        """Ask the kernel to start reading chunk ``cid`` from disk (unless the hot tier has it),
+        without waiting for it. Advice: a chunk that cannot be opened is left to the read."""
+        if self.hot is not None and self.hot.has(cid):
+            return
+        try:
+            fd = os.open(self.chunks.path(cid), os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+    def _read_disk(self, cid: str, buffers: ReadBuffers) -> memoryview:
         """Verified bytes of a chunk on disk; one found corrupt or missing is quarantined,
         then ChunkUnreadable raised."""
         try:
-            return self.chunks.read(cid)
+            return self.chunks.read(cid, buffers)
         except ChunkUnreadable as err:
             raise self._contain(err) from None
 
@@ -169,9 +185,10 @@ class LocalStore:
         if needed + _RAM_RESERVE > hot.free_bytes():
             raise StoreFull(path=hot.root, needed=needed, free=hot.free_bytes())
         count = _Count()
+        scratch = PerThread()
 
         def one(item: tuple[str, int]) -> None:
-            hot.add(item[0], self._read_disk(item[0]))
+            hot.add(item[0], self._read_disk(item[0], scratch.buffers))
             progress(count.add(item[1]))
 
         hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
@@ -215,9 +232,11 @@ class LocalStore:
         """Read and verify each chunk on disk (not the hot tier); id -> problem for the bad ones
         (quarantined, as any read does)."""
 
+        scratch = PerThread()
+
         def one(cid: str) -> str:
             try:
-                self._read_disk(cid)
+                self._read_disk(cid, scratch.buffers)
             except ChunkUnreadable as err:
                 return err.problem
             return ""
