@@ -36,7 +36,7 @@ from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
 from snapd_daemon.store.manifests import ManifestDir, PinSet
-from snapd_daemon.store.model import ChunkUnreadable
+from snapd_daemon.store.model import ChunkRef, ChunkUnreadable
 from snapd_daemon.store.oserrors import translated
 from snapd_daemon.store.quarantine import Quarantine
 from snapd_daemon.store.rwlock import RWLock
@@ -117,22 +117,20 @@ class LocalStore:
 
     # -- reading --------------------------------------------------------------
 
-    def read_chunk(self, cid: str, buffers: ReadBuffers, hot: bool = True) -> memoryview:
+    def read_chunk(self, ref: ChunkRef, buffers: ReadBuffers, hot: bool = True) -> memoryview:
         """Verified bytes of a chunk, a view into ``buffers`` (valid until their next use):
         from the hot tier when it has them (and ``hot``), else from disk. Raises ChunkUnreadable."""
         if hot and self.hot is not None:
-            view = self.hot.read(cid, buffers)
+            view = self.hot.read(ref.id, buffers, ref.length)
             if view is not None:
                 return view
-        return self._read_disk(cid, buffers)
+        return self._read_disk(ref.id, buffers, ref.length)
 
     def readahead(self, cid: str) -> None:
-        """Ask the kernel to start reading chunk ``cid`` from disk (unless the hot tier has it),
-        without waiting for it. Advice: a chunk that cannot be opened is left to the read."""
-        if self.hot is not None and self.hot.has(cid):
-            return
+        """Ask the kernel to start reading chunk ``cid`` from disk, without waiting for it.
+        Advice: a chunk that cannot be opened is left to the read."""
         try:
-            fd = os.open(self.chunks.path(cid), os.O_RDONLY)
+            fd = os.open(self.chunks.path(cid), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return
         try:
@@ -140,11 +138,33 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def _read_disk(self, cid: str, buffers: ReadBuffers) -> memoryview:
-        """Verified bytes of a chunk on disk; one found corrupt or missing is quarantined,
-        then ChunkUnreadable raised."""
+    def cold(self, cids: list[str], sample: int = 16) -> bool:
+        """Whether reading ``cids`` would wait for the disk: some of an evenly spread
+        sample of them is in neither the hot tier nor the page cache (a read of its first
+        page with RWF_NOWAIT would block)."""
+        page = memoryview(bytearray(4096))
+        for cid in cids[:: max(1, len(cids) // sample)]:
+            if self.hot is not None and self.hot.has(cid):
+                continue
+            try:
+                fd = os.open(self.chunks.path(cid), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.preadv(fd, [page], 0, os.RWF_NOWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+        return False
+
+    def _read_disk(self, cid: str, buffers: ReadBuffers, length: int = 0) -> memoryview:
+        """Verified bytes of a chunk on disk (``length``: its raw length, 0 if unknown); one
+        found corrupt or missing is quarantined, then ChunkUnreadable raised."""
         try:
-            return self.chunks.read(cid, buffers)
+            return self.chunks.read(cid, buffers, length)
         except ChunkUnreadable as err:
             raise self._contain(err) from None
 
@@ -188,7 +208,7 @@ class LocalStore:
         scratch = PerThread()
 
         def one(item: tuple[str, int]) -> None:
-            hot.add(item[0], self._read_disk(item[0], scratch.buffers))
+            hot.add(item[0], self._read_disk(item[0], scratch.buffers, item[1]))
             progress(count.add(item[1]))
 
         hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
