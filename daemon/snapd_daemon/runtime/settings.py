@@ -34,8 +34,10 @@ class Settings:
     cgroup_root: Path | None = None
     ram_scratch: Path | None = Path("/dev/shm/gpu-snapd")
     # Private anonymous regions at least this big are written into restored processes
-    # by snapd (parallel process_vm_writev) instead of by CRIU; 0 turns that off.
-    inject_min_bytes: int = 64 << 20
+    # by snapd (parallel process_vm_writev) instead of by CRIU (one serial loop); 0 turns
+    # that off. 2 MiB: everything but the smallest mappings (Python's 1 MiB arenas, stacks)
+    # goes the parallel way, and CRIU's part (and the image staged for it) stays small.
+    inject_min_bytes: int = 2 << 20
     # Mark those regions MADV_HUGEPAGE in the image, so the writes land in huge pages.
     # Off: on the 2-core CI VM it made a 1 GiB injection 3x slower (huge-page faults
     # cost more there); FIELD-NOTES saw THP speed up injection and the driver's

@@ -53,7 +53,7 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Where CRIU images are staged: RAM (/dev/shm) when it has room, or always RAM / disk.")
 @click.option("--io-threads", type=click.IntRange(1, 256), default=None,
               help="Threads hashing/compressing chunks (default: CPU count, at most 16).")
-@click.option("--inject-min-mb", type=click.IntRange(0), default=64, show_default=True,
+@click.option("--inject-min-mb", type=click.IntRange(0), default=2, show_default=True,
               help="Restore private anonymous regions of at least this size by parallel memory writes (0: off).")
 @click.option("--inject-huge-pages/--no-inject-huge-pages", default=False, show_default=True,
               help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
