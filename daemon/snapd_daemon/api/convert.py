@@ -30,6 +30,7 @@ def progress(event: ProgressEvent, operation_id: str) -> pb.Progress:
         bytes_done=event.bytes_done,
         bytes_total=event.bytes_total,
         message=event.message,
+        tree_frozen=event.frozen,
     )
 
 

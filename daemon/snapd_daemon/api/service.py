@@ -131,12 +131,19 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             spec = requests.checkpoint_spec(request)
         except SnapdError as err:
             abort(context, err)
+        started = time.monotonic()
+
+        def result(m: Manifest, op_id: str) -> pb.CheckpointEvent:
+            snap = self._snapshot(m)
+            snap.operation_id, snap.duration_seconds = op_id, round(time.monotonic() - started, 3)
+            return pb.CheckpointEvent(snapshot=snap)
+
         yield from self._stream(
             "checkpoint",
             context,
             lambda op_id, report, cancel: checkpoint(self.rt, spec, op_id, report, cancel),
             lambda p: pb.CheckpointEvent(progress=p),
-            lambda m, _op: pb.CheckpointEvent(snapshot=self._snapshot(m)),
+            result,
             "the process tree was left running and nothing was stored",
         )
 

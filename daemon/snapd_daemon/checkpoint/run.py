@@ -195,14 +195,16 @@ class CheckpointRun(OperationRun):
         undo.push(self._thaw_gpu)
         undo.callback(self.hold_point.release)
         if self.gpu_record:
-            self.report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(self.cuda_pids)}"))
+            self.report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(self.cuda_pids)}",
+                                      frozen=True))
             with metrics.phase("checkpoint", "gpu-checkpoint"):
                 self.freeze.freeze()
 
     def dump(self) -> None:
         rt, staging = self.rt, self.staging
-        self.report(ProgressEvent(Phase.DUMP, 0, self.needed, "criu dump"))
-        with metrics.phase("checkpoint", "dump"), DirectoryGrowth(self.report, Phase.DUMP, staging.images, self.needed), \
+        self.report(ProgressEvent(Phase.DUMP, 0, self.needed, "criu dump", frozen=True))
+        with metrics.phase("checkpoint", "dump"), \
+                DirectoryGrowth(self.report, Phase.DUMP, staging.images, self.needed, frozen=True), \
                 DumpFollower(self.ingest, staging.images), rt.store.translate_os_errors(self.needed), \
                 criulogs.kept(rt.settings.criu_log_dir(), self.op):
             try:
@@ -228,7 +230,7 @@ class CheckpointRun(OperationRun):
         rt, spec = self.rt, self.spec
         self.raw = tree_size(self.staging.images)
         self._dumped.set()
-        self.report(ProgressEvent(Phase.COMMIT, 0, self.raw, "storing chunks"))
+        self.report(ProgressEvent(Phase.COMMIT, 0, self.raw, "storing chunks", frozen=not self.spec.leave_running))
         manifest = Manifest(
             id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
             root_pid=spec.pid, processes=list(self.hold_point.tree.processes), criu_version=rt.criu.version,
@@ -268,7 +270,7 @@ class CheckpointRun(OperationRun):
 
     def _stored(self, done: int) -> None:
         if self._dumped.is_set():
-            self.report(ProgressEvent(Phase.COMMIT, done, self.raw))
+            self.report(ProgressEvent(Phase.COMMIT, done, self.raw, frozen=not self.spec.leave_running))
 
     def _thaw_gpu(self, _type: type[BaseException] | None, cause: BaseException | None,
                   _tb: TracebackType | None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -90,7 +91,22 @@ def _private_socket(state_dir: Path) -> Path:
 
 
 def serve(settings: Settings, listen: Listen) -> None:
-    """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures."""
+    """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures; a start that
+    fails before serving removes the state and RAM directories it created itself."""
+    made = [d for d in (settings.state_dir, settings.ram_dir()) if d is not None and not d.exists()]
+    try:
+        _serve(settings, listen)
+    except BaseException:
+        if not _served.is_set():
+            for directory in made:
+                shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+_served = threading.Event()
+
+
+def _serve(settings: Settings, listen: Listen) -> None:
     lock_fd = _lock_state_dir(settings.state_dir)
     os.chmod(settings.state_dir, 0o700)
     journal = HoldJournal(settings.state_dir / "holds")
@@ -151,6 +167,7 @@ def serve(settings: Settings, listen: Listen) -> None:
     if listen.tcp and listen.tcp.insecure_loopback:
         log.warning("daemon.insecure_tcp", tcp=listen.tcp.address,
                     reason="plain TCP: every local user can call the API")
+    _served.set()
     notifier.send(f"READY=1\nMAINPID={os.getpid()}")
     while not stop.wait(1.0):
         pass
@@ -167,6 +184,8 @@ def serve(settings: Settings, listen: Listen) -> None:
             log.error("daemon.stopped_with_operations", still_running=[op.id for op in rt.registry.in_flight()])
     server.stop(grace=5).wait()
     gate.stop()
+    if store.hot is not None:
+        store.hot.release()
     scratch.release()
     listen.socket_path.unlink(missing_ok=True)
     private.unlink(missing_ok=True)
