@@ -69,11 +69,14 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
 @click.option("--tcp-established", is_flag=True,
               help="Dump established TCP connections (default: a tree holding one is refused); restore closes "
                    "them unless --tcp reestablish.")
+@click.option("--ext-unix-sk", is_flag=True,
+              help="Dump unix sockets connected to processes outside the tree (default: refused); a datagram "
+                   "socket to a named peer such as /dev/log is connected to it again at restore.")
 @common_options
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
                pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool,
-               tcp_established: bool) -> None:
+               tcp_established: bool, ext_unix_sk: bool) -> None:
     """Checkpoint process tree PID (with its GPU state) into a new snapshot.
 
     The tree is frozen while CRIU dumps it and, unless --leave-running, STOPPED for good once
@@ -96,7 +99,8 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
-                                     tcp_established=tcp_established, on_progress=bar, on_interrupt=interrupts)
+                                     tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, on_progress=bar,
+                                     on_interrupt=interrupts)
         bar.done()
         interrupts.completed()
         c.emit(snap, lambda: click.echo(

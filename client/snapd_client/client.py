@@ -202,6 +202,7 @@ class SnapdClient:
         cuda_lock_timeout_ms: int = 0,
         keep_hot: bool = False,
         tcp_established: bool = False,
+        ext_unix_sk: bool = False,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
     ) -> pb.Snapshot:
@@ -209,13 +210,15 @@ class SnapdClient:
         ``operation_id`` and ``duration_seconds`` set). The tree is stopped once the snapshot
         is durable unless ``leave_running``. ``pre_checkpoint_hook``: argv the daemon runs
         before anything is frozen. ``keep_hot``: also keep it decompressed in RAM.
-        ``tcp_established``: dump established TCP connections instead of refusing the tree.
+        ``tcp_established``: dump established TCP connections instead of refusing the tree;
+        ``ext_unix_sk``: likewise unix sockets connected to processes outside the tree.
         ``on_progress`` gets every Progress event (``phase_name(p.phase)``, bytes, ``tree_frozen``);
         ``on_interrupt``: see ``_follow``."""
         request = pb.CheckpointRequest(
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
             cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, tcp_established=tcp_established,
+            ext_unix_sk=ext_unix_sk,
         )
         result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress,
                                            on_interrupt)

@@ -17,7 +17,7 @@ _REPAIR = ("checkpoint the same source again to store the damaged chunks anew (t
 def flags(s: pb.Snapshot) -> str:
     """The FLAGS column: pinned, hot, damaged, tcp (comma-separated; "-" for none)."""
     marks = [m for m, on in (("pinned", s.pinned), ("hot", s.hot), ("damaged", bool(s.damaged_chunks)),
-                             ("tcp", s.tcp_established)) if on]
+                             ("tcp", s.tcp_established), ("ext-unix", s.ext_unix_sk)) if on]
     return ",".join(marks) or "-"
 
 

@@ -90,8 +90,14 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
             metrics.IN_FLIGHT.inc()
             try:
-                report = Throttle(events.put)
-                with self.rt.registry.cancellable(token):
+                registry = self.rt.registry
+
+                def put(event: ProgressEvent) -> None:
+                    registry.noted(op_id, event)
+                    events.put(event)
+
+                report = Throttle(put)
+                with registry.cancellable(token, kind):
                     result = work(op_id, report, token)
                 report.flush()
                 metrics.OPERATIONS.labels(kind, "ok").inc()
@@ -242,6 +248,11 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                                               "ends with CANCELLED")
         return pb.CancelOperationResponse(cancelled=False, detail=f"operation {op_id} is past its commit point "
                                           "and completes")
+
+    @_unary
+    def ListOperations(self, request: pb.ListOperationsRequest,
+                       context: grpc.ServicerContext) -> pb.ListOperationsResponse:
+        return pb.ListOperationsResponse(operations=[convert.operation(op) for op in self.rt.registry.running()])
 
     @_unary
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:

@@ -72,6 +72,8 @@ class CheckpointSpec:
     pre_hook: Hook | None = None
     cuda_lock_timeout_ms: int = 0
     keep_hot: bool = False
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
 
 
 class _PostDumpHold(Notify):
@@ -213,6 +215,7 @@ class CheckpointRun(OperationRun):
                     shell_job=self.tree.external_session, log_level=rt.settings.criu_log_level,
                     freeze_timeout=rt.settings.freeze_timeout, notify=self.hold_point,
                     external=[e.criu_external for e in self.stdio if e.criu_external],
+                    tcp_established=self.spec.tcp_established, ext_unix_sk=self.spec.ext_unix_sk,
                 )
             except CriuFailed as exc:
                 full = rt.scratch.full(staging, needed=self.needed)
@@ -236,7 +239,7 @@ class CheckpointRun(OperationRun):
             root_pid=spec.pid, processes=list(self.hold_point.tree.processes), criu_version=rt.criu.version,
             kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
             leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
-            outward_stdio=self.stdio,
+            outward_stdio=self.stdio, tcp_established=spec.tcp_established, ext_unix_sk=spec.ext_unix_sk,
         )
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
