@@ -52,10 +52,11 @@ def export_cmd(ctx: click.Context, snapshot: str, output: str) -> None:
 
 
 def _export_file(export: object, snapshot: str, path: Path) -> int:
-    """Write the stream to a temporary file beside ``path``, renamed over it only when complete."""
+    """Write the stream to a temporary file beside ``path`` (mode 0600: it holds process memory),
+    renamed over it only when complete."""
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             written: int = export(snapshot, f)  # type: ignore[operator]
             f.flush()
             os.fsync(f.fileno())

@@ -108,6 +108,16 @@ class Catalog:
             raise SnapshotAmbiguous(ref=ref, count=len(starting), candidates=shown)
         raise SnapshotNotFound(snapshot=ref)
 
+    def find(self, snapshot_id: str) -> Manifest | None:
+        """The snapshot of exactly this id, if listed."""
+        with self._lock:
+            return self._index.get(snapshot_id)
+
+    def index(self, manifest: Manifest) -> None:
+        """List a snapshot whose manifest the store has just written (an import)."""
+        with self._lock:
+            self._index[manifest.id] = manifest
+
     def is_pinned(self, snapshot_id: str) -> bool:
         return snapshot_id in self.store.pins
 

@@ -8,6 +8,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, Self
 
+from snapd_daemon.store.bundle import ChunkImport
+from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.ingest import Committed, Progress
 from snapd_daemon.store.local import PrunePlan
 from snapd_daemon.store.manifests import ManifestDir, PinSet
@@ -34,6 +36,7 @@ class ChunkStore(Protocol):
 
     root: Path
     threads: int
+    chunks: ChunkDir
     lock: RWLock
     manifests: ManifestDir
     pins: PinSet
@@ -46,6 +49,9 @@ class ChunkStore(Protocol):
     def begin_ingest(self, source: Path, progress: Progress, keep_hot: bool = False,
                      hot_ram_needed: int = 0) -> IngestSession: ...
     def read_chunk(self, cid: str, hot: bool = True) -> bytes | memoryview: ...
+    def read_stored(self, cid: str) -> bytes: ...
+    def begin_import(self) -> ChunkImport: ...
+    def stored_size(self, cid: str) -> int: ...
     def damaged(self, cids: set[str]) -> set[str]: ...
     def prefetch(self, holder: str, chunks: dict[str, int], progress: Progress) -> int: ...
     def drop_prefetch(self, holder: str) -> int: ...
