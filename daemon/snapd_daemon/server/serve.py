@@ -93,7 +93,7 @@ def _private_socket(state_dir: Path) -> Path:
 def serve(settings: Settings, listen: Listen) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures; a start that
     fails before serving removes the state and RAM directories it created itself."""
-    made = [d for d in (settings.state_dir, settings.ram_dir()) if d is not None and not d.exists()]
+    made = [_first_missing(d) for d in (settings.state_dir, settings.ram_dir()) if d is not None and not d.exists()]
     try:
         _serve(settings, listen)
     except BaseException:
@@ -104,6 +104,14 @@ def serve(settings: Settings, listen: Listen) -> None:
 
 
 _served = threading.Event()
+
+
+def _first_missing(path: Path) -> Path:
+    """The outermost directory that creating ``path`` (which does not exist) would create."""
+    path = path.absolute()
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def _serve(settings: Settings, listen: Listen) -> None:
