@@ -14,7 +14,9 @@ from pathlib import Path
 import psutil
 from harness import Daemon, Workloads, gone, snapd, wait_for
 
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client import Phase, SnapdClient, SnapdClientError, phase_name
+from snapd_client.output import progress_text
 from snapd_daemon.runtime import Settings
 
 
@@ -66,6 +68,17 @@ def test_json_conventions(daemon: Daemon, workloads: Workloads) -> None:
     assert usage.returncode == 2 and json.loads(usage.stderr) == {
         "error": "UsageError", "message": "No such option '--bogus'.", "exit_code": 2}
     assert "Usage:" in snapd(daemon, "list", "--bogus").stderr
+
+
+def test_progress_text_has_rate_eta_and_frozen() -> None:
+    moving = pb.Progress(phase=Phase.Value("PHASE_COMMIT"), bytes_done=1 << 30, bytes_total=3 << 30,
+                         tree_frozen=True)
+    text = progress_text(moving, rate=512 << 20, elapsed=12.0)
+    assert text.split()[0] == "commit" and "1.0 GiB / 3.0 GiB" in text and "512.0 MiB/s" in text
+    assert "ETA 4s" in text and "(process frozen)" in text and text.endswith("12.0s")
+    waiting = pb.Progress(phase=Phase.Value("PHASE_HOOK"), message="pre-checkpoint hook")
+    assert "pre-checkpoint hook" in progress_text(waiting, rate=0.0, elapsed=1.0)
+    assert "ETA" not in progress_text(waiting, rate=0.0, elapsed=1.0)
 
 
 def test_client_exports_phase_names() -> None:

@@ -125,14 +125,15 @@ def exit_codes(ctx: click.Context) -> None:
              {"exit_code": EXIT_USAGE, "error": "UsageError", "meaning": "usage error"},
              {"exit_code": EXIT_UNREACHABLE, "error": "Unreachable", "meaning": "daemon unreachable"}]
     codes += [{"exit_code": cls.exit_code, "error": cls.__name__, "status": cls.status,
-               "meaning": (cls.__doc__ or "").strip().splitlines()[0]}
+               "meaning": "unexpected internal error (see the daemon log)" if cls is SnapdError
+               else (cls.__doc__ or "").strip().splitlines()[0]}
               for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code)]
     if ctx.find_root().obj["json"]:
         click.echo(json.dumps({"exit_codes": codes}, indent=2))
         return
     for code in codes:
-        click.echo(f"{code['exit_code']:<3} " + (f"{code['error']}: " if code["error"] and code["exit_code"] > 3
-                                                  else "") + str(code["meaning"]))
+        named = code["error"] and code["exit_code"] not in (EXIT_USAGE, EXIT_UNREACHABLE)
+        click.echo(f"{code['exit_code']:<3} " + (f"{code['error']}: " if named else "") + str(code["meaning"]))
 
 
 def main() -> None:
