@@ -132,3 +132,41 @@ def test_export_of_a_damaged_snapshot_names_the_chunk(daemon: Daemon, client: Sn
     out = snapd(daemon, "export", snap.id, "-o", str(tmp_path / "x.snapd"))
     assert out.returncode == 24 and victim.name in out.stderr
     assert not (tmp_path / "x.snapd").exists() and not list(tmp_path.glob(".x.snapd.partial-*"))
+
+
+def _rebuilt(data: bytes, change: str) -> bytes:
+    """A well-formed stream (valid digest) whose content is wrong in one way."""
+    reader = bundle.Reader([data])
+    manifest = json.loads(reader.manifest())
+    chunks = list(reader.chunks())
+    if change == "chunk-left-out":
+        chunks = chunks[1:]
+    elif change == "foreign-chunk":
+        chunks.append(("ab" * 32, chunks[0][1]))
+    else:  # a length the manifest records differs from its chunk's
+        manifest["files"][0]["chunks"][0]["length"] += 1
+    writer = bundle.Writer()
+    pieces = [*writer.header(json.dumps(manifest).encode())]
+    for cid, stored in chunks:
+        pieces += writer.chunk(cid, stored)
+    pieces += writer.end()
+    return b"".join(bytes(p) for p in pieces)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("chunk-left-out", "neither in the stream nor in this store"),
+    ("foreign-chunk", "is corrupt"),
+    ("wrong-length", "the manifest says"),
+])
+def test_a_stream_that_disagrees_with_its_manifest_is_refused(daemon: Daemon, second: Daemon, workloads: Workloads,
+                                                              tmp_path: Path, change: str, message: str) -> None:
+    pid, _ = workloads.start("memhold.py", "8")
+    with daemon.client() as c:
+        snap = c.checkpoint(pid, leave_running=True)
+    forged = tmp_path / "forged.snapd"
+    forged.write_bytes(_rebuilt(_stream(daemon, snap.id), change))
+    out = snapd(second, "import", str(forged))
+    assert out.returncode == 51 and message in out.stderr, out.stderr
+    with second.client() as c:
+        assert list(c.list().snapshots) == []
+    assert _chunk_files(second) == set() and not _temporaries(second)

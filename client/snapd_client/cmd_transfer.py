@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,13 +52,13 @@ def export_cmd(ctx: click.Context, snapshot: str, output: str) -> None:
     run(ctx, action)
 
 
-def _export_file(export: object, snapshot: str, path: Path) -> int:
+def _export_file(export: Callable[[str, BinaryIO], int], snapshot: str, path: Path) -> int:
     """Write the stream to a temporary file beside ``path`` (mode 0600: it holds process memory),
     renamed over it only when complete."""
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            written: int = export(snapshot, f)  # type: ignore[operator]
+            written = export(snapshot, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -21,8 +21,8 @@ import structlog
 from snapd_daemon.errors import ImportInvalid, StoreError
 from snapd_daemon.snapshots.catalog import Catalog, chunk_corrupt
 from snapd_daemon.snapshots.manifest import Manifest
-from snapd_daemon.store import bundle
-from snapd_daemon.store.model import ChunkUnreadable
+from snapd_daemon.store import bundle, codec
+from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable
 
 log = structlog.get_logger()
 
@@ -62,13 +62,16 @@ def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tu
     store = catalog.store
     reader = bundle.Reader(pieces)
     manifest = _parse(catalog, reader.manifest())
-    needed = manifest.chunk_ids()
+    needed = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
     with claim(manifest.id), store.lock.shared():
         staging = store.begin_import()
         try:
             for cid, stored in reader.chunks():
                 if cid not in needed:
                     raise ImportInvalid(reason=f"chunk {cid} is not one the manifest of {manifest.id} names")
+                if codec.HEADER.unpack_from(stored)[2] != needed[cid]:
+                    raise ImportInvalid(reason=f"chunk {cid} holds {codec.HEADER.unpack_from(stored)[2]} bytes, the "
+                                        f"manifest says {needed[cid]}")
                 with store.translate_os_errors(len(stored)):
                     staging.add(cid, stored)
             known = catalog.find(manifest.id)
