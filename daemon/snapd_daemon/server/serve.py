@@ -94,16 +94,14 @@ def serve(settings: Settings, listen: Listen) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures; a start that
     fails before serving removes the state and RAM directories it created itself."""
     made = [_first_missing(d) for d in (settings.state_dir, settings.ram_dir()) if d is not None and not d.exists()]
+    served = threading.Event()
     try:
-        _serve(settings, listen)
+        _serve(settings, listen, served)
     except BaseException:
-        if not _served.is_set():
+        if not served.is_set():
             for directory in made:
                 shutil.rmtree(directory, ignore_errors=True)
         raise
-
-
-_served = threading.Event()
 
 
 def _first_missing(path: Path) -> Path:
@@ -114,7 +112,8 @@ def _first_missing(path: Path) -> Path:
     return path
 
 
-def _serve(settings: Settings, listen: Listen) -> None:
+def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
+    """``serve``'s work; ``served`` is set once the daemon serves."""
     lock_fd = _lock_state_dir(settings.state_dir)
     os.chmod(settings.state_dir, 0o700)
     journal = HoldJournal(settings.state_dir / "holds")
@@ -175,7 +174,7 @@ def _serve(settings: Settings, listen: Listen) -> None:
     if listen.tcp and listen.tcp.insecure_loopback:
         log.warning("daemon.insecure_tcp", tcp=listen.tcp.address,
                     reason="plain TCP: every local user can call the API")
-    _served.set()
+    served.set()
     notifier.send(f"READY=1\nMAINPID={os.getpid()}")
     while not stop.wait(1.0):
         pass

@@ -4,10 +4,11 @@ Export sends the manifest and every chunk it references, each read as stored and
 checked against its hash first (a bad chunk is quarantined and the export fails
 with ChunkCorrupt, naming it). Import is all or nothing: the whole stream is read
 and every chunk verified while the chunks this store lacks are staged under
-temporary names, with the store lock held shared (gc cannot take a chunk the
-manifest relies on); only after the END record checked out are they published,
-and the manifest is written last, so a cut, corrupt or refused stream leaves no
-snapshot and no chunk behind.
+temporary names (which gc never sees); only after the END record checked out is
+the store lock taken (shared, so gc cannot take a chunk the manifest relies on),
+the chunks published and the manifest written last. A slow stream therefore
+never holds the lock (a gc waiting behind it would hold up every checkpoint),
+and a cut, corrupt or refused stream leaves no snapshot and no chunk behind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from snapd_daemon.snapshots.catalog import Catalog, chunk_corrupt
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store import bundle, codec
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable
+from snapd_daemon.store.protocol import ChunkStore
 
 log = structlog.get_logger()
 
@@ -63,7 +65,7 @@ def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tu
     reader = bundle.Reader(pieces)
     manifest = _parse(catalog, reader.manifest())
     needed = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
-    with claim(manifest.id), store.lock.shared():
+    with claim(manifest.id):
         staging = store.begin_import()
         try:
             for cid, stored in reader.chunks():
@@ -74,18 +76,28 @@ def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tu
                                         f"manifest says {needed[cid]}")
                 with store.translate_os_errors(len(stored)):
                     staging.add(cid, stored)
-            known = catalog.find(manifest.id)
-            if known is not None:
-                return known, False
-            missing = sorted(cid for cid in needed if cid not in staging.staged and not store.stored_size(cid))
-            if missing:
-                raise ImportInvalid(reason=f"{len(missing)} chunk(s) the manifest names are neither in the stream "
-                                    f"nor in this store, e.g. {missing[0]}")
-            with store.translate_os_errors(0):
-                added = staging.publish()
-                return _commit(catalog, manifest, added), True
+            with store.lock.shared():
+                known = catalog.find(manifest.id)
+                if known is not None:
+                    return known, False
+                _check_complete(store, staging, needed)
+                with store.translate_os_errors(0):
+                    added = staging.publish()
+                    return _commit(catalog, manifest, added), True
         finally:
             staging.discard()
+
+
+def _check_complete(store: ChunkStore, staging: bundle.ChunkImport, needed: dict[str, int]) -> None:
+    """Every chunk the manifest names is staged or stored (caller holds the lock shared)."""
+    missing = sorted(cid for cid in needed if cid not in staging.staged and not store.stored_size(cid))
+    gone = [cid for cid in missing if cid in staging.present]
+    if gone:
+        raise StoreError(path=store.root, reason=f"chunk {gone[0]}, which this store had when the stream sent it, "
+                         "was removed meanwhile (gc, or a read that found it corrupt); import again")
+    if missing:
+        raise ImportInvalid(reason=f"{len(missing)} chunk(s) the manifest names are neither in the stream nor in "
+                            f"this store, e.g. {missing[0]}")
 
 
 def _commit(catalog: Catalog, manifest: Manifest, added: set[str]) -> Manifest:

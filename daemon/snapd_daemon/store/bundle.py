@@ -152,15 +152,21 @@ class Reader:
 
 class ChunkImport:
     """Chunks of one import staged under temporary names; ``publish`` makes them durable and
-    visible, ``discard`` (always call it at the end) removes what was not published."""
+    visible (call it with the store lock held shared), ``discard`` (always call it at the end)
+    removes what was not published. Staging needs no lock: temporaries are invisible to gc."""
 
     def __init__(self, chunks: ChunkDir) -> None:
         self.chunks = chunks
         self.staged: dict[str, tuple[Path, int]] = {}
+        # chunks not staged because the store had them when they arrived
+        self.present: set[str] = set()
 
     def add(self, cid: str, stored: bytes) -> None:
         """Stage ``stored`` (verified by the reader) unless the store or this import has it."""
-        if cid in self.staged or self.chunks.exists(cid):
+        if cid in self.staged:
+            return
+        if self.chunks.exists(cid):
+            self.present.add(cid)
             return
         tmp = self.chunks.stage(cid, stored[: codec.HEADER.size], memoryview(stored)[codec.HEADER.size:])
         self.staged[cid] = (tmp, len(stored))

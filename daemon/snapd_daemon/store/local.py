@@ -169,7 +169,7 @@ class LocalStore:
         return blob
 
     def begin_import(self) -> ChunkImport:
-        """Stage the chunks of an export stream (bundle.py); the caller holds the lock shared."""
+        """Stage the chunks of an export stream (bundle.py); publish them with the lock held shared."""
         return ChunkImport(self.chunks)
 
     def stored_size(self, cid: str) -> int:
