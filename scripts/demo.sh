@@ -25,7 +25,7 @@ step "starting snapd (criu: $criu), logs in $work/daemon.log (removed at the end
 "$snapd" serve --state-dir "$work/state" --socket "$work/snapd.sock" --criu "$criu" \
   --log-format json >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 100); do "$snapd" status >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do "$snapd" list >/dev/null 2>&1 && break; sleep 0.1; done  # list: 0 once it answers
 "$snapd" status || true
 
 step "starting a demo process that keeps a counter and 64 MiB of random bytes in memory"
