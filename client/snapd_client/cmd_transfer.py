@@ -88,6 +88,8 @@ def import_cmd(ctx: click.Context, source: str) -> None:
 
     if source != "-" and not Path(source).is_file():
         raise click.BadParameter(f"{source!r} is not a file", param_hint="FILE")
+    if source == "-" and sys.stdin.isatty():
+        raise click.UsageError("refusing to read a binary stream from a terminal; give FILE or pipe one in")
 
     def action(c: Ctx) -> None:
         stream: BinaryIO
