@@ -11,6 +11,7 @@ refuse new operations, wait for running ones to finish, stop the server.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -93,7 +94,11 @@ def _private_socket(state_dir: Path) -> Path:
 def serve(settings: Settings, listen: Listen) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures; a start that
     fails before serving removes the state and RAM directories it created itself."""
-    made = [_first_missing(d) for d in (settings.state_dir, settings.ram_dir()) if d is not None and not d.exists()]
+    ram = settings.ram_dir()
+    # what a failed start removes: the state directory (and parents) it creates, its own RAM
+    # directory (the shared one above it only when empty: another daemon may be using it)
+    made = [_first_missing(settings.state_dir)] if not settings.state_dir.exists() else []
+    made += [ram] if ram is not None and not ram.exists() else []
     served = threading.Event()
     try:
         _serve(settings, listen, served)
@@ -101,6 +106,9 @@ def serve(settings: Settings, listen: Listen) -> None:
         if not served.is_set():
             for directory in made:
                 shutil.rmtree(directory, ignore_errors=True)
+            if ram is not None:
+                with contextlib.suppress(OSError):
+                    ram.parent.rmdir()
         raise
 
 
