@@ -13,15 +13,19 @@ daemon_pid= ; demo_pid=
 cleanup() {
   [ -n "$demo_pid" ] && kill -9 "$demo_pid" 2>/dev/null || true
   [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+  # the work directory holds the demo's snapshot store; SNAPD_DEMO_KEEP=1 keeps it to look at
+  [ -n "${SNAPD_DEMO_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# bold only on a terminal: no escape sequences in logs or pipes
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold= plain=; fi
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
-step "starting snapd (criu: $criu), logs in $work/daemon.log"
+step "starting snapd (criu: $criu), logs in $work/daemon.log (removed at the end unless SNAPD_DEMO_KEEP=1)"
 "$snapd" serve --state-dir "$work/state" --socket "$work/snapd.sock" --criu "$criu" \
   --log-format json >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 100); do "$snapd" status >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do "$snapd" list >/dev/null 2>&1 && break; sleep 0.1; done  # list: 0 once it answers
 "$snapd" status || true
 
 step "starting a demo process that keeps a counter and 64 MiB of random bytes in memory"
@@ -49,8 +53,8 @@ echo "  after:  $after"
 tick_before=${before#*tick=}; tick_before=${tick_before%% *}
 tick_after=${after#*tick=}; tick_after=${tick_after%% *}
 if [ "${before##* }" = "${after##* }" ] && [ "$tick_after" -gt "$tick_before" ]; then
-  printf '\n\033[1mOK:\033[0m pid %s is alive again; its counter went on from %s to %s and its memory digest is unchanged.\n' \
-    "$demo_pid" "$tick_before" "$tick_after"
+  printf '\n%sOK:%s pid %s is alive again; its counter went on from %s to %s and its memory digest is unchanged.\n' \
+    "$bold" "$plain" "$demo_pid" "$tick_before" "$tick_after"
 else
   echo "FAILED: the restored process did not continue with its state" >&2
   exit 1

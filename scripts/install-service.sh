@@ -6,14 +6,38 @@
 #   /etc/gpu-snapd/config.toml     from deploy/config.toml (+ the CRIU path), only when there is none yet
 #   /etc/systemd/system/gpu-snapd.service, enabled and (re)started; restored trees
 #                                  survive the restart (KillMode=process)
+# The configuration is checked (`snapd serve --check-config`) before the service is
+# (re)started: a bad config.toml stops the install, naming the key, and leaves a
+# running daemon alone.
+#   scripts/install-service.sh --uninstall   stops, disables and removes the unit and
+#                                  /opt/gpu-snapd/venv; keeps /etc/gpu-snapd, the
+#                                  snapshots in /var/lib/gpu-snapd, the group and
+#                                  CRIU (README: "Uninstall" says how to remove them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf 'install-service: %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { say "run as root: sudo $0"; exit 1; }
+
+if [ "${1:-}" = --uninstall ]; then
+  if [ -d /run/systemd/system ] && systemctl list-unit-files gpu-snapd.service >/dev/null 2>&1; then
+    systemctl disable --now gpu-snapd.service || true
+  fi
+  rm -f /etc/systemd/system/gpu-snapd.service
+  [ -d /run/systemd/system ] && systemctl daemon-reload
+  rm -rf /opt/gpu-snapd/venv
+  say "removed the unit and /opt/gpu-snapd/venv; restored servers keep running; kept /etc/gpu-snapd, /var/lib/gpu-snapd (snapshots), /var/log/gpu-snapd, the group gpu-snapd and /opt/gpu-snapd/criu"
+  exit 0
+fi
+
 python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   { say "$python is $("$python" -V 2>&1); snapd needs Python >= 3.11 (set PYTHON=)"; exit 1; }
+
+if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+  say "installing python3-venv"
+  apt-get install -y -q python3-venv >&2 || { apt-get update -q >&2 && apt-get install -y -q python3-venv >&2; }
+fi
 
 criu=$("$root/scripts/install-criu.sh" | tail -n 1)
 [ -x /opt/gpu-snapd/venv/bin/python ] || "$python" -m venv /opt/gpu-snapd/venv
@@ -24,6 +48,8 @@ if [ ! -e /etc/gpu-snapd/config.toml ]; then
   install -m 0644 "$root/deploy/config.toml" /etc/gpu-snapd/config.toml
   printf '\n# the CRIU scripts/install-criu.sh picked\ncriu = "%s"\n' "$criu" >> /etc/gpu-snapd/config.toml
 fi
+/opt/gpu-snapd/venv/bin/snapd serve --config /etc/gpu-snapd/config.toml --check-config >&2 ||
+  { say "fix /etc/gpu-snapd/config.toml (the line above names the key), then run this again"; exit 1; }
 install -m 0644 "$root/deploy/systemd/gpu-snapd.service" /etc/systemd/system/gpu-snapd.service
 
 if [ -d /run/systemd/system ]; then

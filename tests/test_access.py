@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import socket
@@ -20,9 +21,23 @@ from snapd.v1 import snapd_pb2_grpc
 
 from snapd_client import SnapdClient, TlsFiles
 
-PEER_CLIENT = Path(__file__).parent / "peer_client.py"
+ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534  # uid of nobody and gid of nogroup on Debian/Ubuntu; used numerically
 OUTSIDER = 4243  # a uid/gid no account has
+
+
+@pytest.fixture(scope="module")
+def private_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The client, its dependencies and peer_client.py copied into a directory only root can
+    read (pytest's are 0700), as a checkout and its .venv in root's home are: the calls made as
+    other users must not need to read any of it."""
+    private = tmp_path_factory.mktemp("private-checkout")
+    assert stat.S_IMODE(private.stat().st_mode) & 0o077 == 0
+    for package in ("grpc", "google", "click", "snapd_client", "snapd"):
+        source = Path(importlib.import_module(package).__path__[0])
+        shutil.copytree(source, private / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(Path(__file__).parent / "peer_client.py", private)
+    return private
 
 
 @pytest.fixture
@@ -40,11 +55,20 @@ def _daemon(tmp_path: Path, public_dir: Path, *args: str) -> Daemon:
     return d.start()
 
 
-def _as(target: str, uid: int, gid: int, groups: tuple[int, ...] = ()) -> dict[str, object]:
-    argv = [sys.executable, str(PEER_CLIENT), target, str(uid), str(gid)]
+def _peer(private: Path, target: str, uid: int, gid: int, groups: tuple[int, ...] = (),
+          cli: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """peer_client.py run from ``private``, whose copies come first on the path (-I: no
+    PYTHONPATH; the script's directory is searched first)."""
+    argv = [sys.executable, "-I", str(private / "peer_client.py"), target, str(uid), str(gid)]
     if groups:
         argv.append(",".join(map(str, groups)))
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if cli:
+        argv += ["--", *cli]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def _as(private: Path, target: str, uid: int, gid: int, groups: tuple[int, ...] = ()) -> dict[str, object]:
+    out = _peer(private, target, uid, gid, groups)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -69,19 +93,19 @@ def test_socket_is_root_group_0660(tmp_path: Path, public_dir: Path) -> None:
         d.stop()
 
 
-def test_peer_credentials_against_allow_lists(tmp_path: Path, public_dir: Path) -> None:
+def test_peer_credentials_against_allow_lists(tmp_path: Path, public_dir: Path, private_checkout: Path) -> None:
     d = _daemon(tmp_path, public_dir, "--socket-group", str(NOBODY), "--allow-uid", str(NOBODY),
                 "--allow-gid", "4242")
     try:
-        assert _as(d.target, NOBODY, NOBODY) == {"ok": True}  # allowed uid
-        assert _as(d.target, OUTSIDER, NOBODY, (4242,)) == {"ok": True}  # allowed supplementary group
-        assert _as(d.target, OUTSIDER, 4242, (NOBODY,)) == {"ok": True}  # allowed primary group
+        assert _as(private_checkout, d.target, NOBODY, NOBODY) == {"ok": True}  # allowed uid
+        assert _as(private_checkout, d.target, OUTSIDER, NOBODY, (4242,)) == {"ok": True}  # allowed supplementary group
+        assert _as(private_checkout, d.target, OUTSIDER, 4242, (NOBODY,)) == {"ok": True}  # allowed primary group
 
-        denied = _as(d.target, OUTSIDER, NOBODY)  # may connect (socket group), not on any list
+        denied = _as(private_checkout, d.target, OUTSIDER, NOBODY)  # may connect (socket group), not on any list
         assert denied["code"] == "PERMISSION_DENIED" and denied["error_class"] == "PermissionDenied"
         assert denied["exit_code"] == 42 and f"uid {OUTSIDER} gid {NOBODY}" in str(denied["message"])
 
-        outside = _as(d.target, OUTSIDER, OUTSIDER)  # not even in the socket's group
+        outside = _as(private_checkout, d.target, OUTSIDER, OUTSIDER)  # not even in the socket's group
         assert outside["code"] == "UNAVAILABLE" and outside["exit_code"] == 3
         assert "Permission denied" in str(outside["message"])
     finally:
@@ -182,19 +206,19 @@ def test_mutual_tls(tmp_path: Path, pki: Path) -> None:
     assert '"caller": "tls cn=scheduler' in log and log.count('"api.call"') == 1
 
 
-def test_config_file_and_command_line_override(tmp_path: Path, public_dir: Path) -> None:
+def test_config_file_and_command_line_override(tmp_path: Path, public_dir: Path, private_checkout: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'socket_group = "{NOBODY}"\nallow_uid = [{NOBODY}]\ncriu_log_level = 3\n')
     d = _daemon(tmp_path, public_dir, "--config", str(config))
     try:
         assert d.socket.stat().st_gid == NOBODY
-        assert _as(d.target, NOBODY, NOBODY) == {"ok": True}
+        assert _as(private_checkout, d.target, NOBODY, NOBODY) == {"ok": True}
     finally:
         d.stop()
     d = _daemon(tmp_path, public_dir, "--config", str(config), "--socket-group", "0")
     try:
         assert d.socket.stat().st_gid == 0
-        assert _as(d.target, NOBODY, NOBODY)["code"] == "UNAVAILABLE"  # no longer in the socket's group
+        assert _as(private_checkout, d.target, NOBODY, NOBODY)["code"] == "UNAVAILABLE"  # no longer in the socket's group
     finally:
         d.stop()
 
@@ -229,14 +253,11 @@ def test_systemd_readiness_notification(tmp_path: Path, monkeypatch: pytest.Monk
         assert sock.recv(4096).decode() == "STOPPING=1"
 
 
-def test_client_error_names_denied_permission(tmp_path: Path, public_dir: Path) -> None:
+def test_client_error_names_denied_permission(tmp_path: Path, public_dir: Path, private_checkout: Path) -> None:
     """The CLI exits with PermissionDenied's code for a caller the daemon refuses."""
     d = _daemon(tmp_path, public_dir, "--socket-group", str(NOBODY))
     try:
-        code = (f"import os, sys; sys.argv = ['snapd', '--target', {d.target!r}, 'list']\n"
-                "from snapd_client.cli import main\n"
-                f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({OUTSIDER})\nmain()")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        out = _peer(private_checkout, d.target, OUTSIDER, NOBODY, cli=("list",))
     finally:
         d.stop()
     assert out.returncode == 42 and f"permission denied: uid {OUTSIDER}" in out.stderr, out.stderr

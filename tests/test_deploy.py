@@ -1,7 +1,8 @@
-"""What deploy/ ships: the systemd unit and the example configuration."""
+"""What deploy/ and the scripts ship: the systemd unit, the example configuration, the demo."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -47,3 +48,16 @@ def test_example_config_has_only_serve_options() -> None:
     known = {p.name for p in serve.params if p.name}
     values = config.load(ROOT / "deploy" / "config.toml", known)
     assert values["socket_group"] == "gpu-snapd" and values["state_dir"] == "/var/lib/gpu-snapd"
+
+
+def test_demo_leaves_nothing_and_writes_no_escapes_off_a_terminal(tmp_path: Path) -> None:
+    """scripts/demo.sh end to end, its output a pipe: plain text, and its work directory gone."""
+    if not (ROOT / ".venv" / "bin" / "snapd").exists():
+        pytest.skip("the demo runs this checkout's .venv, which scripts/bootstrap.sh (scripts/test.sh) makes")
+    work = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if k != "SNAPD_DEMO_KEEP"}
+    out = subprocess.run([str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, timeout=300,
+                         env={**env, "SNAPD_DEMO_DIR": str(work)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK: pid" in out.stdout and "\033" not in out.stdout + out.stderr
+    assert not work.exists()

@@ -137,7 +137,7 @@ def test_fsck_quarantines_and_the_next_checkpoint_stores_the_chunk_anew(
     assert as_json.returncode == 24 and json.loads(as_json.stderr)["error"] == "ChunkCorrupt"
     assert [d["chunk"] for d in json.loads(as_json.stdout)["damage"]] == [cid]
     assert list(client.get(old.id).damaged_chunks) == [cid] and client.status().quarantined_chunks == 1
-    assert any(old.id in line and "[damaged]" in line for line in snapd(daemon, "list").stdout.splitlines())
+    assert any(old.id in line and " damaged " in line for line in snapd(daemon, "list").stdout.splitlines())
     assert cid in snapd(daemon, "inspect", old.id).stdout
 
     new = client.checkpoint(pid)  # the same memory

@@ -1,5 +1,15 @@
 """Typed Python client and CLI for the snapd daemon."""
 
-from snapd_client.client import DEFAULT_TARGET, CgroupSpec, SnapdClient, SnapdClientError, TlsFiles
+from snapd_client.client import (
+    DEFAULT_TARGET,
+    CgroupSpec,
+    Phase,
+    SnapdClient,
+    SnapdClientError,
+    TcpRestore,
+    TlsFiles,
+    phase_name,
+)
 
-__all__ = ["DEFAULT_TARGET", "CgroupSpec", "SnapdClient", "SnapdClientError", "TlsFiles"]
+__all__ = ["DEFAULT_TARGET", "CgroupSpec", "Phase", "SnapdClient", "SnapdClientError", "TcpRestore", "TlsFiles",
+           "phase_name"]

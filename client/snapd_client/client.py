@@ -6,6 +6,7 @@
     print(result.root_pid, result.cgroup)
 
     remote = SnapdClient("gpu-host-7:7443", tls=TlsFiles(ca=..., cert=..., key=...))
+    local = SnapdClient("/run/gpu-snapd/snapd.sock")   # a plain socket path works too
 
 Every failure is raised as SnapdClientError, carrying the gRPC status, the
 daemon's error class and the CLI exit code for it.
@@ -21,10 +22,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 from snapd.v1 import snapd_pb2 as pb
@@ -38,6 +39,28 @@ ProgressCallback = Callable[[pb.Progress], None]
 # following goes on after it returns (raise or exit from it to stop).
 InterruptCallback = Callable[[str], None]
 CgroupSpec = pb.CgroupSpec
+# Progress.phase values (Phase.Name(p.phase) == "PHASE_DUMP"); phase_name() gives "dump".
+Phase = pb.Phase
+TcpRestore = pb.TcpRestore
+# Bytes per StreamData message of an export or import (well below gRPC's 4 MiB message limit).
+STREAM_PIECE = 1 << 20
+
+
+def phase_name(phase: int) -> str:
+    """The short name of a Progress.phase value: "dump", "commit", "inject", ... ("unknown-N"
+    for a value this client does not know, from a newer daemon)."""
+    try:
+        return str(Phase.Name(phase)).removeprefix("PHASE_").lower().replace("_", "-")
+    except ValueError:
+        return f"unknown-{phase}"
+
+
+def normalize_target(target: str) -> str:
+    """A gRPC target from what a user typed: a plain socket path ("/run/x.sock", "./x.sock")
+    becomes unix:///absolute/path; anything else (unix://..., host:port) is kept."""
+    if target.startswith(("/", "./", "../")) or target.endswith(".sock") and ":" not in target:
+        return "unix://" + os.path.abspath(target)
+    return target
 
 
 @dataclass(frozen=True)
@@ -57,6 +80,10 @@ class TlsFiles:
 
 
 class SnapdClientError(Exception):
+    """A failed call: ``code`` (gRPC status), ``error_class`` (the daemon's error class, e.g.
+    "SnapshotNotFound"; "Unreachable" when no daemon answered), ``exit_code`` (the CLI's exit
+    code for it) and ``message`` (what went wrong and what to do)."""
+
     def __init__(self, code: grpc.StatusCode, message: str, error_class: str, exit_code: int) -> None:
         super().__init__(message)
         self.code = code
@@ -92,14 +119,21 @@ def _read_stream(events: Iterator[Any], into: queue.SimpleQueue[Any]) -> None:
 
 
 def default_target() -> str:
+    """$SNAPD_TARGET, else the system daemon's socket."""
     return os.environ.get("SNAPD_TARGET", DEFAULT_TARGET)
 
 
 class SnapdClient:
+    """One connection to a snapd daemon; use it as a context manager (or call ``close``).
+    Each method is one API call; every failure raises SnapdClientError."""
+
     def __init__(self, target: str | None = None, timeout: float | None = None, tls: TlsFiles | None = None) -> None:
-        """``target``: a gRPC target, e.g. unix:///run/gpu-snapd/snapd.sock or gpu-host-7:7443 (TCP
-        with ``tls``; plain TCP only reaches a daemon serving --insecure-loopback-tcp)."""
-        self.target = target or default_target()
+        """``target``: a socket path, a gRPC target such as unix:///run/gpu-snapd/snapd.sock, or
+        gpu-host-7:7443 (TCP with ``tls``; plain TCP only reaches a daemon serving
+        --insecure-loopback-tcp); default $SNAPD_TARGET, else the system socket. ``timeout``:
+        seconds each call may take (None: no limit); a call past it is cancelled, and so is
+        its operation unless past its commit point."""
+        self.target = normalize_target(target or default_target())
         self.timeout = timeout
         if tls is None:
             self._channel = grpc.insecure_channel(self.target)
@@ -108,6 +142,7 @@ class SnapdClient:
         self._stub = snapd_pb2_grpc.SnapshotsStub(self._channel)
 
     def close(self) -> None:
+        """Close the connection."""
         self._channel.close()
 
     def __enter__(self) -> SnapdClient:
@@ -166,13 +201,24 @@ class SnapdClient:
         hook_timeout_seconds: int = 0,
         cuda_lock_timeout_ms: int = 0,
         keep_hot: bool = False,
+        tcp_established: bool = False,
+        ext_unix_sk: bool = False,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
     ) -> pb.Snapshot:
+        """Checkpoint the process tree of ``pid`` into a new snapshot and return it (with
+        ``operation_id`` and ``duration_seconds`` set). The tree is stopped once the snapshot
+        is durable unless ``leave_running``. ``pre_checkpoint_hook``: argv the daemon runs
+        before anything is frozen. ``keep_hot``: also keep it decompressed in RAM.
+        ``tcp_established``: dump established TCP connections instead of refusing the tree;
+        ``ext_unix_sk``: likewise unix sockets connected to processes outside the tree.
+        ``on_progress`` gets every Progress event (``phase_name(p.phase)``, bytes, ``tree_frozen``);
+        ``on_interrupt``: see ``_follow``."""
         request = pb.CheckpointRequest(
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
-            cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
+            cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, tcp_established=tcp_established,
+            ext_unix_sk=ext_unix_sk,
         )
         result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress,
                                            on_interrupt)
@@ -188,17 +234,23 @@ class SnapdClient:
         hook_timeout_seconds: int = 0,
         cgroup: CgroupSpec | None = None,
         log_name: str = "",
+        tcp: int = pb.TCP_RESTORE_CLOSE,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
     ) -> pb.RestoreResult:
-        """``cgroup``: place the whole restored tree in this group below the daemon's cgroup root.
+        """Restore ``snapshot`` (an id, a unique id prefix, or a name: its newest snapshot) as a
+        live process tree with its original pids; returns where it runs.
+        ``wait_for_exit_seconds``: how long to wait for old holders of its pids (0: 10 s).
+        ``gpu_uuid_map``: snapshot GPU UUID -> this host's. ``post_restore_hook``: argv run
+        once the tree is back (its failure kills the tree). ``cgroup``: place the whole restored tree in this group below the daemon's cgroup root.
         ``log_name``: file in the daemon's restore log directory that stdout/stderr pipes of
         the tree whose reader is gone write into (default "<snapshot id>.log"; see
-        ``RestoreResult.log_path``)."""
+        ``RestoreResult.log_path``). ``tcp``: TCP_RESTORE_CLOSE (default) or
+        TCP_RESTORE_REESTABLISH, for a snapshot taken with ``tcp_established``."""
         request = pb.RestoreRequest(
             snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
-            cgroup=cgroup, log_name=log_name,
+            cgroup=cgroup, log_name=log_name, tcp=tcp,  # type: ignore[arg-type]
         )
         result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress,
                                                 on_interrupt)
@@ -212,38 +264,74 @@ class SnapdClient:
         )
         return result
 
+    def operations(self) -> pb.ListOperationsResponse:
+        """The operations running now, with their latest progress."""
+        result: pb.ListOperationsResponse = self._unary(self._stub.ListOperations, pb.ListOperationsRequest())
+        return result
+
+    def export_snapshot(self, snapshot: str, sink: BinaryIO) -> int:
+        """Write ``snapshot`` as one export stream (manifest + its chunks, as stored) to ``sink``;
+        returns the bytes written. ``import_snapshot`` on any daemon takes it back in."""
+        written = 0
+        try:
+            for piece in self._stub.ExportSnapshot(pb.ExportSnapshotRequest(snapshot=snapshot), timeout=self.timeout):
+                sink.write(piece.data)
+                written += len(piece.data)
+        except grpc.RpcError as err:
+            raise SnapdClientError.from_rpc(err, self.target) from None
+        return written
+
+    def import_snapshot(self, source: BinaryIO | Iterable[bytes]) -> pb.Snapshot:
+        """Send an export stream (a binary file, or an iterable of bytes) to the daemon; returns
+        the snapshot, which is visible only once the whole stream was verified and stored."""
+        pieces: Iterable[bytes] = (iter(lambda: source.read(STREAM_PIECE), b"")  # type: ignore[union-attr]
+                                   if hasattr(source, "read") else source)
+        requests = (pb.StreamData(data=p) for p in pieces)
+        result: pb.Snapshot = self._unary(self._stub.ImportSnapshot, requests)
+        return result
+
     def list(self, name: str = "") -> pb.ListSnapshotsResponse:
+        """Complete snapshots, oldest first (only those named ``name`` if given), with size sums."""
         result: pb.ListSnapshotsResponse = self._unary(self._stub.ListSnapshots, pb.ListSnapshotsRequest(name=name))
         return result
 
     def get(self, snapshot: str) -> pb.Snapshot:
+        """Everything recorded about ``snapshot`` (id, unique id prefix, or name)."""
         result: pb.Snapshot = self._unary(self._stub.GetSnapshot, pb.GetSnapshotRequest(snapshot=snapshot))
         return result
 
     def delete(self, snapshot: str) -> pb.DeleteSnapshotResponse:
+        """Delete ``snapshot`` and the chunks only it used (refused for a pinned one)."""
         result: pb.DeleteSnapshotResponse = self._unary(
             self._stub.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot=snapshot)
         )
         return result
 
     def pin(self, snapshot: str, pinned: bool = True) -> pb.Snapshot:
+        """Pin (gc and delete leave it alone) or, with ``pinned=False``, unpin ``snapshot``."""
         result: pb.Snapshot = self._unary(self._stub.PinSnapshot, pb.PinSnapshotRequest(snapshot=snapshot, pinned=pinned))
         return result
 
     def prefetch(self, snapshot: str, drop: bool = False) -> pb.PrefetchResponse:
+        """Keep ``snapshot``'s chunks decompressed in RAM for fast restores (``drop``: free them)."""
         result: pb.PrefetchResponse = self._unary(self._stub.Prefetch, pb.PrefetchRequest(snapshot=snapshot, drop=drop))
         return result
 
     def gc(self, *, keep_last: int = 0, dry_run: bool = False) -> pb.CollectGarbageResponse:
+        """Expire all but the newest ``keep_last`` snapshots of each name (0: expire none; pinned
+        and unnamed ones are kept), then remove unreferenced chunks; ``dry_run`` only plans."""
         result: pb.CollectGarbageResponse = self._unary(
             self._stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=keep_last, dry_run=dry_run)
         )
         return result
 
     def fsck(self, snapshot: str = "") -> pb.CheckStoreResponse:
+        """Read and verify every chunk of ``snapshot`` (default: every snapshot); bad chunks go to
+        quarantine and are listed in ``damage``."""
         result: pb.CheckStoreResponse = self._unary(self._stub.CheckStore, pb.CheckStoreRequest(snapshot=snapshot))
         return result
 
     def status(self) -> pb.DaemonStatus:
+        """The daemon's version, state and host checks (CRIU, kernel, cgroups, disk, GPU, store)."""
         result: pb.DaemonStatus = self._unary(self._stub.GetStatus, pb.GetStatusRequest())
         return result

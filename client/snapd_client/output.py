@@ -1,16 +1,27 @@
-"""How the CLI shows things: byte counts, messages as JSON, a progress line."""
+"""How the CLI shows things: byte counts, messages as JSON, a progress line.
+
+JSON conventions (README, "JSON output"): field names as in the .proto, every field present
+(zero values included), integers as JSON numbers (protobuf's JSON mapping would quote 64-bit
+ones), enums by name, timestamps RFC 3339.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from snapd.v1 import snapd_pb2 as pb
 
-_PHASE_NAMES = {v.number: v.name.removeprefix("PHASE_").lower() for v in pb.Phase.DESCRIPTOR.values}
+from snapd_client.client import phase_name
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+# a rate (and so an ETA) is shown once a phase has run this long
+_ETA_MIN_SECONDS = 1.0
 
 
 def human_bytes(n: float) -> str:
@@ -21,32 +32,85 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _numbers(value: Any, descriptor: Descriptor) -> Any:
+    """``value`` (MessageToDict's output for ``descriptor``) with 64-bit integers as ints."""
+    for field in descriptor.fields:
+        name = field.name
+        if name not in value:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            inner = field.message_type.fields_by_name["value"]
+            if inner.type in _INT64:
+                value[name] = {k: int(v) for k, v in value[name].items()}
+            elif inner.message_type is not None:
+                value[name] = {k: _numbers(v, inner.message_type) for k, v in value[name].items()}
+        elif field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
+            if field.is_repeated:
+                value[name] = [_numbers(v, field.message_type) for v in value[name]]
+            else:
+                value[name] = _numbers(value[name], field.message_type)
+        elif field.type in _INT64:
+            value[name] = [int(v) for v in value[name]] if field.is_repeated \
+                else int(value[name])
+    return value
+
+
 def as_dict(msg: Message) -> dict[str, Any]:
-    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """``msg`` in the CLI's JSON form (see the module docstring)."""
+    raw = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    result: dict[str, Any] = _numbers(raw, msg.DESCRIPTOR)
+    return result
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_text(p: pb.Progress, rate: float, elapsed: float) -> str:
+    """One progress line: phase, bar and bytes, rate and ETA (when bytes move), whether the
+    process tree is frozen, time since the start. ``rate``: bytes per second in this phase."""
+    phase = phase_name(p.phase)
+    parts = [f"{phase:<14}"]
+    if p.bytes_total:
+        frac = min(1.0, p.bytes_done / p.bytes_total)
+        parts.append(f"[{'#' * int(frac * 24):<24}] {human_bytes(p.bytes_done)} / {human_bytes(p.bytes_total)}")
+        if rate > 0:
+            parts.append(f"{human_bytes(rate)}/s")
+            if p.bytes_done < p.bytes_total:
+                parts.append(f"ETA {_duration((p.bytes_total - p.bytes_done) / rate)}")
+    elif p.message:
+        parts.append(p.message)
+    if p.tree_frozen:
+        parts.append("(process frozen)")
+    parts.append(f"{elapsed:5.1f}s")
+    return "  ".join(parts)
 
 
 class ProgressLine:
-    """One self-rewriting status line on stderr, only when stderr is a terminal."""
+    """One self-rewriting status line on ``stream`` (stderr), drawn only when it is a terminal:
+    no escape sequences ever reach a file or a pipe."""
 
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
         self.started = time.monotonic()
+        self._phase = -1
+        self._phase_started = self.started
+        self._phase_base = 0
 
     def __call__(self, p: pb.Progress) -> None:
         if not self.enabled:
             return
-        phase = _PHASE_NAMES.get(p.phase, "?")
-        if p.bytes_total:
-            frac = min(1.0, p.bytes_done / p.bytes_total)
-            bar = "#" * int(frac * 30)
-            text = f"{phase:<12} [{bar:<30}] {human_bytes(p.bytes_done)} / {human_bytes(p.bytes_total)}"
-        else:
-            text = f"{phase:<12} {p.message}"
-        elapsed = time.monotonic() - self.started
-        sys.stderr.write(f"\r\033[K{text} {elapsed:5.1f}s")
-        sys.stderr.flush()
+        now = time.monotonic()
+        if p.phase != self._phase:
+            self._phase, self._phase_started, self._phase_base = p.phase, now, p.bytes_done
+        spent = now - self._phase_started
+        rate = (p.bytes_done - self._phase_base) / spent if spent >= _ETA_MIN_SECONDS else 0.0
+        self.stream.write(f"\r\033[K{progress_text(p, rate, now - self.started)}")
+        self.stream.flush()
 
     def done(self) -> None:
         if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+            self.stream.write("\r\033[K")
+            self.stream.flush()

@@ -61,7 +61,7 @@ class ProcessBusy(SnapdError):
 
 
 class SnapshotNotFound(SnapdError):
-    """snapshot {snapshot!r} not found (neither an id nor a name); `snapd list` shows what exists."""
+    """snapshot {snapshot!r} not found (neither an id, a name, nor the start of an id); `snapd list` shows what exists."""
 
     exit_code = 14
     status = "NOT_FOUND"
@@ -227,6 +227,20 @@ class ConfigInvalid(SnapdError):
     status = "FAILED_PRECONDITION"
 
 
+class SnapshotAmbiguous(SnapdError):
+    """{ref!r} starts {count} snapshot ids: {candidates}; give more of the id."""
+
+    exit_code = 50
+    status = "INVALID_ARGUMENT"
+
+
+class ImportInvalid(SnapdError):
+    """import refused, nothing of it was kept: {reason}"""
+
+    exit_code = 51
+    status = "INVALID_ARGUMENT"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -257,4 +271,6 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     ConfigInvalid,
     RestoreLogUnavailable,
     Cancelled,
+    SnapshotAmbiguous,
+    ImportInvalid,
 )

@@ -6,6 +6,7 @@ from snapd.v1 import snapd_pb2 as pb
 
 from snapd_daemon.restore import RestoreOutcome
 from snapd_daemon.runtime.progress import Phase, ProgressEvent
+from snapd_daemon.runtime.registry import RunningOperation
 from snapd_daemon.snapshots.catalog import FsckReport, GcReport
 from snapd_daemon.snapshots.manifest import Manifest
 
@@ -30,7 +31,16 @@ def progress(event: ProgressEvent, operation_id: str) -> pb.Progress:
         bytes_done=event.bytes_done,
         bytes_total=event.bytes_total,
         message=event.message,
+        tree_frozen=event.frozen,
     )
+
+
+def operation(op: RunningOperation) -> pb.OperationInfo:
+    info = pb.OperationInfo(operation_id=op.id, kind=op.kind, pids=sorted(op.pids), snapshot_id=op.snapshot_id,
+                            running_seconds=round(op.seconds, 3), cancellable=op.cancellable)
+    if op.progress is not None:
+        info.progress.CopyFrom(progress(op.progress, op.id))
+    return info
 
 
 def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Snapshot:
@@ -50,6 +60,8 @@ def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Sna
         checkpoint_seconds=m.checkpoint_seconds,
         leave_running=m.leave_running,
         damaged_chunks=damaged,
+        tcp_established=m.tcp_established,
+        ext_unix_sk=m.ext_unix_sk,
         processes=[
             pb.ProcessInfo(
                 pid=p.pid, ppid=p.ppid, name=p.name, cmdline=list(p.cmdline), threads=p.threads, rss_bytes=p.rss_bytes

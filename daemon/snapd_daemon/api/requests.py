@@ -151,6 +151,8 @@ def checkpoint_spec(request: pb.CheckpointRequest) -> CheckpointSpec:
                             request.pre_checkpoint_hook.timeout_seconds),
         cuda_lock_timeout_ms=request.cuda_lock_timeout_ms,
         keep_hot=request.keep_hot,
+        tcp_established=request.tcp_established,
+        ext_unix_sk=request.ext_unix_sk,
     )
 
 
@@ -163,7 +165,17 @@ def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
                              request.post_restore_hook.timeout_seconds),
         cgroup=_cgroup_request(request.cgroup) if request.HasField("cgroup") else None,
         log_name=validate_log_name(request.log_name),
+        tcp=_tcp_restore(request.tcp),
     )
+
+
+_TCP_RESTORE = {pb.TCP_RESTORE_CLOSE: "close", pb.TCP_RESTORE_REESTABLISH: "reestablish"}
+
+
+def _tcp_restore(value: int) -> str:
+    if value not in _TCP_RESTORE:
+        raise InvalidRequest(field="tcp", reason=f"{value} is not a TcpRestore value (0 close, 1 reestablish)")
+    return _TCP_RESTORE[value]
 
 
 def _cgroup_request(spec: pb.CgroupSpec) -> CgroupRequest:

@@ -32,9 +32,12 @@ from snapd_daemon.runtime import Runtime, doctor
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.progress import ProgressEvent, Reporter, Throttle
 from snapd_daemon.runtime.registry import new_operation_id
+from snapd_daemon.snapshots import transfer
 from snapd_daemon.snapshots.manifest import Manifest
 
 log = structlog.get_logger()
+# bytes per StreamData message of an export (gRPC's default limit is 4 MiB a message)
+_STREAM_PIECE = 1 << 20
 T = TypeVar("T")
 _DONE = object()
 _DEADLINE_SLACK = 1.0  # seconds
@@ -90,8 +93,14 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             structlog.contextvars.bind_contextvars(op=op_id, kind=kind)
             metrics.IN_FLIGHT.inc()
             try:
-                report = Throttle(events.put)
-                with self.rt.registry.cancellable(token):
+                registry = self.rt.registry
+
+                def put(event: ProgressEvent) -> None:
+                    registry.noted(op_id, event)
+                    events.put(event)
+
+                report = Throttle(put)
+                with registry.cancellable(token, kind):
                     result = work(op_id, report, token)
                 report.flush()
                 metrics.OPERATIONS.labels(kind, "ok").inc()
@@ -131,12 +140,19 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             spec = requests.checkpoint_spec(request)
         except SnapdError as err:
             abort(context, err)
+        started = time.monotonic()
+
+        def result(m: Manifest, op_id: str) -> pb.CheckpointEvent:
+            snap = self._snapshot(m)
+            snap.operation_id, snap.duration_seconds = op_id, round(time.monotonic() - started, 3)
+            return pb.CheckpointEvent(snapshot=snap)
+
         yield from self._stream(
             "checkpoint",
             context,
             lambda op_id, report, cancel: checkpoint(self.rt, spec, op_id, report, cancel),
             lambda p: pb.CheckpointEvent(progress=p),
-            lambda m, _op: pb.CheckpointEvent(snapshot=self._snapshot(m)),
+            result,
             "the process tree was left running and nothing was stored",
         )
 
@@ -235,6 +251,40 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                                               "ends with CANCELLED")
         return pb.CancelOperationResponse(cancelled=False, detail=f"operation {op_id} is past its commit point "
                                           "and completes")
+
+    @_unary
+    def ListOperations(self, request: pb.ListOperationsRequest,
+                       context: grpc.ServicerContext) -> pb.ListOperationsResponse:
+        return pb.ListOperationsResponse(operations=[convert.operation(op) for op in self.rt.registry.running()])
+
+    def ExportSnapshot(self, request: pb.ExportSnapshotRequest,
+                       context: grpc.ServicerContext) -> Iterator[pb.StreamData]:
+        try:
+            with self._claimed("export", request.snapshot) as (op_id, manifest):
+                log.info("snapshot.export", op=op_id, snapshot=manifest.id)
+                buffer = bytearray()
+                for piece in transfer.export_stream(self.rt.catalog, manifest):
+                    buffer += piece
+                    while len(buffer) >= _STREAM_PIECE:
+                        yield pb.StreamData(data=bytes(buffer[:_STREAM_PIECE]))
+                        del buffer[:_STREAM_PIECE]
+                yield pb.StreamData(data=bytes(buffer))
+        except SnapdError as err:
+            abort(context, err)
+        except Exception as exc:
+            log.exception("ExportSnapshot.crashed")
+            abort(context, internal(exc))
+
+    @_unary
+    def ImportSnapshot(self, request_iterator: Iterator[pb.StreamData],
+                       context: grpc.ServicerContext) -> pb.Snapshot:
+        op_id = new_operation_id()
+        registry = self.rt.registry
+        manifest, new = transfer.import_stream(
+            self.rt.catalog, (piece.data for piece in request_iterator),
+            lambda snapshot_id: registry.claim("import", op_id, snapshot_id=snapshot_id))
+        log.info("snapshot.import", op=op_id, snapshot=manifest.id, new=new)
+        return self._snapshot(manifest)
 
     @_unary
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:

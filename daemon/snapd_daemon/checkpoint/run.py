@@ -72,6 +72,8 @@ class CheckpointSpec:
     pre_hook: Hook | None = None
     cuda_lock_timeout_ms: int = 0
     keep_hot: bool = False
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
 
 
 class _PostDumpHold(Notify):
@@ -195,14 +197,16 @@ class CheckpointRun(OperationRun):
         undo.push(self._thaw_gpu)
         undo.callback(self.hold_point.release)
         if self.gpu_record:
-            self.report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(self.cuda_pids)}"))
+            self.report(ProgressEvent(Phase.GPU_CHECKPOINT, message=f"CUDA lock + checkpoint of {list(self.cuda_pids)}",
+                                      frozen=True))
             with metrics.phase("checkpoint", "gpu-checkpoint"):
                 self.freeze.freeze()
 
     def dump(self) -> None:
         rt, staging = self.rt, self.staging
-        self.report(ProgressEvent(Phase.DUMP, 0, self.needed, "criu dump"))
-        with metrics.phase("checkpoint", "dump"), DirectoryGrowth(self.report, Phase.DUMP, staging.images, self.needed), \
+        self.report(ProgressEvent(Phase.DUMP, 0, self.needed, "criu dump", frozen=True))
+        with metrics.phase("checkpoint", "dump"), \
+                DirectoryGrowth(self.report, Phase.DUMP, staging.images, self.needed, frozen=True), \
                 DumpFollower(self.ingest, staging.images), rt.store.translate_os_errors(self.needed), \
                 criulogs.kept(rt.settings.criu_log_dir(), self.op):
             try:
@@ -211,6 +215,7 @@ class CheckpointRun(OperationRun):
                     shell_job=self.tree.external_session, log_level=rt.settings.criu_log_level,
                     freeze_timeout=rt.settings.freeze_timeout, notify=self.hold_point,
                     external=[e.criu_external for e in self.stdio if e.criu_external],
+                    tcp_established=self.spec.tcp_established, ext_unix_sk=self.spec.ext_unix_sk,
                 )
             except CriuFailed as exc:
                 full = rt.scratch.full(staging, needed=self.needed)
@@ -228,13 +233,13 @@ class CheckpointRun(OperationRun):
         rt, spec = self.rt, self.spec
         self.raw = tree_size(self.staging.images)
         self._dumped.set()
-        self.report(ProgressEvent(Phase.COMMIT, 0, self.raw, "storing chunks"))
+        self.report(ProgressEvent(Phase.COMMIT, 0, self.raw, "storing chunks", frozen=not self.spec.leave_running))
         manifest = Manifest(
             id=new_snapshot_id(), name=spec.name, labels=dict(spec.labels or {}), created=time.time(),
             root_pid=spec.pid, processes=list(self.hold_point.tree.processes), criu_version=rt.criu.version,
             kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
             leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
-            outward_stdio=self.stdio,
+            outward_stdio=self.stdio, tcp_established=spec.tcp_established, ext_unix_sk=spec.ext_unix_sk,
         )
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
@@ -268,7 +273,7 @@ class CheckpointRun(OperationRun):
 
     def _stored(self, done: int) -> None:
         if self._dumped.is_set():
-            self.report(ProgressEvent(Phase.COMMIT, done, self.raw))
+            self.report(ProgressEvent(Phase.COMMIT, done, self.raw, frozen=not self.spec.leave_running))
 
     def _thaw_gpu(self, _type: type[BaseException] | None, cause: BaseException | None,
                   _tb: TracebackType | None) -> None:

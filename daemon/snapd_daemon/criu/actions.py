@@ -116,11 +116,18 @@ def dump(
     freeze_timeout: int,
     notify: Notify | None = None,
     external: Sequence[str] = (),
+    tcp_established: bool = False,
+    ext_unix_sk: bool = False,
 ) -> None:
     """Dump the tree rooted at ``pid`` into ``images``. The tree is always left
     running by CRIU; stopping it is the caller's decision, made only once the
     snapshot is durable. ``external``: resources CRIU may dump without their
-    other end ("unix[ino]"), to be given back at restore with inherit_fd."""
+    other end ("unix[ino]"), to be given back at restore with inherit_fd.
+    ``tcp_established``: dump established TCP connections (their sockets are put in
+    repair mode while the tree is frozen; CRIU's network lock is nftables, through
+    the libnftables it is built with). File locks are always dumped. ``ext_unix_sk``:
+    dump unix sockets connected to processes outside the tree (CRIU's
+    --ext-unix-sk; see ``restore``)."""
     opts = rpc_pb2.Opts(
         images_dir_fd=-1,
         pid=pid,
@@ -130,7 +137,11 @@ def dump(
         log_level=log_level,
         timeout=freeze_timeout,
         external=list(external),
+        tcp_established=tcp_established,
+        ext_unix_sk=ext_unix_sk,
     )
+    if tcp_established:
+        opts.network_lock = rpc_pb2.NFTABLES
     _run(criu, "dump", pid, opts, images, work, DUMP_LOG, notify)
 
 
@@ -146,6 +157,8 @@ def restore(
     place: swrk.PlaceHook | None = None,
     manage_cgroups: bool = True,
     inherit: Sequence[tuple[str, int]] = (),
+    tcp: str = "",
+    ext_unix_sk: bool = False,
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
     Every restored task is left stopped (``leave_stopped``): the caller resumes
@@ -157,10 +170,17 @@ def restore(
     cgroup); without ``manage_cgroups`` CRIU leaves cgroups alone, so a tree
     whose CRIU was moved into a group is born there (see ``snapd_daemon.host.cgroups``).
     ``inherit``: (CRIU key, fd of ours) for resources the tree gets in place of
-    the dumped ones (CRIU's inherit_fd).
+    the dumped ones (CRIU's inherit_fd). ``tcp``: for images with established TCP
+    connections, "close" restores their sockets closed (the server sees them fail),
+    "reestablish" restores them connected. ``ext_unix_sk``: the images hold unix
+    sockets whose peers were outside the tree; they come back unconnected.
     """
     opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level,
-                        leave_stopped=True)
+                        leave_stopped=True, ext_unix_sk=ext_unix_sk)
+    if tcp:
+        opts.tcp_established = True
+        opts.tcp_close = tcp == "close"
+        opts.network_lock = rpc_pb2.NFTABLES
     for key, fd in inherit:
         opts.inherit_fd.add(key=key, fd=fd)
     if not manage_cgroups:

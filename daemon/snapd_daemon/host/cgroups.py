@@ -345,7 +345,7 @@ class CgroupRoot:
         if not self.path.is_dir():
             if not request.create:
                 raise CgroupFailed(cgroup=proc_paths[-1], reason=f"the delegated root {self.path} does not exist; "
-                                   "ask for the group to be created")
+                                   "pass --create-cgroup (CgroupSpec.create) to create it")
             self._create_root()
         fds = [os.open(self.path, _DIR_FLAGS)]
         created: list[Path] = []
@@ -367,7 +367,8 @@ class CgroupRoot:
             fd = os.open(part, _DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
             if not create:
-                raise CgroupFailed(cgroup=proc_path, reason="does not exist; ask for it to be created") from None
+                raise CgroupFailed(cgroup=proc_path, reason="does not exist; pass --create-cgroup (CgroupSpec.create) to "
+                                   "create it") from None
             try:
                 os.mkdir(part, 0o755, dir_fd=parent_fd)
                 created.append(self.mount / proc_path.lstrip("/"))

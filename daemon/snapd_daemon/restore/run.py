@@ -66,6 +66,8 @@ class RestoreSpec:
     cgroup: CgroupRequest | None = None
     # file in the restore log directory for outward stdio pipes ("": "<snapshot id>.log")
     log_name: str = ""
+    # a snapshot's established TCP connections: "close" or "reestablish"
+    tcp: str = "close"
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ class RestoreRun(OperationRun):
             self.root = actions.restore(
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
-                manage_cgroups=cgroup is None,
+                manage_cgroups=cgroup is None, tcp=self.spec.tcp if m.tcp_established else "",
+                ext_unix_sk=m.ext_unix_sk,
             )
             undo.callback(self._kill_tree)
         metrics.BYTES_READ.inc(m.raw_bytes)

@@ -35,17 +35,36 @@ def _cgroup_v2() -> CheckResult:
         if controllers.exists():
             ctrl = controllers.read_text().split()
             mode = "unified" if root == Path("/sys/fs/cgroup") else "hybrid"
-            return CheckResult("cgroup-v2", True, f"{mode} at {root}; controllers: {' '.join(ctrl) or 'none'}")
+            return CheckResult("cgroup-v2", True, f"{mode} at {root} (controllers there: {' '.join(ctrl) or 'none'}; "
+                               "cgroup-limits says which limits restores can set)")
     return CheckResult("cgroup-v2", False, "no cgroup2 hierarchy mounted")
 
 
-def _cgroup_root(root: CgroupRoot) -> CheckResult:
+# The controllers restore's limits need, and the options each one serves.
+LIMIT_CONTROLLERS = {"memory": "--memory-max", "cpu": "--cpu-max", "pids": "--pids-max",
+                     "cpuset": "--cpuset-cpus/--cpuset-mems"}
+
+
+def _cgroup_root(root: CgroupRoot) -> list[CheckResult]:
+    """Where restores are placed, and which limits can be set there: a limit whose controller
+    the root cannot have fails every restore asking for it, so that check fails."""
     if root.path is None:
-        return CheckResult("cgroup-root", False, "no cgroup2 hierarchy: restores cannot be placed in a cgroup")
-    if not root.path.is_dir():
-        return CheckResult("cgroup-root", True, f"{root.path} (created on first use)")
-    ctrl = (root.path / "cgroup.controllers").read_text().split()
-    return CheckResult("cgroup-root", True, f"{root.path}; controllers for limits: {' '.join(ctrl) or 'none'}")
+        return [CheckResult("cgroup-root", False, "no cgroup2 hierarchy: restores cannot be placed in a cgroup")]
+    exists = root.path.is_dir()
+    # a root not made yet gets what its parent can delegate
+    source = root.path if exists else root.path.parent
+    ctrl = set((source / "cgroup.controllers").read_text().split())
+    placed = CheckResult("cgroup-root", True, f"{root.path}" + ("" if exists else " (created on first use)"))
+    missing = [name for name in LIMIT_CONTROLLERS if name not in ctrl]
+    if not missing:
+        return [placed, CheckResult("cgroup-limits", True, f"controllers {' '.join(LIMIT_CONTROLLERS)} available "
+                                    "for restore limits")]
+    options = ", ".join(LIMIT_CONTROLLERS[name] for name in missing)
+    return [placed, CheckResult(
+        "cgroup-limits", False,
+        f"controller(s) {', '.join(missing)} not available at {source} (it has: {' '.join(sorted(ctrl)) or 'none'}): "
+        f"restores with {options} fail (CgroupFailed); --cgroup placement works. On a hybrid host the limits live "
+        "in cgroup v1, which snapd does not touch; elsewhere enable them in the parent's cgroup.subtree_control")]
 
 
 def _gpu_driver() -> tuple[str, CheckResult]:
@@ -85,7 +104,7 @@ def diagnose(rt: Runtime) -> Diagnosis:
         CheckResult("criu-check", criu_ok, criu_detail),
         CheckResult("kernel", True, f"{kernel} ({os.uname().machine})"),
         _cgroup_v2(),
-        _cgroup_root(rt.cgroups),
+        *_cgroup_root(rt.cgroups),
         CheckResult(
             "state-dir-space",
             free >= MIN_FREE_BYTES,

@@ -32,6 +32,8 @@ class ProgressEvent:
     bytes_done: int = 0
     bytes_total: int = 0
     message: str = ""
+    # checkpoint: the tree cannot run while this event is current
+    frozen: bool = False
 
 
 Reporter = Callable[[ProgressEvent], None]
@@ -84,8 +86,10 @@ class Throttle:
 class DirectoryGrowth(Poller):
     """Reports the growing size of a directory as progress of ``phase`` until exited."""
 
-    def __init__(self, report: Reporter, phase: Phase, path: Path, total: int, interval: float = 0.25) -> None:
+    def __init__(self, report: Reporter, phase: Phase, path: Path, total: int, interval: float = 0.25,
+                 frozen: bool = False) -> None:
         super().__init__(f"progress-{phase.value}", interval)
+        self._frozen = frozen
         self._report = report
         self._phase = phase
         self._path = path
@@ -93,5 +97,5 @@ class DirectoryGrowth(Poller):
 
     def poll(self) -> bool:
         done = tree_size(self._path)
-        self._report(ProgressEvent(self._phase, done, max(self._total, done)))
+        self._report(ProgressEvent(self._phase, done, max(self._total, done), frozen=self._frozen))
         return True

@@ -5,7 +5,8 @@ An operation claims the pids it works on (checkpoint) or the snapshot it reads
 the id of the operation that holds it. ``close`` stops new claims and
 ``drain`` waits for the running ones, which is how the daemon stops safely.
 A long operation's cancel token is found here by its id (``cancellable``,
-``cancel``) from its start until it has ended.
+``cancel``) from its start until it has ended, with its latest progress
+(``noted``); ``running`` lists every operation for `snapd ps`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from snapd_daemon.errors import ProcessBusy, ShuttingDown, SnapshotBusy
 from snapd_daemon.runtime.cancel import CancelToken
+from snapd_daemon.runtime.progress import ProgressEvent
 
 
 def new_operation_id() -> str:
@@ -35,11 +37,26 @@ class Operation:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class RunningOperation:
+    """One line of `snapd ps`."""
+
+    id: str
+    kind: str
+    pids: frozenset[int]
+    snapshot_id: str
+    seconds: float
+    progress: ProgressEvent | None
+    cancellable: bool
+
+
 class OperationRegistry:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._ops: dict[str, Operation] = {}
         self._tokens: dict[str, CancelToken] = {}
+        # long operations by id: (kind, start, latest progress), while their token is reachable
+        self._long: dict[str, tuple[str, float, ProgressEvent | None]] = {}
         self._closed = False
 
     @contextmanager
@@ -62,12 +79,34 @@ class OperationRegistry:
             yield op
 
     @contextmanager
-    def cancellable(self, token: CancelToken) -> Iterator[CancelToken]:
-        """Make ``token`` reachable by its operation id for the duration of the block."""
+    def cancellable(self, token: CancelToken, kind: str = "") -> Iterator[CancelToken]:
+        """Make ``token`` reachable by its operation id for the duration of the block, and list
+        the operation (of ``kind``) as running."""
         with self._lock:
             self._tokens[token.operation_id] = token
-        with self._listed(self._tokens, token.operation_id):
+            self._long[token.operation_id] = (kind, time.monotonic(), None)
+        with self._listed(self._long, token.operation_id), self._listed(self._tokens, token.operation_id):
             yield token
+
+    def noted(self, operation_id: str, event: ProgressEvent) -> None:
+        """Remember ``event`` as the latest progress of a long operation."""
+        with self._lock:
+            if operation_id in self._long:
+                kind, started, _ = self._long[operation_id]
+                self._long[operation_id] = (kind, started, event)
+
+    def running(self) -> list[RunningOperation]:
+        """Every operation running now, oldest first."""
+        now = time.monotonic()
+        with self._lock:
+            found = {op.id: RunningOperation(op.id, op.kind, op.pids, op.snapshot_id, now - op.started, None, False)
+                     for op in self._ops.values()}
+            for op_id, (kind, started, event) in self._long.items():
+                claim = self._ops.get(op_id)
+                found[op_id] = RunningOperation(op_id, kind or (claim.kind if claim else ""),
+                                                claim.pids if claim else frozenset(),
+                                                claim.snapshot_id if claim else "", now - started, event, True)
+        return sorted(found.values(), key=lambda op: -op.seconds)
 
     @contextmanager
     def _listed(self, table: dict[str, Any], key: str) -> Iterator[None]:

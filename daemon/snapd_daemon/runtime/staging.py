@@ -97,8 +97,11 @@ class Scratch:
         threading.Thread(target=shutil.rmtree, args=(staging.root, True), name="discard", daemon=True).start()
 
     def release(self) -> None:
-        """Remove the (empty) RAM staging directory when the daemon stops; the hot tier stays."""
+        """Remove the (empty) RAM staging directory when the daemon stops, and the daemon's RAM
+        directory and the shared one above it when nothing else is left in them (the hot
+        tier's snapshots stay)."""
         if self.ram is not None:
             with contextlib.suppress(OSError):
                 self.ram.rmdir()
                 self.ram.parent.rmdir()
+                self.ram.parent.parent.rmdir()

@@ -7,12 +7,14 @@ client package alone.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
+from snapd_client.base import EXIT_USAGE, json_option
 from snapd_client.cli import cli
 from snapd_client.client import EXIT_UNREACHABLE
 
@@ -63,15 +65,32 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.option("--check-config", is_flag=True,
+              help="Only check the options and config file (as `nginx -t`): exit 0 if the daemon would accept "
+                   "them, 43 (ConfigInvalid) naming the bad key otherwise.")
 @click.pass_context
-def serve(ctx: click.Context, config_file: Path | None, **options: Any) -> None:
-    """Run the daemon (as root) until SIGTERM."""
+def serve(ctx: click.Context, config_file: Path | None, check_config: bool, **options: Any) -> None:
+    """Run the daemon (as root) until SIGTERM.
+
+    \b
+    Examples:
+      snapd serve --config /etc/gpu-snapd/config.toml
+      snapd serve --config /etc/gpu-snapd/config.toml --check-config
+      snapd serve --state-dir /tmp/snapd --socket /tmp/snapd.sock --log-format console
+    """
     try:
         if config_file:
             options.update(_file_options(ctx, config_file, options))
+        settings, listen = config.build(options)
+        if check_config:
+            if listen.tcp:
+                listen.tcp.check()
+            click.echo(f"snapd serve: configuration OK{f' ({config_file})' if config_file else ''}: state dir "
+                       f"{settings.state_dir}, socket {listen.socket_path}")
+            return
         log_format = options["log_format"]
         logs.configure(options["log_level"], None if log_format == "auto" else log_format == "json")
-        serve_daemon(*config.build(options))
+        serve_daemon(settings, listen)
     except SnapdError as err:
         click.echo(f"snapd serve: error: {err.message}", err=True)
         sys.exit(err.exit_code)
@@ -92,12 +111,29 @@ def _file_options(ctx: click.Context, path: Path, options: dict[str, Any]) -> di
 
 
 @click.command("exit-codes")
-def exit_codes() -> None:
-    """List the exit codes of this CLI."""
-    click.echo("0  success\n2  usage error")
-    click.echo(f"{EXIT_UNREACHABLE}  daemon unreachable")
-    for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code):
-        click.echo(f"{cls.exit_code:<2} {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+@json_option
+@click.pass_context
+def exit_codes(ctx: click.Context) -> None:
+    """List the exit codes of this CLI.
+
+    \b
+    Examples:
+      snapd exit-codes
+      snapd exit-codes --json
+    """
+    codes = [{"exit_code": 0, "error": "", "meaning": "success"},
+             {"exit_code": EXIT_USAGE, "error": "UsageError", "meaning": "usage error"},
+             {"exit_code": EXIT_UNREACHABLE, "error": "Unreachable", "meaning": "daemon unreachable"}]
+    codes += [{"exit_code": cls.exit_code, "error": cls.__name__, "status": cls.status,
+               "meaning": "unexpected internal error (see the daemon log)" if cls is SnapdError
+               else (cls.__doc__ or "").strip().splitlines()[0]}
+              for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code)]
+    if ctx.find_root().obj["json"]:
+        click.echo(json.dumps({"exit_codes": codes}, indent=2))
+        return
+    for code in codes:
+        named = code["error"] and code["exit_code"] not in (EXIT_USAGE, EXIT_UNREACHABLE)
+        click.echo(f"{code['exit_code']:<3} " + (f"{code['error']}: " if named else "") + str(code["meaning"]))
 
 
 def main() -> None:

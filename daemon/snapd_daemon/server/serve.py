@@ -11,8 +11,10 @@ refuse new operations, wait for running ones to finish, stop the server.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -90,7 +92,36 @@ def _private_socket(state_dir: Path) -> Path:
 
 
 def serve(settings: Settings, listen: Listen) -> None:
-    """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures."""
+    """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures; a start that
+    fails before serving removes the state and RAM directories it created itself."""
+    ram = settings.ram_dir()
+    # what a failed start removes: the state directory (and parents) it creates, its own RAM
+    # directory (the shared one above it only when empty: another daemon may be using it)
+    made = [_first_missing(settings.state_dir)] if not settings.state_dir.exists() else []
+    made += [ram] if ram is not None and not ram.exists() else []
+    served = threading.Event()
+    try:
+        _serve(settings, listen, served)
+    except BaseException:
+        if not served.is_set():
+            for directory in made:
+                shutil.rmtree(directory, ignore_errors=True)
+            if ram is not None:
+                with contextlib.suppress(OSError):
+                    ram.parent.rmdir()
+        raise
+
+
+def _first_missing(path: Path) -> Path:
+    """The outermost directory that creating ``path`` (which does not exist) would create."""
+    path = path.absolute()
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
+    """``serve``'s work; ``served`` is set once the daemon serves."""
     lock_fd = _lock_state_dir(settings.state_dir)
     os.chmod(settings.state_dir, 0o700)
     journal = HoldJournal(settings.state_dir / "holds")
@@ -151,6 +182,7 @@ def serve(settings: Settings, listen: Listen) -> None:
     if listen.tcp and listen.tcp.insecure_loopback:
         log.warning("daemon.insecure_tcp", tcp=listen.tcp.address,
                     reason="plain TCP: every local user can call the API")
+    served.set()
     notifier.send(f"READY=1\nMAINPID={os.getpid()}")
     while not stop.wait(1.0):
         pass
@@ -167,6 +199,8 @@ def serve(settings: Settings, listen: Listen) -> None:
             log.error("daemon.stopped_with_operations", still_running=[op.id for op in rt.registry.in_flight()])
     server.stop(grace=5).wait()
     gate.stop()
+    if store.hot is not None:
+        store.hot.release()
     scratch.release()
     listen.socket_path.unlink(missing_ok=True)
     private.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon.errors import ChunkCorrupt, SnapshotNotFound, SnapshotPinned
+from snapd_daemon.errors import ChunkCorrupt, SnapshotAmbiguous, SnapshotNotFound, SnapshotPinned
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
@@ -26,6 +26,8 @@ from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkStore, IngestSession
 
 log = structlog.get_logger()
+# how many ids an ambiguous prefix's error lists
+_SHOWN_CANDIDATES = 8
 
 
 @dataclass
@@ -88,14 +90,33 @@ class Catalog:
         return sorted(found, key=lambda m: (m.created, m.id))
 
     def get(self, ref: str) -> Manifest:
-        """A snapshot by id, else the newest snapshot named ``ref``."""
+        """A snapshot by id, else the newest snapshot named ``ref``, else the one snapshot whose
+        id starts with ``ref`` (SnapshotAmbiguous, listing them, when several do)."""
         with self._lock:
             if ref in self._index:
                 return self._index[ref]
         named = self.list(name=ref)
-        if not named:
-            raise SnapshotNotFound(snapshot=ref)
-        return named[-1]
+        if named:
+            return named[-1]
+        with self._lock:
+            starting = sorted(sid for sid in self._index if sid.startswith(ref))
+        if len(starting) == 1:
+            return self._index[starting[0]]
+        if starting:
+            shown = ", ".join(starting[:_SHOWN_CANDIDATES]) + (
+                f" and {len(starting) - _SHOWN_CANDIDATES} more" if len(starting) > _SHOWN_CANDIDATES else "")
+            raise SnapshotAmbiguous(ref=ref, count=len(starting), candidates=shown)
+        raise SnapshotNotFound(snapshot=ref)
+
+    def find(self, snapshot_id: str) -> Manifest | None:
+        """The snapshot of exactly this id, if listed."""
+        with self._lock:
+            return self._index.get(snapshot_id)
+
+    def index(self, manifest: Manifest) -> None:
+        """List a snapshot whose manifest the store has just written (an import)."""
+        with self._lock:
+            self._index[manifest.id] = manifest
 
     def is_pinned(self, snapshot_id: str) -> bool:
         return snapshot_id in self.store.pins

@@ -57,6 +57,9 @@ class Manifest:
     cgroup: CgroupRecord | None = None
     # stdio pipes/sockets whose other end was outside the tree: redirected at restore
     outward_stdio: list[OutwardEnd] = field(default_factory=list)
+    # dumped with established TCP connections / unix sockets to outside peers (CRIU options)
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
     format_version: int = FORMAT_VERSION
 
     @property

@@ -40,6 +40,17 @@ class HotTier:
     def path(self, cid: str) -> Path:
         return self.chunks_dir / cid[:2] / cid
 
+    def release(self) -> None:
+        """When the daemon stops: remove the tier's directories if it holds no snapshot (a held
+        one stays for the next start, as RAM does until a reboot)."""
+        if any(self.snapshots_dir.iterdir()):
+            return
+        for directory in [*self.chunks_dir.iterdir(), self.chunks_dir, self.snapshots_dir, self.root]:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+
     def has(self, cid: str) -> bool:
         return self.path(cid).exists()
 

@@ -31,7 +31,9 @@ from pathlib import Path
 import structlog
 
 from snapd_daemon.errors import StoreError, StoreFull
+from snapd_daemon.store import codec
 from snapd_daemon.store.buffers import PerThread, ReadBuffers
+from snapd_daemon.store.bundle import ChunkImport
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
@@ -184,6 +186,30 @@ class LocalStore:
         except OSError as exc:
             log.error("store.quarantine_failed", chunk=cid, error=str(exc))
         return err
+
+    def read_stored(self, cid: str) -> bytes:
+        """Chunk ``cid`` as stored (compressed), after checking it decodes to its hash; a bad one
+        is quarantined and ChunkUnreadable raised, as for any read."""
+        path = self.chunks.path(cid)
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                blob = f.read()
+        except FileNotFoundError:
+            raise self._contain(ChunkUnreadable(cid, "missing")) from None
+        try:
+            codec.decode(bytearray(blob), cid)
+        except codec.ChunkDecodeError as exc:
+            raise self._contain(ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino))) from None
+        return blob
+
+    def begin_import(self) -> ChunkImport:
+        """Stage the chunks of an export stream (bundle.py); publish them with the lock held shared."""
+        return ChunkImport(self.chunks)
+
+    def stored_size(self, cid: str) -> int:
+        """Bytes chunk ``cid`` takes on disk (0: not stored)."""
+        return self.chunks.exists(cid)
 
     def damaged(self, cids: set[str]) -> set[str]:
         """Those of ``cids`` that are in quarantine and were not stored anew since."""

@@ -10,6 +10,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TcpRestore(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TCP_RESTORE_CLOSE: _ClassVar[TcpRestore]
+    TCP_RESTORE_REESTABLISH: _ClassVar[TcpRestore]
+
 class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PHASE_UNSPECIFIED: _ClassVar[Phase]
@@ -23,6 +28,8 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_GPU_RESTORE: _ClassVar[Phase]
     PHASE_HOOK: _ClassVar[Phase]
     PHASE_INJECT: _ClassVar[Phase]
+TCP_RESTORE_CLOSE: TcpRestore
+TCP_RESTORE_REESTABLISH: TcpRestore
 PHASE_UNSPECIFIED: Phase
 PHASE_VALIDATE: Phase
 PHASE_DUMP: Phase
@@ -36,7 +43,7 @@ PHASE_HOOK: Phase
 PHASE_INJECT: Phase
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot")
+    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +58,8 @@ class CheckpointRequest(_message.Message):
     PRE_CHECKPOINT_HOOK_FIELD_NUMBER: _ClassVar[int]
     CUDA_LOCK_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     KEEP_HOT_FIELD_NUMBER: _ClassVar[int]
+    TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    EXT_UNIX_SK_FIELD_NUMBER: _ClassVar[int]
     pid: int
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -58,7 +67,9 @@ class CheckpointRequest(_message.Message):
     pre_checkpoint_hook: Hook
     cuda_lock_timeout_ms: int
     keep_hot: bool
-    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ...) -> None: ...
+    tcp_established: bool
+    ext_unix_sk: bool
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ...) -> None: ...
 
 class Hook(_message.Message):
     __slots__ = ("argv", "timeout_seconds")
@@ -69,7 +80,7 @@ class Hook(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name")
+    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp")
     class GpuUuidMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,13 +94,15 @@ class RestoreRequest(_message.Message):
     POST_RESTORE_HOOK_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
     LOG_NAME_FIELD_NUMBER: _ClassVar[int]
+    TCP_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
     wait_for_exit_seconds: int
     gpu_uuid_map: _containers.ScalarMap[str, str]
     post_restore_hook: Hook
     cgroup: CgroupSpec
     log_name: str
-    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ...) -> None: ...
+    tcp: TcpRestore
+    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ...) -> None: ...
 
 class CgroupSpec(_message.Message):
     __slots__ = ("path", "create", "memory_max_bytes", "cpu_max", "pids_max", "cpuset_cpus", "cpuset_mems")
@@ -110,18 +123,20 @@ class CgroupSpec(_message.Message):
     def __init__(self, path: _Optional[str] = ..., create: _Optional[bool] = ..., memory_max_bytes: _Optional[int] = ..., cpu_max: _Optional[str] = ..., pids_max: _Optional[int] = ..., cpuset_cpus: _Optional[str] = ..., cpuset_mems: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("operation_id", "phase", "bytes_done", "bytes_total", "message")
+    __slots__ = ("operation_id", "phase", "bytes_done", "bytes_total", "message", "tree_frozen")
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TREE_FROZEN_FIELD_NUMBER: _ClassVar[int]
     operation_id: str
     phase: Phase
     bytes_done: int
     bytes_total: int
     message: str
-    def __init__(self, operation_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    tree_frozen: bool
+    def __init__(self, operation_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., message: _Optional[str] = ..., tree_frozen: _Optional[bool] = ...) -> None: ...
 
 class CheckpointEvent(_message.Message):
     __slots__ = ("progress", "snapshot")
@@ -182,7 +197,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +225,10 @@ class Snapshot(_message.Message):
     HOT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_CGROUP_FIELD_NUMBER: _ClassVar[int]
     DAMAGED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    EXT_UNIX_SK_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -230,7 +249,11 @@ class Snapshot(_message.Message):
     hot: bool
     source_cgroup: CgroupInfo
     damaged_chunks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ...) -> None: ...
+    operation_id: str
+    duration_seconds: float
+    tcp_established: bool
+    ext_unix_sk: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ...) -> None: ...
 
 class CgroupInfo(_message.Message):
     __slots__ = ("path", "limits")
@@ -452,3 +475,43 @@ class CancelOperationResponse(_message.Message):
     cancelled: bool
     detail: str
     def __init__(self, cancelled: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListOperationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OperationInfo(_message.Message):
+    __slots__ = ("operation_id", "kind", "pids", "snapshot_id", "running_seconds", "progress", "cancellable")
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CANCELLABLE_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    kind: str
+    pids: _containers.RepeatedScalarFieldContainer[int]
+    snapshot_id: str
+    running_seconds: float
+    progress: Progress
+    cancellable: bool
+    def __init__(self, operation_id: _Optional[str] = ..., kind: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., snapshot_id: _Optional[str] = ..., running_seconds: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., cancellable: _Optional[bool] = ...) -> None: ...
+
+class ListOperationsResponse(_message.Message):
+    __slots__ = ("operations",)
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    operations: _containers.RepeatedCompositeFieldContainer[OperationInfo]
+    def __init__(self, operations: _Optional[_Iterable[_Union[OperationInfo, _Mapping]]] = ...) -> None: ...
+
+class ExportSnapshotRequest(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: str
+    def __init__(self, snapshot: _Optional[str] = ...) -> None: ...
+
+class StreamData(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...

@@ -89,6 +89,21 @@ class SnapshotsStub:
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationRequest.SerializeToString,
                 response_deserializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationResponse.FromString,
                 _registered_method=True)
+        self.ListOperations = channel.unary_unary(
+                '/snapd.v1.Snapshots/ListOperations',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.ListOperationsRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.ListOperationsResponse.FromString,
+                _registered_method=True)
+        self.ExportSnapshot = channel.unary_stream(
+                '/snapd.v1.Snapshots/ExportSnapshot',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.ExportSnapshotRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.StreamData.FromString,
+                _registered_method=True)
+        self.ImportSnapshot = channel.stream_unary(
+                '/snapd.v1.Snapshots/ImportSnapshot',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.StreamData.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
+                _registered_method=True)
 
 
 class SnapshotsServicer:
@@ -171,6 +186,31 @@ class SnapshotsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOperations(self, request, context):
+        """The operations running now (checkpoints, restores, deletes, gc, ...) with their
+        latest progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSnapshot(self, request, context):
+        """One snapshot as one verifiable byte stream (format: README, "Export stream"):
+        its manifest and every chunk it needs, compressed as stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSnapshot(self, request_iterator, context):
+        """Take an export stream in: every chunk is verified against its hash, only the
+        chunks the store lacks are stored, and the snapshot appears only once all of
+        it is durable (a broken or cut stream leaves nothing visible).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +268,21 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.CancelOperation,
                     request_deserializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationRequest.FromString,
                     response_serializer=snapd_dot_v1_dot_snapd__pb2.CancelOperationResponse.SerializeToString,
+            ),
+            'ListOperations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperations,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.ListOperationsRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.ListOperationsResponse.SerializeToString,
+            ),
+            'ExportSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSnapshot,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.ExportSnapshotRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.StreamData.SerializeToString,
+            ),
+            'ImportSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSnapshot,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.StreamData.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +582,87 @@ class Snapshots:
             '/snapd.v1.Snapshots/CancelOperation',
             snapd_dot_v1_dot_snapd__pb2.CancelOperationRequest.SerializeToString,
             snapd_dot_v1_dot_snapd__pb2.CancelOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/ListOperations',
+            snapd_dot_v1_dot_snapd__pb2.ListOperationsRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.ListOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/snapd.v1.Snapshots/ExportSnapshot',
+            snapd_dot_v1_dot_snapd__pb2.ExportSnapshotRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.StreamData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/snapd.v1.Snapshots/ImportSnapshot',
+            snapd_dot_v1_dot_snapd__pb2.StreamData.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
             options,
             channel_credentials,
             insecure,
