@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +100,9 @@ class FastRestore:
     kept_bytes: int
 
 
-def _inherited(pid: int, region: tuple[int, int], others: dict[int, list[tuple[int, int]]]) -> bool:
-    return any(region in regions for other, regions in others.items() if other != pid)
+def _region_of(regions: list[tuple[int, int]], starts: list[int], vaddr: int) -> tuple[int, int]:
+    """The region of the sorted, disjoint ``regions`` (``starts`` their starts) holding ``vaddr``."""
+    return regions[bisect.bisect_right(starts, vaddr) - 1]
 
 
 def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int, progress: Progress,
@@ -139,18 +141,21 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
         memory = Router()
         injected = kept = 0
         planned: set[str] = set()
+        # a region in more than one process's list came to a child from its parent
+        shared = Counter(region for spans in regions.values() for region in spans)
         for img in images:
             index = ChunkIndex(entries[img.pages_file])
-            keep, inject = split_runs([(r.vaddr, r.length, r.offset) for r in img.runs], regions[img.pid])
+            mine = regions[img.pid]
+            starts = [r[0] for r in mine]
+            keep, inject = split_runs([(r.vaddr, r.length, r.offset) for r in img.runs], mine)
             fd = _create(dest / img.pages_file, sum(s.length for s in keep), fds)
             out = 0
             for span in keep:
                 router.add(index, span.offset, span.length, fd=fd, dest=out)
                 out += span.length
             for span in inject:
-                region = next(r for r in regions[img.pid] if r[0] <= span.vaddr < r[1])
                 memory.add(index, span.offset, span.length, pid=img.pid, dest=span.vaddr,
-                           zero_fill=_inherited(img.pid, region, regions))
+                           zero_fill=shared[_region_of(mine, starts, span.vaddr)] > 1)
             write_pagemap(dest / f"pagemap-{img.pid}.img", img.pages_id, [(s.vaddr, s.length) for s in keep])
             injected += sum(s.length for s in inject)
             kept += out
