@@ -7,6 +7,7 @@ operation receives a spec it can trust.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from snapd.v1 import snapd_pb2 as pb
@@ -163,7 +164,18 @@ def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
                              request.post_restore_hook.timeout_seconds),
         cgroup=_cgroup_request(request.cgroup) if request.HasField("cgroup") else None,
         log_name=validate_log_name(request.log_name),
+        publish_host=publish_host(request.publish_host),
     )
+
+
+def publish_host(host: str) -> str:
+    """An IP address to publish a restored network namespace's ports on ("": 127.0.0.1)."""
+    if not host:
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise InvalidRequest(field="publish_host", reason=f"{host[:60]!r} is not an IP address") from None
 
 
 def _cgroup_request(spec: pb.CgroupSpec) -> CgroupRequest:

@@ -47,6 +47,7 @@ from snapd_daemon.criu.notify import Notify
 from snapd_daemon.errors import CriuFailed, CudaFailed
 from snapd_daemon.host import cgroups, gpu
 from snapd_daemon.host.hooks import Hook
+from snapd_daemon.host.namespaces import listening_ports, same_namespace
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio
 from snapd_daemon.runtime import Runtime, criulogs
@@ -234,7 +235,8 @@ class CheckpointRun(OperationRun):
             root_pid=spec.pid, processes=list(self.hold_point.tree.processes), criu_version=rt.criu.version,
             kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
             leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
-            outward_stdio=self.stdio,
+            outward_stdio=self.stdio, ns_pids=dict(self.hold_point.tree.ns_pids),
+            **namespaces_of(self.tree.root, self.rt.daemon_pid),
         )
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
@@ -282,6 +284,12 @@ class CheckpointRun(OperationRun):
     def _clear_record(self, *_exc: object) -> None:
         if not self.keep_record:
             self.rt.journal.clear(self.op)
+
+
+def namespaces_of(root: int, daemon_pid: int) -> dict[str, object]:
+    """The manifest's network namespace fields for a tree rooted at ``root``."""
+    own = not same_namespace("net", root, daemon_pid)
+    return {"own_netns": own, "ns_ports": listening_ports(root) if own else []}
 
 
 def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter,

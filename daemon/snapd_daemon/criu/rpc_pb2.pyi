@@ -32,6 +32,12 @@ class CgMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FULL: _ClassVar[CgMode]
     STRICT: _ClassVar[CgMode]
     DEFAULT: _ClassVar[CgMode]
+
+class NetworkLock(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IPTABLES: _ClassVar[NetworkLock]
+    NFTABLES: _ClassVar[NetworkLock]
+    SKIP: _ClassVar[NetworkLock]
 EMPTY: ReqType
 DUMP: ReqType
 RESTORE: ReqType
@@ -52,6 +58,9 @@ SOFT: CgMode
 FULL: CgMode
 STRICT: CgMode
 DEFAULT: CgMode
+IPTABLES: NetworkLock
+NFTABLES: NetworkLock
+SKIP: NetworkLock
 
 class InheritFd(_message.Message):
     __slots__ = ("key", "fd")
@@ -62,7 +71,7 @@ class InheritFd(_message.Message):
     def __init__(self, key: _Optional[str] = ..., fd: _Optional[int] = ...) -> None: ...
 
 class Opts(_message.Message):
-    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "work_dir_fd", "link_remap", "rst_sibling", "inherit_fd", "manage_cgroups_mode", "external", "timeout", "leave_stopped")
+    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "work_dir_fd", "link_remap", "rst_sibling", "inherit_fd", "manage_cgroups_mode", "external", "timeout", "network_lock", "leave_stopped")
     IMAGES_DIR_FD_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +89,7 @@ class Opts(_message.Message):
     MANAGE_CGROUPS_MODE_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_LOCK_FIELD_NUMBER: _ClassVar[int]
     LEAVE_STOPPED_FIELD_NUMBER: _ClassVar[int]
     images_dir_fd: int
     pid: int
@@ -98,8 +108,9 @@ class Opts(_message.Message):
     manage_cgroups_mode: CgMode
     external: _containers.RepeatedScalarFieldContainer[str]
     timeout: int
+    network_lock: NetworkLock
     leave_stopped: bool
-    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., inherit_fd: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., timeout: _Optional[int] = ..., leave_stopped: _Optional[bool] = ...) -> None: ...
+    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., inherit_fd: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., timeout: _Optional[int] = ..., network_lock: _Optional[_Union[NetworkLock, str]] = ..., leave_stopped: _Optional[bool] = ...) -> None: ...
 
 class DumpResp(_message.Message):
     __slots__ = ("restored",)
