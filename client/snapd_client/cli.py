@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import click
 from google.protobuf.message import Message
 
+from snapd_client import replicas as replicas_cmd
 from snapd_client.client import (
     DEFAULT_TARGET,
     CgroupSpec,
@@ -181,11 +182,13 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--log-name", default="", metavar="NAME",
               help="File in the daemon's restore log directory for the tree's stdout/stderr pipes whose reader "
                    "is gone (default: SNAPSHOT_ID.log).")
+@click.option("--replicas", type=click.IntRange(1, 256), default=1, help="Restore K copies at once (replicable snapshots).")
+@click.option("--publish-host", default="", help="Host IP a copy with its own network namespace publishes ports on.")
 @_json_option
 @click.pass_context
 def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...], post_hook: str,
             hook_timeout: int, cgroup_path: str, create_cgroup: bool, memory_max: int, cpu_max: str, pids_max: int,
-            cpuset_cpus: str, cpuset_mems: str, log_name: str, as_json: bool) -> None:
+            cpuset_cpus: str, cpuset_mems: str, log_name: str, replicas: int, publish_host: str, as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or a name: its newest snapshot)."""
     mapping = _pairs(gpu_map, "--gpu-map")
     limits = memory_max or cpu_max or pids_max or cpuset_cpus or cpuset_mems or create_cgroup
@@ -194,18 +197,22 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     cgroup = CgroupSpec(path=cgroup_path, create=create_cgroup, memory_max_bytes=memory_max, cpu_max=cpu_max,
                         pids_max=pids_max, cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems) if cgroup_path else None
 
+    options = dict(wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping, post_restore_hook=shlex.split(post_hook),
+                   hook_timeout_seconds=hook_timeout, cgroup=cgroup, log_name=log_name, publish_host=publish_host)
+
     def action(c: Ctx) -> None:
+        if replicas > 1:
+            return replicas_cmd.report(replicas_cmd.restore_many(c.client, snapshot, replicas, **options), c.as_json)
         bar = ProgressLine()
         with c.client() as client:
             interrupts = Interrupts(client, bar.done)
-            res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
-                                 post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
-                                 cgroup=cgroup, log_name=log_name, on_progress=bar, on_interrupt=interrupts)
+            res = client.restore(snapshot, **options, on_progress=bar, on_interrupt=interrupts)  # type: ignore[arg-type]
         bar.done()
         interrupts.completed()
         c.emit(res, lambda: click.echo(
             f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
-            + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")))
+            + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")
+            + "".join(f", port {p.port} at {p.address}" for p in res.published)))
 
     _run(ctx, as_json, action)
 

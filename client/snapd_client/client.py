@@ -188,17 +188,19 @@ class SnapdClient:
         hook_timeout_seconds: int = 0,
         cgroup: CgroupSpec | None = None,
         log_name: str = "",
+        publish_host: str = "",
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
     ) -> pb.RestoreResult:
         """``cgroup``: place the whole restored tree in this group below the daemon's cgroup root.
         ``log_name``: file in the daemon's restore log directory that stdout/stderr pipes of
         the tree whose reader is gone write into (default "<snapshot id>.log"; see
-        ``RestoreResult.log_path``)."""
+        ``RestoreResult.log_path``). ``publish_host``: the host IP a snapshot with its own network
+        namespace publishes its ports on (default 127.0.0.1; ``RestoreResult.published``)."""
         request = pb.RestoreRequest(
             snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
-            cgroup=cgroup, log_name=log_name,
+            cgroup=cgroup, log_name=log_name, publish_host=publish_host,
         )
         result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress,
                                                 on_interrupt)
