@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import WORKLOADS, Daemon, gone, snapd, wait_for
+from harness import WORKLOADS, Daemon, gone, restore_at_once, snapd, wait_for
 
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host.namespaces import ns_pids
@@ -83,24 +83,6 @@ def refused(address: str) -> bool:
     except OSError:
         return True
     return False
-
-
-def restore_at_once(target: str, ref: str, count: int, **options: object) -> list[object]:
-    out: list[object] = [None] * count
-
-    def one(i: int) -> None:
-        with SnapdClient(target) as c:
-            try:
-                out[i] = c.restore(ref, **options)  # type: ignore[arg-type]
-            except SnapdClientError as err:
-                out[i] = err
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    return out
 
 
 def _running(marker: str) -> list[int]:
