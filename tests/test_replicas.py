@@ -6,6 +6,7 @@ a replica that fails is rolled back alone."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from faultlib import BackgroundCall, biggest_chunk
 from harness import WORKLOADS, Daemon, gone, restore_at_once, snapd, wait_for
 
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host.namespaces import ns_pids
 
@@ -186,3 +189,39 @@ def test_a_failed_replica_is_killed_whole_and_the_others_stay(daemon: Daemon, cl
     for r in kept:
         assert reports.ask(worker_of(r.root_pid)) == [digest, "2", "2"]
     assert holds_left(daemon) == []
+
+
+def test_daemon_killed_while_replicas_are_restored_leaves_none_at_next_start(
+        daemon: Daemon, client: SnapdClient, workloads, tmp_path: Path) -> None:
+    """Two replicas held in their memory injection (the biggest chunk, in the injected
+    region, is a FIFO nobody writes), the daemon SIGKILLed: its next start kills both
+    stopped copies by the host pids its journal names, and the snapshot restores again."""
+    reports = Reports(tmp_path / "reports.sock")
+    init = start_run(tmp_path, reports)
+    digest, _, _ = reports.ask(worker_of(init))
+    client.checkpoint(init, name="held")
+    wait_for(lambda: gone(init), 30, "the source to be stopped")
+    chunk = biggest_chunk(daemon.state_dir)
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    os.mkfifo(chunk)
+    calls = [BackgroundCall(daemon.target, "restore", "held") for _ in range(2)]
+    for call in calls:
+        assert call.wait_until(lambda e: e.phase == pb.PHASE_INJECT, 60), call.error  # the copy exists, stopped
+    copies = _running(str(reports.path))
+    assert len(copies) == 4  # two inits, two workers: both replicas restored and held
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait()
+    for call in calls:
+        call.join()
+    chunk.unlink()
+    chunk.write_bytes(saved)
+    daemon.start()
+    with daemon.client() as c:
+        assert c.status().recovered_operations >= 2
+    wait_for(lambda: all(gone(p) for p in copies), 30, "the held replicas to be killed")
+    assert holds_left(daemon) == []
+    with daemon.client() as c:
+        again = c.restore("held")
+    assert reports.ask(worker_of(again.root_pid)) == [digest, "2", "2"]

@@ -1,4 +1,4 @@
-"""Hold 96 MiB of patterned memory; on SIGUSR1 tell a unix socket "<digest> <asked> <pid>";
+"""Hold 96 MiB of seeded random memory; on SIGUSR1 tell a unix socket "<digest> <asked> <pid>";
 with a port, also answer each TCP connection on 127.0.0.1:PORT "<digest> <served>".
 
 usage: nsreport.py SOCKET PORT REPORT     PORT 0: no TCP server; report: "<pid>"
@@ -10,6 +10,7 @@ each restored copy continues from the snapshot's.
 
 import hashlib
 import os
+import random
 import select
 import signal
 import socket
@@ -17,9 +18,7 @@ import sys
 
 from _report import write_report
 
-data = bytearray(96 << 20)
-for i in range(0, len(data), 4096):
-    data[i : i + 8] = i.to_bytes(8, "little")
+data = bytearray(random.Random(13).randbytes(96 << 20))  # incompressible: its chunks are the store's biggest
 digest = hashlib.blake2b(data, digest_size=8).hexdigest()
 asked = served = 0
 wanted = False
