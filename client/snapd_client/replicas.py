@@ -26,7 +26,7 @@ def restore_many(make_client: Callable[[], SnapdClient], snapshot: str, count: i
                  **options: Any) -> list[pb.RestoreResult | SnapdClientError]:
     """``count`` concurrent Restore calls of ``snapshot``, each through its own client; per
     replica (in order of start) its result or its error."""
-    outcomes: list[pb.RestoreResult | SnapdClientError] = [SnapdClientError.__new__(SnapdClientError)] * count
+    outcomes: list[pb.RestoreResult | SnapdClientError | None] = [None] * count
 
     def one(i: int) -> None:
         with make_client() as client:
@@ -40,7 +40,7 @@ def restore_many(make_client: Callable[[], SnapdClient], snapshot: str, count: i
         t.start()
     for t in threads:
         t.join()
-    return outcomes
+    return [o for o in outcomes if o is not None]
 
 
 def report(outcomes: list[pb.RestoreResult | SnapdClientError], as_json: bool) -> None:

@@ -238,8 +238,9 @@ class CheckpointRun(OperationRun):
             kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
             leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
             outward_stdio=self.stdio, ns_pids=dict(self.hold_point.tree.ns_pids),
-            **namespaces_of(self.tree.root, self.rt.daemon_pid),
         )
+        manifest.own_netns = not same_namespace("net", spec.pid, rt.daemon_pid)
+        manifest.ns_ports = listening_ports(spec.pid) if manifest.own_netns else []
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
             final = plan(self.staging.images)
@@ -286,12 +287,6 @@ class CheckpointRun(OperationRun):
     def _clear_record(self, *_exc: object) -> None:
         if not self.keep_record:
             self.rt.journal.clear(self.op)
-
-
-def namespaces_of(root: int, daemon_pid: int) -> dict[str, object]:
-    """The manifest's network namespace fields for a tree rooted at ``root``."""
-    own = not same_namespace("net", root, daemon_pid)
-    return {"own_netns": own, "ns_ports": listening_ports(root) if own else []}
 
 
 def checkpoint(rt: Runtime, spec: CheckpointSpec, operation_id: str, report: Reporter,

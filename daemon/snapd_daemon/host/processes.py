@@ -164,6 +164,13 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
                    "session (setsid, or as a systemd service)",
         )
     own = not namespaces.same_namespace("pid", pid, daemon_pid)
+    if own and external:
+        raise ProcessProtected(
+            pid=pid, name=name,
+            reason=f"pid {pid} of its tree is the init of a pid namespace of its own, but its session or process "
+                   "group leader is outside that namespace, which CRIU cannot dump; start it with `snapd run` "
+                   "(whose init leads its own session)",
+        )
     return ProcessTree(root=pid, processes=records, external_session=external,
                        ns_pids=namespaces.pids_inside(pid, sorted(pids)) if own else {})
 
