@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from faultlib import BackgroundCall, biggest_chunk
-from harness import WORKLOADS, Daemon, gone, restore_at_once, snapd, wait_for
+from harness import WORKLOADS, Daemon, ask, gone, restore_at_once, snapd, wait_for
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
@@ -225,3 +225,21 @@ def test_daemon_killed_while_replicas_are_restored_leaves_none_at_next_start(
     with daemon.client() as c:
         again = c.restore("held")
     assert reports.ask(worker_of(again.root_pid)) == [digest, "2", "2"]
+
+
+def test_replicas_of_a_plain_snapshot_keep_the_one_that_restored(daemon: Daemon, client: SnapdClient, workloads,
+                                                                  tmp_path: Path) -> None:
+    """A snapshot of a tree that shares the host's pid namespace restores once at a time:
+    `--replicas 2` restores one, refuses the other (its pids are taken), keeps the one
+    running, exits with the refusal's code and says how to make it replicable."""
+    pid, report = workloads.start("memhold.py", "8")
+    digest = ask(pid, report)[1]
+    snap = client.checkpoint(pid, name="plain")
+    assert not snap.replicable
+    wait_for(lambda: gone(pid), 30, "the source to be stopped")
+    res = snapd(daemon, "restore", "plain", "--replicas", "2")
+    assert res.returncode in (13, 15), res.stderr  # ProcessBusy or PidsInUse, whichever the loser met
+    assert "1 of 2 replicas failed; the others are running" in res.stderr and "snapd run" in res.stderr
+    assert f"pid {pid}" in res.stdout
+    assert ask(pid, report)[1] == digest
+    assert holds_left(daemon) == []

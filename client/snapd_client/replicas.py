@@ -62,4 +62,7 @@ def report(outcomes: list[pb.RestoreResult | SnapdClientError], as_json: bool) -
                        + (f"; ports {ports}" if ports else "") + (f"; GPUs {gpus}" if gpus else ""))
     if failed:
         click.echo(f"snapd: {len(failed)} of {len(outcomes)} replicas failed; the others are running", err=True)
+        if any(e.error_class in ("ProcessBusy", "PidsInUse") for e in failed):
+            click.echo("snapd: a snapshot restores more than once at a time only if its tree was started with "
+                       "`snapd run` (Snapshot.replicable)", err=True)
         sys.exit(failed[0].exit_code)
