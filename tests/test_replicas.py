@@ -243,3 +243,31 @@ def test_replicas_of_a_plain_snapshot_keep_the_one_that_restored(daemon: Daemon,
     assert f"pid {pid}" in res.stdout
     assert ask(pid, report)[1] == digest
     assert holds_left(daemon) == []
+
+
+def test_snapd_run_passes_signals_on_and_exits_with_the_commands_status(tmp_path: Path) -> None:
+    """As a unit's ExecStart: SIGTERM to `snapd run` reaches the command (through the
+    namespace's init, which would otherwise ignore it), whose status becomes run's own;
+    the pid file lives as long as the command."""
+    ready, run_dir = tmp_path / "up", tmp_path / "run"
+    script = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n"
+              f"open({str(ready)!r}, 'w').write('up')\n"
+              "time.sleep(300)\n")
+    run = subprocess.Popen([sys.executable, "-m", "snapd_daemon", "run", "--name", "unit", "--run-dir", str(run_dir),
+                            "--", sys.executable, "-c", script], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    wait_for(lambda: ready.exists() and (run_dir / "unit.pid").exists(), 30, "the command under snapd run")
+    init = int((run_dir / "unit.pid").read_text())
+    assert ns_pids(init)[-1] == 1 and psutil.Process(init).ppid() == run.pid
+    run.send_signal(15)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 7, err
+    assert f"pid {init} is the init of its own pid namespace" in err.decode()
+    assert not (run_dir / "unit.pid").exists() and gone(init)
+
+
+def test_snapd_run_refuses_publish_without_its_own_network() -> None:
+    res = subprocess.run([sys.executable, "-m", "snapd_daemon", "run", "--publish", "8080:80", "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--publish needs --netns" in res.stderr
