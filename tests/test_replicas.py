@@ -118,6 +118,7 @@ def test_replicas_restore_at_once_each_in_its_own_pid_namespace(daemon: Daemon, 
     snap = client.checkpoint(init, name="replicated")
     assert snap.replicable and not snap.own_network_namespace
     wait_for(lambda: gone(init) and gone(worker), 30, "the source to be stopped")
+    assert "; replicable (own pid namespace)" in snapd(daemon, "inspect", "replicated").stdout
 
     res = snapd(daemon, "--json", "restore", "replicated", "--replicas", "3")
     assert res.returncode == 0, res.stderr
@@ -146,6 +147,7 @@ def test_replicas_with_their_own_network_namespace_serve_on_their_own_address(
     assert served == "1"
     snap = client.checkpoint(init, name="served")
     assert snap.replicable and snap.own_network_namespace and list(snap.namespace_ports) == [7000]
+    assert "own network namespace (ports [7000])" in snapd(daemon, "inspect", "served").stdout
     wait_for(lambda: refused(f"127.0.0.1:{host_port}"), 30, "the source's relay to end with it")
 
     first, second = restore_at_once(daemon.target, "served", 2)

@@ -263,7 +263,8 @@ def inspect(ctx: click.Context, snapshot: str, as_json: bool) -> None:
             click.echo(f"host:        {s.hostname} (kernel {s.kernel}, criu {s.criu_version})")
             click.echo(f"size:        {human_bytes(s.raw_bytes)} raw, {human_bytes(s.stored_bytes)} compressed, "
                        f"{human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
-            click.echo(f"checkpoint:  dumped after {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}")
+            click.echo(f"checkpoint:  dumped after {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}"
+                       + replicas_cmd.namespaces_note(s))
             if s.HasField("source_cgroup"):
                 limits = " ".join(f"{k}={v}" for k, v in sorted(s.source_cgroup.limits.items()))
                 click.echo(f"cgroup:      {s.source_cgroup.path}" + (f" ({limits})" if limits else ""))

@@ -22,6 +22,14 @@ from snapd_client.client import SnapdClient, SnapdClientError
 from snapd_client.output import as_dict
 
 
+def namespaces_note(snap: pb.Snapshot) -> str:
+    """What `snapd inspect` adds about a snapshot's namespaces ("" for a plain one)."""
+    if not snap.replicable:
+        return ""
+    ports = f", own network namespace (ports {list(snap.namespace_ports)})" if snap.own_network_namespace else ""
+    return f"; replicable (own pid namespace{ports})"
+
+
 def restore_many(make_client: Callable[[], SnapdClient], snapshot: str, count: int,
                  **options: Any) -> list[pb.RestoreResult | SnapdClientError]:
     """``count`` concurrent Restore calls of ``snapshot``, each through its own client; per

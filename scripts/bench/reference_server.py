@@ -738,11 +738,15 @@ def ask(argv: Sequence[str]) -> int:
 def hook(argv: Sequence[str]) -> int:
     """POST a hook endpoint; exit status 1 unless it answers 200 (snapd then fails the operation)."""
     parser = argparse.ArgumentParser(prog="reference_server.py hook", description="Call a hook endpoint.")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, help="default: the first port in $SNAPD_PUBLISHED (a replica's)")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("endpoint", choices=["pre-checkpoint", "post-restore"])
     args = parser.parse_args(argv)
-    request = urllib.request.Request(f"http://127.0.0.1:{args.port}/{args.endpoint}", data=b"{}", method="POST")
+    published = os.environ.get("SNAPD_PUBLISHED", "").split()
+    if args.port is None and not published:
+        parser.error("--port is needed unless snapd passes SNAPD_PUBLISHED (a restore with its own network)")
+    address = f"127.0.0.1:{args.port}" if args.port is not None else published[0].split("=", 1)[1]
+    request = urllib.request.Request(f"http://{address}/{args.endpoint}", data=b"{}", method="POST")
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             print(response.read().decode())
