@@ -18,12 +18,15 @@ if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
   apt-get install -y -q python3-venv >&2 || { apt-get update -q >&2 && apt-get install -y -q python3-venv >&2; }
 fi
 
-# Tests verify the systemd unit (systemd-analyze) and make TLS certificates (openssl).
+# Tests verify the systemd unit (systemd-analyze) and make TLS certificates (openssl); CRIU
+# saves and restores a network namespace's addresses and routes with iproute2's `ip`
+# (`snapd run --netns` snapshots).
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]} (systemd-analyze, openssl for the tests)"
+  say "installing ${missing[*]} (systemd-analyze, openssl for the tests; ip for CRIU's network namespaces)"
   apt-get install -y -q "${missing[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; }
 fi
 

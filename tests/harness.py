@@ -227,3 +227,22 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def restore_at_once(target: str, ref: str, count: int, **options: object) -> list[object]:
+    """``count`` Restore calls of ``ref`` at once, each through its own client: results or errors."""
+    out: list[object] = [None] * count
+
+    def one(i: int) -> None:
+        with SnapdClient(target) as c:
+            try:
+                out[i] = c.restore(ref, **options)  # type: ignore[arg-type]
+            except SnapdClientError as err:
+                out[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return out

@@ -9,8 +9,8 @@ from dataclasses import asdict
 import pytest
 
 from snapd_daemon.host.cuda import gpu_uuid_bytes
-from snapd_daemon.errors import GpuMismatch
-from snapd_daemon.host.gpu import GpuDevice, GpuRecord, plan_pairs
+from snapd_daemon.errors import GpuMismatch, GpusBusy
+from snapd_daemon.host.gpu import GpuDevice, GpuRecord, plan_pairs, plan_targets
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -78,3 +78,32 @@ def test_record_round_trips_through_the_manifest_json() -> None:
     again = GpuRecord.from_dict(json.loads(json.dumps(asdict(record), sort_keys=True)))
     assert again == record and again.used() == (A, B)
     assert GpuRecord.from_dict({**asdict(record), "gpus_of": {}}).used() == (A, B)  # usage unknown: all
+
+
+def test_a_busy_gpu_is_passed_over_for_a_free_one_of_the_same_model() -> None:
+    record = _record((A, B), {10: (A.uuid,)})
+    # A runs another copy: this one goes to B, the free H100, and the driver is told so
+    assert plan_pairs("s", record, "580.95", (A, B), {}, busy={A.uuid: "pids [7]"}) == {10: [_pair(A, B)]}
+    assert plan_targets("s", record, "580.95", (A, B), {}, {A.uuid: "pids [7]"}) == {A.uuid: B}
+
+
+def test_every_gpu_of_the_model_busy_is_refused_naming_them_unless_mapped() -> None:
+    record = _record((A, B), {10: (A.uuid,)})
+    busy = {A.uuid: "pids [7]", B.uuid: "being restored onto by op-1"}
+    with pytest.raises(GpusBusy) as info:
+        plan_pairs("snap-2", record, "580.95", (A, B), {}, busy=busy)
+    message = info.value.message
+    assert "snap-2" in message and H100 in message and "pids [7]" in message and "op-1" in message
+    assert "--gpu-map" in message and info.value.status == "RESOURCE_EXHAUSTED"
+    # a map is the caller's choice: a busy GPU is shared when asked for
+    assert plan_pairs("s", record, "580.95", (A, B), {A.uuid: B.uuid}, busy=busy) == {10: [_pair(A, B)]}
+
+
+def test_a_process_on_two_gpus_moves_as_a_pair() -> None:
+    record = _record((A, B), {10: (A.uuid, B.uuid)})
+    assert plan_pairs("s", record, "580.95", (A, B), {A.uuid: B.uuid, B.uuid: A.uuid}) == {
+        10: [_pair(A, B), _pair(B, A)]}
+    # both busy on one host of four: the free pair is taken, in index order
+    Y, Z = _gpu(0x1A, index=2), _gpu(0x1B, index=3)
+    busy = {A.uuid: "pids [1]", B.uuid: "pids [1]"}
+    assert plan_pairs("s", record, "580.95", (A, B, Y, Z), {}, busy=busy) == {10: [_pair(A, Y), _pair(B, Z)]}

@@ -152,9 +152,10 @@ def test_process_in_another_pid_namespace(client: SnapdClient, tmp_path: Path) -
     try:
         wait_for(lambda: psutil.Process(proc.pid).children(), 10, "the namespaced child")
         inner = psutil.Process(proc.pid).children()[0].pid
-        for pid in (inner, proc.pid):  # the process itself, and a tree holding it
+        for pid in (inner, proc.pid):  # the namespace's init (its session outside), and a tree holding it
             err = error_of(lambda pid=pid: client.checkpoint(pid))
             assert err.error_class == "ProcessProtected" and f"pid {inner} of its tree" in err.message
+        assert "snapd run" in error_of(lambda: client.checkpoint(inner)).message
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -18,6 +18,7 @@ import sys
 import click
 
 from snapd_client import cmd_ops, cmd_store, cmd_transfer
+from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run
 from snapd_client.client import CgroupSpec, TcpRestore
 from snapd_client.interrupts import Interrupts
@@ -137,20 +138,26 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--tcp", type=click.Choice(["close", "reestablish"]), default="close", show_default=True,
               help="TCP connections of a snapshot taken with --tcp-established: close them (clients see a reset "
                    "and reconnect) or re-establish them (only while the peers still hold them).")
+@click.option("--replicas", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Restore K copies at once (snapshots of trees started with `snapd run`).")
+@click.option("--publish-host", default="", help="Host IP a copy with its own network namespace publishes ports on.")
 @common_options
 @click.pass_context
 def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...], post_hook: str,
             hook_timeout: int, cgroup_path: str, create_cgroup: bool, memory_max: int, cpu_max: str, pids_max: int,
-            cpuset_cpus: str, cpuset_mems: str, log_name: str, tcp: str) -> None:
+            cpuset_cpus: str, cpuset_mems: str, log_name: str, tcp: str, replicas: int, publish_host: str) -> None:
     """Restore SNAPSHOT (an id, a unique id prefix, or a name: its newest snapshot).
 
-    The tree comes back with its original pids, so the original must be gone.
+    The tree comes back with its original pids, so the original must be gone;
+    a tree started with `snapd run` gets fresh namespaces instead, so any number
+    of copies run at once (--replicas K).
 
     \b
     Examples:
       snapd restore llama-8b
       snapd restore 20261128T0912 --log-name llama.log
       snapd restore llama-8b --cgroup inference/llama --create-cgroup --memory-max 64G --cpu-max '800000 100000'
+      snapd restore llama-8b --replicas 4
     """
     mapping = _pairs(gpu_map, "--gpu-map")
     limits = memory_max or cpu_max or pids_max or cpuset_cpus or cpuset_mems or create_cgroup
@@ -159,21 +166,23 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     cgroup = CgroupSpec(path=cgroup_path, create=create_cgroup, memory_max_bytes=memory_max, cpu_max=cpu_max,
                         pids_max=pids_max, cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems) if cgroup_path else None
     tcp_mode = TcpRestore.Value("TCP_RESTORE_REESTABLISH" if tcp == "reestablish" else "TCP_RESTORE_CLOSE")
+    options = dict(wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping, post_restore_hook=shlex.split(post_hook),
+                   hook_timeout_seconds=hook_timeout, cgroup=cgroup, log_name=log_name, tcp=tcp_mode,
+                   publish_host=publish_host)
 
     def action(c: Ctx) -> None:
+        if replicas > 1:
+            return replicas_cmd.report(replicas_cmd.restore_many(c.client, snapshot, replicas, **options), c.as_json)
         bar = ProgressLine()
         with c.client() as client:
             interrupts = Interrupts(client, bar.done)
-            res = client.restore(snapshot, wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping,
-                                 post_restore_hook=shlex.split(post_hook), hook_timeout_seconds=hook_timeout,
-                                 cgroup=cgroup, log_name=log_name, tcp=tcp_mode, on_progress=bar,
-                                 on_interrupt=interrupts)
+            res = client.restore(snapshot, **options, on_progress=bar, on_interrupt=interrupts)  # type: ignore[arg-type]
         bar.done()
         interrupts.completed()
         c.emit(res, lambda: click.echo(
             f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
             + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")
-            + f", operation {res.operation_id}"))
+            + "".join(f", port {p.port} at {p.address}" for p in res.published) + f", operation {res.operation_id}"))
 
     run(ctx, action)
 

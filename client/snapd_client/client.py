@@ -235,6 +235,7 @@ class SnapdClient:
         cgroup: CgroupSpec | None = None,
         log_name: str = "",
         tcp: int = pb.TCP_RESTORE_CLOSE,
+        publish_host: str = "",
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
     ) -> pb.RestoreResult:
@@ -246,11 +247,13 @@ class SnapdClient:
         ``log_name``: file in the daemon's restore log directory that stdout/stderr pipes of
         the tree whose reader is gone write into (default "<snapshot id>.log"; see
         ``RestoreResult.log_path``). ``tcp``: TCP_RESTORE_CLOSE (default) or
-        TCP_RESTORE_REESTABLISH, for a snapshot taken with ``tcp_established``."""
+        TCP_RESTORE_REESTABLISH, for a snapshot taken with ``tcp_established``. ``publish_host``:
+        the host IP a snapshot with its own network namespace publishes its ports on (default
+        127.0.0.1; ``RestoreResult.published``)."""
         request = pb.RestoreRequest(
             snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
-            cgroup=cgroup, log_name=log_name, tcp=tcp,  # type: ignore[arg-type]
+            cgroup=cgroup, log_name=log_name, tcp=tcp, publish_host=publish_host,  # type: ignore[arg-type]
         )
         result: pb.RestoreResult = self._follow(self._stub.Restore(request, timeout=self.timeout), "result", on_progress,
                                                 on_interrupt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from snapd.v1 import snapd_pb2 as pb
 
+from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run
 from snapd_client.output import human_bytes
 
@@ -86,7 +87,7 @@ def inspect(ctx: click.Context, snapshot: str) -> None:
             click.echo(f"size:        {human_bytes(s.raw_bytes)} raw, {human_bytes(s.stored_bytes)} compressed, "
                        f"{human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
             click.echo(f"checkpoint:  dumped after {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}, "
-                       f"tcp_established={s.tcp_established}")
+                       f"tcp_established={s.tcp_established}" + replicas_cmd.namespaces_note(s))
             if s.HasField("source_cgroup"):
                 limits = " ".join(f"{k}={v}" for k, v in sorted(s.source_cgroup.limits.items()))
                 click.echo(f"cgroup:      {s.source_cgroup.path}" + (f" ({limits})" if limits else ""))

@@ -157,6 +157,31 @@ class GpuMismatch(SnapdError):
     status = "FAILED_PRECONDITION"
 
 
+class GpusBusy(SnapdError):
+    """snapshot {snapshot_id}: no free {model} here for its GPU {uuid}; every one is in use ({busy}). Wait for \
+one to be freed, or name one with --gpu-map (gpu_uuid_map) to share it."""
+
+    exit_code = 61
+    status = "RESOURCE_EXHAUSTED"
+
+
+class NcclActive(SnapdError):
+    """pid {pid} ({name}) holds live NCCL state ({evidence}); the CUDA driver cannot checkpoint NCCL \
+communicators. Fix: tear them down in a pre-checkpoint hook (torch: dist.destroy_process_group()) and build \
+them again in a post-restore hook (README: "Tensor parallel servers")."""
+
+    exit_code = 62
+    status = "FAILED_PRECONDITION"
+
+
+class PublishFailed(SnapdError):
+    """could not publish port {port} of the restored tree (pid {pid}) on {address}: {reason}; the restored \
+tree was killed"""
+
+    exit_code = 63
+    status = "UNAVAILABLE"
+
+
 class CudaFailed(SnapdError):
     """CUDA {action} of pid {pid} failed: {reason}{rollback}"""
 
@@ -261,6 +286,9 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapshotPinned,
     GpuUnsupported,
     GpuMismatch,
+    GpusBusy,
+    NcclActive,
+    PublishFailed,
     CudaFailed,
     HookFailed,
     InjectFailed,

@@ -7,6 +7,8 @@ Serve (the default command):
       [--engine-process] [--compile] [--seed N] [--prepare-only]
 Ask a running server:
   reference_server.py ask --port P [--tokens 1,2,3] [--max-new-tokens 16] [--health | --sleep | --wake-up]
+Call a hook endpoint (snapd's pre-checkpoint / post-restore hook commands):
+  reference_server.py hook --port P pre-checkpoint|post-restore
 
 The model is a Llama of the chosen shape with seeded random bf16 weights, generated
 on the GPU into DIR (safetensors shards + config.json) on first use and reused after;
@@ -25,6 +27,10 @@ HTTP on 127.0.0.1:PORT:
 The ready file (JSON: port, pid, engine_pid, mode, startup_seconds, timings) is written
 atomically once warm-up is done; startup_seconds counts from the process's start.
 Logs are JSON lines on stderr; stdin is never read, no terminal is needed.
+
+--tensor-parallel N: N rank processes, one per GPU, talking NCCL (tp_backend.py); its
+POST /pre-checkpoint and /post-restore tear the NCCL communicators down and build them
+again (in the other modes they answer {"nccl": false} and do nothing).
 
 --engine-process: the HTTP front-end initialises CUDA itself and runs the model in an
 engine child started with the "spawn" method (a forked child of a CUDA process keeps
@@ -52,6 +58,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from tp_backend import NcclDown, TensorParallelBackend
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -462,8 +470,6 @@ class Backend(Protocol):
 
     def generate(self, tokens: list[int], max_new_tokens: int) -> dict[str, Any]: ...
 
-    def control(self, command: str, level: int) -> dict[str, Any]: ...
-
     def alive(self) -> bool: ...
 
 
@@ -591,10 +597,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _sleep_mode(self, command: str, query: dict[str, list[str]]) -> None:
-        """vLLM's POST /sleep?level=1, POST /wake_up, GET /is_sleeping."""
+        """vLLM's POST /sleep?level=1, POST /wake_up, GET /is_sleeping (single-process and
+        engine-process modes; the tensor-parallel backend has no KV cache to release)."""
+        control = getattr(self._server().backend, "control", None)
+        if control is None:
+            self._reply(400, {"error": "sleep mode is not available in tensor-parallel mode"})
+            return
         try:
             level = int(query.get("level", ["1"])[0])
-            answer = self._server().backend.control(command, level)
+            answer = control(command, level)
         except (ValueError, ServerError) as exc:
             self._reply(400, {"error": str(exc)})
             return
@@ -611,10 +622,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         ready = server.backend.alive()
         self._reply(200 if ready else 503, {"ready": ready, **server.info})
 
+    def _hook(self) -> None:
+        backend = self._server().backend
+        action = getattr(backend, "teardown" if self.path == "/pre-checkpoint" else "rebuild", None)
+        try:
+            self._reply(200, action() if action else {"nccl": False})
+        except ServerError as exc:
+            _log("hook_failed", path=self.path, error=str(exc))
+            self._reply(500, {"error": str(exc)})
+
     def do_POST(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         if url.path in ("/sleep", "/wake_up"):
             self._sleep_mode(url.path.lstrip("/"), urllib.parse.parse_qs(url.query))
+            return
+        if self.path in ("/pre-checkpoint", "/post-restore"):
+            self._hook()
             return
         if self.path != "/generate":
             self._reply(404, {"error": f"no such path {self.path}"})
@@ -629,6 +652,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             answer = server.backend.generate(tokens, max_new_tokens)
+        except NcclDown as exc:
+            self._reply(503, {"error": str(exc)})
+            return
         except ServerError as exc:
             _log("generate_failed", error=str(exc))
             self._reply(500, {"error": str(exc)})
@@ -664,6 +690,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graph", action="store_true", help="capture a CUDA graph, replay it per request")
     parser.add_argument("--engine-process", action="store_true", help="run the model in a spawned engine child")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                        help="N rank processes, one per GPU, over NCCL (hooks: /pre-checkpoint, /post-restore)")
     parser.add_argument("--prepare-only", action="store_true", help="generate the weights if needed, then exit")
     return parser
 
@@ -706,12 +734,15 @@ def serve(argv: Sequence[str]) -> int:
             _log("prepared", weights_dir=str(options.weights_dir), generated=generated)
             return 0
         backend: Backend
-        if args.engine_process:
+        if args.tensor_parallel > 1:
+            backend = TensorParallelBackend(options, args.tensor_parallel, ServerError)
+        elif args.engine_process:
             backend = start_engine_process(options)
         else:
             timings: dict[str, float] = {}
             backend = LocalBackend(Engine(options, timings), timings)
-        mode = "engine-process" if args.engine_process else "single-process"
+        mode = (f"tensor-parallel-{args.tensor_parallel}" if args.tensor_parallel > 1
+                else "engine-process" if args.engine_process else "single-process")
         info = {
             "pid": os.getpid(),
             "engine_pid": backend.engine_pid,
@@ -774,9 +805,32 @@ def ask(argv: Sequence[str]) -> int:
     return 0
 
 
+def hook(argv: Sequence[str]) -> int:
+    """POST a hook endpoint; exit status 1 unless it answers 200 (snapd then fails the operation)."""
+    parser = argparse.ArgumentParser(prog="reference_server.py hook", description="Call a hook endpoint.")
+    parser.add_argument("--port", type=int, help="default: the first port in $SNAPD_PUBLISHED (a replica's)")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("endpoint", choices=["pre-checkpoint", "post-restore"])
+    args = parser.parse_args(argv)
+    published = os.environ.get("SNAPD_PUBLISHED", "").split()
+    if args.port is None and not published:
+        parser.error("--port is needed unless snapd passes SNAPD_PUBLISHED (a restore with its own network)")
+    address = f"127.0.0.1:{args.port}" if args.port is not None else published[0].split("=", 1)[1]
+    request = urllib.request.Request(f"http://{address}/{args.endpoint}", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            print(response.read().decode())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"reference_server hook {args.endpoint}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["ask"]:
         return ask(argv[1:])
+    if argv[:1] == ["hook"]:
+        return hook(argv[1:])
     return serve(argv)
 
 

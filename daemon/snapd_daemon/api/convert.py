@@ -69,6 +69,9 @@ def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Sna
             for p in m.processes
         ],
         files=[pb.ImageFile(name=f.name, size_bytes=f.size_bytes) for f in m.files],
+        replicable=m.replicable,
+        own_network_namespace=m.own_netns,
+        namespace_ports=m.ns_ports,
     )
     msg.created.FromNanoseconds(int(m.created * 1e9))
     if m.cgroup is not None:
@@ -97,6 +100,8 @@ def restore_result(outcome: RestoreOutcome, operation_id: str, cgroup: str) -> p
         duration_seconds=outcome.seconds,
         cgroup=cgroup,
         log_path=str(outcome.log_path or ""),
+        published=[pb.PublishedPort(port=port, address=address) for port, address in outcome.published.items()],
+        gpus=outcome.gpus,
     )
 
 

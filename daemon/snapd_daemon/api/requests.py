@@ -7,6 +7,7 @@ operation receives a spec it can trust.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from snapd.v1 import snapd_pb2 as pb
@@ -166,6 +167,7 @@ def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
         cgroup=_cgroup_request(request.cgroup) if request.HasField("cgroup") else None,
         log_name=validate_log_name(request.log_name),
         tcp=_tcp_restore(request.tcp),
+        publish_host=publish_host(request.publish_host),
     )
 
 
@@ -176,6 +178,16 @@ def _tcp_restore(value: int) -> str:
     if value not in _TCP_RESTORE:
         raise InvalidRequest(field="tcp", reason=f"{value} is not a TcpRestore value (0 close, 1 reestablish)")
     return _TCP_RESTORE[value]
+
+
+def publish_host(host: str) -> str:
+    """An IP address to publish a restored network namespace's ports on ("": 127.0.0.1)."""
+    if not host:
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise InvalidRequest(field="publish_host", reason=f"{host[:60]!r} is not an IP address") from None
 
 
 def _cgroup_request(spec: pb.CgroupSpec) -> CgroupRequest:

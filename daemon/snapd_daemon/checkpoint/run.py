@@ -2,7 +2,8 @@
 
 A ``CheckpointRun`` goes through its phases in order, one method each:
   1. ``inspect``: read the tree, refuse what cannot work (before anything is
-     touched), claim its pids; then the pre-checkpoint hook;
+     touched), claim its pids; then the pre-checkpoint hook, after which a
+     tree still holding live NCCL state is refused (host/nccl.py);
   2. ``hold``: write the hold record (runtime/holds.py), open the staging
      directory and the store's ingest;
   3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process;
@@ -45,8 +46,9 @@ from snapd_daemon.checkpoint.follower import DumpFollower
 from snapd_daemon.criu import actions
 from snapd_daemon.criu.notify import Notify
 from snapd_daemon.errors import CriuFailed, CudaFailed
-from snapd_daemon.host import cgroups, gpu
+from snapd_daemon.host import cgroups, gpu, nccl
 from snapd_daemon.host.hooks import Hook
+from snapd_daemon.host.namespaces import listening_ports, same_namespace
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio
 from snapd_daemon.runtime import Runtime, criulogs
@@ -151,6 +153,7 @@ class CheckpointRun(OperationRun):
             self.cancel.check()
             self.pre_hook()
             self.cancel.check()
+            nccl.refuse_live(self.tree)
             with ExitStack() as undo:
                 self.hold(undo)
                 self.freeze_gpu(undo)
@@ -240,7 +243,10 @@ class CheckpointRun(OperationRun):
             kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
             leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
             outward_stdio=self.stdio, tcp_established=spec.tcp_established, ext_unix_sk=spec.ext_unix_sk,
+            ns_pids=dict(self.hold_point.tree.ns_pids),
         )
+        manifest.own_netns = not same_namespace("net", spec.pid, rt.daemon_pid)
+        manifest.ns_ports = listening_ports(spec.pid) if manifest.own_netns else []
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
             final = plan(self.staging.images)

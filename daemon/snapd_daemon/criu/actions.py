@@ -139,6 +139,9 @@ def dump(
         external=list(external),
         tcp_established=tcp_established,
         ext_unix_sk=ext_unix_sk,
+        # without tcp_established, established TCP connections are refused, not dumped: no
+        # firewall lock is needed (the default lock needs iptables binaries many hosts lack)
+        network_lock=rpc_pb2.SKIP,
     )
     if tcp_established:
         opts.network_lock = rpc_pb2.NFTABLES

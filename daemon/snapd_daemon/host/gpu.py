@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon.errors import CudaFailed, GpuMismatch, GpuUnsupported
+from snapd_daemon.errors import CudaFailed, GpuMismatch, GpusBusy, GpuUnsupported
 from snapd_daemon.host import cuda, nvml
 from snapd_daemon.host.processes import ProcessTree, comm
 
@@ -209,22 +209,26 @@ def _cuda_call(action: str, pid: int, fn: Callable[[], None]) -> None:
         raise CudaFailed(action=action, pid=pid, reason=str(exc), rollback="") from exc
 
 
-def restore_pairs(snapshot_id: str, record: GpuRecord, uuid_map: dict[str, str]) -> dict[int, list[tuple[bytes, bytes]]]:
-    """Per CUDA pid, the GPU pairs to restore it with on this host ({} or empty
-    lists: onto the same GPUs), or GpuMismatch. See ``plan_pairs``."""
-    version, devices = inventory()
-    return plan_pairs(snapshot_id, record, version, devices, uuid_map)
+def busy_gpus() -> dict[str, list[int]]:
+    """UUID -> pids holding a CUDA context on it now, for each GPU that has any (NVML)."""
+    return {d.uuid: sorted(d.compute) for d in nvml.read().devices if d.compute}
 
 
 def plan_pairs(snapshot_id: str, record: GpuRecord, version: str, devices: tuple[GpuDevice, ...],
-               uuid_map: dict[str, str]) -> dict[int, list[tuple[bytes, bytes]]]:
-    """Where the GPUs the snapshot's processes used go on a host with ``devices``.
+               uuid_map: dict[str, str], busy: dict[str, str] | None = None) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Per CUDA pid (as recorded at checkpoint), the GPU pairs to restore it with on a host
+    with ``devices`` ({}: onto the same GPUs), or GpuMismatch / GpusBusy. See ``plan_targets``."""
+    return pairs_for(record, plan_targets(snapshot_id, record, version, devices, uuid_map, busy or {}), uuid_map)
+
+
+def plan_targets(snapshot_id: str, record: GpuRecord, version: str, devices: tuple[GpuDevice, ...],
+                 uuid_map: dict[str, str], busy: dict[str, str]) -> dict[str, GpuDevice]:
+    """Where the GPUs the snapshot's processes used go: snapshot GPU UUID -> device here.
 
     Checks the driver branch and the GPU model. Each used GPU goes where
-    ``uuid_map`` says, else to itself when this host has it, else to the first
-    free GPU of the same model. When any GPU moves (or a map is given), each
-    pid gets a pair for every GPU it used: the driver wants the array to name
-    every GPU the process checkpointed.
+    ``uuid_map`` says (busy or not: the caller chose it), else to itself when
+    this host has it and it is not ``busy`` (UUID -> what holds it), else to the
+    first free GPU of the same model; GpusBusy when every GPU of that model is busy.
     """
     if not devices:
         raise GpuMismatch(snapshot_id=snapshot_id, reason="no NVIDIA GPU or driver on this host")
@@ -248,12 +252,10 @@ def plan_pairs(snapshot_id: str, record: GpuRecord, version: str, devices: tuple
             new = by_uuid.get(uuid_map[old.uuid])
             if new is None:
                 raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no GPU {uuid_map[old.uuid]} on this host")
-        elif old.uuid in by_uuid and old.uuid not in taken:
+        elif old.uuid in by_uuid and old.uuid not in taken and old.uuid not in busy:
             new = by_uuid[old.uuid]
         else:
-            new = next((d for d in devices if d.name == old.name and d.uuid not in taken), None)
-            if new is None:
-                raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no free {old.name} here for GPU {old.uuid}")
+            new = _free_of_model(snapshot_id, old, devices, taken, busy)
         if new.name != old.name:
             raise GpuMismatch(snapshot_id=snapshot_id,
                               reason=f"GPU {old.uuid} was a {old.name}; {new.uuid} here is a {new.name}")
@@ -261,6 +263,26 @@ def plan_pairs(snapshot_id: str, record: GpuRecord, version: str, devices: tuple
             raise GpuMismatch(snapshot_id=snapshot_id, reason=f"two of the snapshot's GPUs would go to {new.uuid}")
         taken.add(new.uuid)
         targets[old.uuid] = new
+    return targets
+
+
+def _free_of_model(snapshot_id: str, old: GpuDevice, devices: tuple[GpuDevice, ...], taken: set[str],
+                   busy: dict[str, str]) -> GpuDevice:
+    same = [d for d in devices if d.name == old.name and d.uuid not in taken]
+    free = [d for d in same if d.uuid not in busy]
+    if free:
+        return free[0]
+    if same:
+        held = "; ".join(f"GPU {d.index} ({d.uuid}): {busy[d.uuid]}" for d in same)
+        raise GpusBusy(snapshot_id=snapshot_id, model=old.name, uuid=old.uuid, busy=held)
+    raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no free {old.name} here for GPU {old.uuid}")
+
+
+def pairs_for(record: GpuRecord, targets: dict[str, GpuDevice],
+              uuid_map: dict[str, str]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """The driver's GPU pairs per CUDA pid for ``targets`` ({} when nothing moves and no map
+    was given). When any GPU moves, each pid gets a pair for every GPU it used: the driver
+    wants the array to name every GPU the process checkpointed."""
     if not uuid_map and all(old == new.uuid for old, new in targets.items()):
         return {}
     every = tuple(targets)
@@ -271,7 +293,7 @@ def plan_pairs(snapshot_id: str, record: GpuRecord, version: str, devices: tuple
 
 def resume_restored(pids: tuple[int, ...], pairs: dict[int, list[tuple[bytes, bytes]]]) -> None:
     """Restore (VRAM back to the GPU, onto ``pairs[pid]`` when given) then unlock
-    every CUDA process of a restored tree."""
+    every CUDA process of a restored tree (host pids: the driver takes the caller's)."""
     for pid in pids:
         _cuda_call("restore", pid, lambda p=pid: cuda.restore(p, pairs.get(p) or None))
     for pid in pids:

@@ -14,11 +14,12 @@ import enum
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
 from snapd_daemon.errors import InvalidRequest, ProcessNotFound, ProcessProtected
+from snapd_daemon.host import namespaces
 
 _PF_KTHREAD = 0x00200000
 _PF_EXITING = 0x00000004
@@ -51,6 +52,8 @@ class ProcessTree:
     processes: tuple[ProcessRecord, ...]
     # CRIU's shell_job: the tree's session (or process group) leader is outside the tree
     external_session: bool
+    # root is the init of a pid namespace of its own: host pid -> pid inside it ({} otherwise)
+    ns_pids: dict[int, int] = field(default_factory=dict)
 
     @property
     def pids(self) -> list[int]:
@@ -120,7 +123,8 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
 
     Refuses (with the reason in the error) pid 1, kernel threads, the daemon
     itself and any of its ancestors, a tree that contains the daemon, a
-    process in another pid namespace, a process whose session leader lives
+    process in another pid namespace than the root's, a root in a pid namespace
+    of its own that is not its init, a process whose session leader lives
     in an ancestor pid namespace (CRIU cannot dump a session id that reads 0),
     and a process with a controlling terminal (CRIU restores it only from a
     terminal of its own; the daemon has none, so every restore would fail).
@@ -139,7 +143,7 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
         ancestors = {p.pid for p in psutil.Process(daemon_pid).parents()}
         if pid in ancestors:
             raise ProcessProtected(pid=pid, name=name, reason=f"it is an ancestor of the snapd daemon (pid {daemon_pid})")
-        own_ns = os.readlink(f"/proc/{daemon_pid}/ns/pid")
+        own_ns = _tree_namespace(pid, name, daemon_pid)
         records = tuple(r for member in [root, *root.children(recursive=True)]
                         if (r := _member(member, pid, name, own_ns)) is not None)
     except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError) as exc:
@@ -159,7 +163,34 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
                    "namespace (its session id reads 0), which CRIU cannot dump; start the workload in its own "
                    "session (setsid, or as a systemd service)",
         )
-    return ProcessTree(root=pid, processes=records, external_session=external)
+    own = not namespaces.same_namespace("pid", pid, daemon_pid)
+    if own and external:
+        raise ProcessProtected(
+            pid=pid, name=name,
+            reason=f"pid {pid} of its tree is the init of a pid namespace of its own, but its session or process "
+                   "group leader is outside that namespace, which CRIU cannot dump; start it with `snapd run` "
+                   "(whose init leads its own session)",
+        )
+    return ProcessTree(root=pid, processes=records, external_session=external,
+                       ns_pids=namespaces.pids_inside(pid, sorted(pids)) if own else {})
+
+
+def _tree_namespace(pid: int, name: str, daemon_pid: int) -> str:
+    """The pid namespace the tree must live in: the daemon's, or one of its own whose
+    init is ``pid`` (nested directly below the daemon's)."""
+    own_ns = os.readlink(f"/proc/{daemon_pid}/ns/pid")
+    if namespaces.same_namespace("pid", pid, daemon_pid):
+        return own_ns
+    chain = namespaces.ns_pids(pid)
+    if chain[-1] != 1 or len(chain) != len(namespaces.ns_pids(daemon_pid)) + 1:
+        init = namespaces.namespace_init(pid)
+        raise ProcessProtected(
+            pid=pid, name=name,
+            reason="it lives in a pid namespace of its own but is not its init; checkpoint the namespace's init"
+                   + (f", pid {init}" if init else "") + " (`snapd run` prints it), so that CRIU dumps the whole "
+                   "namespace and every restore gets a fresh one",
+        )
+    return os.readlink(f"/proc/{pid}/ns/pid")
 
 
 def _member(proc: psutil.Process, root: int, name: str, own_ns: str) -> ProcessRecord | None:
@@ -174,8 +205,8 @@ def _member(proc: psutil.Process, root: int, name: str, own_ns: str) -> ProcessR
         if not zombie and os.readlink(f"/proc/{proc.pid}/ns/pid") != own_ns:
             raise ProcessProtected(
                 pid=root, name=name,
-                reason=f"pid {proc.pid} of its tree lives in another pid namespace than the daemon (CRIU "
-                       "would name it by a pid this host does not use); run snapd in that namespace",
+                reason=f"pid {proc.pid} of its tree lives in another pid namespace than its root (CRIU "
+                       "dumps one pid namespace, the root's); start it without a namespace of its own",
             )
         tty_nr = int(fields[4])
         if tty_nr:

@@ -1,8 +1,16 @@
 """Restore: snapshot -> live process tree with its original pids, all or nothing.
 
+A snapshot whose root was the init of a pid namespace of its own (``snapd run``)
+is restored into a fresh pid namespace each time: its pids are the recorded
+ones inside, new ones on the host, so any number of restores of it may run
+at once (replicas); everything below then names the tree by its host pids
+(pidmap.py). With a network namespace of its own, each copy's listening ports
+are published on free host ports (host/portfwd.py) before the post-restore hook.
+
 A ``RestoreRun`` goes through its phases in order, one method each:
-  1. ``claim``: find the snapshot, claim its pids and itself, open the cgroup
-     placement, check the GPUs and that the pids are free;
+  1. ``claim``: find the snapshot, claim its pids and itself (shared with
+     other restores of a replicable snapshot), open the cgroup placement,
+     choose and lease the GPUs, check that the pids are free;
   2. ``journal``: write the restore's hold record (runtime/holds.py, KILL) before
      anything is created, so that a daemon killed from here on is followed, at
      its next start, by killing whatever this restore created;
@@ -14,7 +22,8 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      each chunk verified against its hash (delivery.py);
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
-  7. ``resume_gpu``: the GPU side is restored and unlocked; then the post-restore hook.
+  7. ``resume_gpu``: the GPU side is restored and unlocked; then the ports are
+     published (``publish``) and the post-restore hook runs.
 Undo: staging is always discarded; any failure from the moment CRIU returns
 (a corrupt or missing chunk, a refused write, a cancelled call, a task that
 died, the GPU, the hook) SIGKILLs the whole tree, identified as the record
@@ -39,11 +48,11 @@ import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
-from snapd_daemon.errors import RestoreAborted, RestoreSpaceFull, SnapdError, StoreFull
-from snapd_daemon.host import gpu, stdio
+from snapd_daemon.errors import PublishFailed, RestoreAborted, RestoreSpaceFull, SnapdError, StoreFull
+from snapd_daemon.host import gpu, portfwd, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
-from snapd_daemon.restore import images
+from snapd_daemon.restore import images, pidmap
 from snapd_daemon.restore.delivery import Delivery
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree
 from snapd_daemon.runtime import Runtime, criulogs
@@ -68,16 +77,22 @@ class RestoreSpec:
     log_name: str = ""
     # a snapshot's established TCP connections: "close" or "reestablish"
     tcp: str = "close"
+    # host address a copy with its own network namespace publishes its ports on
+    publish_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class RestoreOutcome:
     snapshot_id: str
-    root_pid: int
+    root_pid: int  # host pids, here and in ``pids``
     pids: list[int]
     seconds: float
     # where the tree's outward stdio pipes write now (None: it had none)
     log_path: Path | None = None
+    # port inside the tree's network namespace -> host address it is published on
+    published: dict[int, str] = field(default_factory=dict)
+    # snapshot GPU UUID -> GPU UUID the tree runs on
+    gpus: dict[str, str] = field(default_factory=dict)
 
 
 class RestoreRun(OperationRun):
@@ -88,6 +103,10 @@ class RestoreRun(OperationRun):
         self.manifest: Manifest = rt.catalog.get(spec.ref)
         self.delivery = Delivery(rt.store, self.manifest, rt.settings.io_threads)
         self.pairs: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.gpus: dict[str, str] = {}
+        # checkpoint pid -> host pid of the restored copy (known once CRIU has returned)
+        self.hosts: dict[int, int] = {}
+        self.published: dict[int, str] = {}
         self.staging: Staging
         self.root = 0
         self.log_path: Path | None = None
@@ -98,9 +117,10 @@ class RestoreRun(OperationRun):
     def execute(self) -> RestoreOutcome:
         m = self.manifest
         needs = Needs(m.id, m.raw_bytes, sum(p.threads for p in m.processes) + 1)
-        with (self.rt.registry.claim("restore", self.op, pids=m.pids, snapshot_id=m.id),
-              self.rt.cgroups.placement(self.spec.cgroup, needs) as cgroup):
-            self.claim()
+        with (self.rt.registry.claim("restore", self.op, pids=() if m.replicable else m.pids, snapshot_id=m.id,
+                                     shared=m.replicable),
+              self.rt.cgroups.placement(self.spec.cgroup, needs) as cgroup, ExitStack() as leased):
+            self.claim(leased)
             with ExitStack() as always:
                 always.callback(self._clear_record)
                 self.journal()
@@ -117,32 +137,41 @@ class RestoreRun(OperationRun):
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu()
+                    self.publish(undo)
                     self.post_hook()
                     undo.pop_all()
         outcome = RestoreOutcome(
-            snapshot_id=m.id, root_pid=self.root, pids=m.pids, seconds=round(time.monotonic() - self.started, 3),
+            snapshot_id=m.id, root_pid=self.root, pids=[self.hosts[p] for p in m.pids],
+            seconds=round(time.monotonic() - self.started, 3),
             log_path=self.log_path if any(e.writes for e in m.outward_stdio) else None,
+            published=self.published, gpus=self.gpus,
         )
         log.info("restore.done", snapshot=m.id, root_pid=self.root, seconds=outcome.seconds)
         return outcome
 
     # -- phases ---------------------------------------------------------------
 
-    def claim(self) -> None:
-        """Re-read the snapshot now that it is claimed (an rm may have won), check GPUs and pids."""
+    def claim(self, leased: ExitStack) -> None:
+        """Re-read the snapshot now that it is claimed (an rm may have won), choose and
+        lease GPUs (held until ``leased`` closes), check pids."""
         self.manifest = m = self.rt.catalog.get(self.manifest.id)
         self.delivery = Delivery(self.rt.store, m, self.rt.settings.io_threads)
+        if m.gpu:
+            self.pairs, self.gpus = leased.enter_context(
+                self.rt.gpu_leases.lease(self.op, m.id, m.gpu, self.spec.gpu_uuid_map))
+        if m.replicable:
+            return  # its pids are those of a fresh pid namespace
         self.report(ProgressEvent(Phase.PREPARE, 0, m.raw_bytes, f"checking pids {m.pids}"))
-        self.pairs = gpu.restore_pairs(m.id, m.gpu, self.spec.gpu_uuid_map) if m.gpu else {}
+        self.hosts = {pid: pid for pid in m.pids}
         ensure_pids_free(m, self.spec.wait_seconds or self.rt.settings.pid_wait_seconds)
 
     def journal(self, processes: list[tuple[int, float]] | None = None, helper: tuple[int, float] = (0, 0.0)) -> None:
         """Write (or rewrite) the record that lets a restarted daemon kill this restore's tree."""
-        m = self.manifest
+        m, hosts = self.manifest, self.hosts  # before CRIU a replica's pids are unknown: its CRIU covers it
         self.record = HoldRecord(
-            processes=processes or [(p.pid, 0.0) for p in m.processes],
-            cuda_pids=list(m.gpu.cuda_pids) if m.gpu else [], action=KILL,
-            names={p.pid: p.name for p in m.processes}, since=self.since, helper=helper,
+            processes=processes or [(pid, 0.0) for pid in hosts.values()],
+            cuda_pids=[hosts[p] for p in m.gpu.cuda_pids if p in hosts] if m.gpu else [], action=KILL,
+            names={hosts[p.pid]: p.name for p in m.processes if p.pid in hosts}, since=self.since, helper=helper,
         )
         self.rt.journal.write(self.op, self.record)
 
@@ -185,9 +214,10 @@ class RestoreRun(OperationRun):
             )
             undo.callback(self._kill_tree)
         metrics.BYTES_READ.inc(m.raw_bytes)
-        # the tree exists, every task stopped: name it by start time from now on
+        # the tree exists, every task stopped: name it by host pid and start time from now on
+        self.hosts = pidmap.locate(m, self.root)
         try:
-            started = [(pid, psutil.Process(pid).create_time()) for pid in m.pids]
+            started = [(pid, psutil.Process(pid).create_time()) for pid in self.hosts.values()]
         except psutil.NoSuchProcess as exc:
             raise RestoreAborted(snapshot_id=m.id, reason=f"pid {exc.pid} died right after CRIU restored it "
                                  "(killed from outside, or by the OOM killer?)") from exc
@@ -201,7 +231,7 @@ class RestoreRun(OperationRun):
         self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory"))
         with metrics.phase("restore", "inject"):
             try:
-                self.delivery.run(plan.memory, lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)),
+                self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts), lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)),
                                   self.cancel.check)
             except SnapdError:
                 self.cancel.check()  # a cancel accepted meanwhile is the cause that counts
@@ -209,7 +239,7 @@ class RestoreRun(OperationRun):
 
     def resume(self) -> None:
         """Let the tree run: every task that was running at checkpoint."""
-        running = [p.pid for p in self.manifest.processes if not p.stopped]
+        running = [self.hosts[p.pid] for p in self.manifest.processes if not p.stopped]
         log.info("restore.resume", pids=running)
         for pid in running:
             try:
@@ -223,7 +253,23 @@ class RestoreRun(OperationRun):
         if m.gpu:
             self.report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(m.gpu.cuda_pids)}"))
             with metrics.phase("restore", "gpu-restore"):
-                gpu.resume_restored(m.gpu.cuda_pids, self.pairs)
+                gpu.resume_restored(tuple(self.hosts[p] for p in m.gpu.cuda_pids),
+                                    {self.hosts[p]: pairs for p, pairs in self.pairs.items()})
+
+    def publish(self, undo: ExitStack) -> None:
+        """Publish each port the tree listened on in its own network namespace on a free
+        port of ``publish_host``; a relay ends with the tree, or with the undo."""
+        m = self.manifest
+        for port in m.ns_ports if m.own_netns else []:
+            address = f"[{self.spec.publish_host}]:0" if ":" in self.spec.publish_host else f"{self.spec.publish_host}:0"
+            try:
+                relay = portfwd.publish(self.root, address, port)
+            except portfwd.PublishError as exc:
+                raise PublishFailed(port=port, pid=self.root, address=address, reason=str(exc)) from exc
+            undo.callback(_end_relay, relay.relay_pid)
+            self.published[port] = relay.address
+        if self.published:
+            log.info("restore.published", ports=self.published)
 
     def _kill_tree(self) -> None:
         """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start."""
@@ -239,9 +285,18 @@ class RestoreRun(OperationRun):
     def post_hook(self) -> None:
         if self.spec.post_hook:
             self.report(ProgressEvent(Phase.HOOK, message="post-restore hook"))
+            published = " ".join(f"{port}={address}" for port, address in self.published.items())
             self.spec.post_hook.run("post-restore", {"SNAPD_PID": str(self.root), "SNAPD_OPERATION": self.op,
-                                                     "SNAPD_SNAPSHOT_ID": self.manifest.id},
+                                                     "SNAPD_SNAPSHOT_ID": self.manifest.id,
+                                                     "SNAPD_PUBLISHED": published},
                                     rollback="; the restored tree was killed")
+
+
+def _end_relay(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
 
 
 def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,

@@ -34,6 +34,8 @@ class Operation:
     kind: str
     pids: frozenset[int] = frozenset()
     snapshot_id: str = ""
+    # restores of a replicable snapshot share it with each other
+    shared: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -61,10 +63,11 @@ class OperationRegistry:
 
     @contextmanager
     def claim(
-        self, kind: str, operation_id: str, pids: Iterable[int] = (), snapshot_id: str = ""
+        self, kind: str, operation_id: str, pids: Iterable[int] = (), snapshot_id: str = "", shared: bool = False
     ) -> Iterator[Operation]:
-        """Hold ``pids`` / ``snapshot_id`` for the duration of the block."""
-        op = Operation(id=operation_id, kind=kind, pids=frozenset(pids), snapshot_id=snapshot_id)
+        """Hold ``pids`` / ``snapshot_id`` for the duration of the block; a ``shared`` claim
+        of a snapshot is refused only by claims that are not shared."""
+        op = Operation(id=operation_id, kind=kind, pids=frozenset(pids), snapshot_id=snapshot_id, shared=shared)
         with self._lock:
             if self._closed:
                 raise ShuttingDown()
@@ -72,7 +75,7 @@ class OperationRegistry:
                 clash = op.pids & other.pids
                 if clash:
                     raise ProcessBusy(pid=min(clash), operation_id=other.id)
-                if snapshot_id and snapshot_id == other.snapshot_id:
+                if snapshot_id and snapshot_id == other.snapshot_id and not (shared and other.shared):
                     raise SnapshotBusy(snapshot_id=snapshot_id, operation_id=other.id)
             self._ops[op.id] = op
         with self._listed(self._ops, op.id):

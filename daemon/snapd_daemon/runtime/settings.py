@@ -9,6 +9,7 @@ from pathlib import Path
 
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.host.cgroups import CgroupRoot
+from snapd_daemon.runtime.gpuleases import GpuLeases
 from snapd_daemon.runtime.holds import HoldJournal
 from snapd_daemon.runtime.registry import OperationRegistry
 from snapd_daemon.runtime.staging import Scratch
@@ -84,6 +85,7 @@ class Runtime:
     cgroups: CgroupRoot
     journal: HoldJournal
     registry: OperationRegistry = field(default_factory=OperationRegistry)
+    gpu_leases: GpuLeases = field(default_factory=GpuLeases)
     # operations of an earlier daemon process that this start rolled back
     recovered_operations: int = 0
     daemon_pid: int = field(default_factory=os.getpid)

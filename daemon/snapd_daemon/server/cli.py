@@ -1,7 +1,8 @@
-"""The daemon's commands of the `snapd` CLI: `serve` (run the daemon) and `exit-codes`.
+"""The daemon's commands of the `snapd` CLI: `serve` (run the daemon), `exit-codes`, and
+`run` (start a server in namespaces of its own: server/run.py).
 
 ``main`` is the `snapd` entry point: the client's command group (snapd_client.cli)
-with these two added, so operators have one command and schedulers can use the
+with these added, so operators have one command and schedulers can use the
 client package alone.
 """
 
@@ -21,6 +22,7 @@ from snapd_client.client import EXIT_UNREACHABLE
 from snapd_daemon import logs
 from snapd_daemon.errors import ALL_ERRORS, ConfigInvalid, SnapdError
 from snapd_daemon.server import config
+from snapd_daemon.server.run import run
 from snapd_daemon.server.serve import serve as serve_daemon
 
 
@@ -139,4 +141,5 @@ def exit_codes(ctx: click.Context) -> None:
 def main() -> None:
     cli.add_command(serve)
     cli.add_command(exit_codes)
+    cli.add_command(run)
     cli()

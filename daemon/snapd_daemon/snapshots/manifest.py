@@ -60,6 +60,14 @@ class Manifest:
     # dumped with established TCP connections / unix sockets to outside peers (CRIU options)
     tcp_established: bool = False
     ext_unix_sk: bool = False
+    # the root was the init of a pid namespace of its own: pid at checkpoint -> pid inside
+    # it ({}: the tree shared the host's). Such a snapshot restores any number of times at
+    # once, each copy in a fresh pid namespace; its images name processes by the inside pids.
+    ns_pids: dict[int, int] = field(default_factory=dict)
+    # the tree had a network namespace of its own: the TCP ports listened on inside it,
+    # which each restored copy publishes on a host port
+    own_netns: bool = False
+    ns_ports: list[int] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -69,6 +77,15 @@ class Manifest:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    @property
+    def replicable(self) -> bool:
+        """Restores get a pid namespace of their own (any number of them at once)."""
+        return bool(self.ns_pids)
+
+    def image_pid(self, pid: int) -> int:
+        """The pid CRIU's images name the process that had ``pid`` at checkpoint by."""
+        return self.ns_pids.get(pid, pid)
 
     def chunk_ids(self) -> set[str]:
         return {c.id for f in self.files for c in f.chunks if c.id != ZERO_CHUNK}
@@ -99,6 +116,7 @@ class Manifest:
             data["gpu"] = GpuRecord.from_dict(data["gpu"])
         if data.get("cgroup"):
             data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
+        data["ns_pids"] = {int(k): int(v) for k, v in (data.get("ns_pids") or {}).items()}
         data["outward_stdio"] = [_known(OutwardEnd, e) for e in data.get("outward_stdio", [])]
         return _known(cls, data)
 

@@ -80,7 +80,7 @@ class Hook(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp")
+    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp", "publish_host")
     class GpuUuidMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class RestoreRequest(_message.Message):
     CGROUP_FIELD_NUMBER: _ClassVar[int]
     LOG_NAME_FIELD_NUMBER: _ClassVar[int]
     TCP_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_HOST_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
     wait_for_exit_seconds: int
     gpu_uuid_map: _containers.ScalarMap[str, str]
@@ -102,7 +103,8 @@ class RestoreRequest(_message.Message):
     cgroup: CgroupSpec
     log_name: str
     tcp: TcpRestore
-    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ...) -> None: ...
+    publish_host: str
+    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ..., publish_host: _Optional[str] = ...) -> None: ...
 
 class CgroupSpec(_message.Message):
     __slots__ = ("path", "create", "memory_max_bytes", "cpu_max", "pids_max", "cpuset_cpus", "cpuset_mems")
@@ -155,7 +157,14 @@ class RestoreEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path")
+    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path", "published", "gpus")
+    class GpusEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     ROOT_PID_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +172,8 @@ class RestoreResult(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
     LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     operation_id: str
     snapshot_id: str
     root_pid: int
@@ -170,7 +181,17 @@ class RestoreResult(_message.Message):
     duration_seconds: float
     cgroup: str
     log_path: str
-    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ...) -> None: ...
+    published: _containers.RepeatedCompositeFieldContainer[PublishedPort]
+    gpus: _containers.ScalarMap[str, str]
+    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PublishedPort(_message.Message):
+    __slots__ = ("port", "address")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    address: str
+    def __init__(self, port: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ProcessInfo(_message.Message):
     __slots__ = ("pid", "ppid", "name", "cmdline", "threads", "rss_bytes")
@@ -197,7 +218,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "replicable", "own_network_namespace", "namespace_ports")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +250,9 @@ class Snapshot(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     EXT_UNIX_SK_FIELD_NUMBER: _ClassVar[int]
+    REPLICABLE_FIELD_NUMBER: _ClassVar[int]
+    OWN_NETWORK_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_PORTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -253,7 +277,10 @@ class Snapshot(_message.Message):
     duration_seconds: float
     tcp_established: bool
     ext_unix_sk: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ...) -> None: ...
+    replicable: bool
+    own_network_namespace: bool
+    namespace_ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CgroupInfo(_message.Message):
     __slots__ = ("path", "limits")

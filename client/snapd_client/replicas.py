@@ -1,0 +1,76 @@
+"""`snapd restore SNAPSHOT --replicas K`: K restores of one snapshot at once, one call each.
+
+Only a replicable snapshot (taken of a tree started with `snapd run`: its own
+pid namespace) can be restored more than once at a time; any other's second
+copy is refused (its pids are in use). Each replica is all or nothing on its
+own: a replica that fails is rolled back by the daemon, those that succeeded
+stay running (the caller asked for K servers; K-1 healthy ones are kept, and
+the failure is reported with its exit code).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+from snapd.v1 import snapd_pb2 as pb
+
+from snapd_client.client import SnapdClient, SnapdClientError
+from snapd_client.output import as_dict
+
+
+def namespaces_note(snap: pb.Snapshot) -> str:
+    """What `snapd inspect` adds about a snapshot's namespaces ("" for a plain one)."""
+    if not snap.replicable:
+        return ""
+    ports = f", own network namespace (ports {list(snap.namespace_ports)})" if snap.own_network_namespace else ""
+    return f"; replicable (own pid namespace{ports})"
+
+
+def restore_many(make_client: Callable[[], SnapdClient], snapshot: str, count: int,
+                 **options: Any) -> list[pb.RestoreResult | SnapdClientError]:
+    """``count`` concurrent Restore calls of ``snapshot``, each through its own client; per
+    replica (in order of start) its result or its error."""
+    outcomes: list[pb.RestoreResult | SnapdClientError | None] = [None] * count
+
+    def one(i: int) -> None:
+        with make_client() as client:
+            try:
+                outcomes[i] = client.restore(snapshot, **options)
+            except SnapdClientError as err:
+                outcomes[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,), name=f"replica-{i}", daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [o for o in outcomes if o is not None]
+
+
+def report(outcomes: list[pb.RestoreResult | SnapdClientError], as_json: bool) -> None:
+    """Print every replica (running or failed); exit with the first failure's code, if any."""
+    failed = [o for o in outcomes if isinstance(o, SnapdClientError)]
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"replicas": [as_dict(o) for o in outcomes if isinstance(o, pb.RestoreResult)],
+                               "errors": [{"error": e.error_class, "message": e.message, "exit_code": e.exit_code}
+                                          for e in failed]}, indent=2, sort_keys=True))
+    for i, o in enumerate(outcomes):
+        if isinstance(o, SnapdClientError):
+            click.echo(f"replica {i}: failed (rolled back): {o.message}", err=True)
+        elif not as_json:
+            ports = ", ".join(f"{p.port} at {p.address}" for p in o.published)
+            gpus = ", ".join(f"{old} -> {new}" for old, new in sorted(o.gpus.items()))
+            click.echo(f"replica {i}: pid {o.root_pid} (pids {list(o.pids)}) in {o.duration_seconds:.2f} s"
+                       + (f"; ports {ports}" if ports else "") + (f"; GPUs {gpus}" if gpus else ""))
+    if failed:
+        click.echo(f"snapd: {len(failed)} of {len(outcomes)} replicas failed; the others are running", err=True)
+        if any(e.error_class in ("ProcessBusy", "PidsInUse") for e in failed):
+            click.echo("snapd: a snapshot restores more than once at a time only if its tree was started with "
+                       "`snapd run` (Snapshot.replicable)", err=True)
+        sys.exit(failed[0].exit_code)
