@@ -231,8 +231,8 @@ class RestoreRun(OperationRun):
         self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory"))
         with metrics.phase("restore", "inject"):
             try:
-                self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts), lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)),
-                                  self.cancel.check)
+                self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts),
+                                  lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check)
             except SnapdError:
                 self.cancel.check()  # a cancel accepted meanwhile is the cause that counts
                 raise
