@@ -135,10 +135,13 @@ def cli(ctx: click.Context, target: str, as_json: bool, tls_ca: Path | None, tls
 @click.option("--cuda-lock-timeout-ms", type=click.IntRange(0, 2**32 - 1), default=0,
               help="How long CUDA may wait for in-flight GPU work (default 30000).")
 @click.option("--keep-hot", is_flag=True, help="Also keep the snapshot decompressed in RAM for a fast next restore.")
+@click.option("--push/--no-push", default=None, help="Upload it to the remote tier in the background once durable "
+              "[default: the daemon's push_after_checkpoint].")
 @_json_option
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
-               pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool, as_json: bool) -> None:
+               pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool, push: bool | None,
+               as_json: bool) -> None:
     """Checkpoint process tree PID (with its GPU state) into a new snapshot."""
     parsed = _pairs(labels, "--label")
 
@@ -148,7 +151,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
             interrupts = Interrupts(client, bar.done)
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
-                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, on_progress=bar,
+                                     cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, push=push, on_progress=bar,
                                      on_interrupt=interrupts)
         bar.done()
         interrupts.completed()
@@ -156,7 +159,8 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
             f"{human_bytes(snap.raw_bytes)} in {total:.2f} s (dumped after {snap.checkpoint_seconds:.2f} s)"
-            + ("; process left running" if snap.leave_running else "; process stopped")))
+            + ("; process left running" if snap.leave_running else "; process stopped")
+            + (f"; pushing (operation {snap.push_operation_id})" if snap.push_operation_id else "")))
 
     _run(ctx, as_json, action)
 
@@ -212,14 +216,15 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
 
 @cli.command("list")
 @click.option("--name", default="", help="Only snapshots of this name.")
+@click.option("--remote", is_flag=True, help="List the remote tier's snapshots instead.")
 @_json_option
 @click.pass_context
-def list_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+def list_cmd(ctx: click.Context, name: str, remote: bool, as_json: bool) -> None:
     """List complete snapshots, oldest first."""
 
     def action(c: Ctx) -> None:
         with c.client() as client:
-            resp = client.list(name)
+            resp = client.list(name, remote)
 
         def human() -> None:
             click.echo(f"{'ID':<30} {'NAME':<20} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10} {'NEW':>10}  CREATED")
@@ -235,7 +240,7 @@ def list_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
                        f"{human_bytes(resp.store_stored_bytes)} compressed, {human_bytes(resp.store_disk_bytes)} "
                        f"on disk (dedupe ratio {dedupe:.2f})")
 
-        c.emit(resp, human)
+        c.emit(resp, (lambda: cmd_remote.print_remote_list(resp)) if remote else human)
 
     _run(ctx, as_json, action)
 
@@ -340,16 +345,17 @@ def prefetch(ctx: click.Context, snapshot: str, drop: bool, as_json: bool) -> No
 @click.option("--keep-last", type=click.IntRange(0), default=0,
               help="Keep the newest N snapshots of each name, expire older ones (pinned/unnamed are kept).")
 @click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option("--remote", is_flag=True, help="The remote tier's unreferenced chunks instead (fails while a push runs).")
 @_json_option
 @click.pass_context
-def gc(ctx: click.Context, keep_last: int, dry_run: bool, as_json: bool) -> None:
+def gc(ctx: click.Context, keep_last: int, dry_run: bool, remote: bool, as_json: bool) -> None:
     """Reclaim space: expire old snapshots (--keep-last) and unreferenced chunks."""
 
     def action(c: Ctx) -> None:
         with c.client() as client:
-            r = client.gc(keep_last=keep_last, dry_run=dry_run)
+            r = client.gc(keep_last=keep_last, dry_run=dry_run, remote=remote)
         verb = "would remove" if r.dry_run else "removed"
-        c.emit(r, lambda: click.echo(
+        c.emit(r, lambda: cmd_remote.print_remote_gc(r) if remote else click.echo(
             f"{verb} {len(r.expired_snapshots)} snapshot(s) {list(r.expired_snapshots) or ''} and "
             f"{r.chunks} chunk(s), {human_bytes(r.bytes)}"))
 
@@ -408,3 +414,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def main() -> None:
     cli()
+
+
+from snapd_client import cmd_remote  # noqa: E402 (registers push and pull on cli; needs it defined)

@@ -166,13 +166,16 @@ class SnapdClient:
         hook_timeout_seconds: int = 0,
         cuda_lock_timeout_ms: int = 0,
         keep_hot: bool = False,
+        push: bool | None = None,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
     ) -> pb.Snapshot:
+        """``push``: upload the snapshot to the remote tier in the background once durable
+        (None: the daemon's push_after_checkpoint setting); ``Snapshot.push_operation_id`` names it."""
         request = pb.CheckpointRequest(
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
-            cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
+            cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, push=push,
         )
         result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress,
                                            on_interrupt)
@@ -212,8 +215,10 @@ class SnapdClient:
         )
         return result
 
-    def list(self, name: str = "") -> pb.ListSnapshotsResponse:
-        result: pb.ListSnapshotsResponse = self._unary(self._stub.ListSnapshots, pb.ListSnapshotsRequest(name=name))
+    def list(self, name: str = "", remote: bool = False) -> pb.ListSnapshotsResponse:
+        """The local store's snapshots, or with ``remote`` the remote tier's."""
+        result: pb.ListSnapshotsResponse = self._unary(self._stub.ListSnapshots,
+                                                       pb.ListSnapshotsRequest(name=name, remote=remote))
         return result
 
     def get(self, snapshot: str) -> pb.Snapshot:
@@ -234,10 +239,27 @@ class SnapdClient:
         result: pb.PrefetchResponse = self._unary(self._stub.Prefetch, pb.PrefetchRequest(snapshot=snapshot, drop=drop))
         return result
 
-    def gc(self, *, keep_last: int = 0, dry_run: bool = False) -> pb.CollectGarbageResponse:
+    def gc(self, *, keep_last: int = 0, dry_run: bool = False, remote: bool = False) -> pb.CollectGarbageResponse:
+        """``remote``: the remote tier's unreferenced chunks instead (keep_last does not apply)."""
         result: pb.CollectGarbageResponse = self._unary(
-            self._stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=keep_last, dry_run=dry_run)
+            self._stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=keep_last, dry_run=dry_run, remote=remote)
         )
+        return result
+
+    def push(self, snapshot: str, *, on_progress: ProgressCallback | None = None,
+             on_interrupt: InterruptCallback | None = None) -> pb.PushResult:
+        """Upload a local snapshot to the remote tier (chunks the bucket lacks, then its manifest)."""
+        result: pb.PushResult = self._follow(self._stub.PushSnapshot(pb.PushRequest(snapshot=snapshot),
+                                                                     timeout=self.timeout),
+                                             "result", on_progress, on_interrupt)
+        return result
+
+    def pull(self, snapshot: str, *, on_progress: ProgressCallback | None = None,
+             on_interrupt: InterruptCallback | None = None) -> pb.PullResult:
+        """Download a remote snapshot into the local store (chunks it lacks, verified)."""
+        result: pb.PullResult = self._follow(self._stub.PullSnapshot(pb.PullRequest(snapshot=snapshot),
+                                                                     timeout=self.timeout),
+                                             "result", on_progress, on_interrupt)
         return result
 
     def fsck(self, snapshot: str = "") -> pb.CheckStoreResponse:

@@ -21,7 +21,7 @@ from snapd_daemon.errors import ChunkCorrupt, InjectFailed
 from snapd_daemon.host import memwrite
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, ChunkUnreadable, chunk_offsets
-from snapd_daemon.store.protocol import ChunkStore
+from snapd_daemon.store.protocol import ChunkReader
 
 _ZEROS = bytes(4 << 20)
 Progress = Callable[[int], None]
@@ -96,7 +96,7 @@ class Router:
 class Delivery:
     """Delivers routes of one snapshot's chunks from ``store`` with ``threads`` threads."""
 
-    def __init__(self, store: ChunkStore, manifest: Manifest, threads: int) -> None:
+    def __init__(self, store: ChunkReader, manifest: Manifest, threads: int) -> None:
         self.store = store
         self.manifest = manifest
         self.threads = threads

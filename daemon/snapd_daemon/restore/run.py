@@ -8,6 +8,8 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      its next start, by killing whatever this restore created;
   3. ``prepare``: write the snapshot's images, verified, into a staging
      directory (RAM when it has room) with the large regions cut out (images.py);
+     a snapshot only the remote tier holds is pulled meanwhile, its chunks
+     read as they arrive (remote/ondemand.py) and kept once all are read;
   4. ``criu``: CRIU restores from there and leaves every task stopped;
      the record then names the tree by start time;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
@@ -39,10 +41,11 @@ import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
-from snapd_daemon.errors import RestoreAborted, RestoreSpaceFull, SnapdError, StoreFull
+from snapd_daemon.errors import RestoreAborted, RestoreSpaceFull, SnapdError, SnapshotNotFound, StoreFull
 from snapd_daemon.host import gpu, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
+from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images
 from snapd_daemon.restore.delivery import Delivery
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree
@@ -76,6 +79,8 @@ class RestoreOutcome:
     seconds: float
     # where the tree's outward stdio pipes write now (None: it had none)
     log_path: Path | None = None
+    # (bytes, chunks) fetched from the remote tier for this restore
+    pulled: tuple[int, int] = (0, 0)
 
 
 class RestoreRun(OperationRun):
@@ -83,8 +88,15 @@ class RestoreRun(OperationRun):
                  cancel: CancelToken) -> None:
         super().__init__(rt, operation_id, report, cancel)
         self.spec = spec
-        self.manifest: Manifest = rt.catalog.get(spec.ref)
-        self.delivery = Delivery(rt.store, self.manifest, rt.settings.io_threads)
+        self.remote: OnDemand | None = None
+        try:
+            self.manifest: Manifest = rt.catalog.get(spec.ref)
+        except SnapshotNotFound:
+            if rt.remote is None:
+                raise
+            self.remote = OnDemand.find(rt, spec.ref, report)
+            self.manifest = self.remote.manifest
+        self.delivery = Delivery(self.remote or rt.store, self.manifest, rt.settings.io_threads)
         self.pairs: dict[int, list[tuple[bytes, bytes]]] = {}
         self.staging: Staging
         self.root = 0
@@ -103,7 +115,7 @@ class RestoreRun(OperationRun):
                 always.callback(self._clear_record)
                 self.journal()
                 with ExitStack() as undo:
-                    with self.rt.store.lock.shared():
+                    with self.rt.store.lock.shared(), self.remote or ExitStack():
                         self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
                         with ExitStack() as staged:
                             staged.callback(self.rt.scratch.discard, self.staging)
@@ -112,6 +124,8 @@ class RestoreRun(OperationRun):
                             self.cancel.check()
                             self.criu(cgroup, undo)
                         self.inject(plan)
+                        if self.remote is not None:
+                            self.remote.publish()
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu()
@@ -120,6 +134,7 @@ class RestoreRun(OperationRun):
         outcome = RestoreOutcome(
             snapshot_id=m.id, root_pid=self.root, pids=m.pids, seconds=round(time.monotonic() - self.started, 3),
             log_path=self.log_path if any(e.writes for e in m.outward_stdio) else None,
+            pulled=self.remote.fetched if self.remote else (0, 0),
         )
         log.info("restore.done", snapshot=m.id, root_pid=self.root, seconds=outcome.seconds)
         return outcome
@@ -128,8 +143,10 @@ class RestoreRun(OperationRun):
 
     def claim(self) -> None:
         """Re-read the snapshot now that it is claimed (an rm may have won), check GPUs and pids."""
-        self.manifest = m = self.rt.catalog.get(self.manifest.id)
-        self.delivery = Delivery(self.rt.store, m, self.rt.settings.io_threads)
+        if self.remote is None:
+            self.manifest = self.rt.catalog.get(self.manifest.id)
+            self.delivery = Delivery(self.rt.store, self.manifest, self.rt.settings.io_threads)
+        m = self.manifest
         self.report(ProgressEvent(Phase.PREPARE, 0, m.raw_bytes, f"checking pids {m.pids}"))
         self.pairs = gpu.restore_pairs(m.id, m.gpu, self.spec.gpu_uuid_map) if m.gpu else {}
         ensure_pids_free(m, self.spec.wait_seconds or self.rt.settings.pid_wait_seconds)

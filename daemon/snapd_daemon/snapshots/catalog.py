@@ -20,6 +20,7 @@ import structlog
 
 from snapd_daemon.errors import ChunkCorrupt, SnapshotNotFound, SnapshotPinned
 from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable, chunk_offsets
@@ -128,6 +129,14 @@ class Catalog:
         with self._lock:
             self._index[manifest.id] = manifest
         return manifest
+
+    def adopt(self, imported: ChunkImport, manifest: Manifest) -> int:
+        """Publish a snapshot that came whole from elsewhere (a pull) and list it; bytes of
+        chunks new to the store."""
+        added = imported.commit(manifest.id, manifest.to_json().encode(), manifest.chunk_ids())
+        with self._lock:
+            self._index[manifest.id] = manifest
+        return added
 
     def pin(self, manifest: Manifest, pinned: bool) -> None:
         self.store.pins.set(manifest.id, pinned)

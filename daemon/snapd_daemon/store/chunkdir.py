@@ -97,15 +97,20 @@ class ChunkDir:
     def read(self, cid: str) -> bytes | memoryview:
         """Verified raw bytes of chunk ``cid``; raises ChunkUnreadable when it is missing or
         corrupt (then naming the file read, for ``move_out``)."""
+        return self.read_stored(cid)[1]
+
+    def read_stored(self, cid: str, path: Path | None = None) -> tuple[bytearray, bytes | memoryview]:
+        """(the file's bytes, the verified raw bytes) of chunk ``cid`` (from ``path`` if given,
+        e.g. a staged temporary); raises ChunkUnreadable like ``read``."""
         try:
-            with open(self.path(cid), "rb", buffering=0) as f:
+            with open(path or self.path(cid), "rb", buffering=0) as f:
                 st = os.fstat(f.fileno())
                 blob = bytearray(st.st_size)
                 f.readinto(blob)
         except FileNotFoundError:
             raise ChunkUnreadable(cid, "missing") from None
         try:
-            return codec.decode(blob, cid)
+            return blob, codec.decode(blob, cid)
         except codec.ChunkDecodeError as exc:
             raise ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino)) from None
 

@@ -32,6 +32,7 @@ import structlog
 from snapd_daemon.errors import StoreError, StoreFull
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
+from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
 from snapd_daemon.store.manifests import ManifestDir, PinSet
 from snapd_daemon.store.model import ChunkUnreadable
@@ -113,6 +114,10 @@ class LocalStore:
         return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads), source, progress,
                       self.hot if keep_hot else None)
 
+    def begin_import(self, caller_holds_lock: bool = False) -> ChunkImport:
+        """Start taking in a snapshot's chunks in their stored form (a pull; see imports.py)."""
+        return ChunkImport(self.root, self.chunks, self.manifests, self.lock, caller_holds_lock)
+
     # -- reading --------------------------------------------------------------
 
     def read_chunk(self, cid: str, hot: bool = True) -> bytes | memoryview:
@@ -123,6 +128,14 @@ class LocalStore:
             if view is not None:
                 return view
         return self._read_disk(cid)
+
+    def read_stored(self, cid: str) -> bytes | bytearray:
+        """The chunk as stored (codec.py's form), verified first; a bad one is quarantined and
+        ChunkUnreadable raised. What a push uploads."""
+        try:
+            return self.chunks.read_stored(cid)[0]
+        except ChunkUnreadable as err:
+            raise self._contain(err) from None
 
     def _read_disk(self, cid: str) -> bytes | memoryview:
         """Verified bytes of a chunk on disk; one found corrupt or missing is quarantined,

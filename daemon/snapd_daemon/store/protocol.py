@@ -1,5 +1,6 @@
-"""The interface the rest of snapd uses to reach a store (``LocalStore`` is the one
-implementation today; a remote tier stands beside it, not inside it)."""
+"""The interfaces the rest of snapd uses to reach a store: ``ChunkStore`` (``LocalStore``),
+and ``ChunkReader``, all a restore's delivery needs (the local store, or a pull from the
+remote tier, store/remote.py, that stands beside it, not inside it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, Self
 
+from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed, Progress
 from snapd_daemon.store.local import PrunePlan
 from snapd_daemon.store.manifests import ManifestDir, PinSet
@@ -29,6 +31,13 @@ class IngestSession(Protocol):
     def close(self) -> None: ...
 
 
+class ChunkReader(Protocol):
+    """What a restore's delivery reads chunks from: the store, or a pull feeding it."""
+
+    def translate_os_errors(self, needed: int) -> AbstractContextManager[None]: ...
+    def read_chunk(self, cid: str, hot: bool = True) -> bytes | memoryview: ...
+
+
 class ChunkStore(Protocol):
     """Chunks by id, manifests as bytes, pins, a RAM tier; nothing about what the bytes mean."""
 
@@ -45,7 +54,9 @@ class ChunkStore(Protocol):
     def disk_bytes(self) -> int: ...
     def begin_ingest(self, source: Path, progress: Progress, keep_hot: bool = False,
                      hot_ram_needed: int = 0) -> IngestSession: ...
+    def begin_import(self, caller_holds_lock: bool = False) -> ChunkImport: ...
     def read_chunk(self, cid: str, hot: bool = True) -> bytes | memoryview: ...
+    def read_stored(self, cid: str) -> bytes | bytearray: ...
     def damaged(self, cids: set[str]) -> set[str]: ...
     def prefetch(self, holder: str, chunks: dict[str, int], progress: Progress) -> int: ...
     def drop_prefetch(self, holder: str) -> int: ...
