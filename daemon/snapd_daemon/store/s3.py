@@ -145,7 +145,7 @@ class Bucket:
         """The object's bytes; KeyError when it does not exist (the caller says what was missing)."""
         try:
             return obstore.get(self.store, key).bytes().to_bytes()
-        except obx.NotFoundError:
+        except (obx.NotFoundError, FileNotFoundError):
             raise KeyError(key) from None
         except Exception as exc:
             raise self._error("reading", key, exc) from exc
@@ -165,7 +165,7 @@ class Bucket:
         """The object's size, or None if it does not exist."""
         try:
             return int(obstore.head(self.store, key)["size"])
-        except obx.NotFoundError:
+        except (obx.NotFoundError, FileNotFoundError):
             return None
         except Exception as exc:
             raise self._error("checking", key, exc) from exc
@@ -185,7 +185,7 @@ class Bucket:
             part = keys[start : start + 1000]
             try:
                 obstore.delete(self.store, part)
-            except obx.NotFoundError:
+            except (obx.NotFoundError, FileNotFoundError):
                 continue
             except Exception as exc:
                 raise self._error("deleting", part[0], exc) from exc
