@@ -63,7 +63,8 @@ class S3Server:
         config.write_text(json.dumps({"identities": [{
             "name": "snapd", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        if not self.port:  # a restart keeps the port, so daemons configured with it reach it again
+        restart = bool(self.port)
+        if not restart:  # a restart keeps the port, so daemons configured with it reach it again
             self.port = _free_ports(1)[0]
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = _free_ports(7)
         args = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -75,22 +76,26 @@ class S3Server:
         with open(self.root / "weed.log", "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                          start_new_session=True, cwd=self.root)
-        self._wait_serving(timeout)
+        self._wait_serving(timeout, restart)
         return self
 
     def store(self, prefix: str = "") -> S3Store:
         return S3Store(BUCKET, prefix=prefix or None, endpoint=self.endpoint, access_key_id=ACCESS_KEY,
                        secret_access_key=SECRET_KEY, region="us-east-1", client_options={"allow_http": True})
 
-    def _wait_serving(self, timeout: float) -> None:
+    def _wait_serving(self, timeout: float, restart: bool) -> None:
         deadline = time.monotonic() + timeout
         store = self.store()
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; its log:\n{self.log_tail()}")
-            try:  # an upload creates the bucket (autoCreateBucket, for this admin identity)
-                obstore.put(store, ".ready", b"")
+            try:  # an upload creates the bucket (autoCreateBucket, for this admin identity); after a
+                # restart, objects read back only once the volume server has registered again
+                if restart:
+                    obstore.get(store, ".ready").bytes()
+                else:
+                    obstore.put(store, ".ready", b"ready\n" * 4096)  # big enough to live in a volume
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:
