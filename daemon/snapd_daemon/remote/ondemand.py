@@ -6,8 +6,8 @@ the local store has is read there; the others are fetched in parallel by a
 waits for moved to the front) and read back, verified, as soon as each is
 staged. So the images for CRIU and the memory injected afterwards are written
 while the rest is still arriving. Once the restore has read everything,
-``publish`` makes the pulled snapshot a local one (chunks, then manifest); a
-restore that fails discards what was staged.
+``publish`` makes the pulled snapshot a local one (chunks, then manifest) once
+the tree runs; a restore that fails discards what was staged.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ class OnDemand:
         return cls(rt, find(require_remote(rt), ref), report)
 
     def __enter__(self) -> OnDemand:
-        """Start fetching. The caller holds the store lock shared until this ends."""
+        """Start fetching; the store lock is held shared from here until this ends."""
         remote = require_remote(self.rt)
         with ExitStack() as stack:
-            self.imported = stack.enter_context(self.rt.store.begin_import(caller_holds_lock=True))
+            self.imported = stack.enter_context(self.rt.store.begin_import())
             self.fetcher = Fetcher(remote, self.imported, fetch_order(self.manifest), f"snapshot {self.manifest.id}")
             self.report(ProgressEvent(Phase.DOWNLOAD, 0, self.fetcher.raw_total,
                                       f"fetching {self.fetcher.chunks} chunk(s) from {remote.cfg.where}"))

@@ -24,7 +24,8 @@ names it (never a process that took one of the pids since); a failure inside
 CRIU leaves CRIU to kill what it made. The record is cleared at the end,
 unless a process of the tree survived the kill: then the next start tries.
 The store lock is held shared from prepare to the end of the injection, so a
-waiting gc never holds a stopped tree up between the two.
+waiting gc never holds a stopped tree up between the two (for a snapshot pulled
+on demand, from the first fetch until its copy is published, after the resume).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,9 +114,11 @@ class RestoreRun(OperationRun):
             self.claim()
             with ExitStack() as always:
                 always.callback(self._clear_record)
+                if self.remote is not None:  # fetching starts; it holds the store lock shared until it ends
+                    always.enter_context(self.remote)
                 self.journal()
                 with ExitStack() as undo:
-                    with self.rt.store.lock.shared(), self.remote or ExitStack():
+                    with self.rt.store.lock.shared() if self.remote is None else nullcontext():
                         self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
                         with ExitStack() as staged:
                             staged.callback(self.rt.scratch.discard, self.staging)
@@ -124,15 +127,16 @@ class RestoreRun(OperationRun):
                             self.cancel.check()
                             self.criu(cgroup, undo)
                         self.inject(plan)
-                        if self.remote is not None:
-                            self.remote.publish()
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu()
                     self.post_hook()
                     undo.pop_all()
+                seconds = round(time.monotonic() - self.started, 3)
+                if self.remote is not None:
+                    self.remote.publish()
         outcome = RestoreOutcome(
-            snapshot_id=m.id, root_pid=self.root, pids=m.pids, seconds=round(time.monotonic() - self.started, 3),
+            snapshot_id=m.id, root_pid=self.root, pids=m.pids, seconds=seconds,
             log_path=self.log_path if any(e.writes for e in m.outward_stdio) else None,
             pulled=self.remote.fetched if self.remote else (0, 0),
         )

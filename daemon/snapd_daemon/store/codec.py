@@ -86,7 +86,7 @@ def encode(raw: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
     return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
 
 
-def decode(blob: bytes | bytearray, expected_id: str) -> bytes | memoryview:
+def decode(blob: bytes | bytearray | memoryview, expected_id: str) -> bytes | memoryview:
     """Raw bytes of a chunk file, verified against ``expected_id`` (a view into
     ``blob`` when the chunk is stored raw)."""
     if len(blob) < HEADER.size:

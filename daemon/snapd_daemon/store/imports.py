@@ -5,14 +5,14 @@ name; ``commit`` makes every staged chunk durable (one syncfs), gives them
 their names, then writes the manifest, last: a snapshot appears whole or not
 at all, as with an ingest. ``abort`` (or leaving the ``with`` block without a
 commit) removes every temporary. The store lock is held shared from ``begin``
-until ``close`` (by this session, or by its caller when it says it holds it),
-so gc never takes staged chunks, or the local ones the snapshot reuses, for orphans.
+until ``close``, so gc never takes staged chunks, or the local ones the
+snapshot reuses, for orphans.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -28,12 +28,11 @@ from snapd_daemon.store.rwlock import RWLock
 class ChunkImport:
     """Thread-safe: many fetching threads ``add`` while others ``read``."""
 
-    def __init__(self, root: Path, chunks: ChunkDir, manifests: ManifestDir, lock: RWLock,
-                 caller_holds_lock: bool) -> None:
+    def __init__(self, root: Path, chunks: ChunkDir, manifests: ManifestDir, lock: RWLock) -> None:
         self.root = root
         self.chunks = chunks
         self.manifests = manifests
-        self._held: AbstractContextManager[None] | None = nullcontext() if caller_holds_lock else lock.shared()
+        self._held: AbstractContextManager[None] | None = lock.shared()
         self._held.__enter__()
         self._lock = threading.Lock()
         self.staged: dict[str, Path] = {}

@@ -114,9 +114,9 @@ class LocalStore:
         return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads), source, progress,
                       self.hot if keep_hot else None)
 
-    def begin_import(self, caller_holds_lock: bool = False) -> ChunkImport:
+    def begin_import(self) -> ChunkImport:
         """Start taking in a snapshot's chunks in their stored form (a pull; see imports.py)."""
-        return ChunkImport(self.root, self.chunks, self.manifests, self.lock, caller_holds_lock)
+        return ChunkImport(self.root, self.chunks, self.manifests, self.lock)
 
     # -- reading --------------------------------------------------------------
 

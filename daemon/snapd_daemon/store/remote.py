@@ -55,7 +55,7 @@ class RemoteStore:
         """Upload a chunk in its stored form unless the bucket has it; True when this call wrote it."""
         return self.bucket.put(self.chunk_key(cid), blob, only_if_absent=True)
 
-    def get_chunk(self, cid: str, what: str) -> tuple[bytes, bytes | memoryview]:
+    def get_chunk(self, cid: str, what: str) -> tuple[memoryview, bytes | memoryview]:
         """(stored form, raw bytes) of a chunk, verified against its id; ``what`` names the
         snapshot it is needed for, in the error when it is missing."""
         key = self.chunk_key(cid)
@@ -94,7 +94,7 @@ class RemoteStore:
 
     def get_manifest(self, manifest_id: str) -> bytes | None:
         try:
-            return self.bucket.get(self.manifest_key(manifest_id))
+            return bytes(self.bucket.get(self.manifest_key(manifest_id)))
         except KeyError:
             return None
 

@@ -141,10 +141,10 @@ class Bucket:
         prefix = self.cfg.prefix.strip("/")
         return f"{prefix}/{key}" if prefix else key
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str) -> memoryview:
         """The object's bytes; KeyError when it does not exist (the caller says what was missing)."""
         try:
-            return obstore.get(self.store, key).bytes().to_bytes()
+            return memoryview(obstore.get(self.store, key).bytes())
         except (obx.NotFoundError, FileNotFoundError):
             raise KeyError(key) from None
         except Exception as exc:
