@@ -74,6 +74,8 @@ class Fetcher:
             self._cond.notify_all()
         for t in self._threads:
             t.join()
+        for event in self._done.values():  # no waiter outlives the fetch
+            event.set()
 
     def wait(self, cid: str) -> None:
         """Return once chunk ``cid`` is staged; raise the fetch's failure if it failed."""

@@ -1,7 +1,8 @@
 """Import: chunks of one snapshot arriving in their stored form from elsewhere (a pull).
 
 ``add`` stages a chunk, already verified by the caller, under a temporary
-name; ``commit`` makes every staged chunk durable (one syncfs), gives them
+name (a flusher writes them back while more arrive, as during an ingest);
+``commit`` makes every staged chunk durable (one syncfs), gives them
 their names, then writes the manifest, last: a snapshot appears whole or not
 at all, as with an ingest. ``abort`` (or leaving the ``with`` block without a
 commit) removes every temporary. The store lock is held shared from ``begin``
@@ -19,6 +20,7 @@ from typing import Self
 
 from snapd_daemon.errors import StoreError
 from snapd_daemon.store.chunkdir import ChunkDir
+from snapd_daemon.store.ingest import Flusher
 from snapd_daemon.store.manifests import ManifestDir
 from snapd_daemon.store.model import ChunkUnreadable
 from snapd_daemon.store.oserrors import translated
@@ -38,6 +40,7 @@ class ChunkImport:
         self.staged: dict[str, Path] = {}
         self.staged_bytes = 0
         self.committed = False
+        self._flusher: Flusher | None = Flusher(root, self).__enter__()
 
     def __enter__(self) -> Self:
         return self
@@ -77,6 +80,7 @@ class ChunkImport:
     def commit(self, manifest_id: str, manifest: bytes, used: set[str]) -> int:
         """Publish the staged chunks, then the manifest; bytes of chunks new to the store.
         Every chunk in ``used`` must be staged or stored (else StoreError, nothing published)."""
+        self._stop_flusher()
         with self._lock:
             staged = dict(self.staged)
         lacking = sorted(cid for cid in used if cid not in staged and not self.chunks.exists(cid))
@@ -104,6 +108,12 @@ class ChunkImport:
             self.staged.clear()
 
     def close(self) -> None:
+        self._stop_flusher()
         if self._held is not None:
             self._held.__exit__(None, None, None)
             self._held = None
+
+    def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.__exit__(None, None, None)
+            self._flusher = None

@@ -111,6 +111,10 @@ class RemoteStore:
     def lock(self, kind: str) -> RemoteLock:
         return RemoteLock(self, kind)
 
+    def probe(self) -> int:
+        """How many snapshots the bucket holds (one listing: reachable, allowed, bucket there)."""
+        return len(self.manifest_ids())
+
     def locks(self) -> list[tuple[str, datetime]]:
         """(key, last modified) of every lock object."""
         return [(key, mtime) for key, _, mtime in self.bucket.list(LOCKS)]
@@ -154,7 +158,11 @@ class RemoteLock(Poller):
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(None, None, None)
-        self.remote.bucket.delete([self.key])
+        try:
+            self.remote.bucket.delete([self.key])
+        except Exception as err:  # the operation's own outcome is what counts; the lock goes stale
+            log.warning("remote.unlock_failed", lock=self.key, error=str(err))
+            return
         log.info("remote.unlocked", lock=self.key)
 
     def poll(self) -> bool:
