@@ -121,6 +121,11 @@ def test_cli_push_list_pull_gc(tmp_path: Path, s3: S3Server, workloads: Workload
         assert out.returncode == 0 and f"pulled {snap.id}" in out.stdout, out.stderr
         out = snapd(b, "gc", "--remote", "--dry-run")
         assert out.returncode == 0 and "1 snapshot(s) kept; would remove 0 unreferenced chunk(s)" in out.stdout
+        with b.client() as cb:
+            status = cb.status()
+        assert status.remote == f"{s3.endpoint} bucket snapd-test prefix cli"
+        assert [(c.ok, c.detail) for c in status.checks if c.name == "remote"] == [(True, f"{status.remote}: 1 "
+                                                                                    "snapshot(s)")]
 
 
 def test_remote_gc_removes_only_unreferenced_chunks_and_waits_for_no_push(

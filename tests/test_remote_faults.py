@@ -12,7 +12,7 @@ import obstore
 import pytest
 from harness import Daemon, Workloads, ask, error_of, gone, snapd, wait_for
 from remotelib import chunk_objects, local_chunk_temporaries, remote_args, two_hosts
-from s3server import S3Server
+from s3server import S3Server, credentials_env
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
@@ -110,6 +110,8 @@ def test_unreachable_denied_missing_and_unconfigured(tmp_path: Path, s3: S3Serve
     try:
         out = snapd(closed, "list", "--remote")
         assert out.returncode == 50 and "http://127.0.0.1:9 (bucket b) unreachable while listing" in out.stderr
+        out = snapd(closed, "status")
+        assert out.returncode == 1 and "[FAIL] remote" in out.stdout
         out = snapd(denied, "pull", "some-snapshot")
         assert out.returncode == 51 and "denied" in out.stderr and "denied/manifests/some-snapshot.json" in out.stderr
         out = snapd(plain, "push", "x")
@@ -126,6 +128,23 @@ def test_unreachable_denied_missing_and_unconfigured(tmp_path: Path, s3: S3Serve
     finally:
         for d in (closed, denied, plain):
             d.close()
+
+
+def test_credentials_from_the_aws_environment(tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch,
+                                              workloads: Workloads) -> None:
+    """No credentials file: the daemon takes the keys from AWS_* variables, as obstore's chain does."""
+    for key, value in credentials_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws/credentials to fall back on
+    d = Daemon(tmp_path, s3.daemon_args("env-credentials")).start()
+    try:
+        pid, _ = workloads.start("memhold.py", "8")
+        with d.client() as c:
+            snap = c.checkpoint(pid, leave_running=True)
+            assert c.push(snap.id).uploaded_chunks > 0
+            assert [s.id for s in c.list(remote=True).snapshots] == [snap.id]
+    finally:
+        d.close()
 
 
 def test_bad_remote_configuration_is_refused_at_start(tmp_path: Path) -> None:
