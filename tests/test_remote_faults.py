@@ -11,7 +11,7 @@ from pathlib import Path
 import obstore
 import pytest
 from harness import Daemon, Workloads, ask, error_of, gone, snapd, wait_for
-from remotelib import chunk_objects, local_chunk_temporaries, remote_args, two_hosts
+from remotelib import chunk_objects, credentials_file, local_chunk_temporaries, remote_args, two_hosts
 from s3server import S3Server, credentials_env
 
 from snapd.v1 import snapd_pb2 as pb
@@ -102,7 +102,8 @@ def test_server_killed_mid_pull_and_mid_restore(tmp_path: Path, own_s3: S3Server
 def test_unreachable_denied_missing_and_unconfigured(tmp_path: Path, s3: S3Server, workloads: Workloads) -> None:
     (tmp_path / "closed").mkdir()
     closed = Daemon(tmp_path / "closed", ("--remote-endpoint", "http://127.0.0.1:9", "--remote-bucket", "b",
-                                          "--remote-retries", "1")).start()
+                                          "--remote-retries", "1", "--remote-credentials-file",
+                                          str(credentials_file(tmp_path / "credentials")))).start()
     (tmp_path / "denied").mkdir()
     denied = Daemon(tmp_path / "denied", remote_args(tmp_path, s3, "denied", secret="wrong-secret")).start()
     (tmp_path / "plain").mkdir()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -98,6 +99,12 @@ def credentials(cfg: RemoteConfig) -> dict[str, str]:
     return {}
 
 
+# how obstore quotes the server's answer in its errors
+_STATUS_RE = re.compile(r"status code: (\d{3})")
+# where obstore's chain asks for credentials when none are given: instance and container metadata
+_METADATA_HOSTS = ("169.254.169.254", "169.254.170.2")
+
+
 class Bucket:
     """Objects under ``cfg.prefix`` of ``cfg.bucket``: get, put (optionally only if absent), head,
     list, delete. Thread-safe; keys are relative to the prefix."""
@@ -121,20 +128,27 @@ class Bucket:
                              conditional_put="etag", virtual_hosted_style_request=False, **credentials(cfg))
 
     def _error(self, action: str, key: str, exc: Exception) -> SnapdError:
+        """The SnapdError for a failed request: denied (401/403), no bucket, a server error
+        (after the retries), unreachable (no answer at all), or what the server said."""
         fields = {"endpoint": self.cfg.endpoint, "bucket": self.cfg.bucket, "action": action,
                   "key": self.full_key(key)}
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, (obx.PermissionDeniedError, obx.UnauthenticatedError)):
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        answered = _STATUS_RE.search(text)
+        status = int(answered.group(1)) if answered else 0
+        if any(host in text for host in _METADATA_HOSTS):
+            return RemoteDenied(**fields, reason="no credentials found: no remote_credentials_file, no AWS_* "
+                                f"variables, no shared credentials file, and the metadata service said: {reason}")
+        if isinstance(exc, (obx.PermissionDeniedError, obx.UnauthenticatedError)) or status in (401, 403) \
+                or any(s in text for s in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
             return RemoteDenied(**fields, reason=reason)
-        text = str(exc)
-        if any(s in text for s in ("Connection refused", "error sending request", "connection closed",
-                                   "timed out", "Timeout", "dns error", "connect error", "retries")):
-            return RemoteUnreachable(**fields, reason=reason, retries=self.cfg.retries)
         if "NoSuchBucket" in text:
             return RemoteMissing(endpoint=self.cfg.endpoint, bucket=self.cfg.bucket, what="the bucket",
                                  key=self.cfg.bucket, hint="; create it or fix remote_bucket")
-        if any(s in text for s in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "403")):
-            return RemoteDenied(**fields, reason=reason)
+        if status:
+            return RemoteFailed(**fields, reason=reason)
+        if isinstance(exc, obx.GenericError):  # no HTTP answer: refused, reset, timed out, DNS
+            return RemoteUnreachable(**fields, reason=reason, retries=self.cfg.retries)
         return RemoteFailed(**fields, reason=reason)
 
     def full_key(self, key: str) -> str:
