@@ -44,12 +44,14 @@ def test_a_waiting_reader_is_served_before_the_queue(tmp_path: Path, s3: S3Serve
     chunks = _upload(remote, 48)
     store = LocalStore(tmp_path / "state", 2)
     with store.begin_import() as imported:
-        fetcher = Fetcher(remote, imported, chunks, "snapshot test")
+        fetcher = Fetcher(remote, imported, chunks, "snapshot test", fresh_limit=1 << 20)
         with fetcher:
             last = chunks[-1][0]
-            fetcher.wait(last)
+            fresh = fetcher.wait(last)
             # one worker: besides the chunk it had started, the wanted one came next
             assert fetcher.fetched_chunks < len(chunks) // 2
+            # the first reader gets the verified bytes; a later one reads the staged copy
+            assert fresh is not None and codec.chunk_id(fresh) == last and fetcher.wait(last) is None
             assert codec.chunk_id(imported.read(last)) == last
             fetcher.join()
         assert fetcher.fetched_chunks == len(chunks) and fetcher.raw_done == fetcher.raw_total

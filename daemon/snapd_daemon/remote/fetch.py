@@ -3,7 +3,8 @@
 Chunks are fetched in the order given (the order a restore needs them), by
 ``threads`` workers; a reader that ``wait``s for a chunk not yet started moves
 it to the front, so a restore's delivery never waits behind chunks it needs
-later. Each chunk is verified against its id before it is staged (a bad object
+later. A restore's first reader of a chunk gets the raw bytes the fetch
+verified (within FRESH_LIMIT), sparing it a read back and a second hash. Each chunk is verified against its id before it is staged (a bad object
 raises RemoteObjectBad naming it). The first failure stops the workers; every
 waiter, and ``join``, raises it.
 """
@@ -23,14 +24,17 @@ from snapd_daemon.store.remote import RemoteStore
 from snapd_daemon.util.poller import Poller
 
 log = structlog.get_logger()
+# Raw bytes of fetched chunks a restore's fetch keeps for their first reader, at most (beyond
+# it, readers read them back staged).
+FRESH_LIMIT = 256 << 20
 
 
 class Fetcher:
     def __init__(self, remote: RemoteStore, imported: ChunkImport, order: list[tuple[str, int]], what: str,
-                 stop: Callable[[], None] = lambda: None) -> None:
+                 stop: Callable[[], None] = lambda: None, fresh_limit: int = 0) -> None:
         """``order``: (chunk id, raw length) in the order they are wanted (those the local
         store or the import has are skipped); ``what``: the snapshot, for messages; ``stop``:
-        raises to stop the fetch (a cancel)."""
+        raises to stop the fetch (a cancel); ``fresh_limit``: raw bytes kept for first readers."""
         self.remote = remote
         self.imported = imported
         self.what = what
@@ -48,6 +52,9 @@ class Fetcher:
         self.failure: BaseException | None = None
         self.fetched_bytes = 0
         self.fetched_chunks = 0
+        self._fresh: dict[str, bytes | memoryview] = {}
+        self._fresh_bytes = 0
+        self._fresh_limit = fresh_limit
         self._threads = [threading.Thread(target=self._work, name=f"fetch-{i}", daemon=True)
                          for i in range(min(remote.cfg.threads, max(1, len(wanted))))]
 
@@ -77,14 +84,20 @@ class Fetcher:
         for event in self._done.values():  # no waiter outlives the fetch
             event.set()
 
-    def wait(self, cid: str) -> None:
-        """Return once chunk ``cid`` is staged; raise the fetch's failure if it failed."""
+    def wait(self, cid: str) -> bytes | memoryview | None:
+        """Return once chunk ``cid`` is staged: its verified raw bytes to the first reader while
+        they are held (``fresh_limit``), else None (read it from the import). Raises the fetch's
+        failure if it failed."""
         with self._cond:
             if cid not in self._started and self.failure is None:
                 self._urgent.append(cid)
         self._done[cid].wait()
         if self.failure is not None:
             raise self.failure
+        with self._cond:
+            raw = self._fresh.pop(cid, None)
+            self._fresh_bytes -= len(raw) if raw is not None else 0
+        return raw
 
     def progress(self, report: Callable[[int, int], None], interval: float = 0.25) -> FetchProgress:
         """A poller passing (raw bytes fetched, raw bytes to fetch) to ``report`` while it runs."""
@@ -113,7 +126,7 @@ class Fetcher:
         while (cid := self._next()) is not None:
             try:
                 self.stop()
-                blob, _raw = self.remote.get_chunk(cid, self.what)
+                blob, raw = self.remote.get_chunk(cid, self.what)
                 self.imported.add(cid, blob)
             except BaseException as exc:
                 with self._cond:
@@ -127,6 +140,9 @@ class Fetcher:
                 self.fetched_bytes += len(blob)
                 self.fetched_chunks += 1
                 self.raw_done += self._lengths[cid]
+                if self._fresh_bytes + len(raw) <= self._fresh_limit:
+                    self._fresh[cid] = raw
+                    self._fresh_bytes += len(raw)
             self._done[cid].set()
 
 

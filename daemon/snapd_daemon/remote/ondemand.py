@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, ExitStack
 import structlog
 
 from snapd_daemon.errors import SnapdError
-from snapd_daemon.remote.fetch import Fetcher
+from snapd_daemon.remote.fetch import FRESH_LIMIT, Fetcher
 from snapd_daemon.remote.listing import find, require_remote
 from snapd_daemon.remote.pull import fetch_order
 from snapd_daemon.runtime import Runtime
@@ -45,7 +45,8 @@ class OnDemand:
         remote = require_remote(self.rt)
         with ExitStack() as stack:
             self.imported = stack.enter_context(self.rt.store.begin_import())
-            self.fetcher = Fetcher(remote, self.imported, fetch_order(self.manifest), f"snapshot {self.manifest.id}")
+            self.fetcher = Fetcher(remote, self.imported, fetch_order(self.manifest), f"snapshot {self.manifest.id}",
+                                   fresh_limit=FRESH_LIMIT)
             self.report(ProgressEvent(Phase.DOWNLOAD, 0, self.fetcher.raw_total,
                                       f"fetching {self.fetcher.chunks} chunk(s) from {remote.cfg.where}"))
             stack.enter_context(self.fetcher)
@@ -64,8 +65,8 @@ class OnDemand:
         fetcher = self.fetcher
         if fetcher is None or not fetcher.wants(cid):
             return self.rt.store.read_chunk(cid, hot)
-        fetcher.wait(cid)
-        return self.imported.read(cid)
+        raw = fetcher.wait(cid)
+        return raw if raw is not None else self.imported.read(cid)
 
     @property
     def fetched(self) -> tuple[int, int]:
