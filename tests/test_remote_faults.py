@@ -113,6 +113,12 @@ def test_unreachable_denied_missing_and_unconfigured(tmp_path: Path, s3: S3Serve
         assert out.returncode == 50 and "http://127.0.0.1:9 (bucket b) unreachable while listing" in out.stderr
         out = snapd(closed, "status")
         assert out.returncode == 1 and "[FAIL] remote" in out.stdout
+        (tmp_path / "nobucket").mkdir()
+        nobucket = Daemon(tmp_path / "nobucket", (*remote_args(tmp_path, s3, ""), "--remote-bucket",
+                                                  "no-such-bucket")).start()
+        out = snapd(nobucket, "list", "--remote")
+        nobucket.close()
+        assert out.returncode == 53 and "bucket no-such-bucket: the bucket itself is not there" in out.stderr
         out = snapd(denied, "pull", "some-snapshot")
         assert out.returncode == 51 and "denied" in out.stderr and "denied/manifests/some-snapshot.json" in out.stderr
         out = snapd(plain, "push", "x")
@@ -122,7 +128,8 @@ def test_unreachable_denied_missing_and_unconfigured(tmp_path: Path, s3: S3Serve
         assert out.returncode == 55, out.stderr
         with two_hosts(tmp_path, s3, "missing") as (_a, b):
             out = snapd(b, "pull", "no-such-snapshot")
-            assert out.returncode == 53 and "snapshot 'no-such-snapshot'" in out.stderr and \
+            assert out.returncode == 53 and "snapshot 'no-such-snapshot' (as an id or a name) is not there" in \
+                out.stderr and \
                 "`snapd list --remote`" in out.stderr
             out = snapd(b, "restore", "no-such-snapshot")
             assert out.returncode == 53, out.stderr

@@ -249,7 +249,7 @@ class RemoteObjectBad(SnapdError):
 
 
 class RemoteMissing(SnapdError):
-    """remote store {endpoint}: {what} (object {key}) is not in bucket {bucket}{hint}"""
+    """remote store {endpoint} bucket {bucket}: {what} is not there (object {key}){hint}"""
 
     exit_code = 53
     status = "NOT_FOUND"

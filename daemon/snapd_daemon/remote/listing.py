@@ -65,7 +65,7 @@ def find(remote: RemoteStore, ref: str) -> Manifest:
     named = [m for m in remote_snapshots(remote) if m.name == ref]
     if not named:
         raise RemoteMissing(endpoint=remote.cfg.endpoint, bucket=remote.cfg.bucket,
-                            what=f"snapshot {ref!r} (neither an id nor a name there)",
+                            what=f"snapshot {ref!r} (as an id or a name)",
                             key=remote.describe(remote.manifest_key(ref) if _could_be_id(ref) else "manifests/"),
                             hint="; `snapd list --remote` shows what it holds")
     return named[-1]

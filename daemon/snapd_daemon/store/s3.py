@@ -143,7 +143,7 @@ class Bucket:
                 or any(s in text for s in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
             return RemoteDenied(**fields, reason=reason)
         if "NoSuchBucket" in text:
-            return RemoteMissing(endpoint=self.cfg.endpoint, bucket=self.cfg.bucket, what="the bucket",
+            return RemoteMissing(endpoint=self.cfg.endpoint, bucket=self.cfg.bucket, what="the bucket itself",
                                  key=self.cfg.bucket, hint="; create it or fix remote_bucket")
         if status:
             return RemoteFailed(**fields, reason=reason)
