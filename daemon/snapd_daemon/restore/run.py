@@ -9,7 +9,8 @@ A ``RestoreRun`` goes through its phases in order, one method each:
   3. ``prepare``: write the snapshot's images, verified, into a staging
      directory (RAM when it has room) with the large regions cut out (images.py);
      a snapshot only the remote tier holds is pulled meanwhile, its chunks
-     read as they arrive (remote/ondemand.py) and kept once all are read;
+     read as they arrive (remote/ondemand.py), and published as a local
+     snapshot once the tree runs;
   4. ``criu``: CRIU restores from there and leaves every task stopped;
      the record then names the tree by start time;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
