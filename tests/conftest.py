@@ -1,5 +1,5 @@
-"""Fixtures: a real snapd daemon (subprocess, real CRIU) and real workload processes,
-from the harness in harness.py (which the benchmarks share)."""
+"""Fixtures: a real snapd daemon (subprocess, real CRIU), real workload processes and a
+real S3 server, from harness.py and s3server.py (which the benchmarks share)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from harness import Daemon, Workloads
+from s3server import S3Server
 
 from snapd_client import SnapdClient
 
@@ -38,3 +39,11 @@ def workloads(tmp_path: Path) -> Iterator[Workloads]:
     w = Workloads(tmp_path)
     yield w
     w.kill_all()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS S3 server for the session; tests keep apart by bucket prefix."""
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.kill()

@@ -17,9 +17,10 @@ LAYERS = {
     "host": 1, "criu": 1, "store": 1,
     "snapshots": 2,
     "runtime": 3,
-    "checkpoint": 4, "restore": 4,
-    "api": 5,
-    "server": 6, "__main__": 7,
+    "remote": 4,
+    "checkpoint": 5, "restore": 5,
+    "api": 6,
+    "server": 7, "__main__": 8,
 }
 
 

@@ -3,7 +3,8 @@
 This package imports grpcio and protobuf (and click), never the daemon; the daemon's
 `snapd` entry point adds `serve` and `exit-codes` to this group. The group and what commands
 share live in base.py; checkpoint, restore and status here; the store's commands in
-cmd_store.py, running operations in cmd_ops.py, export/import in cmd_transfer.py.
+cmd_store.py, running operations in cmd_ops.py, export/import in cmd_transfer.py, the remote
+tier in cmd_remote.py.
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
 daemon error class (listed by `snapd exit-codes` and in the README).
@@ -17,7 +18,7 @@ import sys
 
 import click
 
-from snapd_client import cmd_ops, cmd_store, cmd_transfer
+from snapd_client import cmd_ops, cmd_remote, cmd_store, cmd_transfer
 from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run
 from snapd_client.client import CgroupSpec, TcpRestore
@@ -25,7 +26,7 @@ from snapd_client.interrupts import Interrupts
 from snapd_client.output import ProgressLine, human_bytes
 
 # the command modules register their commands on `cli` when imported
-COMMAND_MODULES = (cmd_ops, cmd_store, cmd_transfer)
+COMMAND_MODULES = (cmd_ops, cmd_remote, cmd_store, cmd_transfer)
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
@@ -73,11 +74,13 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
 @click.option("--ext-unix-sk", is_flag=True,
               help="Dump unix sockets connected to processes outside the tree (default: refused); a datagram "
                    "socket to a named peer such as /dev/log is connected to it again at restore.")
+@click.option("--push/--no-push", default=None, help="Upload it to the remote tier in the background once durable "
+              "[default: the daemon's push_after_checkpoint].")
 @common_options
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
                pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool,
-               tcp_established: bool, ext_unix_sk: bool) -> None:
+               tcp_established: bool, ext_unix_sk: bool, push: bool | None) -> None:
     """Checkpoint process tree PID (with its GPU state) into a new snapshot.
 
     The tree is frozen while CRIU dumps it and, unless --leave-running, STOPPED for good once
@@ -100,15 +103,16 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
-                                     tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, on_progress=bar,
-                                     on_interrupt=interrupts)
+                                     tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, push=push,
+                                     on_progress=bar, on_interrupt=interrupts)
         bar.done()
         interrupts.completed()
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
             f"{human_bytes(snap.raw_bytes)} in {snap.duration_seconds:.2f} s (dumped after "
             f"{snap.checkpoint_seconds:.2f} s), operation {snap.operation_id}"
-            + ("; process left running" if snap.leave_running else "; process stopped")))
+            + ("; process left running" if snap.leave_running else "; process stopped")
+            + (f"; pushing (operation {snap.push_operation_id})" if snap.push_operation_id else "")))
 
     run(ctx, action)
 
@@ -218,3 +222,5 @@ def status(ctx: click.Context) -> None:
 
 def main() -> None:
     cli()
+
+

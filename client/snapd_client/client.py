@@ -203,6 +203,7 @@ class SnapdClient:
         keep_hot: bool = False,
         tcp_established: bool = False,
         ext_unix_sk: bool = False,
+        push: bool | None = None,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
     ) -> pb.Snapshot:
@@ -212,13 +213,15 @@ class SnapdClient:
         before anything is frozen. ``keep_hot``: also keep it decompressed in RAM.
         ``tcp_established``: dump established TCP connections instead of refusing the tree;
         ``ext_unix_sk``: likewise unix sockets connected to processes outside the tree.
-        ``on_progress`` gets every Progress event (``phase_name(p.phase)``, bytes, ``tree_frozen``);
-        ``on_interrupt``: see ``_follow``."""
+        ``push``: upload the snapshot to the remote tier in the background once durable
+        (None: the daemon's push_after_checkpoint setting); ``Snapshot.push_operation_id``
+        names that upload. ``on_progress`` gets every Progress event (``phase_name(p.phase)``,
+        bytes, ``tree_frozen``); ``on_interrupt``: see ``_follow``."""
         request = pb.CheckpointRequest(
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
             cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, tcp_established=tcp_established,
-            ext_unix_sk=ext_unix_sk,
+            ext_unix_sk=ext_unix_sk, push=push,
         )
         result: pb.Snapshot = self._follow(self._stub.Checkpoint(request, timeout=self.timeout), "snapshot", on_progress,
                                            on_interrupt)
@@ -293,9 +296,11 @@ class SnapdClient:
         result: pb.Snapshot = self._unary(self._stub.ImportSnapshot, requests)
         return result
 
-    def list(self, name: str = "") -> pb.ListSnapshotsResponse:
-        """Complete snapshots, oldest first (only those named ``name`` if given), with size sums."""
-        result: pb.ListSnapshotsResponse = self._unary(self._stub.ListSnapshots, pb.ListSnapshotsRequest(name=name))
+    def list(self, name: str = "", remote: bool = False) -> pb.ListSnapshotsResponse:
+        """Complete snapshots, oldest first (only those named ``name`` if given), with size sums:
+        the local store's, or with ``remote`` the remote tier's."""
+        result: pb.ListSnapshotsResponse = self._unary(self._stub.ListSnapshots,
+                                                       pb.ListSnapshotsRequest(name=name, remote=remote))
         return result
 
     def get(self, snapshot: str) -> pb.Snapshot:
@@ -320,12 +325,29 @@ class SnapdClient:
         result: pb.PrefetchResponse = self._unary(self._stub.Prefetch, pb.PrefetchRequest(snapshot=snapshot, drop=drop))
         return result
 
-    def gc(self, *, keep_last: int = 0, dry_run: bool = False) -> pb.CollectGarbageResponse:
+    def gc(self, *, keep_last: int = 0, dry_run: bool = False, remote: bool = False) -> pb.CollectGarbageResponse:
         """Expire all but the newest ``keep_last`` snapshots of each name (0: expire none; pinned
-        and unnamed ones are kept), then remove unreferenced chunks; ``dry_run`` only plans."""
+        and unnamed ones are kept), then remove unreferenced chunks; ``dry_run`` only plans.
+        ``remote``: the remote tier's unreferenced chunks instead (keep_last does not apply)."""
         result: pb.CollectGarbageResponse = self._unary(
-            self._stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=keep_last, dry_run=dry_run)
+            self._stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=keep_last, dry_run=dry_run, remote=remote)
         )
+        return result
+
+    def push(self, snapshot: str, *, on_progress: ProgressCallback | None = None,
+             on_interrupt: InterruptCallback | None = None) -> pb.PushResult:
+        """Upload a local snapshot to the remote tier (chunks the bucket lacks, then its manifest)."""
+        result: pb.PushResult = self._follow(self._stub.PushSnapshot(pb.PushRequest(snapshot=snapshot),
+                                                                     timeout=self.timeout),
+                                             "result", on_progress, on_interrupt)
+        return result
+
+    def pull(self, snapshot: str, *, on_progress: ProgressCallback | None = None,
+             on_interrupt: InterruptCallback | None = None) -> pb.PullResult:
+        """Download a remote snapshot into the local store (chunks it lacks, verified)."""
+        result: pb.PullResult = self._follow(self._stub.PullSnapshot(pb.PullRequest(snapshot=snapshot),
+                                                                     timeout=self.timeout),
+                                             "result", on_progress, on_interrupt)
         return result
 
     def fsck(self, snapshot: str = "") -> pb.CheckStoreResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from snapd.v1 import snapd_pb2 as pb
 
+from snapd_client import cmd_remote
 from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run
 from snapd_client.output import human_bytes
@@ -24,9 +25,10 @@ def flags(s: pb.Snapshot) -> str:
 
 @cli.command("list")
 @click.option("--name", default="", help="Only snapshots of this name.")
+@click.option("--remote", is_flag=True, help="List the remote tier's snapshots instead.")
 @common_options
 @click.pass_context
-def list_cmd(ctx: click.Context, name: str) -> None:
+def list_cmd(ctx: click.Context, name: str, remote: bool) -> None:
     """List complete snapshots, oldest first.
 
     FLAGS: pinned (gc and rm leave it), hot (held in RAM), damaged (a chunk is in quarantine),
@@ -36,11 +38,12 @@ def list_cmd(ctx: click.Context, name: str) -> None:
     Examples:
       snapd list
       snapd list --name llama-8b --json
+      snapd list --remote
     """
 
     def action(c: Ctx) -> None:
         with c.client() as client:
-            resp = client.list(name)
+            resp = client.list(name, remote)
 
         def human() -> None:
             click.echo(f"{'ID':<29} {'NAME':<20} {'FLAGS':<12} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10} "
@@ -59,7 +62,7 @@ def list_cmd(ctx: click.Context, name: str) -> None:
                 click.echo(f"{sums}, {human_bytes(resp.store_disk_bytes)} on disk (deduplication saves "
                            f"{dedupe:.2f}x)")
 
-        c.emit(resp, human)
+        c.emit(resp, (lambda: cmd_remote.print_remote_list(resp)) if remote else human)
 
     run(ctx, action)
 
@@ -200,9 +203,10 @@ def _keep_last(_ctx: click.Context, param: click.Parameter, value: int | None) -
               help="Keep the newest N (>= 1) snapshots of each name and expire older ones (pinned and unnamed "
                    "snapshots are kept) [default: expire none].")
 @click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option("--remote", is_flag=True, help="The remote tier's unreferenced chunks instead (fails while a push runs).")
 @common_options
 @click.pass_context
-def gc(ctx: click.Context, keep_last: int | None, dry_run: bool) -> None:
+def gc(ctx: click.Context, keep_last: int | None, dry_run: bool, remote: bool) -> None:
     """Reclaim space: expire old snapshots (--keep-last) and remove unreferenced chunks.
 
     Without --keep-last no snapshot is removed, only chunks no snapshot uses. `--keep-last 0`
@@ -212,11 +216,12 @@ def gc(ctx: click.Context, keep_last: int | None, dry_run: bool) -> None:
     Examples:
       snapd gc --dry-run
       snapd gc --keep-last 2
+      snapd gc --remote --dry-run
     """
 
     def action(c: Ctx) -> None:
         with c.client() as client:
-            r = client.gc(keep_last=keep_last or 0, dry_run=dry_run)
+            r = client.gc(keep_last=keep_last or 0, dry_run=dry_run, remote=remote)
 
         def human() -> None:
             verb = "would remove" if r.dry_run else "removed"
@@ -225,7 +230,7 @@ def gc(ctx: click.Context, keep_last: int | None, dry_run: bool) -> None:
             for sid in r.expired_snapshots:
                 click.echo(f"  {sid}")
 
-        c.emit(r, human)
+        c.emit(r, (lambda: cmd_remote.print_remote_gc(r)) if remote else human)
 
     run(ctx, action)
 

@@ -266,6 +266,55 @@ class ImportInvalid(SnapdError):
     status = "INVALID_ARGUMENT"
 
 
+class RemoteUnreachable(SnapdError):
+    """remote store {endpoint} (bucket {bucket}) unreachable while {action} {key}: {reason}. Check the endpoint, the network and that the server runs; snapd retried {retries} time(s) with backoff."""
+
+    exit_code = 52
+    status = "UNAVAILABLE"
+
+
+class RemoteDenied(SnapdError):
+    """remote store {endpoint} denied {action} {key} in bucket {bucket}: {reason}. Check the credentials (remote_credentials_file, AWS_* environment, profile) and the bucket's policy."""
+
+    exit_code = 53
+    status = "PERMISSION_DENIED"
+
+
+class RemoteObjectBad(SnapdError):
+    """remote object {key} in bucket {bucket} is {problem}; nothing was published from it. `snapd push` the snapshot again from a host that holds it intact."""
+
+    exit_code = 54
+    status = "DATA_LOSS"
+
+
+class RemoteMissing(SnapdError):
+    """remote store {endpoint} bucket {bucket}: {what} is not there (object {key}){hint}"""
+
+    exit_code = 55
+    status = "NOT_FOUND"
+
+
+class RemoteBusy(SnapdError):
+    """remote store {endpoint} bucket {bucket}: {reason}; retry when it has ended."""
+
+    exit_code = 56
+    status = "ABORTED"
+
+
+class RemoteNotConfigured(SnapdError):
+    """no remote store is configured for this daemon; set remote_endpoint and remote_bucket in its config.toml (see `snapd serve --help`)."""
+
+    exit_code = 57
+    status = "FAILED_PRECONDITION"
+
+
+class RemoteFailed(SnapdError):
+    """remote store {endpoint} bucket {bucket}: {action} {key} failed: {reason}"""
+
+    exit_code = 58
+    status = "UNAVAILABLE"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -301,4 +350,11 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     Cancelled,
     SnapshotAmbiguous,
     ImportInvalid,
+    RemoteUnreachable,
+    RemoteDenied,
+    RemoteObjectBad,
+    RemoteMissing,
+    RemoteBusy,
+    RemoteNotConfigured,
+    RemoteFailed,
 )

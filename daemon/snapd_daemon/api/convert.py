@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from snapd.v1 import snapd_pb2 as pb
 
+from snapd_daemon.remote import PullOutcome, PushOutcome, RemoteGcReport
 from snapd_daemon.restore import RestoreOutcome
 from snapd_daemon.runtime.progress import Phase, ProgressEvent
 from snapd_daemon.runtime.registry import RunningOperation
@@ -21,6 +22,8 @@ _PHASES = {
     Phase.GPU_RESTORE: pb.PHASE_GPU_RESTORE,
     Phase.HOOK: pb.PHASE_HOOK,
     Phase.INJECT: pb.PHASE_INJECT,
+    Phase.UPLOAD: pb.PHASE_UPLOAD,
+    Phase.DOWNLOAD: pb.PHASE_DOWNLOAD,
 }
 
 
@@ -102,7 +105,30 @@ def restore_result(outcome: RestoreOutcome, operation_id: str, cgroup: str) -> p
         log_path=str(outcome.log_path or ""),
         published=[pb.PublishedPort(port=port, address=address) for port, address in outcome.published.items()],
         gpus=outcome.gpus,
+        pulled_bytes=outcome.pulled[0],
+        pulled_chunks=outcome.pulled[1],
     )
+
+
+def push_result(outcome: PushOutcome, operation_id: str) -> pb.PushResult:
+    return pb.PushResult(
+        operation_id=operation_id, snapshot_id=outcome.snapshot_id, chunks=outcome.chunks,
+        uploaded_chunks=outcome.uploaded_chunks, uploaded_bytes=outcome.uploaded_bytes,
+        already_there=outcome.already_there, duration_seconds=outcome.seconds,
+    )
+
+
+def pull_result(outcome: PullOutcome, operation_id: str) -> pb.PullResult:
+    return pb.PullResult(
+        operation_id=operation_id, snapshot_id=outcome.snapshot_id, chunks=outcome.chunks,
+        fetched_chunks=outcome.fetched_chunks, fetched_bytes=outcome.fetched_bytes,
+        already_there=outcome.already_there, duration_seconds=outcome.seconds,
+    )
+
+
+def remote_gc_report(report: RemoteGcReport) -> pb.CollectGarbageResponse:
+    return pb.CollectGarbageResponse(chunks=report.chunks, bytes=report.bytes, dry_run=report.dry_run, remote=True,
+                                     remote_snapshots=report.snapshots, stale_locks=report.stale_locks)
 
 
 def gc_report(plan: GcReport) -> pb.CollectGarbageResponse:

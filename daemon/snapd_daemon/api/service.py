@@ -22,7 +22,7 @@ import structlog
 from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
 
-from snapd_daemon import __version__, metrics
+from snapd_daemon import __version__, metrics, remote
 from snapd_daemon.api import convert, requests
 from snapd_daemon.api.status import abort, bounded, internal
 from snapd_daemon.checkpoint import checkpoint
@@ -138,6 +138,10 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointEvent]:
         try:
             spec = requests.checkpoint_spec(request)
+            settings = self.rt.settings.remote
+            to_push = request.push if request.HasField("push") else settings is not None and settings.push_after_checkpoint
+            if to_push:
+                remote.require_remote(self.rt)
         except SnapdError as err:
             abort(context, err)
         started = time.monotonic()
@@ -145,6 +149,8 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         def result(m: Manifest, op_id: str) -> pb.CheckpointEvent:
             snap = self._snapshot(m)
             snap.operation_id, snap.duration_seconds = op_id, round(time.monotonic() - started, 3)
+            if to_push:
+                snap.push_operation_id = remote.background_push(self.rt, m.id)
             return pb.CheckpointEvent(snapshot=snap)
 
         yield from self._stream(
@@ -173,7 +179,17 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
 
     @_unary
     def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext) -> pb.ListSnapshotsResponse:
-        snaps = self.rt.catalog.list(requests.snapshot_name(request.name))
+        name = requests.snapshot_name(request.name)
+        if request.remote:
+            bucket = remote.require_remote(self.rt)
+            found = [m for m in remote.remote_snapshots(bucket) if not name or m.name == name]
+            return pb.ListSnapshotsResponse(
+                snapshots=[convert.snapshot(m, False, False, []) for m in found],
+                store_raw_bytes=sum(m.raw_bytes for m in found),
+                store_stored_bytes=sum(m.stored_bytes for m in found),
+                store_disk_bytes=sum(size for _, size, _ in bucket.chunks()),
+            )
+        snaps = self.rt.catalog.list(name)
         return pb.ListSnapshotsResponse(
             snapshots=[self._snapshot(m) for m in snaps],
             store_raw_bytes=sum(m.raw_bytes for m in snaps),
@@ -223,6 +239,8 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def CollectGarbage(
         self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
     ) -> pb.CollectGarbageResponse:
+        if request.remote:
+            return convert.remote_gc_report(remote.collect_garbage(self.rt, request.dry_run))
         with self.rt.registry.claim("gc", new_operation_id()):
             busy = frozenset(op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id)
             plan = self.rt.catalog.gc(request.keep_last, request.dry_run, busy)
@@ -306,4 +324,31 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             recovered_operations=self.rt.recovered_operations,
             quarantined_manifests=quarantine.manifest_count(),
             quarantined_chunks=len(quarantine.chunk_ids()),
+            remote=self.rt.settings.remote.where if self.rt.settings.remote else "",
+        )
+
+    def PushSnapshot(self, request: pb.PushRequest, context: grpc.ServicerContext) -> Iterator[pb.PushEvent]:
+        try:
+            ref = requests.snapshot_ref(request.snapshot)
+            remote.require_remote(self.rt)
+        except SnapdError as err:
+            abort(context, err)
+        yield from self._stream(
+            "push", context, lambda op_id, report, cancel: remote.push(self.rt, ref, op_id, report, cancel),
+            lambda p: pb.PushEvent(progress=p),
+            lambda outcome, op_id: pb.PushEvent(result=convert.push_result(outcome, op_id)),
+            "the snapshot was not published remotely; chunks already uploaded are reused by the next push",
+        )
+
+    def PullSnapshot(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.PullEvent]:
+        try:
+            ref = requests.snapshot_ref(request.snapshot)
+            remote.require_remote(self.rt)
+        except SnapdError as err:
+            abort(context, err)
+        yield from self._stream(
+            "pull", context, lambda op_id, report, cancel: remote.pull(self.rt, ref, op_id, report, cancel),
+            lambda p: pb.PullEvent(progress=p),
+            lambda outcome, op_id: pb.PullEvent(result=convert.pull_result(outcome, op_id)),
+            "nothing of the snapshot was kept locally",
         )

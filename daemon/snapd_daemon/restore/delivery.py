@@ -22,7 +22,7 @@ from snapd_daemon.host import memwrite
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
 from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, ChunkUnreadable, chunk_offsets
-from snapd_daemon.store.protocol import ChunkStore
+from snapd_daemon.store.protocol import ChunkReader
 
 _ZEROS = bytes(4 << 20)
 # How far (raw bytes) the readahead runs ahead of the delivery threads, and how often
@@ -115,7 +115,7 @@ class Delivery:
     the disk has more reads in flight than there are threads.
     """
 
-    def __init__(self, store: ChunkStore, manifest: Manifest, threads: int,
+    def __init__(self, store: ChunkReader, manifest: Manifest, threads: int,
                  readahead_bytes: int = READAHEAD_BYTES) -> None:
         self.store = store
         self.manifest = manifest

@@ -16,6 +16,9 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      its next start, by killing whatever this restore created;
   3. ``prepare``: write the snapshot's images, verified, into a staging
      directory (RAM when it has room) with the large regions cut out (images.py);
+     a snapshot only the remote tier holds is pulled meanwhile, its chunks
+     read as they arrive (remote/ondemand.py), and published as a local
+     snapshot once the tree runs;
   4. ``criu``: CRIU restores from there and leaves every task stopped;
      the record then names the tree by start time;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
@@ -31,7 +34,8 @@ names it (never a process that took one of the pids since); a failure inside
 CRIU leaves CRIU to kill what it made. The record is cleared at the end,
 unless a process of the tree survived the kill: then the next start tries.
 The store lock is held shared from prepare to the end of the injection, so a
-waiting gc never holds a stopped tree up between the two.
+waiting gc never holds a stopped tree up between the two (for a snapshot pulled
+on demand, from the first fetch until its copy is published, after the resume).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +52,18 @@ import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
-from snapd_daemon.errors import PublishFailed, RestoreAborted, RestoreSpaceFull, SnapdError, StoreFull
+from snapd_daemon.errors import (
+    PublishFailed,
+    RestoreAborted,
+    RestoreSpaceFull,
+    SnapdError,
+    SnapshotNotFound,
+    StoreFull,
+)
 from snapd_daemon.host import gpu, portfwd, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
+from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images, pidmap
 from snapd_daemon.restore.delivery import Delivery
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree
@@ -93,6 +105,8 @@ class RestoreOutcome:
     published: dict[int, str] = field(default_factory=dict)
     # snapshot GPU UUID -> GPU UUID the tree runs on
     gpus: dict[str, str] = field(default_factory=dict)
+    # (bytes, chunks) fetched from the remote tier for this restore
+    pulled: tuple[int, int] = (0, 0)
 
 
 class RestoreRun(OperationRun):
@@ -100,8 +114,15 @@ class RestoreRun(OperationRun):
                  cancel: CancelToken) -> None:
         super().__init__(rt, operation_id, report, cancel)
         self.spec = spec
-        self.manifest: Manifest = rt.catalog.get(spec.ref)
-        self.delivery = Delivery(rt.store, self.manifest, rt.settings.io_threads)
+        self.remote: OnDemand | None = None
+        try:
+            self.manifest: Manifest = rt.catalog.get(spec.ref)
+        except SnapshotNotFound:
+            if rt.remote is None:
+                raise
+            self.remote = OnDemand.find(rt, spec.ref, report)
+            self.manifest = self.remote.manifest
+        self.delivery = Delivery(self.remote or rt.store, self.manifest, rt.settings.io_threads)
         self.pairs: dict[int, list[tuple[bytes, bytes]]] = {}
         self.gpus: dict[str, str] = {}
         # checkpoint pid -> host pid of the restored copy (known once CRIU has returned)
@@ -123,9 +144,11 @@ class RestoreRun(OperationRun):
             self.claim(leased)
             with ExitStack() as always:
                 always.callback(self._clear_record)
+                if self.remote is not None:  # fetching starts; it holds the store lock shared until it ends
+                    always.enter_context(self.remote)
                 self.journal()
                 with ExitStack() as undo:
-                    with self.rt.store.lock.shared():
+                    with self.rt.store.lock.shared() if self.remote is None else nullcontext():
                         self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
                         with ExitStack() as staged:
                             staged.callback(self.rt.scratch.discard, self.staging)
@@ -140,11 +163,13 @@ class RestoreRun(OperationRun):
                     self.publish(undo)
                     self.post_hook()
                     undo.pop_all()
+                seconds = round(time.monotonic() - self.started, 3)
+                if self.remote is not None:
+                    self.remote.publish()
         outcome = RestoreOutcome(
-            snapshot_id=m.id, root_pid=self.root, pids=[self.hosts[p] for p in m.pids],
-            seconds=round(time.monotonic() - self.started, 3),
+            snapshot_id=m.id, root_pid=self.root, pids=[self.hosts[p] for p in m.pids], seconds=seconds,
             log_path=self.log_path if any(e.writes for e in m.outward_stdio) else None,
-            published=self.published, gpus=self.gpus,
+            published=self.published, gpus=self.gpus, pulled=self.remote.fetched if self.remote else (0, 0),
         )
         log.info("restore.done", snapshot=m.id, root_pid=self.root, seconds=outcome.seconds)
         return outcome
@@ -152,10 +177,12 @@ class RestoreRun(OperationRun):
     # -- phases ---------------------------------------------------------------
 
     def claim(self, leased: ExitStack) -> None:
-        """Re-read the snapshot now that it is claimed (an rm may have won), choose and
-        lease GPUs (held until ``leased`` closes), check pids."""
-        self.manifest = m = self.rt.catalog.get(self.manifest.id)
-        self.delivery = Delivery(self.rt.store, m, self.rt.settings.io_threads)
+        """Re-read the snapshot now that it is claimed (an rm may have won; one pulled on demand
+        is the bucket's), choose and lease GPUs (held until ``leased`` closes), check pids."""
+        if self.remote is None:
+            self.manifest = self.rt.catalog.get(self.manifest.id)
+            self.delivery = Delivery(self.rt.store, self.manifest, self.rt.settings.io_threads)
+        m = self.manifest
         if m.gpu:
             self.pairs, self.gpus = leased.enter_context(
                 self.rt.gpu_leases.lease(self.op, m.id, m.gpu, self.spec.gpu_uuid_map))

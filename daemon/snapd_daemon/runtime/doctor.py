@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapd_daemon.criu.binary import self_check
+from snapd_daemon.errors import SnapdError
 from snapd_daemon.host import cuda, nvml
 from snapd_daemon.host.cgroups import CgroupRoot
 from snapd_daemon.runtime.settings import Runtime
@@ -94,6 +95,17 @@ def _store(rt: Runtime) -> CheckResult:
     return CheckResult("store", True, "nothing in quarantine")
 
 
+def _remote(rt: Runtime) -> CheckResult | None:
+    """Reaches the remote tier's bucket (one listing), when one is configured."""
+    if rt.remote is None:
+        return None
+    try:
+        count = rt.remote.probe()
+    except SnapdError as err:
+        return CheckResult("remote", False, err.message)
+    return CheckResult("remote", True, f"{rt.remote.cfg.where}: {count} snapshot(s)")
+
+
 def diagnose(rt: Runtime) -> Diagnosis:
     kernel = platform.release()
     criu_ok, criu_detail = self_check(rt.criu)
@@ -114,4 +126,7 @@ def diagnose(rt: Runtime) -> Diagnosis:
         _store(rt),
         gpu_check,
     ]
+    remote = _remote(rt)
+    if remote is not None:
+        checks.append(remote)
     return Diagnosis(kernel=kernel, gpu_driver=gpu_version, checks=checks)

@@ -24,6 +24,9 @@ class Phase(enum.Enum):
     GPU_RESTORE = "gpu-restore"
     HOOK = "hook"
     INJECT = "inject"
+    # bytes moving to or from the remote tier (push; pull, also under a restore)
+    UPLOAD = "upload"
+    DOWNLOAD = "download"
 
 
 @dataclass(frozen=True)

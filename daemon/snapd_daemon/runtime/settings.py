@@ -15,6 +15,8 @@ from snapd_daemon.runtime.registry import OperationRegistry
 from snapd_daemon.runtime.staging import Scratch
 from snapd_daemon.snapshots.catalog import Catalog
 from snapd_daemon.store.protocol import ChunkStore
+from snapd_daemon.store.remote import RemoteStore
+from snapd_daemon.store.s3 import RemoteConfig
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Settings:
     restore_log_dir: Path | None = None
     # Threads that hash, compress and write chunks (and read them back on restore).
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
-
+    # The remote tier (an S3 bucket) snapshots are pushed to and pulled from (None: none).
+    remote: RemoteConfig | None = None
 
     def ram_dir(self) -> Path | None:
         """This daemon's directory in RAM, keyed by the state directory so that daemons
@@ -84,6 +87,8 @@ class Runtime:
     scratch: Scratch
     cgroups: CgroupRoot
     journal: HoldJournal
+    # the remote tier, when one is configured
+    remote: RemoteStore | None = None
     registry: OperationRegistry = field(default_factory=OperationRegistry)
     gpu_leases: GpuLeases = field(default_factory=GpuLeases)
     # operations of an earlier daemon process that this start rolled back

@@ -63,6 +63,26 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
 @click.option("--restore-log-dir", type=click.Path(path_type=Path), default=None,
               help="Where restored trees' stdout/stderr pipes go when their reader is gone [default: STATE_DIR/logs].")
+@click.option("--remote-endpoint", default="", metavar="URL",
+              help="S3-compatible endpoint of the remote tier, e.g. https://s3.us-east-1.amazonaws.com (with "
+              "--remote-bucket; off when empty).")
+@click.option("--remote-bucket", default="", help="Bucket of the remote tier.")
+@click.option("--remote-prefix", default="", help="Key prefix in the bucket (several fleets can share one bucket).")
+@click.option("--remote-region", default="us-east-1", show_default=True)
+@click.option("--remote-credentials-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="AWS shared-credentials (INI) file with the keys [default: AWS_* environment, web identity, "
+              "instance metadata, then ~/.aws/credentials].")
+@click.option("--remote-profile", default="", help="Profile of the credentials file [default: AWS_PROFILE, default].")
+@click.option("--remote-ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM CA bundle for the endpoint's TLS certificate [default: the system's].")
+@click.option("--remote-threads", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Parallel transfers of one push or pull.")
+@click.option("--remote-retries", type=click.IntRange(0, 100), default=5, show_default=True,
+              help="Retries of a failed request, with exponential backoff.")
+@click.option("--remote-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
+              help="Seconds one request may take.")
+@click.option("--push-after-checkpoint/--no-push-after-checkpoint", default=False, show_default=True,
+              help="Upload every snapshot to the remote tier once durable (checkpoint --push/--no-push wins).")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)

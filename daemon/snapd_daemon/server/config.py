@@ -19,6 +19,7 @@ from snapd_daemon.api.access import AccessPolicy, resolve_gid
 from snapd_daemon.errors import ConfigInvalid
 from snapd_daemon.runtime import Settings
 from snapd_daemon.server.tcp import TcpListen
+from snapd_daemon.store.s3 import RemoteConfig
 
 DEFAULT_SOCKET = Path("/run/gpu-snapd/snapd.sock")
 
@@ -64,6 +65,7 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])
+    settings = dataclasses.replace(settings, remote=remote_config(o))
     tcp = None
     if o["tcp"]:
         tcp = TcpListen(o["tcp"], o["tls_cert"], o["tls_key"], o["tls_client_ca"], o["insecure_loopback_tcp"])
@@ -75,3 +77,24 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         metrics_address=o["metrics_address"], drain_timeout=o["drain_timeout"],
     )
     return settings, listen
+
+
+def remote_config(o: dict[str, Any]) -> RemoteConfig | None:
+    """The remote tier's settings (None when no endpoint and bucket are given)."""
+    if not o["remote_endpoint"] and not o["remote_bucket"]:
+        if o["push_after_checkpoint"]:
+            raise ConfigInvalid(source="push_after_checkpoint", reason="set, but no remote tier is configured "
+                                "(remote_endpoint, remote_bucket)")
+        return None
+    if not o["remote_endpoint"] or not o["remote_bucket"]:
+        missing = "remote_endpoint" if not o["remote_endpoint"] else "remote_bucket"
+        raise ConfigInvalid(source=missing, reason="the remote tier needs both remote_endpoint and remote_bucket")
+    if not o["remote_endpoint"].startswith(("http://", "https://")):
+        raise ConfigInvalid(source="remote_endpoint", reason=f"{o['remote_endpoint']!r} is not an http:// or "
+                            "https:// URL")
+    return RemoteConfig(
+        endpoint=o["remote_endpoint"].rstrip("/"), bucket=o["remote_bucket"], prefix=o["remote_prefix"].strip("/"),
+        region=o["remote_region"], credentials_file=o["remote_credentials_file"], profile=o["remote_profile"],
+        ca_file=o["remote_ca_file"], threads=o["remote_threads"], retries=o["remote_retries"],
+        timeout=o["remote_timeout"], push_after_checkpoint=o["push_after_checkpoint"],
+    )

@@ -43,6 +43,7 @@ from snapd_daemon.server.sdnotify import Notifier
 from snapd_daemon.snapshots.catalog import Catalog
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.local import LocalStore
+from snapd_daemon.store.remote import RemoteStore
 
 log = structlog.get_logger()
 SERVICE_NAME = snapd_pb2.DESCRIPTOR.services_by_name["Snapshots"].full_name
@@ -140,7 +141,8 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
     catalog = Catalog(store)
     catalog.load()
     rt = Runtime(settings=settings, criu=criu, store=store, catalog=catalog, scratch=scratch, cgroups=cgroups,
-                 journal=journal, recovered_operations=recovered)
+                 journal=journal, recovered_operations=recovered,
+                 remote=RemoteStore(settings.remote) if settings.remote else None)
     notifier = Notifier()
 
     tags = PeerTags()
@@ -177,7 +179,7 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
         allow_gids=sorted(listen.policy.gids), tcp=listen.tcp.address if listen.tcp else None,
         tcp_tls=listen.tcp.tls if listen.tcp else None, metrics=listen.metrics_address or None,
         state_dir=str(settings.state_dir), cgroup_root=str(rt.cgroups.path) if rt.cgroups.path else None,
-        criu=criu.path, criu_version=criu.version,
+        criu=criu.path, criu_version=criu.version, remote=settings.remote.where if settings.remote else None,
     )
     if listen.tcp and listen.tcp.insecure_loopback:
         log.warning("daemon.insecure_tcp", tcp=listen.tcp.address,

@@ -20,6 +20,7 @@ import structlog
 
 from snapd_daemon.errors import ChunkCorrupt, SnapshotAmbiguous, SnapshotNotFound, SnapshotPinned
 from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable, chunk_offsets
@@ -149,6 +150,17 @@ class Catalog:
         with self._lock:
             self._index[manifest.id] = manifest
         return manifest
+
+    def adopt(self, imported: ChunkImport, manifest: Manifest) -> int:
+        """Publish a snapshot that came whole from elsewhere (a pull, an import) and list it, its
+        stored and new bytes counted for this store; bytes of chunks new to the store."""
+        used = manifest.chunk_ids()
+        manifest.stored_bytes = sum(imported.stored_size(cid) for cid in used)
+        manifest.new_bytes = sum(imported.sizes.get(cid, 0) for cid in used)
+        added = imported.commit(manifest.id, manifest.to_json().encode(), used)
+        with self._lock:
+            self._index[manifest.id] = manifest
+        return added
 
     def pin(self, manifest: Manifest, pinned: bool) -> None:
         self.store.pins.set(manifest.id, pinned)

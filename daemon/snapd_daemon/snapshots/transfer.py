@@ -4,11 +4,12 @@ Export sends the manifest and every chunk it references, each read as stored and
 checked against its hash first (a bad chunk is quarantined and the export fails
 with ChunkCorrupt, naming it). Import is all or nothing: the whole stream is read
 and every chunk verified while the chunks this store lacks are staged under
-temporary names (which gc never sees); only after the END record checked out is
-the store lock taken (shared, so gc cannot take a chunk the manifest relies on),
-the chunks published and the manifest written last. A slow stream therefore
-never holds the lock (a gc waiting behind it would hold up every checkpoint),
-and a cut, corrupt or refused stream leaves no snapshot and no chunk behind.
+temporary names (store/imports.py, as a pull does; gc never sees them); only
+after the END record checked out is the store lock taken (shared, so gc cannot
+take a chunk the manifest relies on), the chunks published and the manifest
+written last. A slow stream therefore never holds the lock (a gc waiting behind
+it would hold up every checkpoint), and a cut, corrupt or refused stream leaves
+no snapshot and no chunk behind.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from typing import Protocol
 
 import structlog
 
-from snapd_daemon.errors import ImportInvalid, StoreError
+from snapd_daemon.errors import ImportInvalid
 from snapd_daemon.snapshots.catalog import Catalog, chunk_corrupt
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store import bundle, codec
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable
-from snapd_daemon.store.protocol import ChunkStore
 
 log = structlog.get_logger()
 
@@ -65,54 +65,22 @@ def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tu
     reader = bundle.Reader(pieces)
     manifest = _parse(catalog, reader.manifest())
     needed = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
-    with claim(manifest.id):
-        staging = store.begin_import()
-        try:
-            for cid, stored in reader.chunks():
-                if cid not in needed:
-                    raise ImportInvalid(reason=f"chunk {cid} is not one the manifest of {manifest.id} names")
-                if codec.HEADER.unpack_from(stored)[2] != needed[cid]:
-                    raise ImportInvalid(reason=f"chunk {cid} holds {codec.HEADER.unpack_from(stored)[2]} bytes, the "
-                                        f"manifest says {needed[cid]}")
-                with store.translate_os_errors(len(stored)):
-                    staging.add(cid, stored)
-            with store.lock.shared():
-                known = catalog.find(manifest.id)
-                if known is not None:
-                    return known, False
-                _check_complete(store, staging, needed)
-                with store.translate_os_errors(0):
-                    added = staging.publish()
-                    return _commit(catalog, manifest, added), True
-        finally:
-            staging.discard()
-
-
-def _check_complete(store: ChunkStore, staging: bundle.ChunkImport, needed: dict[str, int]) -> None:
-    """Every chunk the manifest names is staged or stored (caller holds the lock shared)."""
-    missing = sorted(cid for cid in needed if cid not in staging.staged and not store.stored_size(cid))
-    gone = [cid for cid in missing if cid in staging.present]
-    if gone:
-        raise StoreError(path=store.root, reason=f"chunk {gone[0]}, which this store had when the stream sent it, "
-                         "was removed meanwhile (gc, or a read that found it corrupt); import again")
-    if missing:
-        raise ImportInvalid(reason=f"{len(missing)} chunk(s) the manifest names are neither in the stream nor in "
-                            f"this store, e.g. {missing[0]}")
-
-
-def _commit(catalog: Catalog, manifest: Manifest, added: set[str]) -> Manifest:
-    """Write the manifest once every chunk it needs is in the store, and list it."""
-    store = catalog.store
-    store.chunks.sync_prefixes(manifest.chunk_ids() - added)
-    with store.chunks.naming():  # no quarantine takes a chunk away until the manifest is out
-        sizes = {cid: store.stored_size(cid) for cid in manifest.chunk_ids()}
-        gone = sorted(cid for cid, size in sizes.items() if not size)
-        if gone:
-            raise StoreError(path=store.root, reason=f"chunk {gone[0]}, which this store had, was taken out of it "
-                             "during the import (a concurrent read found it corrupt); import again")
-        manifest.stored_bytes = sum(sizes.values())
-        manifest.new_bytes = sum(sizes[cid] for cid in added)
-        store.manifests.put(manifest.id, manifest.to_json().encode())
-    catalog.index(manifest)
-    log.info("snapshot.imported", snapshot=manifest.id, new_chunks=len(added), new_bytes=manifest.new_bytes)
-    return manifest
+    with claim(manifest.id), store.begin_import(hold_lock=False) as imported:
+        for cid, stored in reader.chunks():
+            if cid not in needed:
+                raise ImportInvalid(reason=f"chunk {cid} is not one the manifest of {manifest.id} names")
+            if codec.HEADER.unpack_from(stored)[2] != needed[cid]:
+                raise ImportInvalid(reason=f"chunk {cid} holds {codec.HEADER.unpack_from(stored)[2]} bytes, the "
+                                    f"manifest says {needed[cid]}")
+            if not imported.has(cid):
+                imported.add(cid, stored)
+        known = catalog.find(manifest.id)
+        if known is not None:
+            return known, False
+        missing = sorted(cid for cid in needed if not imported.has(cid))
+        if missing:
+            raise ImportInvalid(reason=f"{len(missing)} chunk(s) the manifest names are neither in the stream nor in "
+                                f"this store, e.g. {missing[0]}")
+        catalog.adopt(imported, manifest)
+    log.info("snapshot.imported", snapshot=manifest.id, new_bytes=manifest.new_bytes)
+    return manifest, True

@@ -14,23 +14,19 @@ Format, version 1 (all integers little-endian)::
                                      digest of every byte before the END record
 
 A reader checks the magic and version, the record order, each chunk against its id
-(``codec.decode``), the count and the digest; nothing after END is allowed. The
-store keeps no state of its own here: ``ChunkImport`` stages the chunks it lacks
-under temporary names (chunkdir.py) and publishes them only when asked, once the
-whole stream has been read.
+(``codec.decode``), the count and the digest; nothing after END is allowed. Staging
+and publishing what a stream brings is imports.py's (as for a pull).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import blake3
 
 from snapd_daemon.errors import ImportInvalid
 from snapd_daemon.store import codec
-from snapd_daemon.store.chunkdir import ChunkDir
 
 MAGIC = b"SNAPDEXP"
 VERSION = 1
@@ -148,36 +144,3 @@ class Reader:
             raise ImportInvalid(reason="the stream's digest does not match its bytes (damaged in transit)")
         if self._buffer or next(self._pieces, None):
             raise ImportInvalid(reason="bytes after the END record")
-
-
-class ChunkImport:
-    """Chunks of one import staged under temporary names; ``publish`` makes them durable and
-    visible (call it with the store lock held shared), ``discard`` (always call it at the end)
-    removes what was not published. Staging needs no lock: temporaries are invisible to gc."""
-
-    def __init__(self, chunks: ChunkDir) -> None:
-        self.chunks = chunks
-        self.staged: dict[str, tuple[Path, int]] = {}
-        # chunks not staged because the store had them when they arrived
-        self.present: set[str] = set()
-
-    def add(self, cid: str, stored: bytes) -> None:
-        """Stage ``stored`` (verified by the reader) unless the store or this import has it."""
-        if cid in self.staged:
-            return
-        if self.chunks.exists(cid):
-            self.present.add(cid)
-            return
-        tmp = self.chunks.stage(cid, stored[: codec.HEADER.size], memoryview(stored)[codec.HEADER.size:])
-        self.staged[cid] = (tmp, len(stored))
-
-    def publish(self) -> set[str]:
-        """Durable, then visible (chunkdir's publish); the ids that were new to the store."""
-        added = self.chunks.publish({cid: tmp for cid, (tmp, _) in self.staged.items()})
-        self.staged.clear()
-        return added
-
-    def discard(self) -> None:
-        for tmp, _ in self.staged.values():
-            tmp.unlink(missing_ok=True)
-        self.staged.clear()

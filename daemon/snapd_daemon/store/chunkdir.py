@@ -96,20 +96,30 @@ class ChunkDir:
         if cids:
             fsync_path(self.root)
 
-    def read(self, cid: str, buffers: ReadBuffers, length: int = 0) -> memoryview:
+    def read(self, cid: str, buffers: ReadBuffers, length: int = 0, path: Path | None = None) -> memoryview:
         """Verified raw bytes of chunk ``cid``, a view into ``buffers``; raises ChunkUnreadable
         when it is missing or corrupt (then naming the file read, for ``move_out``).
         ``length``, the chunk's raw length when known, bounds the file (a stored chunk is
-        never larger than its header and raw bytes) and spares a stat."""
+        never larger than its header and raw bytes) and spares a stat. ``path``: read this
+        file instead of the chunk's own (a staged temporary)."""
+        return self._read(cid, buffers, length, path)[1]
+
+    def read_stored(self, cid: str, path: Path | None = None) -> bytes:
+        """Chunk ``cid`` as stored (codec.py's form), in fresh memory, after checking that it
+        decodes to its hash; raises ChunkUnreadable like ``read``."""
+        return bytes(self._read(cid, ReadBuffers(), 0, path)[0])
+
+    def _read(self, cid: str, buffers: ReadBuffers, length: int, path: Path | None) -> tuple[memoryview, memoryview]:
+        """(the file's bytes, the verified raw bytes), both views into ``buffers``."""
         try:
-            fd = os.open(self._name(cid), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path if path is not None else self._name(cid), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ChunkUnreadable(cid, "missing") from None
         try:
             blob = buffers.stored(codec.HEADER.size + length + 1 if length else os.fstat(fd).st_size)
             blob = blob[: read_fd(fd, blob)]
             try:
-                return memoryview(codec.decode(blob, cid, buffers))
+                return blob, memoryview(codec.decode(blob, cid, buffers))
             except codec.ChunkDecodeError as exc:
                 st = os.fstat(fd)
                 raise ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino)) from None

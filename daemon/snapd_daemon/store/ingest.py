@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import structlog
 
@@ -87,15 +87,21 @@ def _yield_to_dump() -> None:
         log.warning("ingest.nice_failed", error=str(err))
 
 
-class _Flusher(Poller):
-    """Writes staged chunks to disk in the background while an ingest runs, so
+class Staged(Protocol):
+    """What a flusher watches: bytes staged so far (an ingest's tally, an import)."""
+
+    staged_bytes: int
+
+
+class Flusher(Poller):
+    """Writes staged chunks to disk in the background while an ingest (or an import) runs, so
     that the syncfs at commit finds little left to do: one syncfs per interval
     once ``threshold`` more bytes were staged. (A sync_file_range per chunk file
     in the writer threads did the same job at about 1.5x the host CPU on the CI
     VM, taken from CRIU and the hashing threads.) Durability still comes from
     the syncfs at commit."""
 
-    def __init__(self, root: Path, tally: _Tally, interval: float = 0.1, threshold: int = 32 << 20) -> None:
+    def __init__(self, root: Path, tally: Staged, interval: float = 0.1, threshold: int = 32 << 20) -> None:
         super().__init__("ingest-flusher", interval)
         self.root = root
         self.tally = tally
@@ -132,7 +138,7 @@ class Ingest:
         self._committed = False
         self._marked: str | None = None  # the hot tier's listing made at commit (dropped if it fails)
         self.pool = ThreadPoolExecutor(store.threads, thread_name_prefix="ingest", initializer=_yield_to_dump)
-        self._flusher: _Flusher | None = _Flusher(store.root, self.tally).__enter__()
+        self._flusher: Flusher | None = Flusher(store.root, self.tally).__enter__()
 
     def __enter__(self) -> Self:
         return self

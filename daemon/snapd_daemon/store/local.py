@@ -31,11 +31,10 @@ from pathlib import Path
 import structlog
 
 from snapd_daemon.errors import StoreError, StoreFull
-from snapd_daemon.store import codec
 from snapd_daemon.store.buffers import PerThread, ReadBuffers
-from snapd_daemon.store.bundle import ChunkImport
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
+from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
 from snapd_daemon.store.manifests import ManifestDir, PinSet
 from snapd_daemon.store.model import ChunkRef, ChunkUnreadable
@@ -117,6 +116,11 @@ class LocalStore:
         return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads), source, progress,
                       self.hot if keep_hot else None)
 
+    def begin_import(self, hold_lock: bool = True) -> ChunkImport:
+        """Start taking in a snapshot's chunks in their stored form (a pull, an export stream;
+        see imports.py for ``hold_lock``)."""
+        return ChunkImport(self.root, self.chunks, self.manifests, self.lock, hold_lock)
+
     # -- reading --------------------------------------------------------------
 
     def read_chunk(self, ref: ChunkRef, buffers: ReadBuffers, hot: bool = True) -> memoryview:
@@ -188,24 +192,13 @@ class LocalStore:
         return err
 
     def read_stored(self, cid: str) -> bytes:
-        """Chunk ``cid`` as stored (compressed), after checking it decodes to its hash; a bad one
-        is quarantined and ChunkUnreadable raised, as for any read."""
-        path = self.chunks.path(cid)
+        """Chunk ``cid`` as stored (compressed), after checking it decodes to its hash: what a push
+        uploads and an export streams. A bad one is quarantined and ChunkUnreadable raised, as for
+        any read."""
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                blob = f.read()
-        except FileNotFoundError:
-            raise self._contain(ChunkUnreadable(cid, "missing")) from None
-        try:
-            codec.decode(bytearray(blob), cid)
-        except codec.ChunkDecodeError as exc:
-            raise self._contain(ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino))) from None
-        return blob
-
-    def begin_import(self) -> ChunkImport:
-        """Stage the chunks of an export stream (bundle.py); publish them with the lock held shared."""
-        return ChunkImport(self.chunks)
+            return self.chunks.read_stored(cid)
+        except ChunkUnreadable as err:
+            raise self._contain(err) from None
 
     def stored_size(self, cid: str) -> int:
         """Bytes chunk ``cid`` takes on disk (0: not stored)."""

@@ -28,6 +28,8 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_GPU_RESTORE: _ClassVar[Phase]
     PHASE_HOOK: _ClassVar[Phase]
     PHASE_INJECT: _ClassVar[Phase]
+    PHASE_UPLOAD: _ClassVar[Phase]
+    PHASE_DOWNLOAD: _ClassVar[Phase]
 TCP_RESTORE_CLOSE: TcpRestore
 TCP_RESTORE_REESTABLISH: TcpRestore
 PHASE_UNSPECIFIED: Phase
@@ -41,9 +43,11 @@ PHASE_GPU_CHECKPOINT: Phase
 PHASE_GPU_RESTORE: Phase
 PHASE_HOOK: Phase
 PHASE_INJECT: Phase
+PHASE_UPLOAD: Phase
+PHASE_DOWNLOAD: Phase
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk")
+    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk", "push")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +64,7 @@ class CheckpointRequest(_message.Message):
     KEEP_HOT_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     EXT_UNIX_SK_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
     pid: int
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -69,7 +74,8 @@ class CheckpointRequest(_message.Message):
     keep_hot: bool
     tcp_established: bool
     ext_unix_sk: bool
-    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ...) -> None: ...
+    push: bool
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., push: _Optional[bool] = ...) -> None: ...
 
 class Hook(_message.Message):
     __slots__ = ("argv", "timeout_seconds")
@@ -157,7 +163,7 @@ class RestoreEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path", "published", "gpus")
+    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path", "published", "gpus", "pulled_bytes", "pulled_chunks")
     class GpusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +180,8 @@ class RestoreResult(_message.Message):
     LOG_PATH_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    PULLED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PULLED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     operation_id: str
     snapshot_id: str
     root_pid: int
@@ -183,7 +191,9 @@ class RestoreResult(_message.Message):
     log_path: str
     published: _containers.RepeatedCompositeFieldContainer[PublishedPort]
     gpus: _containers.ScalarMap[str, str]
-    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    pulled_bytes: int
+    pulled_chunks: int
+    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Mapping[str, str]] = ..., pulled_bytes: _Optional[int] = ..., pulled_chunks: _Optional[int] = ...) -> None: ...
 
 class PublishedPort(_message.Message):
     __slots__ = ("port", "address")
@@ -218,7 +228,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "replicable", "own_network_namespace", "namespace_ports")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "replicable", "own_network_namespace", "namespace_ports", "push_operation_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +263,7 @@ class Snapshot(_message.Message):
     REPLICABLE_FIELD_NUMBER: _ClassVar[int]
     OWN_NETWORK_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_PORTS_FIELD_NUMBER: _ClassVar[int]
+    PUSH_OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -280,7 +291,8 @@ class Snapshot(_message.Message):
     replicable: bool
     own_network_namespace: bool
     namespace_ports: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ...) -> None: ...
+    push_operation_id: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ..., push_operation_id: _Optional[str] = ...) -> None: ...
 
 class CgroupInfo(_message.Message):
     __slots__ = ("path", "limits")
@@ -322,10 +334,12 @@ class GpuInfo(_message.Message):
     def __init__(self, driver_version: _Optional[str] = ..., cuda_driver_api: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., cuda_pids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListSnapshotsRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "remote")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    remote: bool
+    def __init__(self, name: _Optional[str] = ..., remote: _Optional[bool] = ...) -> None: ...
 
 class ListSnapshotsResponse(_message.Message):
     __slots__ = ("snapshots", "store_raw_bytes", "store_stored_bytes", "store_disk_bytes")
@@ -388,24 +402,32 @@ class PrefetchResponse(_message.Message):
     def __init__(self, snapshot_id: _Optional[str] = ..., bytes: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class CollectGarbageRequest(_message.Message):
-    __slots__ = ("keep_last", "dry_run")
+    __slots__ = ("keep_last", "dry_run", "remote")
     KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     keep_last: int
     dry_run: bool
-    def __init__(self, keep_last: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    remote: bool
+    def __init__(self, keep_last: _Optional[int] = ..., dry_run: _Optional[bool] = ..., remote: _Optional[bool] = ...) -> None: ...
 
 class CollectGarbageResponse(_message.Message):
-    __slots__ = ("expired_snapshots", "chunks", "bytes", "dry_run")
+    __slots__ = ("expired_snapshots", "chunks", "bytes", "dry_run", "remote", "remote_snapshots", "stale_locks")
     EXPIRED_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    STALE_LOCKS_FIELD_NUMBER: _ClassVar[int]
     expired_snapshots: _containers.RepeatedScalarFieldContainer[str]
     chunks: int
     bytes: int
     dry_run: bool
-    def __init__(self, expired_snapshots: _Optional[_Iterable[str]] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    remote: bool
+    remote_snapshots: int
+    stale_locks: int
+    def __init__(self, expired_snapshots: _Optional[_Iterable[str]] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ..., dry_run: _Optional[bool] = ..., remote: _Optional[bool] = ..., remote_snapshots: _Optional[int] = ..., stale_locks: _Optional[int] = ...) -> None: ...
 
 class CheckStoreRequest(_message.Message):
     __slots__ = ("snapshot",)
@@ -456,7 +478,7 @@ class Check(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DaemonStatus(_message.Message):
-    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks")
+    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks", "remote")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -472,6 +494,7 @@ class DaemonStatus(_message.Message):
     RECOVERED_OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     uptime_seconds: float
@@ -487,7 +510,8 @@ class DaemonStatus(_message.Message):
     recovered_operations: int
     quarantined_manifests: int
     quarantined_chunks: int
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recovered_operations: _Optional[int] = ..., quarantined_manifests: _Optional[int] = ..., quarantined_chunks: _Optional[int] = ...) -> None: ...
+    remote: str
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recovered_operations: _Optional[int] = ..., quarantined_manifests: _Optional[int] = ..., quarantined_chunks: _Optional[int] = ..., remote: _Optional[str] = ...) -> None: ...
 
 class CancelOperationRequest(_message.Message):
     __slots__ = ("operation_id",)
@@ -502,6 +526,70 @@ class CancelOperationResponse(_message.Message):
     cancelled: bool
     detail: str
     def __init__(self, cancelled: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: str
+    def __init__(self, snapshot: _Optional[str] = ...) -> None: ...
+
+class PushResult(_message.Message):
+    __slots__ = ("operation_id", "snapshot_id", "chunks", "uploaded_chunks", "uploaded_bytes", "already_there", "duration_seconds")
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_THERE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    snapshot_id: str
+    chunks: int
+    uploaded_chunks: int
+    uploaded_bytes: int
+    already_there: bool
+    duration_seconds: float
+    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., chunks: _Optional[int] = ..., uploaded_chunks: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., already_there: _Optional[bool] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+
+class PushEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: PushResult
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[PushResult, _Mapping]] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: str
+    def __init__(self, snapshot: _Optional[str] = ...) -> None: ...
+
+class PullResult(_message.Message):
+    __slots__ = ("operation_id", "snapshot_id", "chunks", "fetched_chunks", "fetched_bytes", "already_there", "duration_seconds")
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_THERE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    snapshot_id: str
+    chunks: int
+    fetched_chunks: int
+    fetched_bytes: int
+    already_there: bool
+    duration_seconds: float
+    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., chunks: _Optional[int] = ..., fetched_chunks: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., already_there: _Optional[bool] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+
+class PullEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: PullResult
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[PullResult, _Mapping]] = ...) -> None: ...
 
 class ListOperationsRequest(_message.Message):
     __slots__ = ()

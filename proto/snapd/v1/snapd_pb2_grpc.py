@@ -104,6 +104,16 @@ class SnapshotsStub:
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.StreamData.SerializeToString,
                 response_deserializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
                 _registered_method=True)
+        self.PushSnapshot = channel.unary_stream(
+                '/snapd.v1.Snapshots/PushSnapshot',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.PushRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.PushEvent.FromString,
+                _registered_method=True)
+        self.PullSnapshot = channel.unary_stream(
+                '/snapd.v1.Snapshots/PullSnapshot',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.PullRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.PullEvent.FromString,
+                _registered_method=True)
 
 
 class SnapshotsServicer:
@@ -211,6 +221,20 @@ class SnapshotsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushSnapshot(self, request, context):
+        """Upload a snapshot to the remote tier: the chunks the bucket lacks, then its manifest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullSnapshot(self, request, context):
+        """Download a snapshot from the remote tier: the chunks the local store lacks, then its manifest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +307,16 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.ImportSnapshot,
                     request_deserializer=snapd_dot_v1_dot_snapd__pb2.StreamData.FromString,
                     response_serializer=snapd_dot_v1_dot_snapd__pb2.Snapshot.SerializeToString,
+            ),
+            'PushSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.PushSnapshot,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.PushRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.PushEvent.SerializeToString,
+            ),
+            'PullSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullSnapshot,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.PullRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.PullEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +697,60 @@ class Snapshots:
             '/snapd.v1.Snapshots/ImportSnapshot',
             snapd_dot_v1_dot_snapd__pb2.StreamData.SerializeToString,
             snapd_dot_v1_dot_snapd__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/snapd.v1.Snapshots/PushSnapshot',
+            snapd_dot_v1_dot_snapd__pb2.PushRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.PushEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/snapd.v1.Snapshots/PullSnapshot',
+            snapd_dot_v1_dot_snapd__pb2.PullRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.PullEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,161 @@
+"""Fetching a snapshot's missing chunks from the remote tier into a local import, in parallel.
+
+Chunks are fetched in the order given (the order a restore needs them), by
+``threads`` workers; a reader that ``wait``s for a chunk not yet started moves
+it to the front, so a restore's delivery never waits behind chunks it needs
+later. A restore's first reader of a chunk gets the raw bytes the fetch
+verified (within FRESH_LIMIT), sparing it a read back and a second hash. Each chunk is verified against its id before it is staged (a bad object
+raises RemoteObjectBad naming it). The first failure stops the workers; every
+waiter, and ``join``, raises it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+import structlog
+
+from snapd_daemon.store.imports import ChunkImport
+from snapd_daemon.store.remote import RemoteStore
+from snapd_daemon.util.poller import Poller
+
+log = structlog.get_logger()
+# Raw bytes of fetched chunks a restore's fetch keeps for their first reader, at most (beyond
+# it, readers read them back staged).
+FRESH_LIMIT = 256 << 20
+
+
+class Fetcher:
+    def __init__(self, remote: RemoteStore, imported: ChunkImport, order: list[tuple[str, int]], what: str,
+                 stop: Callable[[], None] = lambda: None, fresh_limit: int = 0) -> None:
+        """``order``: (chunk id, raw length) in the order they are wanted (those the local
+        store or the import has are skipped); ``what``: the snapshot, for messages; ``stop``:
+        raises to stop the fetch (a cancel); ``fresh_limit``: raw bytes kept for first readers."""
+        self.remote = remote
+        self.imported = imported
+        self.what = what
+        self.stop = stop
+        lengths = dict(order)
+        wanted = [cid for cid in lengths if not imported.has(cid)]
+        self._lengths = {cid: lengths[cid] for cid in wanted}
+        self.raw_total = sum(self._lengths.values())
+        self.raw_done = 0
+        self._pending = deque(wanted)
+        self._urgent: deque[str] = deque()
+        self._done = {cid: threading.Event() for cid in wanted}
+        self._started: set[str] = set()
+        self._cond = threading.Condition()
+        self.failure: BaseException | None = None
+        self.fetched_bytes = 0
+        self.fetched_chunks = 0
+        self._fresh: dict[str, bytes | memoryview] = {}
+        self._fresh_bytes = 0
+        self._fresh_limit = fresh_limit
+        self._threads = [threading.Thread(target=self._work, name=f"fetch-{i}", daemon=True)
+                         for i in range(min(remote.cfg.threads, max(1, len(wanted))))]
+
+    @property
+    def chunks(self) -> int:
+        """How many chunks this fetch brings."""
+        return len(self._done)
+
+    def wants(self, cid: str) -> bool:
+        return cid in self._done
+
+    def __enter__(self) -> Self:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        with self._cond:
+            if self.failure is None and exc is not None:
+                self.failure = exc
+            self._pending.clear()
+            self._urgent.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+        for event in self._done.values():  # no waiter outlives the fetch
+            event.set()
+
+    def wait(self, cid: str) -> bytes | memoryview | None:
+        """Return once chunk ``cid`` is staged: its verified raw bytes to the first reader while
+        they are held (``fresh_limit``), else None (read it from the import). Raises the fetch's
+        failure if it failed."""
+        with self._cond:
+            if cid not in self._started and self.failure is None:
+                self._urgent.append(cid)
+        self._done[cid].wait()
+        if self.failure is not None:
+            raise self.failure
+        with self._cond:
+            raw = self._fresh.pop(cid, None)
+            self._fresh_bytes -= len(raw) if raw is not None else 0
+        return raw
+
+    def progress(self, report: Callable[[int, int], None], interval: float = 0.25) -> FetchProgress:
+        """A poller passing (raw bytes fetched, raw bytes to fetch) to ``report`` while it runs."""
+        return FetchProgress(self, report, interval)
+
+    def join(self) -> None:
+        """Wait for every chunk; raise the first failure."""
+        for event in self._done.values():
+            event.wait()
+            if self.failure is not None:
+                raise self.failure
+
+    def _next(self) -> str | None:
+        with self._cond:
+            while self.failure is None:
+                queue = self._urgent if self._urgent else self._pending
+                if not queue:
+                    return None
+                cid = queue.popleft()
+                if cid not in self._started:
+                    self._started.add(cid)
+                    return cid
+            return None
+
+    def _work(self) -> None:
+        while (cid := self._next()) is not None:
+            try:
+                self.stop()
+                blob, raw = self.remote.get_chunk(cid, self.what)
+                self.imported.add(cid, blob)
+            except BaseException as exc:
+                with self._cond:
+                    if self.failure is None:
+                        self.failure = exc
+                        log.warning("remote.fetch_failed", chunk=cid, error=str(exc))
+                for event in self._done.values():  # wake every waiter: the fetch has failed
+                    event.set()
+                return
+            with self._cond:
+                self.fetched_bytes += len(blob)
+                self.fetched_chunks += 1
+                self.raw_done += self._lengths[cid]
+                if self._fresh_bytes + len(raw) <= self._fresh_limit:
+                    self._fresh[cid] = raw
+                    self._fresh_bytes += len(raw)
+            self._done[cid].set()
+
+
+class FetchProgress(Poller):
+    def __init__(self, fetcher: Fetcher, report: Callable[[int, int], None], interval: float) -> None:
+        super().__init__("fetch-progress", interval)
+        self.fetcher = fetcher
+        self.report = report
+
+    def poll(self) -> bool:
+        self.report(self.fetcher.raw_done, self.fetcher.raw_total)
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(None, None, None)
+        self.poll()

@@ -1,0 +1,93 @@
+"""A restore of a snapshot only the remote tier holds: its chunks pulled while it runs.
+
+``OnDemand`` is the ``ChunkReader`` the restore's delivery reads from: a chunk
+the local store has is read there; the others are fetched in parallel by a
+``Fetcher`` (in the order the restore reads them, any chunk a delivery thread
+waits for moved to the front) and read back, verified, as soon as each is
+staged. So the images for CRIU and the memory injected afterwards are written
+while the rest is still arriving. Once the restore has read everything,
+``publish`` makes the pulled snapshot a local one (chunks, then manifest) once
+the tree runs; a restore that fails discards what was staged.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, ExitStack
+
+import structlog
+
+from snapd_daemon.errors import SnapdError
+from snapd_daemon.remote.fetch import FRESH_LIMIT, Fetcher
+from snapd_daemon.remote.listing import find, require_remote
+from snapd_daemon.remote.pull import fetch_order
+from snapd_daemon.runtime import Runtime
+from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
+from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.store.buffers import ReadBuffers
+from snapd_daemon.store.model import ChunkRef
+
+log = structlog.get_logger()
+
+
+class OnDemand:
+    def __init__(self, rt: Runtime, manifest: Manifest, report: Reporter) -> None:
+        self.rt = rt
+        self.manifest = manifest
+        self.report = report
+        self.fetcher: Fetcher | None = None
+        self._stack = ExitStack()
+
+    @classmethod
+    def find(cls, rt: Runtime, ref: str, report: Reporter) -> OnDemand:
+        """For the remote snapshot ``ref`` names; RemoteNotConfigured without a remote tier."""
+        return cls(rt, find(require_remote(rt), ref), report)
+
+    def __enter__(self) -> OnDemand:
+        """Start fetching; the store lock is held shared from here until this ends."""
+        remote = require_remote(self.rt)
+        with ExitStack() as stack:
+            self.imported = stack.enter_context(self.rt.store.begin_import())
+            self.fetcher = Fetcher(remote, self.imported, fetch_order(self.manifest), f"snapshot {self.manifest.id}",
+                                   fresh_limit=FRESH_LIMIT)
+            self.report(ProgressEvent(Phase.DOWNLOAD, 0, self.fetcher.raw_total,
+                                      f"fetching {self.fetcher.chunks} chunk(s) from {remote.cfg.where}"))
+            stack.enter_context(self.fetcher)
+            stack.enter_context(self.fetcher.progress(
+                lambda done, total: self.report(ProgressEvent(Phase.DOWNLOAD, done, total))))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def translate_os_errors(self, needed: int) -> AbstractContextManager[None]:
+        return self.rt.store.translate_os_errors(needed)
+
+    def read_chunk(self, ref: ChunkRef, buffers: ReadBuffers, hot: bool = True) -> memoryview:
+        fetcher = self.fetcher
+        if fetcher is None or not fetcher.wants(ref.id):
+            return self.rt.store.read_chunk(ref, buffers, hot)
+        raw = fetcher.wait(ref.id)
+        return memoryview(raw) if raw is not None else self.imported.read(ref.id, buffers)
+
+    def readahead(self, cid: str) -> None:
+        """Chunks the local store has are read ahead there; the fetcher orders the others."""
+        self.rt.store.readahead(cid)
+
+    def cold(self, cids: list[str], sample: int = 16) -> bool:
+        return self.rt.store.cold(cids, sample)
+
+    @property
+    def fetched(self) -> tuple[int, int]:
+        """(bytes, chunks) fetched so far."""
+        return (self.fetcher.fetched_bytes, self.fetcher.fetched_chunks) if self.fetcher else (0, 0)
+
+    def publish(self) -> None:
+        """Keep the pulled snapshot in the local store (best effort: the restore has what it
+        needs; a failure here is logged and the staged chunks discarded)."""
+        assert self.fetcher is not None
+        try:
+            self.fetcher.join()
+            self.rt.catalog.adopt(self.imported, self.manifest)
+        except SnapdError as err:
+            log.warning("remote.pulled_copy_not_kept", snapshot=self.manifest.id, error=err.message)

@@ -1,0 +1,144 @@
+"""Import: chunks of one snapshot arriving in their stored form from elsewhere (a pull, an
+export stream).
+
+``add`` stages a chunk, already verified by the caller, under a temporary
+name (a flusher writes them back while more arrive, as during an ingest);
+``commit`` makes every staged chunk durable (one syncfs), gives them
+their names, then writes the manifest, last: a snapshot appears whole or not
+at all, as with an ingest. ``abort`` (or leaving the ``with`` block without a
+commit) removes every temporary. With ``hold_lock`` (a pull, whose restore reads
+local chunks meanwhile) the store lock is held shared from ``begin`` until
+``close``, so gc never takes the local chunks the snapshot reuses; without it (an
+export stream, which may arrive slowly) only ``commit`` holds it, and a reused
+chunk gc took meanwhile fails the commit. Staged temporaries are never gc's.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from snapd_daemon.errors import StoreError
+from snapd_daemon.store.buffers import ReadBuffers
+from snapd_daemon.store.chunkdir import ChunkDir
+from snapd_daemon.store.ingest import Flusher
+from snapd_daemon.store.manifests import ManifestDir
+from snapd_daemon.store.model import ChunkUnreadable
+from snapd_daemon.store.oserrors import translated
+from snapd_daemon.store.rwlock import RWLock
+
+
+class ChunkImport:
+    """Thread-safe: many fetching threads ``add`` while others ``read``."""
+
+    def __init__(self, root: Path, chunks: ChunkDir, manifests: ManifestDir, lock: RWLock,
+                 hold_lock: bool = True) -> None:
+        self.root = root
+        self.chunks = chunks
+        self.manifests = manifests
+        self._store_lock = lock
+        self._held: AbstractContextManager[None] | None = None
+        if hold_lock:
+            self._held = lock.shared()
+            self._held.__enter__()
+        self._lock = threading.Lock()
+        self.staged: dict[str, Path] = {}
+        self.sizes: dict[str, int] = {}
+        self.staged_bytes = 0
+        self.committed = False
+        self._flusher: Flusher | None = Flusher(root, self).__enter__()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.committed:
+            self.abort()
+        self.close()
+
+    def has(self, cid: str) -> bool:
+        """Whether the store or this import holds chunk ``cid``."""
+        with self._lock:
+            if cid in self.staged:
+                return True
+        return bool(self.chunks.exists(cid))
+
+    def add(self, cid: str, blob: bytes | memoryview) -> None:
+        """Stage chunk ``cid`` in its stored form (verified by the caller)."""
+        with translated(self.root, len(blob)):
+            tmp = self.chunks.stage(cid, b"", blob)
+        with self._lock:
+            if self.committed or cid in self.staged:
+                tmp.unlink()
+                return
+            self.staged[cid] = tmp
+            self.sizes[cid] = len(blob)
+            self.staged_bytes += len(blob)
+
+    def read(self, cid: str, buffers: ReadBuffers) -> memoryview:
+        """Verified raw bytes of a chunk this import staged, a view into ``buffers``;
+        ChunkUnreadable if it has not."""
+        with self._lock:
+            tmp = self.staged.get(cid)
+        if tmp is None:
+            raise ChunkUnreadable(cid, "not fetched")
+        return self.chunks.read(cid, buffers, path=tmp)
+
+    def stored_size(self, cid: str) -> int:
+        """Bytes chunk ``cid`` takes staged here, or in the store (0: neither)."""
+        with self._lock:
+            if cid in self.sizes:
+                return self.sizes[cid]
+        return self.chunks.exists(cid)
+
+    def commit(self, manifest_id: str, manifest: bytes, used: set[str]) -> int:
+        """Publish the staged chunks, then the manifest; bytes of chunks new to the store.
+        Every chunk in ``used`` must be staged or stored (else StoreError, nothing published)."""
+        self._stop_flusher()
+        if self._held is not None:
+            return self._commit(manifest_id, manifest, used)
+        with self._store_lock.shared():
+            return self._commit(manifest_id, manifest, used)
+
+    def _commit(self, manifest_id: str, manifest: bytes, used: set[str]) -> int:
+        with self._lock:
+            staged = dict(self.staged)
+        lacking = sorted(cid for cid in used if cid not in staged and not self.chunks.exists(cid))
+        if lacking:
+            raise StoreError(path=self.root, reason=f"snapshot {manifest_id} cannot be published: chunk {lacking[0]} "
+                             f"(and {len(lacking) - 1} more) neither received nor stored")
+        with translated(self.root, self.staged_bytes):
+            added = self.chunks.publish(staged)
+            self.chunks.sync_prefixes(used - added)
+            with self.chunks.naming():
+                gone = sorted(cid for cid in used if not self.chunks.exists(cid))
+                if gone:
+                    raise StoreError(path=self.root, reason=f"chunk {gone[0]} of snapshot {manifest_id} was taken "
+                                     "out of the store meanwhile (gc, or a read that found it corrupt); pull or import it again")
+                self.manifests.put(manifest_id, manifest)
+        with self._lock:
+            self.staged.clear()
+            self.committed = True
+        return sum(self.chunks.exists(cid) for cid in added)
+
+    def abort(self) -> None:
+        with self._lock:
+            for tmp in self.staged.values():
+                tmp.unlink(missing_ok=True)
+            self.staged.clear()
+            self.sizes.clear()
+
+    def close(self) -> None:
+        self._stop_flusher()
+        if self._held is not None:
+            self._held.__exit__(None, None, None)
+            self._held = None
+
+    def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.__exit__(None, None, None)
+            self._flusher = None

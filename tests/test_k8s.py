@@ -1,0 +1,59 @@
+"""deploy/k8s/ is valid against the Kubernetes API schemas (kubernetes-validate ships them:
+offline) and gives the daemon what it needs on a node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from snapd_daemon.server import config
+from snapd_daemon.server.cli import serve
+
+K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+# the oldest Kubernetes release the manifests are meant for, and the newest the package knows
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+
+def _documents() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, doc) for path in sorted(K8S.glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_manifests_validate_strictly(version: str) -> None:
+    docs = _documents()
+    assert {doc["kind"] for _, doc in docs} == {"Namespace", "ConfigMap", "Secret", "DaemonSet"}
+    for name, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{name} ({doc['kind']}) against Kubernetes {version}: {exc.message} at {list(exc.path)}")
+
+
+def test_daemonset_gives_the_daemon_the_host() -> None:
+    docs = {doc["kind"]: doc for _, doc in _documents()}
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True and pod["runtimeClassName"] == "nvidia"
+    (container,) = pod["containers"]
+    assert container["securityContext"]["privileged"] is True
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    for name, path in (("state", "/var/lib/gpu-snapd"), ("run", "/run/gpu-snapd"), ("dev", "/dev"),
+                       ("cgroup", "/sys/fs/cgroup")):
+        assert host_paths[name] == path and mounts[name] == path
+    assert {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}["remote-credentials"] == \
+        docs["Secret"]["metadata"]["name"]
+
+
+def test_configmap_holds_only_serve_options(tmp_path: Path) -> None:
+    docs = {doc["kind"]: doc for _, doc in _documents()}
+    toml = tmp_path / "config.toml"
+    toml.write_text(docs["ConfigMap"]["data"]["config.toml"])
+    values = config.load(toml, {p.name for p in serve.params if p.name})
+    assert values["state_dir"] == "/var/lib/gpu-snapd" and values["remote_bucket"]
+    assert values["remote_credentials_file"].startswith("/etc/gpu-snapd/remote/")
+    assert "credentials" in docs["Secret"]["stringData"]
