@@ -3,10 +3,14 @@ cli.py imports this module), and what `list --remote` and `gc --remote` print.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 from snapd.v1 import snapd_pb2 as pb
 
 from snapd_client.base import Ctx, cli, common_options, run
+from snapd_client.client import SnapdClient
 from snapd_client.interrupts import Interrupts
 from snapd_client.output import ProgressLine, human_bytes
 
@@ -21,18 +25,10 @@ def _rate(n: int, seconds: float) -> str:
 @click.pass_context
 def push(ctx: click.Context, snapshot: str) -> None:
     """Upload SNAPSHOT to the remote tier: the chunks the bucket lacks, then its manifest."""
-    def action(c: Ctx) -> None:
-        bar = ProgressLine()
-        with c.client() as client:
-            r = client.push(snapshot, on_progress=bar, on_interrupt=Interrupts(client, bar.done))
-        bar.done()
-        c.emit(r, lambda: click.echo(
-            f"{r.snapshot_id}: already in the bucket, nothing uploaded" if r.already_there else
-            f"pushed {r.snapshot_id}: {r.uploaded_chunks} of {r.chunks} chunk(s) uploaded, "
-            f"{human_bytes(r.uploaded_bytes)} in {r.duration_seconds:.2f} s "
-            f"({_rate(r.uploaded_bytes, r.duration_seconds)})"))
-
-    run(ctx, action)
+    _transfer(ctx, snapshot, SnapdClient.push, lambda r: (
+        f"{r.snapshot_id}: already in the bucket, nothing uploaded" if r.already_there else
+        f"pushed {r.snapshot_id}: {r.uploaded_chunks} of {r.chunks} chunk(s) uploaded, "
+        f"{human_bytes(r.uploaded_bytes)} in {r.duration_seconds:.2f} s ({_rate(r.uploaded_bytes, r.duration_seconds)})"))
 
 
 @cli.command()
@@ -41,16 +37,20 @@ def push(ctx: click.Context, snapshot: str) -> None:
 @click.pass_context
 def pull(ctx: click.Context, snapshot: str) -> None:
     """Download SNAPSHOT from the remote tier: the chunks the local store lacks, verified."""
+    _transfer(ctx, snapshot, SnapdClient.pull, lambda r: (
+        f"{r.snapshot_id}: already in the local store, nothing fetched" if r.already_there else
+        f"pulled {r.snapshot_id}: {r.fetched_chunks} of {r.chunks} chunk(s) fetched, "
+        f"{human_bytes(r.fetched_bytes)} in {r.duration_seconds:.2f} s ({_rate(r.fetched_bytes, r.duration_seconds)})"))
+
+
+def _transfer(ctx: click.Context, snapshot: str, call: Callable[..., Any], describe: Callable[[Any], str]) -> None:
+    """Run a push or pull with a progress line (Ctrl-C cancels it) and print its result."""
     def action(c: Ctx) -> None:
         bar = ProgressLine()
         with c.client() as client:
-            r = client.pull(snapshot, on_progress=bar, on_interrupt=Interrupts(client, bar.done))
+            r = call(client, snapshot, on_progress=bar, on_interrupt=Interrupts(client, bar.done))
         bar.done()
-        c.emit(r, lambda: click.echo(
-            f"{r.snapshot_id}: already in the local store, nothing fetched" if r.already_there else
-            f"pulled {r.snapshot_id}: {r.fetched_chunks} of {r.chunks} chunk(s) fetched, "
-            f"{human_bytes(r.fetched_bytes)} in {r.duration_seconds:.2f} s "
-            f"({_rate(r.fetched_bytes, r.duration_seconds)})"))
+        c.emit(r, lambda: click.echo(describe(r)))
 
     run(ctx, action)
 
