@@ -56,13 +56,13 @@ class Reports:
         return self.got[pid][seen]
 
 
-def start_run(tmp: Path, reports: Reports, port: int = 0, publish: str = "") -> int:
-    """`snapd run` the nsreport workload; the host pid of its namespace's init."""
+def start_run(tmp: Path, reports: Reports, port: int = 0, publish: str = "", workload: str = "nsreport.py") -> int:
+    """`snapd run` a workload (nsreport's arguments); the host pid of its namespace's init."""
     report = tmp / f"nsreport.{len(list(tmp.glob('nsreport.*')))}"
     run_dir = tmp / "run"
     args = [sys.executable, "-m", "snapd_daemon", "run", "--name", "w", "--run-dir", str(run_dir)]
     args += ["--netns", "--publish", publish] if publish else []
-    subprocess.Popen([*args, "--", sys.executable, str(WORKLOADS / "nsreport.py"), str(reports.path), str(port),
+    subprocess.Popen([*args, "--", sys.executable, str(WORKLOADS / workload), str(reports.path), str(port),
                       str(report)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, cwd=WORKLOADS)
     wait_for(lambda: report.exists() and (run_dir / "w.pid").exists(), 60, "the workload under snapd run")
@@ -134,6 +134,46 @@ def test_replicas_restore_at_once_each_in_its_own_pid_namespace(daemon: Daemon, 
     fourth = client.restore("replicated")
     assert reports.ask(worker_of(fourth.root_pid)) == [digest, "2", "2"]
     assert holds_left(daemon) == []
+
+
+def own_proc(reports: Reports, host_pid: int, asked: int) -> None:
+    """The workload at ``host_pid`` (pid 2 of a `snapd run` tree) finds itself in /proc: what
+    libcuda needs. Asked ``asked`` times so far, counted in its own memory."""
+    seen = json.loads(reports.ask(host_pid)[0])
+    assert seen == {"pid": 2, "asked": asked, "status_pid": 2, "nspid": [2], "name": "procself", "self": "2",
+                    "init": seen["init"], "procs": [1, 2]}, seen
+    assert "snapd_daemon.host.nsinit" in seen["init"]
+
+
+def mount_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/mnt")
+
+
+def test_snapd_run_gives_the_tree_its_own_proc_and_so_does_each_replica(
+        daemon: Daemon, client: SnapdClient, workloads, tmp_path: Path) -> None:
+    host_mounts = Path("/proc/self/mountinfo").read_text()
+    reports = Reports(tmp_path / "reports.sock")
+    init = start_run(tmp_path, reports, workload="procself.py")
+    worker = worker_of(init)
+    own_proc(reports, worker, 1)
+    assert mount_namespace(init) != mount_namespace(os.getpid())
+    tree_mounts = Path(f"/proc/{init}/mountinfo").read_text()
+    assert "shared:" not in tree_mounts and "master:" not in tree_mounts  # nothing propagates either way
+    snap = client.checkpoint(init, name="ownproc")
+    wait_for(lambda: gone(init) and gone(worker), 30, "the source to be stopped")
+
+    replicas = restore_at_once(daemon.target, "ownproc", 3)
+    assert not [r for r in replicas if isinstance(r, SnapdClientError)], replicas
+    roots = [r.root_pid for r in replicas]
+    assert len({mount_namespace(r) for r in [*roots, os.getpid()]}) == 4
+    for root in roots:
+        own_proc(reports, worker_of(root), 2)  # its own /proc, its memory the snapshot's
+        assert "shared:" not in Path(f"/proc/{root}/mountinfo").read_text()
+    for root in roots:
+        psutil.Process(root).kill()
+    wait_for(lambda: all(gone(r) for r in roots), 30, "the replicas to exit")
+    assert snap.replicable and holds_left(daemon) == []
+    assert Path("/proc/self/mountinfo").read_text() == host_mounts  # no proc mount leaked to the host
 
 
 def test_replicas_with_their_own_network_namespace_serve_on_their_own_address(

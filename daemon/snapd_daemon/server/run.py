@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from snapd_daemon.host import namespaces, portfwd
+from snapd_daemon.host import mountns, namespaces, portfwd
 from snapd_daemon.host.namespaces import CLONE_NEWNET, CLONE_NEWPID
 from snapd_daemon.host.nsinit import FORWARDED
 
@@ -73,6 +73,8 @@ def start_init(command: tuple[str, ...], netns: bool) -> int:
 
 def _become_init(command: tuple[str, ...], netns: bool, report: int) -> None:
     try:
+        mountns.private_proc()
+        mountns.reopen_inherited()
         if netns:
             namespaces.unshare(CLONE_NEWNET)
             namespaces.loopback_up()
