@@ -313,3 +313,20 @@ def test_snapd_run_refuses_publish_without_its_own_network() -> None:
     res = subprocess.run([sys.executable, "-m", "snapd_daemon", "run", "--publish", "8080:80", "--", "true"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--publish needs --netns" in res.stderr
+
+
+def test_a_mount_namespace_rooted_elsewhere_is_refused_by_name(client: SnapdClient, tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                             f"import os, time; os.chroot({str(tmp_path / 'root')!r}); print(flush=True); "
+                             "time.sleep(600)"], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"\n"
+        with pytest.raises(SnapdClientError) as refusal:
+            client.checkpoint(proc.pid)
+        assert refusal.value.error_class == "ProcessProtected", refusal.value
+        assert "mount namespace of its own whose root is not the host's /" in refusal.value.message
+        assert proc.poll() is None  # refused before anything touched it
+    finally:
+        proc.kill()
+        proc.wait()
