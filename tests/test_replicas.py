@@ -56,15 +56,18 @@ class Reports:
         return self.got[pid][seen]
 
 
-def start_run(tmp: Path, reports: Reports, port: int = 0, publish: str = "", workload: str = "nsreport.py") -> int:
-    """`snapd run` a workload (nsreport's arguments); the host pid of its namespace's init."""
+def start_run(tmp: Path, reports: Reports, port: int = 0, publish: str = "", workload: str = "nsreport.py",
+              log: Path | None = None) -> int:
+    """`snapd run` a workload (nsreport's arguments), its stdout appended to ``log`` if given; the
+    host pid of its namespace's init."""
     report = tmp / f"nsreport.{len(list(tmp.glob('nsreport.*')))}"
     run_dir = tmp / "run"
     args = [sys.executable, "-m", "snapd_daemon", "run", "--name", "w", "--run-dir", str(run_dir)]
     args += ["--netns", "--publish", publish] if publish else []
-    subprocess.Popen([*args, "--", sys.executable, str(WORKLOADS / workload), str(reports.path), str(port),
-                      str(report)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, cwd=WORKLOADS)
+    with open(log or os.devnull, "ab") as out:
+        subprocess.Popen([*args, "--", sys.executable, str(WORKLOADS / workload), str(reports.path), str(port),
+                          str(report)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL,
+                         start_new_session=True, cwd=WORKLOADS)
     wait_for(lambda: report.exists() and (run_dir / "w.pid").exists(), 60, "the workload under snapd run")
     return int((run_dir / "w.pid").read_text())
 
@@ -153,7 +156,8 @@ def test_snapd_run_gives_the_tree_its_own_proc_and_so_does_each_replica(
         daemon: Daemon, client: SnapdClient, workloads, tmp_path: Path) -> None:
     host_mounts = Path("/proc/self/mountinfo").read_text()
     reports = Reports(tmp_path / "reports.sock")
-    init = start_run(tmp_path, reports, workload="procself.py")
+    log = tmp_path / "procself.log"  # opened through the host's mounts, reopened through the tree's own
+    init = start_run(tmp_path, reports, workload="procself.py", log=log)
     worker = worker_of(init)
     own_proc(reports, worker, 1)
     assert mount_namespace(init) != mount_namespace(os.getpid())
@@ -169,6 +173,9 @@ def test_snapd_run_gives_the_tree_its_own_proc_and_so_does_each_replica(
     for root in roots:
         own_proc(reports, worker_of(root), 2)  # its own /proc, its memory the snapshot's
         assert "shared:" not in Path(f"/proc/{root}/mountinfo").read_text()
+    # each copy kept the log file open through its own mount namespace and writes on to it
+    wait_for(lambda: len(log.read_text().splitlines()) == 4, 10, "a line from each replica in the log")
+    assert log.read_text().splitlines() == ["asked 1", "asked 2", "asked 2", "asked 2"]
     for root in roots:
         psutil.Process(root).kill()
     wait_for(lambda: all(gone(r) for r in roots), 30, "the replicas to exit")

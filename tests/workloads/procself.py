@@ -4,7 +4,7 @@ usage: procself.py SOCKET PORT REPORT     PORT is ignored; report: "<pid>"
 The condition libcuda needs in a pid namespace: /proc/<os.getpid()> and /proc/self are this
 process (its pid inside, its own comm), i.e. /proc belongs to the tree's pid namespace. The
 report holds: pid, times asked, /proc/<pid>/status's Pid, NSpid and Name, /proc/self's target,
-/proc/1's command line ("|" between arguments) and the pids /proc lists. The comm is set to "procself" at start.
+/proc/1's command line ("|" between arguments) and the pids /proc lists. The comm is set to "procself" at start; after each report, "asked N" goes to stdout.
 """
 
 import ctypes
@@ -52,4 +52,5 @@ while True:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(sys.argv[1])
             s.sendall(f"{report()}\n".encode())
+        print(f"asked {asked}", flush=True)
     time.sleep(0.05)
