@@ -56,15 +56,18 @@ class Reports:
         return self.got[pid][seen]
 
 
-def start_run(tmp: Path, reports: Reports, port: int = 0, publish: str = "") -> int:
-    """`snapd run` the nsreport workload; the host pid of its namespace's init."""
+def start_run(tmp: Path, reports: Reports, port: int = 0, publish: str = "", workload: str = "nsreport.py",
+              log: Path | None = None) -> int:
+    """`snapd run` a workload (nsreport's arguments), its stdout appended to ``log`` if given; the
+    host pid of its namespace's init."""
     report = tmp / f"nsreport.{len(list(tmp.glob('nsreport.*')))}"
     run_dir = tmp / "run"
     args = [sys.executable, "-m", "snapd_daemon", "run", "--name", "w", "--run-dir", str(run_dir)]
     args += ["--netns", "--publish", publish] if publish else []
-    subprocess.Popen([*args, "--", sys.executable, str(WORKLOADS / "nsreport.py"), str(reports.path), str(port),
-                      str(report)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, cwd=WORKLOADS)
+    with open(log or os.devnull, "ab") as out:
+        subprocess.Popen([*args, "--", sys.executable, str(WORKLOADS / workload), str(reports.path), str(port),
+                          str(report)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL,
+                         start_new_session=True, cwd=WORKLOADS)
     wait_for(lambda: report.exists() and (run_dir / "w.pid").exists(), 60, "the workload under snapd run")
     return int((run_dir / "w.pid").read_text())
 
@@ -134,6 +137,50 @@ def test_replicas_restore_at_once_each_in_its_own_pid_namespace(daemon: Daemon, 
     fourth = client.restore("replicated")
     assert reports.ask(worker_of(fourth.root_pid)) == [digest, "2", "2"]
     assert holds_left(daemon) == []
+
+
+def own_proc(reports: Reports, host_pid: int, asked: int) -> None:
+    """The workload at ``host_pid`` (pid 2 of a `snapd run` tree) finds itself in /proc: what
+    libcuda needs. Asked ``asked`` times so far, counted in its own memory."""
+    seen = json.loads(reports.ask(host_pid)[0])
+    assert seen == {"pid": 2, "asked": asked, "status_pid": 2, "nspid": [2], "name": "procself", "self": "2",
+                    "init": seen["init"], "procs": [1, 2]}, seen
+    assert "snapd_daemon.host.nsinit" in seen["init"]
+
+
+def mount_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/mnt")
+
+
+def test_snapd_run_gives_the_tree_its_own_proc_and_so_does_each_replica(
+        daemon: Daemon, client: SnapdClient, workloads, tmp_path: Path) -> None:
+    host_mounts = Path("/proc/self/mountinfo").read_text()
+    reports = Reports(tmp_path / "reports.sock")
+    log = tmp_path / "procself.log"  # opened through the host's mounts, reopened through the tree's own
+    init = start_run(tmp_path, reports, workload="procself.py", log=log)
+    worker = worker_of(init)
+    own_proc(reports, worker, 1)
+    assert mount_namespace(init) != mount_namespace(os.getpid())
+    tree_mounts = Path(f"/proc/{init}/mountinfo").read_text()
+    assert "shared:" not in tree_mounts and "master:" not in tree_mounts  # nothing propagates either way
+    snap = client.checkpoint(init, name="ownproc")
+    wait_for(lambda: gone(init) and gone(worker), 30, "the source to be stopped")
+
+    replicas = restore_at_once(daemon.target, "ownproc", 3)
+    assert not [r for r in replicas if isinstance(r, SnapdClientError)], replicas
+    roots = [r.root_pid for r in replicas]
+    assert len({mount_namespace(r) for r in [*roots, os.getpid()]}) == 4
+    for root in roots:
+        own_proc(reports, worker_of(root), 2)  # its own /proc, its memory the snapshot's
+        assert "shared:" not in Path(f"/proc/{root}/mountinfo").read_text()
+    # each copy kept the log file open through its own mount namespace and writes on to it
+    wait_for(lambda: len(log.read_text().splitlines()) == 4, 10, "a line from each replica in the log")
+    assert log.read_text().splitlines() == ["asked 1", "asked 2", "asked 2", "asked 2"]
+    for root in roots:
+        psutil.Process(root).kill()
+    wait_for(lambda: all(gone(r) for r in roots), 30, "the replicas to exit")
+    assert snap.replicable and holds_left(daemon) == []
+    assert Path("/proc/self/mountinfo").read_text() == host_mounts  # no proc mount leaked to the host
 
 
 def test_replicas_with_their_own_network_namespace_serve_on_their_own_address(
@@ -273,3 +320,20 @@ def test_snapd_run_refuses_publish_without_its_own_network() -> None:
     res = subprocess.run([sys.executable, "-m", "snapd_daemon", "run", "--publish", "8080:80", "--", "true"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--publish needs --netns" in res.stderr
+
+
+def test_a_mount_namespace_rooted_elsewhere_is_refused_by_name(client: SnapdClient, tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                             f"import os, time; os.chroot({str(tmp_path / 'root')!r}); print(flush=True); "
+                             "time.sleep(600)"], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"\n"
+        with pytest.raises(SnapdClientError) as refusal:
+            client.checkpoint(proc.pid)
+        assert refusal.value.error_class == "ProcessProtected", refusal.value
+        assert "mount namespace of its own whose root is not the host's /" in refusal.value.message
+        assert proc.poll() is None  # refused before anything touched it
+    finally:
+        proc.kill()
+        proc.wait()

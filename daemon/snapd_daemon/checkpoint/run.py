@@ -219,6 +219,7 @@ class CheckpointRun(OperationRun):
                     freeze_timeout=rt.settings.freeze_timeout, notify=self.hold_point,
                     external=[e.criu_external for e in self.stdio if e.criu_external],
                     tcp_established=self.spec.tcp_established, ext_unix_sk=self.spec.ext_unix_sk,
+                    own_mntns=self.tree.own_mntns,
                 )
             except CriuFailed as exc:
                 full = rt.scratch.full(staging, needed=self.needed)
@@ -247,6 +248,7 @@ class CheckpointRun(OperationRun):
         )
         manifest.own_netns = not same_namespace("net", spec.pid, rt.daemon_pid)
         manifest.ns_ports = listening_ports(spec.pid) if manifest.own_netns else []
+        manifest.own_mntns = self.hold_point.tree.own_mntns
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
             final = plan(self.staging.images)

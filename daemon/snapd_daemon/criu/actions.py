@@ -118,6 +118,7 @@ def dump(
     external: Sequence[str] = (),
     tcp_established: bool = False,
     ext_unix_sk: bool = False,
+    own_mntns: bool = False,
 ) -> None:
     """Dump the tree rooted at ``pid`` into ``images``. The tree is always left
     running by CRIU; stopping it is the caller's decision, made only once the
@@ -127,7 +128,10 @@ def dump(
     repair mode while the tree is frozen; CRIU's network lock is nftables, through
     the libnftables it is built with). File locks are always dumped. ``ext_unix_sk``:
     dump unix sockets connected to processes outside the tree (CRIU's
-    --ext-unix-sk; see ``restore``)."""
+    --ext-unix-sk; see ``restore``). ``own_mntns``: the tree has a mount namespace of its
+    own (``snapd run``), which CRIU dumps; its mounts that are copies of mounts CRIU
+    sees (all but its /proc, see ``snapd_daemon.host.mountns``) are recorded as external
+    (auto_ext_mnt; ext_sharing and ext_masters let shared and slave copies count too)."""
     opts = rpc_pb2.Opts(
         images_dir_fd=-1,
         pid=pid,
@@ -145,6 +149,8 @@ def dump(
     )
     if tcp_established:
         opts.network_lock = rpc_pb2.NFTABLES
+    if own_mntns:
+        opts.auto_ext_mnt = opts.ext_sharing = opts.ext_masters = True
     _run(criu, "dump", pid, opts, images, work, DUMP_LOG, notify)
 
 
@@ -162,6 +168,7 @@ def restore(
     inherit: Sequence[tuple[str, int]] = (),
     tcp: str = "",
     ext_unix_sk: bool = False,
+    own_mntns: bool = False,
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
     Every restored task is left stopped (``leave_stopped``): the caller resumes
@@ -177,6 +184,9 @@ def restore(
     connections, "close" restores their sockets closed (the server sees them fail),
     "reestablish" restores them connected. ``ext_unix_sk``: the images hold unix
     sockets whose peers were outside the tree; they come back unconnected.
+    ``own_mntns``: the images hold a mount namespace (dumped with ``own_mntns``); each
+    restore makes a new one whose root is CRIU's "/", its external mounts bound from
+    CRIU's own namespace, its procfs mounted anew for the restored pid namespace.
     """
     opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level,
                         leave_stopped=True, ext_unix_sk=ext_unix_sk)
@@ -188,6 +198,9 @@ def restore(
         opts.inherit_fd.add(key=key, fd=fd)
     if not manage_cgroups:
         opts.manage_cgroups_mode = rpc_pb2.IGNORE
+    if own_mntns:
+        opts.root = "/"
+        opts.auto_ext_mnt = opts.ext_sharing = opts.ext_masters = True
     resp = _run(criu, "restore", root_pid, opts, images, work, RESTORE_LOG, notify, place,
                 tuple(fd for _, fd in inherit))
     return resp.restore.pid

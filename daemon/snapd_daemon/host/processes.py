@@ -54,6 +54,8 @@ class ProcessTree:
     external_session: bool
     # root is the init of a pid namespace of its own: host pid -> pid inside it ({} otherwise)
     ns_pids: dict[int, int] = field(default_factory=dict)
+    # root has a mount namespace of its own (rooted at the host's /, as `snapd run` makes it)
+    own_mntns: bool = False
 
     @property
     def pids(self) -> list[int]:
@@ -172,7 +174,24 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
                    "(whose init leads its own session)",
         )
     return ProcessTree(root=pid, processes=records, external_session=external,
-                       ns_pids=namespaces.pids_inside(pid, sorted(pids)) if own else {})
+                       ns_pids=namespaces.pids_inside(pid, sorted(pids)) if own else {},
+                       own_mntns=_own_mount_namespace(pid, name, daemon_pid))
+
+
+def _own_mount_namespace(pid: int, name: str, daemon_pid: int) -> bool:
+    """Whether ``pid`` has a mount namespace other than the daemon's; refuses one whose
+    root directory is not the daemon's (a container's own root filesystem), which a
+    restore could not give back."""
+    if namespaces.same_namespace("mnt", pid, daemon_pid):
+        return False
+    root, host = os.stat(f"/proc/{pid}/root"), os.stat(f"/proc/{daemon_pid}/root")
+    if (root.st_dev, root.st_ino) != (host.st_dev, host.st_ino):
+        raise ProcessProtected(
+            pid=pid, name=name,
+            reason="it has a mount namespace of its own whose root is not the host's / (a container's root "
+                   "filesystem?); snapd restores a mount namespace only over the host's /, as `snapd run` makes it",
+        )
+    return True
 
 
 def _tree_namespace(pid: int, name: str, daemon_pid: int) -> str:

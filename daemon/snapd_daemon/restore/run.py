@@ -237,7 +237,7 @@ class RestoreRun(OperationRun):
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
                 manage_cgroups=cgroup is None, tcp=self.spec.tcp if m.tcp_established else "",
-                ext_unix_sk=m.ext_unix_sk,
+                ext_unix_sk=m.ext_unix_sk, own_mntns=m.own_mntns,
             )
             undo.callback(self._kill_tree)
         metrics.BYTES_READ.inc(m.raw_bytes)

@@ -3,14 +3,16 @@ snapshots restore any number of times at once.
 
 The supervisor (this process, in the host's namespaces) puts its next child in
 a new pid namespace, where it is pid 1: ``host/nsinit.py``, which runs the
-command as its child. With ``--netns`` that init first moves into a new network
-namespace with only ``lo`` (up), and each ``--publish`` starts a relay
+command as its child. That init first moves into a private mount namespace
+with a /proc of its pid namespace (``host/mountns.py``: CUDA cannot start in
+a pid namespace that reads the host's /proc). With ``--netns`` it also moves
+into a new network namespace with only ``lo`` (up), and each ``--publish`` starts a relay
 (``host/portfwd.py``) from a host port to a port inside. The supervisor passes
 on termination signals, and exits with the command's status; with ``--name``
 it keeps the init's host pid in RUN_DIR/NAME.pid meanwhile (systemd's
 ``PIDFile=``, or ``snapd checkpoint "$(cat RUN_DIR/NAME.pid)"``). The pid to
-checkpoint is the init's: CRIU then dumps the namespace, and every restore
-makes a fresh one.
+checkpoint is the init's: CRIU then dumps the namespaces, and every restore
+makes fresh ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from snapd_daemon.host import namespaces, portfwd
+from snapd_daemon.host import mountns, namespaces, portfwd
 from snapd_daemon.host.namespaces import CLONE_NEWNET, CLONE_NEWPID
 from snapd_daemon.host.nsinit import FORWARDED
 
@@ -73,6 +75,8 @@ def start_init(command: tuple[str, ...], netns: bool) -> int:
 
 def _become_init(command: tuple[str, ...], netns: bool, report: int) -> None:
     try:
+        mountns.private_proc()
+        mountns.reopen_inherited()
         if netns:
             namespaces.unshare(CLONE_NEWNET)
             namespaces.loopback_up()

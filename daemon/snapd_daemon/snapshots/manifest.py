@@ -68,6 +68,9 @@ class Manifest:
     # which each restored copy publishes on a host port
     own_netns: bool = False
     ns_ports: list[int] = field(default_factory=list)
+    # the tree had a mount namespace of its own (`snapd run`: private, with a /proc of its
+    # pid namespace), dumped by CRIU; each restored copy gets a fresh one
+    own_mntns: bool = False
     format_version: int = FORMAT_VERSION
 
     @property
