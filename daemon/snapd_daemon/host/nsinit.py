@@ -31,18 +31,29 @@ def main(argv: list[str]) -> int:
             print(f"snapd run: cannot run {argv[0]!r}: {exc.strerror}", file=sys.stderr)
             os._exit(127)
 
+    forward_signals(child)
+    while True:
+        pid, status = os.wait()
+        if pid == child:
+            return exit_code(status)
+
+
+def forward_signals(pid: int) -> None:
+    """Pass each FORWARDED signal this process gets on to ``pid`` (gone already: ignored)."""
+
     def forward(signum: int, _frame: object) -> None:
         try:
-            os.kill(child, signum)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
-    while True:
-        pid, status = os.wait()
-        if pid == child:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def exit_code(status: int) -> int:
+    """A shell's exit code for a wait status: the code, or 128 + N for signal N."""
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
 if __name__ == "__main__":

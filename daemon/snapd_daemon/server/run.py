@@ -26,7 +26,7 @@ import click
 
 from snapd_daemon.host import mountns, namespaces, portfwd
 from snapd_daemon.host.namespaces import CLONE_NEWNET, CLONE_NEWPID
-from snapd_daemon.host.nsinit import FORWARDED
+from snapd_daemon.host.nsinit import exit_code, forward_signals
 
 DEFAULT_RUN_DIR = Path("/run/gpu-snapd/run")
 
@@ -103,20 +103,13 @@ def supervise(command: tuple[str, ...], netns: bool, publish: list[tuple[str, in
     click.echo(f"snapd run: pid {pid} is the init of its own pid namespace"
                f"{' and network namespace' if netns else ''} (checkpoint this pid){shown}", err=True)
 
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    forward_signals(pid)
     try:
         _, status = os.waitpid(pid, 0)
     finally:
         if pid_file:
             pid_file.unlink(missing_ok=True)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    return exit_code(status)
 
 
 @click.command("run", context_settings={"allow_interspersed_args": False})
