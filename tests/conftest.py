@@ -3,6 +3,8 @@ real S3 server, from harness.py and s3server.py (which the benchmarks share)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from s3server import S3Server
 
 from snapd_client import SnapdClient
 
+REFERENCE_SERVER = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "reference_server.py"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _free_daemon_ram() -> Iterator[None]:
@@ -19,6 +23,15 @@ def _free_daemon_ram() -> Iterator[None]:
     yield
     for d in Daemon.made:
         d.remove_ram()
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference server's tiny model (GPU tests), generated once per session."""
+    path = tmp_path_factory.mktemp("weights") / "tiny"
+    subprocess.run([sys.executable, str(REFERENCE_SERVER), "--weights-dir", str(path), "--preset", "tiny",
+                    "--prepare-only"], check=True, timeout=600)
+    return path
 
 
 @pytest.fixture

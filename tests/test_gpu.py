@@ -63,14 +63,6 @@ class Server:
             return json.loads(resp.read())
 
 
-@pytest.fixture(scope="session")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "tiny"
-    subprocess.run([sys.executable, str(SERVER), "--weights-dir", str(path), "--preset", "tiny", "--prepare-only"],
-                   check=True, timeout=600)
-    return path
-
-
 @pytest.fixture
 def start_server(weights: Path, tmp_path: Path, workloads: Workloads) -> Iterator:
     started: list[int] = []

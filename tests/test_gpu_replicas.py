@@ -60,14 +60,6 @@ def on_gpus(pid: int) -> set[str]:
     return {d.uuid for d in nvml.read().devices if pid in d.compute}
 
 
-@pytest.fixture(scope="session")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "tiny"
-    subprocess.run([sys.executable, str(SERVER), "--weights-dir", str(path), "--preset", "tiny", "--prepare-only"],
-                   check=True, timeout=600)
-    return path
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
