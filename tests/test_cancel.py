@@ -4,6 +4,7 @@ CancelOperation, a cancelled call, a deadline, and Ctrl-C in the CLI."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,11 @@ def _nothing_left(daemon: Daemon, client: SnapdClient) -> None:
 
 def _running(pid: int) -> bool:
     return psutil.Process(pid).status() in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
+
+
+def _mark(seconds: str) -> str:
+    """A `sleep` argument unique to this test run (other runs on the host sleep too)."""
+    return f"{seconds}{os.getpid()}"
 
 
 def _hook_running(marker: str) -> bool:
@@ -58,7 +64,7 @@ def test_deadline_before_commit_rolls_back(daemon: Daemon, client: SnapdClient, 
     _, digest, _ = report.read_text().split()
     with SnapdClient(daemon.target, timeout=1.5) as hasty:
         with pytest.raises(SnapdClientError) as info:
-            hasty.checkpoint(pid, pre_checkpoint_hook=["sleep", "3.11"])
+            hasty.checkpoint(pid, pre_checkpoint_hook=["sleep", _mark("3.11")])
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(lambda: '"error": "Cancelled"' in daemon.log.read_text(), 60, "the checkpoint to roll back")
     assert "before its commit point (its deadline passed)" in daemon.log.read_text()
@@ -75,9 +81,9 @@ def test_cancel_after_commit_completes(daemon: Daemon, client: SnapdClient, work
     seen: list[str] = []
     outcome: list[object] = []
     restoring = threading.Thread(target=lambda: outcome.append(client.restore(
-        snap.id, post_restore_hook=["sleep", "3.12"], on_progress=lambda p: seen.append(p.operation_id))))
+        snap.id, post_restore_hook=["sleep", _mark("3.12")], on_progress=lambda p: seen.append(p.operation_id))))
     restoring.start()
-    wait_for(lambda: _hook_running("3.12"), 60, "the post-restore hook")
+    wait_for(lambda: _hook_running(_mark("3.12")), 60, "the post-restore hook")
     answer = client.cancel(seen[-1])
     assert not answer.cancelled and "past its commit point and completes" in answer.detail
     restoring.join(60)
@@ -100,8 +106,8 @@ def _cli(daemon: Daemon, *args: str) -> subprocess.Popen[str]:
 
 def test_ctrl_c_before_commit_point(daemon: Daemon, client: SnapdClient, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "8")
-    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", "sleep 3.13")
-    wait_for(lambda: _hook_running("3.13"), 60, "the pre-checkpoint hook")
+    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", f"sleep {_mark('3.13')}")
+    wait_for(lambda: _hook_running(_mark("3.13")), 60, "the pre-checkpoint hook")
     cli.send_signal(signal.SIGINT)
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 45, err
@@ -116,8 +122,8 @@ def test_ctrl_c_after_commit_point(daemon: Daemon, client: SnapdClient, workload
     pid, report = workloads.start("memhold.py", "8")
     snap = client.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-    cli = _cli(daemon, "restore", snap.id, "--post-hook", "sleep 3.14")
-    wait_for(lambda: _hook_running("3.14"), 60, "the post-restore hook")
+    cli = _cli(daemon, "restore", snap.id, "--post-hook", f"sleep {_mark('3.14')}")
+    wait_for(lambda: _hook_running(_mark("3.14")), 60, "the post-restore hook")
     cli.send_signal(signal.SIGINT)
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 0, err
@@ -128,8 +134,8 @@ def test_ctrl_c_after_commit_point(daemon: Daemon, client: SnapdClient, workload
 
 def test_second_ctrl_c_leaves_at_once(daemon: Daemon, client: SnapdClient, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "8")
-    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", "sleep 3.15")
-    wait_for(lambda: _hook_running("3.15"), 60, "the pre-checkpoint hook")
+    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", f"sleep {_mark('3.15')}")
+    wait_for(lambda: _hook_running(_mark("3.15")), 60, "the pre-checkpoint hook")
     cli.send_signal(signal.SIGINT)
     wait_for(lambda: Path(f"/proc/{cli.pid}").exists() and _asked_cancel(daemon), 30, "the cancel to be asked")
     cli.send_signal(signal.SIGINT)
@@ -155,13 +161,13 @@ def test_sigterm_past_the_drain_timeout_cancels_and_rolls_back(tmp_path: Path, w
     def run() -> None:
         with daemon.client() as c:
             try:
-                c.checkpoint(pid, pre_checkpoint_hook=["sleep", "3.13"])
+                c.checkpoint(pid, pre_checkpoint_hook=["sleep", _mark("3.13")])
             except SnapdClientError as exc:
                 errors.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_for(lambda: _hook_running("3.13"), 60, "the pre-checkpoint hook")
+    wait_for(lambda: _hook_running(_mark("3.13")), 60, "the pre-checkpoint hook")
     assert daemon.stop(signal.SIGTERM) == 0
     thread.join(60)
     assert errors and errors[0].error_class == "Cancelled", errors
