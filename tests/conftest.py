@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness import Daemon, Workloads
 from s3server import S3Server
-
 from snapd_client import SnapdClient
 
 REFERENCE_SERVER = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "reference_server.py"

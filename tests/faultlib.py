@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from harness import Daemon, Workloads, ask, gone, wait_for
 
+from harness import Daemon, Workloads, ask, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 

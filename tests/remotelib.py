@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import obstore
+
 from harness import Daemon
 from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 

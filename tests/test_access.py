@@ -15,10 +15,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from harness import Daemon
 from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
-
 from snapd_client import SnapdClient, TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,13 +24,19 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+
 from faultlib import (
-    BackgroundCall, beat_file, biggest_chunk, chunk_temporaries, damage_chunk, quarantined_chunk, start_sentinel,
+    BackgroundCall,
+    beat_file,
+    biggest_chunk,
+    chunk_temporaries,
+    damage_chunk,
+    quarantined_chunk,
+    start_sentinel,
     stopped,
 )
 from harness import WORKLOADS, Daemon, Workloads, ask, error_of, gone, wait_for
 from harness import snapd as snapd_cli
-
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 

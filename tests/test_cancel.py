@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Daemon, Workloads, ask, error_of, gone, wait_for
 
+from harness import Daemon, Workloads, ask, error_of, gone, wait_for
 from snapd_client import CgroupSpec
 from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import psutil
-from harness import Daemon, Workloads, gone, snapd, wait_for
 
+from harness import Daemon, Workloads, gone, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import Phase, SnapdClient, SnapdClientError, phase_name
 from snapd_client.output import progress_text

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness import Daemon, Workloads, ask, gone, snapd, wait_for
 
 

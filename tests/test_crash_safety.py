@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 
-from snapd_client import SnapdClientError
+from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
-from snapd_daemon.runtime.holds import KILL, HoldJournal, HoldRecord
+from snapd_client import SnapdClientError
 from snapd_daemon.runtime import Settings
+from snapd_daemon.runtime.holds import KILL, HoldJournal, HoldRecord
 
 
 def _state(pid: int) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Daemon, Workloads, ask, gone, wait_for
 
+from harness import Daemon, Workloads, ask, gone, wait_for
 from snapd_client import SnapdClientError
 from snapd_daemon.restore.images import Span, split_runs
 from snapd_daemon.runtime import Settings

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from faultlib import KINDS, run_trial
 
 TRIALS = int(os.environ.get("SNAPD_FAULT_TRIALS", "24"))

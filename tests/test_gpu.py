@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import Daemon, Workloads, gone, wait_for
 
+from harness import Daemon, Workloads, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host import cuda as driver

@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 import pytest
 
-from snapd_daemon.host.cuda import gpu_uuid_bytes
 from snapd_daemon.errors import GpuMismatch, GpusBusy
+from snapd_daemon.host.cuda import gpu_uuid_bytes
 from snapd_daemon.host.gpu import GpuDevice, GpuRecord, plan_pairs, plan_targets
 
 H100 = "NVIDIA H100 80GB HBM3"

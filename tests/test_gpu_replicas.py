@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import Daemon, Workloads, ask, gone, restore_at_once, wait_for
 
+from harness import Daemon, Workloads, ask, gone, restore_at_once, wait_for
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host import nvml

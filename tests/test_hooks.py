@@ -6,8 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Workloads, ask, gone, wait_for
 
+from harness import Workloads, ask, gone, wait_for
 from snapd_client import SnapdClient, SnapdClientError
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+
 from harness import BackgroundCheckpoint, Daemon, Workloads, error_of, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
-
 
 
 def test_pid_that_does_not_exist(client: SnapdClient) -> None:

@@ -8,10 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from harness import Workloads, ask, gone, snapd, wait_for
 from remotelib import chunk_objects, local_chunk_temporaries, manifest_chunks, two_hosts
 from s3server import S3Server
-
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import obstore
 import pytest
+
 from harness import Daemon, Workloads, ask, error_of, gone, snapd, wait_for
 from remotelib import chunk_objects, credentials_file, local_chunk_temporaries, remote_args, two_hosts
 from s3server import S3Server, credentials_env
-
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 

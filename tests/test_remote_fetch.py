@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
+from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from snapd_daemon.errors import RemoteBusy, RemoteObjectBad
 from snapd_daemon.remote.fetch import Fetcher
 from snapd_daemon.store import codec

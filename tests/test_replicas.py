@@ -16,9 +16,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from faultlib import BackgroundCall, biggest_chunk
 from harness import WORKLOADS, Daemon, ask, gone, restore_at_once, snapd, wait_for
-
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host.namespaces import ns_pids

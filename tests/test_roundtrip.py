@@ -6,7 +6,6 @@ import os
 import socket
 
 from harness import Daemon, Workloads, ask, gone, wait_for
-
 from snapd_client import SnapdClient
 
 

@@ -12,9 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from harness import Daemon, Workloads, ask, gone, snapd, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from harness import Daemon, Workloads, ask, gone, snapd, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import WORKLOADS, Daemon, gone, wait_for
 
+from harness import WORKLOADS, Daemon, gone, wait_for
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio, unix_peers
 

@@ -7,13 +7,13 @@ import os
 
 import grpc
 import pytest
-from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, snapd, wait_for
 
+from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
+from snapd_daemon.checkpoint.cutplan import GRID, Piece, cut_fixed, cut_runs, settled_pieces
 from snapd_daemon.store import codec
 from snapd_daemon.store.chunkdir import ChunkDir
-from snapd_daemon.checkpoint.cutplan import GRID, Piece, cut_fixed, cut_runs, settled_pieces
 
 
 def test_runs_are_cut_on_the_address_grid() -> None:

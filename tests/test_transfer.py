@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Daemon, Workloads, ask, gone, snapd, wait_for
 
+from harness import Daemon, Workloads, ask, gone, snapd, wait_for
 from snapd_client import SnapdClient
 from snapd_daemon.store import bundle
 

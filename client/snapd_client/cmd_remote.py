@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from snapd.v1 import snapd_pb2 as pb
 
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client.base import Ctx, cli, common_options, run
 from snapd_client.client import SnapdClient
 from snapd_client.interrupts import Interrupts

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
-from snapd.v1 import snapd_pb2 as pb
 
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client import cmd_remote
 from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run

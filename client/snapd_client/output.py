@@ -14,8 +14,8 @@ from typing import Any, TextIO
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from snapd.v1 import snapd_pb2 as pb
 
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client.client import phase_name
 
 _INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,

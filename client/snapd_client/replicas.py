@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from snapd.v1 import snapd_pb2 as pb
 
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client.client import SnapdClient, SnapdClientError
 from snapd_client.output import as_dict
 

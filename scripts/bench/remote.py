@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import obstore
+
 from lib import GB, REPO, BenchError, Daemon, become_subreaper, locate_criu, reap_pid, wait_until
 
 sys.path.insert(0, str(REPO / "tests"))

@@ -63,8 +63,9 @@ class _Rank:
     """One rank: the model on cuda:RANK and its vocabulary slice of the output projection."""
 
     def __init__(self, rank: int, world: int, options: Any) -> None:
-        import reference_server as server
         import torch
+
+        import reference_server as server
 
         server.DEVICE = f"cuda:{rank}"
         torch.cuda.set_device(rank)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from snapd.v1 import snapd_pb2 as pb
-
 from snapd_daemon.remote import PullOutcome, PushOutcome, RemoteGcReport
 from snapd_daemon.restore import RestoreOutcome
 from snapd_daemon.runtime.progress import Phase, ProgressEvent

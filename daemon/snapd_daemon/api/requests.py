@@ -11,7 +11,6 @@ import ipaddress
 import re
 
 from snapd.v1 import snapd_pb2 as pb
-
 from snapd_daemon.checkpoint import CheckpointSpec
 from snapd_daemon.errors import InvalidRequest
 from snapd_daemon.host.cgroups import CgroupRequest

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
+
 from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
-
 from snapd_daemon import __version__, metrics, remote
 from snapd_daemon.api import convert, requests
 from snapd_daemon.api.status import abort, bounded, internal

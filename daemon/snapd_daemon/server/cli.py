@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
+
 from snapd_client.base import EXIT_USAGE, json_option
 from snapd_client.cli import cli
 from snapd_client.client import EXIT_UNREACHABLE
-
 from snapd_daemon import logs
 from snapd_daemon.errors import ALL_ERRORS, ConfigInvalid, SnapdError
 from snapd_daemon.server import config

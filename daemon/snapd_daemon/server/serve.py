@@ -25,8 +25,8 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from snapd.v1 import snapd_pb2, snapd_pb2_grpc
 
+from snapd.v1 import snapd_pb2, snapd_pb2_grpc
 from snapd_daemon import __version__, metrics
 from snapd_daemon.api.access import AccessInterceptor, PeerTags
 from snapd_daemon.api.decoding import DecodeInterceptor
