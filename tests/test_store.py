@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +15,10 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.checkpoint.cutplan import GRID, Piece, cut_fixed, cut_runs, settled_pieces
 from snapd_daemon.store import codec
+from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.chunkdir import ChunkDir
+from snapd_daemon.store.imports import ChunkImport
+from snapd_daemon.store.local import LocalStore
 
 
 def test_runs_are_cut_on_the_address_grid() -> None:
@@ -49,6 +54,29 @@ def test_chunk_files_verify_their_content() -> None:
             codec.decode(bytes(flipped), cid)
     assert codec.encode(b"x" * 4096)[0][4] == codec.CODEC_ZSTD
     assert codec.encode(os.urandom(1 << 20))[0][4] == codec.CODEC_RAW
+
+
+def test_two_imports_staging_the_same_chunk_keep_their_own_copies(tmp_path: Path) -> None:
+    """Two imports (pulls, export streams) of snapshots sharing a chunk, each staging it from a
+    thread of its own that has ended (thread idents are reused): one committing must not take
+    the other's staged file."""
+    store = LocalStore(tmp_path / "state", 2)
+    raw = os.urandom(1 << 20)
+    cid = codec.chunk_id(raw)
+    blob = b"".join(bytes(part) for part in codec.encode(raw))
+
+    def stage(imported: ChunkImport) -> None:
+        worker = threading.Thread(target=imported.add, args=(cid, blob))
+        worker.start()
+        worker.join()
+
+    with store.begin_import() as first, store.begin_import() as second:
+        stage(first)
+        stage(second)
+        first.commit("snapshot-a", {cid}, lambda added: b"{}")
+        assert codec.chunk_id(second.read(cid, ReadBuffers())) == cid
+        second.commit("snapshot-b", {cid}, lambda added: b"{}")
+    assert store.chunks.exists(cid) and not list((tmp_path / "state" / "chunks").glob("*/*.tmp-*"))
 
 
 def test_second_process_with_same_memory_adds_little(client: SnapdClient, workloads: Workloads) -> None:
@@ -107,7 +135,7 @@ def test_flipped_byte_is_reported_by_restore_and_fsck(client: SnapdClient, daemo
     err = info.value
     assert err.code == grpc.StatusCode.DATA_LOSS and err.error_class == "ChunkCorrupt"
     assert snap.id in err.message and cid in err.message and "corrupt" in err.message
-    assert gone(pid)
+    wait_for(lambda: gone(pid), 10, "the half-restored process to be gone")  # killed, perhaps still exiting
 
     report = client.fsck(snap.id)
     assert [(d.snapshot_id, d.chunk) for d in report.damage] == [(snap.id, cid)]

@@ -12,6 +12,7 @@ waiter, and ``join``, raises it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -27,6 +28,10 @@ log = structlog.get_logger()
 # Raw bytes of fetched chunks a restore's fetch keeps for their first reader, at most (beyond
 # it, readers read them back staged).
 FRESH_LIMIT = 256 << 20
+# How often a reader waiting for a chunk runs ``stop`` (seconds), and how long a failed fetch
+# waits for its workers' requests in flight.
+WAIT_TICK = 0.1
+FAILED_JOIN_SECONDS = 5.0
 
 
 class Fetcher:
@@ -79,8 +84,12 @@ class Fetcher:
             self._pending.clear()
             self._urgent.clear()
             self._cond.notify_all()
+        # after a failure a worker may be inside a request to a server that hangs: it is waited
+        # for a little, then left to end when its request does (a daemon thread); the import
+        # refuses what it brings by then
+        deadline = None if self.failure is None else time.monotonic() + FAILED_JOIN_SECONDS
         for t in self._threads:
-            t.join()
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         for event in self._done.values():  # no waiter outlives the fetch
             event.set()
 
@@ -91,7 +100,12 @@ class Fetcher:
         with self._cond:
             if cid not in self._started and self.failure is None:
                 self._urgent.append(cid)
-        self._done[cid].wait()
+        while not self._done[cid].wait(WAIT_TICK):
+            try:
+                self.stop()  # a cancel ends the wait even while the chunk's request hangs
+            except BaseException as exc:
+                self._fail(exc)
+                raise
         if self.failure is not None:
             raise self.failure
         with self._cond:
@@ -129,12 +143,7 @@ class Fetcher:
                 blob, raw = self.remote.get_chunk(cid, self.what)
                 self.imported.add(cid, blob)
             except BaseException as exc:
-                with self._cond:
-                    if self.failure is None:
-                        self.failure = exc
-                        log.warning("remote.fetch_failed", chunk=cid, error=str(exc))
-                for event in self._done.values():  # wake every waiter: the fetch has failed
-                    event.set()
+                self._fail(exc, cid)
                 return
             with self._cond:
                 self.fetched_bytes += len(blob)
@@ -144,6 +153,19 @@ class Fetcher:
                     self._fresh[cid] = raw
                     self._fresh_bytes += len(raw)
             self._done[cid].set()
+
+
+    def _fail(self, exc: BaseException, cid: str = "") -> None:
+        """The fetch ends with ``exc`` (the first failure counts): workers stop taking chunks,
+        every waiter wakes and raises it."""
+        with self._cond:
+            if self.failure is None:
+                self.failure = exc
+                log.warning("remote.fetch_failed", chunk=cid, error=str(exc))
+            self._pending.clear()
+            self._urgent.clear()
+        for event in self._done.values():
+            event.set()
 
 
 class FetchProgress(Poller):

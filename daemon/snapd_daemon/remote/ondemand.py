@@ -12,7 +12,9 @@ the tree runs; a restore that fails discards what was staged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
+from typing import Any
 
 import structlog
 
@@ -30,17 +32,19 @@ log = structlog.get_logger()
 
 
 class OnDemand:
-    def __init__(self, rt: Runtime, manifest: Manifest, report: Reporter) -> None:
+    def __init__(self, rt: Runtime, manifest: Manifest, report: Reporter, stop: Callable[[], None]) -> None:
+        """``stop`` raises to end the fetch and every wait for a chunk (the restore's cancel)."""
         self.rt = rt
         self.manifest = manifest
         self.report = report
+        self.stop = stop
         self.fetcher: Fetcher | None = None
         self._stack = ExitStack()
 
     @classmethod
-    def find(cls, rt: Runtime, ref: str, report: Reporter) -> OnDemand:
+    def find(cls, rt: Runtime, ref: str, report: Reporter, stop: Callable[[], None]) -> OnDemand:
         """For the remote snapshot ``ref`` names; RemoteNotConfigured without a remote tier."""
-        return cls(rt, find(require_remote(rt), ref), report)
+        return cls(rt, find(require_remote(rt), ref), report, stop)
 
     def __enter__(self) -> OnDemand:
         """Start fetching; the store lock is held shared from here until this ends."""
@@ -48,7 +52,7 @@ class OnDemand:
         with ExitStack() as stack:
             self.imported = stack.enter_context(self.rt.store.begin_import())
             self.fetcher = Fetcher(remote, self.imported, fetch_order(self.manifest), f"snapshot {self.manifest.id}",
-                                   fresh_limit=FRESH_LIMIT)
+                                   stop=self.stop, fresh_limit=FRESH_LIMIT)
             self.report(ProgressEvent(Phase.DOWNLOAD, 0, self.fetcher.raw_total,
                                       f"fetching {self.fetcher.chunks} chunk(s) from {remote.cfg.where}"))
             stack.enter_context(self.fetcher)
@@ -57,8 +61,8 @@ class OnDemand:
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)  # the fetch learns why it ends (it then leaves hung requests behind)
 
     def translate_os_errors(self, needed: int) -> AbstractContextManager[None]:
         return self.rt.store.translate_os_errors(needed)

@@ -120,7 +120,7 @@ class RestoreRun(OperationRun):
         except SnapshotNotFound:
             if rt.remote is None:
                 raise
-            self.remote = OnDemand.find(rt, spec.ref, report)
+            self.remote = OnDemand.find(rt, spec.ref, report, cancel.check)
             self.manifest = self.remote.manifest
         self.delivery = Delivery(self.remote or rt.store, self.manifest, rt.settings.io_threads)
         self.pairs: dict[int, list[tuple[bytes, bytes]]] = {}

@@ -156,11 +156,15 @@ class Catalog:
         stored and new bytes counted for this store; bytes of chunks new to the store."""
         used = manifest.chunk_ids()
         manifest.stored_bytes = sum(imported.stored_size(cid) for cid in used)
-        manifest.new_bytes = sum(imported.sizes.get(cid, 0) for cid in used)
-        added = imported.commit(manifest.id, manifest.to_json().encode(), used)
+
+        def render(added: set[str]) -> bytes:
+            manifest.new_bytes = sum(imported.sizes[cid] for cid in added)
+            return manifest.to_json().encode()
+
+        imported.commit(manifest.id, used, render)
         with self._lock:
             self._index[manifest.id] = manifest
-        return added
+        return manifest.new_bytes
 
     def pin(self, manifest: Manifest, pinned: bool) -> None:
         self.store.pins.set(manifest.id, pinned)

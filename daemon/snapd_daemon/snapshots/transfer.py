@@ -72,8 +72,7 @@ def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tu
             if codec.HEADER.unpack_from(stored)[2] != needed[cid]:
                 raise ImportInvalid(reason=f"chunk {cid} holds {codec.HEADER.unpack_from(stored)[2]} bytes, the "
                                     f"manifest says {needed[cid]}")
-            if not imported.has(cid):
-                imported.add(cid, stored)
+            imported.add(cid, stored)  # even one the store has: gc may take it before the commit
         known = catalog.find(manifest.id)
         if known is not None:
             return known, False

@@ -10,6 +10,7 @@ under the name meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from snapd_daemon.store.model import ChunkUnreadable
 from snapd_daemon.util.fsutil import fsync_path, syncfs
 
 _TMP_MARK = ".tmp-"
+_STAGED = itertools.count()
 
 
 class ChunkDir:
@@ -49,8 +51,10 @@ class ChunkDir:
         """Write chunk ``cid`` under a temporary name: neither durable nor visible yet."""
         final = self.path(cid)
         final.parent.mkdir(exist_ok=True)
-        tmp = final.with_name(f"{cid}{_TMP_MARK}{os.getpid()}-{threading.get_ident()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # unique per stage call: thread idents are reused once a thread ends, and two imports
+        # may stage the same chunk at once (O_EXCL: never another writer's file)
+        tmp = final.with_name(f"{cid}{_TMP_MARK}{os.getpid()}-{next(_STAGED)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             bufs = [memoryview(header), memoryview(payload)]
             while bufs:

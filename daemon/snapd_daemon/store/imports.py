@@ -16,6 +16,7 @@ chunk gc took meanwhile fails the commit. Staged temporaries are never gc's.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +50,7 @@ class ChunkImport:
         self.sizes: dict[str, int] = {}
         self.staged_bytes = 0
         self.committed = False
+        self.closed = False  # a chunk that arrives after the end is not kept
         self._flusher: Flusher | None = Flusher(root, self).__enter__()
 
     def __enter__(self) -> Self:
@@ -72,7 +74,7 @@ class ChunkImport:
         with translated(self.root, len(blob)):
             tmp = self.chunks.stage(cid, b"", blob)
         with self._lock:
-            if self.committed or cid in self.staged:
+            if self.committed or self.closed or cid in self.staged:
                 tmp.unlink()
                 return
             self.staged[cid] = tmp
@@ -95,16 +97,17 @@ class ChunkImport:
                 return self.sizes[cid]
         return self.chunks.exists(cid)
 
-    def commit(self, manifest_id: str, manifest: bytes, used: set[str]) -> int:
-        """Publish the staged chunks, then the manifest; bytes of chunks new to the store.
-        Every chunk in ``used`` must be staged or stored (else StoreError, nothing published)."""
+    def commit(self, manifest_id: str, used: set[str], render: Callable[[set[str]], bytes]) -> set[str]:
+        """Publish the staged chunks, then the manifest ``render`` makes given the chunks new to
+        the store (which it returns). Every chunk in ``used`` must be staged or stored (else
+        StoreError, nothing published)."""
         self._stop_flusher()
         if self._held is not None:
-            return self._commit(manifest_id, manifest, used)
+            return self._commit(manifest_id, used, render)
         with self._store_lock.shared():
-            return self._commit(manifest_id, manifest, used)
+            return self._commit(manifest_id, used, render)
 
-    def _commit(self, manifest_id: str, manifest: bytes, used: set[str]) -> int:
+    def _commit(self, manifest_id: str, used: set[str], render: Callable[[set[str]], bytes]) -> set[str]:
         with self._lock:
             staged = dict(self.staged)
         lacking = sorted(cid for cid in used if cid not in staged and not self.chunks.exists(cid))
@@ -119,20 +122,24 @@ class ChunkImport:
                 if gone:
                     raise StoreError(path=self.root, reason=f"chunk {gone[0]} of snapshot {manifest_id} was taken "
                                      "out of the store meanwhile (gc, or a read that found it corrupt); pull or import it again")
-                self.manifests.put(manifest_id, manifest)
+                self.manifests.put(manifest_id, render(added))
         with self._lock:
             self.staged.clear()
             self.committed = True
-        return sum(self.chunks.exists(cid) for cid in added)
+        return added
 
     def abort(self) -> None:
+        """Remove every staged chunk; a chunk added from now on is not kept."""
         with self._lock:
+            self.closed = True
             for tmp in self.staged.values():
                 tmp.unlink(missing_ok=True)
             self.staged.clear()
             self.sizes.clear()
 
     def close(self) -> None:
+        with self._lock:
+            self.closed = True
         self._stop_flusher()
         if self._held is not None:
             self._held.__exit__(None, None, None)
