@@ -328,27 +328,26 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         )
 
     def PushSnapshot(self, request: pb.PushRequest, context: grpc.ServicerContext) -> Iterator[pb.PushEvent]:
-        try:
-            ref = requests.snapshot_ref(request.snapshot)
-            remote.require_remote(self.rt)
-        except SnapdError as err:
-            abort(context, err)
-        yield from self._stream(
-            "push", context, lambda op_id, report, cancel: remote.push(self.rt, ref, op_id, report, cancel),
-            lambda p: pb.PushEvent(progress=p),
-            lambda outcome, op_id: pb.PushEvent(result=convert.push_result(outcome, op_id)),
+        yield from self._remote_stream(
+            "push", request.snapshot, context, remote.push, pb.PushEvent, convert.push_result,
             "the snapshot was not published remotely; chunks already uploaded are reused by the next push",
         )
 
     def PullSnapshot(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.PullEvent]:
+        yield from self._remote_stream(
+            "pull", request.snapshot, context, remote.pull, pb.PullEvent, convert.pull_result,
+            "nothing of the snapshot was kept locally",
+        )
+
+    def _remote_stream(self, kind: str, snapshot: str, context: grpc.ServicerContext, run: Callable[..., Any],
+                       event: Callable[..., Any], result: Callable[[Any, str], Any], rollback: str) -> Iterator[Any]:
+        """A push or pull of ``snapshot``: refused at once without a remote tier, then streamed."""
         try:
-            ref = requests.snapshot_ref(request.snapshot)
+            ref = requests.snapshot_ref(snapshot)
             remote.require_remote(self.rt)
         except SnapdError as err:
             abort(context, err)
         yield from self._stream(
-            "pull", context, lambda op_id, report, cancel: remote.pull(self.rt, ref, op_id, report, cancel),
-            lambda p: pb.PullEvent(progress=p),
-            lambda outcome, op_id: pb.PullEvent(result=convert.pull_result(outcome, op_id)),
-            "nothing of the snapshot was kept locally",
+            kind, context, lambda op_id, report, cancel: run(self.rt, ref, op_id, report, cancel),
+            lambda p: event(progress=p), lambda outcome, op_id: event(result=result(outcome, op_id)), rollback,
         )
