@@ -47,7 +47,8 @@ class OnDemand:
         return cls(rt, find(require_remote(rt), ref), report, stop)
 
     def __enter__(self) -> OnDemand:
-        """Start fetching; the store lock is held shared from here until this ends."""
+        """Start fetching (the caller holds the store lock shared while it reads; the publish
+        takes it again for its commit, which checks the local chunks reused are still there)."""
         remote = require_remote(self.rt)
         with ExitStack() as stack:
             self.imported = stack.enter_context(self.rt.store.begin_import())

@@ -62,7 +62,7 @@ def pull(rt: Runtime, ref: str, operation_id: str, report: Reporter, cancel: Can
             return PullOutcome(m.id, len(m.chunk_ids()), 0, 0, True, round(time.monotonic() - started, 3))
         # the lock only for the commit (which checks the local chunks reused are still there): a
         # gc during a long download would otherwise hold up every checkpoint and restore
-        with rt.store.begin_import(hold_lock=False) as imported:
+        with rt.store.begin_import() as imported:
             fetcher = Fetcher(remote, imported, fetch_order(m), f"snapshot {m.id}", cancel.check)
             report(ProgressEvent(Phase.DOWNLOAD, 0, fetcher.raw_total,
                                  f"{fetcher.chunks} of {len(m.chunk_ids())} chunk(s) from {remote.cfg.where}"))

@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,11 +144,11 @@ class RestoreRun(OperationRun):
             self.claim(leased)
             with ExitStack() as always:
                 always.callback(self._clear_record)
-                if self.remote is not None:  # fetching starts; it holds the store lock shared until it ends
-                    always.enter_context(self.remote)
                 self.journal()
                 with ExitStack() as undo:
-                    with self.rt.store.lock.shared() if self.remote is None else nullcontext():
+                    with self.rt.store.lock.shared():  # no gc takes a chunk this restore reads
+                        if self.remote is not None:  # fetching starts; it outlives the lock (publish)
+                            always.enter_context(self.remote)
                         self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
                         with ExitStack() as staged:
                             staged.callback(self.rt.scratch.discard, self.staging)

@@ -65,7 +65,7 @@ def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tu
     reader = bundle.Reader(pieces)
     manifest = _parse(catalog, reader.manifest())
     needed = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
-    with claim(manifest.id), store.begin_import(hold_lock=False) as imported:
+    with claim(manifest.id), store.begin_import() as imported:
         for cid, stored in reader.chunks():
             if cid not in needed:
                 raise ImportInvalid(reason=f"chunk {cid} is not one the manifest of {manifest.id} names")

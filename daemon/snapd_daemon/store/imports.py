@@ -6,18 +6,17 @@ name (a flusher writes them back while more arrive, as during an ingest);
 ``commit`` makes every staged chunk durable (one syncfs), gives them
 their names, then writes the manifest, last: a snapshot appears whole or not
 at all, as with an ingest. ``abort`` (or leaving the ``with`` block without a
-commit) removes every temporary. With ``hold_lock`` (a pull, whose restore reads
-local chunks meanwhile) the store lock is held shared from ``begin`` until
-``close``, so gc never takes the local chunks the snapshot reuses; without it (an
-export stream, which may arrive slowly) only ``commit`` holds it, and a reused
-chunk gc took meanwhile fails the commit. Staged temporaries are never gc's.
+commit) removes every temporary. Only ``commit`` takes the store lock (shared):
+a download or stream may be slow, and a gc waiting for the lock would hold up
+every checkpoint and restore; a local chunk the snapshot reuses that gc took
+meanwhile fails the commit (a restore reading such chunks holds the lock itself
+while it reads). Staged temporaries are never gc's.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -35,16 +34,11 @@ from snapd_daemon.store.rwlock import RWLock
 class ChunkImport:
     """Thread-safe: many fetching threads ``add`` while others ``read``."""
 
-    def __init__(self, root: Path, chunks: ChunkDir, manifests: ManifestDir, lock: RWLock,
-                 hold_lock: bool = True) -> None:
+    def __init__(self, root: Path, chunks: ChunkDir, manifests: ManifestDir, lock: RWLock) -> None:
         self.root = root
         self.chunks = chunks
         self.manifests = manifests
         self._store_lock = lock
-        self._held: AbstractContextManager[None] | None = None
-        if hold_lock:
-            self._held = lock.shared()
-            self._held.__enter__()
         self._lock = threading.Lock()
         self.staged: dict[str, Path] = {}
         self.sizes: dict[str, int] = {}
@@ -102,8 +96,6 @@ class ChunkImport:
         the store (which it returns). Every chunk in ``used`` must be staged or stored (else
         StoreError, nothing published)."""
         self._stop_flusher()
-        if self._held is not None:
-            return self._commit(manifest_id, used, render)
         with self._store_lock.shared():
             return self._commit(manifest_id, used, render)
 
@@ -141,9 +133,6 @@ class ChunkImport:
         with self._lock:
             self.closed = True
         self._stop_flusher()
-        if self._held is not None:
-            self._held.__exit__(None, None, None)
-            self._held = None
 
     def _stop_flusher(self) -> None:
         if self._flusher is not None:

@@ -116,10 +116,10 @@ class LocalStore:
         return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads), source, progress,
                       self.hot if keep_hot else None)
 
-    def begin_import(self, hold_lock: bool = True) -> ChunkImport:
+    def begin_import(self) -> ChunkImport:
         """Start taking in a snapshot's chunks in their stored form (a pull, an export stream;
-        see imports.py for ``hold_lock``)."""
-        return ChunkImport(self.root, self.chunks, self.manifests, self.lock, hold_lock)
+        see imports.py)."""
+        return ChunkImport(self.root, self.chunks, self.manifests, self.lock)
 
     # -- reading --------------------------------------------------------------
 
