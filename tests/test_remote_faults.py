@@ -102,42 +102,43 @@ def test_server_killed_mid_pull_and_mid_restore(tmp_path: Path, own_s3: S3Server
         assert [s.id for s in cb.list().snapshots] == [snap.id] and not cb.fsck().damage
 
 
-def test_cancel_ends_an_on_demand_restore_while_the_server_hangs(tmp_path: Path, own_s3: S3Server,
-                                                                 workloads: Workloads) -> None:
-    """SIGSTOP the S3 server mid-fetch (requests hang, no error comes), then cancel: the restore
-    rolls back without waiting for the hung requests; nothing is left; once the server runs
-    again, the same restore works."""
+def test_cancel_ends_a_pull_and_an_on_demand_restore_while_the_server_hangs(tmp_path: Path, own_s3: S3Server,
+                                                                           workloads: Workloads) -> None:
+    """SIGSTOP the S3 server mid-fetch (requests hang, no error comes), then cancel: the pull, and
+    then the restore, roll back without waiting for the hung requests; nothing is left; once the
+    server runs again, the same restore works."""
     pid, report = workloads.start("memhold.py", "256")
     _, digest, _ = report.read_text().split()
     with two_hosts(tmp_path, own_s3, "hung") as (a, b), a.client() as ca, b.client() as cb, b.client() as canceller:
         snap = ca.checkpoint(pid)
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
         ca.push(snap.id)
-        moving = threading.Event()
-        operation: list[str] = []
+        for call in (cb.pull, cb.restore):
+            moving = threading.Event()
+            operation: list[str] = []
 
-        def on_progress(p: pb.Progress) -> None:
-            operation.append(p.operation_id)
-            if p.phase == pb.PHASE_DOWNLOAD and p.bytes_done:
-                moving.set()
+            def on_progress(p: pb.Progress, moving: threading.Event = moving, operation: list[str] = operation) -> None:
+                operation.append(p.operation_id)
+                if p.phase == pb.PHASE_DOWNLOAD and p.bytes_done:
+                    moving.set()
 
-        def freeze_then_cancel() -> None:
-            if moving.wait(60):
+            def freeze_then_cancel(moving: threading.Event = moving, operation: list[str] = operation) -> None:
+                if moving.wait(60):
+                    assert own_s3.proc is not None
+                    os.killpg(own_s3.proc.pid, signal.SIGSTOP)
+                    time.sleep(1)
+                    canceller.cancel(operation[-1])
+
+            threading.Thread(target=freeze_then_cancel, daemon=True).start()
+            try:
+                err = error_of(lambda call=call, on_progress=on_progress: call(snap.id, on_progress=on_progress))
+                assert moving.is_set(), f"it ended before any chunk arrived: {err.message}"
+                assert (err.error_class, err.exit_code) == ("Cancelled", 45), err.message
+                assert gone(pid)
+                _nothing_left(b, cb)
+            finally:
                 assert own_s3.proc is not None
-                os.killpg(own_s3.proc.pid, signal.SIGSTOP)
-                time.sleep(1)
-                canceller.cancel(operation[-1])
-
-        threading.Thread(target=freeze_then_cancel, daemon=True).start()
-        try:
-            err = error_of(lambda: cb.restore(snap.id, on_progress=on_progress))
-            assert moving.is_set(), f"the restore ended before any chunk arrived: {err.message}"
-            assert (err.error_class, err.exit_code) == ("Cancelled", 45), err.message
-            assert gone(pid)
-            _nothing_left(b, cb)
-        finally:
-            assert own_s3.proc is not None
-            os.killpg(own_s3.proc.pid, signal.SIGCONT)
+                os.killpg(own_s3.proc.pid, signal.SIGCONT)
         cb.restore(snap.id)
         assert ask(pid, report)[1] == digest
 

@@ -100,14 +100,7 @@ class Fetcher:
         with self._cond:
             if cid not in self._started and self.failure is None:
                 self._urgent.append(cid)
-        while not self._done[cid].wait(WAIT_TICK):
-            try:
-                self.stop()  # a cancel ends the wait even while the chunk's request hangs
-            except BaseException as exc:
-                self._fail(exc)
-                raise
-        if self.failure is not None:
-            raise self.failure
+        self._await(cid)
         with self._cond:
             raw = self._fresh.pop(cid, None)
             self._fresh_bytes -= len(raw) if raw is not None else 0
@@ -119,10 +112,20 @@ class Fetcher:
 
     def join(self) -> None:
         """Wait for every chunk; raise the first failure."""
-        for event in self._done.values():
-            event.wait()
-            if self.failure is not None:
-                raise self.failure
+        for cid in self._done:
+            self._await(cid)
+
+    def _await(self, cid: str) -> None:
+        """Return once chunk ``cid`` is staged; raise the fetch's failure. ``stop`` runs while
+        waiting: a cancel ends the wait even while the chunk's request hangs."""
+        while not self._done[cid].wait(WAIT_TICK):
+            try:
+                self.stop()
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+        if self.failure is not None:
+            raise self.failure
 
     def _next(self) -> str | None:
         with self._cond:
