@@ -264,25 +264,20 @@ def check_fits(cgroup: Cgroup, needs: Needs, limits: dict[str, str]) -> None:
     """Refuse a snapshot that cannot fit: ``needs.memory`` under memory.max, ``needs.tasks``
     under pids.max, of the group (with the ``limits`` about to be set) or any ancestor, less
     what they already use."""
-    memory = needs.memory
-    room = cgroup.room("memory", limits.get("memory.max"))
-    if room and room[0] < memory:
-        free, limit, current, group = room
-        raise CgroupTooSmall(
-            snapshot_id=needs.snapshot_id, cgroup=cgroup.proc_path,
-            reason=f"the snapshot needs {memory} bytes ({memory / 2**20:.1f} MiB, the size of its image) of memory "
-            f"but {free} bytes ({free / 2**20:.1f} MiB) are free under memory.max {limit} "
-            f"(memory.current {current}) of {group}",
-        )
-    tasks = needs.tasks
-    room = cgroup.room("pids", limits.get("pids.max"))
-    if room and room[0] < tasks:
-        free, limit, current, group = room
-        raise CgroupTooSmall(
-            snapshot_id=needs.snapshot_id, cgroup=cgroup.proc_path,
-            reason=f"the snapshot needs {tasks} tasks (its threads and CRIU) but {free} fit under pids.max "
-            f"{limit} (pids.current {current}) of {group}",
-        )
+    memory, tasks = needs.memory, needs.tasks
+    for controller, need, wanted, fitting in (
+        ("memory", memory, f"{memory} bytes ({memory / 2**20:.1f} MiB, the size of its image) of memory",
+         lambda free: f"{free} bytes ({free / 2**20:.1f} MiB) are free under"),
+        ("pids", tasks, f"{tasks} tasks (its threads and CRIU)", lambda free: f"{free} fit under"),
+    ):
+        room = cgroup.room(controller, limits.get(f"{controller}.max"))
+        if room and room[0] < need:
+            free, limit, current, group = room
+            raise CgroupTooSmall(
+                snapshot_id=needs.snapshot_id, cgroup=cgroup.proc_path,
+                reason=f"the snapshot needs {wanted} but {fitting(free)} {controller}.max {limit} "
+                f"({controller}.current {current}) of {group}",
+            )
 
 
 class CgroupRoot:
