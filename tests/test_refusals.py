@@ -213,3 +213,19 @@ def test_undecodable_request_is_invalid_argument(daemon: Daemon, method: str, ra
     assert trailers["snapd-error"] == "InvalidRequest" and trailers["snapd-exit-code"] == "10"
     assert f"not a valid {method} request" in err.details()
     assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def test_nccl_ras_connection_is_refused_naming_the_variable(client: SnapdClient, workloads: Workloads) -> None:
+    """A rank whose communicators are gone still holds its RAS thread's TCP connections:
+    refused before anything is frozen, naming NCCL_RAS_ENABLE=0, instead of failing in CRIU."""
+    pid, report = workloads.start("ras_like.py")
+    _, local, peer = report.read_text().split()
+    err = error_of(lambda: client.checkpoint(pid))
+    assert err.error_class == "NcclActive" and err.exit_code == 62, err.message
+    ends = (f"127.0.0.1:{local} -> 127.0.0.1:{peer}", f"127.0.0.1:{peer} -> 127.0.0.1:{local}")  # either side
+    assert any(e in err.message for e in ends) and "NCCL_RAS_ENABLE=0" in err.message, err.message
+    assert psutil.Process(pid).status() in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
+    assert list(client.list().snapshots) == []
+    # asked to dump established connections, the same tree is no longer refused for them
+    snap = client.checkpoint(pid, tcp_established=True)
+    assert snap.tcp_established

@@ -9,6 +9,8 @@ communicator. The HTTP front-end holds no CUDA state; it sends each request to
 every rank over a pipe and answers with rank 0's tokens (all ranks agree).
 
 Checkpointing: the CUDA driver cannot checkpoint NCCL communicators, so the
+ranks run with NCCL_RAS_ENABLE=0 (NCCL's RAS thread would keep TCP connections
+between the ranks for the life of the processes, communicators or not) and the
 server has two hook endpoints:
   POST /pre-checkpoint  every rank calls dist.destroy_process_group() (the
                         communicators, their proxy threads, sockets and shared
@@ -110,6 +112,7 @@ def rank_main(conn: Connection, rank: int, world: int, options: Any, init_method
     front-end: ("generate", tokens, n), ("teardown",), ("rebuild", init_method)."""
     import torch.distributed as dist
 
+    os.environ["NCCL_RAS_ENABLE"] = "0"  # read by NCCL at its first communicator, below
     try:
         engine = _Rank(rank, world, options)
         _build_group(rank, world, init_method)

@@ -106,6 +106,7 @@ class _PostDumpHold(Notify):
 
     def post_dump(self) -> None:
         # CRIU holds the tree in a tracing stop now: keep what was stopped when it was first inspected
+        began = time.monotonic()
         stopped = {p.pid for p in self.tree.processes if p.stopped}
         now = inspect_tree(self.tree.root, self.daemon_pid)
         self.tree = dataclasses.replace(now, processes=tuple(
@@ -114,6 +115,8 @@ class _PostDumpHold(Notify):
             self.record()
             self.held = True
             signal_tree(self.tree, signal.SIGSTOP)
+        log.info("checkpoint.post_dump", processes=len(self.tree.processes), stop=self.stop,
+                 seconds=round(time.monotonic() - began, 3))
 
     def release(self) -> None:
         """Let the tree run again (a process stopped before the checkpoint stays stopped)."""
@@ -153,7 +156,7 @@ class CheckpointRun(OperationRun):
             self.cancel.check()
             self.pre_hook()
             self.cancel.check()
-            nccl.refuse_live(self.tree)
+            nccl.refuse_live(self.tree, self.spec.tcp_established)
             with ExitStack() as undo:
                 self.hold(undo)
                 self.freeze_gpu(undo)

@@ -1,6 +1,7 @@
 """What an operation holds on the host, on disk, so that a restarted daemon can undo it.
 
-Two kinds of record, one file each (``holds/<operation>.json``, written whole):
+Two kinds of record, one file each (``holds/<operation>.json``, replaced whole by
+a rename, not fsynced: they describe live processes, which a reboot ends):
 
 - THAW (checkpoint): written before the first CUDA lock, updated when the tree
   is SIGSTOPped after the dump. A restarted daemon thaws the tree: SIGCONT to
@@ -66,7 +67,11 @@ class HoldJournal:
         directory.mkdir(parents=True, exist_ok=True)
 
     def write(self, operation_id: str, record: HoldRecord) -> None:
-        write_atomic(self.directory / f"{operation_id}.json", json.dumps(asdict(record)).encode())
+        # atomic, not fsynced: a record names live processes, which a reboot ends with the
+        # record's meaning; what matters is a daemon killed at any point (the rename is
+        # visible at once). Records are written while a tree is frozen, and a checkpoint
+        # keeps the disk busy with chunks: an fsync there could take seconds.
+        write_atomic(self.directory / f"{operation_id}.json", json.dumps(asdict(record)).encode(), durable=False)
 
     def clear(self, operation_id: str) -> None:
         (self.directory / f"{operation_id}.json").unlink(missing_ok=True)

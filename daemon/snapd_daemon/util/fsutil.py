@@ -31,18 +31,23 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Write ``path`` so that readers see the old state or all of ``data``, never a part.
 
-    tmp file in the same directory -> fsync -> rename -> fsync directory.
+    tmp file in the same directory -> fsync -> rename -> fsync directory. Without
+    ``durable`` the two fsyncs are left out: readers (a restarted daemon included)
+    still see old or new, but a power loss may lose the write; for files that only
+    describe the running system, which a reboot ends anyway.
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_path(path.parent)
+    if durable:
+        fsync_path(path.parent)
 
 
 def tree_size(path: Path) -> int:
