@@ -8,7 +8,8 @@ driver API by hand), printed as a table with ratios.
 Steps, in this order, on one server process (its pid survives every restore):
   1. weights generated (untimed for the cold start), then a cold start (eager; with
      --compile also a torch.compile cold start) to ready, weights in page cache;
-  2. snapd checkpoint (until durable in the store and the server stopped);
+  2. snapd checkpoint (until durable in the store and the server stopped; each
+     checkpoint, snapd's and stock's, starts after a sync);
   3. snapd restore -> first answer, store in page cache ("hot");
   4. the ceiling of injection: the same bytes written with process_vm_writev from
      memory already resident into a fresh process, as many threads as the daemon's;
@@ -20,7 +21,7 @@ Steps, in this order, on one server process (its pid survives every restore):
      unlock -> first answer, hot; then again from cold page cache.
 Every answer is compared with the tokens the freshly started server gave.
 --sleep-hooks runs vLLM's sleep-mode recipe (README) in both flows; --py-spy DIR
-profiles the daemon during the hot and RAM restores.
+profiles the daemon during the hot and RAM restores; --daemon-log keeps its log.
 Results are printed as they come (stderr) and as a table at the end (stdout).
 """
 
@@ -207,6 +208,7 @@ def main() -> int:
                         help="profile the daemon with py-spy during the hot and RAM restores into DIR")
     parser.add_argument("--criu", default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--daemon-log", type=Path, help="copy the daemon's log (JSON lines) here at the end")
     args = parser.parse_args()
 
     become_subreaper()
@@ -250,6 +252,7 @@ def main() -> int:
         daemon.start(timeout=60)
         with SnapdClient(daemon.target) as client:
             clock = PhaseClock()
+            os.sync()  # both checkpoints start with no writeback pending (the weights were just written)
             t = time.monotonic()
             snap = client.checkpoint(server.pid, name="bench", on_progress=clock, pre_checkpoint_hook=sleep)
             ckpt = time.monotonic() - t
@@ -278,6 +281,7 @@ def main() -> int:
 
         images = work / "stock-images"
         images.mkdir()
+        os.sync()
         t = time.monotonic()
         if sleep:
             subprocess.run(sleep, check=True, stdout=subprocess.DEVNULL)
@@ -298,6 +302,8 @@ def main() -> int:
     finally:
         server.kill()
         daemon.close()
+        if args.daemon_log:
+            shutil.copyfile(daemon.log, args.daemon_log)
         shutil.rmtree(work, ignore_errors=True)
 
     def ratio(a: str, b: str, key: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
     pages_names = {name for name in entries if name.startswith("pages-")}
     router = Router()
     fds: list[int] = []
+    began = time.monotonic()
     try:
         for name, entry in entries.items():
             if name not in pages_names:
@@ -129,7 +131,7 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
             outputs = adjust_files(dest / FILES_NAME, appended)
             if outputs:
                 log.info("restore.output_files_unpinned", files=outputs)
-
+        written = time.monotonic()
         images = pages_images(dest)
         regions = {
             img.pid: [(v.start, v.end) for v in read_vmas(dest / f"mm-{img.pid}.img") if injectable(v, min_region)]
@@ -163,7 +165,11 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
         for name in pages_names - planned:
             fd = _create(dest / name, entries[name].size_bytes, fds)
             router.add(ChunkIndex(entries[name]), 0, entries[name].size_bytes, fd=fd)
+        planned_at = time.monotonic()
         delivery.run(router.take(), progress)
+        log.info("restore.prepare_steps", other_images_s=round(written - began, 3),
+                 plan_s=round(planned_at - written, 3), kept_pages_s=round(time.monotonic() - planned_at, 3),
+                 kept_bytes=kept, images=len(entries))
     finally:
         for fd in fds:
             os.close(fd)
