@@ -13,7 +13,7 @@ import pytest
 
 from harness import Daemon, Workloads, ask, gone, wait_for
 from snapd_client import SnapdClientError
-from snapd_daemon.restore.images import Span, split_runs
+from snapd_daemon.criu.trim import Span, split_runs
 from snapd_daemon.runtime import Settings
 
 
@@ -50,6 +50,59 @@ def test_every_kind_of_region_comes_back(eager: Daemon, workloads: Workloads) ->
     assert ask(pid, report) == before
     prepared = _log_events(eager, "restore.prepared")[-1]
     assert prepared["inject_bytes"] >= 96 << 20  # type: ignore[operator]
+
+
+def test_cut_made_at_checkpoint_is_used_and_another_threshold_cuts_anew(eager: Daemon, workloads: Workloads) -> None:
+    """The checkpoint stores trimmed pages images, page maps and the injection layout;
+    a restore with the same threshold uses them, one with another cuts the originals."""
+    pid, report = workloads.start("regions.py")
+    before = ask(pid, report)
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        c.restore(snap.id)
+    assert ask(pid, report) == before
+    assert _log_events(eager, "restore.prepare_steps")[-1]["cut"] == "stored"
+    manifest = json.loads((eager.state_dir / "manifests" / f"{snap.id}.json").read_text())
+    trimmed = [f for f in manifest["files"] if f["name"].startswith("trimmed/")]
+    assert {f["name"].removeprefix("trimmed/").split("-")[0] for f in trimmed} == {"pages", "pagemap"}
+    assert manifest["trimmed"]["min_region"] == 1 << 20 and manifest["trimmed"]["inject"]
+    originals = [f for f in manifest["files"] if not f["name"].startswith("trimmed/")]
+    assert snap.raw_bytes == sum(f["size_bytes"] for f in originals)  # the CRIU images' bytes
+    kept = sum(f["size_bytes"] for f in trimmed if f["name"].startswith("trimmed/pages-"))
+    assert 0 < kept < sum(f["size_bytes"] for f in originals if f["name"].startswith("pages-"))
+
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid), 10, "the restored process to end")
+    eager.stop()
+    other = Daemon(eager.root, ("--inject-min-mb", "4"))
+    other.start()
+    try:
+        with other.client() as c:
+            c.restore(snap.id)
+        assert ask(pid, report) == before
+        steps = _log_events(other, "restore.prepare_steps")[-1]
+        assert steps["cut"] == "made here" and steps["kept_bytes"] > kept
+    finally:
+        other.stop()
+
+
+def test_restore_from_chunks_not_in_the_page_cache(eager: Daemon, workloads: Workloads) -> None:
+    """Cold chunks: the disk gets a head start while CRIU runs, then the readahead; the
+    memory still comes back exact."""
+    pid, report = workloads.start("memhold.py", "64")
+    digest = report.read_text().split()[1]
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        for chunk in (eager.state_dir / "chunks").rglob("*"):
+            if chunk.is_file():  # durable already (the checkpoint's syncfs): the cached pages can go
+                fd = os.open(chunk, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+        c.restore(snap.id)
+    assert ask(pid, report)[1] == digest
+    assert _log_events(eager, "delivery.head_start")
 
 
 def test_threads_and_forked_children_through_the_fast_path(eager: Daemon, workloads: Workloads) -> None:

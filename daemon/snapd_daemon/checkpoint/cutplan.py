@@ -17,7 +17,7 @@ import bisect
 from collections.abc import Sequence
 from pathlib import Path
 
-from snapd_daemon.criu.images import pages_images, read_vmas
+from snapd_daemon.criu.images import PagesImage, pages_images, read_vmas
 from snapd_daemon.store.model import Piece
 
 GRID = 2 << 20
@@ -106,14 +106,15 @@ def live_regions(pid: int) -> list[Region]:
     return sorted((int(a, 16), int(b, 16)) for a, b in spans)
 
 
-def plan(images_dir: Path) -> dict[str, list[Piece]]:
-    """Pieces of every file in a CRIU image directory, keyed by file name.
+def plan(images_dir: Path, images: list[PagesImage] | None = None) -> dict[str, list[Piece]]:
+    """Pieces of every file in a CRIU image directory, keyed by file name; ``images``:
+    its pages images, when already read (``pages_images``).
 
     Every byte of every file is covered exactly once, in order.
     """
     pages = {
         img.pages_file: cut_runs([(r.vaddr, r.length, r.offset) for r in img.runs], vma_regions(images_dir, img.pid))
-        for img in pages_images(images_dir)
+        for img in (pages_images(images_dir) if images is None else images)
     }
     result = {}
     for path in sorted(images_dir.iterdir()):

@@ -41,10 +41,12 @@ from types import TracebackType
 import structlog
 
 from snapd_daemon import metrics
-from snapd_daemon.checkpoint.cutplan import plan
+from snapd_daemon.checkpoint.cutplan import cut_fixed, plan
 from snapd_daemon.checkpoint.follower import DumpFollower
 from snapd_daemon.criu import actions
+from snapd_daemon.criu.images import pages_images
 from snapd_daemon.criu.notify import Notify
+from snapd_daemon.criu.trim import write_trimmed
 from snapd_daemon.errors import CriuFailed, CudaFailed
 from snapd_daemon.host import cgroups, gpu, nccl
 from snapd_daemon.host.hooks import Hook
@@ -58,6 +60,7 @@ from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest, new_snapshot_id
+from snapd_daemon.store.oserrors import translated
 from snapd_daemon.store.protocol import IngestSession
 from snapd_daemon.util.fsutil import tree_size
 
@@ -254,7 +257,13 @@ class CheckpointRun(OperationRun):
         manifest.own_mntns = self.hold_point.tree.own_mntns
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
-            final = plan(self.staging.images)
+            pages = pages_images(self.staging.images)
+            final = plan(self.staging.images, pages)
+            if rt.settings.inject_min_bytes:  # the restore's cut, made now (criu/trim.py)
+                with translated(self.staging.images, self.raw):  # staging full: StoreFull naming it
+                    manifest.trimmed, names = write_trimmed(self.staging.images, pages, rt.settings.inject_min_bytes)
+                final.update({name: cut_fixed((self.staging.images / name).stat().st_size) for name in names})
+                self.raw = tree_size(self.staging.images)
             chunks = self.ingest.complete(final)
             manifest.files = [ImageEntry(name, sum(p.length for p in cuts), chunks[name]) for name, cuts in final.items()]
             self.cancel.commit()

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import structlog
+
 from snapd_daemon.errors import ChunkCorrupt, InjectFailed
 from snapd_daemon.host import memwrite
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
@@ -24,11 +26,15 @@ from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkReader
 
+log = structlog.get_logger()
 _ZEROS = bytes(4 << 20)
 # How far (raw bytes) the readahead runs ahead of the delivery threads, and how often
 # it looks whether they caught up.
 READAHEAD_BYTES = 512 << 20
 READAHEAD_POLL = 0.002
+# How much a head start (``Delivery.head_start``) asks for: about what the disk reads
+# (1.4 GB/s) while CRIU restores a cold 8B server's tree (1.2 s on the H200 host).
+HEAD_START_BYTES = 1 << 30
 # How often a delivery reports progress and runs its check (seconds).
 TICK = 0.05
 Progress = Callable[[int], None]
@@ -154,6 +160,25 @@ class Delivery:
             if work.failure is not None:
                 raise work.failure
         progress(sum(work.done))
+
+    def head_start(self, routes: list[Route]) -> None:
+        """When ``routes`` are cold, ask the store in the background to start reading their
+        first ``HEAD_START_BYTES``, so that the disk works while the caller does something
+        else (CRIU restoring the tree) before ``run``. Advice only; returns at once."""
+        wanted = [r.ref.id for r in routes if r.ref.id != ZERO_CHUNK]
+        if self.readahead_bytes > 0 and wanted and self.store.cold(wanted):
+            log.info("delivery.head_start", chunks=len(wanted), bytes=min(HEAD_START_BYTES, sum(r.length for r in routes)))
+            threading.Thread(target=self._advise, args=(routes, HEAD_START_BYTES), name="head-start",
+                             daemon=True).start()
+
+    def _advise(self, routes: list[Route], budget: int) -> None:
+        issued = 0
+        for route in routes:
+            if issued >= budget:
+                return
+            if route.ref.id != ZERO_CHUNK:
+                self.store.readahead(route.ref.id)
+            issued += route.length
 
     def _worker(self, work: _Work, slot: int) -> None:
         buffers = ReadBuffers()

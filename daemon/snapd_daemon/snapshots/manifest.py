@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
+from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout
 from snapd_daemon.host.cgroups import CgroupRecord
 from snapd_daemon.host.gpu import GpuRecord
 from snapd_daemon.host.processes import ProcessRecord
@@ -71,11 +72,15 @@ class Manifest:
     # the tree had a mount namespace of its own (`snapd run`: private, with a /proc of its
     # pid namespace), dumped by CRIU; each restored copy gets a fresh one
     own_mntns: bool = False
+    # the fast restore's cut, made at checkpoint (criu/trim.py); its trimmed images are
+    # the ``files`` named "trimmed/..." (None: made by an older snapd, or injection off)
+    trimmed: TrimmedLayout | None = None
     format_version: int = FORMAT_VERSION
 
     @property
     def raw_bytes(self) -> int:
-        return sum(f.size_bytes for f in self.files)
+        """Bytes of the CRIU images (the trimmed copies left out)."""
+        return sum(f.size_bytes for f in self.files if not f.name.startswith(TRIMMED))
 
     @property
     def pids(self) -> list[int]:
@@ -121,6 +126,8 @@ class Manifest:
             data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
         data["ns_pids"] = {int(k): int(v) for k, v in (data.get("ns_pids") or {}).items()}
         data["outward_stdio"] = [_known(OutwardEnd, e) for e in data.get("outward_stdio", [])]
+        if data.get("trimmed"):
+            data["trimmed"] = TrimmedLayout.from_dict(data["trimmed"])
         return _known(cls, data)
 
 

@@ -1,0 +1,193 @@
+"""The fast restore's cut of a dump: page runs kept for CRIU, page runs snapd injects.
+
+A fast restore hands CRIU each pages image without the large private anonymous
+regions of its process, then writes their bytes into the restored process
+itself (restore/images.py). ``cut`` decides which bytes go which way, from the
+page maps and the mappings (mm images). A region is injected only if it is
+private, anonymous, writable and at least ``min_region`` bytes.
+
+The cut is made twice as cheap to use by making it once: the checkpoint, which
+has the images at hand, writes ``write_trimmed``'s result with the snapshot —
+a trimmed copy of each pages image (its kept bytes only) and of its page map,
+and the ``TrimmedLayout`` (the spans to inject, the regions they fill, and the
+threshold it was made for). A restore with that threshold then parses no image
+and decodes no small chunk to build CRIU's pages files: it writes the trimmed
+files in place of the originals and routes the stored spans. The original
+images are always kept too (the snapshot stays a complete CRIU dump; any other
+threshold cuts them anew).
+
+Invariants: every byte of a pages image is in exactly one kept or injected
+span; kept spans are in pages-file order and a trimmed pages file holds
+exactly them, in that order, as its trimmed page map lists them; injected
+spans of one image never overlap.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from snapd_daemon.criu.images import PagesImage, Vma, read_vmas, write_pagemap
+
+# where a snapshot's trimmed images are named (``trimmed/pages-1.img``, ...)
+TRIMMED = "trimmed/"
+PROT_WRITE = 0x2
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+VMA_AREA_REGULAR = 1 << 0
+VMA_ANON_PRIVATE = 1 << 9
+Region = tuple[int, int]
+
+
+def injectable(vma: Vma, min_region: int) -> bool:
+    """A region snapd injects itself (``min_region`` 0: none)."""
+    return (
+        min_region > 0
+        and vma.end - vma.start >= min_region
+        and vma.prot & PROT_WRITE != 0
+        and vma.flags & (MAP_PRIVATE | MAP_ANONYMOUS) == MAP_PRIVATE | MAP_ANONYMOUS
+        and vma.status & (VMA_AREA_REGULAR | VMA_ANON_PRIVATE) == VMA_AREA_REGULAR | VMA_ANON_PRIVATE
+    )
+
+
+@dataclass(frozen=True)
+class Span:
+    """``length`` bytes at ``offset`` of a pages image, belonging at ``vaddr``."""
+
+    vaddr: int
+    offset: int
+    length: int
+
+
+def split_runs(runs: list[tuple[int, int, int]], regions: list[Region]) -> tuple[list[Span], list[Span]]:
+    """Split page runs (vaddr, length, offset) into (kept for CRIU, injected) spans.
+
+    ``regions`` are sorted, disjoint [start, end) address ranges to inject.
+    """
+    keep: list[Span] = []
+    inject: list[Span] = []
+    starts = [r[0] for r in regions]
+    for vaddr, length, offset in runs:
+        pos, end = vaddr, vaddr + length
+        while pos < end:
+            i = bisect.bisect_right(starts, pos) - 1
+            inside = i >= 0 and pos < regions[i][1]
+            if inside:
+                stop = min(end, regions[i][1])
+            else:
+                nxt = regions[i + 1][0] if i + 1 < len(regions) else end
+                stop = min(end, nxt)
+            (inject if inside else keep).append(Span(pos, offset + pos - vaddr, stop - pos))
+            pos = stop
+    return keep, inject
+
+
+@dataclass(frozen=True)
+class InjectSpan:
+    """Bytes of ``pages_file`` that snapd writes into process ``pid`` at ``vaddr``;
+    ``zero_fill``: its all-zero chunks are written too (the region came to a child
+    from its parent, whose bytes it would otherwise see)."""
+
+    pid: int
+    pages_file: str
+    vaddr: int
+    offset: int
+    length: int
+    zero_fill: bool
+
+
+@dataclass(frozen=True)
+class ImageCut:
+    """One process's pages image, cut: ``keep`` goes to CRIU, ``inject`` to snapd."""
+
+    image: PagesImage
+    keep: list[Span]
+    inject: list[InjectSpan]
+
+
+def _joined(spans: list[InjectSpan]) -> list[InjectSpan]:
+    """Join spans contiguous both in memory and in the file (CRIU writes a region as
+    many page-map entries, at most its page-pipe size each, 1 MiB seen here)."""
+    joined: list[InjectSpan] = []
+    for s in spans:
+        last = joined[-1] if joined else None
+        if (last is not None and last.zero_fill == s.zero_fill and last.vaddr + last.length == s.vaddr
+                and last.offset + last.length == s.offset):
+            joined[-1] = InjectSpan(s.pid, s.pages_file, last.vaddr, last.offset, last.length + s.length, s.zero_fill)
+        else:
+            joined.append(s)
+    return joined
+
+
+def cut(images: list[PagesImage], vmas: dict[int, list[Vma]], min_region: int) -> tuple[list[ImageCut],
+                                                                                          dict[int, list[Region]]]:
+    """Cut every pages image; also returns each process's injected regions."""
+    regions = {img.pid: sorted((v.start, v.end) for v in vmas[img.pid] if injectable(v, min_region))
+               for img in images}
+    # a region in more than one process's list came to a child from its parent
+    shared = Counter(region for spans in regions.values() for region in spans)
+    cuts = []
+    for img in images:
+        mine = regions[img.pid]
+        starts = [r[0] for r in mine]
+        keep, inject = split_runs([(r.vaddr, r.length, r.offset) for r in img.runs], mine)
+        spans = [InjectSpan(img.pid, img.pages_file, s.vaddr, s.offset, s.length,
+                            shared[mine[bisect.bisect_right(starts, s.vaddr) - 1]] > 1) for s in inject]
+        cuts.append(ImageCut(img, keep, _joined(spans)))
+    return cuts, regions
+
+
+@dataclass(frozen=True)
+class TrimmedLayout:
+    """What a restore needs beside the trimmed images, for threshold ``min_region``."""
+
+    min_region: int
+    regions: dict[int, list[Region]]
+    inject: list[InjectSpan]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrimmedLayout:
+        return cls(
+            min_region=int(data["min_region"]),
+            regions={int(pid): [(int(a), int(b)) for a, b in spans] for pid, spans in data["regions"].items()},
+            inject=[InjectSpan(**s) for s in data["inject"]],
+        )
+
+
+def write_trimmed(images_dir: Path, images: list[PagesImage], min_region: int) -> tuple[TrimmedLayout, list[str]]:
+    """Write the trimmed pages images and page maps into ``images_dir/trimmed``;
+    returns the layout and the names written (relative to ``images_dir``)."""
+    cuts, regions = cut(images, {img.pid: read_vmas(images_dir / f"mm-{img.pid}.img") for img in images},
+                        min_region)
+    out = images_dir / TRIMMED
+    out.mkdir()
+    names = []
+    for c in cuts:
+        src = os.open(images_dir / c.image.pages_file, os.O_RDONLY)
+        try:
+            with open(out / c.image.pages_file, "wb") as dst:
+                for span in c.keep:
+                    _copy(src, dst.fileno(), span.offset, span.length)
+        finally:
+            os.close(src)
+        pagemap = f"pagemap-{c.image.pid}.img"
+        write_pagemap(out / pagemap, c.image.pages_id, [(s.vaddr, s.length) for s in c.keep])
+        names += [TRIMMED + c.image.pages_file, TRIMMED + pagemap]
+    return TrimmedLayout(min_region, regions, [s for c in cuts for s in c.inject]), names
+
+
+def _copy(src: int, dst: int, offset: int, length: int) -> None:
+    """Append ``length`` bytes of ``src`` at ``offset`` to ``dst`` (in the kernel)."""
+    while length:
+        n = os.copy_file_range(src, dst, length, offset)
+        if n == 0:
+            raise OSError(f"pages image ends before offset {offset + length}")
+        offset += n
+        length -= n
