@@ -134,13 +134,15 @@ class LocalStore:
 
     def readahead(self, cid: str) -> None:
         """Ask the kernel to start reading chunk ``cid`` from disk, without waiting for it.
-        Advice: a chunk that cannot be opened is left to the read."""
+        Advice: a chunk that cannot be opened or advised is left to the read."""
         try:
-            fd = os.open(self.chunks.path(cid), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.chunks.path(cid), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             return
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
         finally:
             os.close(fd)
 
@@ -152,8 +154,8 @@ class LocalStore:
         for cid in cids[:: max(1, len(cids) // sample)]:
             if self.hot is not None and self.hot.has(cid):
                 continue
-            try:
-                fd = os.open(self.chunks.path(cid), os.O_RDONLY | os.O_CLOEXEC)
+            try:  # O_NONBLOCK: a probe never waits, not even on a chunk that is no regular file
+                fd = os.open(self.chunks.path(cid), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
