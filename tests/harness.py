@@ -38,8 +38,10 @@ class Daemon:
 
     made: ClassVar[list[Daemon]] = []
 
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), criu: str | None = None) -> None:
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), criu: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = {**os.environ, **env} if env else None
         self.state_dir = root / "state"
         self.socket = root / "snapd.sock"
         self.log = root / "daemon.log"
@@ -63,7 +65,7 @@ class Daemon:
     def start(self, timeout: float = 30) -> Daemon:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.cli_args(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, env=self.env)
         self.wait_ready(timeout)
         return self
 

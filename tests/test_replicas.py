@@ -214,6 +214,30 @@ def test_replicas_with_their_own_network_namespace_serve_on_their_own_address(
     assert holds_left(daemon) == []
 
 
+def test_a_network_namespace_without_an_ip_tool_is_refused_before_anything_is_frozen(
+        workloads, tmp_path: Path) -> None:
+    """CRIU runs iproute2's ip to dump a network namespace (GPU hosts may lack it): refused up
+    front, naming the missing tool and the fixes; the server goes on serving."""
+    d = Daemon(tmp_path / "noip", env={"CR_IP_TOOL": str(tmp_path / "no-such-ip")})
+    d.root.mkdir()
+    d.start()
+    try:
+        reports = Reports(tmp_path / "reports.sock")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            host_port = s.getsockname()[1]
+        init = start_run(tmp_path, reports, port=7000, publish=f"{host_port}:7000")
+        with d.client() as c, pytest.raises(SnapdClientError) as info:
+            c.checkpoint(init)
+        err = info.value
+        assert err.error_class == "CriuUnavailable" and err.exit_code == 17, err.message
+        assert f"CR_IP_TOOL={tmp_path / 'no-such-ip'} is not executable" in err.message
+        assert "install iproute2" in err.message
+        assert fetch(f"127.0.0.1:{host_port}")  # untouched: still serving
+    finally:
+        d.stop()
+
+
 def test_a_failed_replica_is_killed_whole_and_the_others_stay(daemon: Daemon, client: SnapdClient, workloads,
                                                               tmp_path: Path) -> None:
     reports = Reports(tmp_path / "reports.sock")

@@ -176,6 +176,8 @@ class CheckpointRun(OperationRun):
     def inspect(self) -> None:
         self.report(ProgressEvent(Phase.VALIDATE, message=f"inspecting pid {self.spec.pid}"))
         self.tree = inspect_tree(self.spec.pid, self.rt.daemon_pid)
+        if not same_namespace("net", self.spec.pid, self.rt.daemon_pid):
+            self.rt.criu.require_ip_tool(f"dumping pid {self.spec.pid}'s tree, which has a network namespace of its own,")
         self.gpu_record = gpu.preflight(self.tree)
         self.stdio = outward_stdio(self.tree.pids)
 

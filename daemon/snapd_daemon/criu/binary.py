@@ -20,6 +20,26 @@ class Criu:
     path: str
     version: str
 
+    def ip_tool(self) -> str:
+        """The iproute2 ``ip`` CRIU will run to save and restore a network namespace's
+        addresses and routes ("" if it has none): $CR_IP_TOOL when set (CRIU then runs
+        only that), else the one a bundle from install-criu.sh carries (its wrapper sets
+        CR_IP_TOOL to it), else the ``ip`` on PATH."""
+        configured = os.environ.get("CR_IP_TOOL")
+        bundled = os.path.join(os.path.dirname(self.path), "bin", "ip")
+        found = configured if configured else bundled if os.access(bundled, os.X_OK) else shutil.which("ip")
+        return found if found and os.access(found, os.X_OK) else ""
+
+    def require_ip_tool(self, what: str) -> None:
+        """CriuUnavailable saying that ``what`` needs it when ``ip_tool`` finds none."""
+        if not self.ip_tool():
+            configured = os.environ.get("CR_IP_TOOL")
+            where = f"CR_IP_TOOL={configured} is not executable" if configured else "none on PATH or in the CRIU bundle"
+            raise CriuUnavailable(reason=(
+                f"{what} needs iproute2's ip (CRIU runs it to save and restore the namespace's addresses and "
+                f"routes), and {where}; install iproute2, set CR_IP_TOOL in the daemon's environment, or use a "
+                "bundle made by scripts/install-criu.sh --bundle, which carries it"))
+
 
 def locate(configured: str | None) -> Criu:
     """Resolve CRIU: the configured path, else snapd's private install, else PATH.

@@ -183,6 +183,8 @@ class RestoreRun(OperationRun):
             self.manifest = self.rt.catalog.get(self.manifest.id)
             self.delivery = Delivery(self.rt.store, self.manifest, self.rt.settings.io_threads)
         m = self.manifest
+        if m.own_netns:
+            self.rt.criu.require_ip_tool(f"restoring snapshot {m.id}, whose tree has a network namespace of its own,")
         if m.gpu:
             self.pairs, self.gpus = leased.enter_context(
                 self.rt.gpu_leases.lease(self.op, m.id, m.gpu, self.spec.gpu_uuid_map))
