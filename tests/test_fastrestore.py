@@ -88,8 +88,8 @@ def test_cut_made_at_checkpoint_is_used_and_another_threshold_cuts_anew(eager: D
 
 
 def test_restore_from_chunks_not_in_the_page_cache(eager: Daemon, workloads: Workloads) -> None:
-    """Cold chunks: the disk gets a head start while CRIU runs, then the readahead; the
-    memory still comes back exact."""
+    """Cold chunks: the delivery runs its readahead ahead of the writers; the memory still
+    comes back exact."""
     pid, report = workloads.start("memhold.py", "64")
     digest = report.read_text().split()[1]
     with eager.client() as c:
@@ -102,7 +102,7 @@ def test_restore_from_chunks_not_in_the_page_cache(eager: Daemon, workloads: Wor
                 os.close(fd)
         c.restore(snap.id)
     assert ask(pid, report)[1] == digest
-    assert _log_events(eager, "delivery.head_start")
+    assert _log_events(eager, "delivery.readahead")
 
 
 def test_threads_and_forked_children_through_the_fast_path(eager: Daemon, workloads: Workloads) -> None:

@@ -32,9 +32,6 @@ _ZEROS = bytes(4 << 20)
 # it looks whether they caught up.
 READAHEAD_BYTES = 512 << 20
 READAHEAD_POLL = 0.002
-# How much a head start (``Delivery.head_start``) asks for: about what the disk reads
-# (1.4 GB/s) while CRIU restores a cold 8B server's tree (1.2 s on the H200 host).
-HEAD_START_BYTES = 1 << 30
 # How often a delivery reports progress and runs its check (seconds).
 TICK = 0.05
 Progress = Callable[[int], None]
@@ -139,6 +136,7 @@ class Delivery:
         threads = [threading.Thread(target=self._worker, args=(work, slot), name=f"deliver-{slot}", daemon=True)
                    for slot in range(len(work.done))]
         if cold:
+            log.info("delivery.readahead", chunks=len(routes), window_bytes=self.readahead_bytes)
             threads.append(threading.Thread(target=self._readahead, args=(work,), name="readahead", daemon=True))
         with self.store.translate_os_errors(sum(r.length for r in routes)):
             for t in threads:
@@ -160,25 +158,6 @@ class Delivery:
             if work.failure is not None:
                 raise work.failure
         progress(sum(work.done))
-
-    def head_start(self, routes: list[Route]) -> None:
-        """When ``routes`` are cold, ask the store in the background to start reading their
-        first ``HEAD_START_BYTES``, so that the disk works while the caller does something
-        else (CRIU restoring the tree) before ``run``. Advice only; returns at once."""
-        wanted = [r.ref.id for r in routes if r.ref.id != ZERO_CHUNK]
-        if self.readahead_bytes > 0 and wanted and self.store.cold(wanted):
-            log.info("delivery.head_start", chunks=len(wanted), bytes=min(HEAD_START_BYTES, sum(r.length for r in routes)))
-            threading.Thread(target=self._advise, args=(routes, HEAD_START_BYTES), name="head-start",
-                             daemon=True).start()
-
-    def _advise(self, routes: list[Route], budget: int) -> None:
-        issued = 0
-        for route in routes:
-            if issued >= budget:
-                return
-            if route.ref.id != ZERO_CHUNK:
-                self.store.readahead(route.ref.id)
-            issued += route.length
 
     def _worker(self, work: _Work, slot: int) -> None:
         buffers = ReadBuffers()

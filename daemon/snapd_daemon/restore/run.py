@@ -217,7 +217,6 @@ class RestoreRun(OperationRun):
             raise RestoreSpaceFull(snapshot_id=m.id, **full.fields) from full
         log.info("restore.prepared", criu_bytes=plan.kept_bytes, inject_bytes=plan.injected_bytes,
                  chunks_to_inject=len(plan.memory))
-        self.delivery.head_start(plan.memory)  # the disk reads what is injected first while CRIU runs
         return plan
 
     def criu(self, cgroup: Cgroup | None, undo: ExitStack) -> None:
