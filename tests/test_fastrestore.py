@@ -40,19 +40,8 @@ def test_runs_split_at_region_edges() -> None:
     assert inject == [Span(0x2000, 0x1000, 0x2000), Span(0x11000, 0x6000, 0x1000)]
 
 
-def test_every_kind_of_region_comes_back(eager: Daemon, workloads: Workloads) -> None:
-    pid, report = workloads.start("regions.py")
-    before = ask(pid, report)
-    with eager.client() as c:
-        snap = c.checkpoint(pid)
-        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-        c.restore(snap.id)
-    assert ask(pid, report) == before
-    prepared = _log_events(eager, "restore.prepared")[-1]
-    assert prepared["inject_bytes"] >= 96 << 20  # type: ignore[operator]
-
-
-def test_cut_made_at_checkpoint_is_used_and_another_threshold_cuts_anew(eager: Daemon, workloads: Workloads) -> None:
+def test_every_kind_of_region_comes_back_with_the_cut_stored_or_made_anew(eager: Daemon,
+                                                                          workloads: Workloads) -> None:
     """The checkpoint stores trimmed pages images, page maps and the injection layout;
     a restore with the same threshold uses them, one with another cuts the originals."""
     pid, report = workloads.start("regions.py")
@@ -62,6 +51,8 @@ def test_cut_made_at_checkpoint_is_used_and_another_threshold_cuts_anew(eager: D
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
         c.restore(snap.id)
     assert ask(pid, report) == before
+    prepared = _log_events(eager, "restore.prepared")[-1]
+    assert prepared["inject_bytes"] >= 96 << 20  # type: ignore[operator]
     assert _log_events(eager, "restore.prepare_steps")[-1]["cut"] == "stored"
     manifest = json.loads((eager.state_dir / "manifests" / f"{snap.id}.json").read_text())
     trimmed = [f for f in manifest["files"] if f["name"].startswith("trimmed/")]
