@@ -390,6 +390,9 @@ WRAP
 
     # Smoke test the wrapper before installing it.
     "$stage/criu" --version >/dev/null 2>&1 || die "bundle wrapper $stage/criu does not run"
+    if [[ -x "$stage/bin/ip" ]]; then
+        LD_LIBRARY_PATH="$stage/lib" "$stage/bin/ip" -V >/dev/null 2>&1 || die "bundled $stage/bin/ip does not run"
+    fi
 
     # Swap in: replace only what we own inside DIR.
     rm -rf "$dir/bin" "$dir/lib" "$dir/criu" "$dir/MANIFEST"

@@ -74,7 +74,9 @@ def test_restart_resumes_processes_a_crashed_daemon_had_stopped(daemon: Daemon, 
 def test_recovery_survives_bad_records_and_runs_before_configuration(daemon: Daemon, workloads: Workloads,
                                                                      tmp_path: Path) -> None:
     """A torn record and one naming a vanished pid do not stop the start; a stopped tree is
-    resumed even when the daemon then refuses its configuration and exits."""
+    resumed even when the daemon then refuses its configuration and exits. Records of an
+    earlier boot (another boot id; an empty file) are dropped unacted: one that would kill
+    the live process by pid and name leaves it alone."""
     pid, report = workloads.start("memhold.py", "4")
     daemon.stop()
     os.kill(pid, signal.SIGSTOP)
@@ -83,6 +85,9 @@ def test_recovery_survives_bad_records_and_runs_before_configuration(daemon: Dae
     HoldJournal(holds).write("op-a", HoldRecord([(pid, psutil.Process(pid).create_time())], []))
     HoldJournal(holds).write("op-b", HoldRecord([(4_000_000, 1.0)], []))
     (holds / "op-c.json").write_text('{"processes": [[1')
+    HoldJournal(holds).write("op-d", HoldRecord([(pid, 0.0)], [], action=KILL, names={pid: psutil.Process(pid).name()},
+                                                boot="an-earlier-boot"))
+    (holds / "op-e.json").write_text("")
     broken = Daemon(tmp_path / "broken", ("--cgroup-root", "/proc/not-a-cgroup"))
     broken.root.mkdir()
     broken.state_dir = daemon.state_dir
@@ -91,6 +96,7 @@ def test_recovery_survives_bad_records_and_runs_before_configuration(daemon: Dae
     wait_for(lambda: _state(pid) != psutil.STATUS_STOPPED, 10, "the target to be resumed")
     assert sorted(p.name for p in holds.iterdir()) == ["op-c.json"]  # kept for an operator, logged
     assert "recover.unreadable_record" in broken.log.read_text()
+    assert broken.log.read_text().count("recover.record_of_an_earlier_boot") == 2
     daemon.start()
     assert ask(pid, report)[0] == str(pid)
 

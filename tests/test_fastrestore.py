@@ -62,6 +62,9 @@ def test_every_kind_of_region_comes_back_with_the_cut_stored_or_made_anew(eager:
     assert snap.raw_bytes == sum(f["size_bytes"] for f in originals)  # the CRIU images' bytes
     kept = sum(f["size_bytes"] for f in trimmed if f["name"].startswith("trimmed/pages-"))
     assert 0 < kept < sum(f["size_bytes"] for f in originals if f["name"].startswith("pages-"))
+    # the trimmed pages are cut as their originals: the same chunks, stored once
+    copies = {c["id"] for f in trimmed if f["name"].startswith("trimmed/pages-") for c in f["chunks"]}
+    assert copies <= {c["id"] for f in originals if f["name"].startswith("pages-") for c in f["chunks"]}
 
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: gone(pid), 10, "the restored process to end")
@@ -74,6 +77,7 @@ def test_every_kind_of_region_comes_back_with_the_cut_stored_or_made_anew(eager:
         assert ask(pid, report) == before
         steps = _log_events(other, "restore.prepare_steps")[-1]
         assert steps["cut"] == "made here" and steps["kept_bytes"] > kept
+        assert "for regions of 1048576 bytes" in _log_events(other, "restore.stored_cut_unused")[-1]["reason"]
     finally:
         other.stop()
 

@@ -224,6 +224,7 @@ def test_nccl_ras_connection_is_refused_naming_the_variable(client: SnapdClient,
     assert err.error_class == "NcclActive" and err.exit_code == 62, err.message
     ends = (f"127.0.0.1:{local} -> 127.0.0.1:{peer}", f"127.0.0.1:{peer} -> 127.0.0.1:{local}")  # either side
     assert any(e in err.message for e in ends) and "NCCL_RAS_ENABLE=0" in err.message, err.message
+    assert "--tcp-established" in err.message  # the other possible cause, and its fix
     assert psutil.Process(pid).status() in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
     assert list(client.list().snapshots) == []
     # asked to dump established connections, the same tree is no longer refused for them

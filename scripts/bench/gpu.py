@@ -302,7 +302,7 @@ def main() -> int:
     finally:
         server.kill()
         daemon.close()
-        if args.daemon_log:
+        if args.daemon_log and daemon.log.exists():
             shutil.copyfile(daemon.log, args.daemon_log)
         shutil.rmtree(work, ignore_errors=True)
 

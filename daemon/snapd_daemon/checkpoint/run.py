@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import signal
 import socket
 import threading
@@ -41,12 +42,12 @@ from types import TracebackType
 import structlog
 
 from snapd_daemon import metrics
-from snapd_daemon.checkpoint.cutplan import cut_fixed, plan
+from snapd_daemon.checkpoint.cutplan import cut_fixed, cut_runs, plan
 from snapd_daemon.checkpoint.follower import DumpFollower
 from snapd_daemon.criu import actions
-from snapd_daemon.criu.images import pages_images
+from snapd_daemon.criu.images import ImageFormatError, PagesImage, pages_images
 from snapd_daemon.criu.notify import Notify
-from snapd_daemon.criu.trim import write_trimmed
+from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout, write_trimmed
 from snapd_daemon.errors import CriuFailed, CudaFailed
 from snapd_daemon.host import cgroups, gpu, nccl
 from snapd_daemon.host.hooks import Hook
@@ -60,7 +61,7 @@ from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import DirectoryGrowth, Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest, new_snapshot_id
-from snapd_daemon.store.oserrors import translated
+from snapd_daemon.store.model import Piece
 from snapd_daemon.store.protocol import IngestSession
 from snapd_daemon.util.fsutil import tree_size
 
@@ -261,11 +262,8 @@ class CheckpointRun(OperationRun):
         with metrics.phase("checkpoint", "commit"):
             pages = pages_images(self.staging.images)
             final = plan(self.staging.images, pages)
-            if rt.settings.inject_min_bytes:  # the restore's cut, made now (criu/trim.py)
-                with translated(self.staging.images, self.raw):  # staging full: StoreFull naming it
-                    manifest.trimmed, names = write_trimmed(self.staging.images, pages, rt.settings.inject_min_bytes)
-                final.update({name: cut_fixed((self.staging.images / name).stat().st_size) for name in names})
-                self.raw = tree_size(self.staging.images)
+            if rt.settings.inject_min_bytes:
+                manifest.trimmed = self._trim(pages, rt.settings.inject_min_bytes, final)
             chunks = self.ingest.complete(final)
             manifest.files = [ImageEntry(name, sum(p.length for p in cuts), chunks[name]) for name, cuts in final.items()]
             self.cancel.commit()
@@ -275,6 +273,22 @@ class CheckpointRun(OperationRun):
         self.ingest.close()
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
         return manifest
+
+    def _trim(self, pages: list[PagesImage], min_region: int, final: dict[str, list[Piece]]) -> TrimmedLayout | None:
+        """The restore's cut, made now (criu/trim.py): its files join ``final``, the trimmed
+        pages cut as their originals are (so their chunks are the originals', stored once).
+        Best effort: the snapshot is whole without it, so a failure (staging full, say)
+        only leaves restores to cut for themselves."""
+        try:
+            trimmed = write_trimmed(self.staging.images, pages, min_region)
+        except (OSError, ImageFormatError) as exc:
+            log.warning("checkpoint.cut_not_stored", error=str(exc))
+            shutil.rmtree(self.staging.images / TRIMMED, ignore_errors=True)
+            return None
+        final.update({name: cut_fixed((self.staging.images / name).stat().st_size) for name in trimmed.pagemaps})
+        final.update({name: cut_runs(runs, regions) for name, (runs, regions) in trimmed.pages.items()})
+        self.raw = tree_size(self.staging.images)
+        return trimmed.layout
 
     def finish(self, manifest: Manifest) -> None:
         """The snapshot is durable: kill a stopped tree, drop staging and the hold record."""

@@ -26,9 +26,10 @@ class Criu:
         only that), else the one a bundle from install-criu.sh carries (its wrapper sets
         CR_IP_TOOL to it), else the ``ip`` on PATH."""
         configured = os.environ.get("CR_IP_TOOL")
-        bundled = os.path.join(os.path.dirname(self.path), "bin", "ip")
-        found = configured if configured else bundled if os.access(bundled, os.X_OK) else shutil.which("ip")
-        return found if found and os.access(found, os.X_OK) else ""
+        if configured:  # CRIU execvp()s it: a bare name is looked up on PATH
+            return shutil.which(configured) or ""
+        bundled = os.path.join(os.path.dirname(os.path.realpath(self.path)), "bin", "ip")
+        return bundled if os.access(bundled, os.X_OK) else shutil.which("ip") or ""
 
     def require_ip_tool(self, what: str) -> None:
         """CriuUnavailable saying that ``what`` needs it when ``ip_tool`` finds none."""

@@ -6,15 +6,15 @@ itself (restore/images.py). ``cut`` decides which bytes go which way, from the
 page maps and the mappings (mm images). A region is injected only if it is
 private, anonymous, writable and at least ``min_region`` bytes.
 
-The cut is made twice as cheap to use by making it once: the checkpoint, which
-has the images at hand, writes ``write_trimmed``'s result with the snapshot —
-a trimmed copy of each pages image (its kept bytes only) and of its page map,
-and the ``TrimmedLayout`` (the spans to inject, the regions they fill, and the
-threshold it was made for). A restore with that threshold then parses no image
-and decodes no small chunk to build CRIU's pages files: it writes the trimmed
-files in place of the originals and routes the stored spans. The original
-images are always kept too (the snapshot stays a complete CRIU dump; any other
-threshold cuts them anew).
+The cut is made once, by the checkpoint, which has the images at hand: it
+stores ``write_trimmed``'s result with the snapshot — a trimmed copy of each
+pages image (its kept bytes only) and of its page map, and the
+``TrimmedLayout`` (the spans to inject, the regions they fill, the threshold
+and the rules, ``CUT_VERSION``, it was made by). A restore with that threshold
+and these rules then parses no image and decodes no small chunk to build
+CRIU's pages files: it writes the trimmed files in place of the originals and
+routes the stored spans. The original images are always kept too (the
+snapshot stays a complete CRIU dump; any other threshold cuts them anew).
 
 Invariants: every byte of a pages image is in exactly one kept or injected
 span; kept spans are in pages-file order and a trimmed pages file holds
@@ -29,12 +29,16 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from snapd_daemon.criu.images import PagesImage, Vma, read_vmas, write_pagemap
 
 # where a snapshot's trimmed images are named (``trimmed/pages-1.img``, ...)
 TRIMMED = "trimmed/"
+# which rules made a stored cut (``injectable``, ``cut``): a restore uses a stored cut only
+# when it was made by these rules for its threshold; a change of the rules bumps this
+CUT_VERSION = 1
+_COPY_PIECE = 8 << 20
 PROT_WRITE = 0x2
 MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
@@ -148,6 +152,7 @@ class TrimmedLayout:
     min_region: int
     regions: dict[int, list[Region]]
     inject: list[InjectSpan]
+    version: int = CUT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,36 +163,63 @@ class TrimmedLayout:
             min_region=int(data["min_region"]),
             regions={int(pid): [(int(a), int(b)) for a, b in spans] for pid, spans in data["regions"].items()},
             inject=[InjectSpan(**s) for s in data["inject"]],
+            version=int(data.get("version", 0)),
         )
 
+    def fits(self, min_region: int, files: set[str], pids: set[int]) -> str:
+        """Why this cut cannot serve a restore with threshold ``min_region`` of a snapshot
+        with image files ``files`` and processes ``pids`` (as its images name them); ""
+        when it can."""
+        if self.version != CUT_VERSION or self.min_region != min_region:
+            return (f"made by cut rules {self.version} for regions of {self.min_region} bytes, "
+                    f"not by rules {CUT_VERSION} for {min_region}")
+        wrong = next((s for s in self.inject if s.pages_file not in files or s.pid not in pids), None)
+        return f"a span names {wrong.pages_file} and pid {wrong.pid}, not of this snapshot" if wrong else ""
 
-def write_trimmed(images_dir: Path, images: list[PagesImage], min_region: int) -> tuple[TrimmedLayout, list[str]]:
-    """Write the trimmed pages images and page maps into ``images_dir/trimmed``;
-    returns the layout and the names written (relative to ``images_dir``)."""
-    cuts, regions = cut(images, {img.pid: read_vmas(images_dir / f"mm-{img.pid}.img") for img in images},
-                        min_region)
+
+@dataclass(frozen=True)
+class Trimmed:
+    """What ``write_trimmed`` wrote: the layout, the trimmed page maps' names, and each
+    trimmed pages file's runs (vaddr, length, offset in the trimmed file) with the
+    mappings of its process (for cutting it into the same chunks as the original)."""
+
+    layout: TrimmedLayout
+    pagemaps: list[str]
+    pages: dict[str, tuple[list[tuple[int, int, int]], list[Region]]]
+
+
+def write_trimmed(images_dir: Path, images: list[PagesImage], min_region: int) -> Trimmed:
+    """Write the trimmed pages images and page maps into ``images_dir/trimmed``. Names
+    in the result are relative to ``images_dir``."""
+    vmas = {img.pid: read_vmas(images_dir / f"mm-{img.pid}.img") for img in images}
+    cuts, regions = cut(images, vmas, min_region)
     out = images_dir / TRIMMED
     out.mkdir()
-    names = []
+    pagemaps, pages = [], {}
     for c in cuts:
+        runs, offset = [], 0
         src = os.open(images_dir / c.image.pages_file, os.O_RDONLY)
         try:
             with open(out / c.image.pages_file, "wb") as dst:
                 for span in c.keep:
-                    _copy(src, dst.fileno(), span.offset, span.length)
+                    _copy(src, dst, span.offset, span.length)
+                    runs.append((span.vaddr, span.length, offset))
+                    offset += span.length
         finally:
             os.close(src)
         pagemap = f"pagemap-{c.image.pid}.img"
         write_pagemap(out / pagemap, c.image.pages_id, [(s.vaddr, s.length) for s in c.keep])
-        names += [TRIMMED + c.image.pages_file, TRIMMED + pagemap]
-    return TrimmedLayout(min_region, regions, [s for c in cuts for s in c.inject]), names
+        pagemaps.append(TRIMMED + pagemap)
+        pages[TRIMMED + c.image.pages_file] = (runs, sorted((v.start, v.end) for v in vmas[c.image.pid]))
+    return Trimmed(TrimmedLayout(min_region, regions, [s for c in cuts for s in c.inject]), pagemaps, pages)
 
 
-def _copy(src: int, dst: int, offset: int, length: int) -> None:
-    """Append ``length`` bytes of ``src`` at ``offset`` to ``dst`` (in the kernel)."""
+def _copy(src: int, dst: BinaryIO, offset: int, length: int) -> None:
+    """Append ``length`` bytes of ``src`` at ``offset`` to ``dst``."""
     while length:
-        n = os.copy_file_range(src, dst, length, offset)
-        if n == 0:
+        data = os.pread(src, min(length, _COPY_PIECE), offset)
+        if not data:
             raise OSError(f"pages image ends before offset {offset + length}")
-        offset += n
-        length -= n
+        dst.write(data)
+        offset += len(data)
+        length -= len(data)

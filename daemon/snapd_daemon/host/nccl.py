@@ -38,6 +38,9 @@ _THREAD_PREFIXES = ("NCCL", "pt_nccl")
 _SHM = "/dev/shm/nccl-"
 _SOCKET = "@nccl-socket"
 _LIBRARY = "libnccl"
+_RAS_THREAD = "NCCL RAS"
+_RAS_FIX = ("NCCL's RAS thread keeps TCP connections to the other ranks after the communicators are gone: "
+            "start the ranks with NCCL_RAS_ENABLE=0")
 _TCP_ESTABLISHED = "01"
 
 
@@ -47,6 +50,8 @@ def evidence(pid: int, tcp_established: bool = False) -> str:
     try:
         for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
             name = _read(f"/proc/{pid}/task/{tid}/comm").strip()
+            if name == _RAS_THREAD:
+                return f"thread {tid} named {name!r}, {_RAS_FIX}"
             if name.startswith(_THREAD_PREFIXES):
                 return f"thread {tid} named {name!r}"
         paths = [fields[5] for fields in (line.split(maxsplit=5) for line in _read(f"/proc/{pid}/maps").splitlines())
@@ -93,8 +98,8 @@ def _ras_connection(pid: int, inodes: set[str]) -> str:
             fields = row.split()
             if len(fields) > 9 and fields[3] == _TCP_ESTABLISHED and fields[9] in inodes:
                 return (f"an established TCP connection, {_endpoint(fields[1])} -> {_endpoint(fields[2])}, in a "
-                        "process with libnccl loaded: NCCL's RAS thread keeps such connections to the other "
-                        "ranks after the communicators are gone; start the ranks with NCCL_RAS_ENABLE=0")
+                        f"process with libnccl loaded; if it is NCCL's: {_RAS_FIX}; any other: close it before "
+                        "the checkpoint, or dump it with --tcp-established")
     return ""
 
 

@@ -50,7 +50,11 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
     """
     began = time.monotonic()
     entries = {e.name: e for e in manifest.files}
-    stored = manifest.trimmed if manifest.trimmed and manifest.trimmed.min_region == min_region else None
+    stored = manifest.trimmed
+    unfit = stored.fits(min_region, set(entries), {manifest.image_pid(p) for p in manifest.pids}) if stored else ""
+    if stored and unfit:
+        log.info("restore.stored_cut_unused", reason=unfit)
+        stored = None
     router = Router()
     fds: list[int] = []
     try:

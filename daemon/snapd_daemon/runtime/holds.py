@@ -21,7 +21,10 @@ a rename, not fsynced: they describe live processes, which a reboot ends):
 A record is removed when the operation has thawed, killed or handed over its
 processes. At start, before serving, the daemon acts on every record a crash
 left (``recover``); a record whose CUDA thaw failed is kept so that the next
-start tries again; an unreadable record is logged and kept for an operator.
+start tries again; an unreadable record is logged and kept for an operator. A
+record of an earlier boot (another boot id, or empty: its bytes lost with the
+power) is removed without acting on it: its processes are gone and its pids
+may be anyone's.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class HoldRecord:
     helper: tuple[int, float] = (0, 0.0)
     # THAW: pids that were stopped before the operation touched them (left stopped)
     stopped: list[int] = field(default_factory=list)
+    # the kernel's boot id when written: after a reboot the processes it names are gone
+    boot: str = field(default_factory=lambda: boot_id())
 
 
 class HoldJournal:
@@ -80,11 +85,19 @@ class HoldJournal:
         """Undo what operations of a killed or crashed daemon left; must run before
         serving. Returns how many operations were recovered."""
         recovered = 0
+        booted = boot_id()
         for path in sorted(self.directory.glob("*.json")):
             try:
-                record = _parse(json.loads(path.read_text()))
+                text = path.read_text()
+                record = _parse(json.loads(text)) if text else None
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("recover.unreadable_record", path=str(path), error=str(exc))
+                continue
+            if record is None or record.boot != booted:
+                # written before a reboot (an empty one: its bytes were lost with the power):
+                # its processes are gone, its pids may be anyone's now
+                log.warning("recover.record_of_an_earlier_boot", operation=path.stem)
+                path.unlink()
                 continue
             if record.action == KILL:
                 killed = kill_restored(record)
@@ -110,7 +123,14 @@ def _parse(data: dict[str, object]) -> HoldRecord:
         since=float(data.get("since", 0.0)),  # type: ignore[arg-type]
         helper=(int(helper[0]), float(helper[1])),  # type: ignore[index]
         stopped=[int(p) for p in data.get("stopped") or []],  # type: ignore[attr-defined]
+        boot=str(data.get("boot", "")),
     )
+
+
+def boot_id() -> str:
+    """This boot's id (/proc/sys/kernel/random/boot_id)."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
 
 
 def _started(pid: int) -> float | None:

@@ -19,7 +19,9 @@ from snapd_daemon.host.processes import ProcessRecord
 from snapd_daemon.host.stdio import OutwardEnd
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, chunk_offsets
 
-FORMAT_VERSION = 1
+# 2: ``files`` may hold trimmed copies (``trimmed/...``, see ``trimmed``), which a
+# reader of version 1 would write out as if they were CRIU images
+FORMAT_VERSION = 2
 
 
 def new_snapshot_id() -> str:
