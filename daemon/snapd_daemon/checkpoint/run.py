@@ -42,7 +42,7 @@ from types import TracebackType
 import structlog
 
 from snapd_daemon import metrics
-from snapd_daemon.checkpoint.cutplan import cut_fixed, cut_runs, plan
+from snapd_daemon.checkpoint.cutplan import cut_fixed, plan
 from snapd_daemon.checkpoint.follower import DumpFollower
 from snapd_daemon.criu import actions
 from snapd_daemon.criu.images import ImageFormatError, PagesImage, pages_images
@@ -275,18 +275,18 @@ class CheckpointRun(OperationRun):
         return manifest
 
     def _trim(self, pages: list[PagesImage], min_region: int, final: dict[str, list[Piece]]) -> TrimmedLayout | None:
-        """The restore's cut, made now (criu/trim.py): its files join ``final``, the trimmed
-        pages cut as their originals are (so their chunks are the originals', stored once).
-        Best effort: the snapshot is whole without it, so a failure (staging full, say)
-        only leaves restores to cut for themselves."""
+        """The restore's cut, made now (criu/trim.py): its files join ``final``, cut at fixed
+        offsets (a restore then reads a trimmed pages file as a few 2 MiB chunks; cut as the
+        originals are, at every small mapping, their chunks would be shared with them but
+        thousands). Best effort: the snapshot is whole without it, so a failure (staging
+        full, say) only leaves restores to cut for themselves."""
         try:
             trimmed = write_trimmed(self.staging.images, pages, min_region)
         except (OSError, ImageFormatError) as exc:
             log.warning("checkpoint.cut_not_stored", error=str(exc))
             shutil.rmtree(self.staging.images / TRIMMED, ignore_errors=True)
             return None
-        final.update({name: cut_fixed((self.staging.images / name).stat().st_size) for name in trimmed.pagemaps})
-        final.update({name: cut_runs(runs, regions) for name, (runs, regions) in trimmed.pages.items()})
+        final.update({name: cut_fixed((self.staging.images / name).stat().st_size) for name in trimmed.names})
         self.raw = tree_size(self.staging.images)
         return trimmed.layout
 

@@ -179,13 +179,10 @@ class TrimmedLayout:
 
 @dataclass(frozen=True)
 class Trimmed:
-    """What ``write_trimmed`` wrote: the layout, the trimmed page maps' names, and each
-    trimmed pages file's runs (vaddr, length, offset in the trimmed file) with the
-    mappings of its process (for cutting it into the same chunks as the original)."""
+    """What ``write_trimmed`` wrote: the layout and the files' names."""
 
     layout: TrimmedLayout
-    pagemaps: list[str]
-    pages: dict[str, tuple[list[tuple[int, int, int]], list[Region]]]
+    names: list[str]
 
 
 def write_trimmed(images_dir: Path, images: list[PagesImage], min_region: int) -> Trimmed:
@@ -195,23 +192,19 @@ def write_trimmed(images_dir: Path, images: list[PagesImage], min_region: int) -
     cuts, regions = cut(images, vmas, min_region)
     out = images_dir / TRIMMED
     out.mkdir()
-    pagemaps, pages = [], {}
+    names = []
     for c in cuts:
-        runs, offset = [], 0
         src = os.open(images_dir / c.image.pages_file, os.O_RDONLY)
         try:
             with open(out / c.image.pages_file, "wb") as dst:
                 for span in c.keep:
                     _copy(src, dst, span.offset, span.length)
-                    runs.append((span.vaddr, span.length, offset))
-                    offset += span.length
         finally:
             os.close(src)
         pagemap = f"pagemap-{c.image.pid}.img"
         write_pagemap(out / pagemap, c.image.pages_id, [(s.vaddr, s.length) for s in c.keep])
-        pagemaps.append(TRIMMED + pagemap)
-        pages[TRIMMED + c.image.pages_file] = (runs, sorted((v.start, v.end) for v in vmas[c.image.pid]))
-    return Trimmed(TrimmedLayout(min_region, regions, [s for c in cuts for s in c.inject]), pagemaps, pages)
+        names += [TRIMMED + c.image.pages_file, TRIMMED + pagemap]
+    return Trimmed(TrimmedLayout(min_region, regions, [s for c in cuts for s in c.inject]), names)
 
 
 def _copy(src: int, dst: BinaryIO, offset: int, length: int) -> None:
