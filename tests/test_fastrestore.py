@@ -62,6 +62,7 @@ def test_every_kind_of_region_comes_back_with_the_cut_stored_or_made_anew(eager:
     assert snap.raw_bytes == sum(f["size_bytes"] for f in originals)  # the CRIU images' bytes
     kept = sum(f["size_bytes"] for f in trimmed if f["name"].startswith("trimmed/pages-"))
     assert 0 < kept < sum(f["size_bytes"] for f in originals if f["name"].startswith("pages-"))
+    assert prepared["criu_bytes"] == kept  # what CRIU got: the trimmed pages files, not the originals
     # a trimmed pages file is read as a few 2 MiB chunks, not one per small mapping
     assert all(len(f["chunks"]) == -(-f["size_bytes"] // (2 << 20)) for f in trimmed)
 

@@ -81,13 +81,14 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
 
 def _write_stored(delivery: Delivery, router: Router, entries: dict[str, ImageEntry], dest: Path, fds: list[int],
                   progress: Progress) -> int:
-    """Every image, the trimmed copies in place of the originals, in one pass; the bytes kept for CRIU."""
+    """Every image, the trimmed copies in place of the originals, in one pass; the bytes of
+    the pages files written for CRIU."""
     replaced = {name.removeprefix(TRIMMED) for name in entries if name.startswith(TRIMMED)}
     for name, entry in entries.items():
         if name not in replaced:
             _route_whole(router, entry, dest / name.removeprefix(TRIMMED), fds)
     delivery.run(router.take(), progress)
-    return sum(entries[TRIMMED + name].size_bytes for name in replaced if name.startswith("pages-"))
+    return sum((dest / name).stat().st_size for name in replaced if name.startswith("pages-"))
 
 
 def _write_cut(delivery: Delivery, router: Router, entries: dict[str, ImageEntry], manifest: Manifest, dest: Path,
