@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 from collections.abc import Callable
 
 
@@ -15,3 +16,10 @@ def write_report(path: str, text: str) -> None:
 
 def on_usr1(handler: Callable[[], None]) -> None:
     signal.signal(signal.SIGUSR1, lambda _sig, _frame: handler())
+
+
+def tell(path: str, line: str) -> None:
+    """Send ``line`` to the unix stream socket at ``path``; connected only meanwhile."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(f"{line}\n".encode())

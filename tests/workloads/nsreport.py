@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 
-from _report import write_report
+from _report import tell, write_report
 
 data = bytearray(random.Random(13).randbytes(96 << 20))  # incompressible: its chunks are the store's biggest
 digest = hashlib.blake2b(data, digest_size=8).hexdigest()
@@ -42,9 +42,7 @@ while True:
     if wanted:
         wanted = False
         asked += 1
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(sys.argv[1])
-            s.sendall(f"{digest} {asked} {os.getpid()}\n".encode())
+        tell(sys.argv[1], f"{digest} {asked} {os.getpid()}")
     ready = select.select([srv] if srv else [], [], [], 0.05)[0]
     if ready:
         conn, _ = srv.accept()

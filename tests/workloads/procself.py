@@ -10,11 +10,10 @@ report holds: pid, times asked, /proc/<pid>/status's Pid, NSpid and Name, /proc/
 import ctypes
 import json
 import os
-import socket
 import sys
 import time
 
-from _report import on_usr1, write_report
+from _report import on_usr1, tell, write_report
 
 PR_SET_NAME = 15
 ctypes.CDLL(None).prctl(PR_SET_NAME, b"procself", 0, 0, 0)
@@ -49,8 +48,6 @@ while True:
     if wanted:
         wanted = False
         asked += 1
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(sys.argv[1])
-            s.sendall(f"{report()}\n".encode())
+        tell(sys.argv[1], report())
         print(f"asked {asked}", flush=True)
     time.sleep(0.05)
