@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import signal
 from collections.abc import Iterator
@@ -227,3 +229,59 @@ def test_damaged_ram_copy_falls_back_to_disk(eager: Daemon, workloads: Workloads
         assert ask(pid, report)[1] == digest
         c.delete(snap.id)
     assert not [p for p in (hot / "chunks").rglob("*") if p.is_file()]
+
+
+def _resident(path: Path, first: int, pages: int) -> bool:
+    """Whether pages ``first`` .. ``first + pages`` of ``path`` are in the page cache (mincore)."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE) as m:
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        vec = (ctypes.c_ubyte * pages)()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        if libc.mincore(ctypes.c_void_p(base + first * mmap.PAGESIZE), pages * mmap.PAGESIZE, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return all(v & 1 for v in vec)
+
+
+def _evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_file_pages_the_tree_had_mapped_in_are_read_ahead_at_restore_and_prefetch(
+        eager: Daemon, workloads: Workloads, tmp_path: Path) -> None:
+    """The checkpoint records which pages of its files the tree had mapped in (copied-on-write
+    ones first); a restore reads them ahead, a prefetch reads them in; untouched pages never."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(16 << 20))
+    page = mmap.PAGESIZE
+    pid, _report = workloads.start("mapfile.py", str(data))
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        manifest = json.loads((eager.state_dir / "manifests" / f"{snap.id}.json").read_text())
+        mine = [(o, n) for p, o, n in manifest["file_pages"] if p == str(data)]
+        assert mine[0] == (4 << 20, 16 * page)  # the copied-on-write pages, first
+        assert any(o == 0 and n >= 64 * page for o, n in mine[1:])  # then those it read (and their folios)
+        assert not any(o < (8 << 20) + 16 * page and o + n > 8 << 20 for o, n in mine)
+        assert any(".so" in p or "python" in p for p, _, _ in manifest["file_pages"])  # its libraries
+
+        _evict(data)
+        assert not _resident(data, 0, 64)
+        c.restore(snap.id)
+        # the restored process idles: only the read-ahead can bring its read pages back
+        wait_for(lambda: _resident(data, 0, 64), 10, "the pages it had read to be read ahead")
+        assert not _resident(data, 2048, 16)  # never mapped in, never read
+        warmed = _log_events(eager, "filepages.warmed")[-1]
+        assert warmed["bytes"] >= 80 * page and warmed["op"]
+        workloads.kill_all()
+        wait_for(lambda: gone(pid), 10, "the restored process to end")
+
+        _evict(data)
+        done = c.prefetch(snap.id)
+        assert done.file_bytes >= 80 * page
+        assert _resident(data, 0, 64) and _resident(data, 1024, 16)

@@ -175,6 +175,9 @@ def _pin(ctx: click.Context, snapshot: str, pinned: bool) -> None:
 def prefetch(ctx: click.Context, snapshot: str, drop: bool) -> None:
     """Hold SNAPSHOT's chunks decompressed in RAM so its restores skip disk and decompression.
 
+    The pages of its tree's files that a restore reads (libraries' code and data)
+    are read into the page cache too.
+
     \b
     Examples:
       snapd prefetch llama-8b
@@ -186,7 +189,8 @@ def prefetch(ctx: click.Context, snapshot: str, drop: bool) -> None:
             r = client.prefetch(snapshot, drop)
         verb = "dropped" if drop else "prefetched"
         c.emit(r, lambda: click.echo(f"{verb} {r.snapshot_id}: {human_bytes(r.bytes)} in {r.seconds:.2f} s; "
-                                     f"hot tier holds {human_bytes(r.hot_bytes)}"))
+                                     f"hot tier holds {human_bytes(r.hot_bytes)}"
+                                     + ("" if drop else f"; {human_bytes(r.file_bytes)} of its files read in")))
 
     run(ctx, action)
 

@@ -27,6 +27,7 @@ from snapd_daemon.api import convert, requests
 from snapd_daemon.api.status import abort, bounded, internal
 from snapd_daemon.checkpoint import checkpoint
 from snapd_daemon.errors import SnapdError
+from snapd_daemon.host import filepages
 from snapd_daemon.restore import restore
 from snapd_daemon.runtime import Runtime, doctor
 from snapd_daemon.runtime.cancel import CancelToken
@@ -227,13 +228,16 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def Prefetch(self, request: pb.PrefetchRequest, context: grpc.ServicerContext) -> pb.PrefetchResponse:
         started = time.monotonic()
         with self._claimed("prefetch", request.snapshot) as (op_id, manifest):
+            files = 0
             if request.drop:
                 moved = self.rt.catalog.drop_prefetch(manifest)
             else:
                 moved = self.rt.catalog.prefetch(manifest, lambda _done: None)
-        log.info("snapshot.prefetch", op=op_id, snapshot=manifest.id, drop=request.drop, bytes=moved)
+                files = filepages.read_in(manifest.file_pages, self.rt.settings.io_threads)
+        log.info("snapshot.prefetch", op=op_id, snapshot=manifest.id, drop=request.drop, bytes=moved,
+                 file_bytes=files)
         return pb.PrefetchResponse(snapshot_id=manifest.id, bytes=moved, hot_bytes=self.rt.store.hot_bytes(),
-                                   seconds=time.monotonic() - started)
+                                   seconds=time.monotonic() - started, file_bytes=files)
 
     @_unary
     def CollectGarbage(

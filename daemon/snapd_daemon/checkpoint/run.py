@@ -6,7 +6,9 @@ A ``CheckpointRun`` goes through its phases in order, one method each:
      tree still holding live NCCL state is refused (host/nccl.py);
   2. ``hold``: write the hold record (runtime/holds.py), open the staging
      directory and the store's ingest;
-  3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process;
+  3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process; meanwhile a
+     thread records the file pages the tree has mapped in (host/filepages.py),
+     which restores read ahead;
   4. ``dump``: CRIU dumps into staging, always leaving the tree running, while
      the dump follower already stores settled chunks; at CRIU's post-dump point
      (tree still frozen) the tree is re-read and, unless it is to keep running,
@@ -28,6 +30,7 @@ the same undo stack rolls everything back. A cancel after that is refused.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import platform
 import shutil
@@ -49,7 +52,7 @@ from snapd_daemon.criu.images import ImageFormatError, PagesImage, pages_images
 from snapd_daemon.criu.notify import Notify
 from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout, write_trimmed
 from snapd_daemon.errors import CriuFailed, CudaFailed
-from snapd_daemon.host import cgroups, gpu, nccl
+from snapd_daemon.host import cgroups, filepages, gpu, nccl
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.namespaces import listening_ports, same_namespace
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
@@ -146,6 +149,8 @@ class CheckpointRun(OperationRun):
         self.raw = 0
         self.keep_record = False
         self._dumped = threading.Event()
+        self.file_pages: list[filepages.FileRange] = []
+        self._file_scan: threading.Thread | None = None
 
     @property
     def cuda_pids(self) -> tuple[int, ...]:
@@ -206,6 +211,10 @@ class CheckpointRun(OperationRun):
             self.staging.images, self._stored, keep_hot=spec.keep_hot, hot_ram_needed=ram_taken + self.needed))
 
     def freeze_gpu(self, undo: ExitStack) -> None:
+        if self.rt.settings.warm_file_bytes:  # meanwhile: the driver's copy takes seconds, CRIU's dump more
+            self._file_scan = threading.Thread(target=contextvars.copy_context().run, args=(self._scan_file_pages,),
+                                               name="file-pages", daemon=True)
+            self._file_scan.start()
         undo.push(self._thaw_gpu)
         undo.callback(self.hold_point.release)
         if self.gpu_record:
@@ -258,6 +267,9 @@ class CheckpointRun(OperationRun):
         manifest.own_netns = not same_namespace("net", spec.pid, rt.daemon_pid)
         manifest.ns_ports = listening_ports(spec.pid) if manifest.own_netns else []
         manifest.own_mntns = self.hold_point.tree.own_mntns
+        if self._file_scan is not None:
+            self._file_scan.join()
+            manifest.file_pages = self.file_pages
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
         with metrics.phase("checkpoint", "commit"):
             pages = pages_images(self.staging.images)
@@ -289,6 +301,17 @@ class CheckpointRun(OperationRun):
         final.update({name: cut_fixed((self.staging.images / name).stat().st_size) for name in trimmed.names})
         self.raw = tree_size(self.staging.images)
         return trimmed.layout
+
+    def _scan_file_pages(self) -> None:
+        """The file pages restores will read ahead (host/filepages.py). Best effort, like the cut."""
+        began = time.monotonic()
+        try:
+            self.file_pages = filepages.scan(self.tree.pids, self.rt.settings.warm_file_bytes)
+        except OSError as exc:
+            log.warning("checkpoint.file_pages_not_recorded", error=str(exc))
+            return
+        log.info("checkpoint.file_pages", ranges=len(self.file_pages), bytes=sum(n for _, _, n in self.file_pages),
+                 seconds=round(time.monotonic() - began, 3))
 
     def finish(self, manifest: Manifest) -> None:
         """The snapshot is durable: kill a stopped tree, drop staging and the hold record."""

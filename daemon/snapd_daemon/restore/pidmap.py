@@ -41,5 +41,5 @@ def retarget(routes: list[Route], manifest: Manifest, hosts: dict[int, int]) -> 
     if not manifest.replicable:
         return routes
     by_image = {manifest.image_pid(pid): host for pid, host in hosts.items()}
-    return [dataclasses.replace(r, targets=[dataclasses.replace(t, pid=by_image[t.pid]) if t.pid else t
+    return [dataclasses.replace(r, targets=[t._replace(pid=by_image[t.pid]) if t.pid else t
                                             for t in r.targets]) for r in routes]

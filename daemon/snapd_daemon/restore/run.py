@@ -14,7 +14,8 @@ A ``RestoreRun`` goes through its phases in order, one method each:
   2. ``journal``: write the restore's hold record (runtime/holds.py, KILL) before
      anything is created, so that a daemon killed from here on is followed, at
      its next start, by killing whatever this restore created;
-  3. ``prepare``: write the snapshot's images, verified, into a staging
+  3. ``prepare``: start reading ahead the file pages the tree had mapped in
+     (host/filepages.py); write the snapshot's images, verified, into a staging
      directory (RAM when it has room) with the large regions cut out (images.py);
      a snapshot only the remote tier holds is pulled meanwhile, its chunks
      read as they arrive (remote/ondemand.py), and published as a local
@@ -60,7 +61,7 @@ from snapd_daemon.errors import (
     SnapshotNotFound,
     StoreFull,
 )
-from snapd_daemon.host import gpu, portfwd, stdio
+from snapd_daemon.host import filepages, gpu, portfwd, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.remote.ondemand import OnDemand
@@ -206,6 +207,7 @@ class RestoreRun(OperationRun):
 
     def prepare(self) -> images.FastRestore:
         m, settings = self.manifest, self.rt.settings
+        filepages.warm(m.file_pages)  # CRIU and the resumed tree read these: from the disk only once
         try:
             with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
                 plan = images.prepare(

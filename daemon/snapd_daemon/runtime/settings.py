@@ -46,6 +46,9 @@ class Settings:
     # cost more there); FIELD-NOTES saw THP speed up injection and the driver's
     # host->GPU copy on the GPU host, where it is still to be measured.
     inject_huge_pages: bool = False
+    # At most this many bytes of the file pages a tree had mapped in are recorded at
+    # checkpoint and read ahead at restore (host/filepages.py); 0 turns that off.
+    warm_file_bytes: int = 1 << 30
     # Where restored trees' outward stdout/stderr pipes are redirected (None: <state_dir>/logs).
     restore_log_dir: Path | None = None
     # Threads that hash, compress and write chunks (and read them back on restore).

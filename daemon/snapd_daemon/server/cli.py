@@ -61,6 +61,9 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Restore private anonymous regions of at least this size by parallel memory writes (0: off).")
 @click.option("--inject-huge-pages/--no-inject-huge-pages", default=False, show_default=True,
               help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
+@click.option("--warm-files-mb", type=click.IntRange(0), default=1024, show_default=True,
+              help="Record up to this much of the file pages (libraries) a tree had mapped in at checkpoint, and read "
+              "them ahead at restore and prefetch (0: off).")
 @click.option("--restore-log-dir", type=click.Path(path_type=Path), default=None,
               help="Where restored trees' stdout/stderr pipes go when their reader is gone [default: STATE_DIR/logs].")
 @click.option("--remote-endpoint", default="", metavar="URL",

@@ -77,6 +77,9 @@ class Manifest:
     # the fast restore's cut, made at checkpoint (criu/trim.py); its trimmed images are
     # the ``files`` named "trimmed/..." (None: made by an older snapd, or injection off)
     trimmed: TrimmedLayout | None = None
+    # (path, offset, length) of the file pages the tree had mapped in, most needed first:
+    # what a restore reads ahead (host/filepages.py; empty: none recorded)
+    file_pages: list[tuple[str, int, int]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -128,6 +131,7 @@ class Manifest:
             data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
         data["ns_pids"] = {int(k): int(v) for k, v in (data.get("ns_pids") or {}).items()}
         data["outward_stdio"] = [_known(OutwardEnd, e) for e in data.get("outward_stdio", [])]
+        data["file_pages"] = [(str(p), int(o), int(n)) for p, o, n in data.get("file_pages", [])]
         if data.get("trimmed"):
             data["trimmed"] = TrimmedLayout.from_dict(data["trimmed"])
         return _known(cls, data)

@@ -390,16 +390,18 @@ class PrefetchRequest(_message.Message):
     def __init__(self, snapshot: _Optional[str] = ..., drop: _Optional[bool] = ...) -> None: ...
 
 class PrefetchResponse(_message.Message):
-    __slots__ = ("snapshot_id", "bytes", "hot_bytes", "seconds")
+    __slots__ = ("snapshot_id", "bytes", "hot_bytes", "seconds", "file_bytes")
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
     snapshot_id: str
     bytes: int
     hot_bytes: int
     seconds: float
-    def __init__(self, snapshot_id: _Optional[str] = ..., bytes: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    file_bytes: int
+    def __init__(self, snapshot_id: _Optional[str] = ..., bytes: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., file_bytes: _Optional[int] = ...) -> None: ...
 
 class CollectGarbageRequest(_message.Message):
     __slots__ = ("keep_last", "dry_run", "remote")
