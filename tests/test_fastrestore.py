@@ -16,6 +16,7 @@ import pytest
 from harness import Daemon, Workloads, ask, gone, wait_for
 from snapd_client import SnapdClientError
 from snapd_daemon.criu.trim import Span, split_runs
+from snapd_daemon.host import filepages
 from snapd_daemon.runtime import Settings
 
 
@@ -285,3 +286,16 @@ def test_file_pages_the_tree_had_mapped_in_are_read_ahead_at_restore_and_prefetc
         done = c.prefetch(snap.id)
         assert done.file_bytes >= 80 * page
         assert _resident(data, 0, 64) and _resident(data, 1024, 16)
+
+
+def test_recorded_paths_that_are_no_longer_regular_files_are_never_opened(tmp_path: Path) -> None:
+    """A FIFO (whose open would block) and a missing file at recorded paths are skipped."""
+    regular, fifo = tmp_path / "lib.so", tmp_path / "fifo"
+    regular.write_bytes(b"x" * (64 << 10))
+    os.mkfifo(fifo)
+    ranges = [(str(fifo), 0, 4096), (str(tmp_path / "gone.so"), 0, 4096), (str(regular), 4096, 8192)]
+    assert filepages.read_in(ranges, 2) == 8192
+    warming = filepages.warm(ranges)
+    assert warming is not None
+    warming.join(10)
+    assert not warming.is_alive()

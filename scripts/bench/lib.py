@@ -107,6 +107,33 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def mem_free() -> int:
+    """MemFree of /proc/meminfo in bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemFree:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def touch_memory(nbytes: int, threads: int = 8) -> None:
+    """Write once to ``nbytes`` of fresh anonymous memory (``threads`` slices at once, the GIL
+    released in memset), then free it. On a virtual machine whose memory the hypervisor
+    backs at first touch (the GPU test host is a Firecracker guest), whichever flow runs
+    first would otherwise pay for backing the memory it takes; after this, all run on
+    memory that is already backed."""
+    import mmap
+    from concurrent.futures import ThreadPoolExecutor
+
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    step = -(-nbytes // threads) // mmap.PAGESIZE * mmap.PAGESIZE
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda start: ctypes.memset(base + start, 1, min(step, nbytes - start)),
+                      range(0, nbytes, step)))
+    region.close()
+
+
 def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
     """Bytes per second at which ``threads`` threads fill ``total`` bytes of fresh private
     anonymous memory in a new process with process_vm_writev, ``piece`` bytes a call,

@@ -131,15 +131,21 @@ def _by_file(ranges: Iterable[FileRange]) -> dict[str, list[tuple[int, int]]]:
 
 
 def _open_regular(path: str) -> int:
-    """A read-only fd of ``path`` if it is a regular file, else -1 (never blocks on a FIFO)."""
+    """A read-only fd of ``path`` if it is a regular file, else -1. The file is looked at
+    through an O_PATH descriptor before it is opened, and opened through that very
+    descriptor: a device node or FIFO put at a recorded path is never opened."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError:
         return -1
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    os.close(fd)
-    return -1
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return -1
+        return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    finally:
+        os.close(handle)
 
 
 def _advise(ranges: list[FileRange]) -> None:
