@@ -3,6 +3,7 @@ real S3 server, from harness.py and s3server.py (which the benchmarks share)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,11 @@ from s3server import S3Server
 from snapd_client import SnapdClient
 
 REFERENCE_SERVER = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "reference_server.py"
+
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
+# would every CLI it starts (the Ctrl-C tests send them SIGINT): give its processes the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,6 +7,7 @@ import json
 import mmap
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from snapd_client import SnapdClientError
 from snapd_daemon.criu.trim import Span, split_runs
 from snapd_daemon.host import filepages
 from snapd_daemon.runtime import Settings
+from snapd_daemon.snapshots.manifest import Manifest
 
 
 @pytest.fixture
@@ -200,6 +202,26 @@ def test_prefetched_snapshot_restores_from_ram(eager: Daemon, workloads: Workloa
         assert info.value.error_class == "ChunkCorrupt"
 
 
+def test_weights_are_stored_as_byte_planes_and_restore_from_disk_and_ram(eager: Daemon, workloads: Workloads) -> None:
+    """bf16 memory is stored as byte planes (smaller than one zstd frame per chunk) and comes
+    back byte for byte, decoded from the disk and from the RAM tier."""
+    pid, report = workloads.start("weights.py", "48")
+    digest = report.read_text().split()[1]
+    with eager.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        codecs = [chunk.read_bytes()[4] for chunk in (eager.state_dir / "chunks").rglob("*") if chunk.is_file()]
+        assert codecs.count(2) >= 20  # 48 MiB of weights: 24 chunks of 2 MiB
+        assert snap.stored_bytes < 0.8 * snap.raw_bytes
+        c.restore(snap.id)
+        assert ask(pid, report)[1] == digest
+        workloads.kill_all()
+        wait_for(lambda: gone(pid), 10, "the restored process to end")
+        c.prefetch(snap.id)
+        c.restore(snap.id)
+        assert ask(pid, report)[1] == digest
+
+
 def test_checkpoint_can_keep_the_snapshot_hot(eager: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "32")
     digest = report.read_text().split()[1]
@@ -265,11 +287,13 @@ def test_file_pages_the_tree_had_mapped_in_are_read_ahead_at_restore_and_prefetc
         snap = c.checkpoint(pid)
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
         manifest = json.loads((eager.state_dir / "manifests" / f"{snap.id}.json").read_text())
-        mine = [(o, n) for p, o, n in manifest["file_pages"] if p == str(data)]
-        assert mine[0] == (4 << 20, 16 * page)  # the copied-on-write pages, first
-        assert any(o == 0 and n >= 64 * page for o, n in mine[1:])  # then those it read (and their folios)
-        assert not any(o < (8 << 20) + 16 * page and o + n > 8 << 20 for o, n in mine)
-        assert any(".so" in p or "python" in p for p, _, _ in manifest["file_pages"])  # its libraries
+        mine = [f for f in manifest["file_pages"] if f["path"] == str(data)]
+        assert mine[0]["ranges"] == [[4 << 20, 16 * page]]  # the copied-on-write pages, first
+        read = [r for f in mine[1:] for r in f["ranges"]]
+        assert any(o == 0 and n >= 64 * page for o, n in read)  # then those it read (and their folios)
+        assert not any(o < (4 << 20) + 16 * page and o + n > 4 << 20 for o, n in read)  # each range once
+        assert not any(o < (8 << 20) + 16 * page and o + n > 8 << 20 for f in mine for o, n in f["ranges"])
+        assert any(".so" in f["path"] or "python" in f["path"] for f in manifest["file_pages"])  # its libraries
 
         _evict(data)
         assert not _resident(data, 0, 64)
@@ -277,8 +301,8 @@ def test_file_pages_the_tree_had_mapped_in_are_read_ahead_at_restore_and_prefetc
         # the restored process idles: only the read-ahead can bring its read pages back
         wait_for(lambda: _resident(data, 0, 64), 10, "the pages it had read to be read ahead")
         assert not _resident(data, 2048, 16)  # never mapped in, never read
-        warmed = _log_events(eager, "filepages.warmed")[-1]
-        assert warmed["bytes"] >= 80 * page and warmed["op"]
+        wait_for(lambda: _log_events(eager, "filepages.warmed"), 10, "the read-ahead to end")
+        assert _log_events(eager, "filepages.warmed")[-1]["op"]
         workloads.kill_all()
         wait_for(lambda: gone(pid), 10, "the restored process to end")
 
@@ -288,14 +312,71 @@ def test_file_pages_the_tree_had_mapped_in_are_read_ahead_at_restore_and_prefetc
         assert _resident(data, 0, 64) and _resident(data, 1024, 16)
 
 
-def test_recorded_paths_that_are_no_longer_regular_files_are_never_opened(tmp_path: Path) -> None:
-    """A FIFO (whose open would block) and a missing file at recorded paths are skipped."""
-    regular, fifo = tmp_path / "lib.so", tmp_path / "fifo"
+def test_file_pages_of_a_process_at_a_file_offset_and_the_limit(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges are file offsets (a mapping that starts 16 pages into its file), found across
+    pagemap reads of 3 entries, each once, copied-on-write first; limits cut them."""
+    page = mmap.PAGESIZE
+    data = tmp_path / "offset.bin"
+    data.write_bytes(os.urandom(64 * page))
+    _evict(data)
+    monkeypatch.setattr(filepages, "_BATCH", 3)
+    with open(data, "rb") as f, mmap.mmap(f.fileno(), 32 * page, flags=mmap.MAP_PRIVATE,
+                                          prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=16 * page) as m:
+        m.madvise(mmap.MADV_RANDOM)  # no read-around: the pages touched are the pages mapped
+        assert sum(m[i * page] for i in (0, 1, 2, 5, 30)) >= 0
+        m[10 * page] = 1
+        mine = [f for f in filepages.scan([os.getpid()], 1 << 30) if f.path == str(data)]
+        # read pages 16-18 and 21 as one range (closer than MERGE_GAP), 46 apart; 26 copied
+        assert [f.ranges for f in mine] == [((26 * page, page),), ((16 * page, 6 * page), (46 * page, page))]
+        assert mine[0].id == filepages.FileId.of(data.stat())
+        assert sum(f.size for f in filepages.scan([os.getpid()], 3 * page + 5)) == 3 * page + 5
+    # a snapshot recorded with a higher limit is read no further than the daemon's
+    cut = list(filepages.capped(mine, 3 * page))
+    assert [f.ranges for f in cut] == [((26 * page, page),), ((16 * page, 2 * page),)]
+
+
+def test_recorded_paths_that_are_no_longer_the_recorded_files_are_never_opened(tmp_path: Path) -> None:
+    """A FIFO (whose open would block), a symbolic link, a file replaced since, a missing
+    one: skipped. Reads stop at the end of the file."""
+    regular, fifo, link, replaced = (tmp_path / n for n in ("lib.so", "fifo", "link.so", "replaced.so"))
     regular.write_bytes(b"x" * (64 << 10))
+    replaced.write_bytes(b"y" * (64 << 10))
     os.mkfifo(fifo)
-    ranges = [(str(fifo), 0, 4096), (str(tmp_path / "gone.so"), 0, 4096), (str(regular), 4096, 8192)]
-    assert filepages.read_in(ranges, 2) == 8192
-    warming = filepages.warm(ranges)
+    link.symlink_to(regular)
+    old = replaced.stat()
+    replaced.unlink()
+    replaced.write_bytes(b"z" * (64 << 10))
+
+    def recorded(path: Path, st: os.stat_result, ranges: tuple[tuple[int, int], ...]) -> filepages.FilePages:
+        return filepages.FilePages(str(path), filepages.FileId.of(st), ranges)
+
+    files = [recorded(fifo, fifo.stat(), ((0, 4096),)), recorded(link, regular.stat(), ((0, 4096),)),
+             recorded(replaced, old, ((0, 4096),)), recorded(tmp_path / "gone.so", old, ((0, 4096),)),
+             recorded(regular, regular.stat(), ((4096, 8192), (60 << 10, 1 << 20)))]
+    done: list[int] = []
+    reader = threading.Thread(target=lambda: done.append(filepages.read_in(files, 1 << 30, 2, 30)), daemon=True)
+    reader.start()
+    reader.join(20)
+    assert done == [8192 + (4 << 10)]
+    warming = filepages.warm(files, 1 << 30)
     assert warming is not None
-    warming.join(10)
+    warming.join(20)
     assert not warming.is_alive()
+    assert filepages.warm(files, 0) is None
+
+
+def test_file_pages_in_a_manifest_round_trip_and_bad_entries_are_dropped() -> None:
+    good = filepages.FilePages("/usr/lib/libx.so", filepages.FileId(2049, 77, 1 << 20, 10**18), ((0, 4096), (8192, 4096)))
+    manifest = Manifest(id="s", name="", labels={}, created=0.0, root_pid=1, processes=[], criu_version="",
+                        kernel="", hostname="", shell_job=False, leave_running=False, file_pages=[good])
+    assert Manifest.from_json(manifest.to_json()).file_pages == [good]
+    data = json.loads(manifest.to_json())
+    ident = {"device": 1, "inode": 2, "size": 3, "mtime_ns": 4}
+    for value in (None, "x", [{"path": "relative", "id": ident, "ranges": []}], [{"path": "/a"}],
+                  [{"path": "/a\0b", "id": ident, "ranges": []}], [{"path": "/a", "id": {"inode": 2}, "ranges": []}],
+                  [{"path": "/a", "id": ident, "ranges": [[-1, 5]]}]):
+        data["file_pages"] = value
+        assert Manifest.from_json(json.dumps(data)).file_pages == []
+    del data["file_pages"]
+    assert Manifest.from_json(json.dumps(data)).file_pages == []

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import numpy
 import pytest
 
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, snapd, wait_for
@@ -42,18 +43,37 @@ def test_cuts_follow_the_mapping_not_the_absolute_address() -> None:
     assert cut_fixed(GRID + 10) == [Piece(0, GRID), Piece(GRID, 10)]
 
 
+HEADER_SIZE = codec.HEADER.size
+
+
+def _bf16(count: int) -> bytes:
+    """``count`` bf16 numbers drawn like model weights."""
+    normal = numpy.random.default_rng(3).standard_normal(count, dtype=numpy.float32) * 0.02
+    return (normal.view(numpy.uint32) >> 16).astype(numpy.uint16).tobytes()
+
+
 def test_chunk_files_verify_their_content() -> None:
-    for raw in (bytes(1 << 20), b"snapd" * 1000, bytes(range(256)) * 4096):
+    weights = _bf16(1 << 20)
+    for raw in (bytes(1 << 20), b"snapd" * 1000, bytes(range(256)) * 4096, weights, weights[:-1]):
         cid = codec.chunk_id(raw)
         header, payload = codec.encode(raw)
+        assert len(payload) <= len(raw)
         blob = header + bytes(payload)
         assert codec.decode(blob, cid) == raw
-        flipped = bytearray(blob)
-        flipped[-1] ^= 1
+        assert codec.decode(bytearray(blob), cid, ReadBuffers()) == raw
+        for at in (HEADER_SIZE, len(blob) // 2, -1):  # the frame's start, its middle, the last raw byte
+            flipped = bytearray(blob)
+            flipped[at] ^= 1
+            with pytest.raises(codec.ChunkDecodeError):
+                codec.decode(bytes(flipped), cid)
         with pytest.raises(codec.ChunkDecodeError):
-            codec.decode(bytes(flipped), cid)
+            codec.decode(blob[:-4096], cid, ReadBuffers())
     assert codec.encode(b"x" * 4096)[0][4] == codec.CODEC_ZSTD
     assert codec.encode(os.urandom(1 << 20))[0][4] == codec.CODEC_RAW
+    # weights: high bytes through zstd, low bytes as they are; smaller than one zstd frame
+    header, payload = codec.encode(weights)
+    assert header[4] == codec.CODEC_PLANES and len(payload) < 0.72 * len(weights)
+    assert codec.encode(weights[:-1])[0][4] == codec.CODEC_ZSTD  # odd length: never planes
 
 
 def test_two_imports_staging_the_same_chunk_keep_their_own_copies(tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ def prefetch(ctx: click.Context, snapshot: str, drop: bool) -> None:
         verb = "dropped" if drop else "prefetched"
         c.emit(r, lambda: click.echo(f"{verb} {r.snapshot_id}: {human_bytes(r.bytes)} in {r.seconds:.2f} s; "
                                      f"hot tier holds {human_bytes(r.hot_bytes)}"
-                                     + ("" if drop else f"; {human_bytes(r.file_bytes)} of its files read in")))
+                                     + (f"; {human_bytes(r.file_bytes)} of its files read in" if r.file_bytes else "")))
 
     run(ctx, action)
 

@@ -6,7 +6,7 @@ driver API by hand), printed as a table with ratios.
     sudo python3 scripts/bench/gpu.py [--preset 8b] [--kv-cache-fraction 0] [--compile] [--json OUT]
 
 Steps, in this order, on one server process (its pid survives every restore):
-  0. with --touch-memory, all free memory but 8 GiB is written once and freed (on a VM
+  0. with --touch-memory, all available memory but 8 GiB is written once and freed (on a VM
      that backs guest memory at first touch, the first flow measured pays for that);
   1. weights generated (untimed for the cold start), then a cold start (eager; with
      --compile also a torch.compile cold start) to ready, weights in page cache;
@@ -55,7 +55,6 @@ from lib import (
     image_bytes,
     inject_ceiling,
     locate_criu,
-    mem_free,
     reap_pid,
     run_criu,
     touch_memory,
@@ -64,6 +63,7 @@ from lib import (
 from snapd_client import SnapdClient
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.gpu import inventory
+from snapd_daemon.util.meminfo import mem_available
 
 SERVER = REPO / "scripts" / "bench" / "reference_server.py"
 PROMPT = [128000, 791, 3938, 315, 17332, 374, 220, 17, 13]
@@ -211,7 +211,7 @@ def main() -> int:
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
                         help="profile the daemon with py-spy during the hot and RAM restores into DIR")
     parser.add_argument("--touch-memory", action="store_true",
-                        help="write all free memory but 8 GiB once before anything runs (VM hosts)")
+                        help="write all available memory but 8 GiB once before anything runs (VM hosts)")
     parser.add_argument("--criu", default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--daemon-log", type=Path, help="copy the daemon's log (JSON lines) here at the end")
@@ -238,7 +238,7 @@ def main() -> int:
         record("gpu", [d.name for d in inventory()[1]])
         if args.touch_memory:
             t = time.monotonic()
-            touched = max(0, mem_free() - (8 << 30))
+            touched = max(0, mem_available() - (8 << 30))
             touch_memory(touched)
             record("memory_touched", {"gb": round(touched / GB, 1), "seconds": round(time.monotonic() - t, 1)})
         t = time.monotonic()

@@ -107,15 +107,6 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def mem_free() -> int:
-    """MemFree of /proc/meminfo in bytes."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemFree:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def touch_memory(nbytes: int, threads: int = 8) -> None:
     """Write once to ``nbytes`` of fresh anonymous memory (``threads`` slices at once, the GIL
     released in memset), then free it. On a virtual machine whose memory the hypervisor
@@ -125,6 +116,8 @@ def touch_memory(nbytes: int, threads: int = 8) -> None:
     import mmap
     from concurrent.futures import ThreadPoolExecutor
 
+    if nbytes < threads * mmap.PAGESIZE:
+        return
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     base = ctypes.addressof(ctypes.c_char.from_buffer(region))
     step = -(-nbytes // threads) // mmap.PAGESIZE * mmap.PAGESIZE

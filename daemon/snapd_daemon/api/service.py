@@ -42,6 +42,8 @@ _STREAM_PIECE = 1 << 20
 T = TypeVar("T")
 _DONE = object()
 _DEADLINE_SLACK = 1.0  # seconds
+# how long a prefetch reads a snapshot's file pages at most (a hung network file is left behind)
+_FILE_READ_SECONDS = 60.0
 
 
 R = TypeVar("R")
@@ -228,12 +230,12 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def Prefetch(self, request: pb.PrefetchRequest, context: grpc.ServicerContext) -> pb.PrefetchResponse:
         started = time.monotonic()
         with self._claimed("prefetch", request.snapshot) as (op_id, manifest):
-            files = 0
             if request.drop:
                 moved = self.rt.catalog.drop_prefetch(manifest)
             else:
                 moved = self.rt.catalog.prefetch(manifest, lambda _done: None)
-                files = filepages.read_in(manifest.file_pages, self.rt.settings.io_threads)
+        files = 0 if request.drop else filepages.read_in(  # unclaimed: restores of it may start meanwhile
+            manifest.file_pages, self.rt.settings.warm_file_bytes, self.rt.settings.io_threads, _FILE_READ_SECONDS)
         log.info("snapshot.prefetch", op=op_id, snapshot=manifest.id, drop=request.drop, bytes=moved,
                  file_bytes=files)
         return pb.PrefetchResponse(snapshot_id=manifest.id, bytes=moved, hot_bytes=self.rt.store.hot_bytes(),

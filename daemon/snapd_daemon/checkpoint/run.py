@@ -6,15 +6,15 @@ A ``CheckpointRun`` goes through its phases in order, one method each:
      tree still holding live NCCL state is refused (host/nccl.py);
   2. ``hold``: write the hold record (runtime/holds.py), open the staging
      directory and the store's ingest;
-  3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process; meanwhile a
-     thread records the file pages the tree has mapped in (host/filepages.py),
-     which restores read ahead;
+  3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process;
   4. ``dump``: CRIU dumps into staging, always leaving the tree running, while
      the dump follower already stores settled chunks; at CRIU's post-dump point
      (tree still frozen) the tree is re-read and, unless it is to keep running,
      SIGSTOPped; with ``leave_running`` the GPUs are given back right after;
-  5. ``commit``: the rest is stored and the manifest published (the snapshot
-     appears); the hold record of a tree to stop turns into one that kills it;
+  5. ``commit``: the rest is stored, meanwhile a thread records the file pages
+     the tree has mapped in (host/filepages.py, which restores read ahead), and
+     the manifest is published (the snapshot appears); the hold record of a
+     tree to stop turns into one that kills it;
   6. ``finish``: only now is a stopped tree killed (or a kept one left running).
 Each of phases 2-4 pushes its undo onto the run's stack as it acts; a failure
 before 6 unwinds it: SIGCONT, CUDA restore + unlock, stored chunks dropped,
@@ -70,6 +70,7 @@ from snapd_daemon.util.fsutil import tree_size
 
 log = structlog.get_logger()
 _KILL_WAIT_SECONDS = 30.0
+_FILE_SCAN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class CheckpointRun(OperationRun):
         self.raw = 0
         self.keep_record = False
         self._dumped = threading.Event()
-        self.file_pages: list[filepages.FileRange] = []
+        self.file_pages: list[filepages.FilePages] = []
         self._file_scan: threading.Thread | None = None
 
     @property
@@ -211,10 +212,6 @@ class CheckpointRun(OperationRun):
             self.staging.images, self._stored, keep_hot=spec.keep_hot, hot_ram_needed=ram_taken + self.needed))
 
     def freeze_gpu(self, undo: ExitStack) -> None:
-        if self.rt.settings.warm_file_bytes:  # meanwhile: the driver's copy takes seconds, CRIU's dump more
-            self._file_scan = threading.Thread(target=contextvars.copy_context().run, args=(self._scan_file_pages,),
-                                               name="file-pages", daemon=True)
-            self._file_scan.start()
         undo.push(self._thaw_gpu)
         undo.callback(self.hold_point.release)
         if self.gpu_record:
@@ -267,10 +264,11 @@ class CheckpointRun(OperationRun):
         manifest.own_netns = not same_namespace("net", spec.pid, rt.daemon_pid)
         manifest.ns_ports = listening_ports(spec.pid) if manifest.own_netns else []
         manifest.own_mntns = self.hold_point.tree.own_mntns
-        if self._file_scan is not None:
-            self._file_scan.join()
-            manifest.file_pages = self.file_pages
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
+        if rt.settings.warm_file_bytes:  # while the rest is stored: the tree is stopped (or running again)
+            self._file_scan = threading.Thread(target=contextvars.copy_context().run, args=(self._scan_file_pages,),
+                                               name="file-pages", daemon=True)
+            self._file_scan.start()
         with metrics.phase("checkpoint", "commit"):
             pages = pages_images(self.staging.images)
             final = plan(self.staging.images, pages)
@@ -278,6 +276,7 @@ class CheckpointRun(OperationRun):
                 manifest.trimmed = self._trim(pages, rt.settings.inject_min_bytes, final)
             chunks = self.ingest.complete(final)
             manifest.files = [ImageEntry(name, sum(p.length for p in cuts), chunks[name]) for name, cuts in final.items()]
+            manifest.file_pages = self._scanned_file_pages()
             self.cancel.commit()
             rt.catalog.publish(self.ingest, manifest)
         if not spec.leave_running:
@@ -306,12 +305,23 @@ class CheckpointRun(OperationRun):
         """The file pages restores will read ahead (host/filepages.py). Best effort, like the cut."""
         began = time.monotonic()
         try:
-            self.file_pages = filepages.scan(self.tree.pids, self.rt.settings.warm_file_bytes)
-        except OSError as exc:
-            log.warning("checkpoint.file_pages_not_recorded", error=str(exc))
+            self.file_pages = filepages.scan(self.hold_point.tree.pids, self.rt.settings.warm_file_bytes)
+        except Exception as exc:  # noqa: BLE001 (advice for restores: never a reason to fail a checkpoint)
+            log.warning("checkpoint.file_pages_not_recorded", error=repr(exc))
             return
-        log.info("checkpoint.file_pages", ranges=len(self.file_pages), bytes=sum(n for _, _, n in self.file_pages),
+        log.info("checkpoint.file_pages", files=len(self.file_pages), bytes=sum(f.size for f in self.file_pages),
                  seconds=round(time.monotonic() - began, 3))
+
+    def _scanned_file_pages(self) -> list[filepages.FilePages]:
+        """What the scan found, if it ended in time (reading /proc/PID/pagemap waits for the
+        process's memory map lock, which a process stuck in its driver may hold)."""
+        if self._file_scan is None:
+            return []
+        self._file_scan.join(_FILE_SCAN_SECONDS)
+        if self._file_scan.is_alive():
+            log.warning("checkpoint.file_pages_not_recorded", error=f"scan still running after {_FILE_SCAN_SECONDS} s")
+            return []
+        return self.file_pages
 
     def finish(self, manifest: Manifest) -> None:
         """The snapshot is durable: kill a stopped tree, drop staging and the hold record."""

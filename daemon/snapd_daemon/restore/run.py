@@ -207,7 +207,7 @@ class RestoreRun(OperationRun):
 
     def prepare(self) -> images.FastRestore:
         m, settings = self.manifest, self.rt.settings
-        filepages.warm(m.file_pages)  # CRIU and the resumed tree read these: from the disk only once
+        filepages.warm(m.file_pages, settings.warm_file_bytes)  # CRIU and the resumed tree read these
         try:
             with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
                 plan = images.prepare(

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout
 from snapd_daemon.host.cgroups import CgroupRecord
+from snapd_daemon.host.filepages import FilePages
 from snapd_daemon.host.gpu import GpuRecord
 from snapd_daemon.host.processes import ProcessRecord
 from snapd_daemon.host.stdio import OutwardEnd
@@ -21,7 +22,9 @@ from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, chunk_offsets
 
 # 2: ``files`` may hold trimmed copies (``trimmed/...``, see ``trimmed``), which a
 # reader of version 1 would write out as if they were CRIU images
-FORMAT_VERSION = 2
+# 3: chunks may be stored as byte planes (store/codec.py, codec 2), which a reader of
+# version 2 cannot decode and would put in quarantine as corrupt
+FORMAT_VERSION = 3
 
 
 def new_snapshot_id() -> str:
@@ -77,9 +80,9 @@ class Manifest:
     # the fast restore's cut, made at checkpoint (criu/trim.py); its trimmed images are
     # the ``files`` named "trimmed/..." (None: made by an older snapd, or injection off)
     trimmed: TrimmedLayout | None = None
-    # (path, offset, length) of the file pages the tree had mapped in, most needed first:
-    # what a restore reads ahead (host/filepages.py; empty: none recorded)
-    file_pages: list[tuple[str, int, int]] = field(default_factory=list)
+    # the file pages the tree had mapped in, most needed first: what a restore reads
+    # ahead (host/filepages.py; empty: none recorded)
+    file_pages: list[FilePages] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -131,7 +134,7 @@ class Manifest:
             data["cgroup"] = CgroupRecord.from_dict(data["cgroup"])
         data["ns_pids"] = {int(k): int(v) for k, v in (data.get("ns_pids") or {}).items()}
         data["outward_stdio"] = [_known(OutwardEnd, e) for e in data.get("outward_stdio", [])]
-        data["file_pages"] = [(str(p), int(o), int(n)) for p, o, n in data.get("file_pages", [])]
+        data["file_pages"] = FilePages.parse(data.get("file_pages"))
         if data.get("trimmed"):
             data["trimmed"] = TrimmedLayout.from_dict(data["trimmed"])
         return _known(cls, data)

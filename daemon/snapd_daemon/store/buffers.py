@@ -18,11 +18,13 @@ from typing import Protocol
 
 
 class ReadBuffers:
-    """Two growable buffers: ``stored`` for a chunk file's bytes, ``raw`` for the decoded chunk."""
+    """Growable buffers: ``stored`` for a chunk file's bytes, ``raw`` for the decoded chunk,
+    ``plane`` for the high bytes of a byte-planes chunk before they are interleaved."""
 
     def __init__(self) -> None:
         self._stored = bytearray()
         self._raw = bytearray()
+        self._plane = bytearray()
 
     def stored(self, size: int) -> memoryview:
         """``size`` writable bytes for a chunk file as stored."""
@@ -35,6 +37,12 @@ class ReadBuffers:
         if len(self._raw) < size:
             self._raw = bytearray(size)
         return memoryview(self._raw)[:size]
+
+    def plane(self, size: int) -> memoryview:
+        """``size`` writable bytes for one byte plane of a chunk."""
+        if len(self._plane) < size:
+            self._plane = bytearray(size)
+        return memoryview(self._plane)[:size]
 
 
 class PerThread(threading.local):

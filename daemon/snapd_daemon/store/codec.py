@@ -2,10 +2,18 @@
 
     offset  size  field
     0       4     magic b"SNC1"
-    4       1     codec: 0 = stored raw, 1 = one zstd frame
+    4       1     codec: 0 = stored raw, 1 = one zstd frame, 2 = byte planes
     5       3     reserved (zero)
     8       8     raw length, little-endian u64
     16      ...   payload
+
+Byte planes (2), for an even raw length L: the odd bytes (the high byte of each
+little-endian 16-bit word: a bf16 or fp16 number's sign and exponent) as one
+zstd frame, then the L/2 even bytes (mantissas, close to random) as they are.
+Model weights store smaller that way than as one frame (0.67 against 0.78 of
+their size for normally distributed bf16) and decode 1.7 times as fast, since
+only one byte in two goes through zstd (encoding is 0.8 times as fast). ``encode`` picks the codec per
+chunk from a sample; a reader needs no setting to decode any of them.
 
 A chunk is named by the BLAKE3 hash (hex) of its raw bytes; ``decode`` checks
 the length and the hash, so a reader never returns bytes that differ from what
@@ -19,6 +27,7 @@ import struct
 import threading
 
 import blake3
+import numpy
 import zstandard
 
 from snapd_daemon.store.buffers import ReadBuffers, read_exactly
@@ -27,6 +36,8 @@ MAGIC = b"SNC1"
 HEADER = struct.Struct("<4sB3xQ")
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+CODEC_PLANES = 2
+_WORD = numpy.dtype("<u2")
 # zstd level 1: ~1.1-1.6 GB/s per core here on page data; higher levels cost
 # several times the CPU for a few percent on model weights (FIELD-NOTES: 0.635 at level 1).
 ZSTD_LEVEL = 1
@@ -60,28 +71,65 @@ def _compressor() -> zstandard.ZstdCompressor:
     return _local.cctx
 
 
+def _plane_compressor() -> zstandard.ZstdCompressor:
+    """For high-byte planes: matches of 7 bytes or more only, from a small table. On
+    bf16 exponents this stores smaller than level 1 (0.34 against 0.37) and compresses
+    and decodes faster (fewer, longer matches: mostly Huffman-coded literals)."""
+    if not hasattr(_local, "pctx"):
+        _local.pctx = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
+            window_log=17, chain_log=6, hash_log=10, search_log=1, min_match=7, target_length=0,
+            strategy=zstandard.STRATEGY_FAST))
+    return _local.pctx
+
+
 def _decompressor() -> zstandard.ZstdDecompressor:
     if not hasattr(_local, "dctx"):
         _local.dctx = zstandard.ZstdDecompressor()
     return _local.dctx
 
 
-def _worth_compressing(raw: bytes | memoryview) -> bool:
-    """Compress a 64 KiB sample (four 16 KiB pieces spread over the chunk) first:
-    incompressible data (random bytes, already-compressed weights) then costs
-    1/32 of a full compression instead of all of it."""
+def _probe(raw: bytes | memoryview) -> int:
+    """The codec for ``raw``, from a 64 KiB sample (four 16 KiB pieces at even offsets
+    spread over the chunk) compressed whole and as byte planes: incompressible data
+    (random bytes, already-compressed weights) then costs a few percent of a full
+    compression instead of all of it."""
     if len(raw) <= 4 * _PROBE:
-        return True
+        return CODEC_ZSTD
     view = memoryview(raw)
-    step = len(raw) // 4
+    step = len(raw) // 4 & ~1
     sample = b"".join(view[i * step : i * step + _PROBE] for i in range(4))
-    return len(_compressor().compress(sample)) <= len(sample) * (1 - MIN_SAVING)
+    whole = len(_compressor().compress(sample))
+    planes = len(_plane_compressor().compress(_planes(sample)[0])) + len(sample) // 2 if len(raw) % 2 == 0 else whole + 1
+    if min(whole, planes) > len(sample) * (1 - MIN_SAVING):
+        return CODEC_RAW
+    return CODEC_PLANES if planes <= whole else CODEC_ZSTD
+
+
+def _planes(raw: bytes | memoryview) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(odd bytes, even bytes) of ``raw`` (even length): the high and low bytes of its
+    little-endian 16-bit words (word arithmetic runs several times faster than strided
+    byte copies), in this thread's buffers (fresh ones per chunk cost page faults),
+    valid until its next call."""
+    words = numpy.frombuffer(raw, _WORD)
+    if getattr(_local, "planes", numpy.empty(0, numpy.uint8)).size < 2 * words.size:
+        _local.planes = numpy.empty(2 * words.size, numpy.uint8)
+    high, low = _local.planes[: words.size], _local.planes[words.size : 2 * words.size]
+    numpy.right_shift(words, 8, out=high, casting="unsafe")
+    numpy.copyto(low, words, casting="unsafe")
+    return high, low
 
 
 def encode(raw: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
-    """(header, payload) for ``raw``: zstd if it saves enough, else the raw bytes
-    themselves (not copied)."""
-    if _worth_compressing(raw):
+    """(header, payload) for ``raw``: byte planes or zstd, the one the sample says, if it
+    saves enough; else the raw bytes themselves (not copied). A payload is never
+    longer than ``raw``."""
+    codec = _probe(raw)
+    if codec == CODEC_PLANES:
+        high, low = _planes(raw)
+        packed = b"".join((_plane_compressor().compress(high), low))
+        if len(packed) <= len(raw) * (1 - MIN_SAVING):
+            return HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), packed
+    elif codec == CODEC_ZSTD:
         packed = _compressor().compress(raw)
         if len(packed) <= len(raw) * (1 - MIN_SAVING):
             return HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)), packed
@@ -101,9 +149,9 @@ def decode(blob: bytes | bytearray | memoryview, expected_id: str, out: ReadBuff
     raw: bytes | memoryview
     if codec == CODEC_RAW:
         raw = payload
-    elif codec == CODEC_ZSTD:
+    elif codec in (CODEC_ZSTD, CODEC_PLANES):
         try:
-            raw = _decompress(payload, length, out)
+            raw = _decompress(payload, length, out) if codec == CODEC_ZSTD else _join_planes(payload, length, out)
         except zstandard.ZstdError as exc:
             raise ChunkDecodeError(f"zstd: {exc}") from exc
     else:
@@ -122,3 +170,21 @@ def _decompress(payload: memoryview, length: int, out: ReadBuffers | None) -> by
         return _decompressor().decompress(payload, max_output_size=length)
     view = out.raw(length)
     return view[: read_exactly(_decompressor().stream_reader(payload, read_size=len(payload)), view)]
+
+
+def _join_planes(payload: memoryview, length: int, out: ReadBuffers | None) -> memoryview:
+    """The ``length`` raw bytes of a byte-planes payload, joined into ``out.raw`` (or fresh
+    memory) as 16-bit words: high << 8 | low (numpy, without the GIL)."""
+    half = length // 2
+    if length % 2 or len(payload) < half:
+        raise ChunkDecodeError(f"byte planes of {length} bytes in a {len(payload)}-byte payload")
+    frame, low = payload[: len(payload) - half], payload[len(payload) - half :]
+    scratch = out.plane(half) if out is not None else memoryview(bytearray(half))
+    high = read_exactly(_decompressor().stream_reader(frame, read_size=len(frame)), scratch)
+    if high != half:
+        raise ChunkDecodeError(f"{high} high-plane bytes decoded, {half} expected")
+    dest = out.raw(length) if out is not None else memoryview(bytearray(length))
+    words = numpy.frombuffer(dest, _WORD)
+    numpy.left_shift(numpy.frombuffer(scratch, numpy.uint8), 8, out=words, dtype=_WORD)
+    numpy.bitwise_or(words, numpy.frombuffer(low, numpy.uint8), out=words)
+    return dest
