@@ -1,8 +1,10 @@
 """Shared by the workloads: atomic status reports the tests read."""
 
+import hashlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 
 
@@ -23,3 +25,18 @@ def tell(path: str, line: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(f"{line}\n".encode())
+
+
+def hold_digest(path: str, data: Callable[[], bytes | bytearray]) -> None:
+    """Report "<pid> <sha256 of data()> <checks so far>" now and on every SIGUSR1; idle for ever."""
+    checks = 0
+
+    def check() -> None:
+        nonlocal checks
+        checks += 1
+        write_report(path, f"{os.getpid()} {hashlib.sha256(data()).hexdigest()} {checks}")
+
+    check()
+    on_usr1(check)
+    while True:
+        time.sleep(0.05)
