@@ -14,19 +14,14 @@ planes to the frame. "frame" is what the store wrote before byte planes: a
 from __future__ import annotations
 
 import argparse
-import sys
-import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy
 import zstandard
+from lib import GB, run_threads
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "daemon")]
-
-from snapd_daemon.store import codec  # noqa: E402
-from snapd_daemon.store.buffers import ReadBuffers  # noqa: E402
+from snapd_daemon.store import codec
+from snapd_daemon.store.buffers import ReadBuffers
 
 CHUNK = 2 << 20
 
@@ -51,13 +46,7 @@ def rate(work: Callable[[int, ReadBuffers, zstandard.ZstdCompressor], object], c
         for i in range(count):
             work(i, buffers, cctx)
 
-    pool = [threading.Thread(target=run) for _ in range(threads)]
-    started = time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return threads * count * CHUNK / (time.perf_counter() - started) / 1e9
+    return threads * count * CHUNK / run_threads(run, threads) / GB
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,13 +128,23 @@ def touch_memory(nbytes: int, threads: int = 8) -> None:
     region.close()
 
 
+def run_threads(work: Callable[[], object], threads: int) -> float:
+    """Seconds ``threads`` threads take to run ``work`` each, started together."""
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.monotonic()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.monotonic() - started
+
+
 def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
     """Bytes per second at which ``threads`` threads fill ``total`` bytes of fresh private
     anonymous memory in a new process with process_vm_writev, ``piece`` bytes a call,
     from a source already resident here: what the machine allows a restore's injection
     (no reads, no decompression, no hashes)."""
     import itertools
-    import threading
 
     from snapd_daemon.host import memwrite
 
@@ -152,13 +163,7 @@ def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
                 start = (i % slots) * piece
                 memwrite.write(child.pid, base + i * piece, source[start : start + min(piece, total - i * piece)])
 
-        workers = [threading.Thread(target=fill) for _ in range(threads)]
-        started = time.monotonic()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return total / (time.monotonic() - started)
+        return total / run_threads(fill, threads)
     finally:
         child.kill()
         child.wait()
