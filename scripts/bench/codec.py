@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import numpy
 import zstandard
-from lib import GB, run_threads
 
+from lib import GB, run_threads
 from snapd_daemon.store import codec
 from snapd_daemon.store.buffers import ReadBuffers
 

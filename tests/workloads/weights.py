@@ -7,7 +7,6 @@ report: "<pid> <sha256 hex> <number of checks so far>"
 import sys
 
 import numpy
-
 from _report import hold_digest
 
 count = int(sys.argv[1]) << 19

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from snapd_daemon.criu.images import PagesImage, pages_images, read_vmas
+from snapd_daemon.host import procmaps
 from snapd_daemon.store.model import Piece
 
 GRID = 2 << 20
@@ -99,11 +100,9 @@ def vma_regions(images_dir: Path, pid: int) -> list[Region]:
 def live_regions(pid: int) -> list[Region]:
     """The mappings of a live process from /proc ([] if it is gone)."""
     try:
-        with open(f"/proc/{pid}/maps") as maps:
-            spans = [line.split(None, 1)[0].split("-") for line in maps]
+        return sorted((e.start, e.end) for e in procmaps.read(pid))
     except OSError:
         return []
-    return sorted((int(a, 16), int(b, 16)) for a, b in spans)
 
 
 def plan(images_dir: Path, images: list[PagesImage] | None = None) -> dict[str, list[Piece]]:

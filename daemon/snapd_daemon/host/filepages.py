@@ -38,6 +38,8 @@ from typing import Any
 
 import structlog
 
+from snapd_daemon.host import procmaps
+
 log = structlog.get_logger()
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -109,23 +111,15 @@ def mappings(pid: int) -> list[Mapping]:
     """The file mappings of ``pid`` worth reading ahead (regular files, not deleted, not under
     /dev), each with the identity of the file it maps (a mapping gone meanwhile is left out)."""
     found = []
-    with open(f"/proc/{pid}/maps", "rb") as f:
-        for line in f:
-            parts = line.split(maxsplit=5)
-            if len(parts) < 6 or parts[4] == b"0":
-                continue
-            path = os.fsdecode(parts[5].rstrip(b"\n"))
-            if not path.startswith("/") or path.startswith("/dev/") or path.endswith(" (deleted)"):
-                continue
-            try:
-                st = os.stat(f"/proc/{pid}/map_files/{parts[0].decode()}")
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            start, end = (int(x, 16) for x in parts[0].split(b"-"))
-            found.append(Mapping(start, end, int(parts[2], 16), path, FileId.of(st), parts[1][3:4] == b"p",
-                                 parts[1][2:3] == b"x"))
+    for e in procmaps.read(pid):
+        if not e.inode or not e.path.startswith("/") or e.path.startswith("/dev/") or e.path.endswith(" (deleted)"):
+            continue
+        try:
+            st = os.stat(f"/proc/{pid}/map_files/{e.start:x}-{e.end:x}")
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append(Mapping(e.start, e.end, e.offset, e.path, FileId.of(st), e.private, e.executable))
     return found
 
 

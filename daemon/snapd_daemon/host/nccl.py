@@ -32,6 +32,7 @@ import os
 import socket
 
 from snapd_daemon.errors import NcclActive
+from snapd_daemon.host import procmaps
 from snapd_daemon.host.processes import ProcessTree, comm
 
 _THREAD_PREFIXES = ("NCCL", "pt_nccl")
@@ -54,8 +55,7 @@ def evidence(pid: int, tcp_established: bool = False) -> str:
                 return f"thread {tid} named {name!r}, {_RAS_FIX}"
             if name.startswith(_THREAD_PREFIXES):
                 return f"thread {tid} named {name!r}"
-        paths = [fields[5] for fields in (line.split(maxsplit=5) for line in _read(f"/proc/{pid}/maps").splitlines())
-                 if len(fields) == 6]
+        paths = [e.path for e in procmaps.read(pid) if e.path]
         for path in paths:
             if path.startswith(_SHM):
                 return f"a mapping of {path}"

@@ -113,7 +113,7 @@ def _planes(raw: bytes | memoryview) -> tuple[numpy.ndarray, numpy.ndarray]:
     byte copies), in this thread's buffers (fresh ones per chunk cost page faults),
     valid until its next call."""
     words = numpy.frombuffer(raw, _WORD)
-    if getattr(_local, "planes", numpy.empty(0, numpy.uint8)).size < 2 * words.size:
+    if getattr(_local, "planes", None) is None or _local.planes.size < 2 * words.size:
         _local.planes = numpy.empty(2 * words.size, numpy.uint8)
     high, low = _local.planes[: words.size], _local.planes[words.size : 2 * words.size]
     numpy.right_shift(words, 8, out=high, casting="unsafe")
