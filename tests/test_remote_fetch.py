@@ -34,8 +34,7 @@ def _upload(remote: RemoteStore, n: int, size: int = 256 << 10) -> list[tuple[st
     for _ in range(n):
         raw = os.urandom(size)
         cid = codec.chunk_id(raw)
-        header, payload = codec.encode(raw)
-        assert remote.put_chunk(cid, header + bytes(payload))
+        assert remote.put_chunk(cid, b"".join(bytes(part) for part in codec.encode(raw)))
         chunks.append((cid, size))
     return chunks
 

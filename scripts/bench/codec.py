@@ -56,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     raw = weights(args.chunks)
     ids = [codec.chunk_id(r) for r in raw]
-    planes = [b"".join(codec.encode(r)) for r in raw]
+    planes = [b"".join(bytes(part) for part in codec.encode(r)) for r in raw]
     cctx = zstandard.ZstdCompressor(level=codec.ZSTD_LEVEL)
     frames = [frame(r, cctx) for r in raw]
     assert all(p[4] == codec.CODEC_PLANES for p in planes), "the probe did not choose byte planes for weights"

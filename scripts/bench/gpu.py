@@ -23,7 +23,8 @@ Steps, in this order, on one server process (its pid survives every restore):
      unlock -> first answer, hot; then again from cold page cache.
 Every answer is compared with the tokens the freshly started server gave.
 --sleep-hooks runs vLLM's sleep-mode recipe (README) in both flows; --py-spy DIR
-profiles the daemon during the hot and RAM restores; --daemon-log keeps its log.
+profiles the daemon during its checkpoint and the hot and RAM restores; --perf DIR
+profiles the whole machine during both flows' checkpoints; --daemon-log keeps its log.
 Results are printed as they come (stderr) and as a table at the end (stdout).
 """
 
@@ -142,6 +143,41 @@ class Profiler:
                 note(f"py-spy ended with {spy.returncode}: {err.decode(errors='replace')[-500:]}")
 
 
+class SystemProfile:
+    """perf sampling every CPU (kernel and user stacks) around one operation, for
+    what no Python profiler sees: the driver's work inside the checkpointed process,
+    CRIU, page faults, reclaim. Writes DIR/<tag>-perf.txt: the time per command, then
+    per command and symbol; nothing without a directory."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+
+    @contextlib.contextmanager
+    def record(self, tag: str) -> Iterator[None]:
+        if self.directory is None:
+            yield
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = self.directory / f"{tag}.perf"
+        # cpu-clock: a virtual machine may have no hardware counters
+        perf = subprocess.Popen(["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "250", "-o", str(data)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        try:
+            yield
+        finally:
+            perf.send_signal(signal.SIGINT)
+            _, err = perf.communicate(timeout=120)
+            if perf.returncode not in (0, -signal.SIGINT):
+                note(f"perf record ended with {perf.returncode}: {err.decode(errors='replace')[-500:]}")
+            report = ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none"]
+            with open(self.directory / f"{tag}-perf.txt", "w") as out:
+                for sort, limit in (("comm", "0.5"), ("comm,dso,sym", "0.2")):
+                    subprocess.run([*report, "--sort", sort, "--percent-limit", limit], stdout=out,
+                                   stderr=subprocess.DEVNULL, check=False)
+            data.unlink(missing_ok=True)
+
+
 def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int],
                   hook: list[str] | None = None) -> dict[str, float]:
     clock = PhaseClock()
@@ -209,7 +245,9 @@ def main() -> int:
                         help="vLLM's sleep mode around checkpoints: POST /sleep?level=1 before (snapd's "
                              "pre-checkpoint hook; by hand in the stock flow), POST /wake_up after each restore")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
-                        help="profile the daemon with py-spy during the hot and RAM restores into DIR")
+                        help="profile the daemon with py-spy during its checkpoint and the hot and RAM restores into DIR")
+    parser.add_argument("--perf", type=Path, metavar="DIR",
+                        help="profile every CPU with perf during snapd's and the stock checkpoint into DIR")
     parser.add_argument("--touch-memory", action="store_true",
                         help="write all available memory but 8 GiB once before anything runs (VM hosts)")
     parser.add_argument("--criu", default=None)
@@ -261,18 +299,19 @@ def main() -> int:
             shutil.rmtree(weights, ignore_errors=True)
 
         daemon.start(timeout=60)
+        profiler, system = Profiler(args.py_spy, daemon.proc.pid), SystemProfile(args.perf)
         with SnapdClient(daemon.target) as client:
             clock = PhaseClock()
-            os.sync()  # both checkpoints start with no writeback pending (the weights were just written)
-            t = time.monotonic()
-            snap = client.checkpoint(server.pid, name="bench", on_progress=clock, pre_checkpoint_hook=sleep)
-            ckpt = time.monotonic() - t
+            with profiler.record("checkpoint"), system.record("checkpoint-snapd"):
+                os.sync()  # both checkpoints start with no writeback pending (the weights were just written)
+                t = time.monotonic()
+                snap = client.checkpoint(server.pid, name="bench", on_progress=clock, pre_checkpoint_hook=sleep)
+                ckpt = time.monotonic() - t
             record("snapd_checkpoint", {"total": round(ckpt, 2), **clock.durations(t + ckpt),
                                         "raw_gb": round(snap.raw_bytes / GB, 2),
                                         "stored_gb": round(snap.stored_bytes / GB, 2)})
             cuda_pids = list(snap.gpu.cuda_pids)
             reap_pid(server.pid)
-            profiler = Profiler(args.py_spy, daemon.proc.pid)
             with profiler.record("restore-hot"):
                 record("snapd_restore_hot", snapd_restore(client, server, snap.id, expected, wake))
             server.kill()
@@ -292,16 +331,17 @@ def main() -> int:
 
         images = work / "stock-images"
         images.mkdir()
-        os.sync()
-        t = time.monotonic()
-        if sleep:
-            subprocess.run(sleep, check=True, stdout=subprocess.DEVNULL)
-        for pid in cuda_pids:
-            driver.lock(pid, 30_000)
-        for pid in cuda_pids:
-            driver.checkpoint(pid)
-        lock_ckpt = time.monotonic() - t
-        dump = run_criu(criu, ["dump", "-t", str(server.pid)], images, "dump.log")
+        with system.record("checkpoint-stock"):
+            os.sync()
+            t = time.monotonic()
+            if sleep:
+                subprocess.run(sleep, check=True, stdout=subprocess.DEVNULL)
+            for pid in cuda_pids:
+                driver.lock(pid, 30_000)
+            for pid in cuda_pids:
+                driver.checkpoint(pid)
+            lock_ckpt = time.monotonic() - t
+            dump = run_criu(criu, ["dump", "-t", str(server.pid)], images, "dump.log")
         reap_pid(server.pid)
         record("stock_checkpoint", {"cuda_lock_checkpoint": round(lock_ckpt, 2), "criu_dump": round(dump, 2),
                                     "total": round(lock_ckpt + dump, 2),

@@ -67,11 +67,11 @@ def read_exactly(f: ReadsInto, view: memoryview) -> int:
     return done
 
 
-def read_fd(fd: int, view: memoryview) -> int:
-    """Fill ``view`` from the start of file ``fd``; bytes read, fewer only at end of file."""
+def read_fd(fd: int, view: memoryview, offset: int = 0) -> int:
+    """Fill ``view`` from file ``fd`` at ``offset``; bytes read, fewer only at end of file."""
     done = 0
     while done < len(view):
-        n = os.preadv(fd, [view[done:]], done)
+        n = os.preadv(fd, [view[done:]], offset + done)
         if not n:
             break
         done += n

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from snapd_daemon.store import codec
@@ -47,8 +47,9 @@ class ChunkDir:
         except FileNotFoundError:
             return 0
 
-    def stage(self, cid: str, header: bytes, payload: bytes | memoryview) -> Path:
-        """Write chunk ``cid`` under a temporary name: neither durable nor visible yet."""
+    def stage(self, cid: str, parts: Sequence[bytes | memoryview]) -> Path:
+        """Write chunk ``cid`` (its file's ``parts``, one after the other) under a temporary
+        name: neither durable nor visible yet."""
         final = self.path(cid)
         final.parent.mkdir(exist_ok=True)
         # unique per stage call: thread idents are reused once a thread ends, and two imports
@@ -56,7 +57,7 @@ class ChunkDir:
         tmp = final.with_name(f"{cid}{_TMP_MARK}{os.getpid()}-{next(_STAGED)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            bufs = [memoryview(header), memoryview(payload)]
+            bufs = [memoryview(part) for part in parts]
             while bufs:
                 n = os.writev(fd, bufs)
                 while bufs and n >= len(bufs[0]):

@@ -121,16 +121,21 @@ def _planes(raw: bytes | memoryview) -> tuple[numpy.ndarray, numpy.ndarray]:
     return high, low
 
 
-def encode(raw: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
-    """(header, payload) for ``raw``: byte planes or zstd, the one the sample says, if it
-    saves enough; else the raw bytes themselves (not copied). A payload is never
-    longer than ``raw``."""
+Parts = tuple[bytes | memoryview, ...]
+
+
+def encode(raw: bytes | memoryview) -> Parts:
+    """The chunk file for ``raw`` as parts to write one after the other (``writev``), the
+    header first: byte planes or zstd, the one the sample says, if it saves enough;
+    else the raw bytes themselves. Nothing is copied into one object (that copy held
+    the GIL for a megabyte per chunk); the low plane is this thread's buffer, valid
+    until its next ``encode``. The payload is never longer than ``raw``."""
     codec = _probe(raw)
     if codec == CODEC_PLANES:
         high, low = _planes(raw)
-        packed = b"".join((_plane_compressor().compress(high), low))
-        if len(packed) <= len(raw) * (1 - MIN_SAVING):
-            return HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), packed
+        frame = _plane_compressor().compress(high)
+        if len(frame) + len(low) <= len(raw) * (1 - MIN_SAVING):
+            return HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), frame, memoryview(low)
     elif codec == CODEC_ZSTD:
         packed = _compressor().compress(raw)
         if len(packed) <= len(raw) * (1 - MIN_SAVING):

@@ -66,7 +66,7 @@ class ChunkImport:
     def add(self, cid: str, blob: bytes | memoryview) -> None:
         """Stage chunk ``cid`` in its stored form (verified by the caller)."""
         with translated(self.root, len(blob)):
-            tmp = self.chunks.stage(cid, b"", blob)
+            tmp = self.chunks.stage(cid, (blob,))
         with self._lock:
             if self.committed or self.closed or cid in self.staged:
                 tmp.unlink()

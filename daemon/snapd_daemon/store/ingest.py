@@ -32,6 +32,7 @@ import structlog
 
 from snapd_daemon.errors import StoreError
 from snapd_daemon.store import codec
+from snapd_daemon.store.buffers import PerThread, read_fd
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.manifests import ManifestDir
@@ -138,6 +139,7 @@ class Ingest:
         self._committed = False
         self._marked: str | None = None  # the hot tier's listing made at commit (dropped if it fails)
         self.pool = ThreadPoolExecutor(store.threads, thread_name_prefix="ingest", initializer=_yield_to_dump)
+        self._buffers = PerThread()
         self._flusher: Flusher | None = Flusher(store.root, self.tally).__enter__()
 
     def __enter__(self) -> Self:
@@ -246,20 +248,25 @@ class Ingest:
             self._flusher = None
 
     def _store(self, fd: int, piece: Piece) -> ChunkRef:
-        raw = os.pread(fd, piece.length, piece.offset)
-        if len(raw) != piece.length:
-            raise StoreError(path=self.source, reason=f"file shrank while being read ({len(raw)} < {piece.length})")
-        cid, size = codec.chunk_id(raw), 0
+        """Read, hash, and (unless the store has it) encode and stage one piece. The
+        piece is read into this thread's buffer (a fresh 2 MiB object per piece costs
+        page faults on every thread), and ``tally.lock`` is never held across a
+        system call: 16 writers queued behind one that waited in ``stat`` for the GIL
+        (py-spy on the H200: 40% of their time at that lock)."""
+        raw = self._buffers.buffers.raw(piece.length)
+        got = read_fd(fd, raw, piece.offset)
+        if got != piece.length:
+            raise StoreError(path=self.source, reason=f"file shrank while being read ({got} < {piece.length})")
+        cid = codec.chunk_id(raw)
         tally = self.tally
-        if cid == codec.zero_id(len(raw)):
+        if cid == codec.zero_id(piece.length):
             cid = ZERO_CHUNK
         else:
-            with tally.lock:
-                size = tally.staged[cid][1] if cid in tally.staged else self.store.chunks.exists(cid)
-            if not size:
-                header, payload = codec.encode(raw)
-                size = len(header) + len(payload)
-                tmp = self.store.chunks.stage(cid, header, payload)
+            staged = tally.staged.get(cid)  # one dict lookup: atomic without the lock
+            if not (staged[1] if staged else self.store.chunks.exists(cid)):
+                parts = codec.encode(raw)
+                size = sum(len(part) for part in parts)
+                tmp = self.store.chunks.stage(cid, parts)
                 with tally.lock:
                     kept = tally.staged.setdefault(cid, (tmp, size))[0]
                     tally.staged_bytes += size
