@@ -12,6 +12,7 @@ onto the same GPUs or onto others given as old -> new UUID pairs.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -186,9 +187,13 @@ class CudaFreeze:
     def freeze(self) -> None:
         for pid in self.pids:
             self.touched.append(pid)
+            began = time.monotonic()
             _cuda_call("lock", pid, lambda p=pid: cuda.lock(p, self.lock_timeout_ms))
+            log.info("cuda.locked", pid=pid, seconds=round(time.monotonic() - began, 3))
         for pid in self.pids:
+            began = time.monotonic()
             _cuda_call("checkpoint", pid, lambda p=pid: cuda.checkpoint(p))
+            log.info("cuda.checkpointed", pid=pid, seconds=round(time.monotonic() - began, 3))
 
     def thaw(self) -> list[str]:
         """Thaw the touched processes, in reverse order; returns the problems met."""
