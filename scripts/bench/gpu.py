@@ -178,6 +178,14 @@ class SystemProfile:
             data.unlink(missing_ok=True)
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor took from this machine's vCPUs so far, all CPUs summed
+    (/proc/stat; 0 on bare metal): a checkpoint that ran while the host was busy
+    shows it."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int],
                   hook: list[str] | None = None) -> dict[str, float]:
     clock = PhaseClock()
@@ -304,10 +312,10 @@ def main() -> int:
             clock = PhaseClock()
             with profiler.record("checkpoint"), system.record("checkpoint-snapd"):
                 os.sync()  # both checkpoints start with no writeback pending (the weights were just written)
-                t = time.monotonic()
+                t, steal = time.monotonic(), steal_seconds()
                 snap = client.checkpoint(server.pid, name="bench", on_progress=clock, pre_checkpoint_hook=sleep)
-                ckpt = time.monotonic() - t
-            record("snapd_checkpoint", {"total": round(ckpt, 2), **clock.durations(t + ckpt),
+                ckpt, steal = time.monotonic() - t, steal_seconds() - steal
+            record("snapd_checkpoint", {"total": round(ckpt, 2), **clock.durations(t + ckpt), "cpu_steal_s": round(steal, 2),
                                         "raw_gb": round(snap.raw_bytes / GB, 2),
                                         "stored_gb": round(snap.stored_bytes / GB, 2)})
             cuda_pids = list(snap.gpu.cuda_pids)
@@ -333,7 +341,7 @@ def main() -> int:
         images.mkdir()
         with system.record("checkpoint-stock"):
             os.sync()
-            t = time.monotonic()
+            t, steal = time.monotonic(), steal_seconds()
             if sleep:
                 subprocess.run(sleep, check=True, stdout=subprocess.DEVNULL)
             for pid in cuda_pids:
@@ -342,8 +350,10 @@ def main() -> int:
                 driver.checkpoint(pid)
             lock_ckpt = time.monotonic() - t
             dump = run_criu(criu, ["dump", "-t", str(server.pid)], images, "dump.log")
+            steal = steal_seconds() - steal
         reap_pid(server.pid)
         record("stock_checkpoint", {"cuda_lock_checkpoint": round(lock_ckpt, 2), "criu_dump": round(dump, 2),
+                                    "cpu_steal_s": round(steal, 2),
                                     "total": round(lock_ckpt + dump, 2),
                                     "image_gb": round(image_bytes(images) / GB, 2)})
         record("stock_restore_hot", stock_restore(criu, server, images, cuda_pids, expected, "hot", wake))
