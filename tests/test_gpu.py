@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from harness import Daemon, Workloads, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host import cuda as driver
+from snapd_daemon.host.cgroups import cgroup2_mount
 from snapd_daemon.host.gpu import inventory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,6 +155,38 @@ def test_criu_failure_after_gpu_checkpoint_rolls_back(tmp_path: Path, start_serv
     finally:
         d.stop()
         subprocess.run(["umount", "-l", str(tiny)], check=False)
+
+
+def test_gpu_memory_that_would_not_fit_in_host_memory_is_refused_before_anything_is_frozen(
+        client: SnapdClient, start_server) -> None:
+    """The driver copies GPU memory into the process's host memory, charged to its cgroup: a
+    server in a group with less room than its VRAM is refused up front (where the OOM killer
+    would otherwise end it mid-checkpoint), and keeps serving."""
+    mount = cgroup2_mount()
+    if mount is None or "memory" not in (mount / "cgroup.subtree_control").read_text().split():
+        pytest.skip("no cgroup2 memory controller to limit the server's host memory with")
+    server = start_server("--kv-cache-fraction", "0.02")
+    before = server.ask()
+    group = mount / f"snapd-test-{secrets.token_hex(4)}"
+    group.mkdir()
+    try:
+        # charges made before the move stay where they were: the group starts nearly empty
+        (group / "cgroup.procs").write_text(str(server.pid))
+        (group / "memory.max").write_text(str(64 << 20))
+        with pytest.raises(SnapdClientError) as info:
+            client.checkpoint(server.pid)
+        err = info.value
+        assert err.error_class == "HostMemoryShort" and err.exit_code == 64, err.message
+        assert f"pids [{server.pid}]" in err.message and f"cgroup /{group.name} (memory.max {64 << 20})" in err.message
+        assert driver.state(server.pid) == driver.CudaState.RUNNING
+        assert not client.list().snapshots
+        (group / "memory.max").write_text("max")
+        assert server.ask()["tokens"] == before["tokens"]
+    finally:
+        (group / "memory.max").write_text("max")
+        os.killpg(server.pid, signal.SIGKILL)
+        wait_for(lambda: "populated 0" in (group / "cgroup.events").read_text(), 30, f"{group} to empty")
+        group.rmdir()
 
 
 def test_restore_on_mismatched_gpu_is_refused(daemon: Daemon, start_server) -> None:

@@ -3,7 +3,9 @@
 A ``CheckpointRun`` goes through its phases in order, one method each:
   1. ``inspect``: read the tree, refuse what cannot work (before anything is
      touched), claim its pids; then the pre-checkpoint hook, after which a
-     tree still holding live NCCL state is refused (host/nccl.py);
+     tree still holding live NCCL state is refused (host/nccl.py), and so is
+     one whose GPU memory (what it holds after the hook) would not fit in its
+     host memory, where the CUDA checkpoint copies it (host/gpu.py);
   2. ``hold``: write the hold record (runtime/holds.py), open the staging
      directory and the store's ingest;
   3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process;
@@ -148,6 +150,7 @@ class CheckpointRun(OperationRun):
         self.ingest: IngestSession
         self.needed = 0
         self.raw = 0
+        self.vram = 0
         self.keep_record = False
         self._dumped = threading.Event()
         self.file_pages: list[filepages.FilePages] = []
@@ -167,6 +170,8 @@ class CheckpointRun(OperationRun):
             self.pre_hook()
             self.cancel.check()
             nccl.refuse_live(self.tree, self.spec.tcp_established)
+            self.vram = gpu.memory_used(self.cuda_pids)  # the CUDA checkpoint copies it into host memory
+            gpu.require_host_memory(self.cuda_pids, self.vram)
             with ExitStack() as undo:
                 self.hold(undo)
                 self.freeze_gpu(undo)
@@ -199,7 +204,7 @@ class CheckpointRun(OperationRun):
         self.hold_point = _PostDumpHold(self.tree, not spec.leave_running, rt.journal, self.op, self.cuda_pids,
                                         rt.daemon_pid)
         self.freeze = gpu.CudaFreeze(self.cuda_pids, spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms)
-        vram = gpu.memory_used(self.cuda_pids)  # the CUDA checkpoint copies it into host memory
+        vram = self.vram
         self.needed = self.raw = self.tree.rss_bytes + vram
         self.hold_point.record()
         undo.push(self._clear_record)
