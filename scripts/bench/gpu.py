@@ -8,7 +8,9 @@ driver API by hand), printed as a table with ratios.
 Steps, in this order, on one server process (its pid survives every restore):
   0. with --touch-memory, all available memory but 8 GiB is written once and freed (on a VM
      that backs guest memory at first touch, the first flow measured pays for that);
-  1. weights generated (untimed for the cold start), then a cold start (eager; with
+  1. weights generated (untimed for the cold start; when they were written now, the
+     run waits --settle seconds, 120 by default, so that no flow pays for the host
+     still absorbing 16 GB of new files), then a cold start (eager; with
      --compile also a torch.compile cold start) to ready, weights in page cache;
   2. snapd checkpoint (until durable in the store and the server stopped; each
      checkpoint, snapd's and stock's, starts after a sync);
@@ -258,6 +260,10 @@ def main() -> int:
                         help="profile every CPU with perf during snapd's and the stock checkpoint into DIR")
     parser.add_argument("--touch-memory", action="store_true",
                         help="write all available memory but 8 GiB once before anything runs (VM hosts)")
+    parser.add_argument("--settle", type=float, default=120.0, metavar="SECONDS",
+                        help="after generating the weights, wait this long before measuring (default 120): on the "
+                             "H200 VM host, a checkpoint within about a minute of writing them ran 2-3 s slower in "
+                             "its driver and CRIU phases, whichever flow it was")
     parser.add_argument("--criu", default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--daemon-log", type=Path, help="copy the daemon's log (JSON lines) here at the end")
@@ -288,9 +294,14 @@ def main() -> int:
             touch_memory(touched)
             record("memory_touched", {"gb": round(touched / GB, 1), "seconds": round(time.monotonic() - t, 1)})
         t = time.monotonic()
-        subprocess.run([sys.executable, str(SERVER), "--weights-dir", str(weights), "--preset", args.preset,
-                        "--prepare-only"], check=True, stdout=subprocess.DEVNULL)
+        prepared = subprocess.run([sys.executable, str(SERVER), "--weights-dir", str(weights), "--preset", args.preset,
+                                   "--prepare-only"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if prepared.returncode != 0:
+            raise BenchError(f"preparing the weights failed ({prepared.returncode}): {prepared.stderr[-2000:]}")
         record("weights_prepare_s", round(time.monotonic() - t, 1))
+        if args.settle and '"generated": true' in prepared.stderr:
+            note(f"the weights were just written: waiting {args.settle} s (--settle) before anything is measured")
+            time.sleep(args.settle)
 
         if args.compile:
             compiled = Server(work, weights, args.preset, [*flags, "--compile"])

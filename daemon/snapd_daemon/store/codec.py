@@ -11,9 +11,10 @@ Byte planes (2), for an even raw length L: the odd bytes (the high byte of each
 little-endian 16-bit word: a bf16 or fp16 number's sign and exponent) as one
 zstd frame, then the L/2 even bytes (mantissas, close to random) as they are.
 Model weights store smaller that way than as one frame (0.67 against 0.78 of
-their size for normally distributed bf16) and decode 1.4-2.1 times as fast,
-since only one byte in two goes through zstd; they encode about as fast
-(0.96-1.17 times; scripts/bench/codec.py on the CI VM). ``encode`` picks the codec per
+their size for normally distributed bf16) and decode 1.3-2.1 times as fast,
+since only one byte in two goes through zstd; they encode 1.0-1.5 times as fast
+(scripts/bench/codec.py: 7.4 against 5.5 GB/s with 16 threads on the H200
+host, 0.96-1.17 times on the CI VM). ``encode`` picks the codec per
 chunk from a sample; a reader needs no setting to decode any of them.
 
 A chunk is named by the BLAKE3 hash (hex) of its raw bytes; ``decode`` checks
