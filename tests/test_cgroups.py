@@ -21,7 +21,8 @@ import pytest
 
 from harness import Daemon, Workloads, ask, error_of, gone, wait_for
 from snapd_client import CgroupSpec
-from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of, memory_room
+from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
+from snapd_daemon.host.hostmemory import cgroup_room
 
 
 @pytest.fixture
@@ -50,8 +51,8 @@ def _remove_tree(root: Path) -> None:
         group.rmdir()
 
 
-def test_memory_room_names_the_tightest_limit_above_a_process(cgroup_root: Path, workloads: Workloads) -> None:
-    """What a CUDA checkpoint's host copy of VRAM may take (host/gpu.py): the least room
+def test_cgroup_room_names_the_tightest_limit_above_a_process(cgroup_root: Path, workloads: Workloads) -> None:
+    """What a CUDA checkpoint's host copy of VRAM may take (host/hostmemory.py): the least room
     under any memory.max above the process, naming that group."""
     mount = cgroup_root.parent
     if "memory" not in (mount / "cgroup.subtree_control").read_text().split():
@@ -60,15 +61,15 @@ def test_memory_room_names_the_tightest_limit_above_a_process(cgroup_root: Path,
     inner.mkdir(parents=True)
     (cgroup_root / "cgroup.subtree_control").write_text("+memory")
     pid, _ = workloads.start("ticker.py")
-    assert memory_room(pid) is None or not memory_room(pid)[1].startswith(f"cgroup /{cgroup_root.name}")
+    assert cgroup_room(pid) is None or not cgroup_room(pid)[1].startswith(f"cgroup /{cgroup_root.name}")
     (inner / "cgroup.procs").write_text(str(pid))
     (cgroup_root / "memory.max").write_text(str(512 << 20))
     (inner / "memory.max").write_text(str(256 << 20))
-    room, where = memory_room(pid)  # type: ignore[misc]
+    room, where = cgroup_room(pid)  # type: ignore[misc]
     assert where == f"cgroup /{cgroup_root.name}/inner (memory.max {256 << 20})"
     assert (256 << 20) - (16 << 20) < room <= 256 << 20
     (inner / "memory.max").write_text("max")
-    room, where = memory_room(pid)  # type: ignore[misc]
+    room, where = cgroup_room(pid)  # type: ignore[misc]
     assert where == f"cgroup /{cgroup_root.name} (memory.max {512 << 20})" and room <= 512 << 20
 
 

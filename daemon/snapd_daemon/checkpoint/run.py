@@ -5,7 +5,7 @@ A ``CheckpointRun`` goes through its phases in order, one method each:
      touched), claim its pids; then the pre-checkpoint hook, after which a
      tree still holding live NCCL state is refused (host/nccl.py), and so is
      one whose GPU memory (what it holds after the hook) would not fit in its
-     host memory, where the CUDA checkpoint copies it (host/gpu.py);
+     host memory, where the CUDA checkpoint copies it (host/hostmemory.py);
   2. ``hold``: write the hold record (runtime/holds.py), open the staging
      directory and the store's ingest;
   3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process;
@@ -54,7 +54,7 @@ from snapd_daemon.criu.images import ImageFormatError, PagesImage, pages_images
 from snapd_daemon.criu.notify import Notify
 from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout, write_trimmed
 from snapd_daemon.errors import CriuFailed, CudaFailed
-from snapd_daemon.host import cgroups, filepages, gpu, nccl
+from snapd_daemon.host import cgroups, filepages, gpu, hostmemory, nccl
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.namespaces import listening_ports, same_namespace
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
@@ -171,7 +171,7 @@ class CheckpointRun(OperationRun):
             self.cancel.check()
             nccl.refuse_live(self.tree, self.spec.tcp_established)
             self.vram = gpu.memory_used(self.cuda_pids)  # the CUDA checkpoint copies it into host memory
-            gpu.require_host_memory(self.cuda_pids, self.vram)
+            hostmemory.require_room_for_vram(self.cuda_pids, self.vram)
             with ExitStack() as undo:
                 self.hold(undo)
                 self.freeze_gpu(undo)

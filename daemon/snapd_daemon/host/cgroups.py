@@ -80,33 +80,6 @@ def cgroup_of(pid: int | str) -> str:
     return ""
 
 
-def memory_room(pid: int) -> tuple[int, str] | None:
-    """Bytes ``pid`` may still charge to its cgroup v2 groups before one of them reaches its
-    memory.max, and that group ("cgroup /a/b (memory.max N)"); None where no group above it
-    has a memory limit (or there is no cgroup2 memory controller). A group's reclaimable
-    page cache counts as room: used = memory.current - file + shmem (memory.stat)."""
-    mount = cgroup2_mount()
-    try:
-        path = cgroup_of(pid)
-    except OSError:
-        return None
-    if mount is None or not path:
-        return None
-    tightest: tuple[int, str] | None = None
-    parts = [p for p in path.split("/") if p]
-    for depth in range(len(parts), 0, -1):
-        group = mount.joinpath(*parts[:depth])
-        limit, current = _read_file(group / "memory.max"), _read_file(group / "memory.current")
-        if limit is None or current is None or limit == "max":
-            continue
-        stat = dict(line.split() for line in (_read_file(group / "memory.stat") or "").splitlines() if " " in line)
-        used = int(current) - int(stat.get("file", 0)) + int(stat.get("shmem", 0))
-        room = max(0, int(limit) - used)
-        if tightest is None or room < tightest[0]:
-            tightest = (room, f"cgroup /{'/'.join(parts[:depth])} (memory.max {limit})")
-    return tightest
-
-
 @dataclass(frozen=True)
 class CgroupRecord:
     """The cgroup v2 group a checkpointed tree's root lived in, and its limit files' contents."""
@@ -240,8 +213,8 @@ class Cgroup:
         above = Path(self.proc_paths[0]).parent
         while above != Path("/"):
             directory = self.mount / str(above).lstrip("/")
-            levels.append((str(above), _read_file(directory / f"{resource}.max"),
-                           _read_file(directory / f"{resource}.current")))
+            levels.append((str(above), read_value(directory / f"{resource}.max"),
+                           read_value(directory / f"{resource}.current")))
             above = above.parent
         tightest = None
         for group, limit, current in levels:
@@ -280,7 +253,8 @@ class Cgroup:
         self.fds = []
 
 
-def _read_file(path: Path) -> str | None:
+def read_value(path: Path) -> str | None:
+    """A cgroup file's content, stripped; None where it cannot be read (no such controller)."""
     try:
         return path.read_text().strip()
     except OSError:

@@ -18,14 +18,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon.errors import CudaFailed, GpuMismatch, GpusBusy, GpuUnsupported, HostMemoryShort
-from snapd_daemon.host import cgroups, cuda, nvml
+from snapd_daemon.errors import CudaFailed, GpuMismatch, GpusBusy, GpuUnsupported
+from snapd_daemon.host import cuda, nvml
 from snapd_daemon.host.processes import ProcessTree, comm
-from snapd_daemon.util.meminfo import mem_available
 
 log = structlog.get_logger()
-# host memory a CUDA checkpoint leaves to everything else on the host
-HOST_MEMORY_RESERVE = 1 << 30
 MPS_PIPE_DEFAULT = "/tmp/nvidia-mps"
 
 
@@ -103,26 +100,6 @@ def _uses_mps(pid: int) -> bool:
     return any(e.startswith(b"CUDA_MPS_PIPE_DIRECTORY=") for e in env) or os.path.exists(
         f"{MPS_PIPE_DEFAULT}/control"
     )
-
-
-def require_host_memory(pids: tuple[int, ...], vram: int) -> None:
-    """Refuse (HostMemoryShort) a CUDA checkpoint whose host copy of VRAM would not fit.
-
-    The driver copies every byte of the processes' GPU memory into their own
-    host memory, charged to their cgroups; where that runs out, the OOM killer
-    ends a process in the middle of its checkpoint. Room is MemAvailable less
-    ``HOST_MEMORY_RESERVE``, or less where a cgroup v2 group above one of the
-    pids has a tighter memory.max (the whole copy is weighed against the
-    tightest group: conservative when the pids sit in separate groups)."""
-    if not vram:
-        return
-    room, where = mem_available() - HOST_MEMORY_RESERVE, "the host (MemAvailable less 1 GiB)"
-    for pid in pids:
-        limited = cgroups.memory_room(pid)
-        if limited is not None and limited[0] < room:
-            room, where = limited
-    if vram > room:
-        raise HostMemoryShort(pids=list(pids), vram=vram, where=where, room=max(0, room))
 
 
 def memory_used(pids: tuple[int, ...]) -> int:
