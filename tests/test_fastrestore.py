@@ -18,8 +18,12 @@ from harness import Daemon, Workloads, ask, gone, wait_for
 from snapd_client import SnapdClientError
 from snapd_daemon.criu.trim import Span, split_runs
 from snapd_daemon.host import filepages
+from snapd_daemon.restore.delivery import Readahead, Route, Target
 from snapd_daemon.runtime import Settings
 from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.store import codec
+from snapd_daemon.store.local import LocalStore
+from snapd_daemon.store.model import ChunkRef
 
 
 @pytest.fixture
@@ -102,7 +106,71 @@ def test_restore_from_chunks_not_in_the_page_cache(eager: Daemon, workloads: Wor
                 os.close(fd)
         c.restore(snap.id)
     assert ask(pid, report)[1] == digest
-    assert _log_events(eager, "delivery.readahead")
+    # the injection's readahead began before CRIU restored the tree, and the injection used it
+    events = [json.loads(ln) for ln in eager.log.read_text().splitlines() if ln.startswith("{")]
+    names = [e["event"] for e in events]
+    prepared = names.index("restore.prepared")
+    early = [i for i, e in enumerate(events) if e["event"] == "delivery.readahead" and e["early_bytes"]]
+    assert early and prepared < early[0] < names.index("restore.done")
+    assert not [e for e in events[prepared:] if e["event"] == "delivery.readahead" and not e["early_bytes"]]
+
+
+def _cached(path: Path) -> bool:
+    """Whether the first page of ``path`` is in the page cache: mincore on a mapping of it
+    (a read with RWF_NOWAIT would answer too, but it starts the read it says is missing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    vec = ctypes.create_string_buffer(1)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), mmap.PAGESIZE, access=mmap.ACCESS_COPY) as m:
+        first = ctypes.c_char.from_buffer(m)  # the mapping's address; no page is touched
+        try:
+            if libc.mincore(ctypes.addressof(first), mmap.PAGESIZE, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore of {path}")
+        finally:
+            del first
+    return bool(vec.raw[0] & 1)
+
+
+def test_a_readahead_started_early_reads_its_first_bytes_then_follows_the_delivery(tmp_path: Path) -> None:
+    """Before the delivery counts anything, a readahead issues ``early`` bytes of chunks and
+    no more; once it follows a count, it stays ``window`` bytes ahead of it."""
+    store = LocalStore(tmp_path / "state", 2)
+    store.recover()
+    chunk = 256 << 10
+    routes = []
+    for i in range(8):
+        raw = os.urandom(chunk)
+        cid = codec.chunk_id(raw)
+        path = store.chunks.path(cid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(raw)
+        routes.append(Route(ChunkRef(cid, chunk), "pages-1.img", i * chunk, [Target(0, chunk, 0)]))
+    os.sync()
+    paths = [store.chunks.path(r.ref.id) for r in routes]
+    for path in paths:  # written back: dropping the cached pages leaves them on the disk only
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if any(_cached(p) for p in paths):
+        pytest.skip(f"{tmp_path} keeps dropped pages cached (not a disk file system)")
+    ahead = Readahead(store, routes, window=4 * chunk, early=3 * chunk)
+    ahead.start()
+    try:
+        wait_for(lambda: all(_cached(p) for p in paths[:3]), 10, "the first three chunks to be read")
+        ahead.stop()  # what it issued is all it will ever issue
+        assert not any(_cached(p) for p in paths[3:])
+    finally:
+        ahead.stop()
+    delivered = 2 * chunk
+    ahead = Readahead(store, routes, window=4 * chunk, early=0)
+    ahead.follow(lambda: delivered)
+    ahead.start()
+    try:
+        wait_for(lambda: all(_cached(p) for p in paths[:6]), 10, "chunks up to 4 ahead of 2 delivered to be read")
+        ahead.stop()
+        assert not any(_cached(p) for p in paths[6:])
+    finally:
+        ahead.stop()
 
 
 def test_threads_and_forked_children_through_the_fast_path(eager: Daemon, workloads: Workloads) -> None:

@@ -11,6 +11,7 @@ snapshot, file and offset; a process that refuses a write raises InjectFailed.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import os
 import threading
@@ -33,6 +34,9 @@ _ZEROS = bytes(4 << 20)
 # it looks whether they caught up.
 READAHEAD_BYTES = 512 << 20
 READAHEAD_POLL = 0.002
+# How much a readahead started before its delivery (``Delivery.read_ahead``) may issue
+# while nothing is delivered yet: about what the disk reads while CRIU restores a tree.
+EARLY_BYTES = 2 << 30
 # How often a delivery reports progress and runs its check (seconds).
 TICK = 0.05
 Progress = Callable[[int], None]
@@ -114,9 +118,10 @@ class Delivery:
     showed the threads waiting on a progress lock more than they worked). The
     calling thread watches: every ``TICK`` seconds it reports progress and runs
     ``check`` (a cancel), and it stops the threads at the first failure. When the
-    chunks are cold (on disk, not in the page cache), a readahead thread asks the
+    chunks are cold (on disk, not in the page cache), a ``Readahead`` asks the
     store to start reading up to ``readahead_bytes`` ahead of the threads, so
-    the disk has more reads in flight than there are threads.
+    the disk has more reads in flight than there are threads; ``read_ahead``
+    starts one before the delivery, for a caller with other work to do first.
     """
 
     def __init__(self, store: ChunkReader, manifest: Manifest, threads: int,
@@ -126,22 +131,48 @@ class Delivery:
         self.threads = threads
         self.readahead_bytes = readahead_bytes
 
-    def run(self, routes: list[Route], progress: Progress, check: Callable[[], None] | None = None) -> None:
+    @contextlib.contextmanager
+    def read_ahead(self, routes: list[Route]) -> Iterator[Readahead | None]:
+        """A readahead of ``routes``' chunks started now, up to ``EARLY_BYTES`` before
+        ``run`` (given it) delivers anything; None when they are not cold. Stopped at
+        the end of the ``with`` block or of that ``run``, whichever comes first."""
+        ahead = self._readahead_for(routes, EARLY_BYTES)
+        if ahead is None:
+            yield None
+            return
+        ahead.start()
+        try:
+            yield ahead
+        finally:
+            ahead.stop()
+
+    def _readahead_for(self, routes: list[Route], early: int) -> Readahead | None:
+        if self.readahead_bytes <= 0 or not routes:
+            return None
+        if not self.store.cold([r.ref.id for r in routes if r.ref.id != ZERO_CHUNK]):
+            return None
+        log.info("delivery.readahead", chunks=len(routes), window_bytes=self.readahead_bytes, early_bytes=early)
+        return Readahead(self.store, routes, self.readahead_bytes, early)
+
+    def run(self, routes: list[Route], progress: Progress, check: Callable[[], None] | None = None,
+            ahead: Readahead | None = None) -> None:
         """Deliver every route; ``progress`` receives the bytes delivered so far; ``check``
-        runs every tick (raising from it stops the delivery, and is what this raises).
-        The caller holds the store lock shared."""
+        runs every tick (raising from it stops the delivery, and is what this raises);
+        ``ahead``: the readahead ``read_ahead`` started for these routes (else one is
+        started here if they are cold). The caller holds the store lock shared."""
         if not routes:
             return
         work = _Work(routes, min(self.threads, len(routes)))
-        cold = self.readahead_bytes > 0 and self.store.cold([r.ref.id for r in routes if r.ref.id != ZERO_CHUNK])
         threads = [threading.Thread(target=self._worker, args=(work, slot), name=f"deliver-{slot}", daemon=True)
                    for slot in range(len(work.done))]
-        if cold:
-            log.info("delivery.readahead", chunks=len(routes), window_bytes=self.readahead_bytes)
-            threads.append(threading.Thread(target=self._readahead, args=(work,), name="readahead", daemon=True))
+        if ahead is None:
+            ahead = self._readahead_for(routes, 0)
         with self.store.translate_os_errors(sum(r.length for r in routes)):
             for t in threads:
                 t.start()
+            if ahead is not None:
+                ahead.follow(lambda: sum(work.done))
+                ahead.start()
             try:
                 while any(t.is_alive() for t in threads):
                     work.stop.wait(TICK)
@@ -154,6 +185,8 @@ class Delivery:
                 raise
             finally:
                 work.stop.set()
+                if ahead is not None:
+                    ahead.stop()
                 for t in threads:
                     t.join()
             if work.failure is not None:
@@ -172,19 +205,6 @@ class Delivery:
                 work.done[slot] += route.length
         except BaseException as exc:
             work.fail(exc)
-
-    def _readahead(self, work: _Work) -> None:
-        """Advice only: a chunk it cannot open is left to the delivery's own read."""
-        issued = 0
-        for route in work.routes:
-            while issued - sum(work.done) >= self.readahead_bytes:
-                if work.stop.wait(READAHEAD_POLL):
-                    return
-            if work.stop.is_set():
-                return
-            if route.ref.id != ZERO_CHUNK:
-                self.store.readahead(route.ref.id)
-            issued += route.length
 
     def _deliver(self, route: Route, buffers: ReadBuffers) -> None:
         zero = route.ref.id == ZERO_CHUNK
@@ -205,6 +225,51 @@ class Delivery:
                                        reason=exc.strerror or str(exc), snapshot_id=self.manifest.id) from exc
             else:
                 os.pwrite(t.fd, data, t.dest_offset)
+
+
+class Readahead:
+    """A thread asking the store to start reading routes' chunks, in their order, at
+    most ``window`` bytes ahead of what ``follow``'s count says is delivered, and
+    up to ``early`` bytes while nothing is followed yet. Advice only: a chunk it
+    cannot open is left to the delivery's own read. ``start`` and ``stop`` may be
+    called more than once."""
+
+    def __init__(self, store: ChunkReader, routes: list[Route], window: int, early: int) -> None:
+        self.store = store
+        self.routes = routes
+        self.window = window
+        self.early = early
+        self._delivered: Callable[[], int] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._issue, name="readahead", daemon=True)
+
+    def follow(self, delivered: Callable[[], int]) -> None:
+        self._delivered = delivered
+
+    def start(self) -> None:
+        if self._thread.ident is None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def _ahead(self, issued: int) -> bool:
+        delivered = self._delivered
+        return issued - delivered() >= self.window if delivered is not None else issued >= self.early
+
+    def _issue(self) -> None:
+        issued = 0
+        for route in self.routes:
+            while self._ahead(issued):
+                if self._stop.wait(READAHEAD_POLL):
+                    return
+            if self._stop.is_set():
+                return
+            if route.ref.id != ZERO_CHUNK:
+                self.store.readahead(route.ref.id)
+            issued += route.length
 
 
 class _Work:

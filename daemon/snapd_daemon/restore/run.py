@@ -66,7 +66,7 @@ from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images, pidmap
-from snapd_daemon.restore.delivery import Delivery
+from snapd_daemon.restore.delivery import Delivery, Readahead
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
@@ -155,9 +155,11 @@ class RestoreRun(OperationRun):
                             staged.callback(self.rt.scratch.discard, self.staging)
                             self.cancel.check()
                             plan = self.prepare()
+                            # the disk reads the injection's first chunks while CRIU restores the tree
+                            ahead = always.enter_context(self.delivery.read_ahead(plan.memory))
                             self.cancel.check()
                             self.criu(cgroup, undo)
-                        self.inject(plan)
+                        self.inject(plan, ahead)
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu()
@@ -255,7 +257,7 @@ class RestoreRun(OperationRun):
         with rt.store.translate_os_errors(0):
             self.journal(processes=started)
 
-    def inject(self, plan: images.FastRestore) -> None:
+    def inject(self, plan: images.FastRestore, ahead: Readahead | None) -> None:
         if not plan.memory:
             return
         total = plan.injected_bytes
@@ -263,7 +265,8 @@ class RestoreRun(OperationRun):
         with metrics.phase("restore", "inject"):
             try:
                 self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts),
-                                  lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check)
+                                  lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check,
+                                  ahead)
             except SnapdError:
                 self.cancel.check()  # a cancel accepted meanwhile is the cause that counts
                 raise
