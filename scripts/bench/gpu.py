@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -118,66 +118,59 @@ class Server:
             reap_pid(self.pid)
 
 
-class Profiler:
-    """py-spy sampling the daemon's threads around one operation,
-    written as collapsed stacks to DIR/<tag>.txt; nothing without a directory."""
-
-    def __init__(self, directory: Path | None, pid: int) -> None:
-        self.directory, self.pid = directory, pid
-
-    @contextlib.contextmanager
-    def record(self, tag: str) -> Iterator[None]:
-        if self.directory is None:
-            yield
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # --nonblocking: sampling never pauses the daemon (paused, its 16 threads ran 10x slower)
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(self.pid), "--rate", "100", "--threads", "--idle",
-                                "--nonblocking", "--format", "raw", "--output", str(self.directory / f"{tag}.txt")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)  # attached before the operation starts
-        try:
-            yield
-        finally:
-            spy.send_signal(signal.SIGINT)
-            _, err = spy.communicate(timeout=120)
-            if spy.returncode not in (0, -signal.SIGINT):
-                note(f"py-spy ended with {spy.returncode}: {err.decode(errors='replace')[-500:]}")
+@contextlib.contextmanager
+def sampling(argv: list[str]) -> Iterator[None]:
+    """Run the sampling profiler ``argv`` around the block: started a second before it
+    (attached before the operation starts), stopped with SIGINT after it."""
+    sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)
+        _, err = sampler.communicate(timeout=120)
+        if sampler.returncode not in (0, -signal.SIGINT):
+            note(f"{argv[0]} ended with {sampler.returncode}: {err.decode(errors='replace')[-500:]}")
 
 
-class SystemProfile:
-    """perf sampling every CPU (kernel and user stacks) around one operation, for
-    what no Python profiler sees: the driver's work inside the checkpointed process,
-    CRIU, page faults, reclaim. Writes DIR/<tag>-perf.txt: the time per command, then
-    per command and symbol; nothing without a directory."""
+@contextlib.contextmanager
+def profiled(directory: Path | None, argv: list[str], report: Callable[[], None] | None = None) -> Iterator[None]:
+    """The profiler ``argv`` (writing into ``directory``) around the block, then ``report``;
+    nothing without a directory."""
+    if directory is None:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with sampling(argv):
+        yield
+    if report is not None:
+        report()
 
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
 
-    @contextlib.contextmanager
-    def record(self, tag: str) -> Iterator[None]:
-        if self.directory is None:
-            yield
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        data = self.directory / f"{tag}.perf"
-        # cpu-clock: a virtual machine may have no hardware counters
-        perf = subprocess.Popen(["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "250", "-o", str(data)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)
-        try:
-            yield
-        finally:
-            perf.send_signal(signal.SIGINT)
-            _, err = perf.communicate(timeout=120)
-            if perf.returncode not in (0, -signal.SIGINT):
-                note(f"perf record ended with {perf.returncode}: {err.decode(errors='replace')[-500:]}")
-            report = ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none"]
-            with open(self.directory / f"{tag}-perf.txt", "w") as out:
-                for sort, limit in (("comm", "0.5"), ("comm,dso,sym", "0.2")):
-                    subprocess.run([*report, "--sort", sort, "--percent-limit", limit], stdout=out,
-                                   stderr=subprocess.DEVNULL, check=False)
-            data.unlink(missing_ok=True)
+def py_spy(directory: Path | None, pid: int, tag: str) -> contextlib.AbstractContextManager[None]:
+    """py-spy sampling the daemon's threads, collapsed stacks in DIR/<tag>.txt. --nonblocking:
+    sampling never pauses the daemon (paused, its 16 threads ran 10x slower)."""
+    out = directory / f"{tag}.txt" if directory else Path()
+    return profiled(directory, ["py-spy", "record", "--pid", str(pid), "--rate", "100", "--threads", "--idle",
+                                "--nonblocking", "--format", "raw", "--output", str(out)])
+
+
+def perf(directory: Path | None, tag: str) -> contextlib.AbstractContextManager[None]:
+    """perf sampling every CPU (kernel and user stacks), for what no Python profiler sees: the
+    driver's work inside the checkpointed process, CRIU, page faults, reclaim. DIR/<tag>-perf.txt
+    gets the time per command, then per command and symbol (cpu-clock: a virtual machine may
+    have no hardware counters)."""
+    data = directory / f"{tag}.perf" if directory else Path()
+
+    def report() -> None:
+        argv = ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none"]
+        with open(data.with_name(f"{tag}-perf.txt"), "w") as out:
+            for sort, limit in (("comm", "0.5"), ("comm,dso,sym", "0.2")):
+                subprocess.run([*argv, "--sort", sort, "--percent-limit", limit], stdout=out,
+                               stderr=subprocess.DEVNULL, check=False)
+        data.unlink(missing_ok=True)
+
+    return profiled(directory, ["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "250", "-o", str(data)], report)
 
 
 def steal_seconds() -> float:
@@ -318,10 +311,9 @@ def main() -> int:
             shutil.rmtree(weights, ignore_errors=True)
 
         daemon.start(timeout=60)
-        profiler, system = Profiler(args.py_spy, daemon.proc.pid), SystemProfile(args.perf)
         with SnapdClient(daemon.target) as client:
             clock = PhaseClock()
-            with profiler.record("checkpoint"), system.record("checkpoint-snapd"):
+            with py_spy(args.py_spy, daemon.proc.pid, "checkpoint"), perf(args.perf, "checkpoint-snapd"):
                 os.sync()  # both checkpoints start with no writeback pending (the weights were just written)
                 t, steal = time.monotonic(), steal_seconds()
                 snap = client.checkpoint(server.pid, name="bench", on_progress=clock, pre_checkpoint_hook=sleep)
@@ -331,7 +323,7 @@ def main() -> int:
                                         "stored_gb": round(snap.stored_bytes / GB, 2)})
             cuda_pids = list(snap.gpu.cuda_pids)
             reap_pid(server.pid)
-            with profiler.record("restore-hot"):
+            with py_spy(args.py_spy, daemon.proc.pid, "restore-hot"):
                 record("snapd_restore_hot", snapd_restore(client, server, snap.id, expected, wake))
             server.kill()
             injected = int(results["snapd_restore_hot"]["inject_gb"] * GB)  # type: ignore[index]
@@ -344,13 +336,13 @@ def main() -> int:
             t = time.monotonic()
             client.prefetch(snap.id)
             record("snapd_prefetch_s", round(time.monotonic() - t, 2))
-            with profiler.record("restore-ram"):
+            with py_spy(args.py_spy, daemon.proc.pid, "restore-ram"):
                 record("snapd_restore_ram", snapd_restore(client, server, snap.id, expected, wake))
             client.prefetch(snap.id, drop=True)
 
         images = work / "stock-images"
         images.mkdir()
-        with system.record("checkpoint-stock"):
+        with perf(args.perf, "checkpoint-stock"):
             os.sync()
             t, steal = time.monotonic(), steal_seconds()
             if sleep:

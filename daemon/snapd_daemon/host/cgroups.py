@@ -92,15 +92,22 @@ class CgroupRecord:
         return cls(path=data["path"], limits=dict(data["limits"]))
 
 
-def describe(pid: int) -> CgroupRecord | None:
-    """The cgroup v2 group of ``pid`` with those of its limit files that exist; None without cgroup2."""
+def group_of(pid: int) -> tuple[Path, str] | None:
+    """(cgroup2 mount, ``pid``'s group path "/a/b"); None without cgroup2 or without the pid."""
     mount = cgroup2_mount()
     try:
         path = cgroup_of(pid)
     except OSError:
         return None
-    if mount is None or not path:
+    return (mount, path) if mount is not None and path else None
+
+
+def describe(pid: int) -> CgroupRecord | None:
+    """The cgroup v2 group of ``pid`` with those of its limit files that exist; None without cgroup2."""
+    found = group_of(pid)
+    if found is None:
         return None
+    mount, path = found
     directory = mount / path.lstrip("/")
     limits = {}
     for name in LIMIT_CONTROLLERS:

@@ -11,7 +11,7 @@ group above the process has a tighter memory.max.
 from __future__ import annotations
 
 from snapd_daemon.errors import HostMemoryShort
-from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of, read_value
+from snapd_daemon.host.cgroups import group_of, read_value
 from snapd_daemon.util.meminfo import mem_available
 
 # host memory a CUDA checkpoint leaves to everything else on the host
@@ -23,13 +23,10 @@ def cgroup_room(pid: int) -> tuple[int, str] | None:
     memory.max, and that group ("cgroup /a/b (memory.max N)"); None where no group above it
     has a memory limit (or there is no cgroup2 memory controller). A group's reclaimable
     page cache counts as room: used = memory.current - file + shmem (memory.stat)."""
-    mount = cgroup2_mount()
-    try:
-        path = cgroup_of(pid)
-    except OSError:
+    found = group_of(pid)
+    if found is None:
         return None
-    if mount is None or not path:
-        return None
+    mount, path = found
     tightest: tuple[int, str] | None = None
     parts = [p for p in path.split("/") if p]
     for depth in range(len(parts), 0, -1):
