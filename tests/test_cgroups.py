@@ -22,7 +22,7 @@ import pytest
 from harness import Daemon, Workloads, ask, error_of, gone, wait_for
 from snapd_client import CgroupSpec
 from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
-from snapd_daemon.host.hostmemory import cgroup_room
+from snapd_daemon.host.hostmemory import GROUP_RESERVE, cgroup_room
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def _remove_tree(root: Path) -> None:
 
 def test_cgroup_room_names_the_tightest_limit_above_a_process(cgroup_root: Path, workloads: Workloads) -> None:
     """What a CUDA checkpoint's host copy of VRAM may take (host/hostmemory.py): the least room
-    under any memory.max above the process, naming that group."""
+    under any memory.max or memory.high above the process, less a reserve, naming that group."""
     mount = cgroup_root.parent
     if "memory" not in (mount / "cgroup.subtree_control").read_text().split():
         pytest.skip(f"{mount} has no memory controller for its children")
@@ -63,14 +63,18 @@ def test_cgroup_room_names_the_tightest_limit_above_a_process(cgroup_root: Path,
     pid, _ = workloads.start("ticker.py")
     assert cgroup_room(pid) is None or not cgroup_room(pid)[1].startswith(f"cgroup /{cgroup_root.name}")
     (inner / "cgroup.procs").write_text(str(pid))
-    (cgroup_root / "memory.max").write_text(str(512 << 20))
-    (inner / "memory.max").write_text(str(256 << 20))
+    (cgroup_root / "memory.max").write_text(str(2 << 30))
+    (inner / "memory.max").write_text(str(1 << 30))
     room, where = cgroup_room(pid)  # type: ignore[misc]
-    assert where == f"cgroup /{cgroup_root.name}/inner (memory.max {256 << 20})"
-    assert (256 << 20) - (16 << 20) < room <= 256 << 20
+    assert where == f"cgroup /{cgroup_root.name}/inner (memory.max {1 << 30})"
+    assert (1 << 30) - GROUP_RESERVE - (16 << 20) < room <= (1 << 30) - GROUP_RESERVE
+    (inner / "memory.high").write_text(str(768 << 20))  # throttling counts as a limit too
+    room, where = cgroup_room(pid)  # type: ignore[misc]
+    assert where == f"cgroup /{cgroup_root.name}/inner (memory.high {768 << 20})" and room <= (768 << 20) - GROUP_RESERVE
+    (inner / "memory.high").write_text("max")
     (inner / "memory.max").write_text("max")
     room, where = cgroup_room(pid)  # type: ignore[misc]
-    assert where == f"cgroup /{cgroup_root.name} (memory.max {512 << 20})" and room <= 512 << 20
+    assert where == f"cgroup /{cgroup_root.name} (memory.max {2 << 30})" and room <= (2 << 30) - GROUP_RESERVE
 
 
 @pytest.fixture

@@ -190,7 +190,7 @@ class CudaFailed(SnapdError):
 
 
 class HostMemoryShort(SnapdError):
-    """the CUDA checkpoint of pids {pids} would copy {vram} bytes of GPU memory into their host memory, and {where} has room for {room}; nothing was frozen, the processes were left running. Release GPU memory before the checkpoint (a vLLM server: a --pre-hook calling its POST /sleep?level=1) or make room in host memory."""
+    """the CUDA checkpoint of pids {pids} would copy {vram} bytes of GPU memory into their host memory, and {where} has room for {room}; nothing was frozen, the processes were left running (as the pre-checkpoint hook, if any, left them). Release GPU memory before the checkpoint (a vLLM server: a --pre-hook calling its POST /sleep?level=1) or make room in host memory."""
 
     exit_code = 64
     status = "RESOURCE_EXHAUSTED"

@@ -281,7 +281,7 @@ class _Buffer(threading.local):
         self.view = memoryview(bytearray(1 << 20))
 
 
-def read_value(f: FilePages, buffer: _Buffer, deadline: float) -> int:
+def _read_file(f: FilePages, buffer: _Buffer, deadline: float) -> int:
     fd, size = _open_recorded(f)
     if fd < 0:
         return 0
@@ -310,7 +310,7 @@ def read_in(files: list[FilePages], limit: int, threads: int, seconds: float) ->
     buffer = _Buffer()
     pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="filepages")
     try:
-        futures = [pool.submit(read_value, f, buffer, deadline) for f in capped(files, limit)]
+        futures = [pool.submit(_read_file, f, buffer, deadline) for f in capped(files, limit)]
         finished, _ = wait(futures, timeout=seconds + 1)
         return sum(f.result() for f in finished)
     finally:

@@ -241,10 +241,12 @@ class Readahead:
         self.early = early
         self._delivered: Callable[[], int] | None = None
         self._stop = threading.Event()
+        self._woken = threading.Event()  # set by follow and stop: the early wait needs no polling
         self._thread = threading.Thread(target=self._issue, name="readahead", daemon=True)
 
     def follow(self, delivered: Callable[[], int]) -> None:
         self._delivered = delivered
+        self._woken.set()
 
     def start(self) -> None:
         if self._thread.ident is None:
@@ -252,20 +254,29 @@ class Readahead:
 
     def stop(self) -> None:
         self._stop.set()
+        self._woken.set()
         if self._thread.ident is not None:
             self._thread.join()
 
-    def _ahead(self, issued: int) -> bool:
-        delivered = self._delivered
-        return issued - delivered() >= self.window if delivered is not None else issued >= self.early
+    def _wait(self, issued: int) -> bool:
+        """Wait while ``issued`` bytes are far enough ahead; False when stopped meanwhile."""
+        while True:
+            delivered = self._delivered
+            if delivered is None:
+                if issued < self.early:
+                    return not self._stop.is_set()
+                self._woken.wait()
+            elif issued - delivered() < self.window:
+                return not self._stop.is_set()
+            elif self._stop.wait(READAHEAD_POLL):
+                return False
+            if self._stop.is_set():
+                return False
 
     def _issue(self) -> None:
         issued = 0
         for route in self.routes:
-            while self._ahead(issued):
-                if self._stop.wait(READAHEAD_POLL):
-                    return
-            if self._stop.is_set():
+            if not self._wait(issued):
                 return
             if route.ref.id != ZERO_CHUNK:
                 self.store.readahead(route.ref.id)

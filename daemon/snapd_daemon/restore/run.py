@@ -147,7 +147,8 @@ class RestoreRun(OperationRun):
                 always.callback(self._clear_record)
                 self.journal()
                 with ExitStack() as undo:
-                    with self.rt.store.lock.shared():  # no gc takes a chunk this restore reads
+                    # no gc takes a chunk this restore reads; ``reading`` ends its readahead with it
+                    with self.rt.store.lock.shared(), ExitStack() as reading:
                         if self.remote is not None:  # fetching starts; it outlives the lock (publish)
                             always.enter_context(self.remote)
                         self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
@@ -156,7 +157,7 @@ class RestoreRun(OperationRun):
                             self.cancel.check()
                             plan = self.prepare()
                             # the disk reads the injection's first chunks while CRIU restores the tree
-                            ahead = always.enter_context(self.delivery.read_ahead(plan.memory))
+                            ahead = reading.enter_context(self.delivery.read_ahead(plan.memory))
                             self.cancel.check()
                             self.criu(cgroup, undo)
                         self.inject(plan, ahead)
