@@ -12,10 +12,10 @@ from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from snapd_daemon.errors import RemoteBusy, RemoteObjectBad
 from snapd_daemon.remote.fetch import Fetcher
 from snapd_daemon.store import codec
-from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.local import LocalStore
 from snapd_daemon.store.remote import RemoteStore
 from snapd_daemon.store.s3 import RemoteConfig
+from snapd_daemon.util.buffers import ReadBuffers
 
 
 def _remote(s3: S3Server, prefix: str, threads: int = 4, credentials: Path | None = None) -> RemoteStore:

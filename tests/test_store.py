@@ -16,10 +16,10 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.checkpoint.cutplan import GRID, Piece, cut_fixed, cut_runs, settled_pieces
 from snapd_daemon.store import codec
-from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.local import LocalStore
+from snapd_daemon.util.buffers import ReadBuffers
 
 
 def test_runs_are_cut_on_the_address_grid() -> None:

@@ -21,7 +21,7 @@ import zstandard
 
 from lib import GB, run_threads
 from snapd_daemon.store import codec
-from snapd_daemon.store.buffers import ReadBuffers
+from snapd_daemon.util.buffers import ReadBuffers
 
 CHUNK = 2 << 20
 

@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from snapd_daemon.host import procmaps
+from snapd_daemon.util.buffers import PerThread, read_fd
 
 log = structlog.get_logger()
 
@@ -47,6 +48,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 MERGE_GAP = 64 << 10
 # pagemap entries read per system call
 _BATCH = 1 << 16
+_READ_PIECE = 1 << 20  # bytes one read of a recorded file asks for
 # byte 7 of a little-endian pagemap entry: bit 63 present, 62 swapped, 61 file page (or shared anonymous)
 _COPIED = bytes(1 if b & 0xC0 and not b & 0x20 else 0 for b in range(256))
 _FILE = bytes(1 if b & 0x80 and b & 0x20 else 0 for b in range(256))
@@ -276,12 +278,7 @@ def warm(files: list[FilePages], limit: int) -> threading.Thread | None:
     return thread
 
 
-class _Buffer(threading.local):
-    def __init__(self) -> None:
-        self.view = memoryview(bytearray(1 << 20))
-
-
-def _read_file(f: FilePages, buffer: _Buffer, deadline: float) -> int:
+def _read_file(f: FilePages, buffers: PerThread, deadline: float) -> int:
     fd, size = _open_recorded(f)
     if fd < 0:
         return 0
@@ -290,7 +287,7 @@ def _read_file(f: FilePages, buffer: _Buffer, deadline: float) -> int:
         for offset, length in _within(f.ranges, size):
             end = offset + length
             while offset < end and time.monotonic() < deadline:
-                n = os.preadv(fd, [buffer.view[: min(len(buffer.view), end - offset)]], offset)
+                n = read_fd(fd, buffers.buffers.stored(min(_READ_PIECE, end - offset)), offset)
                 if n <= 0:
                     break
                 offset += n
@@ -307,10 +304,10 @@ def read_in(files: list[FilePages], limit: int, threads: int, seconds: float) ->
     for at most about ``seconds`` (a read that hangs, on a network file system say, is left
     to finish in the background); bytes read."""
     deadline = time.monotonic() + seconds
-    buffer = _Buffer()
+    buffers = PerThread()
     pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="filepages")
     try:
-        futures = [pool.submit(_read_file, f, buffer, deadline) for f in capped(files, limit)]
+        futures = [pool.submit(_read_file, f, buffers, deadline) for f in capped(files, limit)]
         finished, _ = wait(futures, timeout=seconds + 1)
         return sum(f.result() for f in finished)
     finally:

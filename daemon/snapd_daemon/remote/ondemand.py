@@ -25,8 +25,8 @@ from snapd_daemon.remote.pull import fetch_order
 from snapd_daemon.runtime import Runtime
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.snapshots.manifest import Manifest
-from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.model import ChunkRef
+from snapd_daemon.util.buffers import ReadBuffers
 
 log = structlog.get_logger()
 

@@ -24,9 +24,9 @@ import structlog
 from snapd_daemon.errors import ChunkCorrupt, InjectFailed
 from snapd_daemon.host import memwrite
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
-from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkReader
+from snapd_daemon.util.buffers import ReadBuffers
 
 log = structlog.get_logger()
 _ZEROS = bytes(4 << 20)
@@ -155,17 +155,18 @@ class Delivery:
         return Readahead(self.store, routes, self.readahead_bytes, early)
 
     def run(self, routes: list[Route], progress: Progress, check: Callable[[], None] | None = None,
-            ahead: Readahead | None = None) -> None:
+            ahead: Readahead | None = None, probe: bool = True) -> None:
         """Deliver every route; ``progress`` receives the bytes delivered so far; ``check``
         runs every tick (raising from it stops the delivery, and is what this raises);
-        ``ahead``: the readahead ``read_ahead`` started for these routes (else one is
-        started here if they are cold). The caller holds the store lock shared."""
+        ``ahead``: the readahead ``read_ahead`` started for these routes (else, with
+        ``probe``, one is started here if they are cold; a caller whose ``read_ahead``
+        found them hot passes ``probe=False``). The caller holds the store lock shared."""
         if not routes:
             return
         work = _Work(routes, min(self.threads, len(routes)))
         threads = [threading.Thread(target=self._worker, args=(work, slot), name=f"deliver-{slot}", daemon=True)
                    for slot in range(len(work.done))]
-        if ahead is None:
+        if ahead is None and probe:
             ahead = self._readahead_for(routes, 0)
         with self.store.translate_os_errors(sum(r.length for r in routes)):
             for t in threads:

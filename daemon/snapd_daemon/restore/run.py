@@ -267,7 +267,7 @@ class RestoreRun(OperationRun):
             try:
                 self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts),
                                   lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check,
-                                  ahead)
+                                  ahead, probe=False)  # read_ahead probed these chunks already
             except SnapdError:
                 self.cancel.check()  # a cancel accepted meanwhile is the cause that counts
                 raise

@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from snapd_daemon.store import codec
-from snapd_daemon.store.buffers import ReadBuffers, read_fd
 from snapd_daemon.store.model import ChunkUnreadable
+from snapd_daemon.util.buffers import ReadBuffers, read_fd
 from snapd_daemon.util.fsutil import fsync_path, syncfs
 
 _TMP_MARK = ".tmp-"

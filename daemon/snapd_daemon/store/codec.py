@@ -32,7 +32,7 @@ import blake3
 import numpy
 import zstandard
 
-from snapd_daemon.store.buffers import ReadBuffers, read_exactly
+from snapd_daemon.util.buffers import ReadBuffers, read_exactly
 
 MAGIC = b"SNC1"
 HEADER = struct.Struct("<4sB3xQ")

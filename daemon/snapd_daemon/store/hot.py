@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from snapd_daemon.store import codec
-from snapd_daemon.store.buffers import ReadBuffers, read_file
+from snapd_daemon.util.buffers import ReadBuffers, read_file
 from snapd_daemon.util.fsutil import write_atomic
 
 

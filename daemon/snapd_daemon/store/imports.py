@@ -22,13 +22,13 @@ from types import TracebackType
 from typing import Self
 
 from snapd_daemon.errors import StoreError
-from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.ingest import Flusher
 from snapd_daemon.store.manifests import ManifestDir
 from snapd_daemon.store.model import ChunkUnreadable
 from snapd_daemon.store.oserrors import translated
 from snapd_daemon.store.rwlock import RWLock
+from snapd_daemon.util.buffers import ReadBuffers
 
 
 class ChunkImport:

@@ -32,13 +32,13 @@ import structlog
 
 from snapd_daemon.errors import StoreError
 from snapd_daemon.store import codec
-from snapd_daemon.store.buffers import PerThread, read_fd
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.manifests import ManifestDir
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, Piece
 from snapd_daemon.store.oserrors import translated
 from snapd_daemon.store.rwlock import RWLock
+from snapd_daemon.util.buffers import PerThread, read_fd
 from snapd_daemon.util.fsutil import syncfs
 from snapd_daemon.util.poller import Poller
 

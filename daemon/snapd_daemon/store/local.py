@@ -31,7 +31,6 @@ from pathlib import Path
 import structlog
 
 from snapd_daemon.errors import StoreError, StoreFull
-from snapd_daemon.store.buffers import PerThread, ReadBuffers
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.imports import ChunkImport
@@ -41,6 +40,7 @@ from snapd_daemon.store.model import ChunkRef, ChunkUnreadable
 from snapd_daemon.store.oserrors import translated
 from snapd_daemon.store.quarantine import Quarantine
 from snapd_daemon.store.rwlock import RWLock
+from snapd_daemon.util.buffers import PerThread, ReadBuffers
 from snapd_daemon.util.meminfo import mem_available
 
 log = structlog.get_logger()

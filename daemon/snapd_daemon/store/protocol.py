@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, Self
 
-from snapd_daemon.store.buffers import ReadBuffers
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed, Progress
@@ -18,6 +17,7 @@ from snapd_daemon.store.manifests import ManifestDir, PinSet
 from snapd_daemon.store.model import ChunkRef, Piece
 from snapd_daemon.store.quarantine import Quarantine
 from snapd_daemon.store.rwlock import RWLock
+from snapd_daemon.util.buffers import ReadBuffers
 
 
 class IngestSession(Protocol):

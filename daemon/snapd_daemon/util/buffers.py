@@ -1,4 +1,5 @@
-"""Per-thread scratch memory for chunk reads, and reading a file into it.
+"""Per-thread scratch memory for chunk reads (and any other reads made by many threads at
+once: the ingest's pieces, the file pages a prefetch reads in), and reading a file into it.
 
 A restore reads thousands of 2 MiB chunks with 16 threads; a fresh buffer per
 chunk costs page faults, page-table work and TLB shootdowns on every thread
