@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -96,6 +97,25 @@ def test_two_imports_staging_the_same_chunk_keep_their_own_copies(tmp_path: Path
         assert codec.chunk_id(second.read(cid, ReadBuffers())) == cid
         second.commit("snapshot-b", {cid}, lambda added: b"{}")
     assert store.chunks.exists(cid) and not list((tmp_path / "state" / "chunks").glob("*/*.tmp-*"))
+
+
+def test_a_paused_ingest_starts_no_piece_and_goes_on_after(tmp_path: Path) -> None:
+    """While CRIU's post-dump notification runs, the ingest starts no piece (its writers would
+    take the GIL from the walk of /proc the frozen tree waits for); after, it stores them all."""
+    source = tmp_path / "images"
+    source.mkdir()
+    (source / "pages-1.img").write_bytes(os.urandom(4 * GRID))
+    done: list[int] = []
+    store = LocalStore(tmp_path / "state", 4)
+    with store.begin_ingest(source, done.append) as ingest:
+        with ingest.paused():
+            ingest.submit("pages-1.img", cut_fixed(4 * GRID))
+            time.sleep(0.5)
+            assert not done
+        chunks = ingest.complete({"pages-1.img": cut_fixed(4 * GRID)})
+        assert done and max(done) == 4 * GRID and len(chunks["pages-1.img"]) == 4
+        ingest.commit("snapshot-a", {ref.id for ref in chunks["pages-1.img"]}, lambda committed: b"{}")
+    assert all(store.chunks.exists(ref.id) for ref in chunks["pages-1.img"])
 
 
 def test_second_process_with_same_memory_adds_little(client: SnapdClient, workloads: Workloads) -> None:

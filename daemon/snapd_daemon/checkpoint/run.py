@@ -40,7 +40,8 @@ import signal
 import socket
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -91,7 +92,8 @@ class CheckpointSpec:
 class _PostDumpHold(Notify):
     """At CRIU's post-dump point (tree still frozen by CRIU): take the tree as it is
     now (children forked since it was inspected included) and, when ``stop``, SIGSTOP
-    it so it cannot run between the dump and the moment the snapshot is durable."""
+    it so it cannot run between the dump and the moment the snapshot is durable. ``quiet``
+    wraps that work (the ingest's ``paused``, so that it runs alone)."""
 
     def __init__(self, tree: ProcessTree, stop: bool, journal: HoldJournal, operation_id: str,
                  cuda_pids: tuple[int, ...], daemon_pid: int) -> None:
@@ -102,6 +104,7 @@ class _PostDumpHold(Notify):
         self.cuda_pids = cuda_pids
         self.daemon_pid = daemon_pid
         self.held = False
+        self.quiet: Callable[[], AbstractContextManager[None]] = nullcontext
 
     def record(self) -> None:
         self.journal.write(self.operation_id, HoldRecord(
@@ -117,14 +120,15 @@ class _PostDumpHold(Notify):
     def post_dump(self) -> None:
         # CRIU holds the tree in a tracing stop now: keep what was stopped when it was first inspected
         began = time.monotonic()
-        stopped = {p.pid for p in self.tree.processes if p.stopped}
-        now = inspect_tree(self.tree.root, self.daemon_pid)
-        self.tree = dataclasses.replace(now, processes=tuple(
-            dataclasses.replace(p, stopped=p.pid in stopped) for p in now.processes))
-        if self.stop:
-            self.record()
-            self.held = True
-            signal_tree(self.tree, signal.SIGSTOP)
+        with self.quiet():
+            stopped = {p.pid for p in self.tree.processes if p.stopped}
+            now = inspect_tree(self.tree.root, self.daemon_pid)
+            self.tree = dataclasses.replace(now, processes=tuple(
+                dataclasses.replace(p, stopped=p.pid in stopped) for p in now.processes))
+            if self.stop:
+                self.record()
+                self.held = True
+                signal_tree(self.tree, signal.SIGSTOP)
         log.info("checkpoint.post_dump", processes=len(self.tree.processes), stop=self.stop,
                  seconds=round(time.monotonic() - began, 3))
 
@@ -215,6 +219,7 @@ class CheckpointRun(OperationRun):
         ram_taken = vram + (self.needed if rt.scratch.in_ram(self.staging) else 0)
         self.ingest = undo.enter_context(rt.store.begin_ingest(
             self.staging.images, self._stored, keep_hot=spec.keep_hot, hot_ram_needed=ram_taken + self.needed))
+        self.hold_point.quiet = self.ingest.paused  # the post-dump walk of /proc needs the GIL, not 16 writers
 
     def freeze_gpu(self, undo: ExitStack) -> None:
         undo.push(self._thaw_gpu)

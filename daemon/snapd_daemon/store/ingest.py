@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -139,6 +140,8 @@ class Ingest:
         self._committed = False
         self._marked: str | None = None  # the hot tier's listing made at commit (dropped if it fails)
         self.pool = ThreadPoolExecutor(store.threads, thread_name_prefix="ingest", initializer=_yield_to_dump)
+        self._running = threading.Event()  # cleared while ``paused``
+        self._running.set()
         self._buffers = PerThread()
         self._flusher: Flusher | None = Flusher(store.root, self.tally).__enter__()
 
@@ -164,6 +167,18 @@ class Ingest:
             fd = self.fds[name]
             self.pieces.setdefault(name, []).extend(pieces)
             self.jobs.setdefault(name, []).extend(self.pool.submit(self._store, fd, p) for p in pieces)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No piece starts while inside; those under way end. The caller's Python then
+        gets the GIL at once instead of queueing behind every writer for it after each
+        system call: on an H200 host, CRIU's post-dump notification (a walk of /proc
+        while the tree is frozen) took 0.1-0.6 s beside 16 writers, under 0.04 s beside 4."""
+        self._running.clear()
+        try:
+            yield
+        finally:
+            self._running.set()
 
     def complete(self, final: dict[str, list[Piece]]) -> dict[str, tuple[ChunkRef, ...]]:
         """Store what ``final`` (every file's pieces, in order) has beyond what was
@@ -253,6 +268,7 @@ class Ingest:
         page faults on every thread), and ``tally.lock`` is never held across a
         system call: 16 writers queued behind one that waited in ``stat`` for the GIL
         (py-spy on the H200: 40% of their time at that lock)."""
+        self._running.wait()
         raw = self._buffers.buffers.raw(piece.length)
         got = read_fd(fd, raw, piece.offset)
         if got != piece.length:
