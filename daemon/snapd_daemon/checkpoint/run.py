@@ -240,7 +240,7 @@ class CheckpointRun(OperationRun):
             try:
                 actions.dump(
                     rt.criu, self.spec.pid, staging.images, staging.work,
-                    shell_job=self.tree.external_session, log_level=rt.settings.criu_dump_log_level,
+                    shell_job=self.tree.external_session, log_level=rt.settings.criu_log_level,
                     freeze_timeout=rt.settings.freeze_timeout, notify=self.hold_point,
                     external=[e.criu_external for e in self.stdio if e.criu_external],
                     tcp_established=self.spec.tcp_established, ext_unix_sk=self.spec.ext_unix_sk,

@@ -23,11 +23,8 @@ from snapd_daemon.store.s3 import RemoteConfig
 class Settings:
     state_dir: Path = Path("/var/lib/gpu-snapd")
     criu_path: str | None = None
-    # CRIU log verbosity (0..4) of restores; 4 keeps enough context to explain failures.
+    # CRIU log verbosity (0..4); 4 keeps enough context to explain failures.
     criu_log_level: int = 4
-    # ... and of dumps: at 4 CRIU logs every batch of pages, thousands of lines for a
-    # GPU server's image, written while the tree is frozen; 2 keeps errors and warnings.
-    criu_dump_log_level: int = 2
     # Seconds CRIU may take to freeze the tree at dump.
     freeze_timeout: int = 30
     # How long the CUDA driver may wait for in-flight GPU work when locking.

@@ -52,11 +52,7 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Delegated cgroup v2 subtree restores may be placed in [default: <cgroup2 mount>/gpu-snapd].")
 @click.option("--metrics-address", default="", help="Serve Prometheus /metrics on host:port (off by default).")
 @click.option("--criu", default=None, help="CRIU binary (default: /opt/gpu-snapd/criu/bin/criu, then PATH).")
-@click.option("--criu-log-level", type=click.IntRange(0, 4), default=4, show_default=True,
-              help="CRIU log verbosity of restores (their logs are short; 4 explains failures).")
-@click.option("--criu-dump-log-level", type=click.IntRange(0, 4), default=2, show_default=True,
-              help="CRIU log verbosity of dumps: 2 keeps errors and warnings; 4 adds a line per page "
-                   "batch, which cost an 18 GB dump seconds on an H200 host.")
+@click.option("--criu-log-level", type=click.IntRange(0, 4), default=4, show_default=True)
 @click.option("--scratch", type=click.Choice(["auto", "ram", "disk"]), default="auto", show_default=True,
               help="Where CRIU images are staged: RAM (/dev/shm) when it has room, or always RAM / disk.")
 @click.option("--io-threads", type=click.IntRange(1, 256), default=None,

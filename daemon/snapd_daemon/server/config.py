@@ -59,8 +59,7 @@ def load(path: Path, known: Iterable[str]) -> dict[str, Any]:
 def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
     """Settings and Listen from the merged options of `snapd serve`."""
     settings = Settings(
-        state_dir=o["state_dir"], criu_path=o["criu"], criu_log_level=o["criu_log_level"],
-        criu_dump_log_level=o["criu_dump_log_level"], scratch=o["scratch"],
+        state_dir=o["state_dir"], criu_path=o["criu"], criu_log_level=o["criu_log_level"], scratch=o["scratch"],
         inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
         warm_file_bytes=o["warm_files_mb"] << 20,
         cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"],
