@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
-from snapd_daemon.checkpoint.cutplan import GRID, Piece, cut_fixed, cut_runs, settled_pieces
+from snapd_daemon.checkpoint.cutplan import GRID, GrowingCut, Piece, cut_fixed, cut_runs
+from snapd_daemon.criu.images import GrowingPagemap, PageRun, read_pagemap, write_pagemap
 from snapd_daemon.store import codec
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.imports import ChunkImport
@@ -39,9 +41,68 @@ def test_cuts_follow_the_mapping_not_the_absolute_address() -> None:
         assert cut_runs(runs, mapping) == [Piece(0, 4096), Piece(4096, GRID), Piece(4096 + GRID, GRID),
                                            Piece(4096 + 2 * GRID, GRID)]
         # while CRIU still writes: the open last piece and bytes not yet in the file wait
-        assert settled_pieces(runs, 4096 + 3 * GRID, mapping) == cut_runs(runs, mapping)[:-1]
-        assert settled_pieces(runs, 4096 + GRID, mapping) == cut_runs(runs, mapping)[:2]
+        growing = GrowingCut(mapping)
+        growing.add(runs)
+        assert growing.settled_within(0, 4096 + 3 * GRID) == cut_runs(runs, mapping)[:-1]
+        assert growing.settled_within(0, 4096 + GRID) == cut_runs(runs, mapping)[:2]
+        assert growing.settled_within(2, 4096 + 3 * GRID) == cut_runs(runs, mapping)[2:-1]
     assert cut_fixed(GRID + 10) == [Piece(0, GRID), Piece(GRID, 10)]
+
+
+def test_a_page_map_cut_as_it_grows_is_cut_as_the_whole_map() -> None:
+    """Whatever batches the follower reads CRIU's entries in (1 MiB entries, gaps, runs
+    crossing mapping edges and lying outside any mapping), its settled pieces are always
+    the start of the whole map's cut, and once every run is in, they and the open piece
+    are that cut."""
+    rng = random.Random(7)
+    base = 0x7F0000001000
+    regions = [(base, base + 5 * GRID + 3 * 4096), (base + 6 * GRID, base + 9 * GRID)]
+    runs, vaddr, offset = [], base - 2 * 4096, 0
+    while vaddr < base + 10 * GRID:
+        length = rng.choice([4096, 3 * 4096, 1 << 20, 1 << 20, GRID + 4096])
+        runs.append((vaddr, length, offset))
+        offset += length
+        vaddr += length + rng.choice([0, 0, 0, 4096, GRID])
+    whole = cut_runs(runs, regions)
+    for _ in range(20):
+        growing, at = GrowingCut(regions), 0
+        while at < len(runs):
+            batch = rng.randint(0, 4)
+            growing.add(runs[at : at + batch])
+            at += batch
+            assert growing.settled == whole[: len(growing.settled)]
+        assert growing.pieces() == whole
+
+
+def test_a_growing_page_map_is_read_entry_by_entry_as_criu_writes_it(tmp_path: Path) -> None:
+    """Read while CRIU writes (any byte boundary), the runs are those of the whole map."""
+    runs = [(0x7F0000000000 + i * GRID, (i % 3 + 1) * 4096) for i in range(50)]
+    whole_path = tmp_path / "whole" / "pagemap-42.img"
+    whole_path.parent.mkdir()
+    write_pagemap(whole_path, 7, runs)
+    data = whole_path.read_bytes()
+    growing_path = tmp_path / "pagemap-42.img"
+    growing_path.write_bytes(b"")
+    reader = GrowingPagemap(growing_path)
+    seen: list[PageRun] = []
+    for end in [*range(0, len(data), 37), len(data)]:
+        growing_path.write_bytes(data[:end])
+        seen += reader.read_new()
+    whole = read_pagemap(whole_path)
+    assert reader.pid == 42 and reader.pages_file == whole.pages_file == "pages-7.img"
+    assert tuple(seen) == whole.runs and len(seen) == 50
+
+
+def test_a_dump_is_stored_while_criu_writes_it(daemon: Daemon, workloads: Workloads) -> None:
+    """The follower reads CRIU's page map as it grows and the ingest gets settled pieces
+    before the dump ends; the final plan agrees with every one of them (none redone)."""
+    pid, report = workloads.start("memhold.py", "768")
+    before = ask(pid, report)[1]
+    with daemon.client() as c:
+        c.checkpoint(pid, leave_running=True)
+    plans = [json.loads(ln) for ln in daemon.log.read_text().splitlines() if '"event": "ingest.plan"' in ln]
+    assert plans[-1]["redone"] == [] and plans[-1]["stored_while_dumping"] >= 256 << 20, plans[-1]
+    assert ask(pid, report)[1] == before
 
 
 HEADER_SIZE = codec.HEADER.size

@@ -14,7 +14,7 @@ dump. Other images are small (metadata) and are cut at fixed offsets.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from snapd_daemon.criu.images import PagesImage, pages_images, read_vmas
@@ -24,67 +24,82 @@ from snapd_daemon.store.model import Piece
 GRID = 2 << 20
 
 
-def merge_runs(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Join runs contiguous both in address and in the file.
-
-    CRIU splits one mapping's pages into entries of at most its page-pipe size
-    (1 MiB seen here), at points that differ from dump to dump; cutting there
-    would make identical memory yield different chunks.
-    """
-    merged: list[tuple[int, int, int]] = []
-    for vaddr, length, offset in runs:
-        if merged:
-            pv, pl, po = merged[-1]
-            if pv + pl == vaddr and po + pl == offset:
-                merged[-1] = (pv, pl + length, po)
-                continue
-        merged.append((vaddr, length, offset))
-    return merged
-
-
 Region = tuple[int, int]
+Run = tuple[int, int, int]  # vaddr, length, offset in the pages file
 
 
-def cut_runs(runs: list[tuple[int, int, int]], regions: Sequence[Region] = (), grid: int = GRID) -> list[Piece]:
-    """Pieces for runs of (vaddr, length, file offset): cut at region (mapping) edges
-    and every ``grid`` bytes from the start of the region; outside any known
-    region, on the absolute address grid. ``regions`` are sorted and disjoint."""
-    starts = [r[0] for r in regions]
-    pieces = []
-    for vaddr, length, offset in merge_runs(runs):
-        end = vaddr + length
+class GrowingCut:
+    """Pieces for runs of (vaddr, length, file offset) that arrive in file order, a few
+    at a time, as CRIU writes its page map: cut at region (mapping) edges and every
+    ``grid`` bytes from the start of the region; outside any known region, on the
+    absolute address grid. ``regions`` are sorted and disjoint.
+
+    Runs contiguous both in address and in the file are joined first: CRIU splits one
+    mapping's pages into entries of at most its page-pipe size (1 MiB seen here), at
+    points that differ from dump to dump; cutting there would make identical memory
+    yield different chunks.
+
+    More runs can only extend the last one (when contiguous) or follow it, which
+    changes nothing but the last piece: every piece before it is ``settled``. Each run
+    is cut once, so following a dump costs O(its runs) in all, not O(runs) a poll."""
+
+    def __init__(self, regions: Sequence[Region] = (), grid: int = GRID) -> None:
+        self.regions = regions
+        self.grid = grid
+        self._starts = [r[0] for r in regions]
+        self.settled: list[Piece] = []
+        self._open: Run | None = None  # what follows the settled pieces: one piece, which may grow
+
+    def add(self, runs: Iterable[Run]) -> None:
+        for vaddr, length, offset in runs:
+            if self._open is not None:
+                ov, ol, oo = self._open
+                if ov + ol == vaddr and oo + ol == offset:
+                    self._open = (ov, ol + length, oo)
+                    continue
+                self.settled.extend(self._cut(self._open))
+            self._open = (vaddr, length, offset)
+        if self._open is not None:
+            *done, last = self._cut(self._open)
+            self.settled.extend(done)
+            self._open = (self._open[0] + self._open[1] - last.length, last.length, last.offset)
+
+    def settled_within(self, first: int, available: int) -> list[Piece]:
+        """The settled pieces from index ``first`` on, as far as they lie in the first
+        ``available`` bytes of the pages file (CRIU writes it while the follower cuts)."""
+        end = first
+        while end < len(self.settled) and self.settled[end].offset + self.settled[end].length <= available:
+            end += 1
+        return self.settled[first:end]
+
+    def pieces(self) -> list[Piece]:
+        """Every piece so far, the open last one included."""
+        return self.settled + ([Piece(self._open[2], self._open[1])] if self._open else [])
+
+    def _cut(self, run: Run) -> list[Piece]:
+        vaddr, length, offset = run
+        regions, end = self.regions, vaddr + length
+        pieces = []
         while vaddr < end:
-            i = bisect.bisect_right(starts, vaddr) - 1
+            i = bisect.bisect_right(self._starts, vaddr) - 1
             if i >= 0 and vaddr < regions[i][1]:
                 anchor, limit = regions[i]
             else:
                 anchor = 0
                 limit = regions[i + 1][0] if i + 1 < len(regions) else end
-            line = anchor + ((vaddr - anchor) // grid + 1) * grid
+            line = anchor + ((vaddr - anchor) // self.grid + 1) * self.grid
             step = min(end, limit, line) - vaddr
             pieces.append(Piece(offset, step))
             vaddr += step
             offset += step
-    return pieces
+        return pieces
 
 
-def settled_pieces(
-    runs: list[tuple[int, int, int]], available: int, regions: Sequence[Region] = (), grid: int = GRID
-) -> list[Piece]:
-    """The pieces ``cut_runs`` will produce for a pages file still being written, as
-    far as they cannot change any more: ``runs`` are the runs known so far and
-    ``available`` the bytes of the file written so far.
-
-    More runs can only extend the last known run (when contiguous) or follow it,
-    which changes nothing but the last piece; pieces past ``available`` wait too.
-    """
-    pieces = cut_runs(runs, regions, grid)[:-1]
-    settled = []
-    for piece in pieces:
-        if piece.offset + piece.length > available:
-            break
-        settled.append(piece)
-    return settled
+def cut_runs(runs: Iterable[Run], regions: Sequence[Region] = (), grid: int = GRID) -> list[Piece]:
+    """Pieces for a whole page map's runs (see ``GrowingCut``)."""
+    cut = GrowingCut(regions, grid)
+    cut.add(runs)
+    return cut.pieces()
 
 
 def cut_fixed(size: int, grid: int = GRID) -> list[Piece]:
