@@ -51,11 +51,17 @@ class ChunkDir:
         """Write chunk ``cid`` (its file's ``parts``, one after the other) under a temporary
         name: neither durable nor visible yet."""
         final = self.path(cid)
-        final.parent.mkdir(exist_ok=True)
         # unique per stage call: thread idents are reused once a thread ends, and two imports
         # may stage the same chunk at once (O_EXCL: never another writer's file)
         tmp = final.with_name(f"{cid}{_TMP_MARK}{os.getpid()}-{next(_STAGED)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        # the first chunk of a prefix makes its directory (a mkdir for every chunk took 1.4%
+        # of the ingest threads' time on the H200)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:
+            final.parent.mkdir(exist_ok=True)
+            fd = os.open(tmp, flags, 0o600)
         try:
             bufs = [memoryview(part) for part in parts]
             while bufs:
