@@ -93,6 +93,35 @@ def test_a_growing_page_map_is_read_entry_by_entry_as_criu_writes_it(tmp_path: P
     assert tuple(seen) == whole.runs and len(seen) == 50
 
 
+def test_the_ingest_reuses_stored_chunks_and_keeps_one_published_after_its_listing(tmp_path: Path) -> None:
+    """A piece whose chunk the store held when the ingest listed it is not written again;
+    one whose chunk another writer publishes after the listing is staged, and at commit
+    the copy already named stays and does not count as new."""
+    source = tmp_path / "images"
+    source.mkdir()
+    old, late, fresh = os.urandom(GRID), os.urandom(GRID), os.urandom(GRID)
+    (source / "pages-1.img").write_bytes(old + late + fresh)
+    store = LocalStore(tmp_path / "state", 2)
+    with store.begin_import() as first:
+        first.add(codec.chunk_id(old), b"".join(bytes(part) for part in codec.encode(old)))
+        first.commit("snapshot-old", {codec.chunk_id(old)}, lambda added: b"{}")
+    listing = store.chunks.listing()
+    assert listing.may_hold(codec.chunk_id(old)) and not listing.may_hold(codec.chunk_id(late))
+    pieces = cut_fixed(3 * GRID)
+    with store.begin_ingest(source, lambda done: None) as ingest:
+        assert ingest.listed.wait(10)
+        with store.begin_import() as other:  # publishes ``late`` after the ingest listed the store
+            other.add(codec.chunk_id(late), b"".join(bytes(part) for part in codec.encode(late)))
+            other.commit("snapshot-late", {codec.chunk_id(late)}, lambda added: b"{}")
+        chunks = ingest.complete({"pages-1.img": pieces})["pages-1.img"]
+        committed = ingest.commit("snapshot-new", {ref.id for ref in chunks}, lambda committed: b"{}")
+    assert [ref.id for ref in chunks] == [codec.chunk_id(raw) for raw in (old, late, fresh)]
+    assert committed.new_bytes == store.chunks.exists(codec.chunk_id(fresh))
+    buffers = ReadBuffers()
+    assert [bytes(store.chunks.read(ref.id, buffers)) for ref in chunks] == [old, late, fresh]
+    assert not list((tmp_path / "state" / "chunks").glob("*/*.tmp-*"))
+
+
 def test_a_dump_is_stored_while_criu_writes_it(daemon: Daemon, workloads: Workloads) -> None:
     """The follower reads CRIU's page map as it grows and the ingest gets settled pieces
     before the dump ends; the final plan agrees with every one of them (none redone)."""
