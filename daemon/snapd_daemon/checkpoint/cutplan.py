@@ -52,6 +52,8 @@ class GrowingCut:
 
     def add(self, runs: Iterable[Run]) -> None:
         for vaddr, length, offset in runs:
+            if not length:
+                continue
             if self._open is not None:
                 ov, ol, oo = self._open
                 if ov + ol == vaddr and oo + ol == offset:
