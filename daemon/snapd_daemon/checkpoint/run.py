@@ -93,7 +93,7 @@ class _PostDumpHold(Notify):
     """At CRIU's post-dump point (tree still frozen by CRIU): take the tree as it is
     now (children forked since it was inspected included) and, when ``stop``, SIGSTOP
     it so it cannot run between the dump and the moment the snapshot is durable. ``quiet``
-    wraps that work (the ingest's ``paused``, so that it runs alone)."""
+    wraps that work (the ingest's ``paused``: no writer competes with it for the GIL)."""
 
     def __init__(self, tree: ProcessTree, stop: bool, journal: HoldJournal, operation_id: str,
                  cuda_pids: tuple[int, ...], daemon_pid: int) -> None:
