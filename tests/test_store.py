@@ -167,8 +167,8 @@ def test_a_dump_is_stored_while_criu_writes_it(daemon: Daemon, workloads: Worklo
     before = ask(pid, report)[1]
     with daemon.client() as c:
         c.checkpoint(pid, leave_running=True)
-    plans = [json.loads(ln) for ln in daemon.log.read_text().splitlines() if '"event": "ingest.plan"' in ln]
-    assert plans[-1]["redone"] == [] and plans[-1]["stored_while_dumping"] >= 128 << 20, plans[-1]
+    plans = [json.loads(ln) for ln in daemon.log.read_text().splitlines() if '"event": "ingest.extended"' in ln]
+    assert plans[0]["redone"] == [] and plans[0]["early_bytes"] >= 128 << 20, plans[0]
     assert ask(pid, report)[1] == before
 
 

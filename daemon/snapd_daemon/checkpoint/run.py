@@ -282,6 +282,7 @@ class CheckpointRun(OperationRun):
         with metrics.phase("checkpoint", "commit"):
             pages = pages_images(self.staging.images)
             final = plan(self.staging.images, pages)
+            self.ingest.extend(final)  # the dump's last pieces are stored while the cut is written
             if rt.settings.inject_min_bytes:
                 manifest.trimmed = self._trim(pages, rt.settings.inject_min_bytes, final)
             chunks = self.ingest.complete(final)
@@ -301,6 +302,7 @@ class CheckpointRun(OperationRun):
         originals are, at every small mapping, their chunks would be shared with them but
         thousands). Best effort: the snapshot is whole without it, so a failure (staging
         full, say) only leaves restores to cut for themselves."""
+        began = time.monotonic()
         try:
             trimmed = write_trimmed(self.staging.images, pages, min_region)
         except (OSError, ImageFormatError) as exc:
@@ -308,6 +310,8 @@ class CheckpointRun(OperationRun):
             shutil.rmtree(self.staging.images / TRIMMED, ignore_errors=True)
             return None
         final.update({name: cut_fixed((self.staging.images / name).stat().st_size) for name in trimmed.names})
+        log.info("checkpoint.cut_written", bytes=sum(p.length for name in trimmed.names for p in final[name]),
+                 seconds=round(time.monotonic() - began, 3))
         self.raw = tree_size(self.staging.images)
         return trimmed.layout
 

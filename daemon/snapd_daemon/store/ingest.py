@@ -196,13 +196,14 @@ class Ingest:
         finally:
             self._running.set()
 
-    def complete(self, final: dict[str, list[Piece]]) -> dict[str, tuple[ChunkRef, ...]]:
-        """Store what ``final`` (every file's pieces, in order) has beyond what was
-        submitted and wait for all of it; the chunks of each file. Early pieces that
-        are not the start of the final cut are redone (chunks already staged are reused)."""
+    def extend(self, final: dict[str, list[Piece]]) -> None:
+        """Submit what ``final`` (these files' pieces, in order) has beyond what was
+        submitted. Early pieces that are not the start of a file's final cut are redone
+        (chunks already staged are reused). A second call for the same files adds nothing."""
         early_bytes = 0
         redone = []
-        with translated(self.store.root, sum(p.length for v in final.values() for p in v)):
+        total = sum(p.length for v in final.values() for p in v)
+        with translated(self.store.root, total):
             for name, cuts in final.items():
                 with self._lock:
                     early = self.pieces.get(name, [])
@@ -215,10 +216,23 @@ class Ingest:
                     job.exception()
                 early_bytes += sum(p.length for p in early)
                 self.submit(name, cuts[len(early) :])
-            log.info("ingest.plan", stored_while_dumping=early_bytes, redone=redone)
+        with self.tally.lock:
+            done = self.tally.done
+        log.info("ingest.extended", files=len(final), early_bytes=early_bytes,
+                 new_bytes=total - early_bytes,
+                 stored_bytes=done, redone=redone)
+
+    def complete(self, final: dict[str, list[Piece]]) -> dict[str, tuple[ChunkRef, ...]]:
+        """Store every piece of ``final`` (every file's pieces, in order; ``extend`` for what
+        was not submitted yet) and wait for all of it; the chunks of each file."""
+        with translated(self.store.root, sum(p.length for v in final.values() for p in v)):
+            with self._lock:
+                unsubmitted = {name: cuts for name, cuts in final.items() if self.pieces.get(name) != cuts}
+            if unsubmitted:
+                self.extend(unsubmitted)
             waited = time.monotonic()
             chunks = {name: tuple(job.result() for job in self.jobs[name]) for name in final}
-            log.info("ingest.stored", seconds_after_dump=round(time.monotonic() - waited, 3))
+            log.info("ingest.stored", seconds_waited=round(time.monotonic() - waited, 3))
         return chunks
 
     def commit(self, manifest_id: str, used: set[str], render: Callable[[Committed], bytes]) -> Committed:
