@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import mmap
 import os
@@ -16,14 +17,14 @@ import pytest
 
 from harness import Daemon, Workloads, ask, gone, wait_for
 from snapd_client import SnapdClientError
-from snapd_daemon.criu.trim import Span, split_runs
+from snapd_daemon.criu.trim import InjectSpan, Span, TrimmedLayout, split_runs
 from snapd_daemon.host import filepages
 from snapd_daemon.restore.delivery import Readahead, Route, Target
 from snapd_daemon.runtime import Settings
-from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
 from snapd_daemon.store import codec
 from snapd_daemon.store.local import LocalStore
-from snapd_daemon.store.model import ChunkRef
+from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef
 
 
 @pytest.fixture
@@ -432,6 +433,21 @@ def test_recorded_paths_that_are_no_longer_the_recorded_files_are_never_opened(t
     warming.join(20)
     assert not warming.is_alive()
     assert filepages.warm(files, 0) is None
+
+
+def test_a_manifest_serialises_every_record_it_nests() -> None:
+    """The compact JSON of a manifest holds what ``asdict`` sees, field for field, and reads
+    back as the same manifest."""
+    files = [ImageEntry("pages-1.img", 3 << 20, (ChunkRef("a" * 64, 2 << 20), ChunkRef(ZERO_CHUNK, 1 << 20))),
+             ImageEntry("trimmed/pages-1.img", 4096, (ChunkRef("b" * 64, 4096),))]
+    trimmed = TrimmedLayout(1 << 20, {7: [(1 << 30, 3 << 30)]}, [InjectSpan(7, "pages-1.img", 1 << 30, 4096, 2 << 20, True)])
+    pages = filepages.FilePages("/w/model.safetensors", filepages.FileId(2049, 9, 1 << 30, 5), ((0, 1 << 20),))
+    manifest = Manifest(id="s", name="n", labels={"k": "v"}, created=1.5, root_pid=7, processes=[], criu_version="4.2",
+                        kernel="6.8", hostname="h", shell_job=False, leave_running=True, files=files, trimmed=trimmed,
+                        file_pages=[pages], ns_pids={7: 1}, ns_ports=[8000])
+    text = manifest.to_json()
+    assert "\n" not in text and json.loads(text) == json.loads(json.dumps(dataclasses.asdict(manifest)))
+    assert Manifest.from_json(text) == manifest
 
 
 def test_file_pages_in_a_manifest_round_trip_and_bad_entries_are_dropped() -> None:

@@ -25,11 +25,12 @@ spans of one image never overlap.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from snapd_daemon.criu.images import PagesImage, Vma, read_vmas, write_pagemap
 
@@ -154,9 +155,6 @@ class TrimmedLayout:
     inject: list[InjectSpan]
     version: int = CUT_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrimmedLayout:
         return cls(
@@ -196,9 +194,14 @@ def write_trimmed(images_dir: Path, images: list[PagesImage], min_region: int) -
     for c in cuts:
         src = os.open(images_dir / c.image.pages_file, os.O_RDONLY)
         try:
-            with open(out / c.image.pages_file, "wb") as dst:
-                for span in c.keep:
-                    _copy(src, dst, span.offset, span.length)
+            dst = os.open(out / c.image.pages_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                at = 0
+                for offset, length in _file_runs(c.keep):
+                    _copy(src, dst, offset, length, at)
+                    at += length
+            finally:
+                os.close(dst)
         finally:
             os.close(src)
         pagemap = f"pagemap-{c.image.pid}.img"
@@ -207,12 +210,31 @@ def write_trimmed(images_dir: Path, images: list[PagesImage], min_region: int) -
     return Trimmed(TrimmedLayout(min_region, regions, [s for c in cuts for s in c.inject]), names)
 
 
-def _copy(src: int, dst: BinaryIO, offset: int, length: int) -> None:
-    """Append ``length`` bytes of ``src`` at ``offset`` to ``dst``."""
+def _file_runs(spans: list[Span]) -> list[tuple[int, int]]:
+    """(offset, length) of the pages file for ``spans`` (in file order), those that follow
+    each other in the file joined: one copy each, not one per page-map entry."""
+    runs: list[tuple[int, int]] = []
+    for s in spans:
+        if runs and sum(runs[-1]) == s.offset:
+            runs[-1] = (runs[-1][0], runs[-1][1] + s.length)
+        else:
+            runs.append((s.offset, s.length))
+    return runs
+
+
+def _copy(src: int, dst: int, offset: int, length: int, at: int) -> None:
+    """Copy ``length`` bytes of ``src`` at ``offset`` to ``dst`` at ``at``, inside the kernel
+    (no bytes through Python: on an H200 host the cut of an 8B server, 80 MB copied in
+    Python, took 0.5 s beside the ingest's threads)."""
     while length:
-        data = os.pread(src, min(length, _COPY_PIECE), offset)
-        if not data:
+        try:
+            done = os.copy_file_range(src, dst, length, offset, at)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            done = os.pwrite(dst, os.pread(src, min(length, _COPY_PIECE), offset), at)
+        if not done:
             raise OSError(f"pages image ends before offset {offset + length}")
-        dst.write(data)
-        offset += len(data)
-        length -= len(data)
+        offset += done
+        at += done
+        length -= done
