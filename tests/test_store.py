@@ -160,6 +160,31 @@ def test_a_chunk_staged_twice_is_counted_as_the_copy_named_first(tmp_path: Path)
     assert not list((tmp_path / "state" / "chunks").glob("*/*.tmp-*"))
 
 
+def test_early_pieces_the_final_cut_disagrees_with_are_redone(tmp_path: Path) -> None:
+    """Pieces submitted early but cut otherwise than the final plan are redone: those that
+    never started never run, those under way end before the commit, and the store ends
+    up with the final cut's chunks only, no temporary left."""
+    source = tmp_path / "images"
+    source.mkdir()
+    raw = os.urandom(4 * GRID)
+    (source / "pages-1.img").write_bytes(raw)
+    early, final = cut_fixed(4 * GRID, GRID // 2), cut_fixed(4 * GRID)
+    done: list[int] = []
+    store = LocalStore(tmp_path / "state", 2)
+    with store.begin_ingest(source, done.append) as ingest:
+        ingest.submit("pages-1.img", early[:2])
+        wait_for(lambda: done and max(done) == GRID, 10, "the first two pieces stored")
+        with ingest.paused():
+            ingest.submit("pages-1.img", early[2:])  # two wait for the pause to end, four queue
+            ingest.extend({"pages-1.img": final})
+        chunks = ingest.complete({"pages-1.img": final})["pages-1.img"]
+        ingest.commit("snapshot-a", {ref.id for ref in chunks}, lambda committed: b"{}")
+    assert [ref.id for ref in chunks] == [codec.chunk_id(raw[p.offset : p.offset + p.length]) for p in final]
+    assert not any(store.chunks.exists(codec.chunk_id(raw[p.offset : p.offset + p.length])) for p in early)
+    assert all(store.chunks.exists(ref.id) for ref in chunks)
+    assert not list((tmp_path / "state" / "chunks").glob("*/*.tmp-*"))
+
+
 def test_a_dump_is_stored_while_criu_writes_it(daemon: Daemon, workloads: Workloads) -> None:
     """The follower reads CRIU's page map as it grows and the ingest gets settled pieces
     before the dump ends; the final plan agrees with every one of them (none redone)."""

@@ -6,7 +6,7 @@ poll (``GrowingPagemap``), cuts them (``GrowingCut``), and hands the pieces that
 no longer change and whose bytes are in the file to the ingest, so hashing,
 compression and writing run alongside the dump instead of after it. A poll costs
 what CRIU wrote since the last one, not the dump so far. Anything it gets wrong is
-caught by ``Ingest.complete``, which checks the early pieces against the final plan.
+caught by ``Ingest.extend``, which checks the early pieces against the final plan.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ log = structlog.get_logger()
 class _Followed:
     pagemap: GrowingPagemap
     # cut along the mappings read from /proc while the process is frozen for the dump;
-    # the final plan uses the dumped mm image, and Ingest.complete checks they agree
+    # the final plan uses the dumped mm image, and Ingest.extend checks they agree
     cut: GrowingCut
 
 

@@ -10,12 +10,13 @@ A ``CheckpointRun`` goes through its phases in order, one method each:
      directory and the store's ingest;
   3. ``freeze_gpu``: CUDA lock + checkpoint of every CUDA process;
   4. ``dump``: CRIU dumps into staging, always leaving the tree running, while
-     the dump follower already stores settled chunks; at CRIU's post-dump point
+     the dump follower already stores settled chunks and a thread records the
+     file pages the tree has mapped in (host/filepages.py, which restores read
+     ahead); at CRIU's post-dump point
      (tree still frozen) the tree is re-read and, unless it is to keep running,
      SIGSTOPped; with ``leave_running`` the GPUs are given back right after;
-  5. ``commit``: the rest is stored, meanwhile a thread records the file pages
-     the tree has mapped in (host/filepages.py, which restores read ahead), and
-     the manifest is published (the snapshot appears); the hold record of a
+  5. ``commit``: the rest is stored, then the restore's cut, and the manifest
+     is published (the snapshot appears); the hold record of a
      tree to stop turns into one that kills it;
   6. ``finish``: only now is a stopped tree killed (or a kept one left running).
 Each of phases 2-4 pushes its undo onto the run's stack as it acts; a failure
@@ -235,8 +236,8 @@ class CheckpointRun(OperationRun):
         self.report(ProgressEvent(Phase.DUMP, 0, self.needed, "criu dump", frozen=True))
         if rt.settings.warm_file_bytes:
             # beside the dump, not after it: on an H200 host the scan took 0.6-0.8 s, most of
-            # it on the commit's path. The tree's file mappings stay as they are from here
-            # (CRIU freezes it in its first moments; a CUDA tree is locked already)
+            # it on the commit's path. The tree's file mappings stay as they are from CRIU's
+            # freeze on, moments later (a CUDA tree is locked already)
             self._file_scan = threading.Thread(target=contextvars.copy_context().run, args=(self._scan_file_pages,),
                                                name="file-pages", daemon=True)
             self._file_scan.start()

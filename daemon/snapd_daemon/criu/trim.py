@@ -230,7 +230,7 @@ def _copy(src: int, dst: int, offset: int, length: int, at: int) -> None:
         try:
             done = os.copy_file_range(src, dst, length, offset, at)
         except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM):
                 raise
             done = os.pwrite(dst, os.pread(src, min(length, _COPY_PIECE), offset), at)
         if not done:

@@ -1,10 +1,11 @@
 """Ingest: the files of one snapshot going into the store, possibly while they are written.
 
-Roles (containerd's Ingester): ``submit`` pieces as they settle, ``complete``
-with the final cut of every file, ``commit`` (chunks durable and visible, then
-the manifest), or ``abort``; ``close`` ends it. Which pieces to cut is the
-caller's knowledge (the checkpoint side knows CRIU's images); the ingest only
-reads, hashes, compresses and writes them.
+Roles (containerd's Ingester): ``submit`` pieces as they settle, ``extend``
+with the final cut of files as it is known, ``complete`` with that of every
+file, ``commit`` (chunks durable and visible, then the manifest), or
+``abort``; ``close`` ends it. Which pieces to cut is the caller's knowledge
+(the checkpoint side knows CRIU's images); the ingest only reads, hashes,
+compresses and writes them.
 
 Invariants:
 - from ``begin`` until ``close`` the store lock is held shared, so gc never
@@ -140,6 +141,7 @@ class Ingest:
         self.tally = _Tally()
         self.pieces: dict[str, list[Piece]] = {}
         self.jobs: dict[str, list[Future[ChunkRef]]] = {}
+        self._stale: list[Future[ChunkRef]] = []  # jobs of redone pieces that had started
         self.fds: dict[str, int] = {}
         self._lock = threading.Lock()
         self._shared = store.lock.shared()
@@ -206,21 +208,21 @@ class Ingest:
         with translated(self.store.root, total):
             for name, cuts in final.items():
                 with self._lock:
-                    early = self.pieces.get(name, [])
-                    stale = self.jobs.get(name, []) if cuts[: len(early)] != early else []
-                    if stale:
+                    early = len(self.pieces.get(name, ()))
+                    if cuts[:early] != self.pieces.get(name, []):
+                        # not started: never run; started: ``complete`` waits for them (their
+                        # chunks are dropped at commit if unused), not this, so that the
+                        # final pieces queue now
+                        self._stale += [job for job in self.jobs[name] if not job.cancel()]
                         self.pieces[name], self.jobs[name] = [], []
                         redone.append(name)
-                        early = []
-                for job in stale:  # let them end; their chunks are dropped at commit if unused
-                    job.exception()
-                early_bytes += sum(p.length for p in early)
-                self.submit(name, cuts[len(early) :])
+                        early = 0
+                early_bytes += sum(p.length for p in cuts[:early])
+                self.submit(name, cuts[early:])
         with self.tally.lock:
             done = self.tally.done
-        log.info("ingest.extended", files=len(final), early_bytes=early_bytes,
-                 new_bytes=total - early_bytes,
-                 stored_bytes=done, redone=redone)
+        log.info("ingest.extended", files=len(final), early_bytes=early_bytes, new_bytes=total - early_bytes,
+                 done_bytes=done, redone=redone)
 
     def complete(self, final: dict[str, list[Piece]]) -> dict[str, tuple[ChunkRef, ...]]:
         """Store every piece of ``final`` (every file's pieces, in order; ``extend`` for what
@@ -231,6 +233,8 @@ class Ingest:
             if unsubmitted:
                 self.extend(unsubmitted)
             waited = time.monotonic()
+            for job in self._stale:
+                job.exception()
             chunks = {name: tuple(job.result() for job in self.jobs[name]) for name in final}
             log.info("ingest.stored", seconds_waited=round(time.monotonic() - waited, 3))
         return chunks
