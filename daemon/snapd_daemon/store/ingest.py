@@ -208,8 +208,9 @@ class Ingest:
         with translated(self.store.root, total):
             for name, cuts in final.items():
                 with self._lock:
-                    early = len(self.pieces.get(name, ()))
-                    if cuts[:early] != self.pieces.get(name, []):
+                    submitted = self.pieces.get(name, [])
+                    early = len(submitted)
+                    if cuts[:early] != submitted:
                         # not started: never run; started: ``complete`` waits for them (their
                         # chunks are dropped at commit if unused), not this, so that the
                         # final pieces queue now
