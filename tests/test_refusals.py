@@ -12,7 +12,7 @@ import grpc
 import psutil
 import pytest
 
-from harness import BackgroundCheckpoint, Daemon, Workloads, error_of, gone, wait_for
+from harness import BackgroundCheckpoint, Daemon, Workloads, ask, error_of, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 
@@ -92,6 +92,38 @@ def test_restore_while_original_alive(client: SnapdClient, workloads: Workloads)
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "PidsInUse"
     assert f"pid {pid} (python" in err.message and "of the snapshot is alive" in err.message
     assert not gone(pid)
+
+
+# holds one CPU at real-time priority for a while: what runs only there cannot run meanwhile
+_SPINNER = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+print("spinning", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    pass
+"""
+
+
+def test_restore_waits_for_an_original_killed_but_not_run_since(client: SnapdClient, workloads: Workloads) -> None:
+    """A scheduler kills the original and restores at once, before the original ran again
+    (here its CPU is held by a real-time spinner): with its SIGKILL pending it is on its
+    way out, so the restore waits for its pid instead of refusing it as alive."""
+    pid, report = workloads.start("memhold.py", "16")
+    digest = report.read_text().split()[1]
+    snap = client.checkpoint(pid, leave_running=True)
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(pid, {cpu})
+    spinner = subprocess.Popen([sys.executable, "-c", _SPINNER, str(cpu), "1.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert spinner.stdout is not None and spinner.stdout.readline() == "spinning\n"
+        os.kill(pid, signal.SIGKILL)
+        result = client.restore(snap.id, wait_for_exit_seconds=10)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert result.root_pid == pid and ask(pid, report)[1] == digest
 
 
 def test_second_checkpoint_of_same_pid_is_refused(client: SnapdClient, daemon: Daemon,

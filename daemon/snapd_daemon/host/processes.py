@@ -268,9 +268,25 @@ def pid_state(pid: int) -> PidState:
         fields = _stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return PidState.FREE
-    if fields[0] in (b"Z", b"X") or int(fields[6]) & _PF_EXITING:
+    if fields[0] in (b"Z", b"X") or int(fields[6]) & _PF_EXITING or _kill_pending(pid):
         return PidState.EXITING
     return PidState.ALIVE
+
+
+def _kill_pending(pid: int) -> bool:
+    """A SIGKILL is queued for ``pid`` that it has not acted on yet: it exits as soon as it
+    runs (a scheduler that kills a server and at once restores its snapshot must see it
+    leaving, not alive, even before the CPU gets to it)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith((b"SigPnd:", b"ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return bool(pending & 1 << (signal.SIGKILL - 1))
 
 
 def wait_for_state(pids: list[int], done: set[PidState], timeout: float) -> list[int]:
