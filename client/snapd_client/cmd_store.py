@@ -12,6 +12,8 @@ from snapd_client.output import human_bytes
 
 # ChunkCorrupt's exit code (DATA_LOSS): `snapd fsck` found damage
 EXIT_DATA_LOSS = 24
+# ManifestDamaged's: `snapd fsck` found a manifest that failed its seal
+EXIT_MANIFEST_DAMAGED = 32
 _REPAIR = ("checkpoint the same source again to store the damaged chunks anew (that repairs every snapshot "
            "using them), or `snapd rm` the damaged snapshot(s)")
 
@@ -31,8 +33,8 @@ def flags(s: pb.Snapshot) -> str:
 def list_cmd(ctx: click.Context, name: str, remote: bool) -> None:
     """List complete snapshots, oldest first.
 
-    FLAGS: pinned (gc and rm leave it), hot (held in RAM), damaged (a chunk is in quarantine),
-    tcp (taken with --tcp-established).
+    FLAGS: pinned (gc and rm leave it), hot (held in RAM), damaged (a chunk is in quarantine, or
+    the manifest itself: it failed its seal and is in quarantine), tcp (taken with --tcp-established).
 
     \b
     Examples:
@@ -53,6 +55,11 @@ def list_cmd(ctx: click.Context, name: str, remote: bool) -> None:
                 click.echo(f"{s.id:<29} {s.name or '-':<20} {flags(s):<12} {s.root_pid:>8} "
                            f"{human_bytes(s.raw_bytes):>10} {human_bytes(s.stored_bytes):>10} "
                            f"{human_bytes(s.new_bytes):>10}  {created}")
+            for d in resp.damaged_manifests:
+                click.echo(f"{d.snapshot_id:<29} {'-':<20} {'damaged':<12} {'-':>8} {'-':>10} {'-':>10} {'-':>10}  "
+                           "- (manifest in quarantine)")
+            for d in resp.damaged_manifests:
+                click.echo(f"damaged manifest of {d.snapshot_id}, in quarantine at {d.moved_to}: {d.problem}")
             sums = (f"{len(resp.snapshots)} snapshot(s){f' named {name}' if name else ''}: "
                     f"{human_bytes(resp.store_raw_bytes)} raw, {human_bytes(resp.store_stored_bytes)} compressed")
             if name:  # the store's disk use is not theirs alone: their own new bytes say what they added
@@ -244,10 +251,12 @@ def gc(ctx: click.Context, keep_last: int | None, dry_run: bool, remote: bool) -
 @common_options
 @click.pass_context
 def fsck(ctx: click.Context, snapshot: str) -> None:
-    """Verify every chunk of SNAPSHOT (default: the whole store).
+    """Verify the manifest and every chunk of SNAPSHOT (default: the whole store).
 
-    Exit 0 when everything is whole, 24 (ChunkCorrupt, data loss) when damage was found; the
-    bad chunks are moved to quarantine and the snapshots using them marked damaged.
+    Exit 0 when everything is whole; 32 (ManifestDamaged) when a manifest failed its seal
+    (it is moved to quarantine; with the whole store, also when one is there already);
+    else 24 (ChunkCorrupt, data loss) when a chunk was damaged: the bad chunks are moved
+    to quarantine and the snapshots using them marked damaged.
 
     \b
     Examples:
@@ -260,6 +269,9 @@ def fsck(ctx: click.Context, snapshot: str) -> None:
             r = client.fsck(snapshot)
 
         def human() -> None:
+            for m in r.damaged_manifests:
+                click.echo(f"DAMAGED manifest of snapshot {m.snapshot_id} ({m.path}, in quarantine at "
+                           f"{m.moved_to}): {m.problem}")
             for d in r.damage:
                 click.echo(f"DAMAGED snapshot {d.snapshot_id} {d.file}@{d.offset} chunk {d.chunk}: {d.problem}")
             click.echo(f"{r.snapshots} snapshot(s), {r.chunks_checked} chunk(s), {human_bytes(r.bytes_checked)} "
@@ -267,6 +279,11 @@ def fsck(ctx: click.Context, snapshot: str) -> None:
                        "(`snapd gc` reclaims them)")
 
         c.emit(r, human)
+        if r.damaged_manifests:
+            c.fail("ManifestDamaged", f"{len(r.damaged_manifests)} damaged manifest(s) "
+                   f"{' '.join(m.snapshot_id for m in r.damaged_manifests)}, in quarantine: those snapshots cannot "
+                   "be restored; pull or import an intact copy, or delete the quarantined file",
+                   EXIT_MANIFEST_DAMAGED)
         if r.damage:
             damaged = sorted({d.snapshot_id for d in r.damage})
             c.fail("ChunkCorrupt", f"{len(damaged)} damaged snapshot(s) {' '.join(damaged)}; their bad chunks "

@@ -136,6 +136,27 @@ class ChunkCorrupt(SnapdError):
     status = "DATA_LOSS"
 
 
+class ManifestDamaged(SnapdError):
+    """manifest {where} (snapshot {snapshot_id}) is damaged: {problem}. Nothing was read from it and no chunk was touched; {action}"""
+
+    exit_code = 32
+    status = "DATA_LOSS"
+
+
+class ManifestUnsigned(SnapdError):
+    """snapshot {snapshot_id} ({where}) is refused: {problem}; require_signed is on, so only manifests signed by a key of trusted_key are taken in. Push it again from a host whose signing_key is trusted here."""
+
+    exit_code = 33
+    status = "PERMISSION_DENIED"
+
+
+class SignatureInvalid(SnapdError):
+    """snapshot {snapshot_id} ({where}) is refused: its signature by key {key_id} {problem}; the manifest was changed after it was signed, or signed by another key. Nothing was taken in."""
+
+    exit_code = 34
+    status = "PERMISSION_DENIED"
+
+
 class SnapshotPinned(SnapdError):
     """snapshot {snapshot_id} is pinned; `snapd unpin {snapshot_id}` first."""
 
@@ -339,6 +360,9 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     ShuttingDown,
     SnapshotBusy,
     ChunkCorrupt,
+    ManifestDamaged,
+    ManifestUnsigned,
+    SignatureInvalid,
     SnapshotPinned,
     GpuUnsupported,
     GpuMismatch,

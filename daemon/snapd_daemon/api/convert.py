@@ -7,7 +7,7 @@ from snapd_daemon.remote import PullOutcome, PushOutcome, RemoteGcReport
 from snapd_daemon.restore import RestoreOutcome
 from snapd_daemon.runtime.progress import Phase, ProgressEvent
 from snapd_daemon.runtime.registry import RunningOperation
-from snapd_daemon.snapshots.catalog import FsckReport, GcReport
+from snapd_daemon.snapshots.catalog import DamagedManifest, FsckReport, GcReport
 from snapd_daemon.snapshots.manifest import Manifest
 
 _PHASES = {
@@ -136,12 +136,18 @@ def gc_report(plan: GcReport) -> pb.CollectGarbageResponse:
     )
 
 
+def damaged_manifests(found: list[DamagedManifest]) -> list[pb.DamagedManifest]:
+    return [pb.DamagedManifest(snapshot_id=d.snapshot_id, path=d.path, moved_to=d.moved_to, problem=d.problem)
+            for d in found]
+
+
 def fsck_report(report: FsckReport) -> pb.CheckStoreResponse:
     return pb.CheckStoreResponse(
         snapshots=report.snapshots,
         chunks_checked=report.chunks_checked,
         bytes_checked=report.bytes_checked,
         orphan_chunks=report.orphan_chunks,
+        damaged_manifests=damaged_manifests(report.damaged_manifests),
         damage=[
             pb.ChunkDamage(snapshot_id=d.snapshot_id, file=d.file, offset=d.offset, chunk=d.chunk, problem=d.problem)
             for d in report.damage

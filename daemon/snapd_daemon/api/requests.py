@@ -1,7 +1,8 @@
 """Requests in: every caller-supplied value checked, and protobuf requests turned into typed specs.
 
 All validation of what a caller sends happens here (pids and log names through
-the host adapters that own those rules), before any operation starts; an
+the host adapters that own those rules, snapshot names and labels through
+snapshots/naming.py, which imports answer to as well), before any operation starts; an
 operation receives a spec it can trust.
 """
 
@@ -18,39 +19,10 @@ from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.processes import MAX_PID, validate_pid
 from snapd_daemon.host.stdio import validate_log_name
 from snapd_daemon.restore import RestoreSpec
+from snapd_daemon.snapshots.naming import labels, snapshot_name
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
-MAX_LABELS = 32
-MAX_LABEL_VALUE = 256
 MAX_REF = 256
 OPERATION_ID_RE = re.compile(r"op-[0-9a-f]{12}")
-
-
-def snapshot_name(name: str) -> str:
-    if name and not NAME_RE.fullmatch(name):
-        shown = name if len(name) <= 40 else name[:40] + f"... ({len(name)} chars)"
-        raise InvalidRequest(
-            field="name",
-            reason=f"{shown!r} must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
-        )
-    return name
-
-
-def labels(values: dict[str, str]) -> dict[str, str]:
-    if len(values) > MAX_LABELS:
-        raise InvalidRequest(field="labels", reason=f"{len(values)} labels given, at most {MAX_LABELS} allowed")
-    for key, value in values.items():
-        if not LABEL_KEY_RE.fullmatch(key):
-            raise InvalidRequest(
-                field="labels", reason=f"key {key[:70]!r} must be 1-63 characters of A-Z a-z 0-9 . _ / -"
-            )
-        if len(value) > MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
-            raise InvalidRequest(
-                field="labels",
-                reason=f"value of {key!r} must be at most {MAX_LABEL_VALUE} printable characters",
-            )
-    return dict(values)
 
 
 def snapshot_ref(ref: str) -> str:

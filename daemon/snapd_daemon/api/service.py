@@ -198,6 +198,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             store_raw_bytes=sum(m.raw_bytes for m in snaps),
             store_stored_bytes=sum(m.stored_bytes for m in snaps),
             store_disk_bytes=self.rt.store.disk_bytes(),
+            damaged_manifests=[] if name else convert.damaged_manifests(self.rt.catalog.damaged_manifests()),
         )
 
     @_unary
@@ -257,8 +258,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def CheckStore(self, request: pb.CheckStoreRequest, context: grpc.ServicerContext) -> pb.CheckStoreResponse:
         catalog = self.rt.catalog
         targets = [catalog.get(requests.snapshot_ref(request.snapshot))] if request.snapshot else catalog.list()
-        report = catalog.fsck(targets)
-        log.info("store.fsck", snapshots=report.snapshots, chunks=report.chunks_checked, damaged=len(report.damage))
+        report = catalog.fsck(targets, everything=not request.snapshot)
+        log.info("store.fsck", snapshots=report.snapshots, chunks=report.chunks_checked, damaged=len(report.damage),
+                 damaged_manifests=len(report.damaged_manifests))
         return convert.fsck_report(report)
 
     @_unary
@@ -287,7 +289,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             with self._claimed("export", request.snapshot) as (op_id, manifest):
                 log.info("snapshot.export", op=op_id, snapshot=manifest.id)
                 buffer = bytearray()
-                for piece in transfer.export_stream(self.rt.catalog, manifest):
+                for piece in transfer.export_stream(self.rt.catalog, manifest, self.rt.settings.fleet_keys):
                     buffer += piece
                     while len(buffer) >= _STREAM_PIECE:
                         yield pb.StreamData(data=bytes(buffer[:_STREAM_PIECE]))
@@ -306,7 +308,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         registry = self.rt.registry
         manifest, new = transfer.import_stream(
             self.rt.catalog, (piece.data for piece in request_iterator),
-            lambda snapshot_id: registry.claim("import", op_id, snapshot_id=snapshot_id))
+            lambda snapshot_id: registry.claim("import", op_id, snapshot_id=snapshot_id), self.rt.settings.fleet_keys)
         log.info("snapshot.import", op=op_id, snapshot=manifest.id, new=new)
         return self._snapshot(manifest)
 

@@ -25,7 +25,7 @@ from snapd_daemon.remote.pull import fetch_order
 from snapd_daemon.runtime import Runtime
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.snapshots.manifest import Manifest
-from snapd_daemon.store.model import ChunkRef
+from snapd_daemon.store.model import ChunkLengthMismatch, ChunkRef
 from snapd_daemon.util.buffers import ReadBuffers
 
 log = structlog.get_logger()
@@ -44,7 +44,7 @@ class OnDemand:
     @classmethod
     def find(cls, rt: Runtime, ref: str, report: Reporter, stop: Callable[[], None]) -> OnDemand:
         """For the remote snapshot ``ref`` names; RemoteNotConfigured without a remote tier."""
-        return cls(rt, find(require_remote(rt), ref), report, stop)
+        return cls(rt, find(require_remote(rt), ref, rt.settings.fleet_keys), report, stop)
 
     def __enter__(self) -> OnDemand:
         """Start fetching (the caller holds the store lock shared while it reads; the publish
@@ -73,7 +73,11 @@ class OnDemand:
         if fetcher is None or not fetcher.wants(ref.id):
             return self.rt.store.read_chunk(ref, buffers, hot)
         raw = fetcher.wait(ref.id)
-        return memoryview(raw) if raw is not None else self.imported.read(ref.id, buffers)
+        if raw is None:
+            return self.imported.read(ref.id, buffers, ref.length)
+        if len(raw) != ref.length:
+            raise ChunkLengthMismatch(ref.id, len(raw), ref.length)
+        return memoryview(raw)
 
     def readahead(self, cid: str) -> None:
         """Chunks the local store has are read ahead there; the fetcher orders the others."""

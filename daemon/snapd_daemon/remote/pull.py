@@ -56,7 +56,7 @@ def pull(rt: Runtime, ref: str, operation_id: str, report: Reporter, cancel: Can
     remote = require_remote(rt)
     started = time.monotonic()
     found = _local(rt, ref)
-    m = found if found is not None and found.id == ref else find(remote, ref)
+    m = found if found is not None and found.id == ref else find(remote, ref, rt.settings.fleet_keys)
     with rt.registry.claim("pull", operation_id, snapshot_id=m.id):
         if getattr(_local(rt, m.id), "id", None) == m.id:
             return PullOutcome(m.id, len(m.chunk_ids()), 0, 0, True, round(time.monotonic() - started, 3))

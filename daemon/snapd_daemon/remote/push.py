@@ -56,7 +56,7 @@ def push(rt: Runtime, ref: str, operation_id: str, report: Reporter, cancel: Can
             uploaded, sent = _upload_chunks(rt, m, report, cancel)
         cancel.commit()
         lock.check_fresh()
-        remote.put_manifest(m.id, m.to_json().encode())
+        remote.put_manifest(m.id, m.to_json(rt.settings.fleet_keys.signer()).encode())
     outcome = PushOutcome(m.id, len(m.chunk_ids()), uploaded, sent, False, round(time.monotonic() - started, 3))
     log.info("remote.pushed", snapshot=m.id, chunks=outcome.chunks, uploaded_chunks=uploaded, uploaded_bytes=sent,
              seconds=outcome.seconds)

@@ -5,7 +5,9 @@ A ``Router`` collects, per chunk of the snapshot, every slice of it that goes
 somewhere (``Target``); ``Delivery.run`` reads each routed chunk once,
 verified, and writes its slices with pwrite (files) or process_vm_writev
 (memory). A chunk that cannot be read raises ChunkCorrupt naming the
-snapshot, file and offset; a process that refuses a write raises InjectFailed.
+snapshot, file and offset (ManifestDamaged when the chunk is intact but of
+another length than the manifest says); a process that refuses a write raises
+InjectFailed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import NamedTuple
 
 import structlog
 
-from snapd_daemon.errors import ChunkCorrupt, InjectFailed
+from snapd_daemon.errors import InjectFailed
 from snapd_daemon.host import memwrite
+from snapd_daemon.snapshots.catalog import chunk_corrupt
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkReader
@@ -212,8 +215,7 @@ class Delivery:
         try:
             raw = memoryview(_ZEROS) if zero else self.store.read_chunk(route.ref, buffers)
         except ChunkUnreadable as err:
-            raise ChunkCorrupt(snapshot_id=self.manifest.id, chunk=err.cid, file=route.file,
-                               offset=route.file_offset, problem=err.problem) from err
+            raise chunk_corrupt(self.manifest, err, (route.file, route.file_offset)) from err
         for t in route.targets:
             if zero and not t.zero_fill:
                 continue

@@ -14,6 +14,7 @@ from snapd_daemon.runtime.holds import HoldJournal
 from snapd_daemon.runtime.registry import OperationRegistry
 from snapd_daemon.runtime.staging import Scratch
 from snapd_daemon.snapshots.catalog import Catalog
+from snapd_daemon.snapshots.signing import FleetKeys
 from snapd_daemon.store.protocol import ChunkStore
 from snapd_daemon.store.remote import RemoteStore
 from snapd_daemon.store.s3 import RemoteConfig
@@ -55,6 +56,9 @@ class Settings:
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
     # The remote tier (an S3 bucket) snapshots are pushed to and pulled from (None: none).
     remote: RemoteConfig | None = None
+    # The key push and export sign manifests with, the keys pull, on-demand restore and
+    # import trust, and whether they refuse what no trusted key signed (snapshots/signing.py).
+    fleet_keys: FleetKeys = field(default_factory=FleetKeys)
 
     def ram_dir(self) -> Path | None:
         """This daemon's directory in RAM, keyed by the state directory so that daemons

@@ -86,6 +86,14 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Seconds one request may take.")
 @click.option("--push-after-checkpoint/--no-push-after-checkpoint", default=False, show_default=True,
               help="Upload every snapshot to the remote tier once durable (checkpoint --push/--no-push wins).")
+@click.option("--signing-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM Ed25519 private key push and export sign manifests with (docs/integrity.md); its public "
+              "key is trusted too.")
+@click.option("--trusted-key", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="PEM Ed25519 public key whose signatures pull, on-demand restore and import accept "
+              "(repeatable; config key trusted_key, a list).")
+@click.option("--require-signed/--no-require-signed", default=False, show_default=True,
+              help="Refuse pulled, restored-from-remote and imported snapshots no trusted key signed.")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for running operations on SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)

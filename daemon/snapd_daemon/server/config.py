@@ -19,6 +19,7 @@ from snapd_daemon.api.access import AccessPolicy, resolve_gid
 from snapd_daemon.errors import ConfigInvalid
 from snapd_daemon.runtime import Settings
 from snapd_daemon.server.tcp import TcpListen
+from snapd_daemon.snapshots.signing import FleetKeys
 from snapd_daemon.store.s3 import RemoteConfig
 
 DEFAULT_SOCKET = Path("/run/gpu-snapd/snapd.sock")
@@ -66,7 +67,8 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])
-    settings = dataclasses.replace(settings, remote=remote_config(o))
+    settings = dataclasses.replace(settings, remote=remote_config(o), fleet_keys=FleetKeys.load(
+        o["signing_key"], tuple(o["trusted_key"]), o["require_signed"]))
     tcp = None
     if o["tcp"]:
         tcp = TcpListen(o["tcp"], o["tls_cert"], o["tls_key"], o["tls_client_ca"], o["insecure_loopback_tcp"])

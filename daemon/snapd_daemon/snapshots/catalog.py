@@ -4,10 +4,13 @@ snapshot-level decisions over its chunks (delete, gc, fsck, prefetch).
 Invariants: the index holds the manifests the store holds, parsed; a manifest
 enters it while its ingest still holds the store lock (``publish``), so gc,
 which computes what is live from the index under the exclusive lock, never
-sees a committed snapshot's chunks as orphans. A manifest that does not parse
-never enters it: ``load`` puts it in the store's quarantine and goes on. A
-snapshot is damaged while a chunk it references is in quarantine and not
-stored anew (the store decides that; ``damaged_chunks``).
+sees a committed snapshot's chunks as orphans. A manifest that fails its seal
+or does not parse (seal.py) never enters it: ``load`` (and ``fsck``, which reads
+every manifest file again) puts it in the store's quarantine and goes on; its
+snapshot is then listed as damaged (``damaged_manifests``) and ``get`` names it
+with ManifestDamaged; its chunks stay live. A snapshot is damaged while a chunk
+it references is in quarantine and not stored anew (the store decides that;
+``damaged_chunks``).
 """
 
 from __future__ import annotations
@@ -15,15 +18,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
-from snapd_daemon.errors import ChunkCorrupt, SnapshotAmbiguous, SnapshotNotFound, SnapshotPinned
+from snapd_daemon.errors import (
+    ChunkCorrupt,
+    ManifestDamaged,
+    SnapdError,
+    SnapshotAmbiguous,
+    SnapshotNotFound,
+    SnapshotPinned,
+)
 from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.snapshots.seal import open_manifest
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
-from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable, chunk_offsets
+from snapd_daemon.store.model import ZERO_CHUNK, ChunkLengthMismatch, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkStore, IngestSession
 
 log = structlog.get_logger()
@@ -48,6 +60,16 @@ class Damage:
     problem: str
 
 
+@dataclass(frozen=True)
+class DamagedManifest:
+    """A manifest in quarantine: the snapshot it was of, where it was, where it is, why."""
+
+    snapshot_id: str
+    path: str
+    moved_to: str
+    problem: str
+
+
 @dataclass
 class FsckReport:
     snapshots: int = 0
@@ -55,11 +77,19 @@ class FsckReport:
     bytes_checked: int = 0
     damage: list[Damage] = field(default_factory=list)
     orphan_chunks: int = 0
+    damaged_manifests: list[DamagedManifest] = field(default_factory=list)
 
 
-def chunk_corrupt(manifest: Manifest, err: ChunkUnreadable) -> ChunkCorrupt:
-    """The snapshot-level error for a chunk of ``manifest`` that could not be read."""
-    name, offset = manifest.locate(err.cid)
+def chunk_corrupt(manifest: Manifest, err: ChunkUnreadable, place: tuple[str, int] | None = None) -> SnapdError:
+    """The snapshot-level error for a chunk of ``manifest`` that could not be read (at
+    ``place``, (file, offset), when known): ChunkCorrupt, or ManifestDamaged for an intact
+    chunk the manifest gives another length."""
+    name, offset = place or manifest.locate(err.cid)
+    if isinstance(err, ChunkLengthMismatch):
+        return ManifestDamaged(where=f"of snapshot {manifest.id}", snapshot_id=manifest.id,
+                               problem=f"it says chunk {err.cid} ({name} at offset {offset}) holds {err.expected} "
+                               f"bytes; that chunk is intact and holds {err.actual}",
+                               action="the chunk stays in the store, nothing was restored from the manifest")
     return ChunkCorrupt(snapshot_id=manifest.id, chunk=err.cid, file=name, offset=offset, problem=err.problem)
 
 
@@ -70,17 +100,35 @@ class Catalog:
         self._index: dict[str, Manifest] = {}
 
     def load(self) -> None:
-        """Parse every manifest the store holds; one that does not parse goes to the quarantine,
-        logged with its path and error. Must run before the daemon accepts requests."""
+        """Open every manifest the store holds (seal.py); one that fails goes to the quarantine,
+        logged with its path and problem. Must run before the daemon accepts requests."""
         for path, data in self.store.manifests.all():
-            try:
-                m = Manifest.from_json(data.decode())
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                moved = self.store.quarantine.put_manifest(path, error)
-                log.error("snapshot.manifest_quarantined", path=str(path), moved_to=str(moved), error=error)
-                continue
-            self._index[m.id] = m
+            m = self._open(path, data)
+            if m is not None:
+                self._index[m.id] = m
+
+    def _open(self, path: Path, data: bytes) -> Manifest | None:
+        """The manifest stored at ``path`` as ``data``; None when it failed (then quarantined)."""
+        moved = self.store.quarantine.manifests_dir / path.name
+        try:
+            m = open_manifest(data, str(path), path.stem, f"moved to {moved}").manifest
+            if m.id != path.stem:
+                raise ManifestDamaged(where=str(path), snapshot_id=path.stem, action=f"moved to {moved}",
+                                      problem=f"it is the manifest of snapshot {m.id}, not of {path.stem}")
+        except ManifestDamaged as err:
+            self.store.quarantine.put_manifest(path, err.fields["problem"])
+            log.error("snapshot.manifest_quarantined", path=str(path), moved_to=str(moved), error=err.message)
+            return None
+        return m
+
+    def damaged_manifests(self) -> list[DamagedManifest]:
+        """The quarantined manifests of snapshots not listed (not stored anew since), by id."""
+        q = self.store.quarantine
+        with self._lock:
+            found = [(name, problem) for name, problem in q.manifests().items()
+                     if name.removesuffix(".json") not in self._index]
+        return [DamagedManifest(name.removesuffix(".json"), str(self.store.manifests.root / name),
+                                str(q.manifests_dir / name), problem) for name, problem in sorted(found)]
 
     # -- finding --------------------------------------------------------------
 
@@ -107,6 +155,11 @@ class Catalog:
             shown = ", ".join(starting[:_SHOWN_CANDIDATES]) + (
                 f" and {len(starting) - _SHOWN_CANDIDATES} more" if len(starting) > _SHOWN_CANDIDATES else "")
             raise SnapshotAmbiguous(ref=ref, count=len(starting), candidates=shown)
+        damaged = next((d for d in self.damaged_manifests() if d.snapshot_id == ref), None)
+        if damaged is not None:
+            raise ManifestDamaged(where=damaged.path, snapshot_id=damaged.snapshot_id, problem=damaged.problem,
+                                  action=f"it is in quarantine at {damaged.moved_to}: pull or import an intact copy "
+                                  "of the snapshot, or delete that file")
         raise SnapshotNotFound(snapshot=ref)
 
     def find(self, snapshot_id: str) -> Manifest | None:
@@ -208,10 +261,16 @@ class Catalog:
 
     # -- reading --------------------------------------------------------------
 
-    def fsck(self, manifests: list[Manifest]) -> FsckReport:
-        """Read and verify every chunk the given snapshots reference, on disk (not the hot tier);
-        the store quarantines each bad one, so the snapshots using it show as damaged."""
+    def fsck(self, manifests: list[Manifest], everything: bool = False) -> FsckReport:
+        """Read the given snapshots' manifest files again and check their seals (one that fails
+        goes to the quarantine and its snapshot off the list), then read and verify every
+        chunk the others reference, on disk (not the hot tier); the store quarantines each
+        bad one, so the snapshots using it show as damaged. ``everything``: the report
+        lists every quarantined manifest, not only those this run found."""
         report = FsckReport(snapshots=len(manifests))
+        found = [m.id for m in manifests if not self._still_sealed(m)]
+        manifests = [m for m in manifests if m.id not in found]
+        report.damaged_manifests = [d for d in self.damaged_manifests() if everything or d.snapshot_id in found]
         users: dict[str, list[tuple[Manifest, str, int, int]]] = {}
         for m in manifests:
             for entry in m.files:
@@ -225,6 +284,20 @@ class Catalog:
             report.damage += [Damage(m.id, name, off, cid, problem) for m, name, off, _ in users[cid]]
         report.orphan_chunks = self.store.orphans(self.live_chunks())
         return report
+
+    def _still_sealed(self, m: Manifest) -> bool:
+        """Whether ``m``'s manifest file still opens (a file gone, by an rm or gc meanwhile,
+        counts as opening); if not, it is quarantined and the snapshot unlisted."""
+        path = self.store.manifests.path(m.id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return True
+        if self._open(path, data) is not None:
+            return True
+        with self._lock:
+            self._index.pop(m.id, None)
+        return False
 
     def prefetch(self, manifest: Manifest, progress: Callable[[int], None]) -> int:
         """Keep the snapshot's chunks decompressed in RAM; bytes added."""

@@ -1,7 +1,9 @@
 """The record of one snapshot: what was checkpointed, where, how big, and which chunks hold its files.
 
-Serialised as JSON (``to_json`` / ``from_json``); the store keeps those bytes
-without reading them. FORMAT_VERSION changes only with an incompatible change.
+Serialised as sealed JSON (``to_json``; seal.py defines the seal and reads it back:
+``seal.open_manifest`` is the only way from bytes to a Manifest, ``from_dict`` its
+last step); the store keeps those bytes without reading them. FORMAT_VERSION
+changes only with an incompatible change.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import functools
 import json
 import secrets
 import time
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
+
+import blake3
 
 from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout
 from snapd_daemon.host.cgroups import CgroupRecord
@@ -34,8 +39,16 @@ def new_snapshot_id() -> str:
 
 
 def _fields(record: Any) -> dict[str, Any]:
-    """A record's fields by name (json's ``default`` for the dataclasses a manifest nests)."""
-    return {name: getattr(record, name) for name in _field_names(type(record))}
+    """A record's fields by name (json's ``default`` for the dataclasses a manifest nests);
+    a dict keyed by numbers (pids) gets string keys here, as JSON has them, so that keys
+    sort as they do when the text is read back (seal.py's canonical form)."""
+    return {name: _text_keys(getattr(record, name)) for name in _field_names(type(record))}
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, dict) and not all(isinstance(k, str) for k in value):
+        return {str(k): v for k, v in value.items()}
+    return value
 
 
 @functools.cache
@@ -127,18 +140,24 @@ class Manifest:
                     return entry.name, offset
         return "", 0
 
-    def to_json(self) -> str:
-        """Compact JSON, keys sorted. Written at every commit, while the client waits: for
-        an 8B server's snapshot (18,000 chunks, a few thousand injection spans) ``asdict``
-        plus an indented dump took 0.3-0.4 s on the CI VM, this 0.08 s (json's C encoder,
-        which an indent turns off, meets each record once, in ``_fields``)."""
-        return json.dumps(self, default=_fields, sort_keys=True, separators=(",", ":"))
+    def to_json(self, sign: Callable[[str], dict[str, str]] | None = None) -> str:
+        """Sealed JSON: the canonical content (compact, keys sorted, ASCII; seal.py) with
+        its BLAKE3 ``seal`` added, and with ``sign`` the ``signature`` it makes of the seal.
+        Written at every commit, while the client waits: for an 8B server's snapshot
+        (18,000 chunks, a few thousand injection spans) ``asdict`` plus an indented dump
+        took 0.3-0.4 s on the CI VM, this 0.08 s (json's C encoder, which an indent turns
+        off, meets each record once, in ``_fields``)."""
+        body = json.dumps(self, default=_fields, sort_keys=True, separators=(",", ":"))
+        seal = blake3.blake3(body.encode()).hexdigest()
+        signed = f',"signature":{json.dumps(sign(seal), sort_keys=True, separators=(",", ":"))}' if sign else ""
+        return f'{body[:-1]},"seal":"{seal}"{signed}}}'
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        """Parse a manifest. Fields this version does not know are ignored (a newer snapd
-        may add some); a newer ``format_version`` is refused (ValueError)."""
-        data: dict[str, Any] = json.loads(text)
+    def from_dict(cls, content: dict[str, Any]) -> Manifest:
+        """A manifest's JSON object (its seal checked already: seal.py) as a record. Fields
+        this version does not know are ignored (a newer snapd may add some); a newer
+        ``format_version`` is refused (ValueError); a missing field raises KeyError."""
+        data = dict(content)
         if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise ValueError(f"format_version {data['format_version']} is newer than this snapd's {FORMAT_VERSION}")
         data["processes"] = [_known(ProcessRecord, {**p, "cmdline": tuple(p["cmdline"])}) for p in data["processes"]]
@@ -161,6 +180,11 @@ T = TypeVar("T")
 
 
 def _known(kind: type[T], data: dict[str, Any]) -> T:
-    """``kind(**data)`` with the keys ``kind`` does not have left out."""
-    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    """``kind(**data)`` with the keys ``kind`` does not have left out; KeyError naming the
+    first field without a default that ``data`` lacks."""
+    known = fields(kind)  # type: ignore[arg-type]
+    for f in known:
+        if f.name not in data and f.default is MISSING and f.default_factory is MISSING:
+            raise KeyError(f.name)
+    names = {f.name for f in known}
     return kind(**{k: v for k, v in data.items() if k in names})

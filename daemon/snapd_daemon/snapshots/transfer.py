@@ -1,8 +1,12 @@
 """Export and import of one snapshot as a stream (format: store/bundle.py).
 
-Export sends the manifest and every chunk it references, each read as stored and
-checked against its hash first (a bad chunk is quarantined and the export fails
-with ChunkCorrupt, naming it). Import is all or nothing: the whole stream is read
+Export sends the manifest (sealed, and signed when a signing key is configured:
+signing.py) and every chunk it references, each read as stored and checked
+against its hash first (a bad chunk is quarantined and the export fails with
+ChunkCorrupt, naming it). Import opens the manifest as every reader does
+(seal.py: ManifestDamaged), validates its name and labels as the API validates
+a checkpoint's (naming.py: ImportInvalid naming the field) and checks its
+signature, before it takes in any chunk. Import is all or nothing: the whole stream is read
 and every chunk verified while the chunks this store lacks are staged under
 temporary names (store/imports.py, as a pull does; gc never sees them); only
 after the END record checked out is the store lock taken (shared, so gc cannot
@@ -20,9 +24,12 @@ from typing import Protocol
 
 import structlog
 
-from snapd_daemon.errors import ImportInvalid
+from snapd_daemon.errors import ImportInvalid, InvalidRequest
+from snapd_daemon.snapshots import naming
 from snapd_daemon.snapshots.catalog import Catalog, chunk_corrupt
 from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.snapshots.seal import open_manifest
+from snapd_daemon.snapshots.signing import FleetKeys
 from snapd_daemon.store import bundle, codec
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable
 
@@ -35,11 +42,12 @@ class Claim(Protocol):
     def __call__(self, snapshot_id: str) -> AbstractContextManager[object]: ...
 
 
-def export_stream(catalog: Catalog, manifest: Manifest) -> Iterator[bytes | memoryview]:
-    """The export stream of ``manifest``'s snapshot, piece by piece."""
+def export_stream(catalog: Catalog, manifest: Manifest, keys: FleetKeys) -> Iterator[bytes | memoryview]:
+    """The export stream of ``manifest``'s snapshot, piece by piece, its manifest signed with
+    ``keys``' signing key when there is one."""
     store = catalog.store
     writer = bundle.Writer()
-    yield from writer.header(manifest.to_json().encode())
+    yield from writer.header(manifest.to_json(keys.signer()).encode())
     for cid in sorted(manifest.chunk_ids()):
         try:
             stored = store.read_stored(cid)
@@ -49,21 +57,28 @@ def export_stream(catalog: Catalog, manifest: Manifest) -> Iterator[bytes | memo
     yield from writer.end()
 
 
-def _parse(catalog: Catalog, data: bytes) -> Manifest:
+def _open(data: bytes, keys: FleetKeys) -> Manifest:
+    """The stream's manifest, opened (seal.py), validated as a checkpoint request is
+    (naming.py) and its signature checked (signing.py)."""
+    where = "of the import stream"
+    opened = open_manifest(data, where, action="import refused, nothing of it was kept")
+    manifest = opened.manifest
     try:
-        manifest = Manifest.from_json(data.decode())
-        catalog.store.manifests.path(manifest.id)  # refuses an id that is not a file name
-    except Exception as exc:
-        raise ImportInvalid(reason=f"its manifest does not parse: {type(exc).__name__}: {exc}") from exc
+        naming.snapshot_name(manifest.name)
+        naming.labels(manifest.labels)
+    except InvalidRequest as err:
+        raise ImportInvalid(reason=f"the manifest of snapshot {manifest.id} has an invalid {err.fields['field']}: "
+                            f"{err.fields['reason']}") from None
+    keys.check(opened.seal, opened.signature, manifest.id, "the import stream")
     return manifest
 
 
-def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tuple[Manifest, bool]:
+def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim, keys: FleetKeys) -> tuple[Manifest, bool]:
     """Read an export stream into the store; (the snapshot, whether it is new here). A snapshot
     the store already has is verified like any other and left as it is."""
     store = catalog.store
     reader = bundle.Reader(pieces)
-    manifest = _parse(catalog, reader.manifest())
+    manifest = _open(reader.manifest(), keys)
     needed = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
     with claim(manifest.id), store.begin_import() as imported:
         for cid, stored in reader.chunks():

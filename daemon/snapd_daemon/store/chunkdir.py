@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from snapd_daemon.store import codec
-from snapd_daemon.store.model import ChunkUnreadable
+from snapd_daemon.store.model import ChunkLengthMismatch, ChunkUnreadable
 from snapd_daemon.util.buffers import ReadBuffers, read_fd
 from snapd_daemon.util.fsutil import fsync_path, syncfs
 
@@ -132,8 +132,9 @@ class ChunkDir:
         """Verified raw bytes of chunk ``cid``, a view into ``buffers``; raises ChunkUnreadable
         when it is missing or corrupt (then naming the file read, for ``move_out``).
         ``length``, the chunk's raw length when known, bounds the file (a stored chunk is
-        never larger than its header and raw bytes) and spares a stat. ``path``: read this
-        file instead of the chunk's own (a staged temporary)."""
+        never larger than its header and raw bytes) and spares a stat; an intact chunk of
+        another length raises ChunkLengthMismatch (naming no file: the chunk is not at
+        fault). ``path``: read this file instead of the chunk's own (a staged temporary)."""
         return self._read(cid, buffers, length, path)[1]
 
     def read_stored(self, cid: str, path: Path | None = None) -> bytes:
@@ -151,12 +152,18 @@ class ChunkDir:
             blob = buffers.stored(codec.HEADER.size + length + 1 if length else os.fstat(fd).st_size)
             blob = blob[: read_fd(fd, blob)]
             try:
-                return blob, memoryview(codec.decode(blob, cid, buffers))
+                raw = memoryview(codec.decode(blob, cid, buffers))
             except codec.ChunkDecodeError as exc:
-                st = os.fstat(fd)
-                raise ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino)) from None
+                if not (length and len(blob) >= codec.HEADER.size and codec.HEADER.unpack_from(blob)[2] != length):
+                    st = os.fstat(fd)
+                    raise ChunkUnreadable(cid, f"corrupt ({exc})", (st.st_dev, st.st_ino)) from None
+                # the file says another length than the caller: read whole, its own hash decides
+                blob, raw = self._read(cid, buffers, 0, path)
         finally:
             os.close(fd)
+        if length and len(raw) != length:
+            raise ChunkLengthMismatch(cid, len(raw), length)
+        return blob, raw
 
     def _name(self, cid: str) -> str:
         """``path(cid)`` as a string, without pathlib's cost (once per chunk read)."""

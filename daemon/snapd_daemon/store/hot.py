@@ -56,13 +56,16 @@ class HotTier:
 
     def read(self, cid: str, buffers: ReadBuffers, length: int) -> memoryview | None:
         """The chunk's ``length`` bytes, copied from RAM into ``buffers`` and verified; None if
-        absent or bad (then removed). A copy into a reused buffer beats a mapping per chunk
-        by 2.7x here (FIELD-NOTES: page-table work and TLB shootdowns across threads)."""
+        absent, of another length (kept: the caller's length may be the wrong one; the disk
+        read tells) or bad (then removed). A copy into a reused buffer beats a mapping per
+        chunk by 2.7x here (FIELD-NOTES: page-table work and TLB shootdowns across threads)."""
         try:
             view = read_file(f"{self._chunks_name}/{cid[:2]}/{cid}", buffers.raw(length + 1))
         except FileNotFoundError:
             return None
-        if len(view) != length or codec.chunk_id(view) != cid:
+        if len(view) != length:
+            return None
+        if codec.chunk_id(view) != cid:
             self.path(cid).unlink(missing_ok=True)
             return None
         return view

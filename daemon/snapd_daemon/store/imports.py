@@ -75,14 +75,14 @@ class ChunkImport:
             self.sizes[cid] = len(blob)
             self.staged_bytes += len(blob)
 
-    def read(self, cid: str, buffers: ReadBuffers) -> memoryview:
+    def read(self, cid: str, buffers: ReadBuffers, length: int = 0) -> memoryview:
         """Verified raw bytes of a chunk this import staged, a view into ``buffers``;
-        ChunkUnreadable if it has not."""
+        ChunkUnreadable if it has not (ChunkLengthMismatch: not ``length`` bytes long)."""
         with self._lock:
             tmp = self.staged.get(cid)
         if tmp is None:
             raise ChunkUnreadable(cid, "not fetched")
-        return self.chunks.read(cid, buffers, path=tmp)
+        return self.chunks.read(cid, buffers, length, path=tmp)
 
     def stored_size(self, cid: str) -> int:
         """Bytes chunk ``cid`` takes staged here, or in the store (0: neither)."""

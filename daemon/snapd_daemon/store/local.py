@@ -15,7 +15,9 @@ Operations that write or read chunks hold ``lock`` shared; gc and delete hold
 it exclusive, so they never remove a chunk an in-flight ingest has written but
 not yet committed. Every read verifies the chunk's hash; a chunk a read
 (restore, prefetch, check) finds corrupt or missing goes to the quarantine
-before the read fails, so no later ingest dedupes against its bad file.
+before the read fails, so no later ingest dedupes against its bad file. Only a
+chunk's own bytes failing its own hash put it there: an intact chunk of another
+length than a manifest says stays (ChunkLengthMismatch).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Ingest, IngestTarget, Progress
 from snapd_daemon.store.manifests import ManifestDir, PinSet
-from snapd_daemon.store.model import ChunkRef, ChunkUnreadable
+from snapd_daemon.store.model import ChunkLengthMismatch, ChunkRef, ChunkUnreadable
 from snapd_daemon.store.oserrors import translated
 from snapd_daemon.store.quarantine import Quarantine
 from snapd_daemon.store.rwlock import RWLock
@@ -180,6 +182,8 @@ class LocalStore:
         """Put the chunk ``err`` is about in quarantine (best effort: the read's error is what
         the caller must see); the error to raise."""
         q, cid = self.quarantine, err.cid
+        if isinstance(err, ChunkLengthMismatch):
+            return err  # an intact chunk: the reference was wrong
         try:
             if err.file_id is not None:
                 if self.chunks.move_out(cid, err.file_id, q.chunk_path(cid)):

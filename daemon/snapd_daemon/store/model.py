@@ -37,6 +37,16 @@ class ChunkUnreadable(Exception):
         self.file_id = file_id
 
 
+class ChunkLengthMismatch(ChunkUnreadable):
+    """Chunk ``cid`` is intact (its bytes hash to its id) but ``actual`` bytes long where the
+    reader was told ``expected``: the reference is wrong, not the chunk, which stays where it is."""
+
+    def __init__(self, cid: str, actual: int, expected: int) -> None:
+        super().__init__(cid, f"{actual} bytes long (intact), where the snapshot's manifest says {expected}")
+        self.actual = actual
+        self.expected = expected
+
+
 def chunk_offsets(chunks: tuple[ChunkRef, ...]) -> Iterator[tuple[int, ChunkRef]]:
     """(offset in the file, chunk) for each chunk of a file stored as ``chunks``."""
     offset = 0

@@ -1,11 +1,11 @@
-"""Quarantine: chunk files that failed their hash and manifests that did not parse, put aside.
+"""Quarantine: chunk files that failed their hash and manifests that failed their seal, put aside.
 
 Layout under ``<state_dir>/quarantine``::
 
     chunks/<blake3>           a chunk file that failed its hash, moved here whole (rename)
     chunks/<blake3>.missing   empty marker: a chunk was read and its file was gone
-    manifests/<file>          a manifest file that did not parse, moved here whole
-    manifests/<file>.error    why it did not parse
+    manifests/<file>          a manifest file that failed its seal or did not parse, moved here whole
+    manifests/<file>.error    what was wrong with it
 
 Invariants:
 - a chunk is damaged while it has an entry here and no file under ``chunks/``:
@@ -88,8 +88,18 @@ class Quarantine:
         return found
 
     def manifest_count(self) -> int:
-        return sum(1 for name in os.listdir(self.manifests_dir)
-                   if not name.startswith(".") and not name.endswith(_ERROR))
+        return len(self.manifests())
+
+    def manifests(self) -> dict[str, str]:
+        """File name -> what was wrong, for every manifest here."""
+        found = {}
+        for name in os.listdir(self.manifests_dir):
+            if not name.startswith(".") and not name.endswith(_ERROR):
+                try:
+                    found[name] = (self.manifests_dir / f"{name}{_ERROR}").read_text(errors="replace")
+                except FileNotFoundError:
+                    found[name] = "(no reason recorded)"
+        return found
 
     def remove_temporaries(self) -> None:
         for tmp in [*self.chunks_dir.glob(".*.tmp-*"), *self.manifests_dir.glob(".*.tmp-*")]:

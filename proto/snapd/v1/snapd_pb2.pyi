@@ -342,16 +342,30 @@ class ListSnapshotsRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., remote: _Optional[bool] = ...) -> None: ...
 
 class ListSnapshotsResponse(_message.Message):
-    __slots__ = ("snapshots", "store_raw_bytes", "store_stored_bytes", "store_disk_bytes")
+    __slots__ = ("snapshots", "store_raw_bytes", "store_stored_bytes", "store_disk_bytes", "damaged_manifests")
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     STORE_RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     snapshots: _containers.RepeatedCompositeFieldContainer[Snapshot]
     store_raw_bytes: int
     store_stored_bytes: int
     store_disk_bytes: int
-    def __init__(self, snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ..., store_raw_bytes: _Optional[int] = ..., store_stored_bytes: _Optional[int] = ..., store_disk_bytes: _Optional[int] = ...) -> None: ...
+    damaged_manifests: _containers.RepeatedCompositeFieldContainer[DamagedManifest]
+    def __init__(self, snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ..., store_raw_bytes: _Optional[int] = ..., store_stored_bytes: _Optional[int] = ..., store_disk_bytes: _Optional[int] = ..., damaged_manifests: _Optional[_Iterable[_Union[DamagedManifest, _Mapping]]] = ...) -> None: ...
+
+class DamagedManifest(_message.Message):
+    __slots__ = ("snapshot_id", "path", "moved_to", "problem")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MOVED_TO_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    path: str
+    moved_to: str
+    problem: str
+    def __init__(self, snapshot_id: _Optional[str] = ..., path: _Optional[str] = ..., moved_to: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class GetSnapshotRequest(_message.Message):
     __slots__ = ("snapshot",)
@@ -452,18 +466,20 @@ class ChunkDamage(_message.Message):
     def __init__(self, snapshot_id: _Optional[str] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., chunk: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class CheckStoreResponse(_message.Message):
-    __slots__ = ("snapshots", "chunks_checked", "bytes_checked", "damage", "orphan_chunks")
+    __slots__ = ("snapshots", "chunks_checked", "bytes_checked", "damage", "orphan_chunks", "damaged_manifests")
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     BYTES_CHECKED_FIELD_NUMBER: _ClassVar[int]
     DAMAGE_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     snapshots: int
     chunks_checked: int
     bytes_checked: int
     damage: _containers.RepeatedCompositeFieldContainer[ChunkDamage]
     orphan_chunks: int
-    def __init__(self, snapshots: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damage: _Optional[_Iterable[_Union[ChunkDamage, _Mapping]]] = ..., orphan_chunks: _Optional[int] = ...) -> None: ...
+    damaged_manifests: _containers.RepeatedCompositeFieldContainer[DamagedManifest]
+    def __init__(self, snapshots: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damage: _Optional[_Iterable[_Union[ChunkDamage, _Mapping]]] = ..., orphan_chunks: _Optional[int] = ..., damaged_manifests: _Optional[_Iterable[_Union[DamagedManifest, _Mapping]]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
