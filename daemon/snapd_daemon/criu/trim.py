@@ -175,6 +175,31 @@ class TrimmedLayout:
         return f"a span names {wrong.pages_file} and pid {wrong.pid}, not of this snapshot" if wrong else ""
 
 
+    def misplaced(self, kept: dict[str, list[int]]) -> str:
+        """Why the injected spans cannot be where this cut says, given the lengths of the
+        kept spans of each pages image in file order (its trimmed page map, ``kept``); ""
+        when they fit. In file order an image is its kept and injected spans one after the
+        other (write_trimmed), so the bytes between two injected spans are whole kept spans,
+        in order: a span's offset moved, or a length changed, breaks that."""
+        spans: dict[str, list[InjectSpan]] = {}
+        for s in self.inject:
+            spans.setdefault(s.pages_file, []).append(s)
+        for name, mine in spans.items():
+            lengths = iter(kept.get(name, []))
+            at = 0
+            for s in sorted(mine, key=lambda s: s.offset):
+                while at < s.offset:
+                    length = next(lengths, None)
+                    if length is None:
+                        return f"{name}: the span at offset {s.offset} lies beyond its kept spans"
+                    at += length
+                if at != s.offset:
+                    return (f"{name}: the span at offset {s.offset} starts inside a kept span (the kept spans "
+                            f"before it end at {at})")
+                at += s.length
+        return ""
+
+
 @dataclass(frozen=True)
 class Trimmed:
     """What ``write_trimmed`` wrote: the layout and the files' names."""

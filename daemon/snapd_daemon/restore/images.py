@@ -24,6 +24,7 @@ import structlog
 
 from snapd_daemon.criu.images import FILES_NAME, adjust_files, advise_hugepages, pages_images, read_vmas, write_pagemap
 from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout, cut
+from snapd_daemon.errors import ManifestDamaged
 from snapd_daemon.restore.delivery import ChunkIndex, Delivery, Progress, Route, Router
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
 
@@ -60,6 +61,7 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
     try:
         if stored is not None:
             layout, kept = stored, _write_stored(delivery, router, entries, dest, fds, progress)
+            _check_cut(stored, manifest, dest)
             _adjust_files(dest, manifest)
         else:
             layout, kept = _write_cut(delivery, router, entries, manifest, dest, min_region, fds, progress)
@@ -89,6 +91,16 @@ def _write_stored(delivery: Delivery, router: Router, entries: dict[str, ImageEn
             _route_whole(router, entry, dest / name.removeprefix(TRIMMED), fds)
     delivery.run(router.take(), progress)
     return sum((dest / name).stat().st_size for name in replaced if name.startswith("pages-"))
+
+
+def _check_cut(layout: TrimmedLayout, manifest: Manifest, dest: Path) -> None:
+    """ManifestDamaged, before anything is restored, when the stored cut's spans do not fit
+    the trimmed page maps just written (a manifest sealed anew after an edit)."""
+    problem = layout.misplaced({img.pages_file: [r.length for r in img.runs] for img in pages_images(dest)})
+    if problem:
+        raise ManifestDamaged(where=f"of snapshot {manifest.id}", snapshot_id=manifest.id,
+                              problem=f"its restore cut does not fit its trimmed page maps: {problem}",
+                              action="nothing was restored and no chunk was touched")
 
 
 def _write_cut(delivery: Delivery, router: Router, entries: dict[str, ImageEntry], manifest: Manifest, dest: Path,

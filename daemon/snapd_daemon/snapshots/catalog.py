@@ -31,7 +31,7 @@ from snapd_daemon.errors import (
     SnapshotPinned,
 )
 from snapd_daemon.snapshots.manifest import Manifest
-from snapd_daemon.snapshots.seal import open_manifest
+from snapd_daemon.snapshots.seal import Opened, open_manifest
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
@@ -101,17 +101,29 @@ class Catalog:
 
     def load(self) -> None:
         """Open every manifest the store holds (seal.py); one that fails goes to the quarantine,
-        logged with its path and problem. Must run before the daemon accepts requests."""
+        logged with its path and problem; one written before seals is sealed now (rewritten
+        as read; a write that fails is logged and retried at the next start). Must run
+        before the daemon accepts requests."""
         for path, data in self.store.manifests.all():
-            m = self._open(path, data)
-            if m is not None:
-                self._index[m.id] = m
+            opened = self._open(path, data)
+            if opened is None:
+                continue
+            m = opened.manifest
+            self._index[m.id] = m
+            if not opened.seal:
+                try:
+                    self.store.manifests.put(m.id, m.to_json().encode())
+                except OSError as exc:
+                    log.warning("snapshot.manifest_not_sealed", path=str(path), error=str(exc))
+                else:
+                    log.info("snapshot.manifest_sealed", path=str(path))
 
-    def _open(self, path: Path, data: bytes) -> Manifest | None:
+    def _open(self, path: Path, data: bytes) -> Opened | None:
         """The manifest stored at ``path`` as ``data``; None when it failed (then quarantined)."""
         moved = self.store.quarantine.manifests_dir / path.name
         try:
-            m = open_manifest(data, str(path), path.stem, f"moved to {moved}").manifest
+            opened = open_manifest(data, str(path), path.stem, f"moved to {moved}")
+            m = opened.manifest
             if m.id != path.stem:
                 raise ManifestDamaged(where=str(path), snapshot_id=path.stem, action=f"moved to {moved}",
                                       problem=f"it is the manifest of snapshot {m.id}, not of {path.stem}")
@@ -119,7 +131,7 @@ class Catalog:
             self.store.quarantine.put_manifest(path, err.fields["problem"])
             log.error("snapshot.manifest_quarantined", path=str(path), moved_to=str(moved), error=err.message)
             return None
-        return m
+        return opened
 
     def damaged_manifests(self) -> list[DamagedManifest]:
         """The quarantined manifests of snapshots not listed (not stored anew since), by id."""

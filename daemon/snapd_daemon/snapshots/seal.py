@@ -21,8 +21,10 @@ check can tell.
 
 Manifests written before seals existed (no ``seal`` member, and no member this snapd
 does not know: a sealed manifest whose ``seal`` name was damaged has its digest under
-another name) load as they are and are sealed when next written. Their content is
-trusted as it was before: unsealed bytes are not authenticated.
+another name) load as they are, checked for consistency only, and are sealed when next
+written: the local store rewrites them sealed at its first start with this version
+(catalog.py); push and export send them sealed. What they said before that write is
+trusted as it was before seals: unsealed bytes are not authenticated.
 """
 
 from __future__ import annotations
