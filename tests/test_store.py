@@ -13,6 +13,7 @@ import grpc
 import numpy
 import pytest
 
+import manifestlib
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
@@ -483,8 +484,9 @@ def test_gc_during_checkpoint_keeps_its_chunks(client: SnapdClient, daemon: Daem
 
 
 def test_manifest_of_another_version_keeps_its_chunks(daemon: Daemon, workloads: Workloads) -> None:
-    """A manifest with a field this snapd does not know still loads; one of a newer format is
-    quarantined, and gc keeps every chunk it names until an operator deals with it."""
+    """A manifest with a field this snapd does not know (sealed with it, as a newer snapd
+    writes it) still loads; one of a newer format is quarantined, and gc keeps every chunk
+    it names until an operator deals with it."""
     pid, _ = workloads.start("memhold.py", "8")
     with daemon.client() as c:
         extended = c.checkpoint(pid, leave_running=True)
@@ -499,7 +501,7 @@ def test_manifest_of_another_version_keeps_its_chunks(daemon: Daemon, workloads:
     assert only_newer  # its own metadata images at least
     for snap, change in ((extended, {"added_by_a_newer_snapd": 1}), (newer, {"format_version": 99})):
         path = daemon.state_dir / "manifests" / f"{snap.id}.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        path.write_bytes(manifestlib.reseal({**json.loads(path.read_text()), **change}))
     daemon.start()
     with daemon.client() as c:
         assert [s.id for s in c.list().snapshots] == [extended.id]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import manifestlib
 from harness import Daemon, Workloads, ask, gone, snapd, wait_for
 from snapd_client import SnapdClient
 from snapd_daemon.store import bundle
@@ -143,10 +144,11 @@ def _rebuilt(data: bytes, change: str) -> bytes:
         chunks = chunks[1:]
     elif change == "foreign-chunk":
         chunks.append(("ab" * 32, chunks[0][1]))
-    else:  # a length the manifest records differs from its chunk's
+    else:  # a length the manifest records (sealed anew, consistent) differs from its chunk's
         manifest["files"][0]["chunks"][0]["length"] += 1
+        manifest["files"][0]["size_bytes"] += 1
     writer = bundle.Writer()
-    pieces = [*writer.header(json.dumps(manifest).encode())]
+    pieces = [*writer.header(manifestlib.reseal(manifest))]
     for cid, stored in chunks:
         pieces += writer.chunk(cid, stored)
     pieces += writer.end()

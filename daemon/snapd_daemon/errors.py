@@ -137,7 +137,7 @@ class ChunkCorrupt(SnapdError):
 
 
 class ManifestDamaged(SnapdError):
-    """manifest {where} (snapshot {snapshot_id}) is damaged: {problem}. Nothing was read from it and no chunk was touched; {action}"""
+    """manifest {where} (snapshot {snapshot_id}) is damaged: {problem}; {action}"""
 
     exit_code = 32
     status = "DATA_LOSS"

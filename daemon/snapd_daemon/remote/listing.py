@@ -28,8 +28,8 @@ def parse(remote: RemoteStore, manifest_id: str, data: bytes) -> Opened:
     """A remote manifest opened (seal.py: ManifestDamaged naming its key when it fails its
     seal or does not parse); RemoteObjectBad when it is another snapshot's."""
     key = remote.describe(remote.manifest_key(manifest_id))
-    opened = open_manifest(data, key, manifest_id, "the bucket's copy is left as it is; push the snapshot again "
-                           "from a host that holds it intact")
+    opened = open_manifest(data, key, manifest_id, "nothing was taken from the bucket, whose copy is left as it "
+                           "is; push the snapshot again from a host that holds it intact")
     if opened.manifest.id != manifest_id:
         raise RemoteObjectBad(key=key, bucket=remote.cfg.bucket,
                               problem=f"the manifest of snapshot {opened.manifest.id}, not of {manifest_id}")

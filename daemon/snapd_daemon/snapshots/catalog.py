@@ -122,10 +122,10 @@ class Catalog:
         """The manifest stored at ``path`` as ``data``; None when it failed (then quarantined)."""
         moved = self.store.quarantine.manifests_dir / path.name
         try:
-            opened = open_manifest(data, str(path), path.stem, f"moved to {moved}")
+            opened = open_manifest(data, str(path), path.stem, f"no chunk was touched; it goes to {moved}")
             m = opened.manifest
             if m.id != path.stem:
-                raise ManifestDamaged(where=str(path), snapshot_id=path.stem, action=f"moved to {moved}",
+                raise ManifestDamaged(where=str(path), snapshot_id=path.stem, action=f"no chunk was touched; it goes to {moved}",
                                       problem=f"it is the manifest of snapshot {m.id}, not of {path.stem}")
         except ManifestDamaged as err:
             self.store.quarantine.put_manifest(path, err.fields["problem"])
@@ -170,7 +170,7 @@ class Catalog:
         damaged = next((d for d in self.damaged_manifests() if d.snapshot_id == ref), None)
         if damaged is not None:
             raise ManifestDamaged(where=damaged.path, snapshot_id=damaged.snapshot_id, problem=damaged.problem,
-                                  action=f"it is in quarantine at {damaged.moved_to}: pull or import an intact copy "
+                                  action=f"no chunk was touched; it is in quarantine at {damaged.moved_to}: pull or import an intact copy "
                                   "of the snapshot, or delete that file")
         raise SnapshotNotFound(snapshot=ref)
 

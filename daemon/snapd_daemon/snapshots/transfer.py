@@ -61,7 +61,7 @@ def _open(data: bytes, keys: FleetKeys) -> Manifest:
     """The stream's manifest, opened (seal.py), validated as a checkpoint request is
     (naming.py) and its signature checked (signing.py)."""
     where = "of the import stream"
-    opened = open_manifest(data, where, action="import refused, nothing of it was kept")
+    opened = open_manifest(data, where, action="the import is refused and nothing of it was kept")
     manifest = opened.manifest
     try:
         naming.snapshot_name(manifest.name)
