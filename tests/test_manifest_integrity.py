@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 import manifestlib
-from harness import Daemon, Workloads, ask, error_of, wait_for
+from harness import Daemon, Workloads, ask, error_of, snapd, wait_for
 from snapd_daemon.store import bundle
 
 MiB = 1 << 20
@@ -88,3 +95,205 @@ def test_manifest_corruption_campaign(daemon: Daemon, workloads: Workloads, tmp_
     assert all(o.outcome.startswith("refused") for o in tally.outcomes if o not in forged), tally.table()
     assert [v for o in tally.outcomes if o not in forged for v in o.violations] == []
     assert all(not v.startswith("chunk") for o in forged for v in o.violations), tally.violations
+
+
+def _ed25519(tmp: Path, name: str) -> tuple[Path, Path]:
+    """(private, public) PEM files of a fresh Ed25519 key."""
+    key = Ed25519PrivateKey.generate()
+    private, public = tmp / f"{name}.key", tmp / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def _stream(daemon: Daemon, snapshot_id: str) -> bytes:
+    sink = io.BytesIO()
+    with daemon.client() as c:
+        c.export_snapshot(snapshot_id, sink)
+    return sink.getvalue()
+
+
+def _import(daemon: Daemon, stream: bytes, tmp: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp / "in.snapd"
+    path.write_bytes(stream)
+    return snapd(daemon, "import", str(path), "--json")
+
+
+def _manifest_of(stream: bytes) -> dict:
+    return json.loads(bundle.Reader([stream]).manifest())
+
+
+@pytest.mark.parametrize("how", ["stale-seal", "unsealed", "resealed"])
+def test_a_chunk_length_edit_is_refused_however_sealed(daemon: Daemon, workloads: Workloads, how: str) -> None:
+    """The same edit with the old seal (the seal fails), without a seal (written before seals:
+    the chunks no longer cover the file) and sealed anew with the next chunk's length
+    making up for it (found when the chunk is read: intact, of another length): refused each
+    time naming the manifest, and the chunk stays in the store."""
+    pid, report = workloads.start("memhold.py", "8")
+    with daemon.client() as c:
+        snap = c.checkpoint(pid)
+    daemon.stop()
+    path = daemon.state_dir / "manifests" / f"{snap.id}.json"
+    data = json.loads(path.read_text())
+    i, j = _pages_chunk(data)
+    chunks = data["files"][i]["chunks"]
+    chunks[j]["length"] -= 10000
+    if how == "stale-seal":
+        path.write_text(json.dumps(data))
+    elif how == "unsealed":
+        del data["seal"]
+        path.write_text(json.dumps(data))
+    else:
+        chunks[j + 1 if j + 1 < len(chunks) else j - 1]["length"] += 10000
+        path.write_bytes(manifestlib.reseal(data))
+    daemon.start()
+    with daemon.client() as c:
+        err = error_of(lambda: c.restore(snap.id))
+    assert err.error_class == "ManifestDamaged" and err.exit_code == 32, err
+    assert snap.id in err.message and "manifest" in err.message
+    assert {"stale-seal": "seal does not match", "unsealed": "chunks of image file",
+            "resealed": "that chunk is intact"}[how] in err.message, err.message
+    assert _quarantined_chunks(daemon) == [] and not daemon.staging_leftovers()
+
+
+def test_a_manifest_written_before_seals_loads_and_is_sealed(daemon: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("memhold.py", "8")
+    digest = ask(pid, report)[1]
+    with daemon.client() as c:
+        snap = c.checkpoint(pid)
+    daemon.stop()
+    path = daemon.state_dir / "manifests" / f"{snap.id}.json"
+    legacy = json.loads(path.read_text())
+    del legacy["seal"]
+    path.write_text(json.dumps(legacy, indent=1))
+    daemon.start()
+    sealed = json.loads(path.read_text())
+    assert sealed.pop("seal") and sealed == legacy
+    with daemon.client() as c:
+        restored = c.restore(snap.id)
+    assert ask(restored.root_pid, report)[1] == digest
+
+
+def test_fsck_list_and_inspect_report_a_manifest_changed_under_the_daemon(daemon: Daemon,
+                                                                          workloads: Workloads) -> None:
+    """A manifest changed on disk while the daemon runs (the issue's offset moved by 4096):
+    fsck finds it (exit 32, both digests), quarantines it, and list and inspect show the
+    snapshot as damaged from then on; the other snapshot stays clean."""
+    pid, report = workloads.start("memhold.py", "8")
+    with daemon.client() as c:
+        edited = c.checkpoint(pid, leave_running=True, name="edited")
+        clean = c.checkpoint(pid, leave_running=True, name="clean")
+    path = daemon.state_dir / "manifests" / f"{edited.id}.json"
+    data = json.loads(path.read_text())
+    manifestlib.edit(data, "span-offset", random.Random(1))
+    path.write_text(json.dumps(data))
+    out = snapd(daemon, "fsck")
+    assert out.returncode == 32, out.stdout + out.stderr
+    assert f"DAMAGED manifest of snapshot {edited.id}" in out.stdout and "seal does not match" in out.stdout
+    assert clean.id not in out.stdout
+    quarantined = daemon.state_dir / "quarantine" / "manifests" / path.name
+    assert quarantined.exists() and not path.exists() and _quarantined_chunks(daemon) == []
+    listing = snapd(daemon, "list")
+    row = next(line for line in listing.stdout.splitlines() if line.startswith(edited.id))
+    assert "damaged" in row.split()
+    assert "damaged" not in next(line for line in listing.stdout.splitlines() if line.startswith(clean.id)).split()
+    shown = snapd(daemon, "inspect", edited.id)
+    assert shown.returncode == 32 and "ManifestDamaged" not in shown.stdout and str(quarantined) in shown.stderr
+    assert snapd(daemon, "fsck", clean.id).returncode == 0
+    assert snapd(daemon, "fsck").returncode == 32  # the quarantined one stays reported
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ("name", "name", "must be 1-128 characters"),
+    ("labels", "labels", "201 labels given, at most 32"),
+    ("label-key", "labels", "'a/../k'"),
+    ("label-value", "labels", "printable"),
+    ("file-name", "", "is not a plain file name"),
+    ("missing", "", "field 'processes' is missing"),
+])
+def test_import_validates_the_manifest_as_the_api_does(daemon: Daemon, workloads: Workloads, tmp_path: Path,
+                                                       change: str, field: str, words: str) -> None:
+    pid, _ = workloads.start("memhold.py", "4")
+    with daemon.client() as c:
+        snap = c.checkpoint(pid, leave_running=True)
+    stream = _stream(daemon, snap.id)
+    data = _manifest_of(stream)
+    if change == "name":
+        data["name"] = "evil\x1b[2K\rforged line\nx"
+    elif change == "labels":
+        data["labels"] = {f"k{i}": "v" for i in range(201)}
+    elif change == "label-key":
+        data["labels"] = {"a/../k": "v"}
+    elif change == "label-value":
+        data["labels"] = {"k": "v\x1b]0;title\x07"}
+    elif change == "file-name":
+        data["files"][0]["name"] = "../../etc/cron.d/x"
+    else:
+        del data["processes"]
+    second = Daemon(tmp_path / "second")
+    (tmp_path / "second").mkdir()
+    try:
+        second.start()
+        out = _import(second, manifestlib.with_manifest(stream, manifestlib.reseal(data)), tmp_path)
+        error = json.loads(out.stderr)
+        expected = ("ImportInvalid", 51) if field else ("ManifestDamaged", 32)
+        assert (error["error"], out.returncode) == expected, out.stderr
+        assert words in error["message"] and "Error" not in error["message"].replace(expected[0], "")
+        if field:
+            assert f"invalid {field}:" in error["message"]
+        with second.client() as c:
+            assert not c.list().snapshots
+    finally:
+        second.close()
+
+
+def test_signed_exports_and_require_signed(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
+    """A host with a signing key signs what it exports; a host that requires signatures takes
+    that in, and refuses an unsigned export, one signed by a key it does not trust and one
+    whose signature does not verify, naming the key id each time."""
+    fleet_key, fleet_pub = _ed25519(tmp_path, "fleet")
+    other_key, _ = _ed25519(tmp_path, "other")
+    pid, _ = workloads.start("memhold.py", "4")
+    with daemon.client() as c:
+        unsigned = c.checkpoint(pid, leave_running=True)
+    unsigned_stream = _stream(daemon, unsigned.id)
+    streams = []
+    for key in (fleet_key, other_key):
+        daemon.stop()
+        daemon.extra_args = ("--signing-key", str(key))
+        daemon.start()
+        streams.append(_stream(daemon, unsigned.id))
+    signed_stream, foreign_stream = streams
+    signature = _manifest_of(signed_stream)["signature"]
+    assert "signature" not in _manifest_of(unsigned_stream)
+    fleet_id = signature["key"]
+    tampered = _manifest_of(signed_stream)
+    tampered["signature"]["ed25519"] = _manifest_of(foreign_stream)["signature"]["ed25519"]
+    strict_root = tmp_path / "strict"
+    strict_root.mkdir()
+    check = subprocess.run([sys.executable, "-m", "snapd_daemon", "serve", "--check-config", "--require-signed",
+                            "--state-dir", str(strict_root / "state")], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 43 and "require_signed" in check.stderr
+    strict = Daemon(strict_root, ("--trusted-key", str(fleet_pub), "--require-signed"))
+    try:
+        strict.start()
+        for stream, expected, words in (
+            (unsigned_stream, ("ManifestUnsigned", 33), "it is not signed"),
+            (foreign_stream, ("ManifestUnsigned", 33), "which is not one of trusted_key"),
+            (manifestlib.with_manifest(signed_stream, json.dumps(tampered).encode()), ("SignatureInvalid", 34),
+             f"by key {fleet_id} does not verify"),
+        ):
+            out = _import(strict, stream, tmp_path)
+            error = json.loads(out.stderr)
+            assert (error["error"], out.returncode) == expected, out.stderr
+            assert words in error["message"] and unsigned.id in error["message"]
+            if expected[0] == "ManifestUnsigned":
+                assert fleet_id in error["message"]
+        out = _import(strict, signed_stream, tmp_path)
+        assert out.returncode == 0, out.stderr
+        with strict.client() as c:
+            assert [s.id for s in c.list().snapshots] == [unsigned.id]
+    finally:
+        strict.close()

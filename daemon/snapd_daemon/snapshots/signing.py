@@ -78,7 +78,8 @@ class FleetKeys:
         it ("" if none that is trusted here). Raises as the module docstring says."""
         if signature is None:
             if self.require_signed:
-                raise ManifestUnsigned(snapshot_id=snapshot_id, where=where, problem="it is not signed")
+                raise ManifestUnsigned(snapshot_id=snapshot_id, where=where, problem="it is not signed (keys "
+                                       f"trusted here: {', '.join(sorted(self.trusted))})")
             return ""
         kid = signature.get("key") if isinstance(signature, dict) else None
         shown = str(kid)[:40] if kid is not None else "(none named)"
