@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Seeded SIGKILL fault trials against a real snapd daemon and real CRIU (issue #10).
+"""Seeded SIGKILL fault trials against a real snapd daemon and real CRIU (issue #10), and
+manifest corruptions (issue 23).
 
 Each trial starts a private daemon, a workload holding seeded random memory, runs one
 operation (checkpoint, checkpoint --leave-running, restore, restore of a snapshot with a
@@ -9,6 +10,13 @@ outcomes per kind; exits 1 when any trial broke an invariant.
 
     sudo SNAPD_CRIU=/opt/gpu-snapd/criu/bin/criu \\
         PYTHONPATH=daemon:client:proto .venv/bin/python scripts/faults.py --trials 200 --seed 7
+
+With ``--manifests FLIPS`` it runs tests/manifestlib.py's campaign instead: FLIPS random bit
+flips of a real snapshot's manifest plus every semantic edit, each imported and restored
+if taken in, ``--on-disk`` of them also written into the store under a stopped daemon;
+prints each outcome, the counts and a table per kind; exits 1 on a broken invariant.
+
+    sudo ... scripts/faults.py --manifests 200 --on-disk 10 --seed 23
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import faultlib  # noqa: E402
+import manifestlib  # noqa: E402
+from harness import Daemon, Workloads  # noqa: E402
 
 
 def main() -> int:
@@ -35,7 +45,13 @@ def main() -> int:
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
                         help="extra `snapd serve` argument (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the trial directories of violations")
+    parser.add_argument("--manifests", type=int, default=0, metavar="FLIPS",
+                        help="run the manifest corruption campaign with this many random bit flips instead")
+    parser.add_argument("--on-disk", type=int, default=3,
+                        help="with --manifests: how many corruptions also go into the store under a stopped daemon")
     args = parser.parse_args()
+    if args.manifests:
+        return manifest_campaign(args.manifests, args.on_disk, args.seed)
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(kinds) - set(faultlib.KINDS)
     if unknown:
@@ -70,6 +86,33 @@ def main() -> int:
             print(r.describe())
     if not args.keep or not bad:
         shutil.rmtree(base, ignore_errors=True)
+    return 1 if bad else 0
+
+
+def manifest_campaign(flips: int, on_disk: int, seed: int) -> int:
+    base = Path(tempfile.mkdtemp(prefix="snapd-manifest-faults-"))
+    print(f"seed {seed}, {flips} bit flips + {2 * len(manifestlib.SEMANTIC)} semantic edits, work in {base}",
+          flush=True)
+    workloads = Workloads(base)
+    daemon = Daemon(base / "first")
+    (base / "first").mkdir()
+    try:
+        tally = manifestlib.campaign(daemon.start(), workloads, base, flips, seed, on_disk,
+                                     lambda o: print(f"{o.kind:<24} {o.outcome:<20} {o.error_class} "
+                                                     f"{'; '.join(o.violations)}", flush=True))
+    finally:
+        workloads.kill_all()
+        daemon.close()
+        shutil.rmtree(base, ignore_errors=True)
+    forged = [o for o in tally.outcomes if o.kind in manifestlib.FORGERIES]
+    damaged = [o for o in tally.outcomes if o.kind != "sharing" and o not in forged]
+    print(f"\n{len(damaged)} corruptions (forgeries apart): {dict(collections.Counter(o.outcome for o in damaged))}")
+    print(f"forgeries only a signature catches: {dict(collections.Counter(o.outcome for o in forged))}")
+    print(f"the snapshot sharing the chunks: {tally.outcomes[-1].outcome}\n{tally.table()}")
+    bad = [v for o in tally.outcomes if o not in forged for v in o.violations]
+    bad += [v for o in forged for v in o.violations if v.startswith("chunk")]
+    for v in bad:
+        print(f"VIOLATION {v}")
     return 1 if bad else 0
 
 

@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import obstore
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import manifestlib
 from harness import Daemon, Workloads, ask, error_of, snapd, wait_for
+from remotelib import local_chunk_temporaries, remote_args
+from s3server import S3Server
 from snapd_daemon.store import bundle
 
 MiB = 1 << 20
@@ -62,37 +65,18 @@ def test_a_wrong_chunk_length_never_quarantines_the_healthy_chunk(daemon: Daemon
 
 def test_manifest_corruption_campaign(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
     """56 damaged copies of a real snapshot's manifest (40 bit flips, 8 semantic edits with their
-    old seal, the same 8 sealed anew): each imported into a second daemon, and three edits
-    also written over the manifest in the first daemon's store. No copy restores wrong
-    memory unless it is a forgery (sealed anew) that no cheap check can tell, no chunk is
-    quarantined, every refusal names the manifest, and the snapshot sharing the chunks
+    old seal, the same 8 sealed anew) imported into a second daemon, and three also written
+    over the manifest in the first daemon's store: none restores wrong memory (only a
+    forgery no cheap check can tell could: a chunk id swapped and sealed anew), no chunk
+    is quarantined, every refusal names the manifest, and the snapshot sharing the chunks
     restores with the right memory at the end."""
-    pid, report = workloads.start("memhold.py", "8")
-    digest = ask(pid, report)[1]
-    with daemon.client() as c:
-        first = c.checkpoint(pid, leave_running=True)
-        sharing = c.checkpoint(pid)
-        sink = io.BytesIO()
-        c.export_snapshot(first.id, sink)
-    stream = sink.getvalue()
-    cases = manifestlib.corruptions(bundle.Reader([stream]).manifest(), flips=40, seed=23)
-    tally = manifestlib.Tally()
-    second = Daemon(tmp_path / "second")
-    (tmp_path / "second").mkdir()
-    try:
-        manifestlib.via_import(second.start(), stream, cases, report, digest, tally)
-    finally:
-        second.close()
-    on_disk = [case for case in cases if case[0] in ("bit-flip", "span-offset", "chunk-length")][-3:]
-    manifestlib.via_store(daemon, first.id, on_disk, report, digest, tally)
-    print(f"\n{len(tally.outcomes)} corruptions: {dict(tally.counts())}\n{tally.table()}")
-    with daemon.client() as c:
-        restored = c.restore(sharing.id)
-    assert ask(restored.root_pid, report)[1] == digest
-    forged = [o for o in tally.outcomes if o.kind.endswith("/resealed")
-              and o.kind.removesuffix("/resealed") not in manifestlib.CAUGHT_RESEALED]
-    assert len(tally.outcomes) - len(forged) >= 50
-    assert all(o.outcome.startswith("refused") for o in tally.outcomes if o not in forged), tally.table()
+    tally = manifestlib.campaign(daemon, workloads, tmp_path, flips=40, seed=23)
+    print(f"\n{len(tally.outcomes) - 1} corruptions: {dict(tally.counts())}\n{tally.table()}")
+    forged = [o for o in tally.outcomes if o.kind in manifestlib.FORGERIES]
+    damaged = [o for o in tally.outcomes if o.kind != "sharing" and o not in forged]
+    assert len(damaged) >= 50
+    assert all(o.outcome.startswith("refused") for o in damaged), tally.table()
+    assert tally.outcomes[-1].outcome == "restored-right"
     assert [v for o in tally.outcomes if o not in forged for v in o.violations] == []
     assert all(not v.startswith("chunk") for o in forged for v in o.violations), tally.violations
 
@@ -297,3 +281,49 @@ def test_signed_exports_and_require_signed(daemon: Daemon, workloads: Workloads,
             assert [s.id for s in c.list().snapshots] == [unsigned.id]
     finally:
         strict.close()
+
+
+def test_push_signs_and_pull_and_on_demand_restore_verify(tmp_path: Path, s3: S3Server, workloads: Workloads) -> None:
+    """On SeaweedFS: host a signs what it pushes; host b (require_signed, trusting a's key) pulls
+    it; a manifest changed in the bucket fails its seal, one whose signature was replaced
+    fails its signature, and neither is restored on demand nor leaves anything behind."""
+    key, public = _ed25519(tmp_path, "fleet")
+    pid, report = workloads.start("memhold.py", "8")
+    digest = ask(pid, report)[1]
+    prefix = "signed"
+    a = Daemon(tmp_path / "a", (*remote_args(tmp_path, s3, prefix), "--signing-key", str(key)))
+    b = Daemon(tmp_path / "b", (*remote_args(tmp_path, s3, prefix), "--trusted-key", str(public), "--require-signed"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        with a.start().client() as ca:
+            kept = ca.checkpoint(pid, leave_running=True)
+            changed = ca.checkpoint(pid, leave_running=True)
+            forged = ca.checkpoint(pid)
+            for snap in (kept, changed, forged):
+                ca.push(snap.id)
+        bucket = s3.store(prefix)
+        objects = {snap.id: json.loads(bytes(obstore.get(bucket, f"manifests/{snap.id}.json").bytes()))
+                   for snap in (changed, forged)}
+        objects[changed.id]["labels"] = {"changed": "in the bucket"}
+        objects[forged.id]["labels"] = {"changed": "in the bucket"}
+        resealed = json.loads(manifestlib.reseal(objects[forged.id]))
+        resealed["signature"] = objects[forged.id]["signature"]
+        for sid, content in ((changed.id, objects[changed.id]), (forged.id, resealed)):
+            obstore.delete(bucket, f"manifests/{sid}.json")
+            obstore.put(bucket, f"manifests/{sid}.json", json.dumps(content).encode())
+        with b.start().client() as cb:
+            err = error_of(lambda: cb.restore(changed.id))
+            assert (err.error_class, err.exit_code) == ("ManifestDamaged", 32) and "seal does not match" in err.message
+            assert f"manifests/{changed.id}.json" in err.message
+            err = error_of(lambda: cb.restore(forged.id))
+            assert (err.error_class, err.exit_code) == ("SignatureInvalid", 34), err
+            assert objects[forged.id]["signature"]["key"] in err.message
+            assert not cb.list().snapshots and not local_chunk_temporaries(b)
+            assert cb.pull(kept.id).snapshot_id == kept.id
+            restored = cb.restore(kept.id)
+        assert restored.root_pid == pid and ask(pid, report)[1] == digest
+        assert _quarantined_chunks(b) == []
+    finally:
+        a.close()
+        b.close()

@@ -5,7 +5,8 @@ meanwhile) and the local store lock held shared (no local gc or rm takes a
 chunk being read). Each chunk is checked with HEAD and, when the bucket lacks
 it, read verified from the local store and uploaded with If-None-Match, in
 parallel; a chunk another host uploaded meanwhile is kept as it is. The
-manifest goes up last and only if absent, so hosts pushing one snapshot at
+manifest goes up last (sealed, and signed when a signing key is configured:
+snapshots/signing.py) and only if absent, so hosts pushing one snapshot at
 once publish it once, and no reader ever sees a manifest whose chunks are
 not all there. A cancel before the manifest leaves chunks only, which the
 next push reuses or a remote gc reclaims.

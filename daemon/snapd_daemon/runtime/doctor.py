@@ -84,10 +84,11 @@ def _store(rt: Runtime) -> CheckResult:
     q = rt.store.quarantine
     manifests, chunks = q.manifest_count(), len(q.chunk_ids())
     if manifests:
-        return CheckResult("store", False, f"{manifests} manifest(s) did not parse and were moved to "
-                           f"{q.manifests_dir} (a .error file beside each says why); their snapshots are not "
-                           f"listed: repair one and move it back to {rt.store.manifests.root}, then restart the "
-                           "daemon; or delete it and its .error file")
+        return CheckResult("store", False, f"{manifests} manifest(s) failed their seal or did not parse and were "
+                           f"moved to {q.manifests_dir} (a .error file beside each says why); their snapshots "
+                           "cannot be restored (`snapd list` marks them damaged): pull or import an intact copy "
+                           f"(or put one back into {rt.store.manifests.root} and restart the daemon), or delete the "
+                           "file and its .error file")
     if chunks:
         return CheckResult("store", True, f"{chunks} chunk(s) in {q.chunks_dir}; `snapd list` marks the snapshots "
                            "still damaged: checkpoint their source again to repair them, or `snapd rm` them; "
