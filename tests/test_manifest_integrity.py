@@ -257,9 +257,10 @@ def test_signed_exports_and_require_signed(daemon: Daemon, workloads: Workloads,
     tampered["signature"]["ed25519"] = _manifest_of(foreign_stream)["signature"]["ed25519"]
     strict_root = tmp_path / "strict"
     strict_root.mkdir()
-    check = subprocess.run([sys.executable, "-m", "snapd_daemon", "serve", "--check-config", "--require-signed",
-                            "--state-dir", str(strict_root / "state")], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 43 and "require_signed" in check.stderr
+    for args, words in ((["--require-signed"], "require_signed"), (["--signing-key", str(fleet_pub)], "signing_key")):
+        check = subprocess.run([sys.executable, "-m", "snapd_daemon", "serve", "--check-config", *args,
+                                "--state-dir", str(strict_root / "state")], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 43 and words in check.stderr, check.stderr
     strict = Daemon(strict_root, ("--trusted-key", str(fleet_pub), "--require-signed"))
     try:
         strict.start()

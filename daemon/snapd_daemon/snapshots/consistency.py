@@ -13,6 +13,7 @@ plus its injected spans.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import defaultdict
 
@@ -27,6 +28,7 @@ _CHUNK_RE = re.compile(r"[0-9a-f]{64}")
 # far above the checkpoint's 2 MiB pieces: a bound on the buffer one chunk read takes
 MAX_CHUNK = 64 << 20
 _PAGE = 4096
+_AFTER_ANY = 1 << 64  # sorts after every region end: bisect finds the last region starting at or before
 
 
 def _is_int(value: object) -> bool:
@@ -99,9 +101,10 @@ def _cut(m: Manifest) -> str:
     image_pids = {m.image_pid(p) for p in m.pids}
     if not set(layout.regions) <= image_pids:
         return f"the restore cut has regions of pid(s) {sorted(set(layout.regions) - image_pids)[:4]}, not its own"
+    regions = {pid: sorted(spans) for pid, spans in layout.regions.items()}
     by_file: dict[str, list[InjectSpan]] = defaultdict(list)
     for s in layout.inject:
-        problem = _span(s, sizes, image_pids, layout.regions.get(s.pid, []))
+        problem = _span(s, sizes, image_pids, regions.get(s.pid, []))
         if problem:
             return f"the span of {s.length} bytes at offset {s.offset} of {s.pages_file} (pid {s.pid}) {problem}"
         by_file[s.pages_file].append(s)
@@ -122,6 +125,8 @@ def _cut(m: Manifest) -> str:
 
 
 def _span(s: InjectSpan, sizes: dict[str, int], pids: set[int], regions: list[tuple[int, int]]) -> str:
+    """Why span ``s`` cannot be right, given the image sizes, the pids and its process's
+    regions (sorted); "" when it can."""
     if not all(_is_int(v) for v in (s.pid, s.vaddr, s.offset, s.length)):
         return "has a field that is not a number"
     if s.pages_file not in sizes or not s.pages_file.startswith("pages-"):
@@ -132,6 +137,7 @@ def _span(s: InjectSpan, sizes: dict[str, int], pids: set[int], regions: list[tu
         return "is not whole pages"
     if s.offset + s.length > sizes[s.pages_file]:
         return f"ends beyond the image ({sizes[s.pages_file]} bytes)"
-    if not any(a <= s.vaddr and s.vaddr + s.length <= b for a, b in regions):
+    i = bisect.bisect_right(regions, (s.vaddr, _AFTER_ANY)) - 1
+    if i < 0 or s.vaddr + s.length > regions[i][1]:
         return f"at {s.vaddr:#x} lies outside the regions recorded for its process"
     return ""

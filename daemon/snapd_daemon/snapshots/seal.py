@@ -37,13 +37,12 @@ from typing import Any
 import blake3
 
 from snapd_daemon.errors import ManifestDamaged
-from snapd_daemon.snapshots.consistency import inconsistency
+from snapd_daemon.snapshots.consistency import ID_RE, inconsistency
 from snapd_daemon.snapshots.manifest import Manifest
 
 SEAL = "seal"
 SIGNATURE = "signature"
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KNOWN = frozenset(f.name for f in fields(Manifest))
 
 
@@ -84,7 +83,7 @@ def open_manifest(data: bytes, where: str, fallback_id: str = "?", action: str =
         raise damaged(f"not JSON ({exc})") from None
     if not isinstance(content, dict):
         raise damaged(f"not a JSON object but a {type(content).__name__}")
-    if isinstance(content.get("id"), str) and _ID_RE.fullmatch(content["id"]):
+    if isinstance(content.get("id"), str) and ID_RE.fullmatch(content["id"]):
         snapshot_id = content["id"]
     stored = content.get(SEAL)
     if stored is None:
