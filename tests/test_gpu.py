@@ -30,6 +30,7 @@ from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.cgroups import cgroup2_mount
 from snapd_daemon.host.gpu import inventory
+from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "scripts" / "bench" / "reference_server.py"
@@ -245,9 +246,11 @@ def test_process_frozen_on_gpu_side_is_refused_then_thawed_by_restart(daemon: Da
         assert driver.state(server.pid) == driver.CudaState.CHECKPOINTED  # refused before touching it
         # a record as a daemon killed mid-checkpoint leaves: the next start thaws the process
         daemon.stop()
+        # written through the journal itself, so the record has every field recovery checks
+        # (a hand-written one lacked the boot id and was dropped unacted)
         holds = daemon.state_dir / "holds"
-        (holds / "op-crashed.json").write_text(json.dumps(
-            {"processes": [[server.pid, psutil.Process(server.pid).create_time()]], "cuda_pids": [server.pid]}))
+        HoldJournal(holds).write("op-crashed", HoldRecord(
+            processes=[(server.pid, psutil.Process(server.pid).create_time())], cuda_pids=[server.pid]))
         daemon.start()
         assert driver.state(server.pid) == driver.CudaState.RUNNING and not list(holds.iterdir())
     finally:
