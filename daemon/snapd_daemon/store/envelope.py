@@ -144,6 +144,13 @@ class Envelope:
     def write_key_id(self) -> str | None:
         return self.write.id if self.write else None
 
+    def describe(self) -> str:
+        """How objects are written and read, for status and logs."""
+        if self.write is None:
+            return "objects written unencrypted (remote_allow_plaintext)"
+        return (f"objects encrypted with key id {self.write.id}, {len(self.keys)} key(s) readable"
+                + (", unencrypted ones too (remote_allow_plaintext)" if self.allow_plaintext else ""))
+
     def held(self) -> str:
         """The key ids held, for messages."""
         return ", ".join(f"key id {k.id} ({k.path})" for k in self.keys.values()) or "no key"
