@@ -137,6 +137,12 @@ def test_wrong_missing_key_and_altered_objects_are_refused_by_name_publishing_no
                 assert f"it holds {held}" in out.stderr and "remote_read_key" in out.stderr
             _nothing_published(host)
             assert gone(pid)  # nothing was restored
+        # by name: the manifest it cannot open is left out of the listing, and the miss says why
+        with other.client() as co:
+            assert not co.list(remote=True).snapshots
+        out = snapd(other, "pull", "some-name")
+        assert out.returncode == 55 and "1 manifest(s) could not be read" in out.stderr
+        assert f"encrypted with key id {_key_id(key)}" in out.stderr
 
         # one chunk's bytes altered, then another chunk's object put in its place: both fail
         # authentication (35, not 54 for a corrupt chunk), naming the object and the key id

@@ -54,8 +54,7 @@ class RemoteStore:
 
     def chunk_key(self, cid: str, key_id: str | None) -> str:
         """The object key of chunk ``cid`` sealed with ``key_id`` (Envelope.chunk_name)."""
-        name = self.envelope.chunk_name(cid, key_id)
-        return f"{CHUNKS}{name[:2]}/{name}"
+        return _chunk_key(self.envelope.chunk_name(cid, key_id))
 
     def has_chunk(self, cid: str) -> bool:
         """Whether the bucket has chunk ``cid`` as this host writes it (under the write key)."""
@@ -90,7 +89,7 @@ class RemoteStore:
 
     def delete_chunks(self, names: list[str]) -> None:
         """Remove chunks by object name (``chunks``)."""
-        self.bucket.delete([f"{CHUNKS}{name[:2]}/{name}" for name in names])
+        self.bucket.delete([_chunk_key(name) for name in names])
 
     # -- manifests ------------------------------------------------------------
 
@@ -149,6 +148,10 @@ class RemoteStore:
     def locks(self) -> list[tuple[str, datetime]]:
         """(key, last modified) of every lock object."""
         return [(key, mtime) for key, _, mtime in self.bucket.list(LOCKS)]
+
+
+def _chunk_key(name: str) -> str:
+    return f"{CHUNKS}{name[:2]}/{name}"
 
 
 class RemoteLock(Poller):
