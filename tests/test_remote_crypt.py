@@ -38,14 +38,16 @@ def _names(key: Path, cids: set[str]) -> set[str]:
 
 @contextmanager
 def _hosts(tmp: Path, s3: S3Server, prefix: str, *configs: dict[str, str]) -> Iterator[list[Daemon]]:
-    """One daemon per config (remote options by name: encryption_key, read_key), each with its
-    own state directory, all on ``prefix`` of the bucket."""
+    """One daemon per config (remote options by name: encryption_key, read_key; allow_plaintext
+    with a key), each with its own state directory, all on ``prefix`` of the bucket."""
     with ExitStack() as stack:
         hosts = []
         for i, config in enumerate(configs):
             root = tmp / f"host{i}"
             root.mkdir()
-            d = Daemon(root, remote_args(tmp, s3, prefix, **config))
+            options = {k: v for k, v in config.items() if k != "allow_plaintext"}
+            flags = ("--remote-allow-plaintext",) if "allow_plaintext" in config else ()
+            d = Daemon(root, remote_args(tmp, s3, prefix, **options) + flags)
             stack.callback(d.close)
             hosts.append(d.start())
         yield hosts
@@ -209,6 +211,35 @@ def test_key_rotation_keeps_old_objects_readable_and_gc_works_on_sealed_objects(
         assert out.returncode == 36 and f"key id {_key_id(old)}" in out.stderr
         assert len(chunk_objects(s3, "crypt-rotate")) == count
         assert not b.staging_leftovers()
+
+
+def test_a_bucket_written_before_encryption_is_read_only_with_allow_plaintext(
+        tmp_path: Path, s3: S3Server, workloads: Workloads) -> None:
+    key = str(_key(tmp_path / "fleet.key"))
+    pid, _ = workloads.start("memhold.py", "8")
+    with _hosts(tmp_path, s3, "crypt-migrate", {}, {"encryption_key": key, "allow_plaintext": "1"},
+                {"encryption_key": key}) as (old, migrating, strict), \
+            old.client() as co, migrating.client() as cm, strict.client() as cs:
+        plain = co.checkpoint(pid, name="plain", leave_running=True)
+        co.push(plain.id)
+        plain_chunks = set(chunk_objects(s3, "crypt-migrate"))
+        assert plain_chunks == manifest_chunks(old, plain.id)  # named by their hashes, as before
+        # the migrating host reads the old snapshot and writes sealed objects only
+        assert cm.pull(plain.id).fetched_chunks == len(plain_chunks)
+        sealed = cm.checkpoint(pid, name="sealed", leave_running=True)
+        assert cm.push(sealed.id).uploaded_chunks == len(manifest_chunks(migrating, sealed.id))
+        assert _objects(s3, "crypt-migrate")[f"manifests/{sealed.id}.json"].startswith(MAGIC)
+        assert sorted(s.name for s in cm.list(remote=True).snapshots) == ["plain", "sealed"]
+        out = snapd(migrating, "gc", "--remote", "--dry-run")
+        assert out.returncode == 0 and "2 snapshot(s) kept; would remove 0 unreferenced chunk(s)" in out.stdout
+        # a host without remote_allow_plaintext refuses the plaintext snapshot, and gc while it is there
+        assert [s.name for s in cs.list(remote=True).snapshots] == ["sealed"]
+        err = error_of(lambda: cs.pull(plain.id))
+        assert err.exit_code == 35 and "not encrypted" in err.message and "remote_allow_plaintext" in err.message
+        _nothing_published(strict)
+        count = len(chunk_objects(s3, "crypt-migrate"))
+        assert snapd(strict, "gc", "--remote").returncode == 35
+        assert len(chunk_objects(s3, "crypt-migrate")) == count
 
 
 def test_key_files_are_checked_by_check_config(tmp_path: Path) -> None:
