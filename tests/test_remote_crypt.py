@@ -84,8 +84,7 @@ def test_encrypted_push_pull_restore_leave_no_plaintext_and_dedupe_across_hosts(
         assert marker in _local_stored_chunks(a)  # the stored form holds the secret as it is
         pushed = ca.push(snap.id)
         ids_a = manifest_chunks(a, snap.id)
-        assert pushed.uploaded_chunks == pushed.chunks == len(ids_a) == len(chunk_objects(s3, "crypt"))
-
+        assert pushed.uploaded_chunks == pushed.chunks == len(ids_a)
         assert set(chunk_objects(s3, "crypt")) == _names(key, ids_a)
 
         # host b holds the same memory (same seed): its push uploads no object for a chunk of
@@ -102,11 +101,11 @@ def test_encrypted_push_pull_restore_leave_no_plaintext_and_dedupe_across_hosts(
         objects = _objects(s3, "crypt")
         manifests = [k for k in objects if k.startswith("manifests/")]
         assert sorted(manifests) == sorted(f"manifests/{s}.json" for s in (snap.id, other.id))
-        for key, data in objects.items():
-            assert data.startswith(MAGIC), key
+        for obj, data in objects.items():
+            assert data.startswith(MAGIC), obj
             for secret in (marker, marker.hex().encode(), name.encode(), label.encode()):
-                assert secret not in data, f"{key} holds plaintext"
-        names = {key.rsplit("/", 1)[-1] for key in objects if key.startswith("chunks/")}
+                assert secret not in data, f"{obj} holds plaintext"
+        names = {obj.rsplit("/", 1)[-1] for obj in objects if obj.startswith("chunks/")}
         assert not names & (ids_a | ids_b)  # no chunk is named by its plaintext hash
 
         # on demand on b (it has the shared chunks already), then a whole pull on c
