@@ -322,6 +322,20 @@ class RemoteFailed(SnapdError):
     status = "UNAVAILABLE"
 
 
+class RemoteUndecryptable(SnapdError):
+    """remote object {key} in bucket {bucket} ({sealing}) was refused: {reason}; nothing was published from it."""
+
+    exit_code = 35
+    status = "DATA_LOSS"
+
+
+class RemoteKeyMissing(SnapdError):
+    """remote object {key} in bucket {bucket} is encrypted with key id {key_id}, which this host does not hold (it holds {held}); add that key's file to remote_read_key in config.toml (or make it remote_encryption_key) and restart the daemon; nothing was published from it."""
+
+    exit_code = 36
+    status = "FAILED_PRECONDITION"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -364,4 +378,6 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     RemoteBusy,
     RemoteNotConfigured,
     RemoteFailed,
+    RemoteUndecryptable,
+    RemoteKeyMissing,
 )

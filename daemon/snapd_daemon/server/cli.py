@@ -84,6 +84,14 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Retries of a failed request, with exponential backoff.")
 @click.option("--remote-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
               help="Seconds one request may take.")
+@click.option("--remote-encryption-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Fleet key file (32 random bytes, mode 0600) the remote tier's objects are encrypted with; "
+              "hosts sharing it share chunks (docs/remote-encryption.md).")
+@click.option("--remote-read-key", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
+              help="Older fleet key file objects are still read with, after a key rotation (repeatable).")
+@click.option("--remote-allow-plaintext", is_flag=True,
+              help="Allow unencrypted objects: written when no --remote-encryption-key is given, read from a bucket "
+              "written before encryption.")
 @click.option("--push-after-checkpoint/--no-push-after-checkpoint", default=False, show_default=True,
               help="Upload every snapshot to the remote tier once durable (checkpoint --push/--no-push wins).")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,

@@ -19,6 +19,7 @@ from snapd_daemon.api.access import AccessPolicy, resolve_gid
 from snapd_daemon.errors import ConfigInvalid
 from snapd_daemon.runtime import Settings
 from snapd_daemon.server.tcp import TcpListen
+from snapd_daemon.store.envelope import Envelope
 from snapd_daemon.store.s3 import RemoteConfig
 
 DEFAULT_SOCKET = Path("/run/gpu-snapd/snapd.sock")
@@ -81,11 +82,13 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
 
 
 def remote_config(o: dict[str, Any]) -> RemoteConfig | None:
-    """The remote tier's settings (None when no endpoint and bucket are given)."""
+    """The remote tier's settings (None when no endpoint and bucket are given); its key files
+    are checked (Envelope.load)."""
     if not o["remote_endpoint"] and not o["remote_bucket"]:
-        if o["push_after_checkpoint"]:
-            raise ConfigInvalid(source="push_after_checkpoint", reason="set, but no remote tier is configured "
-                                "(remote_endpoint, remote_bucket)")
+        for option in ("push_after_checkpoint", "remote_encryption_key", "remote_read_key", "remote_allow_plaintext"):
+            if o[option]:
+                raise ConfigInvalid(source=option, reason="set, but no remote tier is configured "
+                                    "(remote_endpoint, remote_bucket)")
         return None
     if not o["remote_endpoint"] or not o["remote_bucket"]:
         missing = "remote_endpoint" if not o["remote_endpoint"] else "remote_bucket"
@@ -93,9 +96,13 @@ def remote_config(o: dict[str, Any]) -> RemoteConfig | None:
     if not o["remote_endpoint"].startswith(("http://", "https://")):
         raise ConfigInvalid(source="remote_endpoint", reason=f"{o['remote_endpoint']!r} is not an http:// or "
                             "https:// URL")
-    return RemoteConfig(
+    cfg = RemoteConfig(
         endpoint=o["remote_endpoint"].rstrip("/"), bucket=o["remote_bucket"], prefix=o["remote_prefix"].strip("/"),
         region=o["remote_region"], credentials_file=o["remote_credentials_file"], profile=o["remote_profile"],
         ca_file=o["remote_ca_file"], threads=o["remote_threads"], retries=o["remote_retries"],
         timeout=o["remote_timeout"], push_after_checkpoint=o["push_after_checkpoint"],
+        encryption_key=o["remote_encryption_key"], read_keys=tuple(o["remote_read_key"]),
+        allow_plaintext=o["remote_allow_plaintext"],
     )
+    Envelope.load(cfg.encryption_key, cfg.read_keys, cfg.allow_plaintext)
+    return cfg
