@@ -66,6 +66,12 @@ from snapd_daemon.server.serve import serve as serve_daemon
               "them ahead at restore and prefetch (0: off).")
 @click.option("--restore-log-dir", type=click.Path(path_type=Path), default=None,
               help="Where restored trees' stdout/stderr pipes go when their reader is gone [default: STATE_DIR/logs].")
+@click.option("--gpu-policy", type=click.Choice(["shared", "exclusive"]), default="shared", show_default=True,
+              help="Where restores put GPU snapshots unless they say: a GPU of the model with room for what the "
+              "snapshot held there plus --gpu-margin (shared), or only an idle one (exclusive).")
+@click.option("--gpu-margin", default="1G", show_default=True, metavar="SIZE|PCT",
+              help="Room a shared GPU keeps beyond a snapshot's recorded use: bytes (1073741824, 512M, 1G) or a "
+              "percentage of the GPU's memory (5%).")
 @click.option("--remote-endpoint", default="", metavar="URL",
               help="S3-compatible endpoint of the remote tier, e.g. https://s3.us-east-1.amazonaws.com (with "
               "--remote-bucket; off when empty).")
