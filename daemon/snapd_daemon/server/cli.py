@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from snapd_client.base import EXIT_USAGE, json_option
 from snapd_client.cli import cli
-from snapd_client.client import EXIT_UNREACHABLE
+from snapd_client.errors import EXIT_DEADLINE, EXIT_UNREACHABLE
 from snapd_daemon import logs
 from snapd_daemon.errors import ALL_ERRORS, ConfigInvalid, SnapdError
 from snapd_daemon.server import config
@@ -154,7 +154,9 @@ def exit_codes(ctx: click.Context) -> None:
     """
     codes = [{"exit_code": 0, "error": "", "meaning": "success"},
              {"exit_code": EXIT_USAGE, "error": "UsageError", "meaning": "usage error"},
-             {"exit_code": EXIT_UNREACHABLE, "error": "Unreachable", "meaning": "daemon unreachable"}]
+             {"exit_code": EXIT_UNREACHABLE, "error": "Unreachable", "meaning": "daemon unreachable"},
+             {"exit_code": EXIT_DEADLINE, "error": "DeadlineExceeded",
+              "meaning": "a call's deadline passed (the client's timeout) before the daemon answered"}]
     codes += [{"exit_code": cls.exit_code, "error": cls.__name__, "status": cls.status,
                "meaning": "unexpected internal error (see the daemon log)" if cls is SnapdError
                else (cls.__doc__ or "").strip().splitlines()[0]}
@@ -163,7 +165,7 @@ def exit_codes(ctx: click.Context) -> None:
         click.echo(json.dumps({"exit_codes": codes}, indent=2))
         return
     for code in codes:
-        named = code["error"] and code["exit_code"] not in (EXIT_USAGE, EXIT_UNREACHABLE)
+        named = code["error"] and code["exit_code"] not in (EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DEADLINE)
         click.echo(f"{code['exit_code']:<3} " + (f"{code['error']}: " if named else "") + str(code["meaning"]))
 
 
