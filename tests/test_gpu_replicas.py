@@ -92,28 +92,28 @@ def _replicable_server(client: SnapdClient, weights: Path, tmp: Path) -> list[in
 
 def test_replicas_take_free_gpus_then_share_one_only_when_asked(client: SnapdClient, weights: Path, tmp_path: Path,
                                                                  workloads: Workloads) -> None:
-    """Works on one GPU or more: each replica takes a free GPU of the snapshot's model until
-    none is left; the next is refused (GpusBusy); --gpu-map puts one more on a busy GPU."""
+    """The exclusive policy, on one GPU or more: each replica takes an idle GPU of the snapshot's
+    model until none is left; the next is refused (GpusBusy); --gpu-map puts one more on a busy GPU."""
     before = _replicable_server(client, weights, tmp_path)
     model = {d.uuid: d.name for d in inventory()[1]}
     snapshot_gpu = client.get("ref-tiny").gpu.devices[0]
     alike = [uuid for uuid, name in model.items() if name == snapshot_gpu.name]
     taken, old = [], ""
     for _ in alike:
-        r = client.restore("ref-tiny")
+        r = client.restore("ref-tiny", gpu_policy="exclusive")
         [(old, new)] = r.gpus.items()
         taken.append(new)
         assert generate(r.published[0].address) == before
     assert sorted(taken) == sorted(alike)
     with pytest.raises(SnapdClientError) as info:
-        client.restore("ref-tiny")
+        client.restore("ref-tiny", gpu_policy="exclusive")
     assert info.value.error_class == "GpusBusy" and snapshot_gpu.name in info.value.message
     shared = client.restore("ref-tiny", gpu_uuid_map={old: taken[0]})
     assert dict(shared.gpus) == {old: taken[0]} and generate(shared.published[0].address) == before
 
 
 @two_gpus
-def test_two_replicas_one_per_gpu_answer_identically(daemon: Daemon, client: SnapdClient, weights: Path,
+def test_two_replicas_one_per_gpu_answer_identically_under_the_exclusive_policy(daemon: Daemon, client: SnapdClient, weights: Path,
                                                       tmp_path: Path, workloads: Workloads) -> None:
     before = _replicable_server(client, weights, tmp_path)
 
@@ -125,7 +125,7 @@ def test_two_replicas_one_per_gpu_answer_identically(daemon: Daemon, client: Sna
     wait_for(lambda: gone(one.root_pid) and not any(d.compute for d in nvml.read().devices), 60, "the GPUs to be free")
 
     started = time.monotonic()
-    replicas = restore_at_once(daemon.target, "ref-tiny", 2)
+    replicas = restore_at_once(daemon.target, "ref-tiny", 2, gpu_policy="exclusive")
     assert all(not isinstance(r, SnapdClientError) for r in replicas), replicas
     answers = [generate(r.published[0].address) for r in replicas]  # type: ignore[union-attr]
     two_seconds = time.monotonic() - started
@@ -137,7 +137,7 @@ def test_two_replicas_one_per_gpu_answer_identically(daemon: Daemon, client: Sna
         assert on_gpus(server) == {gpu}
     # every GPU of that model is busy now: a third is refused, naming them
     with pytest.raises(SnapdClientError) as info:
-        client.restore("ref-tiny")
+        client.restore("ref-tiny", gpu_policy="exclusive")
     assert info.value.error_class == "GpusBusy" and "--gpu-map" in info.value.message
     durations = ", ".join(f"{r.duration_seconds:.2f} s" for r in replicas)  # type: ignore[union-attr]
     print(f"\nrestore -> first answer: 1 replica {one_seconds:.2f} s (restore {one.duration_seconds:.2f} s); "
