@@ -15,10 +15,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import structlog
+
 from snapd_daemon.host import gpu, gpuplace, nvml
 from snapd_daemon.host.gpuplace import GpuNow, Holder, Policy, Reservation
 from snapd_daemon.host.processes import comm
 
+log = structlog.get_logger()
 Inventory = Callable[[], tuple[str, tuple[GpuNow, ...]]]
 
 
@@ -45,6 +48,8 @@ class GpuLeases:
             held = tuple(r for rs in self._held.values() for r in rs)
             placement = gpuplace.place(snapshot_id, record, version, gpus, held, policy, uuid_map)
             self._held[operation_id] = tuple(Reservation(operation_id, uuid, n) for uuid, n in placement.reserve.items())
+        log.info("restore.gpus_placed", policy=policy.mode, gpus={old: new.uuid for old, new in placement.targets.items()},
+                 reserved=placement.reserve)
         try:
             yield (gpu.pairs_for(record, placement.targets, uuid_map),
                    {old: new.uuid for old, new in placement.targets.items()})
