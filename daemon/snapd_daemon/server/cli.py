@@ -160,7 +160,8 @@ def exit_codes(ctx: click.Context) -> None:
     codes += [{"exit_code": cls.exit_code, "error": cls.__name__, "status": cls.status,
                "meaning": "unexpected internal error (see the daemon log)" if cls is SnapdError
                else (cls.__doc__ or "").strip().splitlines()[0]}
-              for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code)]
+              for cls in ALL_ERRORS]
+    codes.sort(key=lambda c: int(c["exit_code"]))  # type: ignore[call-overload]
     if ctx.find_root().obj["json"]:
         click.echo(json.dumps({"exit_codes": codes}, indent=2))
         return
