@@ -127,7 +127,16 @@ def test_asyncio_client_checkpoints_and_restores_a_real_process(daemon: Daemon, 
                 await c.get("nope")
             with pytest.raises(errors.DeadlineExceeded):
                 await c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "3"], timeout=0.5)
+            # cancelling the awaiting task cancels the call, and its checkpoint rolls back
+            started = asyncio.Event()
+            task = asyncio.create_task(c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "3"],
+                                                    on_progress=lambda _p: started.set()))
+            await asyncio.wait_for(started.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
     asyncio.run(scenario())
-    wait_for(lambda: not client.operations().operations, 60, "the timed-out checkpoint to roll back")
+    wait_for(lambda: not client.operations().operations, 60, "the cancelled checkpoints to roll back")
+    assert [s.name for s in client.list().snapshots] == ["aio"]
     assert ask(pid, report)[1] == digest  # the restored process holds its memory as before

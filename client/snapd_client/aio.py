@@ -64,6 +64,9 @@ class AsyncSnapdClient(Calls):
                     return value
         except grpc.RpcError as err:
             raise from_rpc(err, self.target, method, deadline) from None
+        except asyncio.CancelledError:
+            call.cancel()  # the daemon rolls the operation back unless it is past its commit point
+            raise
         raise no_result()
 
     async def _export(self, request: pb.ExportSnapshotRequest, sink: BinaryIO, deadline: float | None) -> int:

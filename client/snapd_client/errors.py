@@ -85,7 +85,10 @@ def from_rpc(err: grpc.RpcError, target: str, method: str = "", timeout: float |
     trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
     if "snapd-exit-code" in trailers:
         name = trailers.get("snapd-error", "")
-        fields = json.loads(trailers["snapd-fields"]) if "snapd-fields" in trailers else {}
+        try:
+            fields = json.loads(trailers.get("snapd-fields", "{}"))
+        except ValueError:
+            fields = {}
         return CLASSES.get(name, SnapdClientError)(code, details, name, int(trailers["snapd-exit-code"]), fields)
     if code == grpc.StatusCode.UNAVAILABLE:
         return Unreachable(
