@@ -113,8 +113,8 @@ def test_replicas_take_free_gpus_then_share_one_only_when_asked(client: SnapdCli
 
 
 @two_gpus
-def test_two_replicas_one_per_gpu_answer_identically_under_the_exclusive_policy(daemon: Daemon, client: SnapdClient, weights: Path,
-                                                      tmp_path: Path, workloads: Workloads) -> None:
+def test_two_replicas_one_per_gpu_answer_identically_under_the_exclusive_policy(
+        daemon: Daemon, client: SnapdClient, weights: Path, tmp_path: Path, workloads: Workloads) -> None:
     before = _replicable_server(client, weights, tmp_path)
 
     started = time.monotonic()
@@ -188,3 +188,21 @@ def test_tensor_parallel_server_checkpoints_only_through_its_hooks(client: Snapd
     client.restore(snap.id, post_restore_hook=[*hook, "post-restore"])
     assert generate(address) == before
     assert all(driver.state(p) == driver.CudaState.RUNNING for p in snap.gpu.cuda_pids)
+
+
+def test_replicas_share_the_snapshots_gpu_by_room_under_the_shared_policy(
+        daemon: Daemon, client: SnapdClient, weights: Path, tmp_path: Path, workloads: Workloads) -> None:
+    """The default policy: while its GPU has room (NVML's free memory less the reservations of
+    the restores in flight, against the VRAM the snapshot recorded plus the margin), every
+    replica goes onto the snapshot's own GPU, on a host of one GPU or more."""
+    before = _replicable_server(client, weights, tmp_path)
+    snap = client.get("ref-tiny")
+    [(uuid, need)] = snap.gpu.vram_bytes.items()
+    replicas = restore_at_once(daemon.target, "ref-tiny", 2)
+    assert all(not isinstance(r, SnapdClientError) for r in replicas), replicas
+    assert [dict(r.gpus) for r in replicas] == [{uuid: uuid}] * 2  # type: ignore[union-attr]
+    assert [generate(r.published[0].address) for r in replicas] == [before, before]  # type: ignore[union-attr]
+    for r in replicas:
+        server = next(p for p in r.pids if p != r.root_pid)  # type: ignore[union-attr]
+        assert on_gpus(server) == {uuid}
+    print(f"\n2 replicas side by side on {uuid}, {need / 2**30:.2f} GiB recorded each")
