@@ -16,6 +16,7 @@ DeadlineExceeded; an operation it started rolls back unless past its commit poin
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
@@ -48,7 +49,7 @@ DEFAULT: Any = _Default()
 Timeout = float | None
 
 
-class Calls:
+class Calls(ABC):
     """The API's methods over a transport (SnapdClient, AsyncSnapdClient)."""
 
     target: str
@@ -62,18 +63,23 @@ class Calls:
 
     # -- the transport --------------------------------------------------------------------------
 
+    @abstractmethod
     def _unary(self, method: str, request: Any, deadline: float | None) -> Any:
-        raise NotImplementedError
+        """``method``'s answer to ``request`` (an iterator of requests for a client-streaming call)."""
 
+    @abstractmethod
     def _follow(self, method: str, request: Any, final_field: str, deadline: float | None,
                 on_progress: ProgressCallback | None, on_interrupt: InterruptCallback | None) -> Any:
-        raise NotImplementedError
+        """``final_field`` of the event that ends ``method``'s stream; each Progress event before it
+        goes to ``on_progress``."""
 
+    @abstractmethod
     def _export(self, request: pb.ExportSnapshotRequest, sink: BinaryIO, deadline: float | None) -> Any:
-        raise NotImplementedError
+        """The pieces of an ExportSnapshot stream written to ``sink``; the bytes written."""
 
+    @abstractmethod
     def _gather(self, thunks: list[Callable[[], Any]]) -> Any:
-        raise NotImplementedError
+        """The thunks run at once: per thunk, in order, its result or its SnapdClientError."""
 
     # -- operations -----------------------------------------------------------------------------
 

@@ -47,12 +47,12 @@ class GpuLeases:
             version, gpus = self._inventory()
             held = tuple(r for rs in self._held.values() for r in rs)
             placement = gpuplace.place(snapshot_id, record, version, gpus, held, policy, uuid_map)
-            self._held[operation_id] = tuple(Reservation(operation_id, uuid, n) for uuid, n in placement.reserve.items())
-        log.info("restore.gpus_placed", policy=policy.mode, gpus={old: new.uuid for old, new in placement.targets.items()},
-                 reserved=placement.reserve)
+            reserved = placement.reserve
+            self._held[operation_id] = tuple(Reservation(operation_id, uuid, n) for uuid, n in reserved.items())
         try:
-            yield (gpu.pairs_for(record, placement.targets, uuid_map),
-                   {old: new.uuid for old, new in placement.targets.items()})
+            chosen = {old: new.uuid for old, new in placement.targets.items()}
+            log.info("restore.gpus_placed", policy=policy.mode, gpus=chosen, reserved=reserved)
+            yield gpu.pairs_for(record, placement.targets, uuid_map), chosen
         finally:
             with self._lock:
                 self._held.pop(operation_id, None)
