@@ -385,6 +385,9 @@ def test_shared_gpu_two_snapshots_side_by_side_then_two_racing_for_the_last_room
     _nothing_of([s.pid for s in servers])
 
     # room for exactly one: margin m with need_i + m <= free and free - need_i < need_j + m
+    model = next(d.name for d in snaps[0].gpu.devices if d.uuid == uuid)
+    if sum(d.name == model for d in inventory()[1]) > 1:
+        pytest.skip(f"the race needs the only {model} of the host (another would take the second restore)")
     free = _free_bytes(uuid)
     margin = free - max(needs) - min(needs) // 2
     assert margin > 0, (free, needs)
