@@ -5,6 +5,7 @@ and the error's fields), deadlines per call, and the asyncio client, against a r
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def test_asyncio_client_checkpoints_and_restores_a_real_process(daemon: Daemon, 
             assert info.value.fields["pid"] == pid
             with pytest.raises(errors.SnapshotNotFound):
                 await c.get("nope")
+            exported, again = io.BytesIO(), io.BytesIO()  # server streams: the same bytes as the sync client's
+            assert await c.export_snapshot("aio", exported) == client.export_snapshot("aio", again) > 0
+            assert exported.getvalue() == again.getvalue()
+            with pytest.raises(errors.SnapshotNotFound):
+                await c.export_snapshot("nope", io.BytesIO())
             with pytest.raises(errors.DeadlineExceeded):
                 await c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "3"], timeout=0.5)
             # cancelling the awaiting task cancels the call, and its checkpoint rolls back

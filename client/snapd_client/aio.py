@@ -15,7 +15,7 @@ reads a file source on the event loop's thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, BinaryIO
 
 import grpc
@@ -69,14 +69,18 @@ class AsyncSnapdClient(Calls):
             raise
         raise no_result()
 
+    async def _stream(self, method: str, request: Any, deadline: float | None) -> AsyncIterator[Any]:
+        try:
+            async for message in getattr(self._stub, method)(request, timeout=deadline):
+                yield message
+        except grpc.RpcError as err:
+            raise from_rpc(err, self.target, method, deadline) from None
+
     async def _export(self, request: pb.ExportSnapshotRequest, sink: BinaryIO, deadline: float | None) -> int:
         written = 0
-        try:
-            async for piece in self._stub.ExportSnapshot(request, timeout=deadline):
-                sink.write(piece.data)
-                written += len(piece.data)
-        except grpc.RpcError as err:
-            raise from_rpc(err, self.target, "ExportSnapshot", deadline) from None
+        async for piece in self._stream("ExportSnapshot", request, deadline):
+            sink.write(piece.data)
+            written += len(piece.data)
         return written
 
     async def _gather(self, thunks: list[Callable[[], Awaitable[Any]]]) -> list[Any]:

@@ -3,10 +3,11 @@ client (client.py) and the asyncio client (aio.py) are this surface over two tra
 
 A transport implements five primitives: ``_unary`` (one request, one answer, or a
 stream of requests), ``_follow`` (a stream of Progress events ending in a
-result), ``_export`` (a stream of byte pieces into a sink), ``_gather`` (thunks
-run at once, a result or a SnapdClientError each) and ``_close``. In the sync
-client each method returns its result; in the asyncio client each returns an
-awaitable of the same result. A new RPC is one method here.
+result), ``_stream`` (a server stream's messages: an iterator, or an async one),
+``_export`` (a stream of byte pieces into a sink) and ``_gather`` (thunks run at
+once, a result or a SnapdClientError each). In the sync client each method
+returns its result; in the asyncio client each returns an awaitable of the same
+result (a server stream: an async iterator). A new RPC is one method here.
 
 Deadlines: every method takes ``timeout`` (seconds; None: no deadline). Left out,
 it is the client's ``timeout`` if one was given to its constructor, else the
@@ -72,6 +73,10 @@ class Calls(ABC):
                 on_progress: ProgressCallback | None, on_interrupt: InterruptCallback | None) -> Any:
         """``final_field`` of the event that ends ``method``'s stream; each Progress event before it
         goes to ``on_progress``."""
+
+    @abstractmethod
+    def _stream(self, method: str, request: Any, deadline: float | None) -> Any:
+        """The messages of ``method``'s server stream, as they come (failures raised as SnapdClientError)."""
 
     @abstractmethod
     def _export(self, request: pb.ExportSnapshotRequest, sink: BinaryIO, deadline: float | None) -> Any:

@@ -170,14 +170,17 @@ class SnapdClient(Calls):
                     raise
                 pending = True
 
+    def _stream(self, method: str, request: Any, deadline: float | None) -> Iterator[Any]:
+        try:
+            yield from getattr(self._stub, method)(request, timeout=deadline)
+        except grpc.RpcError as err:
+            raise from_rpc(err, self.target, method, deadline) from None
+
     def _export(self, request: pb.ExportSnapshotRequest, sink: BinaryIO, deadline: float | None) -> int:
         written = 0
-        try:
-            for piece in self._stub.ExportSnapshot(request, timeout=deadline):
-                sink.write(piece.data)
-                written += len(piece.data)
-        except grpc.RpcError as err:
-            raise from_rpc(err, self.target, "ExportSnapshot", deadline) from None
+        for piece in self._stream("ExportSnapshot", request, deadline):
+            sink.write(piece.data)
+            written += len(piece.data)
         return written
 
     def _gather(self, thunks: list[Callable[[], Any]]) -> list[Any]:
