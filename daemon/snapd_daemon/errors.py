@@ -159,9 +159,19 @@ class GpuMismatch(SnapdError):
 
 class GpusBusy(SnapdError):
     """snapshot {snapshot_id}: no free {model} here for its GPU {uuid}; every one is in use ({busy}). Wait for \
-one to be freed, or name one with --gpu-map (gpu_uuid_map) to share it."""
+one to be freed, restore with --gpu-policy shared to share one that has room, or name one with --gpu-map \
+(gpu_uuid_map) to share it."""
 
     exit_code = 61
+    status = "RESOURCE_EXHAUSTED"
+
+
+class GpuRoomShort(SnapdError):
+    """snapshot {snapshot_id}: no {model} here has room for what its processes held on GPU {uuid} \
+({needed_bytes} bytes with the margin); {gpus}. Wait for room, or name a GPU with --gpu-map (gpu_uuid_map) to \
+place it there regardless."""
+
+    exit_code = 80
     status = "RESOURCE_EXHAUSTED"
 
 
@@ -357,6 +367,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     GpuUnsupported,
     GpuMismatch,
     GpusBusy,
+    GpuRoomShort,
     NcclActive,
     PublishFailed,
     CudaFailed,

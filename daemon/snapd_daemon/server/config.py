@@ -17,6 +17,7 @@ from typing import Any
 
 from snapd_daemon.api.access import AccessPolicy, resolve_gid
 from snapd_daemon.errors import ConfigInvalid
+from snapd_daemon.host.gpuplace import Margin
 from snapd_daemon.runtime import Settings
 from snapd_daemon.server.tcp import TcpListen
 from snapd_daemon.store.envelope import Envelope
@@ -63,7 +64,8 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         state_dir=o["state_dir"], criu_path=o["criu"], criu_log_level=o["criu_log_level"], scratch=o["scratch"],
         inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
         warm_file_bytes=o["warm_files_mb"] << 20,
-        cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"],
+        cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"], gpu_policy=o["gpu_policy"],
+        gpu_margin=gpu_margin(o["gpu_margin"]),
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])
@@ -79,6 +81,13 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         metrics_address=o["metrics_address"], drain_timeout=o["drain_timeout"],
     )
     return settings, listen
+
+
+def gpu_margin(text: str) -> Margin:
+    try:
+        return Margin.parse(text)
+    except ValueError as exc:
+        raise ConfigInvalid(source="gpu_margin", reason=str(exc)) from None
 
 
 def remote_config(o: dict[str, Any]) -> RemoteConfig | None:
