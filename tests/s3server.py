@@ -122,9 +122,12 @@ class S3Server:
                 self.kill()
 
     def daemon_args(self, prefix: str = "", **extra: str) -> tuple[str, ...]:
-        """`snapd serve` options that make a daemon use this server's bucket under ``prefix``."""
+        """`snapd serve` options that make a daemon use this server's bucket under ``prefix``:
+        unencrypted (--remote-allow-plaintext) unless ``encryption_key`` names a key file."""
         args = ["--remote-endpoint", self.endpoint, "--remote-bucket", BUCKET, "--remote-prefix", prefix,
                 "--remote-retries", extra.pop("retries", "2"), "--remote-timeout", extra.pop("timeout", "20")]
+        if "encryption_key" not in extra:
+            args.append("--remote-allow-plaintext")
         for key, value in extra.items():
             args += [f"--remote-{key.replace('_', '-')}", value]
         return tuple(args)

@@ -92,29 +92,29 @@ def _replicable_server(client: SnapdClient, weights: Path, tmp: Path) -> list[in
 
 def test_replicas_take_free_gpus_then_share_one_only_when_asked(client: SnapdClient, weights: Path, tmp_path: Path,
                                                                  workloads: Workloads) -> None:
-    """Works on one GPU or more: each replica takes a free GPU of the snapshot's model until
-    none is left; the next is refused (GpusBusy); --gpu-map puts one more on a busy GPU."""
+    """The exclusive policy, on one GPU or more: each replica takes an idle GPU of the snapshot's
+    model until none is left; the next is refused (GpusBusy); --gpu-map puts one more on a busy GPU."""
     before = _replicable_server(client, weights, tmp_path)
     model = {d.uuid: d.name for d in inventory()[1]}
     snapshot_gpu = client.get("ref-tiny").gpu.devices[0]
     alike = [uuid for uuid, name in model.items() if name == snapshot_gpu.name]
     taken, old = [], ""
     for _ in alike:
-        r = client.restore("ref-tiny")
+        r = client.restore("ref-tiny", gpu_policy="exclusive")
         [(old, new)] = r.gpus.items()
         taken.append(new)
         assert generate(r.published[0].address) == before
     assert sorted(taken) == sorted(alike)
     with pytest.raises(SnapdClientError) as info:
-        client.restore("ref-tiny")
+        client.restore("ref-tiny", gpu_policy="exclusive")
     assert info.value.error_class == "GpusBusy" and snapshot_gpu.name in info.value.message
     shared = client.restore("ref-tiny", gpu_uuid_map={old: taken[0]})
     assert dict(shared.gpus) == {old: taken[0]} and generate(shared.published[0].address) == before
 
 
 @two_gpus
-def test_two_replicas_one_per_gpu_answer_identically(daemon: Daemon, client: SnapdClient, weights: Path,
-                                                      tmp_path: Path, workloads: Workloads) -> None:
+def test_two_replicas_one_per_gpu_answer_identically_under_the_exclusive_policy(
+        daemon: Daemon, client: SnapdClient, weights: Path, tmp_path: Path, workloads: Workloads) -> None:
     before = _replicable_server(client, weights, tmp_path)
 
     started = time.monotonic()
@@ -125,7 +125,7 @@ def test_two_replicas_one_per_gpu_answer_identically(daemon: Daemon, client: Sna
     wait_for(lambda: gone(one.root_pid) and not any(d.compute for d in nvml.read().devices), 60, "the GPUs to be free")
 
     started = time.monotonic()
-    replicas = restore_at_once(daemon.target, "ref-tiny", 2)
+    replicas = restore_at_once(daemon.target, "ref-tiny", 2, gpu_policy="exclusive")
     assert all(not isinstance(r, SnapdClientError) for r in replicas), replicas
     answers = [generate(r.published[0].address) for r in replicas]  # type: ignore[union-attr]
     two_seconds = time.monotonic() - started
@@ -137,7 +137,7 @@ def test_two_replicas_one_per_gpu_answer_identically(daemon: Daemon, client: Sna
         assert on_gpus(server) == {gpu}
     # every GPU of that model is busy now: a third is refused, naming them
     with pytest.raises(SnapdClientError) as info:
-        client.restore("ref-tiny")
+        client.restore("ref-tiny", gpu_policy="exclusive")
     assert info.value.error_class == "GpusBusy" and "--gpu-map" in info.value.message
     durations = ", ".join(f"{r.duration_seconds:.2f} s" for r in replicas)  # type: ignore[union-attr]
     print(f"\nrestore -> first answer: 1 replica {one_seconds:.2f} s (restore {one.duration_seconds:.2f} s); "
@@ -188,3 +188,21 @@ def test_tensor_parallel_server_checkpoints_only_through_its_hooks(client: Snapd
     client.restore(snap.id, post_restore_hook=[*hook, "post-restore"])
     assert generate(address) == before
     assert all(driver.state(p) == driver.CudaState.RUNNING for p in snap.gpu.cuda_pids)
+
+
+def test_replicas_share_the_snapshots_gpu_by_room_under_the_shared_policy(
+        daemon: Daemon, client: SnapdClient, weights: Path, tmp_path: Path, workloads: Workloads) -> None:
+    """The default policy: while its GPU has room (NVML's free memory less the reservations of
+    the restores in flight, against the VRAM the snapshot recorded plus the margin), every
+    replica goes onto the snapshot's own GPU, on a host of one GPU or more."""
+    before = _replicable_server(client, weights, tmp_path)
+    snap = client.get("ref-tiny")
+    [(uuid, need)] = snap.gpu.vram_bytes.items()
+    replicas = restore_at_once(daemon.target, "ref-tiny", 2)
+    assert all(not isinstance(r, SnapdClientError) for r in replicas), replicas
+    assert [dict(r.gpus) for r in replicas] == [{uuid: uuid}] * 2  # type: ignore[union-attr]
+    assert [generate(r.published[0].address) for r in replicas] == [before, before]  # type: ignore[union-attr]
+    for r in replicas:
+        server = next(p for p in r.pids if p != r.root_pid)  # type: ignore[union-attr]
+        assert on_gpus(server) == {uuid}
+    print(f"\n2 replicas side by side on {uuid}, {need / 2**30:.2f} GiB recorded each")

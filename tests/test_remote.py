@@ -125,7 +125,8 @@ def test_cli_push_list_pull_gc(tmp_path: Path, s3: S3Server, workloads: Workload
             status = cb.status()
         assert status.remote == f"{s3.endpoint} bucket snapd-test prefix cli"
         assert [(c.ok, c.detail) for c in status.checks if c.name == "remote"] == [(True, f"{status.remote}: 1 "
-                                                                                    "snapshot(s)")]
+                                                                                    "snapshot(s); objects written "
+                                                                                    "unencrypted (remote_allow_plaintext)")]
 
 
 def test_remote_gc_removes_only_unreferenced_chunks_and_waits_for_no_push(

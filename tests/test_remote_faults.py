@@ -146,7 +146,7 @@ def test_cancel_ends_a_pull_and_an_on_demand_restore_while_the_server_hangs(tmp_
 def test_unreachable_denied_missing_and_unconfigured(tmp_path: Path, s3: S3Server, workloads: Workloads) -> None:
     (tmp_path / "closed").mkdir()
     closed = Daemon(tmp_path / "closed", ("--remote-endpoint", "http://127.0.0.1:9", "--remote-bucket", "b",
-                                          "--remote-retries", "1", "--remote-credentials-file",
+                                          "--remote-retries", "1", "--remote-allow-plaintext", "--remote-credentials-file",
                                           str(credentials_file(tmp_path / "credentials")))).start()
     (tmp_path / "denied").mkdir()
     denied = Daemon(tmp_path / "denied", remote_args(tmp_path, s3, "denied", secret="wrong-secret")).start()

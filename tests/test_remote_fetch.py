@@ -20,7 +20,7 @@ from snapd_daemon.util.buffers import ReadBuffers
 
 def _remote(s3: S3Server, prefix: str, threads: int = 4, credentials: Path | None = None) -> RemoteStore:
     return RemoteStore(RemoteConfig(endpoint=s3.endpoint, bucket="snapd-test", prefix=prefix, threads=threads,
-                                    retries=1, credentials_file=credentials))
+                                    retries=1, credentials_file=credentials, allow_plaintext=True))
 
 
 def _credentials(tmp_path: Path) -> Path:
@@ -44,7 +44,7 @@ def test_a_waiting_reader_is_served_before_the_queue(tmp_path: Path, s3: S3Serve
     chunks = _upload(remote, 48)
     store = LocalStore(tmp_path / "state", 2)
     with store.begin_import() as imported:
-        fetcher = Fetcher(remote, imported, chunks, "snapshot test", fresh_limit=1 << 20)
+        fetcher = Fetcher(remote, imported, chunks, "snapshot test", None, fresh_limit=1 << 20)
         with fetcher:
             last = chunks[-1][0]
             fresh = fetcher.wait(last)
@@ -63,11 +63,11 @@ def test_a_corrupt_object_fails_every_waiter_and_stages_nothing(tmp_path: Path, 
     remote = _remote(s3, "fetch-corrupt", credentials=_credentials(tmp_path))
     chunks = _upload(remote, 8)
     bad = chunks[3][0]
-    remote.bucket.put(remote.chunk_key(bad), b"SNC1 this is not the chunk")
+    remote.bucket.put(remote.chunk_key(bad, None), b"SNC1 this is not the chunk")
     store = LocalStore(tmp_path / "state", 2)
     named = f"fetch-corrupt/chunks/{bad[:2]}/{bad}"
     with store.begin_import() as imported, pytest.raises(RemoteObjectBad, match=named):
-        with Fetcher(remote, imported, chunks, "snapshot test") as fetcher:
+        with Fetcher(remote, imported, chunks, "snapshot test", None) as fetcher:
             fetcher.wait(chunks[-1][0])
             fetcher.join()
     assert not [p for p in (tmp_path / "state" / "chunks").rglob("*") if p.is_file()]

@@ -123,6 +123,9 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
               help="Seconds to wait for exiting holders of the snapshot's pids.")
 @click.option("--gpu-map", "gpu_map", multiple=True, metavar="OLD_UUID=NEW_UUID",
               help="Restore the snapshot's GPU OLD_UUID onto this host's NEW_UUID (repeatable).")
+@click.option("--gpu-policy", type=click.Choice(["shared", "exclusive"]), default=None,
+              help="Where the snapshot's GPUs go unless --gpu-map names them: a GPU of the model with room for "
+              "what the snapshot held there (shared), or an idle one (exclusive) [default: the daemon's gpu_policy].")
 @click.option("--post-hook", default="", metavar="COMMAND",
               help="Command the daemon runs once the tree is back (its failure kills the tree).")
 @click.option("--hook-timeout", type=click.IntRange(0, 3600), default=60, show_default=True,
@@ -147,7 +150,8 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--publish-host", default="", help="Host IP a copy with its own network namespace publishes ports on.")
 @common_options
 @click.pass_context
-def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...], post_hook: str,
+def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...],
+            gpu_policy: str | None, post_hook: str,
             hook_timeout: int, cgroup_path: str, create_cgroup: bool, memory_max: int, cpu_max: str, pids_max: int,
             cpuset_cpus: str, cpuset_mems: str, log_name: str, tcp: str, replicas: int, publish_host: str) -> None:
     """Restore SNAPSHOT (an id, a unique id prefix, or a name: its newest snapshot).
@@ -162,6 +166,7 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
       snapd restore 20261128T0912 --log-name llama.log
       snapd restore llama-8b --cgroup inference/llama --create-cgroup --memory-max 64G --cpu-max '800000 100000'
       snapd restore llama-8b --replicas 4
+      snapd restore llama-8b --gpu-policy exclusive
     """
     mapping = _pairs(gpu_map, "--gpu-map")
     limits = memory_max or cpu_max or pids_max or cpuset_cpus or cpuset_mems or create_cgroup
@@ -170,13 +175,16 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     cgroup = CgroupSpec(path=cgroup_path, create=create_cgroup, memory_max_bytes=memory_max, cpu_max=cpu_max,
                         pids_max=pids_max, cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems) if cgroup_path else None
     tcp_mode = TcpRestore.Value("TCP_RESTORE_REESTABLISH" if tcp == "reestablish" else "TCP_RESTORE_CLOSE")
-    options = dict(wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping, post_restore_hook=shlex.split(post_hook),
+    options = dict(wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping, gpu_policy=gpu_policy or "",
+                   post_restore_hook=shlex.split(post_hook),
                    hook_timeout_seconds=hook_timeout, cgroup=cgroup, log_name=log_name, tcp=tcp_mode,
                    publish_host=publish_host)
 
     def action(c: Ctx) -> None:
         if replicas > 1:
-            return replicas_cmd.report(replicas_cmd.restore_many(c.client, snapshot, replicas, **options), c.as_json)
+            with c.client() as client:
+                outcomes = client.restore_replicas(snapshot, replicas, **options)
+            return replicas_cmd.report(outcomes, c.as_json)
         bar = ProgressLine()
         with c.client() as client:
             interrupts = Interrupts(client, bar.done)

@@ -1,4 +1,5 @@
-"""`snapd restore SNAPSHOT --replicas K`: K restores of one snapshot at once, one call each.
+"""`snapd restore SNAPSHOT --replicas K`: K restores of one snapshot at once, one call each
+(``SnapdClient.restore_replicas``), and how the CLI reports them.
 
 Only a replicable snapshot (taken of a tree started with `snapd run`: its own
 pid namespace) can be restored more than once at a time; any other's second
@@ -11,14 +12,11 @@ the failure is reported with its exit code).
 from __future__ import annotations
 
 import sys
-import threading
-from collections.abc import Callable
-from typing import Any
 
 import click
 
 from snapd.v1 import snapd_pb2 as pb
-from snapd_client.client import SnapdClient, SnapdClientError
+from snapd_client.client import SnapdClientError
 from snapd_client.output import as_dict
 
 
@@ -28,27 +26,6 @@ def namespaces_note(snap: pb.Snapshot) -> str:
         return ""
     ports = f", own network namespace (ports {list(snap.namespace_ports)})" if snap.own_network_namespace else ""
     return f"; replicable (own pid namespace{ports})"
-
-
-def restore_many(make_client: Callable[[], SnapdClient], snapshot: str, count: int,
-                 **options: Any) -> list[pb.RestoreResult | SnapdClientError]:
-    """``count`` concurrent Restore calls of ``snapshot``, each through its own client; per
-    replica (in order of start) its result or its error."""
-    outcomes: list[pb.RestoreResult | SnapdClientError | None] = [None] * count
-
-    def one(i: int) -> None:
-        with make_client() as client:
-            try:
-                outcomes[i] = client.restore(snapshot, **options)
-            except SnapdClientError as err:
-                outcomes[i] = err
-
-    threads = [threading.Thread(target=one, args=(i,), name=f"replica-{i}", daemon=True) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [o for o in outcomes if o is not None]
 
 
 def report(outcomes: list[pb.RestoreResult | SnapdClientError], as_json: bool) -> None:

@@ -180,9 +180,19 @@ class GpuMismatch(SnapdError):
 
 class GpusBusy(SnapdError):
     """snapshot {snapshot_id}: no free {model} here for its GPU {uuid}; every one is in use ({busy}). Wait for \
-one to be freed, or name one with --gpu-map (gpu_uuid_map) to share it."""
+one to be freed, restore with --gpu-policy shared to share one that has room, or name one with --gpu-map \
+(gpu_uuid_map) to share it."""
 
     exit_code = 61
+    status = "RESOURCE_EXHAUSTED"
+
+
+class GpuRoomShort(SnapdError):
+    """snapshot {snapshot_id}: no {model} here has room for what its processes held on GPU {uuid} \
+({needed_bytes} bytes with the margin); {gpus}. Wait for room, or name a GPU with --gpu-map (gpu_uuid_map) to \
+place it there regardless."""
+
+    exit_code = 80
     status = "RESOURCE_EXHAUSTED"
 
 
@@ -343,6 +353,20 @@ class RemoteFailed(SnapdError):
     status = "UNAVAILABLE"
 
 
+class RemoteUndecryptable(SnapdError):
+    """remote object {key} in bucket {bucket} ({sealing}) was refused: {reason}; nothing was published from it."""
+
+    exit_code = 35
+    status = "DATA_LOSS"
+
+
+class RemoteKeyMissing(SnapdError):
+    """remote object {key} in bucket {bucket} is encrypted with key id {key_id}, which this host does not hold (it holds {held}); add that key's file to remote_read_key in config.toml (or make it remote_encryption_key) and restart the daemon; nothing was published from it."""
+
+    exit_code = 36
+    status = "FAILED_PRECONDITION"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -367,6 +391,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     GpuUnsupported,
     GpuMismatch,
     GpusBusy,
+    GpuRoomShort,
     NcclActive,
     PublishFailed,
     CudaFailed,
@@ -388,4 +413,6 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     RemoteBusy,
     RemoteNotConfigured,
     RemoteFailed,
+    RemoteUndecryptable,
+    RemoteKeyMissing,
 )

@@ -1,6 +1,8 @@
 """Shared by the workloads: atomic status reports the tests read."""
 
+import ctypes
 import hashlib
+import mmap
 import os
 import signal
 import socket
@@ -25,6 +27,20 @@ def tell(path: str, line: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(f"{line}\n".encode())
+
+
+def guarded_region(size: int) -> memoryview:
+    """``size`` bytes of a private anonymous mapping of their own between PROT_NONE guard pages,
+    so the region never merges with a neighbour and chunks the same way in every process."""
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    area = mmap.mmap(-1, size + 2 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    for guard in (base, base + page + size):
+        if libc.mprotect(guard, page, 0) != 0:
+            raise OSError(ctypes.get_errno(), "mprotect of a guard page failed")
+    return memoryview(area)[page : page + size]
 
 
 def hold_digest(path: str, data: Callable[[], bytes | bytearray]) -> None:

@@ -84,6 +84,7 @@ def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Sna
                 driver_version=m.gpu.driver_version,
                 cuda_driver_api=m.gpu.cuda_driver_api,
                 cuda_pids=list(m.gpu.cuda_pids),
+                vram_bytes=m.gpu.vram,
                 devices=[
                     pb.GpuDevice(index=d.index, name=d.name, uuid=d.uuid, memory_bytes=d.memory_bytes)
                     for d in m.gpu.devices

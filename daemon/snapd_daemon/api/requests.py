@@ -139,6 +139,7 @@ def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
         log_name=validate_log_name(request.log_name),
         tcp=_tcp_restore(request.tcp),
         publish_host=publish_host(request.publish_host),
+        gpu_policy=_gpu_policy(request.gpu_policy),
     )
 
 
@@ -149,6 +150,16 @@ def _tcp_restore(value: int) -> str:
     if value not in _TCP_RESTORE:
         raise InvalidRequest(field="tcp", reason=f"{value} is not a TcpRestore value (0 close, 1 reestablish)")
     return _TCP_RESTORE[value]
+
+
+_GPU_POLICY = {pb.GPU_POLICY_DEFAULT: "", pb.GPU_POLICY_SHARED: "shared", pb.GPU_POLICY_EXCLUSIVE: "exclusive"}
+
+
+def _gpu_policy(value: int) -> str:
+    if value not in _GPU_POLICY:
+        raise InvalidRequest(field="gpu_policy", reason=f"{value} is not a GpuPolicy value (0 the daemon's default, "
+                             "1 shared, 2 exclusive)")
+    return _GPU_POLICY[value]
 
 
 def publish_host(host: str) -> str:

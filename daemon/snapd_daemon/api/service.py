@@ -185,7 +185,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         name = requests.snapshot_name(request.name)
         if request.remote:
             bucket = remote.require_remote(self.rt)
-            found = [m for m in remote.remote_snapshots(bucket) if not name or m.name == name]
+            found = [s.manifest for s in remote.remote_snapshots(bucket) if not name or s.manifest.name == name]
             return pb.ListSnapshotsResponse(
                 snapshots=[convert.snapshot(m, False, False, []) for m in found],
                 store_raw_bytes=sum(m.raw_bytes for m in found),

@@ -1,8 +1,12 @@
 """SnapdError -> gRPC status and trailers: the one place errors are translated (containerd's errgrpc).
 
 Every failure a call ends with carries, besides the status code and message,
-the trailers ``snapd-error`` (the class name) and ``snapd-exit-code`` (the CLI
-exit code), so clients map it back without parsing messages. Anything that is
+the trailers ``snapd-error`` (the class name), ``snapd-exit-code`` (the CLI
+exit code) and ``snapd-fields`` (the error's fields as a JSON object, its
+values as JSON has them, anything else as text), so clients map it back
+without parsing messages. The fields are bounded too: a string value at most
+``MAX_FIELD`` characters, the whole at most ``MAX_FIELDS`` (the largest values
+left out first, their names listed under "_cut"). Anything that is
 not a SnapdError becomes INTERNAL with its type named; the daemon log holds
 the traceback. A message is at most ``MAX_MESSAGE`` characters (its start
 kept, the cut said), so that no caller-supplied text (a hook's argv or
@@ -11,13 +15,16 @@ output) can push the trailers past gRPC's metadata limit.
 
 from __future__ import annotations
 
-from typing import NoReturn
+import json
+from typing import Any, NoReturn
 
 import grpc
 
 from snapd_daemon.errors import SnapdError
 
 MAX_MESSAGE = 2000
+MAX_FIELD = 500
+MAX_FIELDS = 4000
 
 
 def code_of(err: SnapdError) -> grpc.StatusCode:
@@ -28,14 +35,36 @@ def internal(exc: BaseException) -> SnapdError:
     return SnapdError(detail=f"internal error: {type(exc).__name__}: {exc}")
 
 
-def bounded(message: str) -> str:
-    """``message``, or its first MAX_MESSAGE characters and how many more were cut."""
-    if len(message) <= MAX_MESSAGE:
-        return message
-    return f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters cut)"
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text``, or its first ``limit`` characters and how many more were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters cut)"
+
+
+def fields_json(err: SnapdError) -> str:
+    """``err.fields`` as a bounded JSON object (ASCII: a valid metadata value)."""
+    fields: dict[str, Any] = {k: _short(v) for k, v in err.fields.items()}
+    cut: list[str] = []
+    text = json.dumps(fields, default=str, sort_keys=True)
+    while len(text) > MAX_FIELDS:
+        biggest = max(fields, key=lambda k: len(json.dumps(fields[k], default=str)))
+        cut.append(biggest)
+        del fields[biggest]
+        text = json.dumps({**fields, "_cut": cut}, default=str, sort_keys=True)
+    return text
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str):
+        return bounded(value, MAX_FIELD)
+    if isinstance(value, int | float | list | dict) or value is None:
+        return value
+    return bounded(str(value), MAX_FIELD)
 
 
 def abort(context: grpc.ServicerContext, err: SnapdError) -> NoReturn:
     """End the call with ``err``'s status, (bounded) message and trailers."""
-    context.set_trailing_metadata((("snapd-error", type(err).__name__), ("snapd-exit-code", str(err.exit_code))))
+    context.set_trailing_metadata((("snapd-error", type(err).__name__), ("snapd-exit-code", str(err.exit_code)),
+                                   ("snapd-fields", fields_json(err))))
     context.abort(code_of(err), bounded(err.message))

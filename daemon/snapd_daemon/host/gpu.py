@@ -6,7 +6,8 @@ process's host memory): CRIU then sees plain CPU processes. ``CudaFreeze.thaw``
 undoes exactly the steps that were done, in reverse, and is the rollback of
 every failure after the first lock.
 Restore: after CRIU, restore and unlock every CUDA process of the snapshot,
-onto the same GPUs or onto others given as old -> new UUID pairs.
+onto the same GPUs or onto others given as old -> new UUID pairs (where the
+GPUs go is decided by ``host/gpuplace.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon.errors import CudaFailed, GpuMismatch, GpusBusy, GpuUnsupported
+from snapd_daemon.errors import CudaFailed, GpuUnsupported
 from snapd_daemon.host import cuda, nvml
 from snapd_daemon.host.processes import ProcessTree, comm
 
@@ -46,6 +47,10 @@ class GpuRecord:
     # UUIDs of the GPUs each CUDA pid had a context on (NVML); a pid missing: not
     # known, every device of the host then counts as used
     gpus_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # GPU UUID -> bytes the CUDA pids held on it (NVML, at inspection, before the pre-checkpoint
+    # hook: what the server works with, a KV cache a sleep hook frees included); a GPU missing:
+    # not known (NVML did not list a pid's use), a restore then places it only on an idle GPU
+    vram: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> GpuRecord:
@@ -56,6 +61,7 @@ class GpuRecord:
             devices=devices,
             cuda_pids=tuple(data["cuda_pids"]),  # type: ignore[arg-type]
             gpus_of={int(pid): tuple(uuids) for pid, uuids in data.get("gpus_of", {}).items()},  # type: ignore[attr-defined]
+            vram={str(uuid): int(n) for uuid, n in data.get("vram", {}).items()},  # type: ignore[attr-defined]
         )
 
     def used(self) -> tuple[GpuDevice, ...]:
@@ -70,10 +76,10 @@ class GpuRecord:
 def inventory() -> tuple[str, tuple[GpuDevice, ...]]:
     """(driver version, devices) from NVML; ("", ()) when no NVIDIA driver is reachable."""
     view = nvml.read()
-    return view.driver_version, _devices(view)
+    return view.driver_version, devices_of(view)
 
 
-def _devices(view: nvml.NvmlView) -> tuple[GpuDevice, ...]:
+def devices_of(view: nvml.NvmlView) -> tuple[GpuDevice, ...]:
     return tuple(GpuDevice(d.index, d.name, d.uuid, d.memory_bytes, d.mig_enabled) for d in view.devices)
 
 
@@ -89,6 +95,19 @@ def gpus_by_pid(view: nvml.NvmlView, pids: tuple[int, ...]) -> dict[int, tuple[s
             if pid in pids:
                 found[pid] = (*found.get(pid, ()), device.uuid)
     return found
+
+
+def vram_by_gpu(view: nvml.NvmlView, pids: tuple[int, ...]) -> dict[str, int]:
+    """GPU UUID -> bytes ``pids`` hold on it (NVML), for each GPU where NVML gave a figure for
+    every one of them that it lists there (a GPU without one is left out: its need is unknown)."""
+    if view.error:
+        return {}
+    held: dict[str, int] = {}
+    for device in view.devices:
+        mine = [used for pid, used in device.compute.items() if pid in pids]
+        if mine and all(mine):
+            held[device.uuid] = sum(mine)
+    return held
 
 
 def _uses_mps(pid: int) -> bool:
@@ -164,14 +183,15 @@ def _preflight_cuda(tree: ProcessTree) -> GpuRecord | None:
             raise GpuUnsupported(pid=pid, name=comm(pid), reason="it is an MPS client",
                                  fix="run the server without MPS")
     view = nvml.read()
-    devices = _devices(view)
+    devices = devices_of(view)
     mig = [d for d in devices if d.mig_enabled]
     if mig:
         raise GpuUnsupported(pid=holders[0], name=comm(holders[0]),
                              reason=f"GPU {mig[0].index} ({mig[0].uuid}) is in MIG mode",
                              fix="disable MIG mode (nvidia-smi -mig 0) for checkpointable servers")
     return GpuRecord(driver_version=view.driver_version, cuda_driver_api=api, devices=devices,
-                     cuda_pids=tuple(holders), gpus_of=gpus_by_pid(view, tuple(holders)))
+                     cuda_pids=tuple(holders), gpus_of=gpus_by_pid(view, tuple(holders)),
+                     vram=vram_by_gpu(view, tuple(holders)))
 
 
 class CudaFreeze:
@@ -212,75 +232,6 @@ def _cuda_call(action: str, pid: int, fn: Callable[[], None]) -> None:
         fn()
     except (cuda.CudaDriverError, cuda.CudaUnavailable) as exc:
         raise CudaFailed(action=action, pid=pid, reason=str(exc), rollback="") from exc
-
-
-def busy_gpus() -> dict[str, list[int]]:
-    """UUID -> pids holding a CUDA context on it now, for each GPU that has any (NVML)."""
-    return {d.uuid: sorted(d.compute) for d in nvml.read().devices if d.compute}
-
-
-def plan_pairs(snapshot_id: str, record: GpuRecord, version: str, devices: tuple[GpuDevice, ...],
-               uuid_map: dict[str, str], busy: dict[str, str] | None = None) -> dict[int, list[tuple[bytes, bytes]]]:
-    """Per CUDA pid (as recorded at checkpoint), the GPU pairs to restore it with on a host
-    with ``devices`` ({}: onto the same GPUs), or GpuMismatch / GpusBusy. See ``plan_targets``."""
-    return pairs_for(record, plan_targets(snapshot_id, record, version, devices, uuid_map, busy or {}), uuid_map)
-
-
-def plan_targets(snapshot_id: str, record: GpuRecord, version: str, devices: tuple[GpuDevice, ...],
-                 uuid_map: dict[str, str], busy: dict[str, str]) -> dict[str, GpuDevice]:
-    """Where the GPUs the snapshot's processes used go: snapshot GPU UUID -> device here.
-
-    Checks the driver branch and the GPU model. Each used GPU goes where
-    ``uuid_map`` says (busy or not: the caller chose it), else to itself when
-    this host has it and it is not ``busy`` (UUID -> what holds it), else to the
-    first free GPU of the same model; GpusBusy when every GPU of that model is busy.
-    """
-    if not devices:
-        raise GpuMismatch(snapshot_id=snapshot_id, reason="no NVIDIA GPU or driver on this host")
-    if version.split(".")[0] != record.driver_version.split(".")[0]:
-        raise GpuMismatch(snapshot_id=snapshot_id,
-                          reason=f"driver {version} here, snapshot taken with {record.driver_version} "
-                                 "(the driver branch must match)")
-    used = record.used()
-    if len(devices) < len(used):
-        raise GpuMismatch(snapshot_id=snapshot_id,
-                          reason=f"{len(devices)} GPU(s) here, the snapshot's processes used {len(used)}")
-    unknown = set(uuid_map) - {d.uuid for d in used}
-    if unknown:
-        raise GpuMismatch(snapshot_id=snapshot_id,
-                          reason=f"GPU map names GPUs the snapshot's processes did not use: {sorted(unknown)}")
-    by_uuid = {d.uuid: d for d in devices}
-    taken = set(uuid_map.values())
-    targets: dict[str, GpuDevice] = {}
-    for old in used:
-        if old.uuid in uuid_map:
-            new = by_uuid.get(uuid_map[old.uuid])
-            if new is None:
-                raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no GPU {uuid_map[old.uuid]} on this host")
-        elif old.uuid in by_uuid and old.uuid not in taken and old.uuid not in busy:
-            new = by_uuid[old.uuid]
-        else:
-            new = _free_of_model(snapshot_id, old, devices, taken, busy)
-        if new.name != old.name:
-            raise GpuMismatch(snapshot_id=snapshot_id,
-                              reason=f"GPU {old.uuid} was a {old.name}; {new.uuid} here is a {new.name}")
-        if any(t.uuid == new.uuid for t in targets.values()):
-            raise GpuMismatch(snapshot_id=snapshot_id, reason=f"two of the snapshot's GPUs would go to {new.uuid}")
-        taken.add(new.uuid)
-        targets[old.uuid] = new
-    return targets
-
-
-def _free_of_model(snapshot_id: str, old: GpuDevice, devices: tuple[GpuDevice, ...], taken: set[str],
-                   busy: dict[str, str]) -> GpuDevice:
-    same = [d for d in devices if d.name == old.name and d.uuid not in taken]
-    free = [d for d in same if d.uuid not in busy]
-    if free:
-        return free[0]
-    if same:
-        held = "; ".join(f"GPU {d.index} ({d.uuid}): {busy[d.uuid]}" for d in same)
-        raise GpusBusy(snapshot_id=snapshot_id, model=old.name, uuid=old.uuid, busy=held)
-    raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no free {old.name} here for GPU {old.uuid}")
 
 
 def pairs_for(record: GpuRecord, targets: dict[str, GpuDevice],

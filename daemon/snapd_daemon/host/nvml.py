@@ -1,7 +1,7 @@
 """NVML (nvidia-ml-py), read in one place: one init, one query, one shutdown.
 
-Everything snapd wants from NVML (driver version, GPUs, which processes hold
-contexts where, and how much memory they use) comes from one ``read`` call,
+Everything snapd wants from NVML (driver version, GPUs, their free memory,
+which processes hold contexts where, and how much memory they use) comes from one ``read`` call,
 so no caller opens or closes NVML itself. ``read`` never raises: a host
 without the driver or the module gives an empty ``NvmlView`` whose ``error``
 says why.
@@ -21,6 +21,8 @@ class NvmlDevice:
     mig_enabled: bool
     # pid -> GPU memory it uses on this device (bytes; 0 when NVML does not say)
     compute: dict[int, int] = field(default_factory=dict)
+    # memory no context holds now (NVML's free: total less every process's and the driver's use)
+    free_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,9 @@ def read() -> NvmlView:
                     compute[proc.pid] = compute.get(proc.pid, 0) + int(proc.usedGpuMemory or 0)
             except pynvml.NVMLError as exc:
                 error = f"compute processes of GPU {i} unknown ({exc})"
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             devices.append(NvmlDevice(i, pynvml.nvmlDeviceGetName(handle), pynvml.nvmlDeviceGetUUID(handle),
-                                      int(pynvml.nvmlDeviceGetMemoryInfo(handle).total), mig, compute))
+                                      int(memory.total), mig, compute, int(memory.free)))
         return NvmlView(pynvml.nvmlSystemGetDriverVersion(), tuple(devices), error)
     except pynvml.NVMLError as exc:
         return NvmlView(error=f"NVML query failed ({exc})")

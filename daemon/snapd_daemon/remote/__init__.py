@@ -6,7 +6,8 @@ Invariants: a snapshot is never half-visible on either side. Remotely its manife
 uploaded last, after every chunk it names is in the bucket, and only while this host's
 push lock is fresh (so no gc removed a chunk the push found there); locally a pulled
 snapshot's chunks are staged and published with its manifest only once all of them
-arrived and were verified.
+arrived and were verified. Every chunk and manifest is sealed before it leaves the
+host and opened (authenticated) before anything read back is used (store/envelope.py).
 
 Imports the runtime, snapshots and the store; must never import checkpoint, restore,
 the API or the server (restore and the API use this package).

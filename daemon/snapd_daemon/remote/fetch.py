@@ -4,8 +4,9 @@ Chunks are fetched in the order given (the order a restore needs them), by
 ``threads`` workers; a reader that ``wait``s for a chunk not yet started moves
 it to the front, so a restore's delivery never waits behind chunks it needs
 later. A restore's first reader of a chunk gets the raw bytes the fetch
-verified (within FRESH_LIMIT), sparing it a read back and a second hash. Each chunk is verified against its id before it is staged (a bad object
-raises RemoteObjectBad naming it). The first failure stops the workers; every
+verified (within FRESH_LIMIT), sparing it a read back and a second hash. Each
+chunk is opened (envelope) and verified against its id before it is staged (an
+object that fails raises the error naming it, store/remote.py). The first failure stops the workers; every
 waiter, and ``join``, raises it.
 """
 
@@ -36,11 +37,13 @@ FAILED_JOIN_SECONDS = 5.0
 
 class Fetcher:
     def __init__(self, remote: RemoteStore, imported: ChunkImport, order: list[tuple[str, int]], what: str,
-                 stop: Callable[[], None] = lambda: None, fresh_limit: int = 0) -> None:
+                 key_id: str | None, stop: Callable[[], None] = lambda: None, fresh_limit: int = 0) -> None:
         """``order``: (chunk id, raw length) in the order they are wanted (those the local
-        store or the import has are skipped); ``what``: the snapshot, for messages; ``stop``:
+        store or the import has are skipped); ``what``: the snapshot, for messages; ``key_id``:
+        the key that sealed its manifest and so its chunks (None: plaintext); ``stop``:
         raises to stop the fetch (a cancel); ``fresh_limit``: raw bytes kept for first readers."""
         self.remote = remote
+        self.key_id = key_id
         self.imported = imported
         self.what = what
         self.stop = stop
@@ -143,7 +146,7 @@ class Fetcher:
         while (cid := self._next()) is not None:
             try:
                 self.stop()
-                blob, raw = self.remote.get_chunk(cid, self.what)
+                blob, raw = self.remote.get_chunk(cid, self.what, self.key_id)
                 self.imported.add(cid, blob)
             except BaseException as exc:
                 self._fail(exc, cid)

@@ -12,7 +12,9 @@ snapshot. Plan-then-execute by age (mark now, sweep after a grace period) was
 the other choice; it needs every push to finish within the grace period and
 pushes of many GB have no such bound, while a lock states the exclusion
 directly and its staleness (10 min without a refresh) bounds what a dead host
-holds up. Every manifest must parse: gc removes nothing while one cannot be read.
+holds up. Every manifest must open and parse: gc removes nothing while one cannot
+be read (sealed with a key this host lacks included), since the chunks it names
+(by names under its key) would look unreferenced.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ def collect_garbage(rt: Runtime, dry_run: bool) -> RemoteGcReport:
     remote = require_remote(rt)
     with remote.lock("gc") as lock:
         snapshots = remote_snapshots(remote, strict=True)
-        live = {cid for m in snapshots for cid in m.chunk_ids()}
-        garbage = [(cid, size) for cid, size, _ in remote.chunks() if cid not in live]
+        live = {name for s in snapshots for name in s.chunk_names(remote)}
+        garbage = [(name, size) for name, size, _ in remote.chunks() if name not in live]
         stale = lock.stale_locks()
         if not dry_run:
-            remote.delete_chunks([cid for cid, _ in garbage])
+            remote.delete_chunks([name for name, _ in garbage])
             remote.bucket.delete(stale)
     report = RemoteGcReport(len(snapshots), len(garbage), sum(size for _, size in garbage), len(stale), dry_run)
     log.info("remote.gc", snapshots=report.snapshots, chunks=report.chunks, bytes=report.bytes,

@@ -20,7 +20,7 @@ import structlog
 
 from snapd_daemon.errors import SnapdError
 from snapd_daemon.remote.fetch import FRESH_LIMIT, Fetcher
-from snapd_daemon.remote.listing import find, require_remote
+from snapd_daemon.remote.listing import RemoteSnapshot, find, require_remote
 from snapd_daemon.remote.pull import fetch_order
 from snapd_daemon.runtime import Runtime
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
@@ -32,10 +32,11 @@ log = structlog.get_logger()
 
 
 class OnDemand:
-    def __init__(self, rt: Runtime, manifest: Manifest, report: Reporter, stop: Callable[[], None]) -> None:
+    def __init__(self, rt: Runtime, snapshot: RemoteSnapshot, report: Reporter, stop: Callable[[], None]) -> None:
         """``stop`` raises to end the fetch and every wait for a chunk (the restore's cancel)."""
         self.rt = rt
-        self.manifest = manifest
+        self.manifest: Manifest = snapshot.manifest
+        self.key_id = snapshot.key_id
         self.report = report
         self.stop = stop
         self.fetcher: Fetcher | None = None
@@ -53,7 +54,7 @@ class OnDemand:
         with ExitStack() as stack:
             self.imported = stack.enter_context(self.rt.store.begin_import())
             self.fetcher = Fetcher(remote, self.imported, fetch_order(self.manifest), f"snapshot {self.manifest.id}",
-                                   stop=self.stop, fresh_limit=FRESH_LIMIT)
+                                   self.key_id, stop=self.stop, fresh_limit=FRESH_LIMIT)
             self.report(ProgressEvent(Phase.DOWNLOAD, 0, self.fetcher.raw_total,
                                       f"fetching {self.fetcher.chunks} chunk(s) from {remote.cfg.where}"))
             stack.enter_context(self.fetcher)

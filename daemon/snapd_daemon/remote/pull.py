@@ -3,8 +3,8 @@
 The chunks are staged under temporary names (store/imports.py) and published
 with the manifest only once every one arrived and matched its hash, so the
 local store shows the whole snapshot or none of it: a pull that fails (the
-bucket unreachable, an object corrupt, truncated or vanished, a cancel)
-removes what it staged and leaves the store as it was.
+bucket unreachable, an object corrupt, truncated, vanished or failing
+decryption, a cancel) removes what it staged and leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -56,14 +56,17 @@ def pull(rt: Runtime, ref: str, operation_id: str, report: Reporter, cancel: Can
     remote = require_remote(rt)
     started = time.monotonic()
     found = _local(rt, ref)
-    m = found if found is not None and found.id == ref else find(remote, ref, rt.settings.fleet_keys)
+    if found is not None and found.id == ref:
+        return PullOutcome(found.id, len(found.chunk_ids()), 0, 0, True, round(time.monotonic() - started, 3))
+    snap = find(remote, ref, rt.settings.fleet_keys)
+    m = snap.manifest
     with rt.registry.claim("pull", operation_id, snapshot_id=m.id):
         if getattr(_local(rt, m.id), "id", None) == m.id:
             return PullOutcome(m.id, len(m.chunk_ids()), 0, 0, True, round(time.monotonic() - started, 3))
         # the lock only for the commit (which checks the local chunks reused are still there): a
         # gc during a long download would otherwise hold up every checkpoint and restore
         with rt.store.begin_import() as imported:
-            fetcher = Fetcher(remote, imported, fetch_order(m), f"snapshot {m.id}", cancel.check)
+            fetcher = Fetcher(remote, imported, fetch_order(m), f"snapshot {m.id}", snap.key_id, cancel.check)
             report(ProgressEvent(Phase.DOWNLOAD, 0, fetcher.raw_total,
                                  f"{fetcher.chunks} of {len(m.chunk_ids())} chunk(s) from {remote.cfg.where}"))
             with fetcher, fetcher.progress(lambda done, total: report(ProgressEvent(Phase.DOWNLOAD, done, total))):

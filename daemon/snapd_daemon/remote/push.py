@@ -2,8 +2,9 @@
 
 Under a shared push lock in the bucket (store/remote.py: no remote gc runs
 meanwhile) and the local store lock held shared (no local gc or rm takes a
-chunk being read). Each chunk is checked with HEAD and, when the bucket lacks
-it, read verified from the local store and uploaded with If-None-Match, in
+chunk being read). Each chunk is checked with HEAD (by its name under this
+host's write key, store/envelope.py) and, when the bucket lacks it, read
+verified from the local store, sealed and uploaded with If-None-Match, in
 parallel; a chunk another host uploaded meanwhile is kept as it is. The
 manifest goes up last (sealed, and signed when a signing key is configured:
 snapshots/signing.py) and only if absent, so hosts pushing one snapshot at

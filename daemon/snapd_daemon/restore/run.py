@@ -10,7 +10,8 @@ are published on free host ports (host/portfwd.py) before the post-restore hook.
 A ``RestoreRun`` goes through its phases in order, one method each:
   1. ``claim``: find the snapshot, claim its pids and itself (shared with
      other restores of a replicable snapshot), open the cgroup placement,
-     choose and lease the GPUs, check that the pids are free;
+     choose the GPUs by the restore's policy and reserve their memory
+     (runtime/gpuleases.py) until the restore ends, check that the pids are free;
   2. ``journal``: write the restore's hold record (runtime/holds.py, KILL) before
      anything is created, so that a daemon killed from here on is followed, at
      its next start, by killing whatever this restore created;
@@ -63,6 +64,7 @@ from snapd_daemon.errors import (
 )
 from snapd_daemon.host import filepages, gpu, portfwd, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
+from snapd_daemon.host.gpuplace import Policy
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images, pidmap
@@ -92,6 +94,8 @@ class RestoreSpec:
     tcp: str = "close"
     # host address a copy with its own network namespace publishes its ports on
     publish_host: str = "127.0.0.1"
+    # "shared" or "exclusive" (host/gpuplace.py); "": the daemon's gpu_policy
+    gpu_policy: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,8 +194,10 @@ class RestoreRun(OperationRun):
         if m.own_netns:
             self.rt.criu.require_ip_tool(f"restoring snapshot {m.id}, whose tree has a network namespace of its own,")
         if m.gpu:
+            settings = self.rt.settings
+            policy = Policy(self.spec.gpu_policy or settings.gpu_policy, settings.gpu_margin)
             self.pairs, self.gpus = leased.enter_context(
-                self.rt.gpu_leases.lease(self.op, m.id, m.gpu, self.spec.gpu_uuid_map))
+                self.rt.gpu_leases.lease(self.op, m.id, m.gpu, self.spec.gpu_uuid_map, policy))
         if m.replicable:
             return  # its pids are those of a fresh pid namespace
         self.report(ProgressEvent(Phase.PREPARE, 0, m.raw_bytes, f"checking pids {m.pids}"))

@@ -104,7 +104,7 @@ def _remote(rt: Runtime) -> CheckResult | None:
         count = rt.remote.probe()
     except SnapdError as err:
         return CheckResult("remote", False, err.message)
-    return CheckResult("remote", True, f"{rt.remote.cfg.where}: {count} snapshot(s)")
+    return CheckResult("remote", True, f"{rt.remote.cfg.where}: {count} snapshot(s); {rt.remote.envelope.describe()}")
 
 
 def diagnose(rt: Runtime) -> Diagnosis:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.host.cgroups import CgroupRoot
+from snapd_daemon.host.gpuplace import SHARED, Margin
 from snapd_daemon.runtime.gpuleases import GpuLeases
 from snapd_daemon.runtime.holds import HoldJournal
 from snapd_daemon.runtime.registry import OperationRegistry
@@ -54,6 +55,10 @@ class Settings:
     restore_log_dir: Path | None = None
     # Threads that hash, compress and write chunks (and read them back on restore).
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
+    # Where a restore's GPUs go unless its request says: "shared" (a GPU with room for what the
+    # snapshot's processes held there plus ``gpu_margin``) or "exclusive" (an idle GPU); host/gpuplace.py.
+    gpu_policy: str = SHARED
+    gpu_margin: Margin = field(default_factory=Margin)
     # The remote tier (an S3 bucket) snapshots are pushed to and pulled from (None: none).
     remote: RemoteConfig | None = None
     # The key push and export sign manifests with, the keys pull, on-demand restore and

@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from snapd_client.base import EXIT_USAGE, json_option
 from snapd_client.cli import cli
-from snapd_client.client import EXIT_UNREACHABLE
+from snapd_client.errors import EXIT_DEADLINE, EXIT_UNREACHABLE
 from snapd_daemon import logs
 from snapd_daemon.errors import ALL_ERRORS, ConfigInvalid, SnapdError
 from snapd_daemon.server import config
@@ -66,6 +66,12 @@ from snapd_daemon.server.serve import serve as serve_daemon
               "them ahead at restore and prefetch (0: off).")
 @click.option("--restore-log-dir", type=click.Path(path_type=Path), default=None,
               help="Where restored trees' stdout/stderr pipes go when their reader is gone [default: STATE_DIR/logs].")
+@click.option("--gpu-policy", type=click.Choice(["shared", "exclusive"]), default="shared", show_default=True,
+              help="Where restores put GPU snapshots unless they say: a GPU of the model with room for what the "
+              "snapshot held there plus --gpu-margin (shared), or only an idle one (exclusive).")
+@click.option("--gpu-margin", default="1G", show_default=True, metavar="SIZE|PCT",
+              help="Room a shared GPU keeps beyond a snapshot's recorded use: bytes (1073741824, 512M, 1G) or a "
+              "percentage of the GPU's memory (5%).")
 @click.option("--remote-endpoint", default="", metavar="URL",
               help="S3-compatible endpoint of the remote tier, e.g. https://s3.us-east-1.amazonaws.com (with "
               "--remote-bucket; off when empty).")
@@ -84,6 +90,14 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Retries of a failed request, with exponential backoff.")
 @click.option("--remote-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
               help="Seconds one request may take.")
+@click.option("--remote-encryption-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Fleet key file (32 random bytes, mode 0600) the remote tier's objects are encrypted with; "
+              "hosts sharing it share chunks (docs/remote-encryption.md).")
+@click.option("--remote-read-key", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
+              help="Older fleet key file objects are still read with, after a key rotation (repeatable).")
+@click.option("--remote-allow-plaintext", is_flag=True,
+              help="Allow unencrypted objects: written when no --remote-encryption-key is given, read from a bucket "
+              "written before encryption.")
 @click.option("--push-after-checkpoint/--no-push-after-checkpoint", default=False, show_default=True,
               help="Upload every snapshot to the remote tier once durable (checkpoint --push/--no-push wins).")
 @click.option("--signing-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -156,16 +170,19 @@ def exit_codes(ctx: click.Context) -> None:
     """
     codes = [{"exit_code": 0, "error": "", "meaning": "success"},
              {"exit_code": EXIT_USAGE, "error": "UsageError", "meaning": "usage error"},
-             {"exit_code": EXIT_UNREACHABLE, "error": "Unreachable", "meaning": "daemon unreachable"}]
+             {"exit_code": EXIT_UNREACHABLE, "error": "Unreachable", "meaning": "daemon unreachable"},
+             {"exit_code": EXIT_DEADLINE, "error": "DeadlineExceeded",
+              "meaning": "a call's deadline passed (the client's timeout) before the daemon answered"}]
     codes += [{"exit_code": cls.exit_code, "error": cls.__name__, "status": cls.status,
                "meaning": "unexpected internal error (see the daemon log)" if cls is SnapdError
                else (cls.__doc__ or "").strip().splitlines()[0]}
-              for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code)]
+              for cls in ALL_ERRORS]
+    codes.sort(key=lambda c: int(c["exit_code"]))  # type: ignore[call-overload]
     if ctx.find_root().obj["json"]:
         click.echo(json.dumps({"exit_codes": codes}, indent=2))
         return
     for code in codes:
-        named = code["error"] and code["exit_code"] not in (EXIT_USAGE, EXIT_UNREACHABLE)
+        named = code["error"] and code["exit_code"] not in (EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DEADLINE)
         click.echo(f"{code['exit_code']:<3} " + (f"{code['error']}: " if named else "") + str(code["meaning"]))
 
 

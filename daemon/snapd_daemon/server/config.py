@@ -17,9 +17,11 @@ from typing import Any
 
 from snapd_daemon.api.access import AccessPolicy, resolve_gid
 from snapd_daemon.errors import ConfigInvalid
+from snapd_daemon.host.gpuplace import Margin
 from snapd_daemon.runtime import Settings
 from snapd_daemon.server.tcp import TcpListen
 from snapd_daemon.snapshots.signing import FleetKeys
+from snapd_daemon.store.envelope import Envelope
 from snapd_daemon.store.s3 import RemoteConfig
 
 DEFAULT_SOCKET = Path("/run/gpu-snapd/snapd.sock")
@@ -63,7 +65,8 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         state_dir=o["state_dir"], criu_path=o["criu"], criu_log_level=o["criu_log_level"], scratch=o["scratch"],
         inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
         warm_file_bytes=o["warm_files_mb"] << 20,
-        cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"],
+        cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"], gpu_policy=o["gpu_policy"],
+        gpu_margin=gpu_margin(o["gpu_margin"]),
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])
@@ -82,12 +85,21 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
     return settings, listen
 
 
+def gpu_margin(text: str) -> Margin:
+    try:
+        return Margin.parse(text)
+    except ValueError as exc:
+        raise ConfigInvalid(source="gpu_margin", reason=str(exc)) from None
+
+
 def remote_config(o: dict[str, Any]) -> RemoteConfig | None:
-    """The remote tier's settings (None when no endpoint and bucket are given)."""
+    """The remote tier's settings (None when no endpoint and bucket are given); its key files
+    are checked (Envelope.load)."""
     if not o["remote_endpoint"] and not o["remote_bucket"]:
-        if o["push_after_checkpoint"]:
-            raise ConfigInvalid(source="push_after_checkpoint", reason="set, but no remote tier is configured "
-                                "(remote_endpoint, remote_bucket)")
+        for option in ("push_after_checkpoint", "remote_encryption_key", "remote_read_key", "remote_allow_plaintext"):
+            if o[option]:
+                raise ConfigInvalid(source=option, reason="set, but no remote tier is configured "
+                                    "(remote_endpoint, remote_bucket)")
         return None
     if not o["remote_endpoint"] or not o["remote_bucket"]:
         missing = "remote_endpoint" if not o["remote_endpoint"] else "remote_bucket"
@@ -95,9 +107,13 @@ def remote_config(o: dict[str, Any]) -> RemoteConfig | None:
     if not o["remote_endpoint"].startswith(("http://", "https://")):
         raise ConfigInvalid(source="remote_endpoint", reason=f"{o['remote_endpoint']!r} is not an http:// or "
                             "https:// URL")
-    return RemoteConfig(
+    cfg = RemoteConfig(
         endpoint=o["remote_endpoint"].rstrip("/"), bucket=o["remote_bucket"], prefix=o["remote_prefix"].strip("/"),
         region=o["remote_region"], credentials_file=o["remote_credentials_file"], profile=o["remote_profile"],
         ca_file=o["remote_ca_file"], threads=o["remote_threads"], retries=o["remote_retries"],
         timeout=o["remote_timeout"], push_after_checkpoint=o["push_after_checkpoint"],
+        encryption_key=o["remote_encryption_key"], read_keys=tuple(o["remote_read_key"]),
+        allow_plaintext=o["remote_allow_plaintext"],
     )
+    Envelope.load(cfg.encryption_key, cfg.read_keys, cfg.allow_plaintext)
+    return cfg

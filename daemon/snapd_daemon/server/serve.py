@@ -181,6 +181,10 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
         state_dir=str(settings.state_dir), cgroup_root=str(rt.cgroups.path) if rt.cgroups.path else None,
         criu=criu.path, criu_version=criu.version, remote=settings.remote.where if settings.remote else None,
     )
+    if rt.remote is not None and rt.remote.envelope.write is None:
+        log.warning("daemon.remote_plaintext", remote=rt.remote.cfg.where,
+                    reason="remote_allow_plaintext without remote_encryption_key: process memory is uploaded "
+                    "unencrypted")
     if listen.tcp and listen.tcp.insecure_loopback:
         log.warning("daemon.insecure_tcp", tcp=listen.tcp.address,
                     reason="plain TCP: every local user can call the API")

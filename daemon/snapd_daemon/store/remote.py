@@ -2,15 +2,20 @@
 
 Layout under the configured prefix::
 
-    chunks/ab/<blake3>        a chunk byte for byte as the local store keeps it (codec.py)
-    manifests/<id>.json       one per complete snapshot, written last and only if absent
-    locks/<kind>-<token>.json who pushes or collects garbage now (RemoteLock)
+    chunks/ab/<name>          a chunk as the local store keeps it (codec.py), sealed
+    manifests/<id>.json       one per complete snapshot, sealed, written last and only if absent
+    locks/<kind>-<token>.json who pushes or collects garbage now (RemoteLock), plaintext
 
-A chunk's key is its content's hash, so concurrent writers of one chunk write
-the same bytes; puts are conditional (If-None-Match) so an existing object is
-never rewritten. Every chunk read is verified against its key before its bytes
-are used; a bad object raises RemoteObjectBad naming it. Like the local store,
-this module knows chunks and bytes, never what a manifest says.
+Objects are sealed (envelope.py): a chunk's name is a keyed hash of its id
+under the fleet key that sealed it (plaintext: the id itself), so every host
+holding that key names it alike; puts are conditional (If-None-Match) so an
+existing object is never rewritten. Chunks of one manifest are named under the
+key that sealed the manifest. Every object read is opened (authenticated) and a
+chunk verified against its id before its bytes are used: an object that fails
+authentication raises RemoteUndecryptable, one sealed with a key this host lacks
+RemoteKeyMissing, a chunk whose opened bytes are bad RemoteObjectBad, each
+naming it. Like the local store, this module knows chunks and bytes, never what
+a manifest says.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from snapd_daemon.errors import RemoteBusy, RemoteMissing, RemoteObjectBad
-from snapd_daemon.store import codec
+from snapd_daemon.errors import RemoteBusy, RemoteKeyMissing, RemoteMissing, RemoteObjectBad, RemoteUndecryptable
+from snapd_daemon.store import codec, envelope
+from snapd_daemon.store.envelope import Envelope
 from snapd_daemon.store.s3 import Bucket, RemoteConfig
 from snapd_daemon.util.poller import Poller
 
@@ -39,32 +45,38 @@ LOCK_REFRESH_SECONDS = 60.0
 
 class RemoteStore:
     def __init__(self, cfg: RemoteConfig) -> None:
+        """ConfigInvalid when the key files are bad or neither a key nor plaintext is configured."""
         self.cfg = cfg
+        self.envelope = Envelope.load(cfg.encryption_key, cfg.read_keys, cfg.allow_plaintext)
         self.bucket = Bucket(cfg)
 
     # -- chunks ---------------------------------------------------------------
 
-    @staticmethod
-    def chunk_key(cid: str) -> str:
-        return f"{CHUNKS}{cid[:2]}/{cid}"
+    def chunk_key(self, cid: str, key_id: str | None) -> str:
+        """The object key of chunk ``cid`` sealed with ``key_id`` (Envelope.chunk_name)."""
+        return _chunk_key(self.envelope.chunk_name(cid, key_id))
 
     def has_chunk(self, cid: str) -> bool:
-        return self.bucket.head(self.chunk_key(cid)) is not None
+        """Whether the bucket has chunk ``cid`` as this host writes it (under the write key)."""
+        return self.bucket.head(self.chunk_key(cid, self.envelope.write_key_id)) is not None
 
     def put_chunk(self, cid: str, blob: bytes | memoryview) -> bool:
-        """Upload a chunk in its stored form unless the bucket has it; True when this call wrote it."""
-        return self.bucket.put(self.chunk_key(cid), blob, only_if_absent=True)
+        """Upload a chunk in its stored form, sealed, unless the bucket has it; True when this call wrote it."""
+        return self.bucket.put(self.chunk_key(cid, self.envelope.write_key_id),
+                               self.envelope.seal(envelope.CHUNK, cid, blob), only_if_absent=True)
 
-    def get_chunk(self, cid: str, what: str) -> tuple[memoryview, bytes | memoryview]:
-        """(stored form, raw bytes) of a chunk, verified against its id; ``what`` names the
-        snapshot it is needed for, in the error when it is missing."""
-        key = self.chunk_key(cid)
+    def get_chunk(self, cid: str, what: str, key_id: str | None) -> tuple[bytes | memoryview, bytes | memoryview]:
+        """(stored form, raw bytes) of a chunk sealed with ``key_id`` (that of the manifest naming
+        it), opened and verified against its id; ``what`` names the snapshot it is needed for,
+        in the error when it is missing."""
+        key = self.chunk_key(cid, key_id)
         try:
-            blob = self.bucket.get(key)
+            sealed = self.bucket.get(key)
         except KeyError:
             raise RemoteMissing(endpoint=self.cfg.endpoint, bucket=self.cfg.bucket, what=f"chunk {cid} of {what}",
                                 key=self.bucket.full_key(key),
                                 hint="; the remote copy is incomplete: push the snapshot again") from None
+        blob, _ = self._open(key, envelope.CHUNK, cid, sealed)
         try:
             return blob, codec.decode(blob, cid)
         except codec.ChunkDecodeError as exc:
@@ -72,11 +84,12 @@ class RemoteStore:
                                   problem=f"corrupt or truncated ({len(blob)} bytes: {exc})") from None
 
     def chunks(self) -> list[tuple[str, int, datetime]]:
-        """(id, size, last modified) of every chunk in the bucket."""
+        """(object name, size, last modified) of every chunk in the bucket."""
         return [(key.rsplit("/", 1)[-1], size, mtime) for key, size, mtime in self.bucket.list(CHUNKS)]
 
-    def delete_chunks(self, cids: list[str]) -> None:
-        self.bucket.delete([self.chunk_key(c) for c in cids])
+    def delete_chunks(self, names: list[str]) -> None:
+        """Remove chunks by object name (``chunks``)."""
+        self.bucket.delete([_chunk_key(name) for name in names])
 
     # -- manifests ------------------------------------------------------------
 
@@ -88,15 +101,21 @@ class RemoteStore:
         return self.bucket.head(self.manifest_key(manifest_id)) is not None
 
     def put_manifest(self, manifest_id: str, data: bytes) -> bool:
-        """Publish a snapshot (its chunks must all be there); True when this call wrote it,
-        False when the bucket had it already (pushed by another host)."""
-        return self.bucket.put(self.manifest_key(manifest_id), data, only_if_absent=True)
+        """Publish a snapshot, sealed (its chunks must all be there, under the write key); True
+        when this call wrote it, False when the bucket had it already (pushed by another host)."""
+        return self.bucket.put(self.manifest_key(manifest_id), self.envelope.seal(envelope.MANIFEST, manifest_id, data),
+                               only_if_absent=True)
 
-    def get_manifest(self, manifest_id: str) -> bytes | None:
+    def get_manifest(self, manifest_id: str) -> tuple[bytes, str | None] | None:
+        """(a manifest's bytes, the key id that sealed it and its chunks' names; None: plaintext),
+        or None when the bucket lacks it."""
+        key = self.manifest_key(manifest_id)
         try:
-            return bytes(self.bucket.get(self.manifest_key(manifest_id)))
+            sealed = self.bucket.get(key)
         except KeyError:
             return None
+        data, key_id = self._open(key, envelope.MANIFEST, manifest_id, sealed)
+        return bytes(data), key_id
 
     def manifest_ids(self) -> list[str]:
         return sorted(key[len(MANIFESTS) : -len(".json")] for key, _, _ in self.bucket.list(MANIFESTS)
@@ -105,6 +124,17 @@ class RemoteStore:
     def describe(self, key: str) -> str:
         """The full name of an object of this tier, for messages."""
         return self.bucket.full_key(key)
+
+    def _open(self, key: str, role: str, name: str, sealed: memoryview) -> tuple[bytes | memoryview, str | None]:
+        """Envelope.open for object ``key``, its failures as the errors naming it."""
+        try:
+            return self.envelope.open(role, name, sealed)
+        except envelope.KeyUnknown as exc:
+            raise RemoteKeyMissing(key=self.bucket.full_key(key), bucket=self.cfg.bucket, key_id=exc.key_id,
+                                   held=self.envelope.held()) from None
+        except envelope.Unopenable as exc:
+            raise RemoteUndecryptable(key=self.bucket.full_key(key), bucket=self.cfg.bucket, sealing=exc.sealing,
+                                      reason=str(exc)) from None
 
     # -- locks ----------------------------------------------------------------
 
@@ -118,6 +148,10 @@ class RemoteStore:
     def locks(self) -> list[tuple[str, datetime]]:
         """(key, last modified) of every lock object."""
         return [(key, mtime) for key, _, mtime in self.bucket.list(LOCKS)]
+
+
+def _chunk_key(name: str) -> str:
+    return f"{CHUNKS}{name[:2]}/{name}"
 
 
 class RemoteLock(Poller):

@@ -59,6 +59,11 @@ class RemoteConfig:
     timeout: float = 60.0
     # upload each snapshot after its checkpoint unless the request says otherwise
     push_after_checkpoint: bool = False
+    # the fleet key file objects are sealed with, older key files still read (store/envelope.py)
+    encryption_key: Path | None = None
+    read_keys: tuple[Path, ...] = ()
+    # write and read unencrypted objects (without encryption_key: process memory leaves as it is)
+    allow_plaintext: bool = False
 
     @property
     def where(self) -> str:

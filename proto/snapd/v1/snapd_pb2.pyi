@@ -10,6 +10,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GpuPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GPU_POLICY_DEFAULT: _ClassVar[GpuPolicy]
+    GPU_POLICY_SHARED: _ClassVar[GpuPolicy]
+    GPU_POLICY_EXCLUSIVE: _ClassVar[GpuPolicy]
+
 class TcpRestore(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TCP_RESTORE_CLOSE: _ClassVar[TcpRestore]
@@ -30,6 +36,9 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_INJECT: _ClassVar[Phase]
     PHASE_UPLOAD: _ClassVar[Phase]
     PHASE_DOWNLOAD: _ClassVar[Phase]
+GPU_POLICY_DEFAULT: GpuPolicy
+GPU_POLICY_SHARED: GpuPolicy
+GPU_POLICY_EXCLUSIVE: GpuPolicy
 TCP_RESTORE_CLOSE: TcpRestore
 TCP_RESTORE_REESTABLISH: TcpRestore
 PHASE_UNSPECIFIED: Phase
@@ -86,7 +95,7 @@ class Hook(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp", "publish_host")
+    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp", "publish_host", "gpu_policy")
     class GpuUuidMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +111,7 @@ class RestoreRequest(_message.Message):
     LOG_NAME_FIELD_NUMBER: _ClassVar[int]
     TCP_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_HOST_FIELD_NUMBER: _ClassVar[int]
+    GPU_POLICY_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
     wait_for_exit_seconds: int
     gpu_uuid_map: _containers.ScalarMap[str, str]
@@ -110,7 +120,8 @@ class RestoreRequest(_message.Message):
     log_name: str
     tcp: TcpRestore
     publish_host: str
-    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ..., publish_host: _Optional[str] = ...) -> None: ...
+    gpu_policy: GpuPolicy
+    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ..., publish_host: _Optional[str] = ..., gpu_policy: _Optional[_Union[GpuPolicy, str]] = ...) -> None: ...
 
 class CgroupSpec(_message.Message):
     __slots__ = ("path", "create", "memory_max_bytes", "cpu_max", "pids_max", "cpuset_cpus", "cpuset_mems")
@@ -322,16 +333,25 @@ class GpuDevice(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
-    __slots__ = ("driver_version", "cuda_driver_api", "devices", "cuda_pids")
+    __slots__ = ("driver_version", "cuda_driver_api", "devices", "cuda_pids", "vram_bytes")
+    class VramBytesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CUDA_DRIVER_API_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     CUDA_PIDS_FIELD_NUMBER: _ClassVar[int]
+    VRAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     driver_version: str
     cuda_driver_api: int
     devices: _containers.RepeatedCompositeFieldContainer[GpuDevice]
     cuda_pids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, driver_version: _Optional[str] = ..., cuda_driver_api: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., cuda_pids: _Optional[_Iterable[int]] = ...) -> None: ...
+    vram_bytes: _containers.ScalarMap[str, int]
+    def __init__(self, driver_version: _Optional[str] = ..., cuda_driver_api: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[GpuDevice, _Mapping]]] = ..., cuda_pids: _Optional[_Iterable[int]] = ..., vram_bytes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ListSnapshotsRequest(_message.Message):
     __slots__ = ("name", "remote")
