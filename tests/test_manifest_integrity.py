@@ -177,6 +177,7 @@ def test_fsck_list_and_inspect_report_a_manifest_changed_under_the_daemon(daemon
     ("labels", "labels", "201 labels given, at most 32"),
     ("label-key", "labels", "'a/../k'"),
     ("label-value", "labels", "printable"),
+    ("hostname", "hostname", "printable characters"),
     ("file-name", "", "is not a plain file name"),
     ("missing", "", "field 'processes' is missing"),
 ])
@@ -195,6 +196,8 @@ def test_import_validates_the_manifest_as_the_api_does(daemon: Daemon, workloads
         data["labels"] = {"a/../k": "v"}
     elif change == "label-value":
         data["labels"] = {"k": "v\x1b]0;title\x07"}
+    elif change == "hostname":
+        data["hostname"] = "host\nDAMAGED nothing"
     elif change == "file-name":
         data["files"][0]["name"] = "../../etc/cron.d/x"
     else:

@@ -43,8 +43,10 @@ def inconsistency(m: Manifest) -> str:
 def _identity(m: Manifest) -> str:
     if not isinstance(m.id, str) or not ID_RE.fullmatch(m.id):
         return f"id {str(m.id)[:80]!r} is not a snapshot id"
-    if not isinstance(m.name, str):
-        return "name is not a string"
+    wrong = next((f for f in ("name", "hostname", "kernel", "criu_version") if not isinstance(getattr(m, f), str)),
+                 None)
+    if wrong:
+        return f"{wrong} is not a string"
     if not isinstance(m.labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in m.labels.items()):
         return "labels are not a map of strings"

@@ -6,7 +6,8 @@ MAX_LABELS labels; a key is 1-63 characters of A-Z a-z 0-9 . _ / - starting with
 letter or digit, whose "/"-separated parts are neither empty nor "." or ".."; a value
 is at most MAX_LABEL_VALUE characters, none of them a control or format character
 (newlines, terminal escapes, bidirectional overrides), so that whatever prints a name or
-a label prints one line of what was given.
+a label prints one line of what was given. An imported manifest's host fields answer to
+the same rule as a label value.
 """
 
 from __future__ import annotations
@@ -41,9 +42,24 @@ def labels(values: dict[str, str]) -> dict[str, str]:
                 field="labels", reason=f"key {key[:70]!r} must be 1-63 characters of A-Z a-z 0-9 . _ / - starting "
                 "with a letter or digit, without empty, '.' or '..' parts between the '/'"
             )
-        if len(value) > MAX_LABEL_VALUE or any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+        if not printable(value, MAX_LABEL_VALUE):
             raise InvalidRequest(
                 field="labels",
                 reason=f"value of {key!r} must be at most {MAX_LABEL_VALUE} printable characters",
             )
     return dict(values)
+
+
+def printable(value: str, limit: int) -> bool:
+    """At most ``limit`` characters, none a control or format character."""
+    return len(value) <= limit and not any(unicodedata.category(c) in ("Cc", "Cf") for c in value)
+
+
+def recorded_text(fields: dict[str, str]) -> None:
+    """What a snapshot records of its host (hostname, kernel, CRIU version), as an imported
+    manifest says it: printable, at most MAX_LABEL_VALUE characters each; InvalidRequest
+    naming the first field that is not."""
+    for name, value in fields.items():
+        if not printable(value, MAX_LABEL_VALUE):
+            raise InvalidRequest(field=name, reason=f"must be at most {MAX_LABEL_VALUE} printable characters, "
+                                 f"not {value[:40]!r}")

@@ -66,6 +66,8 @@ def _open(data: bytes, keys: FleetKeys) -> Manifest:
     try:
         naming.snapshot_name(manifest.name)
         naming.labels(manifest.labels)
+        naming.recorded_text({"hostname": manifest.hostname, "kernel": manifest.kernel,
+                              "criu_version": manifest.criu_version})
     except InvalidRequest as err:
         raise ImportInvalid(reason=f"the manifest of snapshot {manifest.id} has an invalid {err.fields['field']}: "
                             f"{err.fields['reason']}") from None
