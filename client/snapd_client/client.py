@@ -42,6 +42,7 @@ InterruptCallback = Callable[[str], None]
 CgroupSpec = pb.CgroupSpec
 # Progress.phase values (Phase.Name(p.phase) == "PHASE_DUMP"); phase_name() gives "dump".
 Phase = pb.Phase
+InstanceState = pb.InstanceState
 TcpRestore = pb.TcpRestore
 # Bytes per StreamData message of an export or import (well below gRPC's 4 MiB message limit).
 STREAM_PIECE = 1 << 20
@@ -54,6 +55,14 @@ def phase_name(phase: int) -> str:
         return str(Phase.Name(phase)).removeprefix("PHASE_").lower().replace("_", "-")
     except ValueError:
         return f"unknown-{phase}"
+
+
+def state_name(state: int) -> str:
+    """The short name of an Instance.state value: "running", "exited", ..."""
+    try:
+        return str(InstanceState.Name(state)).removeprefix("INSTANCE_STATE_").lower()
+    except ValueError:
+        return f"unknown-{state}"
 
 
 def normalize_target(target: str) -> str:
@@ -276,6 +285,35 @@ class SnapdClient:
         result: pb.ListOperationsResponse = self._unary(self._stub.ListOperations, pb.ListOperationsRequest())
         return result
 
+    def instances(self, all: bool = False) -> pb.ListInstancesResponse:
+        """The instances whose tree runs (``all``: also the ended ones the daemon keeps), oldest first."""
+        result: pb.ListInstancesResponse = self._unary(self._stub.ListInstances, pb.ListInstancesRequest(all=all))
+        return result
+
+    def instance(self, instance: str) -> pb.Instance:
+        """One instance by id or unique id prefix ("in-" may be left out)."""
+        result: pb.Instance = self._unary(self._stub.GetInstance, pb.GetInstanceRequest(instance=instance))
+        return result
+
+    def stop_instance(self, instance: str, grace_seconds: int | None = None) -> pb.Instance:
+        """SIGTERM to the instance's whole tree, SIGKILL after ``grace_seconds`` (None: 10 s);
+        returns once every pid is gone (and its GPU memory freed)."""
+        request = pb.StopInstanceRequest(instance=instance, grace_seconds=grace_seconds)
+        result: pb.Instance = self._unary(self._stub.StopInstance, request)
+        return result
+
+    def events(self, after_sequence: int = 0, stream_id: str = "") -> Iterator[pb.Event]:
+        """Operation phases and instance state changes as they happen, until the caller stops
+        iterating (or the daemon stops). ``after_sequence`` (with the ``stream_id`` it came
+        from): resume after that event; 0: only new events. No deadline applies."""
+        call = self._stub.WatchEvents(pb.WatchEventsRequest(after_sequence=after_sequence, stream_id=stream_id))
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise SnapdClientError.from_rpc(err, self.target) from None
+        finally:
+            call.cancel()
+
     def export_snapshot(self, snapshot: str, sink: BinaryIO) -> int:
         """Write ``snapshot`` as one export stream (manifest + its chunks, as stored) to ``sink``;
         returns the bytes written. ``import_snapshot`` on any daemon takes it back in."""
@@ -309,10 +347,11 @@ class SnapdClient:
         result: pb.Snapshot = self._unary(self._stub.GetSnapshot, pb.GetSnapshotRequest(snapshot=snapshot))
         return result
 
-    def delete(self, snapshot: str) -> pb.DeleteSnapshotResponse:
-        """Delete ``snapshot`` and the chunks only it used (refused for a pinned one)."""
+    def delete(self, snapshot: str, force: bool = False) -> pb.DeleteSnapshotResponse:
+        """Delete ``snapshot`` and the chunks only it used (refused for a pinned one, and, unless
+        ``force``, for one whose instances still run: SnapshotHasInstances)."""
         result: pb.DeleteSnapshotResponse = self._unary(
-            self._stub.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot=snapshot)
+            self._stub.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot=snapshot, force=force)
         )
         return result
 

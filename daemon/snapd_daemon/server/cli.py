@@ -66,6 +66,10 @@ from snapd_daemon.server.serve import serve as serve_daemon
               "them ahead at restore and prefetch (0: off).")
 @click.option("--restore-log-dir", type=click.Path(path_type=Path), default=None,
               help="Where restored trees' stdout/stderr pipes go when their reader is gone [default: STATE_DIR/logs].")
+@click.option("--keep-exited-instances", type=click.IntRange(0), default=100, show_default=True,
+              help="Records of ended (exited, stopped) instances kept for `snapd ps -a`: at most this many, the newest.")
+@click.option("--exited-instance-max-hours", type=click.FloatRange(0), default=24.0, show_default=True,
+              help="...and none that ended longer ago than this.")
 @click.option("--remote-endpoint", default="", metavar="URL",
               help="S3-compatible endpoint of the remote tier, e.g. https://s3.us-east-1.amazonaws.com (with "
               "--remote-bucket; off when empty).")

@@ -63,6 +63,7 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
         warm_file_bytes=o["warm_files_mb"] << 20,
         cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"],
+        keep_exited_instances=o["keep_exited_instances"], exited_instance_max_age=o["exited_instance_max_hours"] * 3600,
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])
