@@ -148,25 +148,26 @@ class InstanceTable:
         """Read every record; re-adopt live trees, mark those that ended meanwhile (see the
         module docstring). Run once at start, after the hold journal's recovery."""
         booted = boot_id()
-        for path in sorted(self.directory.glob("in-*.json")):
-            try:
-                inst = Instance.from_json(path.read_text())
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("instances.unreadable_record", path=str(path), error=str(exc))
-                continue
-            self._all[inst.id] = inst
-            if not inst.live:
-                continue
-            if inst.boot != booted:
-                self._end(inst, UNKNOWN, "the host rebooted while it ran")
-            elif inst.state is State.STARTING:
-                self._end(inst, UNKNOWN, "its restore was cut off by a daemon restart (the tree was killed)")
-            elif is_process(*inst.root) and self.reaper.watch(*inst.root, self._root_ended(inst.id)):
-                log.info("instance.readopted", instance=inst.id, root_pid=inst.root_pid, state=inst.state.value)
-            else:
-                self._end(inst, UNKNOWN, "its root ended while no daemon ran")
-        self._prune()
-        self._count()
+        with self._lock:
+            for path in sorted(self.directory.glob("in-*.json")):
+                try:
+                    inst = Instance.from_json(path.read_text())
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    log.error("instances.unreadable_record", path=str(path), error=str(exc))
+                    continue
+                self._all[inst.id] = inst
+                if not inst.live:
+                    continue
+                if inst.boot != booted:
+                    self._end(inst, UNKNOWN, "the host rebooted while it ran")
+                elif inst.state is State.STARTING:
+                    self._end(inst, UNKNOWN, "its restore was cut off by a daemon restart (the tree was killed)")
+                elif is_process(*inst.root) and self.reaper.watch(*inst.root, self._root_ended(inst.id)):
+                    log.info("instance.readopted", instance=inst.id, root_pid=inst.root_pid, state=inst.state.value)
+                else:
+                    self._end(inst, UNKNOWN, "its root ended while no daemon ran")
+            self._prune()
+            self._count()
 
     # -- a restore's steps ----------------------------------------------------
 
