@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -190,11 +192,21 @@ def test_watch_events_in_order_and_resumed(daemon: Daemon, client: SnapdClient, 
     assert ahead.error_class == "EventsExpired"
 
 
-def test_retention_and_rm_refused_while_instances_run(tmp_path: Path, workloads: Workloads) -> None:
-    daemon = Daemon(tmp_path, ("--keep-exited-instances", "1")).start()
+def test_retention_metrics_and_rm_refused_while_instances_run(tmp_path: Path, workloads: Workloads) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = Daemon(tmp_path, ("--keep-exited-instances", "1", "--metrics-address", f"127.0.0.1:{port}")).start()
     try:
         with daemon.client() as c:
             first, second = (_restored(c, workloads, f"r{i}", "ticker.py") for i in range(2))
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            assert 'snapd_instances{state="running"} 2.0' in metrics
+            assert "snapd_restore_to_ready_seconds_count 2.0" in metrics
+            figures = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                       if line.startswith("snapd_store_")}
+            assert figures["snapd_store_chunks"] > 0 and figures["snapd_store_bytes"] > 0
+            assert figures["snapd_store_quarantined_chunks"] == 0
             refused = snapd(daemon, "rm", first.snapshot_id)
             assert refused.returncode == 72 and first.instance_id in refused.stderr and "--force" in refused.stderr
             assert c.get(first.snapshot_id).id == first.snapshot_id
