@@ -79,6 +79,8 @@ from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import Manifest
 
 log = structlog.get_logger()
+# how long a failed restore waits for its killed tree's root to be reaped
+_REAP_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -320,11 +322,15 @@ class RestoreRun(OperationRun):
             log.info("restore.published", ports=self.published)
 
     def _kill_tree(self) -> None:
-        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start."""
+        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start.
+        Once the tree is an instance, wait for its root to be reaped (by the daemon, its
+        subreaper), so that the failed restore returns with the root's pid free."""
         survivors = kill_tree(self.record)
         if survivors:
             self.keep_record = True
             log.error("restore.kill_failed", pids=survivors)
+        elif self.instance_id and not self.rt.instances.wait_ended(self.instance_id, _REAP_SECONDS):
+            log.error("restore.root_not_reaped", instance=self.instance_id, root_pid=self.root)
 
     def _instance_failed(self, _kind: object, exc: BaseException | None, _tb: object) -> None:
         why = exc.message if isinstance(exc, SnapdError) else f"internal error: {type(exc).__name__}: {exc}"
