@@ -92,11 +92,18 @@ def test_instance_listed_logged_stopped_and_its_pids_freed(daemon: Daemon, clien
     assert missing.returncode == 70 and "not found" in missing.stderr
 
 
-def test_tree_killed_after_restore_is_reaped_at_once(daemon: Daemon, client: SnapdClient,
+def test_tree_killed_after_restore_is_reaped_at_once(daemon: Daemon, client: SnapdClient, tmp_path: Path,
                                                      workloads: Workloads) -> None:
     """The daemon, child subreaper of what it restores, reaps a tree killed from outside
-    as it ends, and keeps its status: no zombie holds the pid."""
-    result = _restored(client, workloads, "sleeper", "ticker.py")
+    as it ends, and keeps its status: no zombie holds the pid. Orphans that are no instance
+    (what a hook left running) are reaped too."""
+    pid, _ = workloads.start("ticker.py")
+    snap = client.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    left = tmp_path / "left-behind"  # a hook's background process: an orphan, not an instance
+    result = client.restore(snap.id, post_restore_hook=["sh", "-c", f"sleep 0.5 >/dev/null 2>&1 & echo $! > {left}"])
+    orphan = int(left.read_text())
+    wait_for(lambda: pid_state(orphan) is PidState.FREE, 10, "the hook's orphan to be reaped")
     root = result.root_pid
     psutil.Process(root).send_signal(signal.SIGKILL)
     wait_for(lambda: _state(client, result.instance_id) == "exited", 10, "the instance to be exited")
@@ -190,6 +197,19 @@ def test_watch_events_in_order_and_resumed(daemon: Daemon, client: SnapdClient, 
     assert stale.error_class == "EventsExpired" and stale.exit_code == 74 and "restarted" in stale.message
     ahead = error_of(lambda: next(client.events(seen[-1].sequence + 1000)))
     assert ahead.error_class == "EventsExpired"
+    for fmt in (("--json",), ()):  # the CLI follows the same stream
+        follower = subprocess.Popen([sys.executable, "-m", "snapd_client", "--target", daemon.target, "events", *fmt,
+                                     "--after", str(cursor.sequence), "--stream-id", cursor.stream_id],
+                                    stdout=subprocess.PIPE, text=True)
+        assert follower.stdout is not None
+        line = follower.stdout.readline()
+        follower.terminate()
+        follower.wait()
+        after = seen[seen.index(cursor) + 1]
+        if fmt:
+            assert json.loads(line)["sequence"] == after.sequence
+        else:
+            assert line.split()[0] == str(after.sequence)
 
 
 def test_retention_metrics_and_rm_refused_while_instances_run(tmp_path: Path, workloads: Workloads) -> None:

@@ -184,8 +184,8 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
         bar.done()
         interrupts.completed()
         c.emit(res, lambda: click.echo(
-            f"restored {res.snapshot_id} as instance {res.instance_id}, pid {res.root_pid} (pids {list(res.pids)}) in "
-            f"{res.duration_seconds:.2f} s"
+            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s, "
+            f"instance {res.instance_id}"
             + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")
             + "".join(f", port {p.port} at {p.address}" for p in res.published) + f", operation {res.operation_id}"))
 
