@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from faultlib import biggest_chunk, damage_chunk
-from harness import WORKLOADS, Daemon, Workloads, error_of, gone, snapd, wait_for
+from harness import Daemon, Workloads, error_of, gone, snapd, start_piped, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 from snapd_client.client import state_name
@@ -44,21 +44,9 @@ def _ps(daemon: Daemon, *args: str) -> list[dict]:
     return json.loads(listed.stdout)["instances"]
 
 
-def _start_piped(tmp_path: Path) -> int:
-    """ticker.py | cat > out from a shell: the ticker's stdout and stderr go to a pipe whose
-    reader is outside its tree, so its restored copy writes to its restore log."""
-    report, out = tmp_path / "ticker.report", tmp_path / "piped.out"
-    shell = subprocess.Popen(["sh", "-c", '"$1" -u ticker.py "$2" 2>&1 | cat > "$3"', "sh", sys.executable, report, out],
-                             cwd=WORKLOADS, start_new_session=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    threading.Thread(target=shell.wait, daemon=True).start()
-    wait_for(report.exists, 30, "the ticker to start")
-    return int(report.read_text())
-
-
 def test_instance_listed_logged_stopped_and_its_pids_freed(daemon: Daemon, client: SnapdClient, tmp_path: Path,
                                                             workloads: Workloads) -> None:
-    pid = _start_piped(tmp_path)
+    pid, _ = start_piped(tmp_path)
     snap = client.checkpoint(pid, name="ticker")
     wait_for(lambda: gone(pid), 10, "the checkpointed ticker to stop")
     result = client.restore(snap.id)
