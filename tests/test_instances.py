@@ -14,13 +14,16 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from faultlib import biggest_chunk, damage_chunk
 from harness import Daemon, Workloads, error_of, gone, snapd, start_piped, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 from snapd_client.client import state_name
+from snapd_daemon.errors import EventsExpired
 from snapd_daemon.host.processes import PidState, pid_state
+from snapd_daemon.runtime.events import EventBus
 
 PS_KEYS = {"id", "snapshot", "name", "state", "root_pid", "pids", "gpus", "cgroup", "ports", "created", "ready",
            "ended", "exit_status"}
@@ -233,3 +236,13 @@ def test_retention_metrics_and_rm_refused_while_instances_run(tmp_path: Path, wo
             assert list(c.instances(all=True).instances) == []
     finally:
         daemon.close()
+
+
+def test_event_cursor_older_than_the_ring_is_refused() -> None:
+    bus = EventBus(ring_size=4)
+    for n in range(10):
+        bus.publish(n)
+    held = bus.follow(6, bus.stream_id, lambda: False)
+    assert [e.payload for e in held] == [6, 7, 8, 9]  # events 7-10 are held
+    with pytest.raises(EventsExpired, match="holds events 7-10 only"):
+        next(bus.follow(5, bus.stream_id, lambda: True))
