@@ -155,6 +155,18 @@ class Workloads:
                     proc.kill()
 
 
+def start_piped(tmp: Path) -> tuple[int, Path]:
+    """ticker.py | cat > out, started from a shell: the ticker's stdout and stderr pipe's
+    reader (cat) is outside the ticker's tree. (The ticker's pid, out.)"""
+    report, out = tmp / "ticker.report", tmp / "piped.out"
+    shell = subprocess.Popen(["sh", "-c", '"$1" -u ticker.py "$2" 2>&1 | cat > "$3"', "sh", sys.executable, report, out],
+                             cwd=WORKLOADS, start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=shell.wait, daemon=True).start()
+    wait_for(report.exists, 30, "the ticker to start")
+    return int(report.read_text()), out
+
+
 class BackgroundCheckpoint:
     """A checkpoint through its own client in a thread; ``wait_for_phase`` returns once
     progress of ``phase`` with bytes moving has arrived (``operation_id`` is known then)."""

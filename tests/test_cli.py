@@ -32,7 +32,7 @@ def test_version_help_examples_and_defaults() -> None:
     top = snapd_full("--help").stdout
     assert "SNAPD_TARGET" in top and "socket path" in top
     commands = ["checkpoint", "restore", "list", "inspect", "rm", "pin", "unpin", "prefetch", "gc", "fsck",
-                "status", "ps", "cancel", "export", "import", "serve", "exit-codes"]
+                "status", "ops", "cancel", "ps", "stop", "logs", "events", "export", "import", "serve", "exit-codes"]
     helps = {c: snapd_full(c, "--help").stdout for c in commands}
     assert [c for c, text in helps.items() if "Examples:" not in text] == []
     assert "STOPPED" in helps["checkpoint"] and "--leave-running" in helps["checkpoint"]
@@ -171,7 +171,7 @@ def test_progress_on_a_terminal_and_none_elsewhere(daemon: Daemon, workloads: Wo
     assert plain.returncode == 0 and "\033" not in plain.stdout + plain.stderr
 
 
-def test_ps_and_cancel(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
+def test_ops_and_cancel(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
     pid, _ = workloads.start("memhold.py", "4")
     outcome: dict[str, object] = {}
     started = threading.Event()
@@ -186,18 +186,18 @@ def test_ps_and_cancel(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> 
     thread = threading.Thread(target=run)
     thread.start()
     assert started.wait(30)
-    listed = json.loads(snapd(daemon, "ps", "--json").stdout)["operations"]
+    listed = json.loads(snapd(daemon, "ops", "--json").stdout)["operations"]
     assert len(listed) == 1 and listed[0]["kind"] == "checkpoint" and listed[0]["cancellable"]
     assert listed[0]["progress"]["phase"] in ("PHASE_HOOK", "PHASE_VALIDATE") and listed[0]["pids"] == [pid]
     op = listed[0]["operation_id"]
-    assert op in snapd(daemon, "ps").stdout
+    assert op in snapd(daemon, "ops").stdout
     cancelled = snapd(daemon, "cancel", op)
     assert cancelled.returncode == 0 and "rolls back" in cancelled.stdout
     thread.join(60)
     assert outcome == {"error": "Cancelled"} and psutil.pid_exists(pid) and not gone(pid)
     again = snapd(daemon, "cancel", op)
     assert again.returncode == 1 and "no operation" in again.stdout
-    assert json.loads(snapd(daemon, "ps", "--json").stdout)["operations"] == []
+    assert json.loads(snapd(daemon, "ops", "--json").stdout)["operations"] == []
 
 
 def test_check_config_and_no_leftovers_of_a_failed_start(tmp_path: Path) -> None:

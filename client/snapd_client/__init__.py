@@ -6,13 +6,16 @@ from snapd_client.calls import DEFAULT, OPERATION, QUERY, STORE
 from snapd_client.client import (
     DEFAULT_TARGET,
     CgroupSpec,
+    InstanceState,
     Phase,
     SnapdClient,
     SnapdClientError,
     TcpRestore,
     TlsFiles,
     phase_name,
+    state_name,
 )
 
-__all__ = ["DEFAULT", "DEFAULT_TARGET", "OPERATION", "QUERY", "STORE", "AsyncSnapdClient", "CgroupSpec", "Phase",
-           "SnapdClient", "SnapdClientError", "TcpRestore", "TlsFiles", "errors", "phase_name"]
+__all__ = ["DEFAULT", "DEFAULT_TARGET", "OPERATION", "QUERY", "STORE", "AsyncSnapdClient", "CgroupSpec",
+           "InstanceState", "Phase", "SnapdClient", "SnapdClientError", "TcpRestore", "TlsFiles", "errors", "phase_name",
+           "state_name"]

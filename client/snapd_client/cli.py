@@ -3,8 +3,8 @@
 This package imports grpcio and protobuf (and click), never the daemon; the daemon's
 `snapd` entry point adds `serve` and `exit-codes` to this group. The group and what commands
 share live in base.py; checkpoint, restore and status here; the store's commands in
-cmd_store.py, running operations in cmd_ops.py, export/import in cmd_transfer.py, the remote
-tier in cmd_remote.py.
+cmd_store.py, instances (ps, stop, logs, events) in cmd_instances.py, running operations (ops,
+cancel) in cmd_ops.py, export/import in cmd_transfer.py, the remote tier in cmd_remote.py.
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
 daemon error class (listed by `snapd exit-codes` and in the README).
@@ -18,7 +18,7 @@ import sys
 
 import click
 
-from snapd_client import cmd_ops, cmd_remote, cmd_store, cmd_transfer
+from snapd_client import cmd_instances, cmd_ops, cmd_remote, cmd_store, cmd_transfer
 from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run
 from snapd_client.client import CgroupSpec, TcpRestore
@@ -26,7 +26,7 @@ from snapd_client.interrupts import Interrupts
 from snapd_client.output import ProgressLine, human_bytes
 
 # the command modules register their commands on `cli` when imported
-COMMAND_MODULES = (cmd_ops, cmd_remote, cmd_store, cmd_transfer)
+COMMAND_MODULES = (cmd_instances, cmd_ops, cmd_remote, cmd_store, cmd_transfer)
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
@@ -192,7 +192,8 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
         bar.done()
         interrupts.completed()
         c.emit(res, lambda: click.echo(
-            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
+            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s, "
+            f"instance {res.instance_id}"
             + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")
             + "".join(f", port {p.port} at {p.address}" for p in res.published) + f", operation {res.operation_id}"))
 

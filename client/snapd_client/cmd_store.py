@@ -112,19 +112,23 @@ def inspect(ctx: click.Context, snapshot: str) -> None:
 
 @cli.command()
 @click.argument("snapshot")
+@click.option("--force", is_flag=True, help="Delete it although instances of it still run (they keep running).")
 @common_options
 @click.pass_context
-def rm(ctx: click.Context, snapshot: str) -> None:
+def rm(ctx: click.Context, snapshot: str, force: bool) -> None:
     """Delete SNAPSHOT (an id, a unique id prefix, or a name: its newest snapshot).
+
+    Refused while instances restored from it run (`snapd ps`), unless --force.
 
     \b
     Examples:
       snapd rm 20261128T0912
+      snapd rm llama-8b --force
     """
 
     def action(c: Ctx) -> None:
         with c.client() as client:
-            resp = client.delete(snapshot)
+            resp = client.delete(snapshot, force)
         c.emit(resp, lambda: click.echo(f"deleted {resp.id}, freed {human_bytes(resp.freed_bytes)}"))
 
     run(ctx, action)

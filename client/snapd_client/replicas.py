@@ -43,7 +43,8 @@ def report(outcomes: list[pb.RestoreResult | SnapdClientError], as_json: bool) -
         elif not as_json:
             ports = ", ".join(f"{p.port} at {p.address}" for p in o.published)
             gpus = ", ".join(f"{old} -> {new}" for old, new in sorted(o.gpus.items()))
-            click.echo(f"replica {i}: pid {o.root_pid} (pids {list(o.pids)}) in {o.duration_seconds:.2f} s"
+            click.echo(f"replica {i}: instance {o.instance_id}, pid {o.root_pid} (pids {list(o.pids)}) in "
+                       f"{o.duration_seconds:.2f} s"
                        + (f"; ports {ports}" if ports else "") + (f"; GPUs {gpus}" if gpus else ""))
     if failed:
         click.echo(f"snapd: {len(failed)} of {len(outcomes)} replicas failed; the others are running", err=True)

@@ -72,6 +72,10 @@ from snapd_daemon.server.serve import serve as serve_daemon
 @click.option("--gpu-margin", default="1G", show_default=True, metavar="SIZE|PCT",
               help="Room a shared GPU keeps beyond a snapshot's recorded use: bytes (1073741824, 512M, 1G) or a "
               "percentage of the GPU's memory (5%).")
+@click.option("--keep-exited-instances", type=click.IntRange(0), default=100, show_default=True,
+              help="Records of ended (exited, stopped) instances kept for `snapd ps -a`: at most this many, the newest.")
+@click.option("--exited-instance-max-hours", type=click.FloatRange(0), default=24.0, show_default=True,
+              help="...and none that ended longer ago than this.")
 @click.option("--remote-endpoint", default="", metavar="URL",
               help="S3-compatible endpoint of the remote tier, e.g. https://s3.us-east-1.amazonaws.com (with "
               "--remote-bucket; off when empty).")

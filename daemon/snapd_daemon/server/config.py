@@ -66,6 +66,7 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         warm_file_bytes=o["warm_files_mb"] << 20,
         cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"], gpu_policy=o["gpu_policy"],
         gpu_margin=gpu_margin(o["gpu_margin"]),
+        keep_exited_instances=o["keep_exited_instances"], exited_instance_max_age=o["exited_instance_max_hours"] * 3600,
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])

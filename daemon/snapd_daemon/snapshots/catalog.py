@@ -25,10 +25,9 @@ from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkStore, IngestSession
+from snapd_daemon.util.prefixes import AmbiguousPrefix, by_prefix
 
 log = structlog.get_logger()
-# how many ids an ambiguous prefix's error lists
-_SHOWN_CANDIDATES = 8
 
 
 @dataclass
@@ -100,13 +99,12 @@ class Catalog:
         if named:
             return named[-1]
         with self._lock:
-            starting = sorted(sid for sid in self._index if sid.startswith(ref))
-        if len(starting) == 1:
-            return self._index[starting[0]]
-        if starting:
-            shown = ", ".join(starting[:_SHOWN_CANDIDATES]) + (
-                f" and {len(starting) - _SHOWN_CANDIDATES} more" if len(starting) > _SHOWN_CANDIDATES else "")
-            raise SnapshotAmbiguous(ref=ref, count=len(starting), candidates=shown)
+            try:
+                found = by_prefix(ref, list(self._index))
+            except AmbiguousPrefix as many:
+                raise SnapshotAmbiguous(ref=ref, count=many.count, candidates=many.candidates) from None
+            if found is not None:
+                return self._index[found]
         raise SnapshotNotFound(snapshot=ref)
 
     def find(self, snapshot_id: str) -> Manifest | None:
