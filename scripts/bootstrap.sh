@@ -33,12 +33,13 @@ fi
 criu=$("$root/scripts/install-criu.sh" | tail -n 1)
 
 stamp=.venv/.snapd-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "creating .venv and installing snapd"
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip >&2
-  .venv/bin/python -m pip install -q -e '.[test]' >&2
+  # the daemon's package depends on the client's (client/pyproject.toml): both from this checkout
+  .venv/bin/python -m pip install -q -e ./client -e '.[test]' >&2
   echo "$want" > "$stamp"
 fi
 echo "$criu"

@@ -232,7 +232,7 @@ class SnapdClient:
         self,
         snapshot: str,
         *,
-        wait_for_exit_seconds: int = 0,
+        wait_for_exit_seconds: int | None = None,
         gpu_uuid_map: dict[str, str] | None = None,
         post_restore_hook: list[str] | None = None,
         hook_timeout_seconds: int = 0,
@@ -245,7 +245,8 @@ class SnapdClient:
     ) -> pb.RestoreResult:
         """Restore ``snapshot`` (an id, a unique id prefix, or a name: its newest snapshot) as a
         live process tree with its original pids; returns where it runs.
-        ``wait_for_exit_seconds``: how long to wait for old holders of its pids (0: 10 s).
+        ``wait_for_exit_seconds``: how long to wait for old holders of its pids (None: the
+        daemon's default, 10 s; 0: no wait).
         ``gpu_uuid_map``: snapshot GPU UUID -> this host's. ``post_restore_hook``: argv run
         once the tree is back (its failure kills the tree). ``cgroup``: place the whole restored tree in this group below the daemon's cgroup root.
         ``log_name``: file in the daemon's restore log directory that stdout/stderr pipes of

@@ -53,6 +53,8 @@ class Settings:
     restore_log_dir: Path | None = None
     # Threads that hash, compress and write chunks (and read them back on restore).
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
+    # This host must have a usable NVIDIA driver: `snapd status` fails its gpu-driver check without one.
+    gpu_required: bool = False
     # The remote tier (an S3 bucket) snapshots are pushed to and pulled from (None: none).
     remote: RemoteConfig | None = None
 

@@ -84,6 +84,9 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Retries of a failed request, with exponential backoff.")
 @click.option("--remote-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
               help="Seconds one request may take.")
+@click.option("--gpu-required/--no-gpu-required", default=False, show_default=True,
+              help="This host has an NVIDIA GPU: `snapd status` fails (exit 1) when no driver is reachable, "
+              "instead of warning.")
 @click.option("--push-after-checkpoint/--no-push-after-checkpoint", default=False, show_default=True,
               help="Upload every snapshot to the remote tier once durable (checkpoint --push/--no-push wins).")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,

@@ -62,7 +62,7 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         state_dir=o["state_dir"], criu_path=o["criu"], criu_log_level=o["criu_log_level"], scratch=o["scratch"],
         inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
         warm_file_bytes=o["warm_files_mb"] << 20,
-        cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"],
+        cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"], gpu_required=o["gpu_required"],
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])
