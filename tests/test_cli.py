@@ -124,12 +124,13 @@ def test_status_says_which_cgroup_limits_work(daemon: Daemon) -> None:
     root = Settings(state_dir=daemon.state_dir)  # the daemon's default root is below the cgroup2 mount
     assert root.cgroup_root is None
     limits = checks["cgroup-limits"]
-    if not limits["ok"]:
+    assert limits["ok"]  # placement, checkpoint and restore work: a missing limit is a warning
+    if limits["warning"]:
         assert "--cgroup placement works" in limits["detail"] and "CgroupFailed" in limits["detail"]
         for controller, option in (("memory", "--memory-max"), ("pids", "--pids-max")):
             if controller in limits["detail"].split(" not available")[0]:
                 assert option in limits["detail"]
-        assert out.returncode == 1
+    assert out.returncode == (0 if all(c["ok"] for c in checks.values()) else 1)
 
 
 def test_missing_cgroup_names_the_option_that_creates_it(daemon: Daemon, workloads: Workloads,

@@ -19,8 +19,11 @@ it does only before the operation's commit point. Cancelling the call itself
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import queue
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ from snapd.v1 import snapd_pb2_grpc
 DEFAULT_TARGET = "unix:///run/gpu-snapd/snapd.sock"
 # Exit code when the daemon cannot be reached at all.
 EXIT_UNREACHABLE = 3
+# Exit code when this user may not use its socket (the daemon's PermissionDenied, which it
+# answers for a caller it refuses).
+EXIT_PERMISSION_DENIED = 42
 ProgressCallback = Callable[[pb.Progress], None]
 # Called with the operation id when KeyboardInterrupt arrives while a stream is followed;
 # following goes on after it returns (raise or exit from it to stop).
@@ -99,6 +105,9 @@ class SnapdClientError(Exception):
         if "snapd-exit-code" in trailers:
             return cls(code, err.details(), trailers.get("snapd-error", ""), int(trailers["snapd-exit-code"]))  # type: ignore[attr-defined]
         if code == grpc.StatusCode.UNAVAILABLE:
+            denied = socket_denied(target)
+            if denied:
+                return cls(code, denied, "PermissionDenied", EXIT_PERMISSION_DENIED)
             return cls(
                 code,
                 f"cannot reach the snapd daemon at {target}: {err.details()}. "  # type: ignore[attr-defined]
@@ -107,6 +116,30 @@ class SnapdClientError(Exception):
                 EXIT_UNREACHABLE,
             )
         return cls(code, f"{code.name}: {err.details()}", "", 1)  # type: ignore[attr-defined]
+
+
+def socket_denied(target: str) -> str:
+    """Why this user may not connect to ``target``'s unix socket (its owner, group and mode say
+    who may), or "" when it is not a unix socket this user is refused."""
+    path = target.removeprefix("unix://") if target.startswith("unix:///") else ""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return ""
+    if st is None or os.access(path, os.R_OK | os.W_OK):
+        return ""
+    owner, group = _name(pwd.getpwuid, st.st_uid), _name(grp.getgrgid, st.st_gid)
+    return (f"permission denied: {path} (owner {owner}, group {group}, mode {stat.S_IMODE(st.st_mode):04o}) lets only "
+            f"{owner} and members of group {group} connect, and uid {os.getuid()} is neither. Ask an administrator "
+            f"to add you to the group (`usermod -aG {group} USER`, then log in again), or to name you in the "
+            "daemon's allow_uid / allow_gid, or run as root")
+
+
+def _name(lookup: Callable[[int], Any], number: int) -> str:
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
 
 
 def _read_stream(events: Iterator[Any], into: queue.SimpleQueue[Any]) -> None:

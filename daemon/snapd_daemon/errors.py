@@ -252,6 +252,13 @@ class Cancelled(SnapdError):
     status = "CANCELLED"
 
 
+class DaemonNotRoot(SnapdError):
+    """`snapd serve` runs as root (CRIU needs CAP_SYS_ADMIN, CAP_SYS_PTRACE and more to dump and restore other users' processes), not as uid {uid}: run it as root (`sudo snapd serve ...` where sudo exists), or through gpu-snapd.service (docs/operating.md). `snapd serve --check-config` works as any user."""
+
+    exit_code = 48
+    status = "FAILED_PRECONDITION"
+
+
 class ConfigInvalid(SnapdError):
     """invalid configuration ({source}): {reason}"""
 
@@ -352,6 +359,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     CgroupTooSmall,
     CgroupFailed,
     PermissionDenied,
+    DaemonNotRoot,
     ConfigInvalid,
     RestoreLogUnavailable,
     Cancelled,

@@ -151,7 +151,17 @@ def supervise(command: tuple[str, ...], netns: bool, publish: list[tuple[str, in
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(name: str, run_dir: Path, netns: bool, publish: tuple[str, ...], command: tuple[str, ...]) -> None:
     """Run COMMAND as the only child of the init of its own pid namespace (as root), so that
-    snapshots of it (checkpoint the printed pid) can be restored many times at once."""
+    snapshots of it (checkpoint the printed pid) can be restored many times at once.
+
+    The line naming that pid goes to stderr before COMMAND starts, so a log that takes both
+    (`>run.log 2>&1`) keeps it first.
+
+    \b
+    Examples:
+      snapd run --name llama -- python -m vllm.entrypoints.openai.api_server --model ./llama
+      snapd checkpoint "$(cat /run/gpu-snapd/run/llama.pid)" --name llama
+      snapd run --netns --publish 8000:8000 -- python server.py >run.log 2>&1 &
+    """
     if publish and not netns:
         raise click.UsageError("--publish needs --netns")
     if name and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
