@@ -7,7 +7,7 @@ cmd_store.py, running operations in cmd_ops.py, export/import in cmd_transfer.py
 tier in cmd_remote.py, shell completion in cmd_completion.py.
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
-daemon error class (listed by `snapd exit-codes` and in the README).
+daemon error class (listed by `snapd exit-codes` and in docs/scheduler.md).
 Ctrl-C during `checkpoint` or `restore`: see interrupts.py.
 """
 
@@ -86,7 +86,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
     The tree is frozen while CRIU dumps it and, unless --leave-running, STOPPED for good once
     the snapshot is durable (like `criu dump`): restore it to bring it back. Open files, file
     locks, pipes and unix sockets inside the tree are kept; stdio pipes and sockets to the
-    outside are redirected at restore (README).
+    outside are redirected at restore (docs/scheduler.md).
 
     \b
     Examples:

@@ -23,8 +23,8 @@ from snapd_client.output import human_bytes
 @click.pass_context
 def export_cmd(ctx: click.Context, snapshot: str, output: str) -> None:
     """Write SNAPSHOT (id, unique id prefix, or name) as one stream: its manifest and every
-    chunk it needs, compressed as stored, ending with a digest of the whole (README, "Export
-    stream"). `snapd import` on any host takes it in.
+    chunk it needs, compressed as stored, ending with a digest of the whole (docs/scheduler.md,
+    "Moving a snapshot"). `snapd import` on any host takes it in.
 
     \b
     Examples:

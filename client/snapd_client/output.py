@@ -1,6 +1,6 @@
 """How the CLI shows things: byte counts, messages as JSON, a progress line.
 
-JSON conventions (README, "JSON output"): field names as in the .proto, every field present
+JSON conventions (docs/scheduler.md, "JSON output"): field names as in the .proto, every field present
 (zero values included), integers as JSON numbers (protobuf's JSON mapping would quote 64-bit
 ones), enums by name, timestamps RFC 3339.
 """

@@ -168,7 +168,7 @@ one to be freed, or name one with --gpu-map (gpu_uuid_map) to share it."""
 class NcclActive(SnapdError):
     """pid {pid} ({name}) holds live NCCL state ({evidence}); the CUDA driver cannot checkpoint NCCL \
 communicators. Fix: tear them down in a pre-checkpoint hook (torch: dist.destroy_process_group()) and build \
-them again in a post-restore hook (README: "Tensor parallel servers")."""
+them again in a post-restore hook (docs/gpu.md: "Tensor parallel servers")."""
 
     exit_code = 62
     status = "FAILED_PRECONDITION"
