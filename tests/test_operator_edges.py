@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import click
 import pytest
 
-from harness import Daemon, Workloads, gone, snapd, wait_for
+from harness import Daemon, Workloads, gone, snapd, snapd_on_a_terminal, wait_for
 from s3server import S3Server
 from snapd_client import SnapdClient
 
@@ -203,27 +202,16 @@ def test_ctrl_c_display_on_a_terminal(daemon: Daemon, workloads: Workloads) -> N
     """After Ctrl-C: each message on a line of its own, the progress line never drawn again."""
     pid, _ = workloads.start("memhold.py", "8")
     marker = f"3.17{os.getpid()}"
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "snapd_client", "--target", daemon.target, "checkpoint", str(pid),
-                             "--pre-hook", f"sleep {marker}"], stdout=subprocess.PIPE, stderr=secondary, text=True)
-    os.close(secondary)
-    seen = bytearray()
-    interrupted = False
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # EIO: the terminal's last writer is gone
-            break
-        if not data:
-            break
-        seen += data
+    interrupted = []
+
+    def interrupt(seen: bytes, proc: subprocess.Popen[str]) -> None:
         if not interrupted and b"pre-checkpoint hook" in seen:
             proc.send_signal(signal.SIGINT)
-            interrupted = True
-    os.close(primary)
-    proc.communicate(timeout=120)
-    terminal = seen.decode(errors="replace")
-    assert proc.returncode == 45 and interrupted, terminal
+            interrupted.append(True)
+
+    code, _, terminal = snapd_on_a_terminal(daemon, "checkpoint", str(pid), "--pre-hook", f"sleep {marker}",
+                                            on_output=interrupt)
+    assert code == 45 and interrupted, terminal
     after = terminal[terminal.index("snapd: cancelling"):]
     assert "\033" not in after and "pre-checkpoint hook" not in after, after
     lines = after.replace("\r\n", "\n").split("\n")
