@@ -41,8 +41,9 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 _REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-# kcmp(2) (which CRIU needs too): its syscall number here, and its "same open file" type
-_SYS_KCMP = {"x86_64": 312, "aarch64": 272}[os.uname().machine]
+# kcmp(2) (which CRIU needs too): its syscall number on this architecture (None: not known here,
+# and fds are then opened again one by one), and its "same open file" type
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(os.uname().machine)
 _KCMP_FILE = 0
 
 
@@ -74,6 +75,8 @@ def _fdinfo(fd: int) -> tuple[int, int]:
 
 def _same_file(a: int, b: int) -> bool:
     """Whether the caller's fds ``a`` and ``b`` are one open file description."""
+    if _SYS_KCMP is None:
+        return False
     pid = os.getpid()
     return int(_libc.syscall(_SYS_KCMP, pid, pid, _KCMP_FILE, a, b)) == 0
 

@@ -124,14 +124,14 @@ def supervise(command: tuple[str, ...], netns: bool, publish: list[tuple[str, in
         os.kill(pid, signal.SIGKILL)
         init.wait_started()  # its own start error, if it had one, says more
         raise RunFailed(f"cannot publish a port: {exc}") from exc
-    if pid_file:
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(f"{pid}\n")
     shown = "".join(f"; {r.address} -> port {r.port} inside" for r in relays)
     click.echo(f"snapd run: pid {pid} is the init of its own pid namespace"
                f"{' and network namespace' if netns else ''} (checkpoint this pid){shown}", err=True)
     try:
         init.release()
+        if pid_file:  # once the init runs nsinit: a checkpoint of the pid it names then dumps the server's tree
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(f"{pid}\n")
         forward_signals(pid)
         _, status = os.waitpid(pid, 0)
     finally:
