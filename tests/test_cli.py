@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import Daemon, Workloads, gone, snapd, wait_for
+from harness import Daemon, Workloads, gone, snapd, snapd_on_a_terminal, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import Phase, SnapdClient, SnapdClientError, phase_name
 from snapd_client.output import progress_text
@@ -124,12 +123,13 @@ def test_status_says_which_cgroup_limits_work(daemon: Daemon) -> None:
     root = Settings(state_dir=daemon.state_dir)  # the daemon's default root is below the cgroup2 mount
     assert root.cgroup_root is None
     limits = checks["cgroup-limits"]
-    if not limits["ok"]:
+    assert limits["ok"]  # placement, checkpoint and restore work: a missing limit is a warning
+    if limits["warning"]:
         assert "--cgroup placement works" in limits["detail"] and "CgroupFailed" in limits["detail"]
         for controller, option in (("memory", "--memory-max"), ("pids", "--pids-max")):
             if controller in limits["detail"].split(" not available")[0]:
                 assert option in limits["detail"]
-        assert out.returncode == 1
+    assert out.returncode == (0 if all(c["ok"] for c in checks.values()) else 1)
 
 
 def test_missing_cgroup_names_the_option_that_creates_it(daemon: Daemon, workloads: Workloads,
@@ -141,29 +141,9 @@ def test_missing_cgroup_names_the_option_that_creates_it(daemon: Daemon, workloa
     assert out.returncode == 41 and "--create-cgroup" in out.stderr, out.stderr
 
 
-def _checkpoint_on_a_terminal(daemon: Daemon, pid: int) -> tuple[int, str, str]:
-    """`snapd checkpoint` with its stderr on a pseudo-terminal (stdout a pipe)."""
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "snapd_client", "--target", daemon.target, "checkpoint",
-                             str(pid)], stdout=subprocess.PIPE, stderr=secondary, text=True)
-    os.close(secondary)
-    seen = bytearray()
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # EIO: the terminal's last writer is gone
-            break
-        if not data:
-            break
-        seen += data
-    os.close(primary)
-    stdout, _ = proc.communicate(timeout=120)
-    return proc.returncode, stdout, seen.decode(errors="replace")
-
-
 def test_progress_on_a_terminal_and_none_elsewhere(daemon: Daemon, workloads: Workloads) -> None:
     pid, _ = workloads.start("memhold.py", "96")
-    code, stdout, terminal = _checkpoint_on_a_terminal(daemon, pid)
+    code, stdout, terminal = snapd_on_a_terminal(daemon, "checkpoint", str(pid))
     assert code == 0 and stdout.startswith("snapshot ") and "\033" not in stdout
     assert "(process frozen)" in terminal and "dump" in terminal and "\r\033[K" in terminal, terminal
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")

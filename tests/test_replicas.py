@@ -314,7 +314,7 @@ def test_replicas_of_a_plain_snapshot_keep_the_one_that_restored(daemon: Daemon,
     wait_for(lambda: gone(pid), 30, "the source to be stopped")
     res = snapd(daemon, "restore", "plain", "--replicas", "2")
     assert res.returncode in (13, 15), res.stderr  # ProcessBusy or PidsInUse, whichever the loser met
-    assert "1 of 2 replicas failed; the others are running" in res.stderr and "snapd run" in res.stderr
+    assert "1 of 2 replicas failed (rolled back); the other 1 are running" in res.stderr and "snapd run" in res.stderr
     assert f"pid {pid}" in res.stdout
     assert ask(pid, report)[1] == digest
     assert holds_left(daemon) == []

@@ -129,7 +129,7 @@ class Calls(ABC):
         self,
         snapshot: str,
         *,
-        wait_for_exit_seconds: int = 0,
+        wait_for_exit_seconds: int | None = None,
         gpu_uuid_map: dict[str, str] | None = None,
         gpu_policy: str = "",
         post_restore_hook: list[str] | None = None,
@@ -144,7 +144,8 @@ class Calls(ABC):
     ) -> pb.RestoreResult:
         """Restore ``snapshot`` (an id, a unique id prefix, or a name: its newest snapshot) as a
         live process tree with its original pids; returns where it runs.
-        ``wait_for_exit_seconds``: how long to wait for old holders of its pids (0: 10 s).
+        ``wait_for_exit_seconds``: how long to wait for old holders of its pids (None: the
+        daemon's default, 10 s; 0: no wait).
         ``gpu_uuid_map``: snapshot GPU UUID -> this host's. ``gpu_policy``: "shared" (a GPU of
         the model with room for what the snapshot held there), "exclusive" (an idle GPU), or ""
         (the daemon's setting); docs/gpu-placement.md. ``post_restore_hook``: argv run once the

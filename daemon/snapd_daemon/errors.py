@@ -178,7 +178,7 @@ place it there regardless."""
 class NcclActive(SnapdError):
     """pid {pid} ({name}) holds live NCCL state ({evidence}); the CUDA driver cannot checkpoint NCCL \
 communicators. Fix: tear them down in a pre-checkpoint hook (torch: dist.destroy_process_group()) and build \
-them again in a post-restore hook (README: "Tensor parallel servers")."""
+them again in a post-restore hook (docs/gpu.md: "Tensor parallel servers")."""
 
     exit_code = 62
     status = "FAILED_PRECONDITION"
@@ -260,6 +260,13 @@ class Cancelled(SnapdError):
 
     exit_code = 45
     status = "CANCELLED"
+
+
+class DaemonNotRoot(SnapdError):
+    """`snapd serve` runs as root (CRIU needs CAP_SYS_ADMIN, CAP_SYS_PTRACE and more to dump and restore other users' processes), not as uid {uid}: run it as root (`sudo snapd serve ...` where sudo exists), or through gpu-snapd.service (docs/operating.md). `snapd serve --check-config` works as any user."""
+
+    exit_code = 48
+    status = "FAILED_PRECONDITION"
 
 
 class ConfigInvalid(SnapdError):
@@ -419,6 +426,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     CgroupTooSmall,
     CgroupFailed,
     PermissionDenied,
+    DaemonNotRoot,
     ConfigInvalid,
     RestoreLogUnavailable,
     Cancelled,

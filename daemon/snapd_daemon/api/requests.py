@@ -169,7 +169,7 @@ def checkpoint_spec(request: pb.CheckpointRequest) -> CheckpointSpec:
 def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
     return RestoreSpec(
         ref=snapshot_ref(request.snapshot),
-        wait_seconds=request.wait_for_exit_seconds,
+        wait_seconds=request.wait_for_exit_seconds if request.HasField("wait_for_exit_seconds") else None,
         gpu_uuid_map=gpu_uuid_map(dict(request.gpu_uuid_map)),
         post_hook=Hook.parse("post_restore_hook", list(request.post_restore_hook.argv),
                              request.post_restore_hook.timeout_seconds),

@@ -270,7 +270,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def CancelOperation(self, request: pb.CancelOperationRequest,
                         context: grpc.ServicerContext) -> pb.CancelOperationResponse:
         op_id = requests.operation_id(request.operation_id)
-        verdict = self.rt.registry.cancel(op_id, "CancelOperation was called")
+        verdict = self.rt.registry.cancel(op_id, "at the caller's request")
         log.info("operation.cancel", operation=op_id, verdict=verdict)
         if verdict is None:
             return pb.CancelOperationResponse(cancelled=False, detail=f"no operation {op_id} is running "
@@ -313,7 +313,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             self.rt.catalog, (piece.data for piece in request_iterator),
             lambda snapshot_id: registry.claim("import", op_id, snapshot_id=snapshot_id))
         log.info("snapshot.import", op=op_id, snapshot=manifest.id, new=new)
-        return self._snapshot(manifest)
+        snap = self._snapshot(manifest)
+        snap.already_present = not new
+        return snap
 
     @_unary
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
@@ -331,7 +333,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             snapshots=len(self.rt.catalog.list()),
             operations_in_flight=len(self.rt.registry.in_flight()),
             gpu_driver_version=report.gpu_driver,
-            checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+            checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail, warning=c.warning) for c in report.checks],
             recovered_operations=self.rt.recovered_operations,
             quarantined_manifests=quarantine.manifest_count(),
             quarantined_chunks=len(quarantine.chunk_ids()),

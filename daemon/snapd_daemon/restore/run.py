@@ -88,7 +88,8 @@ _REAP_SECONDS = 10.0
 @dataclass(frozen=True)
 class RestoreSpec:
     ref: str
-    wait_seconds: float = 0.0
+    # seconds to wait for exiting holders of the snapshot's pids (None: Settings.pid_wait_seconds; 0: none)
+    wait_seconds: float | None = None
     gpu_uuid_map: dict[str, str] = field(default_factory=dict)
     post_hook: Hook | None = None
     cgroup: CgroupRequest | None = None
@@ -214,7 +215,8 @@ class RestoreRun(OperationRun):
             return  # its pids are those of a fresh pid namespace
         self.report(ProgressEvent(Phase.PREPARE, 0, m.raw_bytes, f"checking pids {m.pids}"))
         self.hosts = {pid: pid for pid in m.pids}
-        ensure_pids_free(m, self.spec.wait_seconds or self.rt.settings.pid_wait_seconds)
+        ensure_pids_free(m, self.rt.settings.pid_wait_seconds if self.spec.wait_seconds is None
+                         else self.spec.wait_seconds)
 
     def journal(self, processes: list[tuple[int, float]] | None = None, helper: tuple[int, float] = (0, 0.0)) -> None:
         """Write (or rewrite) the record that lets a restarted daemon kill this restore's tree."""

@@ -60,6 +60,8 @@ class Settings:
     # snapshot's processes held there plus ``gpu_margin``) or "exclusive" (an idle GPU); host/gpuplace.py.
     gpu_policy: str = SHARED
     gpu_margin: Margin = field(default_factory=Margin)
+    # This host must have a usable NVIDIA driver: `snapd status` fails its gpu-driver check without one.
+    gpu_required: bool = False
     # The remote tier (an S3 bucket) snapshots are pushed to and pulled from (None: none).
     remote: RemoteConfig | None = None
     # Records of ended (exited, stopped) instances kept: at most this many, the newest, and

@@ -225,7 +225,7 @@ class SnapshotsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSnapshot(self, request, context):
-        """One snapshot as one verifiable byte stream (format: README, "Export stream"):
+        """One snapshot as one verifiable byte stream (format: docs/scheduler.md, "Moving a snapshot"):
         its manifest and every chunk it needs, compressed as stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
