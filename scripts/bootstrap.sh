@@ -6,8 +6,23 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
+usage() {
+  cat <<EOF
+Usage: scripts/bootstrap.sh [--help]
 
-[ "$(id -u)" = 0 ] || { say "run as root (CRIU needs it): sudo $0"; exit 1; }
+Make this checkout runnable, as root: CRIU (scripts/install-criu.sh: found or built into
+/opt/gpu-snapd/criu), the apt packages the tests use, and .venv with the client
+(client/), the daemon and the test dependencies. Idempotent. The last line of stdout is
+the CRIU path. Environment: PYTHON (default python3, >= 3.11).
+EOF
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) usage >&2; say "unknown argument: $1"; exit 2 ;;
+esac
+
+[ "$(id -u)" = 0 ] || { say "run as root (CRIU needs it): from a root shell, or sudo $0"; exit 1; }
 
 python=${PYTHON:-python3}
 command -v "$python" >/dev/null || { say "no $python on PATH; install Python >= 3.11"; exit 1; }
@@ -33,12 +48,13 @@ fi
 criu=$("$root/scripts/install-criu.sh" | tail -n 1)
 
 stamp=.venv/.snapd-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "creating .venv and installing snapd"
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip >&2
-  .venv/bin/python -m pip install -q -e '.[test]' >&2
+  # the daemon's package depends on the client's (client/pyproject.toml): both from this checkout
+  .venv/bin/python -m pip install -q -e ./client -e '.[test]' >&2
   echo "$want" > "$stamp"
 fi
 echo "$criu"

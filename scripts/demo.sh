@@ -4,24 +4,52 @@
 # memory, checkpoint it, restore it, and show it alive with its state intact.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-criu=$("$root/scripts/bootstrap.sh" | tail -n 1)
-work=${SNAPD_DEMO_DIR:-/tmp/gpu-snapd-demo}
-snapd="$root/.venv/bin/snapd"
-rm -rf "$work" && mkdir -p "$work"
-export SNAPD_TARGET="unix://$work/snapd.sock"
+usage() {
+  cat <<EOF
+Usage: scripts/demo.sh [--keep] [--help]
+
+As root (a root shell, or sudo where it exists): install what is missing (CRIU, .venv),
+start a private snapd daemon in a directory of this run's own, checkpoint a process that
+keeps a counter and 64 MiB of random bytes in memory, restore it, and check its state.
+  --keep       keep the work directory (store, daemon log) to look at (SNAPD_DEMO_KEEP=1)
+  -h, --help   show this and do nothing
+Environment: SNAPD_DEMO_DIR  the work directory, which must not exist yet
+                             (default: a new /tmp/gpu-snapd-demo.XXXXXX)
+EOF
+}
+keep=${SNAPD_DEMO_KEEP:-}
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --keep) keep=1 ;;
+    *) usage >&2; echo "demo.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (CRIU needs it): from a root shell, or sudo $0" >&2; exit 1; }
+if [ -n "${SNAPD_DEMO_DIR:-}" ]; then
+  # never another run's directory (or anything else): it must be new
+  [ ! -e "$SNAPD_DEMO_DIR" ] || { echo "demo.sh: SNAPD_DEMO_DIR=$SNAPD_DEMO_DIR exists; name a new directory" >&2; exit 1; }
+  mkdir -p "$SNAPD_DEMO_DIR"
+  work=$(cd "$SNAPD_DEMO_DIR" && pwd)
+else
+  work=$(mktemp -d /tmp/gpu-snapd-demo.XXXXXX)
+fi
 daemon_pid= ; demo_pid=
 cleanup() {
   [ -n "$demo_pid" ] && kill -9 "$demo_pid" 2>/dev/null || true
   [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
-  # the work directory holds the demo's snapshot store; SNAPD_DEMO_KEEP=1 keeps it to look at
-  [ -n "${SNAPD_DEMO_KEEP:-}" ] || rm -rf "$work"
+  # the work directory holds the demo's snapshot store; --keep (SNAPD_DEMO_KEEP=1) keeps it to look at
+  [ -n "$keep" ] || rm -rf "$work"
 }
 trap cleanup EXIT
+criu=$("$root/scripts/bootstrap.sh" | tail -n 1)
+snapd="$root/.venv/bin/snapd"
+export SNAPD_TARGET="unix://$work/snapd.sock"
 # bold only on a terminal: no escape sequences in logs or pipes
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold= plain=; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
-step "starting snapd (criu: $criu), logs in $work/daemon.log (removed at the end unless SNAPD_DEMO_KEEP=1)"
+step "starting snapd (criu: $criu), logs in $work/daemon.log (removed at the end unless --keep)"
 "$snapd" serve --state-dir "$work/state" --socket "$work/snapd.sock" --criu "$criu" \
   --log-format json >"$work/daemon.log" 2>&1 &
 daemon_pid=$!

@@ -414,7 +414,7 @@ main() {
             --bundle) [[ $# -ge 2 && -n "$2" ]] || die "--bundle needs a directory"; bundle="$2"; shift 2 ;;
             --bundle=*) bundle="${1#--bundle=}"; [[ -n "$bundle" ]] || die "--bundle needs a directory"; shift ;;
             --force-build) force=1; shift ;;
-            *) usage >&2; die "unknown argument: $1" ;;
+            *) usage >&2; log "ERROR: unknown argument: $1"; exit 2 ;;
         esac
     done
 

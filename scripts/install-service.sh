@@ -12,14 +12,34 @@
 #   scripts/install-service.sh --uninstall   stops, disables and removes the unit and
 #                                  /opt/gpu-snapd/venv; keeps /etc/gpu-snapd, the
 #                                  snapshots in /var/lib/gpu-snapd, the group and
-#                                  CRIU (README: "Uninstall" says how to remove them)
+#                                  CRIU (docs/operating.md, "Uninstall", says how to remove them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf 'install-service: %s\n' "$*" >&2; }
+usage() {
+  cat <<EOF
+Usage: scripts/install-service.sh [--uninstall] [--help]
 
-[ "$(id -u)" = 0 ] || { say "run as root: sudo $0"; exit 1; }
+Install gpu-snapd from this checkout as the systemd service gpu-snapd.service, as root
+(idempotent): CRIU in /opt/gpu-snapd/criu, snapd in /opt/gpu-snapd/venv, the group
+gpu-snapd, /etc/gpu-snapd/config.toml (kept when present; checked before the restart).
+  --uninstall   remove the unit and /opt/gpu-snapd/venv; keep the configuration, the
+                snapshots, the group and CRIU (restored servers keep running)
+  -h, --help    show this and change nothing
+EOF
+}
+uninstall=
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  --uninstall) uninstall=1 ;;
+  "") ;;
+  *) usage >&2; say "unknown argument: $1"; exit 2 ;;
+esac
+[ $# -le 1 ] || { usage >&2; say "one argument at most"; exit 2; }
 
-if [ "${1:-}" = --uninstall ]; then
+[ "$(id -u)" = 0 ] || { say "run as root: from a root shell, or sudo $0"; exit 1; }
+
+if [ -n "$uninstall" ]; then
   if [ -d /run/systemd/system ] && systemctl list-unit-files gpu-snapd.service >/dev/null 2>&1; then
     systemctl disable --now gpu-snapd.service || true
   fi
@@ -41,7 +61,7 @@ fi
 
 criu=$("$root/scripts/install-criu.sh" | tail -n 1)
 [ -x /opt/gpu-snapd/venv/bin/python ] || "$python" -m venv /opt/gpu-snapd/venv
-/opt/gpu-snapd/venv/bin/python -m pip install -q --upgrade "$root" >&2
+/opt/gpu-snapd/venv/bin/python -m pip install -q --upgrade "$root/client" "$root" >&2
 getent group gpu-snapd >/dev/null || groupadd --system gpu-snapd
 install -d -m 0755 /etc/gpu-snapd
 if [ ! -e /etc/gpu-snapd/config.toml ]; then

@@ -2,6 +2,22 @@
 # Run the test suite against real CRIU (as root). Extra arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+case "${1:-}" in
+  -h|--help)
+    cat <<EOF
+Usage: scripts/test.sh [PYTEST ARGS...]
+
+Run the test suite as root against real CRIU: scripts/bootstrap.sh first (CRIU, .venv),
+then pytest with PYTEST ARGS (options pytest does not know: exit 2, as a usage error), e.g.
+  scripts/test.sh tests/test_cli.py -k status -x
+GPU tests run where an NVIDIA GPU with driver >= 570 is present, and skip elsewhere.
+EOF
+    exit 0 ;;
+esac
 export SNAPD_CRIU=$("$root/scripts/bootstrap.sh" | tail -n 1)
 cd "$root"
-exec .venv/bin/python -m pytest -ra "$@"
+status=0
+.venv/bin/python -m pytest -ra "$@" || status=$?
+# pytest's usage error is 4; this script's, like the others', is 2
+[ "$status" != 4 ] || exit 2
+exit "$status"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -155,6 +156,18 @@ class Workloads:
                     proc.kill()
 
 
+def start_piped(tmp: Path) -> tuple[int, Path]:
+    """ticker.py | cat > out, started from a shell: the ticker's stdout and stderr pipe's
+    reader (cat) is outside the ticker's tree. (The ticker's pid, out.)"""
+    report, out = tmp / "ticker.report", tmp / "piped.out"
+    shell = subprocess.Popen(["sh", "-c", '"$1" -u ticker.py "$2" 2>&1 | cat > "$3"', "sh", sys.executable, report, out],
+                             cwd=WORKLOADS, start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=shell.wait, daemon=True).start()
+    wait_for(report.exists, 30, "the ticker to start")
+    return int(report.read_text()), out
+
+
 class BackgroundCheckpoint:
     """A checkpoint through its own client in a thread; ``wait_for_phase`` returns once
     progress of ``phase`` with bytes moving has arrived (``operation_id`` is known then)."""
@@ -193,6 +206,32 @@ def snapd(daemon: Daemon | None, *args: str) -> subprocess.CompletedProcess[str]
     target = daemon.target if daemon else "unix:///nonexistent/snapd.sock"
     return subprocess.run([sys.executable, "-m", "snapd_client", "--target", target, *args],
                           capture_output=True, text=True, timeout=300)
+
+
+def snapd_on_a_terminal(daemon: Daemon, *args: str,
+                        on_output: Callable[[bytes, subprocess.Popen[str]], None] | None = None,
+                        ) -> tuple[int, str, str]:
+    """The `snapd` CLI against ``daemon`` with its stderr on a pseudo-terminal (stdout a pipe):
+    (exit code, stdout, what the terminal got). ``on_output`` sees the terminal's output so far,
+    and the process, after each read."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "snapd_client", "--target", daemon.target, *args],
+                            stdout=subprocess.PIPE, stderr=secondary, text=True)
+    os.close(secondary)
+    seen = bytearray()
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the terminal's last writer is gone
+            break
+        if not data:
+            break
+        seen += data
+        if on_output:
+            on_output(bytes(seen), proc)
+    os.close(primary)
+    stdout, _ = proc.communicate(timeout=120)
+    return proc.returncode, stdout, seen.decode(errors="replace")
 
 
 def error_of(call: Callable[[], object]) -> SnapdClientError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import importlib
 import json
 import shutil
@@ -106,8 +107,13 @@ def test_peer_credentials_against_allow_lists(tmp_path: Path, public_dir: Path, 
         assert denied["exit_code"] == 42 and f"uid {OUTSIDER} gid {NOBODY}" in str(denied["message"])
 
         outside = _as(private_checkout, d.target, OUTSIDER, OUTSIDER)  # not even in the socket's group
-        assert outside["code"] == "UNAVAILABLE" and outside["exit_code"] == 3
-        assert "Permission denied" in str(outside["message"])
+        assert outside["error_class"] == "PermissionDenied" and outside["exit_code"] == 42
+        group = grp.getgrgid(NOBODY).gr_name
+        assert f"(owner root, group {group}, mode 0660) lets only root and members of group {group}" in \
+            str(outside["message"]) and f"uid {OUTSIDER}" in str(outside["message"])
+        listed = _peer(private_checkout, d.target, OUTSIDER, OUTSIDER, cli=("list",))
+        assert listed.returncode == 42 and "is `snapd serve` running" not in listed.stderr
+        assert f"usermod -aG {group}" in listed.stderr, listed.stderr
     finally:
         d.stop()
     assert '"access.denied"' in d.log.read_text()

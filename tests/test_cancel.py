@@ -53,7 +53,7 @@ def test_cancel_during_dump_rolls_back(daemon: Daemon, client: SnapdClient, work
     err = checkpoint.error
     assert err is not None and err.code == grpc.StatusCode.CANCELLED and err.exit_code == 45
     assert err.error_class == "Cancelled" and checkpoint.operation_id in err.message
-    assert "before its commit point (CancelOperation was called)" in err.message
+    assert "before its commit point (at the caller's request)" in err.message
     assert "the process tree was left running and nothing was stored" in err.message
     _nothing_left(daemon, client)
     assert _running(pid) and ask(pid, report)[1] == digest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import Daemon, Workloads, gone, snapd, wait_for
+from harness import Daemon, Workloads, gone, snapd, snapd_on_a_terminal, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import Phase, SnapdClient, SnapdClientError, phase_name
 from snapd_client.output import progress_text
@@ -32,7 +31,7 @@ def test_version_help_examples_and_defaults() -> None:
     top = snapd_full("--help").stdout
     assert "SNAPD_TARGET" in top and "socket path" in top
     commands = ["checkpoint", "restore", "list", "inspect", "rm", "pin", "unpin", "prefetch", "gc", "fsck",
-                "status", "ps", "cancel", "export", "import", "serve", "exit-codes"]
+                "status", "ops", "cancel", "ps", "stop", "logs", "events", "export", "import", "serve", "exit-codes"]
     helps = {c: snapd_full(c, "--help").stdout for c in commands}
     assert [c for c, text in helps.items() if "Examples:" not in text] == []
     assert "STOPPED" in helps["checkpoint"] and "--leave-running" in helps["checkpoint"]
@@ -124,12 +123,13 @@ def test_status_says_which_cgroup_limits_work(daemon: Daemon) -> None:
     root = Settings(state_dir=daemon.state_dir)  # the daemon's default root is below the cgroup2 mount
     assert root.cgroup_root is None
     limits = checks["cgroup-limits"]
-    if not limits["ok"]:
+    assert limits["ok"]  # placement, checkpoint and restore work: a missing limit is a warning
+    if limits["warning"]:
         assert "--cgroup placement works" in limits["detail"] and "CgroupFailed" in limits["detail"]
         for controller, option in (("memory", "--memory-max"), ("pids", "--pids-max")):
             if controller in limits["detail"].split(" not available")[0]:
                 assert option in limits["detail"]
-        assert out.returncode == 1
+    assert out.returncode == (0 if all(c["ok"] for c in checks.values()) else 1)
 
 
 def test_missing_cgroup_names_the_option_that_creates_it(daemon: Daemon, workloads: Workloads,
@@ -141,29 +141,9 @@ def test_missing_cgroup_names_the_option_that_creates_it(daemon: Daemon, workloa
     assert out.returncode == 41 and "--create-cgroup" in out.stderr, out.stderr
 
 
-def _checkpoint_on_a_terminal(daemon: Daemon, pid: int) -> tuple[int, str, str]:
-    """`snapd checkpoint` with its stderr on a pseudo-terminal (stdout a pipe)."""
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "snapd_client", "--target", daemon.target, "checkpoint",
-                             str(pid)], stdout=subprocess.PIPE, stderr=secondary, text=True)
-    os.close(secondary)
-    seen = bytearray()
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # EIO: the terminal's last writer is gone
-            break
-        if not data:
-            break
-        seen += data
-    os.close(primary)
-    stdout, _ = proc.communicate(timeout=120)
-    return proc.returncode, stdout, seen.decode(errors="replace")
-
-
 def test_progress_on_a_terminal_and_none_elsewhere(daemon: Daemon, workloads: Workloads) -> None:
     pid, _ = workloads.start("memhold.py", "96")
-    code, stdout, terminal = _checkpoint_on_a_terminal(daemon, pid)
+    code, stdout, terminal = snapd_on_a_terminal(daemon, "checkpoint", str(pid))
     assert code == 0 and stdout.startswith("snapshot ") and "\033" not in stdout
     assert "(process frozen)" in terminal and "dump" in terminal and "\r\033[K" in terminal, terminal
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
@@ -171,7 +151,7 @@ def test_progress_on_a_terminal_and_none_elsewhere(daemon: Daemon, workloads: Wo
     assert plain.returncode == 0 and "\033" not in plain.stdout + plain.stderr
 
 
-def test_ps_and_cancel(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
+def test_ops_and_cancel(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
     pid, _ = workloads.start("memhold.py", "4")
     outcome: dict[str, object] = {}
     started = threading.Event()
@@ -186,18 +166,18 @@ def test_ps_and_cancel(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> 
     thread = threading.Thread(target=run)
     thread.start()
     assert started.wait(30)
-    listed = json.loads(snapd(daemon, "ps", "--json").stdout)["operations"]
+    listed = json.loads(snapd(daemon, "ops", "--json").stdout)["operations"]
     assert len(listed) == 1 and listed[0]["kind"] == "checkpoint" and listed[0]["cancellable"]
     assert listed[0]["progress"]["phase"] in ("PHASE_HOOK", "PHASE_VALIDATE") and listed[0]["pids"] == [pid]
     op = listed[0]["operation_id"]
-    assert op in snapd(daemon, "ps").stdout
+    assert op in snapd(daemon, "ops").stdout
     cancelled = snapd(daemon, "cancel", op)
     assert cancelled.returncode == 0 and "rolls back" in cancelled.stdout
     thread.join(60)
     assert outcome == {"error": "Cancelled"} and psutil.pid_exists(pid) and not gone(pid)
     again = snapd(daemon, "cancel", op)
     assert again.returncode == 1 and "no operation" in again.stdout
-    assert json.loads(snapd(daemon, "ps", "--json").stdout)["operations"] == []
+    assert json.loads(snapd(daemon, "ops", "--json").stdout)["operations"] == []
 
 
 def test_check_config_and_no_leftovers_of_a_failed_start(tmp_path: Path) -> None:

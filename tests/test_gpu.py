@@ -28,6 +28,8 @@ import pytest
 from harness import Daemon, Workloads, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import AsyncSnapdClient, SnapdClient, SnapdClientError, errors
+from snapd_client import SnapdClient, SnapdClientError
+from snapd_client.client import state_name
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.cgroups import cgroup2_mount
 from snapd_daemon.host.gpu import inventory
@@ -121,8 +123,15 @@ def test_engine_child_mode_two_cuda_processes(client: SnapdClient, start_server)
     snap = client.checkpoint(server.pid)
     assert sorted(snap.gpu.cuda_pids) == sorted([server.pid, engine])
     wait_for(lambda: gone(server.pid) and gone(engine), 30, "the server tree to stop")
-    client.restore(snap.id)
+    result = client.restore(snap.id)
     assert server.ask()["tokens"] == before["tokens"]
+    # the instance records its GPUs and what each process holds there; stop frees both pids and GPU memory
+    inst = client.instance(result.instance_id)
+    assert list(inst.gpus) == sorted(set(result.gpus.values()))
+    assert {server.pid, engine} <= {p.pid for p in inst.processes if p.gpu_memory_bytes}
+    stopped = client.stop_instance(result.instance_id)
+    assert state_name(stopped.state) == "stopped"
+    assert not {server.pid, engine} & _compute_pids() and gone(server.pid) and gone(engine)
 
 
 def test_leave_running_then_restore_onto_explicit_gpu_map(client: SnapdClient, start_server) -> None:

@@ -15,21 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from harness import WORKLOADS, Daemon, gone, wait_for
+from harness import WORKLOADS, Daemon, gone, start_piped, wait_for
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio, unix_peers
-
-
-def _start_piped(tmp_path: Path) -> tuple[int, Path]:
-    """ticker.py | cat > out, started from a shell: the ticker's stdout and stderr
-    pipe's reader (cat) is outside the ticker's tree."""
-    report, out = tmp_path / "ticker.report", tmp_path / "piped.out"
-    shell = subprocess.Popen(["sh", "-c", '"$1" -u ticker.py "$2" 2>&1 | cat > "$3"', "sh", sys.executable, report, out],
-                             cwd=WORKLOADS, start_new_session=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    threading.Thread(target=shell.wait, daemon=True).start()
-    wait_for(report.exists, 30, "the ticker to start")
-    return int(report.read_text()), out
 
 
 def _ticks(path: Path, pid: int) -> int:
@@ -83,7 +71,7 @@ def test_outward_stdio_is_found() -> None:
 
 def test_restored_tree_writes_to_the_restore_log(daemon: Daemon, client: SnapdClient, tmp_path: Path,
                                                  workloads) -> None:
-    pid, piped = _start_piped(tmp_path)
+    pid, piped = start_piped(tmp_path)
     wait_for(lambda: _ticks(piped, pid) >= 3, 10, "ticks through the pipe")
     snap = client.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed ticker to stop")
@@ -143,7 +131,7 @@ def test_separate_stdout_and_stderr_pipes_append_to_one_log(daemon: Daemon, clie
 
 def test_log_name_is_confined_to_the_log_directory(daemon: Daemon, client: SnapdClient, tmp_path: Path,
                                                    workloads) -> None:
-    pid, _ = _start_piped(tmp_path)
+    pid, _ = start_piped(tmp_path)
     snap = client.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed ticker to stop")
     for bad in ("../escape", "a/b", ".hidden", "x" * 129):

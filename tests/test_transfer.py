@@ -53,8 +53,12 @@ def test_export_import_restore_on_the_other_daemon(daemon: Daemon, second: Daemo
     assert there["id"] == snap["id"] and there["name"] == "moved" and there["new_bytes"] == there["stored_bytes"]
     assert _chunk_files(second) == _chunk_files(daemon)
 
+    assert not there["already_present"]
     again = snapd(second, "import", str(stream), "--json")  # the same snapshot: nothing changes
     assert again.returncode == 0 and json.loads(again.stdout)["id"] == snap["id"]
+    assert json.loads(again.stdout)["already_present"]
+    said = snapd(second, "import", str(stream))
+    assert said.stdout == f"{snap['id']} (moved) is already in this store: nothing imported\n"
     assert [s["id"] for s in json.loads(snapd(second, "list", "--json").stdout)["snapshots"]] == [snap["id"]]
 
     restored = snapd(second, "restore", "moved")
@@ -120,6 +124,17 @@ def test_a_bad_stream_leaves_nothing(daemon: Daemon, second: Daemon, workloads: 
         assert list(c.list().snapshots) == []
     assert not list((second.state_dir / "manifests").glob("*.json")) and not _temporaries(second)
     assert _chunk_files(second) == set()
+
+
+@pytest.mark.parametrize("garbage", [b"hello\n", b"", b"SNAP", b"x" * 4096])
+def test_garbage_on_stdin_is_not_an_export_stream(second: Daemon, garbage: bytes) -> None:
+    out = subprocess.run([sys.executable, "-m", "snapd_client", "--target", second.target, "import", "-"],
+                         input=garbage, capture_output=True, timeout=120)
+    message = out.stderr.decode()
+    assert out.returncode == 51, message
+    # a short start of a real stream (b"SNAP") is one cut short; anything else is not a stream at all
+    assert ("cut short" if garbage == b"SNAP" else "not a snapd export stream") in message
+    assert "cut short" not in message or garbage == b"SNAP"
 
 
 def test_export_of_a_damaged_snapshot_names_the_chunk(daemon: Daemon, client: SnapdClient,

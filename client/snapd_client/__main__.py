@@ -1,3 +1,6 @@
-from snapd_client.cli import main
+from snapd_client.version import answer_version
 
-main()
+if not answer_version():
+    from snapd_client.cli import main
+
+    main()

@@ -70,11 +70,14 @@ class AsyncSnapdClient(Calls):
         raise no_result()
 
     async def _stream(self, method: str, request: Any, deadline: float | None) -> AsyncIterator[Any]:
+        call = getattr(self._stub, method)(request, timeout=deadline)
         try:
-            async for message in getattr(self._stub, method)(request, timeout=deadline):
+            async for message in call:
                 yield message
         except grpc.RpcError as err:
             raise from_rpc(err, self.target, method, deadline) from None
+        finally:
+            call.cancel()  # the caller stopped iterating: end the stream on the daemon too
 
     async def _export(self, request: pb.ExportSnapshotRequest, sink: BinaryIO, deadline: float | None) -> int:
         written = 0

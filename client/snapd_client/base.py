@@ -9,7 +9,6 @@ themselves on ``cli`` (``@cli.command()``) in their own modules; cli.py imports 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import sys
 from collections.abc import Callable
@@ -21,16 +20,10 @@ from google.protobuf.message import Message
 
 from snapd_client.client import DEFAULT_TARGET, SnapdClient, SnapdClientError, TlsFiles, normalize_target
 from snapd_client.output import as_dict
+from snapd_client.version import version
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-def version() -> str:
-    try:
-        return importlib.metadata.version("gpu-snapd")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 class Ctx:
@@ -101,6 +94,12 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return json_option(f)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"snapd {version()}")
+        ctx.exit()
+
+
 class SnapdGroup(click.Group):
     """A click group whose usage errors are JSON when --json is on the command line."""
 
@@ -123,7 +122,8 @@ class SnapdGroup(click.Group):
 
 
 @click.group(cls=SnapdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(version(), "--version", "-V", prog_name="snapd", message="%(prog)s %(version)s")
+@click.option("--version", "-V", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="SNAPD_TARGET", show_envvar=True,
               metavar="ADDRESS", help="Daemon address: a socket path, unix:///path.sock, or HOST:PORT (TCP).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: results on stdout, errors on stderr (any command).")

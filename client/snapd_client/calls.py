@@ -129,7 +129,7 @@ class Calls(ABC):
         self,
         snapshot: str,
         *,
-        wait_for_exit_seconds: int = 0,
+        wait_for_exit_seconds: int | None = None,
         gpu_uuid_map: dict[str, str] | None = None,
         gpu_policy: str = "",
         post_restore_hook: list[str] | None = None,
@@ -144,7 +144,8 @@ class Calls(ABC):
     ) -> pb.RestoreResult:
         """Restore ``snapshot`` (an id, a unique id prefix, or a name: its newest snapshot) as a
         live process tree with its original pids; returns where it runs.
-        ``wait_for_exit_seconds``: how long to wait for old holders of its pids (0: 10 s).
+        ``wait_for_exit_seconds``: how long to wait for old holders of its pids (None: the
+        daemon's default, 10 s; 0: no wait).
         ``gpu_uuid_map``: snapshot GPU UUID -> this host's. ``gpu_policy``: "shared" (a GPU of
         the model with room for what the snapshot held there), "exclusive" (an idle GPU), or ""
         (the daemon's setting); docs/gpu-placement.md. ``post_restore_hook``: argv run once the
@@ -181,6 +182,31 @@ class Calls(ABC):
         """The operations running now, with their latest progress."""
         return self._unary("ListOperations", pb.ListOperationsRequest(), self._deadline(timeout, QUERY))
 
+    # -- instances ------------------------------------------------------------------------------
+
+    def instances(self, all: bool = False, *, timeout: Timeout = DEFAULT) -> pb.ListInstancesResponse:
+        """The instances whose tree runs (``all``: also the ended ones the daemon keeps), oldest first."""
+        return self._unary("ListInstances", pb.ListInstancesRequest(all=all), self._deadline(timeout, QUERY))
+
+    def instance(self, instance: str, *, timeout: Timeout = DEFAULT) -> pb.Instance:
+        """One instance by id or unique id prefix ("in-" may be left out)."""
+        return self._unary("GetInstance", pb.GetInstanceRequest(instance=instance), self._deadline(timeout, QUERY))
+
+    def stop_instance(self, instance: str, grace_seconds: int | None = None, *,
+                      timeout: Timeout = DEFAULT) -> pb.Instance:
+        """SIGTERM to the instance's whole tree, SIGKILL after ``grace_seconds`` (None: 10 s);
+        returns once every pid is gone (and its GPU memory freed). Deadline: STORE."""
+        return self._unary("StopInstance", pb.StopInstanceRequest(instance=instance, grace_seconds=grace_seconds),
+                           self._deadline(timeout, STORE))
+
+    def events(self, after_sequence: int = 0, stream_id: str = "") -> Any:
+        """Operation phases and instance state changes as they happen, until the caller stops
+        iterating (or the daemon stops): an iterator (an async one in the asyncio client).
+        ``after_sequence`` (with the ``stream_id`` it came from): resume after that event;
+        0: only new events. No deadline applies."""
+        return self._stream("WatchEvents", pb.WatchEventsRequest(after_sequence=after_sequence, stream_id=stream_id),
+                            None)
+
     # -- snapshots ------------------------------------------------------------------------------
 
     def export_snapshot(self, snapshot: str, sink: BinaryIO, *, timeout: Timeout = DEFAULT) -> int:
@@ -206,9 +232,10 @@ class Calls(ABC):
         """Everything recorded about ``snapshot`` (id, unique id prefix, or name)."""
         return self._unary("GetSnapshot", pb.GetSnapshotRequest(snapshot=snapshot), self._deadline(timeout, QUERY))
 
-    def delete(self, snapshot: str, *, timeout: Timeout = DEFAULT) -> pb.DeleteSnapshotResponse:
-        """Delete ``snapshot`` and the chunks only it used (refused for a pinned one)."""
-        return self._unary("DeleteSnapshot", pb.DeleteSnapshotRequest(snapshot=snapshot),
+    def delete(self, snapshot: str, force: bool = False, *, timeout: Timeout = DEFAULT) -> pb.DeleteSnapshotResponse:
+        """Delete ``snapshot`` and the chunks only it used (refused for a pinned one, and, unless
+        ``force``, for one whose instances still run: SnapshotHasInstances)."""
+        return self._unary("DeleteSnapshot", pb.DeleteSnapshotRequest(snapshot=snapshot, force=force),
                            self._deadline(timeout, STORE))
 
     def pin(self, snapshot: str, pinned: bool = True, *, timeout: Timeout = DEFAULT) -> pb.Snapshot:

@@ -3,11 +3,12 @@
 This package imports grpcio and protobuf (and click), never the daemon; the daemon's
 `snapd` entry point adds `serve` and `exit-codes` to this group. The group and what commands
 share live in base.py; checkpoint, restore and status here; the store's commands in
-cmd_store.py, running operations in cmd_ops.py, export/import in cmd_transfer.py, the remote
-tier in cmd_remote.py.
+cmd_store.py, instances (ps, stop, logs, events) in cmd_instances.py, running operations (ops,
+cancel) in cmd_ops.py, export/import in cmd_transfer.py, the remote tier in cmd_remote.py, shell
+completion in cmd_completion.py.
 
 Exit codes: 0 success, 2 usage error, 3 daemon unreachable, and one code per
-daemon error class (listed by `snapd exit-codes` and in the README).
+daemon error class (listed by `snapd exit-codes` and in docs/scheduler.md).
 Ctrl-C during `checkpoint` or `restore`: see interrupts.py.
 """
 
@@ -18,7 +19,7 @@ import sys
 
 import click
 
-from snapd_client import cmd_ops, cmd_remote, cmd_store, cmd_transfer
+from snapd_client import cmd_completion, cmd_instances, cmd_ops, cmd_remote, cmd_store, cmd_transfer
 from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run
 from snapd_client.client import CgroupSpec, TcpRestore
@@ -26,7 +27,7 @@ from snapd_client.interrupts import Interrupts
 from snapd_client.output import ProgressLine, human_bytes
 
 # the command modules register their commands on `cli` when imported
-COMMAND_MODULES = (cmd_ops, cmd_remote, cmd_store, cmd_transfer)
+COMMAND_MODULES = (cmd_completion, cmd_instances, cmd_ops, cmd_remote, cmd_store, cmd_transfer)
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
@@ -86,7 +87,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
     The tree is frozen while CRIU dumps it and, unless --leave-running, STOPPED for good once
     the snapshot is durable (like `criu dump`): restore it to bring it back. Open files, file
     locks, pipes and unix sockets inside the tree are kept; stdio pipes and sockets to the
-    outside are redirected at restore (README).
+    outside are redirected at restore (docs/scheduler.md).
 
     \b
     Examples:
@@ -97,15 +98,13 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
     parsed = _pairs(labels, "--label")
 
     def action(c: Ctx) -> None:
-        bar = ProgressLine()
-        with c.client() as client:
-            interrupts = Interrupts(client, bar.done)
+        with c.client() as client, ProgressLine() as bar:
+            interrupts = Interrupts(client, bar.stop)
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
                                      tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, push=push,
                                      on_progress=bar, on_interrupt=interrupts)
-        bar.done()
         interrupts.completed()
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
@@ -120,7 +119,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @cli.command()
 @click.argument("snapshot")
 @click.option("--wait-for-exit", type=click.IntRange(0, 3600), default=10, show_default=True,
-              help="Seconds to wait for exiting holders of the snapshot's pids.")
+              help="Seconds to wait for exiting holders of the snapshot's pids (0: no wait, refuse at once).")
 @click.option("--gpu-map", "gpu_map", multiple=True, metavar="OLD_UUID=NEW_UUID",
               help="Restore the snapshot's GPU OLD_UUID onto this host's NEW_UUID (repeatable).")
 @click.option("--gpu-policy", type=click.Choice(["shared", "exclusive"]), default=None,
@@ -185,14 +184,13 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
             with c.client() as client:
                 outcomes = client.restore_replicas(snapshot, replicas, **options)
             return replicas_cmd.report(outcomes, c.as_json)
-        bar = ProgressLine()
-        with c.client() as client:
-            interrupts = Interrupts(client, bar.done)
+        with c.client() as client, ProgressLine() as bar:
+            interrupts = Interrupts(client, bar.stop)
             res = client.restore(snapshot, **options, on_progress=bar, on_interrupt=interrupts)  # type: ignore[arg-type]
-        bar.done()
         interrupts.completed()
         c.emit(res, lambda: click.echo(
-            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s"
+            f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s, "
+            f"instance {res.instance_id}"
             + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")
             + "".join(f", port {p.port} at {p.address}" for p in res.published) + f", operation {res.operation_id}"))
 
@@ -203,12 +201,16 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
 @common_options
 @click.pass_context
 def status(ctx: click.Context) -> None:
-    """Diagnose the daemon and host: CRIU, kernel, cgroups, disk, GPU. Exit 1 if a check fails.
+    """Diagnose the daemon and host: CRIU, kernel, cgroups, disk, GPU.
+
+    Each check is [ok], [warn] (works, with a gap to know of: a restore limit that cannot be
+    set, no GPU driver on a host not marked gpu_required) or [FAIL]. Exit 1 only if one fails.
 
     \b
     Examples:
       snapd status
       snapd status --json | jq '.checks[] | select(.ok == false)'
+      snapd status --json | jq '.checks[] | select(.warning)'
     """
 
     def action(c: Ctx) -> None:
@@ -219,7 +221,11 @@ def status(ctx: click.Context) -> None:
             click.echo(f"snapd {st.version} (pid {st.pid}, up {st.uptime_seconds:.0f} s), state dir {st.state_dir}, "
                        f"{st.snapshots} snapshot(s), {st.operations_in_flight} operation(s) running")
             for chk in st.checks:
-                click.echo(f"  [{'ok' if chk.ok else 'FAIL'}] {chk.name:<16} {chk.detail}")
+                mark = "FAIL" if not chk.ok else "warn" if chk.warning else "ok"
+                click.echo(f"  [{mark}]{' ' * (4 - len(mark))} {chk.name:<16} {chk.detail}")
+            failed = sum(not chk.ok for chk in st.checks)
+            warned = sum(chk.ok and chk.warning for chk in st.checks)
+            click.echo(f"{failed} failure(s), {warned} warning(s)")
 
         c.emit(st, human)
         if not all(chk.ok for chk in st.checks):

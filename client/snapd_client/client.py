@@ -42,9 +42,12 @@ DEFAULT_TARGET = "unix:///run/gpu-snapd/snapd.sock"
 CgroupSpec = pb.CgroupSpec
 # Progress.phase values (Phase.Name(p.phase) == "PHASE_DUMP"); phase_name() gives "dump".
 Phase = pb.Phase
+# Instance.state values; state_name() gives "running", "exited", ...
+InstanceState = pb.InstanceState
 TcpRestore = pb.TcpRestore
-__all__ = ["DEFAULT_TARGET", "EXIT_UNREACHABLE", "CgroupSpec", "Phase", "SnapdClient", "SnapdClientError",
-           "TcpRestore", "TlsFiles", "default_target", "normalize_target", "open_channel", "phase_name"]
+__all__ = ["DEFAULT_TARGET", "EXIT_UNREACHABLE", "CgroupSpec", "InstanceState", "Phase", "SnapdClient",
+           "SnapdClientError", "TcpRestore", "TlsFiles", "default_target", "normalize_target", "open_channel",
+           "phase_name", "state_name"]
 
 
 def phase_name(phase: int) -> str:
@@ -54,6 +57,15 @@ def phase_name(phase: int) -> str:
         return str(Phase.Name(phase)).removeprefix("PHASE_").lower().replace("_", "-")
     except ValueError:
         return f"unknown-{phase}"
+
+
+def state_name(state: int) -> str:
+    """The short name of an Instance.state value: "running", "exited", ... ("unknown-N" for a
+    value this client does not know)."""
+    try:
+        return str(InstanceState.Name(state)).removeprefix("INSTANCE_STATE_").lower()
+    except ValueError:
+        return f"unknown-{state}"
 
 
 def normalize_target(target: str) -> str:
@@ -171,10 +183,13 @@ class SnapdClient(Calls):
                 pending = True
 
     def _stream(self, method: str, request: Any, deadline: float | None) -> Iterator[Any]:
+        call = getattr(self._stub, method)(request, timeout=deadline)
         try:
-            yield from getattr(self._stub, method)(request, timeout=deadline)
+            yield from call
         except grpc.RpcError as err:
             raise from_rpc(err, self.target, method, deadline) from None
+        finally:
+            call.cancel()  # the caller stopped iterating: end the stream on the daemon too
 
     def _export(self, request: pb.ExportSnapshotRequest, sink: BinaryIO, deadline: float | None) -> int:
         written = 0

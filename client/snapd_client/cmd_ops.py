@@ -1,4 +1,5 @@
-"""`snapd ps` and `snapd cancel`: the operations a daemon is running."""
+"""`snapd ops` and `snapd cancel`: the operations a daemon is running (`snapd ps` lists instances:
+cmd_instances.py)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ EXIT_NOT_CANCELLED = 1
 @cli.command()
 @common_options
 @click.pass_context
-def ps(ctx: click.Context) -> None:
-    """List the operations running now, with their phase and progress.
+def ops(ctx: click.Context) -> None:
+    """List the operations running now, with their phase and progress (`snapd ps` lists instances).
 
     \b
     Examples:
-      snapd ps
-      snapd ps --json
+      snapd ops
+      snapd ops --json
     """
 
     def action(c: Ctx) -> None:
@@ -52,7 +53,7 @@ def ps(ctx: click.Context) -> None:
 @common_options
 @click.pass_context
 def cancel(ctx: click.Context, operation_id: str) -> None:
-    """Cancel a running checkpoint or restore (ids from `snapd ps` or a progress event).
+    """Cancel a running checkpoint or restore (ids from `snapd ops` or a progress event).
 
     Before its commit point it rolls back (exit 0); past it, or when it is not running, it
     is left alone (exit 1). Either way the answer says which.

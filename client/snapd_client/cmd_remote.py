@@ -24,7 +24,13 @@ def _rate(n: int, seconds: float) -> str:
 @common_options
 @click.pass_context
 def push(ctx: click.Context, snapshot: str) -> None:
-    """Upload SNAPSHOT to the remote tier: the chunks the bucket lacks, then its manifest."""
+    """Upload SNAPSHOT to the remote tier: the chunks the bucket lacks, then its manifest.
+
+    \b
+    Examples:
+      snapd push llama-8b
+      snapd push 20261128T0912 --json
+    """
     _transfer(ctx, snapshot, SnapdClient.push, lambda r: (
         f"{r.snapshot_id}: already in the bucket, nothing uploaded" if r.already_there else
         f"pushed {r.snapshot_id}: {r.uploaded_chunks} of {r.chunks} chunk(s) uploaded, "
@@ -36,7 +42,13 @@ def push(ctx: click.Context, snapshot: str) -> None:
 @common_options
 @click.pass_context
 def pull(ctx: click.Context, snapshot: str) -> None:
-    """Download SNAPSHOT from the remote tier: the chunks the local store lacks, verified."""
+    """Download SNAPSHOT from the remote tier: the chunks the local store lacks, verified.
+
+    \b
+    Examples:
+      snapd pull llama-8b
+      snapd pull llama-8b && snapd restore llama-8b
+    """
     _transfer(ctx, snapshot, SnapdClient.pull, lambda r: (
         f"{r.snapshot_id}: already in the local store, nothing fetched" if r.already_there else
         f"pulled {r.snapshot_id}: {r.fetched_chunks} of {r.chunks} chunk(s) fetched, "
@@ -46,10 +58,8 @@ def pull(ctx: click.Context, snapshot: str) -> None:
 def _transfer(ctx: click.Context, snapshot: str, call: Callable[..., Any], describe: Callable[[Any], str]) -> None:
     """Run a push or pull with a progress line (Ctrl-C cancels it) and print its result."""
     def action(c: Ctx) -> None:
-        bar = ProgressLine()
-        with c.client() as client:
-            r = call(client, snapshot, on_progress=bar, on_interrupt=Interrupts(client, bar.done))
-        bar.done()
+        with c.client() as client, ProgressLine() as bar:
+            r = call(client, snapshot, on_progress=bar, on_interrupt=Interrupts(client, bar.stop))
         c.emit(r, lambda: click.echo(describe(r)))
 
     run(ctx, action)

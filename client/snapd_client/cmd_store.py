@@ -8,7 +8,7 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import cmd_remote
 from snapd_client import replicas as replicas_cmd
 from snapd_client.base import Ctx, cli, common_options, run
-from snapd_client.output import human_bytes
+from snapd_client.output import check_template, human_bytes, render
 
 # ChunkCorrupt's exit code (DATA_LOSS): `snapd fsck` found damage
 EXIT_DATA_LOSS = 24
@@ -25,12 +25,29 @@ def flags(s: pb.Snapshot) -> str:
     return ",".join(marks) or "-"
 
 
+def _labels(_ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    wanted = {}
+    for item in value:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param=param)
+        wanted[key] = val
+    return wanted
+
+
 @cli.command("list")
 @click.option("--name", default="", help="Only snapshots of this name.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", callback=_labels,
+              help="Only snapshots with this label (repeatable: all must match).")
 @click.option("--remote", is_flag=True, help="List the remote tier's snapshots instead.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the ids, one a line (no header, no summary).")
+@click.option("--format", "template", default="", metavar="TEMPLATE",
+              help="Print each snapshot as TEMPLATE: {{.Field}} is a field of Snapshot in the .proto "
+                   "(Id, Name, RawBytes, Labels, Created, ...), \\t a tab.")
 @common_options
 @click.pass_context
-def list_cmd(ctx: click.Context, name: str, remote: bool) -> None:
+def list_cmd(ctx: click.Context, name: str, labels: dict[str, str], remote: bool, quiet: bool,
+             template: str) -> None:
     """List complete snapshots, oldest first.
 
     FLAGS: pinned (gc and rm leave it), hot (held in RAM), damaged (a chunk is in quarantine, or
@@ -40,12 +57,26 @@ def list_cmd(ctx: click.Context, name: str, remote: bool) -> None:
     Examples:
       snapd list
       snapd list --name llama-8b --json
+      snapd list --label model=llama-3.1-8b -q
+      snapd list --format '{{.Id}}\\t{{.Name}}\\t{{.RawBytes}}'
+      snapd rm $(snapd list --name old-model -q | head -n 1)
       snapd list --remote
     """
+    if quiet and template:
+        raise click.UsageError("-q and --format go one at a time")
+    check_template(template, pb.Snapshot.DESCRIPTOR)
 
     def action(c: Ctx) -> None:
         with c.client() as client:
             resp = client.list(name, remote)
+        if labels:
+            kept = [s for s in resp.snapshots if all(s.labels.get(k) == v for k, v in labels.items())]
+            del resp.snapshots[:]
+            resp.snapshots.extend(kept)
+        if (quiet or template) and not c.as_json:
+            for s in resp.snapshots:
+                click.echo(s.id if quiet else render(template, s))
+            return
 
         def human() -> None:
             click.echo(f"{'ID':<29} {'NAME':<20} {'FLAGS':<12} {'ROOT PID':>8} {'RAW':>10} {'STORED':>10} "
@@ -119,19 +150,23 @@ def inspect(ctx: click.Context, snapshot: str) -> None:
 
 @cli.command()
 @click.argument("snapshot")
+@click.option("--force", is_flag=True, help="Delete it although instances of it still run (they keep running).")
 @common_options
 @click.pass_context
-def rm(ctx: click.Context, snapshot: str) -> None:
+def rm(ctx: click.Context, snapshot: str, force: bool) -> None:
     """Delete SNAPSHOT (an id, a unique id prefix, or a name: its newest snapshot).
+
+    Refused while instances restored from it run (`snapd ps`), unless --force.
 
     \b
     Examples:
       snapd rm 20261128T0912
+      snapd rm llama-8b --force
     """
 
     def action(c: Ctx) -> None:
         with c.client() as client:
-            resp = client.delete(snapshot)
+            resp = client.delete(snapshot, force)
         c.emit(resp, lambda: click.echo(f"deleted {resp.id}, freed {human_bytes(resp.freed_bytes)}"))
 
     run(ctx, action)

@@ -23,8 +23,8 @@ from snapd_client.output import human_bytes
 @click.pass_context
 def export_cmd(ctx: click.Context, snapshot: str, output: str) -> None:
     """Write SNAPSHOT (id, unique id prefix, or name) as one stream: its manifest and every
-    chunk it needs, compressed as stored, ending with a digest of the whole (README, "Export
-    stream"). `snapd import` on any host takes it in.
+    chunk it needs, compressed as stored, ending with a digest of the whole (docs/scheduler.md,
+    "Moving a snapshot"). `snapd import` on any host takes it in.
 
     \b
     Examples:
@@ -78,7 +78,7 @@ def import_cmd(ctx: click.Context, source: str) -> None:
     Every chunk is checked against its hash; only the chunks this store lacks are stored; the
     snapshot appears only once all of it is durable, so a corrupt or cut stream leaves
     nothing behind (exit 51 ImportInvalid). Importing a snapshot the store already has
-    changes nothing.
+    changes nothing, and says so.
 
     \b
     Examples:
@@ -97,8 +97,9 @@ def import_cmd(ctx: click.Context, source: str) -> None:
             stream = sys.stdin.buffer if source == "-" else stack.enter_context(open(source, "rb"))
             with c.client() as client:
                 snap = client.import_snapshot(stream)
+        named = f"{snap.id}{f' ({snap.name})' if snap.name else ''}"
         c.emit(snap, lambda: click.echo(
-            f"imported {snap.id}{f' ({snap.name})' if snap.name else ''}: {human_bytes(snap.raw_bytes)} raw, "
-            f"{human_bytes(snap.new_bytes)} new to this store"))
+            f"{named} is already in this store: nothing imported" if snap.already_present else
+            f"imported {named}: {human_bytes(snap.raw_bytes)} raw, {human_bytes(snap.new_bytes)} new to this store"))
 
     run(ctx, action)

@@ -21,7 +21,12 @@ passed, exit 81).
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
+import stat
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -31,6 +36,8 @@ import grpc
 EXIT_UNREACHABLE = 3
 # Exit code when a call's deadline passed before the daemon answered.
 EXIT_DEADLINE = 81
+# Exit code when this user may not use the daemon's socket (the daemon's PermissionDenied).
+EXIT_PERMISSION_DENIED = 42
 
 
 class SnapdClientError(Exception):
@@ -91,6 +98,9 @@ def from_rpc(err: grpc.RpcError, target: str, method: str = "", timeout: float |
             fields = {}
         return CLASSES.get(name, SnapdClientError)(code, details, name, int(trailers["snapd-exit-code"]), fields)
     if code == grpc.StatusCode.UNAVAILABLE:
+        denied = socket_denied(target)
+        if denied:
+            return CLASSES["PermissionDenied"](code, denied, "PermissionDenied", EXIT_PERMISSION_DENIED)
         return Unreachable(
             code, f"cannot reach the snapd daemon at {target}: {details}. Is `snapd serve` running (systemctl "
             "status gpu-snapd)? Set --target / SNAPD_TARGET otherwise.", "Unreachable", EXIT_UNREACHABLE)
@@ -101,3 +111,27 @@ def from_rpc(err: grpc.RpcError, target: str, method: str = "", timeout: float |
             "it started rolls back unless it was past its commit point", "DeadlineExceeded", EXIT_DEADLINE,
             {"method": method, "timeout": timeout})
     return SnapdClientError(code, f"{code.name}: {details}", "", 1)
+
+
+def socket_denied(target: str) -> str:
+    """Why this user may not connect to ``target``'s unix socket (its owner, group and mode say
+    who may), or "" when it is not a unix socket this user is refused."""
+    path = target.removeprefix("unix://") if target.startswith("unix:///") else ""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return ""
+    if st is None or os.access(path, os.R_OK | os.W_OK):
+        return ""
+    owner, group = _name(pwd.getpwuid, st.st_uid), _name(grp.getgrgid, st.st_gid)
+    return (f"permission denied: {path} (owner {owner}, group {group}, mode {stat.S_IMODE(st.st_mode):04o}) lets only "
+            f"{owner} and members of group {group} connect, and uid {os.getuid()} is neither. Ask an administrator "
+            f"to add you to the group (`usermod -aG {group} USER`, then log in again), or to name you in the "
+            "daemon's allow_uid / allow_gid, or run as root")
+
+
+def _name(lookup: Callable[[int], Any], number: int) -> str:
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)

@@ -21,7 +21,8 @@ from snapd_client.client import SnapdClient
 
 
 class Interrupts:
-    """The on_interrupt of a checkpoint or restore; ``clear`` wipes the progress line."""
+    """The on_interrupt of a checkpoint or restore; ``clear`` wipes the progress line for good
+    (ProgressLine.stop: nothing redraws it under the messages that follow)."""
 
     def __init__(self, client: SnapdClient, clear: Callable[[], None]) -> None:
         self.client = client

@@ -1,16 +1,19 @@
 """How the CLI shows things: byte counts, messages as JSON, a progress line.
 
-JSON conventions (README, "JSON output"): field names as in the .proto, every field present
+JSON conventions (docs/scheduler.md, "JSON output"): field names as in the .proto, every field present
 (zero values included), integers as JSON numbers (protobuf's JSON mapping would quote 64-bit
 ones), enums by name, timestamps RFC 3339.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import time
 from typing import Any, TextIO
 
+import click
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -89,7 +92,9 @@ def progress_text(p: pb.Progress, rate: float, elapsed: float) -> str:
 
 class ProgressLine:
     """One self-rewriting status line on ``stream`` (stderr), drawn only when it is a terminal:
-    no escape sequences ever reach a file or a pipe."""
+    no escape sequences ever reach a file or a pipe. As a context manager it is wiped at the
+    end, also when the call fails, so that a message printed then starts a line of its own;
+    ``stop`` wipes it for good (after Ctrl-C: the messages about the cancel stay readable)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -114,3 +119,43 @@ class ProgressLine:
         if self.enabled:
             self.stream.write("\r\033[K")
             self.stream.flush()
+
+    def stop(self) -> None:
+        """Wipe the line and draw no more."""
+        self.done()
+        self.enabled = False
+
+    def __enter__(self) -> ProgressLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
+
+
+_FIELD = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+
+
+def _snake(name: str) -> str:
+    """"RawBytes" -> "raw_bytes" (the .proto's field name); "Id" -> "id"."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def check_template(template: str, descriptor: Descriptor) -> None:
+    """Raise click.BadParameter naming the fields when ``template`` uses one ``descriptor`` lacks."""
+    names = set(descriptor.fields_by_name)
+    unknown = [m.group(1) for m in _FIELD.finditer(template) if _snake(m.group(1)) not in names]
+    if unknown:
+        known = ", ".join("".join(p.capitalize() for p in n.split("_")) for n in sorted(names))
+        raise click.BadParameter(f"no field {unknown[0]!r}; the fields are {known}", param_hint="--format")
+
+
+def render(template: str, msg: Message) -> str:
+    """``template`` with each {{.Field}} replaced by ``msg``'s field (JSON form: labels and lists
+    as JSON, timestamps RFC 3339); \\t and \\n stand for a tab and a newline."""
+    values = as_dict(msg)
+
+    def field(m: re.Match[str]) -> str:
+        value = values.get(_snake(m.group(1)), "")
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    return _FIELD.sub(field, template.replace("\\t", "\t").replace("\\n", "\n"))

@@ -1,3 +1,3 @@
-from snapd_daemon.server.cli import main
+from snapd_daemon.server.entry import main
 
 main()

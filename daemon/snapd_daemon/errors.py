@@ -199,7 +199,7 @@ place it there regardless."""
 class NcclActive(SnapdError):
     """pid {pid} ({name}) holds live NCCL state ({evidence}); the CUDA driver cannot checkpoint NCCL \
 communicators. Fix: tear them down in a pre-checkpoint hook (torch: dist.destroy_process_group()) and build \
-them again in a post-restore hook (README: "Tensor parallel servers")."""
+them again in a post-restore hook (docs/gpu.md: "Tensor parallel servers")."""
 
     exit_code = 62
     status = "FAILED_PRECONDITION"
@@ -281,6 +281,13 @@ class Cancelled(SnapdError):
 
     exit_code = 45
     status = "CANCELLED"
+
+
+class DaemonNotRoot(SnapdError):
+    """`snapd serve` runs as root (CRIU needs CAP_SYS_ADMIN, CAP_SYS_PTRACE and more to dump and restore other users' processes), not as uid {uid}: run it as root (`sudo snapd serve ...` where sudo exists), or through gpu-snapd.service (docs/operating.md). `snapd serve --check-config` works as any user."""
+
+    exit_code = 48
+    status = "FAILED_PRECONDITION"
 
 
 class ConfigInvalid(SnapdError):
@@ -367,6 +374,48 @@ class RemoteKeyMissing(SnapdError):
     status = "FAILED_PRECONDITION"
 
 
+class InstanceNotFound(SnapdError):
+    """instance {instance!r} not found (neither an id nor the start of one); `snapd ps -a` lists the instances the daemon keeps."""
+
+    exit_code = 70
+    status = "NOT_FOUND"
+
+
+class InstanceAmbiguous(SnapdError):
+    """{ref!r} starts {count} instance ids: {candidates}; give more of the id."""
+
+    exit_code = 71
+    status = "INVALID_ARGUMENT"
+
+
+class SnapshotHasInstances(SnapdError):
+    """snapshot {snapshot_id} has {count} running instance(s): {instances}; stop them first (`snapd stop ID`), or delete it anyway with --force (they keep running)."""
+
+    exit_code = 72
+    status = "FAILED_PRECONDITION"
+
+
+class InstanceStopFailed(SnapdError):
+    """instance {instance} did not stop: {reason}"""
+
+    exit_code = 73
+    status = "INTERNAL"
+
+
+class InstanceStarting(SnapdError):
+    """instance {instance} is still starting (its restore, operation {operation_id}, runs); wait for it, or cancel it with `snapd cancel {operation_id}`."""
+
+    exit_code = 75
+    status = "FAILED_PRECONDITION"
+
+
+class EventsExpired(SnapdError):
+    """cannot resume events after sequence {after}: {reason}. List the instances (`snapd ps -a`) for the current state, then watch from 0 (new events only)."""
+
+    exit_code = 74
+    status = "OUT_OF_RANGE"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -401,6 +450,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     CgroupTooSmall,
     CgroupFailed,
     PermissionDenied,
+    DaemonNotRoot,
     ConfigInvalid,
     RestoreLogUnavailable,
     Cancelled,
@@ -415,4 +465,10 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     RemoteFailed,
     RemoteUndecryptable,
     RemoteKeyMissing,
+    InstanceNotFound,
+    InstanceAmbiguous,
+    SnapshotHasInstances,
+    InstanceStopFailed,
+    InstanceStarting,
+    EventsExpired,
 )

@@ -24,7 +24,7 @@ Steps, in this order, on one server process (its pid survives every restore):
   6. stock: CUDA lock + checkpoint, `criu dump`, `criu restore -d`, CUDA restore +
      unlock -> first answer, hot; then again from cold page cache.
 Every answer is compared with the tokens the freshly started server gave.
---sleep-hooks runs vLLM's sleep-mode recipe (README) in both flows; --py-spy DIR
+--sleep-hooks runs vLLM's sleep-mode recipe (docs/gpu.md) in both flows; --py-spy DIR
 profiles the daemon during its checkpoint and the hot and RAM restores; --perf DIR
 profiles the whole machine during both flows' checkpoints; --daemon-log keeps its log.
 Results are printed as they come (stderr) and as a table at the end (stdout).

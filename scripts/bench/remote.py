@@ -118,7 +118,7 @@ class Bench:
             self._kill()
             local = cb.restore(self.snapshot)
             self._kill()
-            cb.delete(self.snapshot)
+            cb.delete(self.snapshot, force=True)  # the kill just sent may not be recorded yet
             started = time.monotonic()
             pulled = cb.pull(self.snapshot)
             pull_s = time.monotonic() - started

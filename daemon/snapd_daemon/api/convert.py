@@ -5,6 +5,8 @@ from __future__ import annotations
 from snapd.v1 import snapd_pb2 as pb
 from snapd_daemon.remote import PullOutcome, PushOutcome, RemoteGcReport
 from snapd_daemon.restore import RestoreOutcome
+from snapd_daemon.runtime.events import Event, OperationNote
+from snapd_daemon.runtime.instances import GpuMemory, Instance, State
 from snapd_daemon.runtime.progress import Phase, ProgressEvent
 from snapd_daemon.runtime.registry import RunningOperation
 from snapd_daemon.snapshots.catalog import DamagedManifest, FsckReport, GcReport
@@ -23,6 +25,15 @@ _PHASES = {
     Phase.INJECT: pb.PHASE_INJECT,
     Phase.UPLOAD: pb.PHASE_UPLOAD,
     Phase.DOWNLOAD: pb.PHASE_DOWNLOAD,
+}
+
+
+_STATES = {
+    State.STARTING: pb.INSTANCE_STATE_STARTING,
+    State.READY: pb.INSTANCE_STATE_READY,
+    State.RUNNING: pb.INSTANCE_STATE_RUNNING,
+    State.EXITED: pb.INSTANCE_STATE_EXITED,
+    State.STOPPED: pb.INSTANCE_STATE_STOPPED,
 }
 
 
@@ -94,19 +105,20 @@ def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Sna
     return msg
 
 
-def restore_result(outcome: RestoreOutcome, operation_id: str, cgroup: str) -> pb.RestoreResult:
+def restore_result(outcome: RestoreOutcome, operation_id: str) -> pb.RestoreResult:
     return pb.RestoreResult(
         operation_id=operation_id,
         snapshot_id=outcome.snapshot_id,
         root_pid=outcome.root_pid,
         pids=outcome.pids,
         duration_seconds=outcome.seconds,
-        cgroup=cgroup,
+        cgroup=outcome.cgroup,
         log_path=str(outcome.log_path or ""),
         published=[pb.PublishedPort(port=port, address=address) for port, address in outcome.published.items()],
         gpus=outcome.gpus,
         pulled_bytes=outcome.pulled[0],
         pulled_chunks=outcome.pulled[1],
+        instance_id=outcome.instance_id,
     )
 
 
@@ -154,3 +166,35 @@ def fsck_report(report: FsckReport) -> pb.CheckStoreResponse:
             for d in report.damage
         ],
     )
+
+
+def instance(inst: Instance, held: GpuMemory) -> pb.Instance:
+    """``held``: the GPU memory each process holds now (gpu_memory)."""
+    msg = pb.Instance(
+        id=inst.id, snapshot_id=inst.snapshot_id, snapshot_name=inst.snapshot_name, state=_STATES[inst.state],
+        root_pid=inst.root_pid, gpus=inst.gpus, cgroup=inst.cgroup, log_path=inst.log_path,
+        operation_id=inst.operation_id, detail=inst.detail,
+        processes=[pb.InstanceProcess(pid=pid, start_time=started, gpu_memory_bytes=held.get(pid, {}))
+                   for pid, started in inst.processes],
+        published=[pb.PublishedPort(port=port, address=address) for port, address in inst.published.items()],
+    )
+    for name, when in (("created", inst.created), ("ready", inst.ready), ("ended", inst.ended)):
+        if when:
+            getattr(msg, name).FromNanoseconds(int(when * 1e9))
+    if inst.exit is not None:
+        msg.exit_status.CopyFrom(pb.ExitStatus(known=inst.exit.known, code=inst.exit.code, signal=inst.exit.signal))
+    return msg
+
+
+def event(ev: Event, stream_id: str) -> pb.Event:
+    msg = pb.Event(sequence=ev.sequence, stream_id=stream_id)
+    msg.time.FromNanoseconds(int(ev.time * 1e9))
+    note = ev.payload
+    if isinstance(note, OperationNote):
+        msg.operation.CopyFrom(pb.OperationEvent(operation_id=note.operation_id, kind=note.kind, state=note.state,
+                                                 error=note.error, exit_code=note.exit_code, message=note.message))
+        if note.progress is not None:
+            msg.operation.progress.CopyFrom(progress(note.progress, note.operation_id))
+    else:
+        msg.instance.CopyFrom(instance(note, {}))
+    return msg

@@ -23,6 +23,8 @@ from snapd_daemon.snapshots.naming import labels, snapshot_name
 
 MAX_REF = 256
 OPERATION_ID_RE = re.compile(r"op-[0-9a-f]{12}")
+# an instance id or its start, "in-" optional
+INSTANCE_REF_RE = re.compile(r"(in-)?[0-9a-f]{1,12}")
 
 
 def snapshot_ref(ref: str) -> str:
@@ -31,6 +33,14 @@ def snapshot_ref(ref: str) -> str:
     if len(ref) > MAX_REF or "/" in ref or ref in (".", "..") or any(ord(c) < 32 for c in ref):
         raise InvalidRequest(field="snapshot", reason=f"{ref[:40]!r} is not a snapshot id or name")
     return ref
+
+
+def instance_ref(ref: str) -> str:
+    """An instance id or the start of one, with "in-" added when left out."""
+    if not INSTANCE_REF_RE.fullmatch(ref):
+        raise InvalidRequest(field="instance", reason=f"{ref[:40]!r} is not an instance id or its start (in- and up "
+                             "to 12 hex digits, as `snapd ps` shows)")
+    return ref if ref.startswith("in-") else "in-" + ref
 
 
 def operation_id(value: str) -> str:
@@ -131,7 +141,7 @@ def checkpoint_spec(request: pb.CheckpointRequest) -> CheckpointSpec:
 def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
     return RestoreSpec(
         ref=snapshot_ref(request.snapshot),
-        wait_seconds=request.wait_for_exit_seconds,
+        wait_seconds=request.wait_for_exit_seconds if request.HasField("wait_for_exit_seconds") else None,
         gpu_uuid_map=gpu_uuid_map(dict(request.gpu_uuid_map)),
         post_hook=Hook.parse("post_restore_hook", list(request.post_restore_hook.argv),
                              request.post_restore_hook.timeout_seconds),

@@ -26,13 +26,15 @@ from snapd_daemon import __version__, metrics, remote
 from snapd_daemon.api import convert, requests
 from snapd_daemon.api.status import abort, bounded, internal
 from snapd_daemon.checkpoint import checkpoint
-from snapd_daemon.errors import SnapdError
+from snapd_daemon.errors import SnapdError, SnapshotHasInstances
 from snapd_daemon.host import filepages
 from snapd_daemon.restore import restore
 from snapd_daemon.runtime import Runtime, doctor
 from snapd_daemon.runtime.cancel import CancelToken
+from snapd_daemon.runtime.instances import Instance, gpu_memory
 from snapd_daemon.runtime.progress import ProgressEvent, Reporter, Throttle
 from snapd_daemon.runtime.registry import new_operation_id
+from snapd_daemon.runtime.stopping import DEFAULT_GRACE, stop_instance
 from snapd_daemon.snapshots import transfer
 from snapd_daemon.snapshots.manifest import Manifest
 
@@ -105,7 +107,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
                 report = Throttle(put)
                 with registry.cancellable(token, kind):
                     result = work(op_id, report, token)
-                report.flush()
+                    report.flush()
                 metrics.OPERATIONS.labels(kind, "ok").inc()
                 events.put((_DONE, result))
             except SnapdError as err:
@@ -170,13 +172,12 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             spec = requests.restore_spec(request)
         except SnapdError as err:
             abort(context, err)
-        placed = self.rt.cgroups.proc_path(spec.cgroup) if spec.cgroup else ""
         yield from self._stream(
             "restore",
             context,
             lambda op_id, report, cancel: restore(self.rt, spec, op_id, report, cancel),
             lambda p: pb.RestoreEvent(progress=p),
-            lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id, placed)),
+            lambda outcome, op_id: pb.RestoreEvent(result=convert.restore_result(outcome, op_id)),
             "nothing was restored and the snapshot's pids are free",
         )
 
@@ -216,6 +217,10 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     @_unary
     def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest, context: grpc.ServicerContext) -> pb.DeleteSnapshotResponse:
         with self._claimed("delete", request.snapshot) as (op_id, manifest):
+            running = self.rt.instances.live_of(manifest.id)
+            if running and not request.force:
+                raise SnapshotHasInstances(snapshot_id=manifest.id, count=len(running),
+                                           instances=", ".join(i.id for i in running))
             freed = self.rt.catalog.delete(manifest)
         log.info("snapshot.deleted", op=op_id, snapshot=manifest.id, freed_bytes=freed)
         return pb.DeleteSnapshotResponse(id=manifest.id, freed_bytes=freed)
@@ -267,7 +272,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def CancelOperation(self, request: pb.CancelOperationRequest,
                         context: grpc.ServicerContext) -> pb.CancelOperationResponse:
         op_id = requests.operation_id(request.operation_id)
-        verdict = self.rt.registry.cancel(op_id, "CancelOperation was called")
+        verdict = self.rt.registry.cancel(op_id, "at the caller's request")
         log.info("operation.cancel", operation=op_id, verdict=verdict)
         if verdict is None:
             return pb.CancelOperationResponse(cancelled=False, detail=f"no operation {op_id} is running "
@@ -310,7 +315,9 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             self.rt.catalog, (piece.data for piece in request_iterator),
             lambda snapshot_id: registry.claim("import", op_id, snapshot_id=snapshot_id), self.rt.settings.fleet_keys)
         log.info("snapshot.import", op=op_id, snapshot=manifest.id, new=new)
-        return self._snapshot(manifest)
+        snap = self._snapshot(manifest)
+        snap.already_present = not new
+        return snap
 
     @_unary
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.DaemonStatus:
@@ -328,7 +335,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             snapshots=len(self.rt.catalog.list()),
             operations_in_flight=len(self.rt.registry.in_flight()),
             gpu_driver_version=report.gpu_driver,
-            checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks],
+            checks=[pb.Check(name=c.name, ok=c.ok, detail=c.detail, warning=c.warning) for c in report.checks],
             recovered_operations=self.rt.recovered_operations,
             quarantined_manifests=quarantine.manifest_count(),
             quarantined_chunks=len(quarantine.chunk_ids()),
@@ -359,3 +366,32 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             kind, context, lambda op_id, report, cancel: run(self.rt, ref, op_id, report, cancel),
             lambda p: event(progress=p), lambda outcome, op_id: event(result=result(outcome, op_id)), rollback,
         )
+
+    # -- instances ------------------------------------------------------------
+
+    def _instances(self, found: list[Instance]) -> list[pb.Instance]:
+        held = gpu_memory(found)
+        return [convert.instance(i, held) for i in found]
+
+    @_unary
+    def ListInstances(self, request: pb.ListInstancesRequest,
+                      context: grpc.ServicerContext) -> pb.ListInstancesResponse:
+        return pb.ListInstancesResponse(instances=self._instances(self.rt.instances.list(request.all)))
+
+    @_unary
+    def GetInstance(self, request: pb.GetInstanceRequest, context: grpc.ServicerContext) -> pb.Instance:
+        return self._instances([self.rt.instances.get(requests.instance_ref(request.instance))])[0]
+
+    @_unary
+    def StopInstance(self, request: pb.StopInstanceRequest, context: grpc.ServicerContext) -> pb.Instance:
+        grace = float(request.grace_seconds) if request.HasField("grace_seconds") else DEFAULT_GRACE
+        stopped = stop_instance(self.rt.instances, requests.instance_ref(request.instance), grace)
+        return self._instances([stopped])[0]
+
+    def WatchEvents(self, request: pb.WatchEventsRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        events = self.rt.events
+        try:
+            for event in events.follow(request.after_sequence, request.stream_id, context.is_active):
+                yield convert.event(event, events.stream_id)
+        except SnapdError as err:
+            abort(context, err)

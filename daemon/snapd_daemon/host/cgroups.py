@@ -197,7 +197,7 @@ class Cgroup:
                     cgroup=self.proc_paths[depth],
                     reason=f"controller(s) {' '.join(sorted(missing))} not available there (cgroup.controllers: "
                     f"{' '.join(sorted(available)) or 'none'}); delegate them to the daemon's cgroup root "
-                    "(README: cgroup delegation)",
+                    "(docs/operating.md: cgroup delegation)",
                 )
             todo = controllers - set((self._read(depth, "cgroup.subtree_control") or "").split())
             if todo:

@@ -21,7 +21,9 @@ procfs that CRIU mounts anew inside each restored copy's pid namespace (see
 Files the init inherited (stdio on /dev/null or a log file) were opened through
 the host's mounts, which CRIU cannot name from inside the tree's namespace:
 ``reopen_inherited`` opens each again by its path through the tree's own copy
-of that mount, with the same flags and offset.
+of that mount, with the same flags and offset; fds that shared one open file (a
+server's stdout and stderr after ``>log 2>&1``) share the one opened again, so that
+their writes still follow each other instead of overwriting each other.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 _REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# kcmp(2) (which CRIU needs too): its syscall number on this architecture (None: not known here,
+# and fds are then opened again one by one), and its "same open file" type
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(os.uname().machine)
+_KCMP_FILE = 0
 
 
 def _check(what: str, result: int) -> None:
@@ -67,24 +73,47 @@ def _fdinfo(fd: int) -> tuple[int, int]:
     return int(fields["flags"], 8), int(fields["pos"])
 
 
+def _same_file(a: int, b: int) -> bool:
+    """Whether the caller's fds ``a`` and ``b`` are one open file description."""
+    if _SYS_KCMP is None:
+        return False
+    pid = os.getpid()
+    return int(_libc.syscall(_SYS_KCMP, pid, pid, _KCMP_FILE, a, b)) == 0
+
+
 def reopen_inherited() -> None:
     """Open again, in the caller's (new) mount namespace, every inheritable fd that
     names a file by path; pipes, sockets and deleted files are left as they are.
     Raises OSError naming the fd and path that cannot be opened."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except FileNotFoundError:  # the listing's own fd, closed by now
-            continue
-        if not target.startswith("/") or target.endswith(" (deleted)") or not os.get_inheritable(fd):
-            continue
-        flags, offset = _fdinfo(fd)
-        try:
-            fresh = os.open(target, flags & _REOPEN_MASK)
-        except OSError as exc:
-            raise OSError(exc.errno, f"reopen fd {fd} ({target}) in the new mount namespace: {exc.strerror}") from exc
-        if offset and not flags & os.O_APPEND:
-            os.lseek(fresh, offset, os.SEEK_SET)
-        os.dup2(fresh, fd)
-        os.close(fresh)
+    # (a copy of an fd as inherited, the fd opened again for it): later fds sharing its file get the same
+    done: list[tuple[int, int]] = []
+    try:
+        for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
+            _reopen(fd, done)
+    finally:
+        for copy, fresh in done:
+            os.close(copy)
+            os.close(fresh)
+
+
+def _reopen(fd: int, done: list[tuple[int, int]]) -> None:
+    """Open ``fd`` again (see reopen_inherited), or give it the fd opened for its file before."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:  # the listing's own fd, closed by now
+        return
+    if not target.startswith("/") or target.endswith(" (deleted)") or not os.get_inheritable(fd):
+        return
+    shared = next((fresh for copy, fresh in done if _same_file(copy, fd)), None)
+    if shared is not None:
+        os.dup2(shared, fd)
+        return
+    flags, offset = _fdinfo(fd)
+    try:
+        fresh = os.open(target, flags & _REOPEN_MASK)
+    except OSError as exc:
+        raise OSError(exc.errno, f"reopen fd {fd} ({target}) in the new mount namespace: {exc.strerror}") from exc
+    if offset and not flags & os.O_APPEND:
+        os.lseek(fresh, offset, os.SEEK_SET)
+    done.append((os.dup(fd), fresh))  # both close-on-exec
+    os.dup2(fresh, fd)

@@ -24,6 +24,8 @@ from snapd_daemon.host import namespaces
 _PF_KTHREAD = 0x00200000
 _PF_EXITING = 0x00000004
 MAX_PID = 4194304  # PID_MAX_LIMIT on 64-bit Linux
+# two start times of one process, read from /proc at different moments, differ by less
+START_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,21 @@ def signal_tree(tree: ProcessTree, sig: signal.Signals) -> list[int]:
             except ProcessLookupError:
                 pass
     return sent
+
+
+def start_time(pid: int) -> float | None:
+    """Start time of live ``pid`` (None if gone or a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def is_process(pid: int, started: float) -> bool:
+    """Whether live ``pid`` is the process that started at ``started`` (not one that took the pid since)."""
+    now = start_time(pid)
+    return now is not None and abs(now - started) < START_SLACK
 
 
 class PidState(enum.Enum):

@@ -21,6 +21,7 @@ from typing import Self
 
 import structlog
 
+from snapd_daemon import metrics
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.remote import RemoteStore
 from snapd_daemon.util.poller import Poller
@@ -151,6 +152,7 @@ class Fetcher:
             except BaseException as exc:
                 self._fail(exc, cid)
                 return
+            metrics.REMOTE_BYTES.labels("down").inc(len(blob))
             with self._cond:
                 self.fetched_bytes += len(blob)
                 self.fetched_chunks += 1

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from snapd_daemon import metrics
 from snapd_daemon.remote.listing import require_remote
 from snapd_daemon.runtime import Runtime
 from snapd_daemon.runtime.cancel import CancelToken
@@ -90,6 +91,7 @@ def _upload_chunks(rt: Runtime, m: Manifest, report: Reporter, cancel: CancelTok
             tally["chunks"] += bool(sent)
             tally["bytes"] += sent
             done = tally["done"]
+        metrics.REMOTE_BYTES.labels("up").inc(sent)
         report(ProgressEvent(Phase.UPLOAD, done, total))
 
     with ThreadPoolExecutor(remote.cfg.threads, thread_name_prefix="push") as pool:
@@ -112,7 +114,7 @@ def background_push(rt: Runtime, snapshot_id: str) -> str:
     def run() -> None:
         structlog.contextvars.bind_contextvars(op=op, kind="push")
         try:
-            with rt.registry.cancellable(token):
+            with rt.registry.cancellable(token, "push"):
                 push(rt, snapshot_id, op, lambda _event: None, token)
         except Exception as exc:
             log.error("remote.background_push_failed", snapshot=snapshot_id, error=str(exc),

@@ -22,7 +22,9 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      read as they arrive (remote/ondemand.py), and published as a local
      snapshot once the tree runs;
   4. ``criu``: CRIU restores from there and leaves every task stopped;
-     the record then names the tree by start time;
+     the record then names the tree by start time, and the tree becomes an
+     instance in ``starting`` (runtime/instances.py), ``running`` once the
+     restore returns, ``exited`` with the failure when it is undone;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
      each chunk verified against its hash (delivery.py);
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
@@ -79,12 +81,15 @@ from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import Manifest
 
 log = structlog.get_logger()
+# how long a failed restore waits for its killed tree's root to be reaped
+_REAP_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
 class RestoreSpec:
     ref: str
-    wait_seconds: float = 0.0
+    # seconds to wait for exiting holders of the snapshot's pids (None: Settings.pid_wait_seconds; 0: none)
+    wait_seconds: float | None = None
     gpu_uuid_map: dict[str, str] = field(default_factory=dict)
     post_hook: Hook | None = None
     cgroup: CgroupRequest | None = None
@@ -112,6 +117,9 @@ class RestoreOutcome:
     gpus: dict[str, str] = field(default_factory=dict)
     # (bytes, chunks) fetched from the remote tier for this restore
     pulled: tuple[int, int] = (0, 0)
+    # the instance the tree is, and its cgroup as /proc/<pid>/cgroup shows it ("": none asked for)
+    instance_id: str = ""
+    cgroup: str = ""
 
 
 class RestoreRun(OperationRun):
@@ -139,6 +147,7 @@ class RestoreRun(OperationRun):
         self.since = time.time()
         self.record = HoldRecord()
         self.keep_record = False
+        self.instance_id = ""
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -172,12 +181,16 @@ class RestoreRun(OperationRun):
                     self.post_hook()
                     undo.pop_all()
                 seconds = round(time.monotonic() - self.started, 3)
+                log_path = self.log_path if any(e.writes for e in m.outward_stdio) else None
+                placed = self.rt.cgroups.proc_path(self.spec.cgroup) if self.spec.cgroup else ""
+                self.rt.instances.running(self.instance_id, seconds, gpus=sorted(set(self.gpus.values())),
+                                          cgroup=placed, log_path=str(log_path or ""), published=self.published)
                 if self.remote is not None:
                     self.remote.publish()
         outcome = RestoreOutcome(
             snapshot_id=m.id, root_pid=self.root, pids=[self.hosts[p] for p in m.pids], seconds=seconds,
-            log_path=self.log_path if any(e.writes for e in m.outward_stdio) else None,
-            published=self.published, gpus=self.gpus, pulled=self.remote.fetched if self.remote else (0, 0),
+            log_path=log_path, published=self.published, gpus=self.gpus,
+            pulled=self.remote.fetched if self.remote else (0, 0), instance_id=self.instance_id, cgroup=placed,
         )
         log.info("restore.done", snapshot=m.id, root_pid=self.root, seconds=outcome.seconds)
         return outcome
@@ -202,7 +215,8 @@ class RestoreRun(OperationRun):
             return  # its pids are those of a fresh pid namespace
         self.report(ProgressEvent(Phase.PREPARE, 0, m.raw_bytes, f"checking pids {m.pids}"))
         self.hosts = {pid: pid for pid in m.pids}
-        ensure_pids_free(m, self.spec.wait_seconds or self.rt.settings.pid_wait_seconds)
+        ensure_pids_free(m, self.rt.settings.pid_wait_seconds if self.spec.wait_seconds is None
+                         else self.spec.wait_seconds)
 
     def journal(self, processes: list[tuple[int, float]] | None = None, helper: tuple[int, float] = (0, 0.0)) -> None:
         """Write (or rewrite) the record that lets a restarted daemon kill this restore's tree."""
@@ -263,6 +277,9 @@ class RestoreRun(OperationRun):
                                  "(killed from outside, or by the OOM killer?)") from exc
         with rt.store.translate_os_errors(0):
             self.journal(processes=started)
+        self.instance_id = rt.instances.create(self.op, m.id, m.name,
+                                               sorted(started, key=lambda p: p[0] != self.root)).id
+        undo.push(self._instance_failed)  # before the kill (an ExitStack unwinds last in, first out)
 
     def inject(self, plan: images.FastRestore, ahead: Readahead | None) -> None:
         if not plan.memory:
@@ -313,11 +330,19 @@ class RestoreRun(OperationRun):
             log.info("restore.published", ports=self.published)
 
     def _kill_tree(self) -> None:
-        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start."""
+        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start.
+        Once the tree is an instance, wait for its root to be reaped (by the daemon, its
+        subreaper), so that the failed restore returns with the root's pid free."""
         survivors = kill_tree(self.record)
         if survivors:
             self.keep_record = True
             log.error("restore.kill_failed", pids=survivors)
+        elif self.instance_id and not self.rt.instances.wait_ended(self.instance_id, _REAP_SECONDS):
+            log.error("restore.root_not_reaped", instance=self.instance_id, root_pid=self.root)
+
+    def _instance_failed(self, _kind: object, exc: BaseException | None, _tb: object) -> None:
+        why = exc.message if isinstance(exc, SnapdError) else f"internal error: {type(exc).__name__}: {exc}"
+        self.rt.instances.restore_failed(self.instance_id, why)
 
     def _clear_record(self) -> None:
         if not self.keep_record:

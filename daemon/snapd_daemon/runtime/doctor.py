@@ -1,4 +1,10 @@
-"""Host diagnosis for `snapd status`: can this host checkpoint and restore?"""
+"""Host diagnosis for `snapd status`: can this host checkpoint and restore?
+
+A check fails (``ok`` False, `snapd status` exits 1) only when something the daemon must
+do cannot be done; one that works with a gap the operator should know of is a warning
+(``ok`` and ``warning``): restore limits whose controller is missing, no GPU driver on a
+host whose configuration does not say it has a GPU (``gpu_required``: then it fails).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    warning: bool = False
 
 
 @dataclass
@@ -48,7 +55,8 @@ LIMIT_CONTROLLERS = {"memory": "--memory-max", "cpu": "--cpu-max", "pids": "--pi
 
 def _cgroup_root(root: CgroupRoot) -> list[CheckResult]:
     """Where restores are placed, and which limits can be set there: a limit whose controller
-    the root cannot have fails every restore asking for it, so that check fails."""
+    the root cannot have fails every restore asking for it, so that check warns (placement,
+    checkpoint and restore work)."""
     if root.path is None:
         return [CheckResult("cgroup-root", False, "no cgroup2 hierarchy: restores cannot be placed in a cgroup")]
     exists = root.path.is_dir()
@@ -62,16 +70,23 @@ def _cgroup_root(root: CgroupRoot) -> list[CheckResult]:
                                     "for restore limits")]
     options = ", ".join(LIMIT_CONTROLLERS[name] for name in missing)
     return [placed, CheckResult(
-        "cgroup-limits", False,
+        "cgroup-limits", True,
         f"controller(s) {', '.join(missing)} not available at {source} (it has: {' '.join(sorted(ctrl)) or 'none'}): "
         f"restores with {options} fail (CgroupFailed); --cgroup placement works. On a hybrid host the limits live "
-        "in cgroup v1, which snapd does not touch; elsewhere enable them in the parent's cgroup.subtree_control")]
+        "in cgroup v1, which snapd does not touch; elsewhere enable them in the parent's cgroup.subtree_control",
+        warning=True)]
 
 
-def _gpu_driver() -> tuple[str, CheckResult]:
+def _gpu_driver(required: bool) -> tuple[str, CheckResult]:
+    """The driver and its GPUs; none reachable warns, or fails where the host is marked
+    ``gpu_required`` (a GPU server whose driver did not load must not pass as healthy)."""
     view = nvml.read()
     if not view.driver_version:
-        return "", CheckResult("gpu-driver", True, f"{view.error}; GPU checkpoints unavailable")
+        if required:
+            return "", CheckResult("gpu-driver", False, f"{view.error}, but gpu_required is set: this host should "
+                                   "have a GPU (check `nvidia-smi` and the driver's kernel module)")
+        return "", CheckResult("gpu-driver", True, f"{view.error}; GPU checkpoints unavailable (set gpu_required "
+                               "on GPU hosts to make this a failure)", warning=True)
     ok = int(view.driver_version.split(".")[0]) >= cuda.MIN_DRIVER_BRANCH
     detail = f"driver {view.driver_version}, {len(view.devices)} GPU(s): {', '.join(d.name for d in view.devices)}"
     if not ok:
@@ -111,7 +126,7 @@ def diagnose(rt: Runtime) -> Diagnosis:
     kernel = platform.release()
     criu_ok, criu_detail = self_check(rt.criu)
     free = rt.store.free_bytes()
-    gpu_version, gpu_check = _gpu_driver()
+    gpu_version, gpu_check = _gpu_driver(rt.settings.gpu_required)
     checks = [
         CheckResult("criu", True, f"criu {rt.criu.version} at {rt.criu.path}"),
         CheckResult("criu-check", criu_ok, criu_detail),

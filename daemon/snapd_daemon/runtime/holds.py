@@ -40,6 +40,7 @@ import psutil
 import structlog
 
 from snapd_daemon.host import cuda
+from snapd_daemon.host.processes import START_SLACK, start_time
 from snapd_daemon.util.fsutil import write_atomic
 
 log = structlog.get_logger()
@@ -133,21 +134,12 @@ def boot_id() -> str:
         return f.read().strip()
 
 
-def _started(pid: int) -> float | None:
-    """Start time of live ``pid`` (None if gone or a zombie)."""
-    try:
-        proc = psutil.Process(pid)
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
-    except psutil.NoSuchProcess:
-        return None
-
-
 def _thaw(record: HoldRecord) -> list[int] | None:
     """SIGCONT + CUDA thaw; the pids thawed, or None if a CUDA thaw failed."""
     live = []
     for pid, started in record.processes:
-        now = _started(pid)
-        if now is not None and (not started or abs(now - started) < 0.01):
+        now = start_time(pid)
+        if now is not None and (not started or abs(now - started) < START_SLACK):
             live.append(pid)
     for pid in live:
         if pid in record.stopped:
@@ -165,11 +157,11 @@ def _thaw(record: HoldRecord) -> list[int] | None:
 
 def _ours(record: HoldRecord, pid: int, started: float) -> bool:
     """Whether live ``pid`` is the process the restore created (not one that held the pid before)."""
-    now = _started(pid)
+    now = start_time(pid)
     if now is None:
         return False
     if started:
-        return abs(now - started) < 0.01
+        return abs(now - started) < START_SLACK
     try:
         name = psutil.Process(pid).name()
     except psutil.NoSuchProcess:
@@ -182,8 +174,8 @@ def kill_restored(record: HoldRecord) -> list[int]:
     processes the record names; the pids killed."""
     killed = []
     helper, helper_started = record.helper
-    running = _started(helper) if helper else None
-    if running is not None and abs(running - helper_started) < 0.01:
+    running = start_time(helper) if helper else None
+    if running is not None and abs(running - helper_started) < START_SLACK:
         try:
             forked = psutil.Process(helper).children(recursive=True)  # tasks not yet renamed by CRIU
             os.kill(helper, signal.SIGKILL)
@@ -196,7 +188,7 @@ def kill_restored(record: HoldRecord) -> list[int]:
             except psutil.NoSuchProcess:
                 pass
         deadline = time.monotonic() + _HELPER_EXIT_SECONDS
-        while _started(helper) is not None and time.monotonic() < deadline:
+        while start_time(helper) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
     for pid, started in record.processes:
         if pid not in killed and _ours(record, pid, started):

@@ -6,7 +6,9 @@ the id of the operation that holds it. ``close`` stops new claims and
 ``drain`` waits for the running ones, which is how the daemon stops safely.
 A long operation's cancel token is found here by its id (``cancellable``,
 ``cancel``) from its start until it has ended, with its latest progress
-(``noted``); ``running`` lists every operation for `snapd ps`.
+(``noted``); ``running`` lists every operation for `snapd ops`. The one place
+long operations are published as events (runtime/events.py): started, each
+progress event noted, and how they ended.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapd_daemon.errors import ProcessBusy, ShuttingDown, SnapshotBusy
+from snapd_daemon.errors import ProcessBusy, ShuttingDown, SnapdError, SnapshotBusy
 from snapd_daemon.runtime.cancel import CancelToken
+from snapd_daemon.runtime.events import EventBus, OperationNote
 from snapd_daemon.runtime.progress import ProgressEvent
 
 
@@ -41,7 +44,7 @@ class Operation:
 
 @dataclass(frozen=True)
 class RunningOperation:
-    """One line of `snapd ps`."""
+    """One line of `snapd ops`."""
 
     id: str
     kind: str
@@ -53,7 +56,8 @@ class RunningOperation:
 
 
 class OperationRegistry:
-    def __init__(self) -> None:
+    def __init__(self, events: EventBus | None = None) -> None:
+        self.events = events or EventBus()
         self._lock = threading.Condition()
         self._ops: dict[str, Operation] = {}
         self._tokens: dict[str, CancelToken] = {}
@@ -84,19 +88,33 @@ class OperationRegistry:
     @contextmanager
     def cancellable(self, token: CancelToken, kind: str = "") -> Iterator[CancelToken]:
         """Make ``token`` reachable by its operation id for the duration of the block, and list
-        the operation (of ``kind``) as running."""
+        the operation (of ``kind``) as running; its start and end are published."""
+        op_id = token.operation_id
         with self._lock:
-            self._tokens[token.operation_id] = token
-            self._long[token.operation_id] = (kind, time.monotonic(), None)
-        with self._listed(self._long, token.operation_id), self._listed(self._tokens, token.operation_id):
-            yield token
+            self._tokens[op_id] = token
+            self._long[op_id] = (kind, time.monotonic(), None)
+        self.events.publish(OperationNote(op_id, kind, "started"))
+        try:
+            with self._listed(self._long, op_id), self._listed(self._tokens, op_id):
+                yield token
+        except SnapdError as err:
+            self.events.publish(OperationNote(op_id, kind, "failed", error=type(err).__name__,
+                                              exit_code=err.exit_code, message=err.message))
+            raise
+        except BaseException as exc:
+            self.events.publish(OperationNote(op_id, kind, "failed", error="internal", exit_code=1,
+                                              message=f"{type(exc).__name__}: {exc}"))
+            raise
+        self.events.publish(OperationNote(op_id, kind, "succeeded"))
 
     def noted(self, operation_id: str, event: ProgressEvent) -> None:
-        """Remember ``event`` as the latest progress of a long operation."""
+        """Remember ``event`` as the latest progress of a long operation, and publish it."""
         with self._lock:
-            if operation_id in self._long:
-                kind, started, _ = self._long[operation_id]
-                self._long[operation_id] = (kind, started, event)
+            if operation_id not in self._long:
+                return
+            kind, started, _ = self._long[operation_id]
+            self._long[operation_id] = (kind, started, event)
+        self.events.publish(OperationNote(operation_id, kind, "progress", progress=event))
 
     def running(self) -> list[RunningOperation]:
         """Every operation running now, oldest first."""

@@ -10,8 +10,10 @@ from pathlib import Path
 from snapd_daemon.criu.binary import Criu
 from snapd_daemon.host.cgroups import CgroupRoot
 from snapd_daemon.host.gpuplace import SHARED, Margin
+from snapd_daemon.runtime.events import EventBus
 from snapd_daemon.runtime.gpuleases import GpuLeases
 from snapd_daemon.runtime.holds import HoldJournal
+from snapd_daemon.runtime.instances import InstanceTable
 from snapd_daemon.runtime.registry import OperationRegistry
 from snapd_daemon.runtime.staging import Scratch
 from snapd_daemon.snapshots.catalog import Catalog
@@ -59,11 +61,17 @@ class Settings:
     # snapshot's processes held there plus ``gpu_margin``) or "exclusive" (an idle GPU); host/gpuplace.py.
     gpu_policy: str = SHARED
     gpu_margin: Margin = field(default_factory=Margin)
+    # This host must have a usable NVIDIA driver: `snapd status` fails its gpu-driver check without one.
+    gpu_required: bool = False
     # The remote tier (an S3 bucket) snapshots are pushed to and pulled from (None: none).
     remote: RemoteConfig | None = None
     # The key push and export sign manifests with, the keys pull, on-demand restore and
     # import trust, and whether they refuse what no trusted key signed (snapshots/signing.py).
     fleet_keys: FleetKeys = field(default_factory=FleetKeys)
+    # Records of ended (exited, stopped) instances kept: at most this many, the newest, and
+    # none older than this many seconds (runtime/instances.py).
+    keep_exited_instances: int = 100
+    exited_instance_max_age: float = 24 * 3600.0
 
     def ram_dir(self) -> Path | None:
         """This daemon's directory in RAM, keyed by the state directory so that daemons
@@ -79,6 +87,9 @@ class Settings:
 
     def log_dir(self) -> Path:
         return self.restore_log_dir or self.state_dir / "logs"
+
+    def instances_dir(self) -> Path:
+        return self.state_dir / "instances"
 
     def criu_log_dir(self) -> Path:
         """Where the CRIU logs of failed operations are kept (runtime/criulogs.py)."""
@@ -99,10 +110,16 @@ class Runtime:
     scratch: Scratch
     cgroups: CgroupRoot
     journal: HoldJournal
+    # operation phases and instance state changes, numbered (events.py)
+    events: EventBus
+    instances: InstanceTable
     # the remote tier, when one is configured
     remote: RemoteStore | None = None
-    registry: OperationRegistry = field(default_factory=OperationRegistry)
+    registry: OperationRegistry = field(init=False)
     gpu_leases: GpuLeases = field(default_factory=GpuLeases)
     # operations of an earlier daemon process that this start rolled back
     recovered_operations: int = 0
     daemon_pid: int = field(default_factory=os.getpid)
+
+    def __post_init__(self) -> None:
+        self.registry = OperationRegistry(self.events)

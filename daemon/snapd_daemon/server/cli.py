@@ -9,6 +9,7 @@ client package alone.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from snapd_client.base import EXIT_USAGE, json_option
 from snapd_client.cli import cli
 from snapd_client.errors import EXIT_DEADLINE, EXIT_UNREACHABLE
 from snapd_daemon import logs
-from snapd_daemon.errors import ALL_ERRORS, ConfigInvalid, SnapdError
+from snapd_daemon.errors import ALL_ERRORS, ConfigInvalid, DaemonNotRoot, SnapdError
 from snapd_daemon.server import config
 from snapd_daemon.server.run import run
 from snapd_daemon.server.serve import serve as serve_daemon
@@ -72,6 +73,10 @@ from snapd_daemon.server.serve import serve as serve_daemon
 @click.option("--gpu-margin", default="1G", show_default=True, metavar="SIZE|PCT",
               help="Room a shared GPU keeps beyond a snapshot's recorded use: bytes (1073741824, 512M, 1G) or a "
               "percentage of the GPU's memory (5%).")
+@click.option("--keep-exited-instances", type=click.IntRange(0), default=100, show_default=True,
+              help="Records of ended (exited, stopped) instances kept for `snapd ps -a`: at most this many, the newest.")
+@click.option("--exited-instance-max-hours", type=click.FloatRange(0), default=24.0, show_default=True,
+              help="...and none that ended longer ago than this.")
 @click.option("--remote-endpoint", default="", metavar="URL",
               help="S3-compatible endpoint of the remote tier, e.g. https://s3.us-east-1.amazonaws.com (with "
               "--remote-bucket; off when empty).")
@@ -98,6 +103,9 @@ from snapd_daemon.server.serve import serve as serve_daemon
 @click.option("--remote-allow-plaintext", is_flag=True,
               help="Allow unencrypted objects: written when no --remote-encryption-key is given, read from a bucket "
               "written before encryption.")
+@click.option("--gpu-required/--no-gpu-required", default=False, show_default=True,
+              help="This host has an NVIDIA GPU: `snapd status` fails (exit 1) when no driver is reachable, "
+              "instead of warning.")
 @click.option("--push-after-checkpoint/--no-push-after-checkpoint", default=False, show_default=True,
               help="Upload every snapshot to the remote tier once durable (checkpoint --push/--no-push wins).")
 @click.option("--signing-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -114,7 +122,8 @@ from snapd_daemon.server.serve import serve as serve_daemon
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 @click.option("--check-config", is_flag=True,
               help="Only check the options and config file (as `nginx -t`): exit 0 if the daemon would accept "
-                   "them, 43 (ConfigInvalid) naming the bad key otherwise.")
+                   "them and the remote endpoint (if any) accepts a connection within 3 s, 43 (ConfigInvalid) "
+                   "naming the bad key otherwise.")
 @click.pass_context
 def serve(ctx: click.Context, config_file: Path | None, check_config: bool, **options: Any) -> None:
     """Run the daemon (as root) until SIGTERM.
@@ -132,9 +141,13 @@ def serve(ctx: click.Context, config_file: Path | None, check_config: bool, **op
         if check_config:
             if listen.tcp:
                 listen.tcp.check()
+            if settings.remote:
+                config.check_reachable(settings.remote)
             click.echo(f"snapd serve: configuration OK{f' ({config_file})' if config_file else ''}: state dir "
                        f"{settings.state_dir}, socket {listen.socket_path}")
             return
+        if os.geteuid() != 0:
+            raise DaemonNotRoot(uid=os.geteuid())
         log_format = options["log_format"]
         logs.configure(options["log_level"], None if log_format == "auto" else log_format == "json")
         serve_daemon(settings, listen)

@@ -9,7 +9,10 @@ list). Options given on the command line win over the file.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import socket
 import tomllib
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +57,28 @@ def load(path: Path, known: Iterable[str]) -> dict[str, Any]:
         raise ConfigInvalid(source=str(path), reason=f"not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigInvalid(source=str(path), reason=f"unknown key(s) {', '.join(unknown)}; the keys are the "
+        guesses = [f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(key, known, 1)) else key
+                   for key in unknown]
+        raise ConfigInvalid(source=str(path), reason=f"unknown key(s) {', '.join(guesses)}; the keys are the "
                             "options of `snapd serve --help` with _ for -")
     return data
+
+
+# --check-config gives the remote tier's endpoint this long to accept a connection
+CONNECT_CHECK_SECONDS = 3.0
+
+
+def check_reachable(remote: RemoteConfig) -> None:
+    """Raise ConfigInvalid (remote_endpoint) unless a TCP connection to the endpoint's host and
+    port opens within CONNECT_CHECK_SECONDS (no request is made: credentials are not checked)."""
+    url = urllib.parse.urlsplit(remote.endpoint)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname or "", port), timeout=CONNECT_CHECK_SECONDS).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigInvalid(source="remote_endpoint", reason=f"cannot connect to {remote.endpoint} within "
+                            f"{CONNECT_CHECK_SECONDS:g} s ({exc}): check the address, the network and that the "
+                            "server runs") from exc
 
 
 def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
@@ -66,7 +88,8 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
         warm_file_bytes=o["warm_files_mb"] << 20,
         cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"], gpu_policy=o["gpu_policy"],
-        gpu_margin=gpu_margin(o["gpu_margin"]),
+        gpu_margin=gpu_margin(o["gpu_margin"]), gpu_required=o["gpu_required"],
+        keep_exited_instances=o["keep_exited_instances"], exited_instance_max_age=o["exited_instance_max_hours"] * 3600,
     )
     if o["io_threads"]:
         settings = dataclasses.replace(settings, io_threads=o["io_threads"])

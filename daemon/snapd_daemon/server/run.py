@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -48,38 +49,64 @@ def parse_publish(spec: str) -> tuple[str, int]:
     return listen, int(inside)
 
 
-def start_init(command: tuple[str, ...], netns: bool) -> int:
-    """Fork the namespace's init (running ``command``); its host pid. Raises RunFailed."""
+@dataclass
+class Init:
+    """The namespace's init, forked and holding: its namespaces are made, but it has not yet
+    opened its stdio again (mountns.reopen_inherited) nor started the command."""
+
+    pid: int
+    go: int  # a byte written here lets it go on
+    report: int  # its start error, or EOF once the command runs
+
+    def release(self) -> None:
+        """Let it open its stdio and run the command. Raises RunFailed with its start error."""
+        os.write(self.go, b"\0")
+        os.close(self.go)
+        self.wait_started()
+
+    def wait_started(self) -> None:
+        with os.fdopen(self.report, "rb") as ready:
+            error = ready.read().decode(errors="replace")
+        if error:
+            os.waitpid(self.pid, 0)
+            raise RunFailed(error)
+
+
+def start_init(command: tuple[str, ...], netns: bool) -> Init:
+    """Fork the namespace's init (to run ``command`` once released). Raises RunFailed."""
     own = os.open("/proc/self/ns/pid", os.O_RDONLY)
     read_end, write_end = os.pipe()  # close-on-exec: EOF once the init runs
+    go_read, go_write = os.pipe()
     try:
         namespaces.unshare(CLONE_NEWPID)
         try:
             pid = os.fork()
             if pid == 0:
-                _become_init(command, netns, write_end)
+                _become_init(command, netns, write_end, go_read)
         finally:
             namespaces.setns(own, CLONE_NEWPID)  # later children (the relays) stay in the host's
     except OSError as exc:
+        os.close(go_write)
+        os.close(read_end)
         raise RunFailed(f"cannot create a pid namespace ({exc}); `snapd run` needs root (CAP_SYS_ADMIN)") from exc
     finally:
         os.close(own)
         os.close(write_end)
-    with os.fdopen(read_end, "rb") as ready:
-        error = ready.read().decode(errors="replace")
-    if error:
-        os.waitpid(pid, 0)
-        raise RunFailed(error)
-    return pid
+        os.close(go_read)
+    return Init(pid, go_write, read_end)
 
 
-def _become_init(command: tuple[str, ...], netns: bool, report: int) -> None:
+def _become_init(command: tuple[str, ...], netns: bool, report: int, go: int) -> None:
     try:
         mountns.private_proc()
-        mountns.reopen_inherited()
         if netns:
             namespaces.unshare(CLONE_NEWNET)
             namespaces.loopback_up()
+        # the supervisor writes its banner on the stdio we share first; opened again, a log file
+        # then goes on after it (the offset is kept) instead of writing over it
+        if os.read(go, 1) != b"\0":
+            os._exit(1)  # the supervisor is gone
+        mountns.reopen_inherited()
         os.setsid()  # CRIU dumps a session whose leader is inside the namespace
         os.execv(sys.executable, [sys.executable, "-m", "snapd_daemon.host.nsinit", *command])
     except BaseException as exc:  # the child never returns into the supervisor's code
@@ -89,22 +116,23 @@ def _become_init(command: tuple[str, ...], netns: bool, report: int) -> None:
 
 def supervise(command: tuple[str, ...], netns: bool, publish: list[tuple[str, int]], pid_file: Path | None) -> int:
     """Run ``command`` under its own init until it exits; its exit status."""
-    pid = start_init(command, netns)
+    init = start_init(command, netns)
+    pid = init.pid
     try:
         relays = [portfwd.publish(pid, listen, port) for listen, port in publish]
     except portfwd.PublishError as exc:
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        init.wait_started()  # its own start error, if it had one, says more
         raise RunFailed(f"cannot publish a port: {exc}") from exc
-    if pid_file:
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(f"{pid}\n")
     shown = "".join(f"; {r.address} -> port {r.port} inside" for r in relays)
     click.echo(f"snapd run: pid {pid} is the init of its own pid namespace"
                f"{' and network namespace' if netns else ''} (checkpoint this pid){shown}", err=True)
-
-    forward_signals(pid)
     try:
+        init.release()
+        if pid_file:  # once the init runs nsinit: a checkpoint of the pid it names then dumps the server's tree
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(f"{pid}\n")
+        forward_signals(pid)
         _, status = os.waitpid(pid, 0)
     finally:
         if pid_file:
@@ -123,7 +151,17 @@ def supervise(command: tuple[str, ...], netns: bool, publish: list[tuple[str, in
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(name: str, run_dir: Path, netns: bool, publish: tuple[str, ...], command: tuple[str, ...]) -> None:
     """Run COMMAND as the only child of the init of its own pid namespace (as root), so that
-    snapshots of it (checkpoint the printed pid) can be restored many times at once."""
+    snapshots of it (checkpoint the printed pid) can be restored many times at once.
+
+    The line naming that pid goes to stderr before COMMAND starts, so a log that takes both
+    (`>run.log 2>&1`) keeps it first.
+
+    \b
+    Examples:
+      snapd run --name llama -- python -m vllm.entrypoints.openai.api_server --model ./llama
+      snapd checkpoint "$(cat /run/gpu-snapd/run/llama.pid)" --name llama
+      snapd run --netns --publish 8000:8000 -- python server.py >run.log 2>&1 &
+    """
     if publish and not netns:
         raise click.UsageError("--publish needs --netns")
     if name and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -3,7 +3,9 @@ reflection, metrics, drain.
 
 Start-up order: check the listening configuration and the cgroup root, take
 the state-directory lock, find CRIU, recover the store (resume processes a
-crashed daemon had stopped, remove half-written snapshots), then listen:
+crashed daemon had stopped, remove half-written snapshots), become the child
+subreaper of what the daemon restores and re-adopt the instances a killed
+daemon left running (runtime/instances.py), then listen:
 the gRPC server on its private socket in the state directory (and TCP), then
 the public socket's gate (see ``access``). SIGTERM/SIGINT: report NOT_SERVING,
 refuse new operations, wait for running ones to finish, stop the server.
@@ -35,8 +37,11 @@ from snapd_daemon.api.service import SnapshotsServicer
 from snapd_daemon.criu.binary import locate
 from snapd_daemon.errors import ConfigInvalid, StoreError
 from snapd_daemon.host.cgroups import CgroupRoot
+from snapd_daemon.host.reaper import Reaper
 from snapd_daemon.runtime import Runtime, Settings
+from snapd_daemon.runtime.events import EventBus
 from snapd_daemon.runtime.holds import HoldJournal
+from snapd_daemon.runtime.instances import InstanceTable
 from snapd_daemon.runtime.staging import Scratch
 from snapd_daemon.server.config import Listen
 from snapd_daemon.server.sdnotify import Notifier
@@ -92,6 +97,12 @@ def _private_socket(state_dir: Path) -> Path:
     return path
 
 
+def _store_figures(store: LocalStore) -> tuple[int, int, int]:
+    """(bytes of the chunk files, chunks, chunks in quarantine) for the metrics."""
+    sizes = [size for _, size in store.chunks.all()]
+    return sum(sizes), len(sizes), len(store.quarantine.chunk_ids())
+
+
 def serve(settings: Settings, listen: Listen) -> None:
     """Run the daemon until SIGTERM/SIGINT. Raises SnapdError on start-up failures; a start that
     fails before serving removes the state and RAM directories it created itself."""
@@ -140,8 +151,14 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
     store.recover()
     catalog = Catalog(store)
     catalog.load()
+    reaper = Reaper()
+    reaper.start()  # from the main thread, which forks nothing from here on (host/reaper.py)
+    events = EventBus()
+    instances = InstanceTable(settings.instances_dir(), reaper, events, settings.keep_exited_instances,
+                              settings.exited_instance_max_age)
+    instances.load()
     rt = Runtime(settings=settings, criu=criu, store=store, catalog=catalog, scratch=scratch, cgroups=cgroups,
-                 journal=journal, recovered_operations=recovered,
+                 journal=journal, events=events, instances=instances, recovered_operations=recovered,
                  remote=RemoteStore(settings.remote) if settings.remote else None)
     notifier = Notifier()
 
@@ -158,6 +175,7 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
     if listen.tcp:
         listen.tcp.add_to(server)
     if listen.metrics_address:
+        metrics.watch_store(lambda: _store_figures(store))
         metrics.serve(listen.metrics_address)
     _claim_socket(listen.socket_path)
     gate = Gate(listen.socket_path, listen.socket_group, private, listen.policy, tags)
@@ -203,6 +221,7 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
         log.warning("daemon.drain_timeout", cancelled=cancelled)
         if not rt.registry.drain(_ROLLBACK_SECONDS):
             log.error("daemon.stopped_with_operations", still_running=[op.id for op in rt.registry.in_flight()])
+    events.close()  # ends every WatchEvents stream
     server.stop(grace=5).wait()
     gate.stop()
     if store.hot is not None:

@@ -37,10 +37,9 @@ from snapd_daemon.store.ingest import Committed
 from snapd_daemon.store.local import PrunePlan
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkLengthMismatch, ChunkUnreadable, chunk_offsets
 from snapd_daemon.store.protocol import ChunkStore, IngestSession
+from snapd_daemon.util.prefixes import AmbiguousPrefix, by_prefix
 
 log = structlog.get_logger()
-# how many ids an ambiguous prefix's error lists
-_SHOWN_CANDIDATES = 8
 
 
 @dataclass
@@ -125,8 +124,9 @@ class Catalog:
             opened = open_manifest(data, str(path), path.stem, f"no chunk was touched; it goes to {moved}")
             m = opened.manifest
             if m.id != path.stem:
-                raise ManifestDamaged(where=str(path), snapshot_id=path.stem, action=f"no chunk was touched; it goes to {moved}",
-                                      problem=f"it is the manifest of snapshot {m.id}, not of {path.stem}")
+                raise ManifestDamaged(where=str(path), snapshot_id=path.stem,
+                                      problem=f"it is the manifest of snapshot {m.id}, not of {path.stem}",
+                                      action=f"no chunk was touched; it goes to {moved}")
         except ManifestDamaged as err:
             self.store.quarantine.put_manifest(path, err.fields["problem"])
             log.error("snapshot.manifest_quarantined", path=str(path), moved_to=str(moved), error=err.message)
@@ -160,18 +160,17 @@ class Catalog:
         if named:
             return named[-1]
         with self._lock:
-            starting = sorted(sid for sid in self._index if sid.startswith(ref))
-        if len(starting) == 1:
-            return self._index[starting[0]]
-        if starting:
-            shown = ", ".join(starting[:_SHOWN_CANDIDATES]) + (
-                f" and {len(starting) - _SHOWN_CANDIDATES} more" if len(starting) > _SHOWN_CANDIDATES else "")
-            raise SnapshotAmbiguous(ref=ref, count=len(starting), candidates=shown)
+            try:
+                found = by_prefix(ref, list(self._index))
+            except AmbiguousPrefix as many:
+                raise SnapshotAmbiguous(ref=ref, count=many.count, candidates=many.candidates) from None
+            if found is not None:
+                return self._index[found]
         damaged = next((d for d in self.damaged_manifests() if d.snapshot_id == ref), None)
         if damaged is not None:
             raise ManifestDamaged(where=damaged.path, snapshot_id=damaged.snapshot_id, problem=damaged.problem,
-                                  action=f"no chunk was touched; it is in quarantine at {damaged.moved_to}: pull or import an intact copy "
-                                  "of the snapshot, or delete that file")
+                                  action=f"no chunk was touched; it is in quarantine at {damaged.moved_to}: pull or "
+                                  "import an intact copy of the snapshot, or delete that file")
         raise SnapshotNotFound(snapshot=ref)
 
     def find(self, snapshot_id: str) -> Manifest | None:

@@ -37,6 +37,7 @@ MANIFEST, CHUNK, FINAL = 1, 2, 3
 ID_LENGTH = 64
 # bounds what a reader buffers for one record: a chunk is at most a few MiB, a manifest less
 MAX_RECORD = 256 << 20
+NOT_A_STREAM = "not a snapd export stream (it does not start with SNAPDEXP; `snapd export` writes one)"
 
 
 def record(kind: int, *parts: bytes | memoryview) -> list[bytes | memoryview]:
@@ -102,10 +103,19 @@ class Reader:
         return kind, payload
 
     def manifest(self) -> bytes:
-        head = self._take(HEADER.size, "the header")
+        try:
+            head = self._take(HEADER.size, "the header")
+        except ImportInvalid:
+            # shorter than a header: the start of a real stream is cut short, anything else is not one
+            start = bytes(self._buffer[:len(MAGIC)])
+            if not start:
+                raise ImportInvalid(reason="the stream is empty: not a snapd export stream") from None
+            if not MAGIC.startswith(start):
+                raise ImportInvalid(reason=NOT_A_STREAM) from None
+            raise
         magic, version = HEADER.unpack(head)
         if magic != MAGIC:
-            raise ImportInvalid(reason="not a snapd export stream (no SNAPDEXP header)")
+            raise ImportInvalid(reason=NOT_A_STREAM)
         if version != VERSION:
             raise ImportInvalid(reason=f"export format version {version}; this snapd reads version {VERSION}")
         self._digest.update(head)

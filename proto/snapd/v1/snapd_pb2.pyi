@@ -36,6 +36,15 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_INJECT: _ClassVar[Phase]
     PHASE_UPLOAD: _ClassVar[Phase]
     PHASE_DOWNLOAD: _ClassVar[Phase]
+
+class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INSTANCE_STATE_UNSPECIFIED: _ClassVar[InstanceState]
+    INSTANCE_STATE_STARTING: _ClassVar[InstanceState]
+    INSTANCE_STATE_READY: _ClassVar[InstanceState]
+    INSTANCE_STATE_RUNNING: _ClassVar[InstanceState]
+    INSTANCE_STATE_EXITED: _ClassVar[InstanceState]
+    INSTANCE_STATE_STOPPED: _ClassVar[InstanceState]
 GPU_POLICY_DEFAULT: GpuPolicy
 GPU_POLICY_SHARED: GpuPolicy
 GPU_POLICY_EXCLUSIVE: GpuPolicy
@@ -54,6 +63,12 @@ PHASE_HOOK: Phase
 PHASE_INJECT: Phase
 PHASE_UPLOAD: Phase
 PHASE_DOWNLOAD: Phase
+INSTANCE_STATE_UNSPECIFIED: InstanceState
+INSTANCE_STATE_STARTING: InstanceState
+INSTANCE_STATE_READY: InstanceState
+INSTANCE_STATE_RUNNING: InstanceState
+INSTANCE_STATE_EXITED: InstanceState
+INSTANCE_STATE_STOPPED: InstanceState
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk", "push")
@@ -174,7 +189,7 @@ class RestoreEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path", "published", "gpus", "pulled_bytes", "pulled_chunks")
+    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path", "published", "gpus", "pulled_bytes", "pulled_chunks", "instance_id")
     class GpusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +208,7 @@ class RestoreResult(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     PULLED_BYTES_FIELD_NUMBER: _ClassVar[int]
     PULLED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     operation_id: str
     snapshot_id: str
     root_pid: int
@@ -204,7 +220,8 @@ class RestoreResult(_message.Message):
     gpus: _containers.ScalarMap[str, str]
     pulled_bytes: int
     pulled_chunks: int
-    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Mapping[str, str]] = ..., pulled_bytes: _Optional[int] = ..., pulled_chunks: _Optional[int] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Mapping[str, str]] = ..., pulled_bytes: _Optional[int] = ..., pulled_chunks: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class PublishedPort(_message.Message):
     __slots__ = ("port", "address")
@@ -239,7 +256,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "replicable", "own_network_namespace", "namespace_ports", "push_operation_id")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "replicable", "own_network_namespace", "namespace_ports", "push_operation_id", "already_present")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +292,7 @@ class Snapshot(_message.Message):
     OWN_NETWORK_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_PORTS_FIELD_NUMBER: _ClassVar[int]
     PUSH_OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -303,7 +321,8 @@ class Snapshot(_message.Message):
     own_network_namespace: bool
     namespace_ports: _containers.RepeatedScalarFieldContainer[int]
     push_operation_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ..., push_operation_id: _Optional[str] = ...) -> None: ...
+    already_present: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ..., push_operation_id: _Optional[str] = ..., already_present: _Optional[bool] = ...) -> None: ...
 
 class CgroupInfo(_message.Message):
     __slots__ = ("path", "limits")
@@ -394,10 +413,12 @@ class GetSnapshotRequest(_message.Message):
     def __init__(self, snapshot: _Optional[str] = ...) -> None: ...
 
 class DeleteSnapshotRequest(_message.Message):
-    __slots__ = ("snapshot",)
+    __slots__ = ("snapshot", "force")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
-    def __init__(self, snapshot: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, snapshot: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DeleteSnapshotResponse(_message.Message):
     __slots__ = ("id", "freed_bytes")
@@ -506,14 +527,16 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Check(_message.Message):
-    __slots__ = ("name", "ok", "detail")
+    __slots__ = ("name", "ok", "detail", "warning")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     name: str
     ok: bool
     detail: str
-    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    warning: bool
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ..., warning: _Optional[bool] = ...) -> None: ...
 
 class DaemonStatus(_message.Message):
     __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks", "remote")
@@ -668,3 +691,132 @@ class StreamData(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ExitStatus(_message.Message):
+    __slots__ = ("known", "code", "signal")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    code: int
+    signal: int
+    def __init__(self, known: _Optional[bool] = ..., code: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class InstanceProcess(_message.Message):
+    __slots__ = ("pid", "start_time", "gpu_memory_bytes")
+    class GpuMemoryBytesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    start_time: float
+    gpu_memory_bytes: _containers.ScalarMap[str, int]
+    def __init__(self, pid: _Optional[int] = ..., start_time: _Optional[float] = ..., gpu_memory_bytes: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class Instance(_message.Message):
+    __slots__ = ("id", "snapshot_id", "snapshot_name", "state", "root_pid", "processes", "gpus", "cgroup", "log_path", "published", "created", "ready", "ended", "exit_status", "operation_id", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_PID_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    snapshot_id: str
+    snapshot_name: str
+    state: InstanceState
+    root_pid: int
+    processes: _containers.RepeatedCompositeFieldContainer[InstanceProcess]
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    cgroup: str
+    log_path: str
+    published: _containers.RepeatedCompositeFieldContainer[PublishedPort]
+    created: _timestamp_pb2.Timestamp
+    ready: _timestamp_pb2.Timestamp
+    ended: _timestamp_pb2.Timestamp
+    exit_status: ExitStatus
+    operation_id: str
+    detail: str
+    def __init__(self, id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., snapshot_name: _Optional[str] = ..., state: _Optional[_Union[InstanceState, str]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[InstanceProcess, _Mapping]]] = ..., gpus: _Optional[_Iterable[str]] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[_Union[ExitStatus, _Mapping]] = ..., operation_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListInstancesRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListInstancesResponse(_message.Message):
+    __slots__ = ("instances",)
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+
+class GetInstanceRequest(_message.Message):
+    __slots__ = ("instance",)
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    def __init__(self, instance: _Optional[str] = ...) -> None: ...
+
+class StopInstanceRequest(_message.Message):
+    __slots__ = ("instance", "grace_seconds")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    grace_seconds: int
+    def __init__(self, instance: _Optional[str] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("after_sequence", "stream_id")
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    stream_id: str
+    def __init__(self, after_sequence: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
+
+class OperationEvent(_message.Message):
+    __slots__ = ("operation_id", "kind", "state", "progress", "error", "exit_code", "message")
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    kind: str
+    state: str
+    progress: Progress
+    error: str
+    exit_code: int
+    message: str
+    def __init__(self, operation_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("sequence", "time", "stream_id", "operation", "instance")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    time: _timestamp_pb2.Timestamp
+    stream_id: str
+    operation: OperationEvent
+    instance: Instance
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream_id: _Optional[str] = ..., operation: _Optional[_Union[OperationEvent, _Mapping]] = ..., instance: _Optional[_Union[Instance, _Mapping]] = ...) -> None: ...

@@ -114,6 +114,26 @@ class SnapshotsStub:
                 request_serializer=snapd_dot_v1_dot_snapd__pb2.PullRequest.SerializeToString,
                 response_deserializer=snapd_dot_v1_dot_snapd__pb2.PullEvent.FromString,
                 _registered_method=True)
+        self.ListInstances = channel.unary_unary(
+                '/snapd.v1.Snapshots/ListInstances',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.ListInstancesRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.ListInstancesResponse.FromString,
+                _registered_method=True)
+        self.GetInstance = channel.unary_unary(
+                '/snapd.v1.Snapshots/GetInstance',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.GetInstanceRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.Instance.FromString,
+                _registered_method=True)
+        self.StopInstance = channel.unary_unary(
+                '/snapd.v1.Snapshots/StopInstance',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.StopInstanceRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.Instance.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/snapd.v1.Snapshots/WatchEvents',
+                request_serializer=snapd_dot_v1_dot_snapd__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=snapd_dot_v1_dot_snapd__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class SnapshotsServicer:
@@ -205,7 +225,7 @@ class SnapshotsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSnapshot(self, request, context):
-        """One snapshot as one verifiable byte stream (format: README, "Export stream"):
+        """One snapshot as one verifiable byte stream (format: docs/scheduler.md, "Moving a snapshot"):
         its manifest and every chunk it needs, compressed as stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -230,6 +250,37 @@ class SnapshotsServicer:
 
     def PullSnapshot(self, request, context):
         """Download a snapshot from the remote tier: the chunks the local store lacks, then its manifest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInstances(self, request, context):
+        """Instances: what successful restores made (each replica one), live and ended
+        (docs/instances.md). All of them, or only those whose tree runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInstance(self, request, context):
+        """One instance by id or unique id prefix.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopInstance(self, request, context):
+        """SIGTERM to the instance's whole tree, SIGKILL after the grace; returns once every pid
+        is gone (and, for an instance on GPUs, NVML lists none of them any more).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Operation phases and instance state changes as they happen, each with a sequence
+        number; after_sequence resumes after an event already seen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,6 +368,26 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.PullSnapshot,
                     request_deserializer=snapd_dot_v1_dot_snapd__pb2.PullRequest.FromString,
                     response_serializer=snapd_dot_v1_dot_snapd__pb2.PullEvent.SerializeToString,
+            ),
+            'ListInstances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstances,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.ListInstancesRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'GetInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInstance,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.GetInstanceRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.Instance.SerializeToString,
+            ),
+            'StopInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopInstance,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.StopInstanceRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.Instance.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=snapd_dot_v1_dot_snapd__pb2.WatchEventsRequest.FromString,
+                    response_serializer=snapd_dot_v1_dot_snapd__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -751,6 +822,114 @@ class Snapshots:
             '/snapd.v1.Snapshots/PullSnapshot',
             snapd_dot_v1_dot_snapd__pb2.PullRequest.SerializeToString,
             snapd_dot_v1_dot_snapd__pb2.PullEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/ListInstances',
+            snapd_dot_v1_dot_snapd__pb2.ListInstancesRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/GetInstance',
+            snapd_dot_v1_dot_snapd__pb2.GetInstanceRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snapd.v1.Snapshots/StopInstance',
+            snapd_dot_v1_dot_snapd__pb2.StopInstanceRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/snapd.v1.Snapshots/WatchEvents',
+            snapd_dot_v1_dot_snapd__pb2.WatchEventsRequest.SerializeToString,
+            snapd_dot_v1_dot_snapd__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,
