@@ -19,6 +19,7 @@ import manifestlib
 from harness import Daemon, Workloads, ask, error_of, snapd, wait_for
 from remotelib import local_chunk_temporaries, remote_args
 from s3server import S3Server
+from snapd_daemon.runtime import Settings
 from snapd_daemon.store import bundle
 
 MiB = 1 << 20
@@ -85,19 +86,22 @@ def _manifest_of(stream: bytes) -> dict:
     return json.loads(bundle.Reader([stream]).manifest())
 
 
-@pytest.mark.parametrize("how", ["stale-seal", "unsealed", "resealed"])
+@pytest.mark.parametrize("how", ["stale-seal", "unsealed", "resealed", "resealed-hot"])
 def test_a_wrong_chunk_length_never_quarantines_the_healthy_chunk(daemon: Daemon, workloads: Workloads,
                                                                   how: str) -> None:
     """The issue's case, 2097152 -> 2087152 in one manifest, with the old seal (the seal fails),
     without a seal (written before seals: the chunks no longer cover the file) and sealed
     anew with the next chunk's length making up for it (found when the chunk is read:
-    intact, of another length): refused each time naming the manifest; no chunk is
-    quarantined, and the other snapshot sharing the chunk restores with the right memory."""
+    intact, of another length; also with the chunks prefetched into the hot tier, whose
+    copy stays): refused each time naming the manifest; no chunk is quarantined, and the
+    other snapshot sharing the chunk restores with the right memory."""
     pid, report = workloads.start("memhold.py", "8")
     digest = ask(pid, report)[1]
     with daemon.client() as c:
         edited = c.checkpoint(pid, leave_running=True)
         intact = c.checkpoint(pid)
+        if how == "resealed-hot":
+            c.prefetch(edited.id)
     daemon.stop()
     path = daemon.state_dir / "manifests" / f"{edited.id}.json"
     data = json.loads(path.read_text())
@@ -118,8 +122,11 @@ def test_a_wrong_chunk_length_never_quarantines_the_healthy_chunk(daemon: Daemon
         assert err.error_class == "ManifestDamaged" and err.exit_code == 32, err
         assert edited.id in err.message and "manifest" in err.message
         assert {"stale-seal": "seal does not match", "unsealed": "chunks of image file",
-                "resealed": "that chunk is intact"}[how] in err.message, err.message
+                "resealed": "that chunk is intact", "resealed-hot": "that chunk is intact"}[how] in err.message, err.message
         assert _quarantined_chunks(daemon) == [] and not daemon.staging_leftovers()
+        if how == "resealed-hot":
+            hot = Settings(state_dir=daemon.state_dir).hot_dir()
+            assert hot is not None and (hot / "chunks" / chunks[j]["id"][:2] / chunks[j]["id"]).is_file()
         restored = c.restore(intact.id)
     wait_for(lambda: ask(restored.root_pid, report)[1] == digest, 30, "the intact snapshot's memory")
     assert _quarantined_chunks(daemon) == []
