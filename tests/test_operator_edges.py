@@ -237,11 +237,11 @@ def test_check_config_did_you_mean_and_unreachable_endpoint(tmp_path: Path, s3: 
     typo = snapd_full("serve", "--config", str(config), "--check-config")
     assert typo.returncode == 43 and "socket_grup (did you mean socket_group?)" in typo.stderr
 
-    config.write_text('remote_endpoint = "http://127.0.0.1:9"\nremote_bucket = "b"\n')
+    config.write_text('remote_endpoint = "http://127.0.0.1:9"\nremote_bucket = "b"\nremote_allow_plaintext = true\n')
     closed = snapd_full("serve", "--config", str(config), "--check-config")
     assert closed.returncode == 43 and "remote_endpoint" in closed.stderr and "cannot connect to" in closed.stderr
 
-    config.write_text(f'remote_endpoint = "{s3.endpoint}"\nremote_bucket = "b"\n')
+    config.write_text(f'remote_endpoint = "{s3.endpoint}"\nremote_bucket = "b"\nremote_allow_plaintext = true\n')
     running = snapd_full("serve", "--config", str(config), "--check-config")
     assert running.returncode == 0 and "configuration OK" in running.stdout, running.stderr
 
