@@ -22,7 +22,7 @@ import structlog
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
-from snapd_daemon import __version__, metrics, remote
+from snapd_daemon import __version__, logs, metrics, remote
 from snapd_daemon.api import convert, requests
 from snapd_daemon.api.status import abort, bounded, internal
 from snapd_daemon.checkpoint import checkpoint
@@ -331,6 +331,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             quarantined_manifests=quarantine.manifest_count(),
             quarantined_chunks=len(quarantine.chunk_ids()),
             remote=self.rt.settings.remote.where if self.rt.settings.remote else "",
+            log_lines_dropped=logs.dropped(),
         )
 
     def PushSnapshot(self, request: pb.PushRequest, context: grpc.ServicerContext) -> Iterator[pb.PushEvent]:

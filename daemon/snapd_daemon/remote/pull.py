@@ -4,7 +4,8 @@ The chunks are staged under temporary names (store/imports.py) and published
 with the manifest only once every one arrived and matched its hash, so the
 local store shows the whole snapshot or none of it: a pull that fails (the
 bucket unreachable, an object corrupt, truncated or vanished, a cancel)
-removes what it staged and leaves the store as it was.
+removes what it staged and leaves the store as it was; a full local store is
+PullSpaceFull.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from snapd_daemon.errors import SnapshotNotFound
+from snapd_daemon.errors import PullSpaceFull, SnapshotNotFound, StoreFull
 from snapd_daemon.remote.fetch import Fetcher
 from snapd_daemon.remote.listing import find, require_remote
 from snapd_daemon.runtime import Runtime
@@ -22,6 +23,7 @@ from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.model import ZERO_CHUNK
+from snapd_daemon.store.remote import RemoteStore
 
 log = structlog.get_logger()
 
@@ -57,6 +59,14 @@ def pull(rt: Runtime, ref: str, operation_id: str, report: Reporter, cancel: Can
     started = time.monotonic()
     found = _local(rt, ref)
     m = found if found is not None and found.id == ref else find(remote, ref)
+    try:
+        return _fetch(rt, remote, m, operation_id, report, cancel, started)
+    except StoreFull as full:
+        raise full.recast(PullSpaceFull, snapshot_id=m.id) from full
+
+
+def _fetch(rt: Runtime, remote: RemoteStore, m: Manifest, operation_id: str, report: Reporter, cancel: CancelToken,
+           started: float) -> PullOutcome:
     with rt.registry.claim("pull", operation_id, snapshot_id=m.id):
         if getattr(_local(rt, m.id), "id", None) == m.id:
             return PullOutcome(m.id, len(m.chunk_ids()), 0, 0, True, round(time.monotonic() - started, 3))

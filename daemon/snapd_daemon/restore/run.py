@@ -206,20 +206,18 @@ class RestoreRun(OperationRun):
             cuda_pids=[hosts[p] for p in m.gpu.cuda_pids if p in hosts] if m.gpu else [], action=KILL,
             names={hosts[p.pid]: p.name for p in m.processes if p.pid in hosts}, since=self.since, helper=helper,
         )
-        self.rt.journal.write(self.op, self.record)
+        with self.rt.store.translate_os_errors(m.raw_bytes):
+            self.rt.journal.write(self.op, self.record)
 
     def prepare(self) -> images.FastRestore:
         m, settings = self.manifest, self.rt.settings
         filepages.warm(m.file_pages, settings.warm_file_bytes)  # CRIU and the resumed tree read these
-        try:
-            with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
-                plan = images.prepare(
-                    self.delivery, m, self.staging.images, settings.inject_min_bytes,
-                    lambda done: self.report(ProgressEvent(Phase.PREPARE, done, m.raw_bytes)),
-                    huge_pages=settings.inject_huge_pages,
-                )
-        except StoreFull as full:
-            raise RestoreSpaceFull(snapshot_id=m.id, **full.fields) from full
+        with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
+            plan = images.prepare(
+                self.delivery, m, self.staging.images, settings.inject_min_bytes,
+                lambda done: self.report(ProgressEvent(Phase.PREPARE, done, m.raw_bytes)),
+                huge_pages=settings.inject_huge_pages,
+            )
         log.info("restore.prepared", criu_bytes=plan.kept_bytes, inject_bytes=plan.injected_bytes,
                  chunks_to_inject=len(plan.memory))
         return plan
@@ -230,10 +228,9 @@ class RestoreRun(OperationRun):
         m, rt = self.manifest, self.rt
 
         def place(helper: int) -> None:
-            with rt.store.translate_os_errors(0):
-                self.journal(helper=(helper, psutil.Process(helper).create_time()))
-                if cgroup is not None:
-                    cgroup.adopt(helper)
+            self.journal(helper=(helper, psutil.Process(helper).create_time()))
+            if cgroup is not None:
+                cgroup.adopt(helper)
 
         self.report(ProgressEvent(Phase.RESTORE, 0, m.raw_bytes, "criu restore"))
         with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
@@ -255,8 +252,7 @@ class RestoreRun(OperationRun):
         except psutil.NoSuchProcess as exc:
             raise RestoreAborted(snapshot_id=m.id, reason=f"pid {exc.pid} died right after CRIU restored it "
                                  "(killed from outside, or by the OOM killer?)") from exc
-        with rt.store.translate_os_errors(0):
-            self.journal(processes=started)
+        self.journal(processes=started)
 
     def inject(self, plan: images.FastRestore, ahead: Readahead | None) -> None:
         if not plan.memory:
@@ -336,5 +332,10 @@ def _end_relay(pid: int) -> None:
 
 def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
             cancel: CancelToken) -> RestoreOutcome:
-    """Restore the snapshot ``spec.ref`` names (see the module docstring)."""
-    return RestoreRun(rt, spec, operation_id, report, cancel).execute()
+    """Restore the snapshot ``spec.ref`` names (see the module docstring); a full disk on
+    any of its paths (hold record, staging, a chunk pulled on demand) is RestoreSpaceFull."""
+    run = RestoreRun(rt, spec, operation_id, report, cancel)
+    try:
+        return run.execute()
+    except StoreFull as full:
+        raise full.recast(RestoreSpaceFull, snapshot_id=run.manifest.id) from full
