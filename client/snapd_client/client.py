@@ -106,7 +106,13 @@ class SnapdClientError(Exception):
                 "Unreachable",
                 EXIT_UNREACHABLE,
             )
-        return cls(code, f"{code.name}: {err.details()}", "", 1)  # type: ignore[attr-defined]
+        details = str(err.details() or "")  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNKNOWN:  # an exception escaped a handler: grpc names it, the user needs none
+            details = details.removeprefix("Exception calling application:").removeprefix(
+                "Exception iterating responses:").strip()
+            return cls(code, f"the daemon at {target} failed unexpectedly ({details or 'no detail'}); its log has "
+                       "the traceback (journalctl -u gpu-snapd)", "", 1)
+        return cls(code, f"{code.name}: {details}", "", 1)
 
 
 def _read_stream(events: Iterator[Any], into: queue.SimpleQueue[Any]) -> None:

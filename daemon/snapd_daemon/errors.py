@@ -338,6 +338,18 @@ class RemoteFailed(SnapdError):
     status = "UNAVAILABLE"
 
 
+def describe_exception(exc: BaseException) -> str:
+    """What an unexpected exception says, in words, without Python's class name (which means
+    nothing to a user): a missing key, a file error without "[Errno N]", else its message."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"the field {exc.args[0]!r} is missing"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    return str(exc).strip() or "no detail was given"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,

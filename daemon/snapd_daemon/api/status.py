@@ -3,8 +3,8 @@
 Every failure a call ends with carries, besides the status code and message,
 the trailers ``snapd-error`` (the class name) and ``snapd-exit-code`` (the CLI
 exit code), so clients map it back without parsing messages. Anything that is
-not a SnapdError becomes INTERNAL with its type named; the daemon log holds
-the traceback. A message is at most ``MAX_MESSAGE`` characters (its start
+not a SnapdError becomes INTERNAL saying what failed and that the daemon log
+holds the traceback (never a Python class name). A message is at most ``MAX_MESSAGE`` characters (its start
 kept, the cut said), so that no caller-supplied text (a hook's argv or
 output) can push the trailers past gRPC's metadata limit.
 """
@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import grpc
 
-from snapd_daemon.errors import SnapdError
+from snapd_daemon.errors import SnapdError, describe_exception
 
 MAX_MESSAGE = 2000
 
@@ -24,8 +24,11 @@ def code_of(err: SnapdError) -> grpc.StatusCode:
     return grpc.StatusCode[err.status]
 
 
-def internal(exc: BaseException) -> SnapdError:
-    return SnapdError(detail=f"internal error: {type(exc).__name__}: {exc}")
+def internal(exc: BaseException, what: str) -> SnapdError:
+    """An unexpected failure of ``what`` (e.g. "restore op-0123456789ab"): what it says, without
+    Python's class name, and where the traceback is."""
+    return SnapdError(detail=f"internal error: {what} failed unexpectedly ({describe_exception(exc)}); the "
+                      "daemon's log has the traceback (journalctl -u gpu-snapd). Please report it.")
 
 
 def bounded(message: str) -> str:

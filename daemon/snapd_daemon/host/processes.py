@@ -14,6 +14,7 @@ import enum
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -289,11 +290,15 @@ def _kill_pending(pid: int) -> bool:
     return bool(pending & 1 << (signal.SIGKILL - 1))
 
 
-def wait_for_state(pids: list[int], done: set[PidState], timeout: float) -> list[int]:
-    """Poll until every pid is in one of ``done``; return the pids that never got there."""
+def wait_for_state(pids: list[int], done: set[PidState], timeout: float,
+                   each: Callable[[int], None] | None = None) -> list[int]:
+    """Poll until every pid is in one of ``done``; return the pids that never got there.
+    ``each`` runs on every pending pid before each poll."""
     deadline = time.monotonic() + timeout
     pending = list(pids)
     while True:
+        for pid in pending if each else ():
+            each(pid)  # type: ignore[misc]
         pending = [p for p in pending if pid_state(p) not in done]
         if not pending or time.monotonic() >= deadline:
             return pending

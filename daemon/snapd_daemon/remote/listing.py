@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
-from snapd_daemon.errors import RemoteMissing, RemoteNotConfigured, RemoteObjectBad
+from snapd_daemon.errors import RemoteMissing, RemoteNotConfigured, RemoteObjectBad, describe_exception
 from snapd_daemon.runtime import Runtime
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.remote import RemoteStore
@@ -28,7 +28,7 @@ def parse(remote: RemoteStore, manifest_id: str, data: bytes) -> Manifest:
         m = Manifest.from_json(data.decode())
     except Exception as exc:
         raise RemoteObjectBad(key=remote.describe(remote.manifest_key(manifest_id)), bucket=remote.cfg.bucket,
-                              problem=f"not a manifest this snapd reads ({type(exc).__name__}: {exc})") from None
+                              problem=f"not a manifest this snapd reads ({describe_exception(exc)})") from None
     if m.id != manifest_id:
         raise RemoteObjectBad(key=remote.describe(remote.manifest_key(manifest_id)), bucket=remote.cfg.bucket,
                               problem=f"the manifest of snapshot {m.id}, not of {manifest_id}")

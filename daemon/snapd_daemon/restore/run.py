@@ -54,6 +54,7 @@ import structlog
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import (
+    Cancelled,
     PublishFailed,
     RestoreAborted,
     RestoreSpaceFull,
@@ -67,7 +68,7 @@ from snapd_daemon.host.hooks import Hook
 from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images, pidmap
 from snapd_daemon.restore.delivery import Delivery, Readahead
-from snapd_daemon.restore.pids import ensure_pids_free, kill_tree
+from snapd_daemon.restore.pids import ensure_pids_free, kill_tree, parents
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
@@ -75,6 +76,7 @@ from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.store import oserrors
 
 log = structlog.get_logger()
 
@@ -135,6 +137,8 @@ class RestoreRun(OperationRun):
         self.since = time.time()
         self.record = HoldRecord()
         self.keep_record = False
+        # pids of the killed tree still held when the undo ended (see ``_kill_tree``)
+        self.held_pids: list[int] = []
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -212,7 +216,7 @@ class RestoreRun(OperationRun):
     def prepare(self) -> images.FastRestore:
         m, settings = self.manifest, self.rt.settings
         filepages.warm(m.file_pages, settings.warm_file_bytes)  # CRIU and the resumed tree read these
-        with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
+        with metrics.phase("restore", "prepare"), oserrors.translated(self.staging.root.parent, m.raw_bytes):
             plan = images.prepare(
                 self.delivery, m, self.staging.images, settings.inject_min_bytes,
                 lambda done: self.report(ProgressEvent(Phase.PREPARE, done, m.raw_bytes)),
@@ -303,11 +307,13 @@ class RestoreRun(OperationRun):
             log.info("restore.published", ports=self.published)
 
     def _kill_tree(self) -> None:
-        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start."""
-        survivors = kill_tree(self.record)
-        if survivors:
+        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start,
+        a pid still held after the wait (exiting, an unreaped zombie) is named by ``restore``."""
+        outcome = kill_tree(self.record)
+        self.held_pids = outcome.exiting
+        if outcome.alive:
             self.keep_record = True
-            log.error("restore.kill_failed", pids=survivors)
+            log.error("restore.kill_failed", pids=outcome.alive)
 
     def _clear_record(self) -> None:
         if not self.keep_record:
@@ -339,3 +345,9 @@ def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
         return run.execute()
     except StoreFull as full:
         raise full.recast(RestoreSpaceFull, snapshot_id=run.manifest.id) from full
+    except Cancelled as err:
+        if not run.held_pids:
+            raise
+        raise Cancelled(**{**err.fields, "undone": f"nothing was restored, but pids {run.held_pids} of the killed "
+                           f"tree are still held (exiting, or zombies whose parents {parents(run.held_pids)} have "
+                           "not reaped them)"}) from err

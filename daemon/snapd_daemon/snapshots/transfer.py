@@ -20,7 +20,7 @@ from typing import Protocol
 
 import structlog
 
-from snapd_daemon.errors import ImportInvalid, ImportSpaceFull, StoreFull
+from snapd_daemon.errors import ImportInvalid, ImportSpaceFull, StoreFull, describe_exception
 from snapd_daemon.snapshots.catalog import Catalog, chunk_corrupt
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store import bundle, codec
@@ -54,7 +54,7 @@ def _parse(catalog: Catalog, data: bytes) -> Manifest:
         manifest = Manifest.from_json(data.decode())
         catalog.store.manifests.path(manifest.id)  # refuses an id that is not a file name
     except Exception as exc:
-        raise ImportInvalid(reason=f"its manifest does not parse: {type(exc).__name__}: {exc}") from exc
+        raise ImportInvalid(reason=f"its manifest does not parse: {describe_exception(exc)}") from exc
     return manifest
 
 
