@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from fulldisk import PHASES, run_phase
+from fulldisk import PHASES, REMOTE_PHASES, run_phase
+from s3server import S3Server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
 
-@pytest.mark.parametrize("phase", list(PHASES))
+@pytest.mark.parametrize("phase", [p for p in PHASES if p not in REMOTE_PHASES])
 def test_a_full_disk_at_each_phase_is_refused_cleanly(tmp_path: Path, phase: str) -> None:
     result = run_phase(tmp_path / "trial", phase)
+    assert not result.violations, result.describe()
+
+
+@pytest.mark.parametrize("phase", REMOTE_PHASES)
+def test_a_full_disk_under_a_pull_is_refused_cleanly(tmp_path: Path, s3: S3Server, phase: str) -> None:
+    """A pull (and a restore of a snapshot only the bucket holds) into a full store, on SeaweedFS."""
+    result = run_phase(tmp_path / "trial", phase, s3=s3)
     assert not result.violations, result.describe()
