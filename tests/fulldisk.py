@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faultlib import BackgroundCall, start_sentinel, stopped
+from faultlib import BackgroundCall, start_sentinel, stopped, tear_down
 from harness import Daemon, Workloads, ask, gone, wait_for
 from remotelib import remote_args
 from s3server import S3Server
@@ -263,10 +263,7 @@ def run_phase(base: Path, phase: str, seed: int = 23, s3: S3Server | None = None
     except Exception as exc:  # noqa: BLE001 - a trial reports, it does not stop the run
         v.append(f"{type(exc).__name__}: {exc}")
     finally:
-        workloads.kill_all()
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.close()
-        daemon.remove_ram()
+        tear_down(daemon, workloads)
         for mounted in (*extra, fs):
             unmount(mounted)
     if v:
