@@ -4,9 +4,10 @@ Every failure a call ends with carries, besides the status code and message,
 the trailers ``snapd-error`` (the class name) and ``snapd-exit-code`` (the CLI
 exit code), so clients map it back without parsing messages. Anything that is
 not a SnapdError becomes INTERNAL saying what failed and that the daemon log
-holds the traceback (never a Python class name). A message is at most ``MAX_MESSAGE`` characters (its start
-kept, the cut said), so that no caller-supplied text (a hook's argv or
-output) can push the trailers past gRPC's metadata limit.
+holds the traceback (never a Python class name). A message is at most
+``MAX_MESSAGE`` characters (its start kept, the cut said), so that no
+caller-supplied text (a hook's argv or output) can push the trailers past
+gRPC's metadata limit.
 """
 
 from __future__ import annotations

@@ -18,13 +18,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon.errors import (
-    ChunkCorrupt,
-    SnapshotAmbiguous,
-    SnapshotNotFound,
-    SnapshotPinned,
-    describe_exception,
-)
+from snapd_daemon.errors import ChunkCorrupt, SnapshotAmbiguous, SnapshotNotFound, SnapshotPinned
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed
@@ -82,7 +76,7 @@ class Catalog:
             try:
                 m = Manifest.from_json(data.decode())
             except Exception as exc:
-                error = describe_exception(exc)
+                error = f"{type(exc).__name__}: {exc}"
                 moved = self.store.quarantine.put_manifest(path, error)
                 log.error("snapshot.manifest_quarantined", path=str(path), moved_to=str(moved), error=error)
                 continue
