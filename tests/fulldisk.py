@@ -44,6 +44,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "pull-before": ("PullSpaceFull",),
     "pull-mid": ("PullSpaceFull",),
     "restore-remote-before": ("RestoreSpaceFull",),
+    "restore-remote-mid": ("RestoreSpaceFull",),
     "export-before": ("ExportSpaceFull",),
     "export-mid": ("ExportSpaceFull",),
     "log-full": (),
@@ -51,7 +52,7 @@ PHASES: dict[str, tuple[str, ...]] = {
 }
 STORE_FULL_EXIT = 18
 # phases that need an S3 server (the remote tier): a pull, a restore of a snapshot only the bucket holds
-REMOTE_PHASES = ("pull-before", "pull-mid", "restore-remote-before")
+REMOTE_PHASES = ("pull-before", "pull-mid", "restore-remote-before", "restore-remote-mid")
 _TEMPORARY_MARKS = (".tmp-", ".partial-")
 
 
@@ -297,10 +298,11 @@ def _one_operation(result: PhaseResult, daemon: Daemon, fs: Path, phase: str, pi
     filler: Filler | None = None
     if phase.endswith(("before", "holds")):
         fill(fs)
-    if phase.endswith("mid") and kind in ("import", "pull"):
+    if phase.endswith("mid") and (kind in ("import", "pull") or phase in REMOTE_PHASES):
         # room for a few of its chunks: it runs out of space mid-way (a racing filler would often
         # lose to a stream this small), and a filler takes the rest once the first chunk is staged
         fill(fs, "filler-room", leave=4 * MiB)
+    if phase.endswith("mid") and kind in ("import", "pull"):
         chunks = daemon.state_dir / "chunks"
         filler = Filler(fs, lambda: any(".tmp-" in n for _, _, files in os.walk(chunks) for n in files))
     if kind == "import":
