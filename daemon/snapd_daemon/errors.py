@@ -120,6 +120,10 @@ class PullSpaceFull(StoreFull):
     """no space left in {path} while pulling snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing of it was kept locally. Free space there (`snapd rm`, `snapd gc`) and pull again."""
 
 
+class PrefetchSpaceFull(StoreFull):
+    """no room in {path} for the hot copy of snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing was added to the hot tier. Drop another snapshot's (`snapd prefetch --drop`) or free memory, and retry."""
+
+
 class ExportSpaceFull(StoreFull):
     """no space left in {path} while exporting snapshot {snapshot_id} there: {needed} bytes written before it ran out, {free} free; the partial file was removed. Free space there or export elsewhere (`-o -` streams it)."""
 
@@ -365,6 +369,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     RestoreSpaceFull,
     ImportSpaceFull,
     PullSpaceFull,
+    PrefetchSpaceFull,
     ExportSpaceFull,
     StoreError,
     ShuttingDown,
