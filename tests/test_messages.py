@@ -3,6 +3,7 @@ restore tree's pids named when they are not free yet."""
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import time
@@ -33,9 +34,17 @@ def test_an_import_whose_manifest_lacks_a_field_names_the_field_not_a_python_err
 def test_unexpected_failures_say_what_failed_and_point_to_the_log_without_a_class_name() -> None:
     assert describe_exception(KeyError("processes")) == "the field 'processes' is missing"
     assert describe_exception(OSError(28, "No space left on device", "/x/y")) == "No space left on device: /x/y"
-    message = internal(ZeroDivisionError("division by zero"), "restore op-0123456789ab").message
+    message = internal(ZeroDivisionError("division by zero"), "restore op-0123456789ab", Path("/")).message
     assert "restore op-0123456789ab failed unexpectedly (division by zero)" in message and "log" in message
     assert "ZeroDivisionError" not in message
+
+
+def test_a_full_disk_no_path_mapped_is_still_space_full(tmp_path: Path) -> None:
+    """The API edge's safety net: an ENOSPC that escaped its path's own mapping is exit 18."""
+    err = internal(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "pins" / "x")), "PinSnapshot",
+                   tmp_path)
+    assert type(err).__name__ == "SpaceFull" and err.exit_code == 18 and err.status == "RESOURCE_EXHAUSTED"
+    assert f"no space left in {tmp_path / 'pins'} during PinSnapshot" in err.message, err.message
 
 
 def test_a_killed_tree_whose_pid_stays_held_by_an_unreaped_zombie_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

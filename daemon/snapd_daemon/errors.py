@@ -124,6 +124,10 @@ class PrefetchSpaceFull(StoreFull):
     """no room in {path} for the hot copy of snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing was added to the hot tier. Drop another snapshot's (`snapd prefetch --drop`) or free memory, and retry."""
 
 
+class SpaceFull(StoreFull):
+    """no space left in {path} during {doing}: {free} bytes free. Free space there (`snapd rm`, `snapd gc`) and retry."""
+
+
 class ExportSpaceFull(StoreFull):
     """no space left in {path} while exporting snapshot {snapshot_id} there: {needed} bytes written before it ran out, {free} free; the partial file was removed. Free space there or export elsewhere (`-o -` streams it)."""
 
@@ -370,6 +374,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     ImportSpaceFull,
     PullSpaceFull,
     PrefetchSpaceFull,
+    SpaceFull,
     ExportSpaceFull,
     StoreError,
     ShuttingDown,

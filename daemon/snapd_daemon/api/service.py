@@ -62,7 +62,7 @@ def _unary(handler: Handler[R]) -> Handler[R]:
             abort(context, err)
         except Exception as exc:
             log.exception(f"{handler.__name__}.crashed")
-            abort(context, internal(exc, handler.__name__))
+            abort(context, internal(exc, handler.__name__, self.rt.settings.state_dir))
 
     return wrapped
 
@@ -115,7 +115,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             except BaseException as exc:
                 metrics.OPERATIONS.labels(kind, "internal").inc()
                 log.exception(f"{kind}.crashed")
-                events.put(internal(exc, f"{kind} {op_id}"))
+                events.put(internal(exc, f"{kind} {op_id}", self.rt.settings.state_dir))
                 if not isinstance(exc, Exception):
                     raise
             finally:
@@ -297,7 +297,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             abort(context, err)
         except Exception as exc:
             log.exception("ExportSnapshot.crashed")
-            abort(context, internal(exc, "ExportSnapshot"))
+            abort(context, internal(exc, "ExportSnapshot", self.rt.settings.state_dir))
 
     @_unary
     def ImportSnapshot(self, request_iterator: Iterator[pb.StreamData],

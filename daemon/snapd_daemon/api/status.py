@@ -12,11 +12,13 @@ gRPC's metadata limit.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
 
-from snapd_daemon.errors import SnapdError, describe_exception
+from snapd_daemon.errors import SnapdError, SpaceFull, describe_exception
+from snapd_daemon.store import oserrors
 
 MAX_MESSAGE = 2000
 
@@ -25,9 +27,14 @@ def code_of(err: SnapdError) -> grpc.StatusCode:
     return grpc.StatusCode[err.status]
 
 
-def internal(exc: BaseException, what: str) -> SnapdError:
+def internal(exc: BaseException, what: str, state_dir: Path) -> SnapdError:
     """An unexpected failure of ``what`` (e.g. "restore op-0123456789ab"): what it says, without
-    Python's class name, and where the traceback is."""
+    Python's class name, and where the traceback is. A full file system that a path did not
+    map itself is still SpaceFull (exit 18), never INTERNAL."""
+    if isinstance(exc, OSError):
+        full = oserrors.full(exc, state_dir, 0)
+        if full is not None:
+            return full.recast(SpaceFull, doing=what)
     return SnapdError(detail=f"internal error: {what} failed unexpectedly ({describe_exception(exc)}); the "
                       "daemon's log has the traceback (journalctl -u gpu-snapd). Please report it.")
 
