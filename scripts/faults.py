@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""Seeded SIGKILL fault trials against a real snapd daemon and real CRIU (issue #10).
+"""Fault trials against a real snapd daemon and real CRIU.
 
-Each trial starts a private daemon, a workload holding seeded random memory, runs one
-operation (checkpoint, checkpoint --leave-running, restore, restore of a snapshot with a
-corrupted chunk), SIGKILLs the daemon at a seeded point, restarts it and checks the
-invariants of tests/faultlib.py:run_trial. Prints one line per trial and a table of
-outcomes per kind; exits 1 when any trial broke an invariant.
+Campaign ``sigkill`` (issue #10, the default): each trial starts a private daemon, a workload
+holding seeded random memory, runs one operation (checkpoint, checkpoint --leave-running,
+restore, restore of a snapshot with a corrupted chunk), SIGKILLs the daemon at a seeded point,
+restarts it and checks the invariants of tests/faultlib.py:run_trial.
+
+Campaign ``full-disk`` (issue #23): each trial fills a small tmpfs at one phase (--kinds picks
+among tests/fulldisk.py:PHASES: a checkpoint, a restore, an import or an export with the disk
+full before or during it, hold records on a full disk, the daemon's log on a full disk or
+its stderr closed) and checks the invariants of tests/fulldisk.py:run_phase.
+
+Prints one line per trial and a table of outcomes per kind; exits 1 when any trial broke an
+invariant.
 
     sudo SNAPD_CRIU=/opt/gpu-snapd/criu/bin/criu \\
         PYTHONPATH=daemon:client:proto .venv/bin/python scripts/faults.py --trials 200 --seed 7
+    sudo ... scripts/faults.py --campaign full-disk --trials 24
 """
 
 from __future__ import annotations
@@ -24,32 +32,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import faultlib  # noqa: E402
+import fulldisk  # noqa: E402
+from s3server import S3Server  # noqa: E402
+
+CAMPAIGNS = {"sigkill": faultlib.KINDS, "full-disk": tuple(fulldisk.PHASES)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=40, help="number of trials (kinds taken in turn)")
     parser.add_argument("--seed", type=int, default=int(time.time()), help="base seed; trial i uses seed+i")
-    parser.add_argument("--kinds", default=",".join(faultlib.KINDS),
-                        help=f"comma-separated subset of {','.join(faultlib.KINDS)}")
+    parser.add_argument("--campaign", choices=sorted(CAMPAIGNS), default="sigkill", help="which faults")
+    parser.add_argument("--kinds", default="", help="comma-separated subset of the campaign's kinds (default: all): "
+                        + "; ".join(f"{c}: {','.join(k)}" for c, k in CAMPAIGNS.items()))
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
                         help="extra `snapd serve` argument (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the trial directories of violations")
     args = parser.parse_args()
-    kinds = [k for k in args.kinds.split(",") if k]
-    unknown = set(kinds) - set(faultlib.KINDS)
+    kinds = [k for k in args.kinds.split(",") if k] or list(CAMPAIGNS[args.campaign])
+    unknown = set(kinds) - set(CAMPAIGNS[args.campaign])
     if unknown:
         parser.error(f"unknown kinds {sorted(unknown)}")
 
+    s3 = S3Server(Path(tempfile.mkdtemp(prefix="snapd-faults-s3-"))).start() \
+        if set(kinds) & set(fulldisk.REMOTE_PHASES) else None
+    try:
+        return _campaign(args, kinds, s3)
+    finally:
+        if s3 is not None:
+            s3.kill()
+            shutil.rmtree(s3.root, ignore_errors=True)
+
+
+def _campaign(args: argparse.Namespace, kinds: list[str], s3: S3Server | None) -> int:
     table: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in kinds}
-    bad: list[faultlib.TrialResult] = []
+    bad: list[faultlib.TrialResult | fulldisk.PhaseResult] = []
     base = Path(tempfile.mkdtemp(prefix="snapd-faults-"))
     print(f"base seed {args.seed}, {args.trials} trials, work in {base}", flush=True)
     for i in range(args.trials):
         kind = kinds[i % len(kinds)]
         root = base / f"t{i:04d}"
         started = time.monotonic()
-        res = faultlib.run_trial(root, kind, args.seed + i, tuple(args.serve_option))
+        res: faultlib.TrialResult | fulldisk.PhaseResult
+        if args.campaign == "full-disk":
+            res = fulldisk.run_phase(root, kind, args.seed + i, s3)
+        else:
+            res = faultlib.run_trial(root, kind, args.seed + i, tuple(args.serve_option))
         print(f"[{i + 1}/{args.trials}] {time.monotonic() - started:5.1f}s {res.describe()}", flush=True)
         table[kind][res.outcome] += 1
         if res.violations:

@@ -12,6 +12,7 @@ from snapd_client.output import check_template, human_bytes, render
 
 # ChunkCorrupt's exit code (DATA_LOSS): `snapd fsck` found damage
 EXIT_DATA_LOSS = 24
+MAX_KEEP_LAST = 1_000_000  # the daemon's bound (docs/limits.md)
 _REPAIR = ("checkpoint the same source again to store the damaged chunks anew (that repairs every snapshot "
            "using them), or `snapd rm` the damaged snapshot(s)")
 
@@ -234,6 +235,8 @@ def _keep_last(_ctx: click.Context, param: click.Parameter, value: int | None) -
     if value is not None and value < 1:
         raise click.BadParameter(f"{value} would keep no snapshot of a name; leave --keep-last out to expire none, "
                                  "or remove snapshots with `snapd rm`", param=param)
+    if value is not None and value > MAX_KEEP_LAST:
+        raise click.BadParameter(f"{value} is above the limit {MAX_KEEP_LAST}", param=param)
     return value
 
 

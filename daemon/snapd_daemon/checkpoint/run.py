@@ -114,9 +114,14 @@ class _PostDumpHold(Notify):
 
     def doom(self) -> None:
         """The snapshot is published: should the daemon die now, its next start kills the
-        stopped source (by start time) instead of thawing it next to its snapshot."""
-        self.journal.write(self.operation_id, HoldRecord(
-            [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids), action=KILL))
+        stopped source (by start time) instead of thawing it next to its snapshot. A record
+        that cannot be rewritten (a full disk) fails nothing: the snapshot stands and the
+        source is killed moments later; only a daemon killed in between would thaw it."""
+        try:
+            self.journal.write(self.operation_id, HoldRecord(
+                [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids), action=KILL))
+        except OSError as exc:
+            log.warning("checkpoint.kill_record_not_written", error=str(exc))
 
     def post_dump(self) -> None:
         # CRIU holds the tree in a tracing stop now: keep what was stopped when it was first inspected
@@ -211,7 +216,8 @@ class CheckpointRun(OperationRun):
         self.freeze = gpu.CudaFreeze(self.cuda_pids, spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms)
         vram = self.vram
         self.needed = self.raw = self.tree.rss_bytes + vram
-        self.hold_point.record()
+        with rt.store.translate_os_errors(self.needed):  # a full disk: StoreFull before anything is touched
+            self.hold_point.record()
         undo.push(self._clear_record)
         self.staging = rt.scratch.new(self.op, needed=self.needed, ram_besides=vram)
         undo.callback(rt.scratch.discard, self.staging)

@@ -14,6 +14,7 @@ from snapd_daemon.errors import (
     RemoteNotConfigured,
     RemoteObjectBad,
     RemoteUndecryptable,
+    describe_exception,
 )
 from snapd_daemon.runtime import Runtime
 from snapd_daemon.snapshots.manifest import Manifest
@@ -50,7 +51,7 @@ def parse(remote: RemoteStore, manifest_id: str, data: bytes) -> Manifest:
         m = Manifest.from_json(data.decode())
     except Exception as exc:
         raise RemoteObjectBad(key=remote.describe(remote.manifest_key(manifest_id)), bucket=remote.cfg.bucket,
-                              problem=f"not a manifest this snapd reads ({type(exc).__name__}: {exc})") from None
+                              problem=f"not a manifest this snapd reads ({describe_exception(exc)})") from None
     if m.id != manifest_id:
         raise RemoteObjectBad(key=remote.describe(remote.manifest_key(manifest_id)), bucket=remote.cfg.bucket,
                               problem=f"the manifest of snapshot {m.id}, not of {manifest_id}")

@@ -18,8 +18,10 @@ a rename, not fsynced: they describe live processes, which a reboot ends):
   start at or after the restore began — never a pid that another process
   held before the restore.
 
-A record is removed when the operation has thawed, killed or handed over its
-processes. At start, before serving, the daemon acts on every record a crash
+A record is written whole or not at all: a failed write (a full disk: the
+operation fails with StoreFull before it has touched a process) removes its
+temporary, and the start sweeps any a kill left. A record is removed when the
+operation has thawed, killed or handed over its processes. At start, before serving, the daemon acts on every record a crash
 left (``recover``); a record whose CUDA thaw failed is kept so that the next
 start tries again; an unreadable record is logged and kept for an operator. A
 record of an earlier boot (another boot id, or empty: its bytes lost with the
@@ -41,7 +43,7 @@ import structlog
 
 from snapd_daemon.host import cuda
 from snapd_daemon.host.processes import START_SLACK, start_time
-from snapd_daemon.util.fsutil import write_atomic
+from snapd_daemon.util.fsutil import remove_temporaries, write_atomic
 
 log = structlog.get_logger()
 THAW = "thaw"
@@ -87,6 +89,9 @@ class HoldJournal:
         serving. Returns how many operations were recovered."""
         recovered = 0
         booted = boot_id()
+        swept = remove_temporaries(self.directory)  # of writes a kill or a full disk cut short
+        if swept:
+            log.warning("recover.temporaries_removed", directory=str(self.directory), count=swept)
         for path in sorted(self.directory.glob("*.json")):
             try:
                 text = path.read_text()

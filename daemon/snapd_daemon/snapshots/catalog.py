@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from snapd_daemon.errors import ChunkCorrupt, SnapshotAmbiguous, SnapshotNotFound, SnapshotPinned
+from snapd_daemon.errors import (
+    ChunkCorrupt,
+    PrefetchSpaceFull,
+    SnapshotAmbiguous,
+    SnapshotNotFound,
+    SnapshotPinned,
+    StoreFull,
+)
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed
@@ -229,6 +236,8 @@ class Catalog:
         chunks = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
         try:
             return self.store.prefetch(manifest.id, chunks, progress)
+        except StoreFull as full:
+            raise full.recast(PrefetchSpaceFull, snapshot_id=manifest.id) from full
         except ChunkUnreadable as err:
             raise chunk_corrupt(manifest, err) from err
 

@@ -9,7 +9,7 @@ after the END record checked out is the store lock taken (shared, so gc cannot
 take a chunk the manifest relies on), the chunks published and the manifest
 written last. A slow stream therefore never holds the lock (a gc waiting behind
 it would hold up every checkpoint), and a cut, corrupt or refused stream leaves
-no snapshot and no chunk behind.
+no snapshot and no chunk behind; a full store is ImportSpaceFull.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Protocol
 
 import structlog
 
-from snapd_daemon.errors import ImportInvalid
+from snapd_daemon.errors import ImportInvalid, ImportSpaceFull, StoreFull, describe_exception
 from snapd_daemon.snapshots.catalog import Catalog, chunk_corrupt
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store import bundle, codec
@@ -54,17 +54,25 @@ def _parse(catalog: Catalog, data: bytes) -> Manifest:
         manifest = Manifest.from_json(data.decode())
         catalog.store.manifests.path(manifest.id)  # refuses an id that is not a file name
     except Exception as exc:
-        raise ImportInvalid(reason=f"its manifest does not parse: {type(exc).__name__}: {exc}") from exc
+        raise ImportInvalid(reason=f"its manifest does not parse: {describe_exception(exc)}") from exc
     return manifest
 
 
 def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim) -> tuple[Manifest, bool]:
     """Read an export stream into the store; (the snapshot, whether it is new here). A snapshot
     the store already has is verified like any other and left as it is."""
-    store = catalog.store
     reader = bundle.Reader(pieces)
     manifest = _parse(catalog, reader.manifest())
     needed = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
+    try:
+        return _take_in(catalog, reader, manifest, needed, claim)
+    except StoreFull as full:
+        raise full.recast(ImportSpaceFull, snapshot_id=manifest.id) from full
+
+
+def _take_in(catalog: Catalog, reader: bundle.Reader, manifest: Manifest, needed: dict[str, int],
+             claim: Claim) -> tuple[Manifest, bool]:
+    store = catalog.store
     with claim(manifest.id), store.begin_import() as imported:
         for cid, stored in reader.chunks():
             if cid not in needed:

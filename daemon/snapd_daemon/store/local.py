@@ -232,7 +232,8 @@ class LocalStore:
             hot.add(item[0], self._read_disk(item[0], scratch.buffers, item[1]))
             progress(count.add(item[1]))
 
-        hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
+        with self.translate_os_errors(needed):
+            hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
         try:
             with self.lock.shared(), self.translate_os_errors(needed):
                 with ThreadPoolExecutor(self.threads, thread_name_prefix="prefetch") as pool:

@@ -523,7 +523,7 @@ class Check(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ..., warning: _Optional[bool] = ...) -> None: ...
 
 class DaemonStatus(_message.Message):
-    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks", "remote")
+    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks", "remote", "log_lines_dropped")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -540,6 +540,7 @@ class DaemonStatus(_message.Message):
     QUARANTINED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_FIELD_NUMBER: _ClassVar[int]
+    LOG_LINES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     uptime_seconds: float
@@ -556,7 +557,8 @@ class DaemonStatus(_message.Message):
     quarantined_manifests: int
     quarantined_chunks: int
     remote: str
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recovered_operations: _Optional[int] = ..., quarantined_manifests: _Optional[int] = ..., quarantined_chunks: _Optional[int] = ..., remote: _Optional[str] = ...) -> None: ...
+    log_lines_dropped: int
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recovered_operations: _Optional[int] = ..., quarantined_manifests: _Optional[int] = ..., quarantined_chunks: _Optional[int] = ..., remote: _Optional[str] = ..., log_lines_dropped: _Optional[int] = ...) -> None: ...
 
 class CancelOperationRequest(_message.Message):
     __slots__ = ("operation_id",)
