@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# build-image.sh -- build snapd's OCI image (deploy/image/Containerfile) with podman, from base
+# images made on this machine from Debian's packages: no container registry is reached.
+#
+# Usage: see usage() below or run with --help.
+#
+# Output contract: messages go to stderr; the LAST line of stdout is the image's tag
+# (localhost/gpu-snapd:<version>-<git short sha>[-dirty]), or, with --run-flags, the podman
+# flags that run a container here, one per line.
+
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+# CRIU's version, tarball, checksum, build dependencies, detect_mirror, fetch_tarball, log, die:
+# the image's CRIU is built exactly as install-criu.sh builds the host's.
+# shellcheck source=install-criu.sh
+source "$root/scripts/install-criu.sh"
+
+# ---------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------
+IMAGE=localhost/gpu-snapd
+BASE_IMAGE=localhost/gpu-snapd-base
+BUILD_BASE_IMAGE=localhost/gpu-snapd-build-base
+RELEASE="${SNAPD_IMAGE_RELEASE:-bookworm}"    # Debian release of the bases (Python >= 3.11)
+CACHE="${SNAPD_IMAGE_CACHE:-/var/cache/gpu-snapd-image}"
+# What the final image runs on: Python and the CA certificates the remote tier's TLS needs.
+RUNTIME_PACKAGES=(python3 ca-certificates)
+# What builds it: CRIU's build dependencies (install-criu.sh) and venv for the snapd install.
+BUILD_PACKAGES=("${RUNTIME_PACKAGES[@]}" "${BUILD_DEPS[@]}" python3-venv)
+# Left out of both bases (not needed to run or build; ~60 MB).
+PRUNE=(usr/share/doc usr/share/man usr/share/info usr/share/locale var/lib/apt/lists var/cache/apt)
+# Exit status when podman cannot run a container on this machine (the reason is printed).
+EXIT_NO_CONTAINERS=3
+
+usage() {
+    cat <<EOF
+Usage: $prog [--release NAME] [--rebuild-base] [--run-flags] [--help]
+
+Build snapd's OCI image from deploy/image/Containerfile with podman (as root) and print its tag
+as the last line of stdout:
+  $IMAGE:<version>-<git short sha>   (-dirty appended when the checkout has changes)
+  $IMAGE:<version>                   (the same image; <version> is pyproject.toml's)
+
+The build reaches no registry. Its two bases are made here with debootstrap from Debian's
+packages (Debian <release>, security updates applied) and imported with podman import:
+  $BASE_IMAGE:<release>-<key>         Python, CA certificates: the final stage
+  $BUILD_BASE_IMAGE:<release>-<key>   + CRIU's build dependencies, python3-venv
+<key> hashes the release and the package lists; a base whose tag exists is reused. The wheels
+(the checkout's and its dependencies', for the base's Python) are made on this host with pip
+and its configuration, CRIU's source tarball comes through install-criu.sh (same tarball,
+same sha256), and podman builds with --network none. podman's layer cache makes a rebuild of
+an unchanged checkout take seconds.
+
+Options:
+  --release NAME   Debian release of the bases (default: $RELEASE; Python >= 3.11 needed)
+  --rebuild-base   make the bases again (e.g. for Debian's latest security updates)
+  --run-flags      only print the podman flags that run a container here (making the runtime
+                   base if needed), one per line; exit $EXIT_NO_CONTAINERS with the reason if none do
+  -h, --help       show this help
+
+Environment:
+  SNAPD_IMAGE_CACHE    debootstrap's .deb cache and the wheels (default /var/cache/gpu-snapd-image)
+  SNAPD_IMAGE_MIRROR   Debian mirror (default: SNAPD_CRIU_MIRROR, else this host's apt sources)
+  PYTHON               Python whose pip makes the wheels (default: the checkout's .venv, else python3)
+
+Exit status: 0 built, 1 failed, 2 bad usage, $EXIT_NO_CONTAINERS podman cannot run containers here.
+EOF
+}
+
+# ---------------------------------------------------------------------------
+# Base images
+# ---------------------------------------------------------------------------
+base_key() {
+    printf '%s\n' "$RELEASE" "${RUNTIME_PACKAGES[*]}" "${BUILD_PACKAGES[*]}" "${PRUNE[*]}" |
+        sha256sum | cut -c1-12
+}
+
+mirror() {
+    local m="${SNAPD_IMAGE_MIRROR:-${SNAPD_CRIU_MIRROR:-}}"
+    [[ -n "$m" ]] || m="$(detect_mirror || true)"
+    printf '%s\n' "${m:-http://deb.debian.org/debian}"
+}
+
+# make_rootfs DIR PACKAGES... : Debian $RELEASE (minbase) with PACKAGES, upgraded from the
+# release's -updates and -security suites, pruned.
+make_rootfs() {
+    local dir="$1" m; shift
+    m="$(mirror)"
+    log "debootstrap $RELEASE from $m into $dir (+ $*)"
+    mkdir -p "$CACHE/debs"
+    debootstrap --variant=minbase --include="$(IFS=,; echo "$*")" --cache-dir="$CACHE/debs" \
+        "$RELEASE" "$dir" "$m" >"$dir.log" 2>&1 || { tail -n 20 "$dir.log" >&2; die "debootstrap failed; log: $dir.log"; }
+    cat >"$dir/etc/apt/sources.list" <<EOF
+deb $m $RELEASE main
+deb $m $RELEASE-updates main
+deb ${m%/debian}/debian-security $RELEASE-security main
+EOF
+    cp /etc/resolv.conf "$dir/etc/resolv.conf"
+    mount -t proc proc "$dir/proc"
+    local rc=0
+    { chroot "$dir" apt-get update -q && DEBIAN_FRONTEND=noninteractive chroot "$dir" apt-get -y -q upgrade &&
+        chroot "$dir" apt-get clean; } >>"$dir.log" 2>&1 || rc=$?
+    umount "$dir/proc"
+    (( rc == 0 )) || { tail -n 20 "$dir.log" >&2; die "security updates in $dir failed; log: $dir.log"; }
+    : >"$dir/etc/resolv.conf"
+    local p; for p in "${PRUNE[@]}"; do rm -rf "${dir:?}/$p"; mkdir -p "$dir/$p"; done
+}
+
+# import_rootfs DIR TAG : the directory as a one-layer image.
+import_rootfs() {
+    tar --numeric-owner --xattrs -C "$1" -c . |
+        podman import --change 'CMD ["/bin/bash"]' - "$2" >/dev/null || die "podman import of $1 as $2 failed"
+    log "made base image $2 ($(podman image inspect --format '{{.Size}}' "$2" | numfmt --to=iec))"
+}
+
+# ensure_bases [runtime] : make the bases whose tags are missing (both with --rebuild-base; only
+# the runtime one with "runtime"); both come from the same mirror state when made together.
+ensure_bases() {
+    local key only="${1:-}"
+    key="$(base_key)"
+    BASE="$BASE_IMAGE:$RELEASE-$key"
+    BUILD_BASE="$BUILD_BASE_IMAGE:$RELEASE-$key"
+    local need=()
+    if (( rebuild )) || ! podman image exists "$BASE"; then need+=(runtime); fi
+    if [[ "$only" != runtime ]] && { (( rebuild )) || ! podman image exists "$BUILD_BASE"; }; then need+=(build); fi
+    (( ${#need[@]} )) || return 0
+    command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
+    mkdir -p "$CACHE"
+    work="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
+    trap 'for d in "$work"/*/proc; do mountpoint -q "$d" && umount "$d"; done; rm -rf "$work"' EXIT
+    local t0=$SECONDS which
+    for which in "${need[@]}"; do
+        if [[ "$which" == runtime ]]; then
+            make_rootfs "$work/runtime" "${RUNTIME_PACKAGES[@]}"
+            import_rootfs "$work/runtime" "$BASE"
+        else
+            make_rootfs "$work/build" "${BUILD_PACKAGES[@]}"
+            import_rootfs "$work/build" "$BUILD_BASE"
+        fi
+        rm -rf "${work:?}/$which"
+    done
+    rm -rf "$work"; trap - EXIT
+    log "bases made in $((SECONDS - t0)) s"
+}
+
+# ---------------------------------------------------------------------------
+# Running containers here
+# ---------------------------------------------------------------------------
+# run_flags : print the first set of podman flags that runs a container of the runtime base
+# here, one flag per line; exit EXIT_NO_CONTAINERS with every attempt's error if none does.
+# Podman's defaults come first. The others answer what a sandboxed VM refuses: crun does not
+# run on hybrid cgroup v1/v2 hosts ("cgroups in hybrid mode not supported"), runc does; and
+# without CAP_SYS_RESOURCE the default rlimits (nofile 1048576) cannot be set, so the caller's
+# hard nofile is passed, and nproc 32768 (podman lowers its own RLIMIT_NPROC to that at start).
+run_flags() {
+    local hn nproc
+    hn="$(ulimit -Hn)"; nproc="$(ulimit -Hu)"
+    if [[ "$nproc" == unlimited ]] || (( nproc > 32768 )); then nproc=32768; fi
+    local limits="--ulimit nofile=$hn:$hn --ulimit nproc=$nproc:$nproc"
+    local candidates=("" "--runtime runc" "$limits" "--runtime runc $limits") c out errors=""
+    for c in "${candidates[@]}"; do
+        # shellcheck disable=SC2086  # word splitting of the flags is meant
+        if out="$(podman run --rm --network none $c "$BASE" true 2>&1)"; then
+            [[ -n "$c" ]] && printf '%s\n' $c
+            return 0
+        fi
+        errors+=$'\n'"  podman run --rm --network none ${c:+$c }$BASE true: $(tail -n 1 <<<"$out")"
+    done
+    printf '%s: podman cannot run a container here; tried:%s\n' "$prog" "$errors" >&2
+    exit "$EXIT_NO_CONTAINERS"
+}
+
+# ---------------------------------------------------------------------------
+# Build context: install-criu.sh, CRIU's tarball, wheels, config
+# ---------------------------------------------------------------------------
+# The base's Python as "3.11" and its glibc as "2.36", read from the base image.
+base_python() { podman run --rm --network none "${RUN_FLAGS[@]}" "$BASE" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+base_glibc() { podman run --rm --network none "${RUN_FLAGS[@]}" "$BASE" getconf GNU_LIBC_VERSION | sed 's/^glibc //'; }
+
+# make_wheels DIR : DIR/snapd holds the wheels of the checkout's distributions (the root
+# project, and client/ when it has its own), DIR/deps those of their dependencies for the
+# base's Python and glibc (binary wheels only: the build has no compiler for them).
+make_wheels() {
+    local dir="$1" py glibc src
+    local pip=("${PYTHON:-$([[ -x $root/.venv/bin/python ]] && echo "$root/.venv/bin/python" || echo python3)}" -m pip)
+    py="$(base_python)"; glibc="$(base_glibc)"
+    mkdir -p "$dir/snapd" "$dir/deps"
+    # a copy of the checkout as git sees it (tracked and untracked, not ignored): no stale
+    # build/ or egg-info leaks in; file times kept, SOURCE_DATE_EPOCH fixes the rest, so the
+    # same checkout gives the same wheel and podman's cache holds
+    src="$(mktemp -d)"
+    (cd "$root" && git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -c) | tar -C "$src" -x
+    local project
+    for project in "$src" "$src/client"; do
+        [[ -f "$project/pyproject.toml" ]] || continue
+        SOURCE_DATE_EPOCH="$(git -C "$root" log -1 --format=%ct)" "${pip[@]}" wheel -q --no-deps \
+            --wheel-dir "$dir/snapd" "$project" >&2 || die "pip wheel $project failed"
+    done
+    rm -rf "$src"
+    local platforms=(--platform manylinux2014_x86_64) minor
+    for (( minor = ${glibc#*.}; minor >= 17; minor-- )); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
+    log "wheels of snapd's dependencies for CPython $py, glibc $glibc"
+    "${pip[@]}" download -q --only-binary=:all: --python-version "$py" --implementation cp \
+        --abi "cp${py/./}" --abi abi3 --abi none "${platforms[@]}" --platform any \
+        --find-links "$dir/snapd" --dest "$dir/deps" "$dir"/snapd/*.whl >&2 || die "pip download of the dependencies failed"
+    local whl
+    for whl in "$dir"/snapd/*.whl; do rm -f "$dir/deps/$(basename "$whl")"; done
+}
+
+# make_context DIR
+make_context() {
+    local dir="$1"
+    install -m 0755 "$root/scripts/install-criu.sh" "$dir/install-criu.sh"
+    install -m 0644 "$root/deploy/image/config.toml" "$dir/config.toml"
+    mkdir -p "$dir/criu-src"
+    fetch_tarball    # install-criu.sh: cached in $PREFIX/src, sha256 checked
+    cp "$PREFIX/src/$CRIU_TARBALL" "$dir/criu-src/"
+    make_wheels "$dir/wheels"
+}
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+rebuild=0
+work=""    # where ensure_bases makes root file systems (removed on exit)
+build_main() {
+    local only_flags=0
+    while (( $# )); do
+        case "$1" in
+            -h|--help) usage; exit 0 ;;
+            --release) [[ $# -ge 2 && -n "$2" ]] || { usage >&2; die "--release needs a name"; }; RELEASE="$2"; shift 2 ;;
+            --release=*) RELEASE="${1#--release=}"; shift ;;
+            --rebuild-base) rebuild=1; shift ;;
+            --run-flags) only_flags=1; shift ;;
+            *) usage >&2; printf '%s: unknown argument: %s\n' "$prog" "$1" >&2; exit 2 ;;
+        esac
+    done
+    (( EUID == 0 )) || die "run as root (podman builds and runs the privileged containers as root)"
+    command -v podman >/dev/null || die "podman is not installed (apt-get install podman)"
+
+    if (( only_flags )); then
+        ensure_bases runtime
+        run_flags
+        return 0
+    fi
+
+    local t0=$SECONDS
+    ensure_bases
+    local flags
+    flags="$(run_flags)" || exit $?
+    mapfile -t RUN_FLAGS <<<"$flags"
+    [[ -n "$flags" ]] || RUN_FLAGS=()
+    local version sha tag ctx
+    version="$(sed -nE 's/^version = "([^"]+)"/\1/p' "$root/pyproject.toml" | head -n1)"
+    sha="$(git -C "$root" rev-parse --short HEAD)"
+    [[ -z "$(git -C "$root" status --porcelain)" ]] || sha+=-dirty
+    tag="$IMAGE:$version-$sha"
+
+    mkdir -p "$CACHE"
+    ctx="$(mktemp -d "$CACHE/context.XXXXXX")"
+    trap 'rm -rf "$ctx"' EXIT
+    make_context "$ctx"
+    log "building $tag (bases $BASE, $BUILD_BASE; podman ${RUN_FLAGS[*]:-defaults})"
+    podman build --pull=never --network none --layers "${RUN_FLAGS[@]}" \
+        --build-arg "RUNTIME_BASE=$BASE" --build-arg "BUILD_BASE=$BUILD_BASE" \
+        --build-arg "VERSION=$version" --build-arg "REVISION=$(git -C "$root" rev-parse HEAD)" \
+        -f "$root/deploy/image/Containerfile" -t "$tag" -t "$IMAGE:$version" "$ctx" >&2 ||
+        die "podman build failed"
+    rm -rf "$ctx"; trap - EXIT
+    log "built $tag ($(podman image inspect --format '{{.Size}}' "$tag" | numfmt --to=iec)) in $((SECONDS - t0)) s"
+    echo "$tag"
+}
+
+build_main "$@"
