@@ -35,7 +35,7 @@ EXIT_NO_CONTAINERS=3
 
 usage() {
     cat <<EOF
-Usage: $prog [--release NAME] [--rebuild-base] [--run-flags] [--help]
+Usage: $prog [--release NAME] [--refresh] [--run-flags] [--help]
 
 Build snapd's OCI image from deploy/image/Containerfile with podman (as root) and print its tag
 as the last line of stdout:
@@ -47,16 +47,18 @@ packages (Debian <release>, security updates applied) and imported with podman i
   $BASE_IMAGE:<release>-<key>         Python, CA certificates: the final stage
   $BUILD_BASE_IMAGE:<release>-<key>   + CRIU's build dependencies, python3-venv
 <key> hashes the release and the package lists; a base whose tag exists is reused. The wheels
-(the checkout's and its dependencies', for the base's Python) are made on this host with pip
-and its configuration, CRIU's source tarball comes through install-criu.sh (same tarball,
-same sha256), and podman builds with --network none. podman's layer cache makes a rebuild of
-an unchanged checkout take seconds.
+(the checkout's and its dependencies', for the base's Python and glibc) are made on this host
+with pip and its configuration, and cached (the checkout's by its files, the others by their
+requirements); CRIU's source tarball comes through install-criu.sh (same tarball, same
+sha256); podman builds with --network none, and its layer cache makes a rebuild of an
+unchanged checkout take seconds.
 
 Options:
   --release NAME   Debian release of the bases (default: $RELEASE; Python >= 3.11 needed)
-  --rebuild-base   make the bases again (e.g. for Debian's latest security updates)
+  --refresh        make the bases again and download the dependencies' wheels again (Debian's
+                   latest security updates, the newest releases the requirements allow)
   --run-flags      only print the podman flags that run a container here (making the runtime
-                   base if needed), one per line; exit $EXIT_NO_CONTAINERS with the reason if none do
+                   base if needed), one argument per line; exit $EXIT_NO_CONTAINERS with the reason if none do
   -h, --help       show this help
 
 Environment:
@@ -114,7 +116,7 @@ import_rootfs() {
     log "made base image $2 ($(podman image inspect --format '{{.Size}}' "$2" | numfmt --to=iec))"
 }
 
-# ensure_bases [runtime] : make the bases whose tags are missing (both with --rebuild-base; only
+# ensure_bases [runtime] : make the bases whose tags are missing (both with --refresh; only
 # the runtime one with "runtime"); both come from the same mirror state when made together.
 ensure_bases() {
     local key only="${1:-}"
@@ -122,8 +124,8 @@ ensure_bases() {
     BASE="$BASE_IMAGE:$RELEASE-$key"
     BUILD_BASE="$BUILD_BASE_IMAGE:$RELEASE-$key"
     local need=()
-    if (( rebuild )) || ! podman image exists "$BASE"; then need+=(runtime); fi
-    if [[ "$only" != runtime ]] && { (( rebuild )) || ! podman image exists "$BUILD_BASE"; }; then need+=(build); fi
+    if (( refresh )) || ! podman image exists "$BASE"; then need+=(runtime); fi
+    if [[ "$only" != runtime ]] && { (( refresh )) || ! podman image exists "$BUILD_BASE"; }; then need+=(build); fi
     (( ${#need[@]} )) || return 0
     command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
     mkdir -p "$CACHE"
@@ -174,38 +176,79 @@ run_flags() {
 # ---------------------------------------------------------------------------
 # Build context: install-criu.sh, CRIU's tarball, wheels, config
 # ---------------------------------------------------------------------------
-# The base's Python as "3.11" and its glibc as "2.36", read from the base image.
-base_python() { podman run --rm --network none "${RUN_FLAGS[@]}" "$BASE" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
-base_glibc() { podman run --rm --network none "${RUN_FLAGS[@]}" "$BASE" getconf GNU_LIBC_VERSION | sed 's/^glibc //'; }
+# The base's Python and glibc versions, as "3.11 2.36", read from the runtime base.
+base_versions() {
+    podman run --rm --network none "${RUN_FLAGS[@]}" "$BASE" python3 -c \
+        'import os, sys; print("%d.%d" % sys.version_info[:2], os.confstr("CS_GNU_LIBC_VERSION").split()[1])'
+}
 
-# make_wheels DIR : DIR/snapd holds the wheels of the checkout's distributions (the root
-# project, and client/ when it has its own), DIR/deps those of their dependencies for the
-# base's Python and glibc (binary wheels only: the build has no compiler for them).
-make_wheels() {
-    local dir="$1" py glibc src
-    local pip=("${PYTHON:-$([[ -x $root/.venv/bin/python ]] && echo "$root/.venv/bin/python" || echo python3)}" -m pip)
-    py="$(base_python)"; glibc="$(base_glibc)"
-    mkdir -p "$dir/snapd" "$dir/deps"
-    # a copy of the checkout as git sees it (tracked and untracked, not ignored): no stale
-    # build/ or egg-info leaks in; file times kept, SOURCE_DATE_EPOCH fixes the rest, so the
-    # same checkout gives the same wheel and podman's cache holds
-    src="$(mktemp -d)"
-    (cd "$root" && git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -c) | tar -C "$src" -x
+# cached DIR KIND KEY COMMAND... : fill DIR with the files COMMAND writes into the directory
+# named by its last argument, kept under $CACHE/KIND-KEY; the 3 newest of a KIND are kept.
+cached() {
+    local dir="$1" kind="$2" key="$3"; shift 3
+    local keep="$CACHE/wheels/$kind-$key"
+    if [[ ! -d "$keep" ]]; then
+        mkdir -p "$CACHE/wheels"
+        local fresh; fresh="$(mktemp -d "$CACHE/wheels/.new.XXXXXX")"
+        "$@" "$fresh" || { rm -rf "$fresh"; die "making the $kind wheels failed"; }
+        mv -T "$fresh" "$keep"
+        ls -dt "$CACHE/wheels/$kind-"* | tail -n +4 | xargs -r rm -rf
+    fi
+    mkdir -p "$dir"
+    cp -a "$keep"/. "$dir"/
+}
+
+# local_wheels SRC OUT : the wheels of the checkout's distributions in SRC (the root project,
+# and client/ when it has its own). SOURCE_DATE_EPOCH stamps every member of a wheel with one
+# time (1980-01-01, zip's first): the same package files give the same wheel, whatever the
+# commit, and podman's layer cache holds across commits that leave them alone.
+local_wheels() {
     local project
-    for project in "$src" "$src/client"; do
+    for project in "$1" "$1/client"; do
         [[ -f "$project/pyproject.toml" ]] || continue
-        SOURCE_DATE_EPOCH="$(git -C "$root" log -1 --format=%ct)" "${pip[@]}" wheel -q --no-deps \
-            --wheel-dir "$dir/snapd" "$project" >&2 || die "pip wheel $project failed"
+        SOURCE_DATE_EPOCH=315532800 "${PIP[@]}" wheel -q --no-deps \
+            --wheel-dir "$2" "$project" >&2 || return 1
     done
-    rm -rf "$src"
-    local platforms=(--platform manylinux2014_x86_64) minor
+}
+
+# dependency_wheels PY GLIBC LOCAL OUT : binary wheels of LOCAL's dependencies for CPython PY on
+# glibc GLIBC (the build stage has no compiler for them), through this host's pip configuration.
+dependency_wheels() {
+    local py="$1" glibc="$2" local_dir="$3" out="$4" minor whl
+    local platforms=(--platform manylinux2014_x86_64)
     for (( minor = ${glibc#*.}; minor >= 17; minor-- )); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
-    log "wheels of snapd's dependencies for CPython $py, glibc $glibc"
-    "${pip[@]}" download -q --only-binary=:all: --python-version "$py" --implementation cp \
+    "${PIP[@]}" download -q --only-binary=:all: --python-version "$py" --implementation cp \
         --abi "cp${py/./}" --abi abi3 --abi none "${platforms[@]}" --platform any \
-        --find-links "$dir/snapd" --dest "$dir/deps" "$dir"/snapd/*.whl >&2 || die "pip download of the dependencies failed"
-    local whl
-    for whl in "$dir"/snapd/*.whl; do rm -f "$dir/deps/$(basename "$whl")"; done
+        --find-links "$local_dir" --dest "$out" "$local_dir"/*.whl >&2 || return 1
+    for whl in "$local_dir"/*.whl; do rm -f "$out/$(basename "$whl")"; done
+}
+
+# requirements WHEEL... : the Requires-Dist lines of the wheels' metadata.
+requirements() {
+    "${PIP[0]}" -c 'import sys, zipfile
+for path in sys.argv[1:]:
+    with zipfile.ZipFile(path) as whl:
+        meta = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        print(*sorted(l for l in whl.read(meta).decode().splitlines() if l.startswith("Requires-Dist:")), sep="\n")' "$@"
+}
+
+# make_wheels DIR : DIR/snapd the checkout's wheels, DIR/deps its dependencies' wheels. Both are
+# cached: the first by the checkout's files (as git sees them: tracked and untracked, not
+# ignored, so no stale build/ leaks in), the second by the requirements, Python and glibc.
+make_wheels() {
+    local dir="$1" versions py glibc src key
+    PIP=("${PYTHON:-$([[ -x $root/.venv/bin/python ]] && echo "$root/.venv/bin/python" || echo python3)}" -m pip)
+    versions="$(base_versions)"; py="${versions% *}"; glibc="${versions#* }"
+    src="$(mktemp -d)"
+    (cd "$root" && git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -c) >"$src.tar"
+    tar -C "$src" -xf "$src.tar"
+    key="$(sha256sum <"$src.tar" | cut -c1-16)"
+    cached "$dir/snapd" snapd "$key" local_wheels "$src"
+    rm -rf "$src" "$src.tar"
+    key="$({ requirements "$dir"/snapd/*.whl; echo "$py $glibc"; } | sha256sum | cut -c1-16)"
+    (( ! refresh )) || rm -rf "$CACHE/wheels/deps-$key"
+    log "wheels of snapd's dependencies for CPython $py, glibc $glibc"
+    cached "$dir/deps" deps "$key" dependency_wheels "$py" "$glibc" "$dir/snapd"
 }
 
 # make_context DIR
@@ -222,7 +265,7 @@ make_context() {
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
-rebuild=0
+refresh=0
 work=""    # where ensure_bases makes root file systems (removed on exit)
 build_main() {
     local only_flags=0
@@ -231,7 +274,7 @@ build_main() {
             -h|--help) usage; exit 0 ;;
             --release) [[ $# -ge 2 && -n "$2" ]] || { usage >&2; die "--release needs a name"; }; RELEASE="$2"; shift 2 ;;
             --release=*) RELEASE="${1#--release=}"; shift ;;
-            --rebuild-base) rebuild=1; shift ;;
+            --refresh) refresh=1; shift ;;
             --run-flags) only_flags=1; shift ;;
             *) usage >&2; printf '%s: unknown argument: %s\n' "$prog" "$1" >&2; exit 2 ;;
         esac
