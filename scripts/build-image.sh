@@ -63,7 +63,8 @@ Options:
 
 Environment:
   SNAPD_IMAGE_CACHE    debootstrap's .deb cache and the wheels (default /var/cache/gpu-snapd-image)
-  SNAPD_IMAGE_MIRROR   Debian mirror (default: SNAPD_CRIU_MIRROR, else this host's apt sources)
+  SNAPD_IMAGE_MIRROR   Debian mirror, .../debian (default: SNAPD_CRIU_MIRROR, else this host's apt
+                       sources); security updates come from .../debian-security beside it
   PYTHON               Python whose pip makes the wheels (default: the checkout's .venv, else python3)
 
 Exit status: 0 built, 1 failed, 2 bad usage, $EXIT_NO_CONTAINERS podman cannot run containers here.
@@ -84,29 +85,49 @@ mirror() {
     printf '%s\n' "${m:-http://deb.debian.org/debian}"
 }
 
-# make_rootfs DIR PACKAGES... : Debian $RELEASE (minbase) with PACKAGES, upgraded from the
-# release's -updates and -security suites, pruned.
-make_rootfs() {
-    local dir="$1" m; shift
-    m="$(mirror)"
-    log "debootstrap $RELEASE from $m into $dir (+ $*)"
-    mkdir -p "$CACHE/debs"
-    debootstrap --variant=minbase --include="$(IFS=,; echo "$*")" --cache-dir="$CACHE/debs" \
-        "$RELEASE" "$dir" "$m" >"$dir.log" 2>&1 || { tail -n 20 "$dir.log" >&2; die "debootstrap failed; log: $dir.log"; }
-    cat >"$dir/etc/apt/sources.list" <<EOF
-deb $m $RELEASE main
-deb $m $RELEASE-updates main
-deb ${m%/debian}/debian-security $RELEASE-security main
-EOF
+# in_chroot DIR COMMAND... : run COMMAND in DIR with /proc mounted, the host's resolver, the
+# .deb cache debootstrap fills and dpkg without fsync (the root file system is thrown away if
+# this fails); output to DIR.log.
+in_chroot() {
+    local dir="$1" rc=0; shift
     cp /etc/resolv.conf "$dir/etc/resolv.conf"
+    echo force-unsafe-io >"$dir/etc/dpkg/dpkg.cfg.d/build-image-unsafe-io"
     mount -t proc proc "$dir/proc"
-    local rc=0
-    { chroot "$dir" apt-get update -q && DEBIAN_FRONTEND=noninteractive chroot "$dir" apt-get -y -q upgrade &&
-        chroot "$dir" apt-get clean; } >>"$dir.log" 2>&1 || rc=$?
-    umount "$dir/proc"
-    (( rc == 0 )) || { tail -n 20 "$dir.log" >&2; die "security updates in $dir failed; log: $dir.log"; }
+    mkdir -p "$CACHE/debs/partial"
+    mount --bind "$CACHE/debs" "$dir/var/cache/apt/archives"
+    DEBIAN_FRONTEND=noninteractive chroot "$dir" "$@" >>"$dir.log" 2>&1 || rc=$?
+    umount "$dir/var/cache/apt/archives" "$dir/proc"
+    rm -f "$dir/etc/dpkg/dpkg.cfg.d/build-image-unsafe-io"
     : >"$dir/etc/resolv.conf"
-    local p; for p in "${PRUNE[@]}"; do rm -rf "${dir:?}/$p"; mkdir -p "$dir/$p"; done
+    (( rc == 0 )) || { tail -n 20 "$dir.log" >&2; die "in $dir: $* failed; log: $dir.log"; }
+}
+
+# make_runtime_rootfs DIR : Debian $RELEASE (minbase) with RUNTIME_PACKAGES, upgraded from the
+# release's -updates and -security suites; apt's package lists are kept for make_build_rootfs.
+make_runtime_rootfs() {
+    local dir="$1" m
+    m="$(mirror)"
+    log "debootstrap $RELEASE from $m into $dir (+ ${RUNTIME_PACKAGES[*]})"
+    mkdir -p "$CACHE/debs"
+    debootstrap --variant=minbase --include="$(IFS=,; echo "${RUNTIME_PACKAGES[*]}")" --cache-dir="$CACHE/debs" \
+        "$RELEASE" "$dir" "$m" >"$dir.log" 2>&1 || { tail -n 20 "$dir.log" >&2; die "debootstrap failed; log: $dir.log"; }
+    printf 'deb %s %s main\n' "$m" "$RELEASE" "$m" "$RELEASE-updates" "${m%/debian}/debian-security" "$RELEASE-security" \
+        >"$dir/etc/apt/sources.list"
+    in_chroot "$dir" apt-get -q update
+    in_chroot "$dir" apt-get -y -q upgrade
+}
+
+# make_build_rootfs RUNTIME DIR : a copy of the runtime root file system with BUILD_PACKAGES (the
+# same Python, from the same package lists).
+make_build_rootfs() {
+    log "adding CRIU's build dependencies and python3-venv in $2"
+    cp -a "$1" "$2"
+    in_chroot "$2" apt-get -y -q install --no-install-recommends "${BUILD_PACKAGES[@]}"
+}
+
+# prune DIR : without apt's caches and lists, docs, manual pages, translations.
+prune() {
+    local p; for p in "${PRUNE[@]}"; do rm -rf "${1:?}/$p"; mkdir -p "$1/$p"; done
 }
 
 # import_rootfs DIR TAG : the directory as a one-layer image.
@@ -116,33 +137,40 @@ import_rootfs() {
     log "made base image $2 ($(podman image inspect --format '{{.Size}}' "$2" | numfmt --to=iec))"
 }
 
-# ensure_bases [runtime] : make the bases whose tags are missing (both with --refresh; only
-# the runtime one with "runtime"); both come from the same mirror state when made together.
+# remove_work : unmount what in_chroot mounted in $work, then remove it (only when nothing is
+# mounted there any more: the .deb cache is bound into it).
+remove_work() {
+    local m
+    for m in "$work"/*/var/cache/apt/archives "$work"/*/proc; do
+        if mountpoint -q "$m"; then umount "$m" || true; fi
+    done
+    if grep -qF " $work/" /proc/self/mounts; then log "left $work: still mounted"; else rm -rf "$work"; fi
+}
+
+# ensure_bases [runtime] : make the bases (only the runtime one with "runtime") when one is
+# missing or with --refresh. Both are made together, so that they hold the same Python.
 ensure_bases() {
     local key only="${1:-}"
     key="$(base_key)"
     BASE="$BASE_IMAGE:$RELEASE-$key"
     BUILD_BASE="$BUILD_BASE_IMAGE:$RELEASE-$key"
-    local need=()
-    if (( refresh )) || ! podman image exists "$BASE"; then need+=(runtime); fi
-    if [[ "$only" != runtime ]] && { (( refresh )) || ! podman image exists "$BUILD_BASE"; }; then need+=(build); fi
-    (( ${#need[@]} )) || return 0
+    if (( ! refresh )) && podman image exists "$BASE" && { [[ "$only" == runtime ]] || podman image exists "$BUILD_BASE"; }; then
+        return 0
+    fi
     command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
     mkdir -p "$CACHE"
     work="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
-    trap 'for d in "$work"/*/proc; do mountpoint -q "$d" && umount "$d"; done; rm -rf "$work"' EXIT
-    local t0=$SECONDS which
-    for which in "${need[@]}"; do
-        if [[ "$which" == runtime ]]; then
-            make_rootfs "$work/runtime" "${RUNTIME_PACKAGES[@]}"
-            import_rootfs "$work/runtime" "$BASE"
-        else
-            make_rootfs "$work/build" "${BUILD_PACKAGES[@]}"
-            import_rootfs "$work/build" "$BUILD_BASE"
-        fi
-        rm -rf "${work:?}/$which"
-    done
-    rm -rf "$work"; trap - EXIT
+    trap remove_work EXIT
+    local t0=$SECONDS
+    make_runtime_rootfs "$work/runtime"
+    if [[ "$only" != runtime ]]; then
+        make_build_rootfs "$work/runtime" "$work/build"
+        prune "$work/build"
+        import_rootfs "$work/build" "$BUILD_BASE"
+    fi
+    prune "$work/runtime"
+    import_rootfs "$work/runtime" "$BASE"
+    remove_work; trap - EXIT
     log "bases made in $((SECONDS - t0)) s"
 }
 
@@ -150,7 +178,7 @@ ensure_bases() {
 # Running containers here
 # ---------------------------------------------------------------------------
 # run_flags : print the first set of podman flags that runs a container of the runtime base
-# here, one flag per line; exit EXIT_NO_CONTAINERS with every attempt's error if none does.
+# here, one argument per line; exit EXIT_NO_CONTAINERS with every attempt's error if none does.
 # Podman's defaults come first. The others answer what a sandboxed VM refuses: crun does not
 # run on hybrid cgroup v1/v2 hosts ("cgroups in hybrid mode not supported"), runc does; and
 # without CAP_SYS_RESOURCE the default rlimits (nofile 1048576) cannot be set, so the caller's
