@@ -82,7 +82,10 @@ def container(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     assert run.returncode == 0, run.stderr
     box = Container(name=name, reports=root / "reports")
     try:
-        wait_for(lambda: box.snapd("list").returncode == 0, 60, f"the daemon in {name} to serve: {box.logs()}")
+        try:
+            wait_for(lambda: box.snapd("list").returncode == 0, 60, f"the daemon in {name} to serve")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log:\n{box.logs()}") from None
         yield box
     finally:
         subprocess.run(["podman", "rm", "--force", "--time", "0", name], capture_output=True, timeout=120)
