@@ -62,11 +62,11 @@ def test_configmap_holds_only_serve_options(tmp_path: Path) -> None:
 
 
 def test_daemonset_names_the_image_the_build_tags() -> None:
-    """scripts/build-image.sh tags localhost/gpu-snapd:<pyproject version>; the CRIU the config
-    names is the bundle's in that image (deploy/image/Containerfile)."""
+    """scripts/build-image.sh tags localhost/gpu-snapd:<pyproject version>; the image's own config
+    holds only serve options, and the CRIU the ConfigMap names is the bundle's in that image."""
     docs = {doc["kind"]: doc for _, doc in _documents()}
     (container,) = docs["DaemonSet"]["spec"]["template"]["spec"]["containers"]
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert container["image"] == f"localhost/gpu-snapd:{version}"
-    image_config = tomllib.loads((REPO / "deploy" / "image" / "config.toml").read_text())
+    image_config = config.load(REPO / "deploy" / "image" / "config.toml", {p.name for p in serve.params if p.name})
     assert tomllib.loads(docs["ConfigMap"]["data"]["config.toml"])["criu"] == image_config["criu"]
