@@ -7,6 +7,10 @@ corrupted chunk), SIGKILLs the daemon at a seeded point, restarts it and checks 
 invariants of tests/faultlib.py:run_trial. Prints one line per trial and a table of
 outcomes per kind; exits 1 when any trial broke an invariant.
 
+``--campaign fsck-under-gc`` runs tests/fscklib.py's campaign instead: ``--trials`` fsck
+calls under checkpoint, gc and rm load, printing the counts; exits 1 on a false report or
+a missed corruption.
+
     sudo SNAPD_CRIU=/opt/gpu-snapd/criu/bin/criu \\
         PYTHONPATH=daemon:client:proto .venv/bin/python scripts/faults.py --trials 200 --seed 7
 """
@@ -24,6 +28,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import faultlib  # noqa: E402
+import fscklib  # noqa: E402
+from harness import Daemon, Workloads  # noqa: E402
+
+
+def fsck_under_gc(runs: int) -> int:
+    """The fsck-under-gc campaign on a private daemon; 1 when it found a false report or
+    missed the corrupted chunk."""
+    root = Path(tempfile.mkdtemp(prefix="snapd-fsck-gc-"))
+    daemon, workloads = Daemon(root).start(), Workloads(root)
+    try:
+        result = fscklib.run_campaign(daemon, workloads, min_runs=runs, time_limit=max(150.0, runs))
+    finally:
+        workloads.kill_all()
+        daemon.close()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"fsck-under-gc: {result.describe()}")
+    for line in result.false[:10] + result.errors[:10]:
+        print(f"  {line}")
+    return 1 if result.false_reports or result.corruption_detected < result.fsck_runs or result.errors else 0
 
 
 def main() -> int:
@@ -35,7 +58,11 @@ def main() -> int:
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
                         help="extra `snapd serve` argument (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the trial directories of violations")
+    parser.add_argument("--campaign", choices=["fsck-under-gc"],
+                        help="run this campaign instead of SIGKILL trials (--trials: its fsck calls)")
     args = parser.parse_args()
+    if args.campaign == "fsck-under-gc":
+        return fsck_under_gc(args.trials)
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(kinds) - set(faultlib.KINDS)
     if unknown:

@@ -265,6 +265,9 @@ def fsck(ctx: click.Context, snapshot: str) -> None:
             click.echo(f"{r.snapshots} snapshot(s), {r.chunks_checked} chunk(s), {human_bytes(r.bytes_checked)} "
                        f"verified; {len(r.damage)} damaged reference(s); {r.orphan_chunks} orphan chunk(s) "
                        "(`snapd gc` reclaims them)")
+            if r.snapshots_gone:
+                click.echo(f"{len(r.snapshots_gone)} snapshot(s) deleted while checking, not checked further: "
+                           + " ".join(r.snapshots_gone))
 
         c.emit(r, human)
         if r.damage:

@@ -142,6 +142,7 @@ def fsck_report(report: FsckReport) -> pb.CheckStoreResponse:
         chunks_checked=report.chunks_checked,
         bytes_checked=report.bytes_checked,
         orphan_chunks=report.orphan_chunks,
+        snapshots_gone=report.snapshots_gone,
         damage=[
             pb.ChunkDamage(snapshot_id=d.snapshot_id, file=d.file, offset=d.offset, chunk=d.chunk, problem=d.problem)
             for d in report.damage

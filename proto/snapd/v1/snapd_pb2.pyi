@@ -452,18 +452,20 @@ class ChunkDamage(_message.Message):
     def __init__(self, snapshot_id: _Optional[str] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., chunk: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class CheckStoreResponse(_message.Message):
-    __slots__ = ("snapshots", "chunks_checked", "bytes_checked", "damage", "orphan_chunks")
+    __slots__ = ("snapshots", "chunks_checked", "bytes_checked", "damage", "orphan_chunks", "snapshots_gone")
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     BYTES_CHECKED_FIELD_NUMBER: _ClassVar[int]
     DAMAGE_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_GONE_FIELD_NUMBER: _ClassVar[int]
     snapshots: int
     chunks_checked: int
     bytes_checked: int
     damage: _containers.RepeatedCompositeFieldContainer[ChunkDamage]
     orphan_chunks: int
-    def __init__(self, snapshots: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damage: _Optional[_Iterable[_Union[ChunkDamage, _Mapping]]] = ..., orphan_chunks: _Optional[int] = ...) -> None: ...
+    snapshots_gone: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, snapshots: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damage: _Optional[_Iterable[_Union[ChunkDamage, _Mapping]]] = ..., orphan_chunks: _Optional[int] = ..., snapshots_gone: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
