@@ -3,9 +3,12 @@ terminal, and a file unlinked while open (--link-remap), through the daemon with
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
-from harness import Workloads, ask, gone, wait_for
+from harness import BackgroundCheckpoint, Daemon, Workloads, ask, error_of, gone, snapd, wait_for
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 from snapd_daemon.host.terminals import Terminal
 
@@ -45,3 +48,67 @@ def test_tree_holding_the_master_of_a_childs_terminal_is_checkpointed(client: Sn
     stat = Path(f"/proc/{leader}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(stat[3]) == int(leader), "the child no longer leads its session"
     assert Terminal(int(stat[4])).name == tty, "the child lost its controlling terminal"
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_unlinked_open_file_is_kept_with_link_remap(daemon: Daemon, client: SnapdClient, workloads: Workloads,
+                                                    tmp_path: Path) -> None:
+    """zdtm unlink_fstat03: a file opened, linked under a second name, its first name
+    unlinked, written after that. Without --link-remap CRIU refuses it, and the error names
+    snapd's flag. With it the snapshot records the flag and the link kept for it (shown by
+    inspect); every restore reopens the very same inode with its bytes, size and offset;
+    CRIU's own link_remap.N does not outlive a restore; rm removes the kept link."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    pid, report = workloads.start("unlinked.py", str(folder), "1")
+    before = report.read_text().split()
+    inode = (folder / "data.link").stat().st_ino
+    assert before[3:5] == ["3000", str(inode)]
+
+    err = error_of(lambda: client.checkpoint(pid))
+    assert err.error_class == "CriuFailed" and "checkpoint --link-remap" in err.message, err.message
+    assert _names(folder) == ["data.link"]
+
+    snap = client.checkpoint(pid, link_remap=True)
+    assert snap.link_remap and len(snap.link_remap_files) == 1
+    kept = Path(snap.link_remap_files[0])
+    assert kept.parent == folder and kept.stat().st_ino == inode
+    assert _names(folder) == sorted(["data.link", kept.name])
+    shown = snapd(daemon, "inspect", snap.id)
+    assert "link_remap=True" in shown.stdout and f"link remap:  {kept}" in shown.stdout, shown.stdout
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+
+    for _ in range(2):  # restorable again and again: the kept link stays
+        client.restore(snap.id)
+        after = ask(pid, report)
+        assert after[:5] == before[:5] and after[5] == "2", (before, after)
+        assert _names(folder) == sorted(["data.link", kept.name])
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: gone(pid), 10, "the restored process to die")
+
+    client.delete(snap.id)
+    assert _names(folder) == ["data.link"]
+
+
+def test_cancelled_link_remap_checkpoint_leaves_no_link(daemon: Daemon, client: SnapdClient, workloads: Workloads,
+                                                        tmp_path: Path) -> None:
+    """A checkpoint with --link-remap cancelled while CRIU dumps rolls back: neither CRIU's
+    link_remap.N nor snapd's kept link is left in the file's directory, the process runs on
+    with its file as it was, and no snapshot is listed."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    pid, report = workloads.start("unlinked.py", str(folder), "256")
+    before = report.read_text().split()
+    checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP, link_remap=True)
+    checkpoint.wait_for_phase()
+    assert client.cancel(checkpoint.operation_id).cancelled
+    checkpoint.join()
+    assert checkpoint.error is not None and checkpoint.error.error_class == "Cancelled", checkpoint.error
+    assert '"checkpoint.post_dump"' in daemon.log.read_text(), "the dump did not reach its post-dump point"
+    wait_for(lambda: client.status().operations_in_flight == 0, 60, "the checkpoint to roll back")
+    assert list(client.list().snapshots) == []
+    assert _names(folder) == ["data.link"]
+    assert ask(pid, report)[:5] == before[:5]

@@ -64,6 +64,8 @@ def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Sna
         damaged_chunks=damaged,
         tcp_established=m.tcp_established,
         ext_unix_sk=m.ext_unix_sk,
+        link_remap=m.link_remap,
+        link_remap_files=m.link_remap_files,
         processes=[
             pb.ProcessInfo(
                 pid=p.pid, ppid=p.ppid, name=p.name, cmdline=list(p.cmdline), threads=p.threads, rss_bytes=p.rss_bytes

@@ -56,7 +56,7 @@ from snapd_daemon.criu.images import ImageFormatError, PagesImage, pages_images
 from snapd_daemon.criu.notify import Notify
 from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout, write_trimmed
 from snapd_daemon.errors import CriuFailed, CudaFailed
-from snapd_daemon.host import cgroups, filepages, gpu, hostmemory, nccl
+from snapd_daemon.host import cgroups, filepages, gpu, hostmemory, linkremap, nccl
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.namespaces import listening_ports, same_namespace
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
@@ -88,6 +88,7 @@ class CheckpointSpec:
     keep_hot: bool = False
     tcp_established: bool = False
     ext_unix_sk: bool = False
+    link_remap: bool = False
 
 
 class _PostDumpHold(Notify):
@@ -97,9 +98,11 @@ class _PostDumpHold(Notify):
     wraps that work (the ingest's ``paused``: no writer competes with it for the GIL)."""
 
     def __init__(self, tree: ProcessTree, stop: bool, journal: HoldJournal, operation_id: str,
-                 cuda_pids: tuple[int, ...], daemon_pid: int) -> None:
+                 cuda_pids: tuple[int, ...], daemon_pid: int, link_remap: bool = False) -> None:
         self.tree = tree
         self.stop = stop
+        self.link_remap = link_remap
+        self.kept_links: list[str] = []  # names given to CRIU's link_remap links (host/linkremap.py)
         self.journal = journal
         self.operation_id = operation_id
         self.cuda_pids = cuda_pids
@@ -126,6 +129,8 @@ class _PostDumpHold(Notify):
             now = inspect_tree(self.tree.root, self.daemon_pid)
             self.tree = dataclasses.replace(now, processes=tuple(
                 dataclasses.replace(p, stopped=p.pid in stopped) for p in now.processes))
+            if self.link_remap:  # CRIU removes its links once this returns (the tree is left running)
+                self.kept_links = linkremap.keep(linkremap.unlinked_open_files(self.tree.pids), self.operation_id)
             if self.stop:
                 self.record()
                 self.held = True
@@ -207,7 +212,8 @@ class CheckpointRun(OperationRun):
         """Hold record, staging and ingest, each undone on failure (record last)."""
         rt, spec = self.rt, self.spec
         self.hold_point = _PostDumpHold(self.tree, not spec.leave_running, rt.journal, self.op, self.cuda_pids,
-                                        rt.daemon_pid)
+                                        rt.daemon_pid, spec.link_remap)
+        undo.callback(lambda: linkremap.remove(self.hold_point.kept_links))
         self.freeze = gpu.CudaFreeze(self.cuda_pids, spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms)
         vram = self.vram
         self.needed = self.raw = self.tree.rss_bytes + vram
@@ -252,7 +258,7 @@ class CheckpointRun(OperationRun):
                     freeze_timeout=rt.settings.freeze_timeout, notify=self.hold_point,
                     external=[e.criu_external for e in self.stdio if e.criu_external],
                     tcp_established=self.spec.tcp_established, ext_unix_sk=self.spec.ext_unix_sk,
-                    own_mntns=self.tree.own_mntns,
+                    link_remap=self.spec.link_remap, own_mntns=self.tree.own_mntns,
                 )
             except CriuFailed as exc:
                 full = rt.scratch.full(staging, needed=self.needed)
@@ -277,6 +283,7 @@ class CheckpointRun(OperationRun):
             kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
             leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
             outward_stdio=self.stdio, tcp_established=spec.tcp_established, ext_unix_sk=spec.ext_unix_sk,
+            link_remap=spec.link_remap, link_remap_files=self.hold_point.kept_links,
             ns_pids=dict(self.hold_point.tree.ns_pids),
         )
         manifest.own_netns = not same_namespace("net", spec.pid, rt.daemon_pid)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from snapd_daemon.errors import ChunkCorrupt, SnapshotAmbiguous, SnapshotNotFound, SnapshotPinned
+from snapd_daemon.host import linkremap
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.imports import ChunkImport
 from snapd_daemon.store.ingest import Committed
@@ -222,11 +223,13 @@ class Catalog:
             return report
 
     def _unpublish(self, snapshot_id: str) -> None:
-        """Forget a snapshot: its prefetched copy, its manifest. Caller holds the lock exclusive."""
+        """Forget a snapshot: its prefetched copy, its manifest, the links that kept its unlinked
+        open files (host/linkremap.py). Caller holds the lock exclusive."""
         self.store.drop_prefetch(snapshot_id)
         self.store.manifests.remove(snapshot_id)
         with self._lock:
-            del self._index[snapshot_id]
+            gone = self._index.pop(snapshot_id)
+        linkremap.remove(gone.link_remap_files)
 
     # -- reading --------------------------------------------------------------
 

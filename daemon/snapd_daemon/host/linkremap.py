@@ -1,0 +1,145 @@
+"""Links that keep open files whose name was unlinked (CRIU's link-remap) for every restore.
+
+A file a process opened, whose name was then unlinked while another name still
+links it (zdtm's unlink_fstat03), can only be reopened through a name. With
+``link_remap`` CRIU's dump links it as ``<dir>/link_remap.<N>`` in the directory
+the file was opened from (or the nearest existing parent), and its images name
+that link; a restore opens it there and unlinks it. Because snapd always dumps
+with the tree left running, CRIU removes those links again right after its
+post-dump point, so at that point snapd gives each a name of its own beside it,
+``<dir>/.snapd-keep.<operation>.link_remap.<N>`` (same file system, same inode):
+
+- a checkpoint that fails removes the names it made (CRIU removes its own);
+- each restore links CRIU's name from the kept one before CRIU runs, and removes
+  it after CRIU if CRIU has not (a failed restore);
+- deleting the snapshot removes the kept names.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+import structlog
+
+from snapd_daemon.errors import LinkRemapFailed, LinkRemapMissing
+
+_DELETED = " (deleted)"
+_CRIU_NAME = re.compile(r"link_remap\.\d+")
+_KEPT_PREFIX = ".snapd-keep."
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class UnlinkedFile:
+    """An open (or mapped) regular file of the tree whose name is gone but that another
+    name still links: where CRIU will link it, and which inode it is."""
+
+    pid: int
+    directory: str
+    dev: int
+    ino: int
+
+
+def unlinked_open_files(pids: list[int]) -> list[UnlinkedFile]:
+    """Such files of these processes, by their fds and file mappings (root reads both)."""
+    found: dict[tuple[int, int], UnlinkedFile] = {}
+    for pid in pids:
+        for links in (f"/proc/{pid}/fd", f"/proc/{pid}/map_files"):
+            try:
+                names = os.listdir(links)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+            for name in names:
+                try:
+                    target = os.readlink(f"{links}/{name}")
+                    if not target.endswith(_DELETED) or not target.startswith("/"):
+                        continue
+                    st = os.stat(f"{links}/{name}")
+                except (FileNotFoundError, ProcessLookupError, PermissionError):
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 0:
+                    found.setdefault((st.st_dev, st.st_ino), UnlinkedFile(
+                        pid, _existing_parent(target.removesuffix(_DELETED)), st.st_dev, st.st_ino))
+    return list(found.values())
+
+
+def _existing_parent(path: str) -> str:
+    """The nearest directory above ``path`` that exists (CRIU climbs the same way)."""
+    parent = os.path.dirname(path)
+    while parent != "/" and not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
+def keep(files: list[UnlinkedFile], operation_id: str) -> list[str]:
+    """Give each of CRIU's link_remap links to ``files`` a name of snapd's beside it (call
+    at the post-dump point, before CRIU removes its own); the names made, absolute paths.
+    LinkRemapFailed, with nothing left, when one cannot be made."""
+    wanted = {(f.dev, f.ino): f for f in files}
+    kept: list[str] = []
+    try:
+        for directory in sorted({f.directory for f in files}):
+            for name in os.listdir(directory):
+                if not _CRIU_NAME.fullmatch(name):
+                    continue
+                path = os.path.join(directory, name)
+                st = os.stat(path, follow_symlinks=False)
+                owner = wanted.get((st.st_dev, st.st_ino))
+                if owner is None:
+                    continue
+                target = os.path.join(directory, f"{_KEPT_PREFIX}{operation_id}.{name}")
+                try:
+                    os.link(path, target)
+                except OSError as exc:
+                    raise LinkRemapFailed(path=path, pid=owner.pid, reason=exc.strerror or str(exc)) from exc
+                kept.append(target)
+    except BaseException:
+        remove(kept)
+        raise
+    return kept
+
+
+def criu_name(kept: str) -> str:
+    """The link CRIU's images name for a name ``keep`` made."""
+    directory, name = os.path.split(kept)
+    return os.path.join(directory, name[len(_KEPT_PREFIX):].split(".", 1)[1])
+
+
+def relink(snapshot_id: str, kept: list[str]) -> list[str]:
+    """Before a restore: link each of CRIU's names from its kept one; the names this made
+    (``remove`` them after CRIU). LinkRemapMissing when a kept name is gone or
+    CRIU's name holds another file, with nothing made."""
+    made: list[str] = []
+    try:
+        for path in kept:
+            name = criu_name(path)
+            try:
+                os.link(path, name)
+                made.append(name)
+            except FileExistsError:
+                if not os.path.samefile(path, name):
+                    raise LinkRemapMissing(snapshot_id=snapshot_id, path=path,
+                                           reason=f"{name} exists and is another file") from None
+            except OSError as exc:
+                reason = "it was removed" if exc.errno == errno.ENOENT else exc.strerror or str(exc)
+                raise LinkRemapMissing(snapshot_id=snapshot_id, path=path, reason=reason) from exc
+    except BaseException:
+        remove(made)
+        raise
+    return made
+
+
+def remove(paths: list[str]) -> None:
+    """Remove these names; one already gone is fine, one that cannot be removed is logged
+    (a name left over costs a file's worth of disk, never a restore)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("link_remap.not_removed", path=path, error=exc.strerror or str(exc))
