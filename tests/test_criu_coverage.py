@@ -60,7 +60,8 @@ def test_unlinked_open_file_is_kept_with_link_remap(daemon: Daemon, client: Snap
     unlinked, written after that. Without --link-remap CRIU refuses it, and the error names
     snapd's flag. With it the snapshot records the flag and the link kept for it (shown by
     inspect); every restore reopens the very same inode with its bytes, size and offset;
-    CRIU's own link_remap.N does not outlive a restore; rm removes the kept link."""
+    CRIU's own link_remap.N does not outlive a restore; a kept link removed by hand makes
+    the restore refuse, naming it; rm removes the kept link."""
     folder = tmp_path / "files"
     folder.mkdir()
     pid, report = workloads.start("unlinked.py", str(folder), "1")
@@ -89,6 +90,11 @@ def test_unlinked_open_file_is_kept_with_link_remap(daemon: Daemon, client: Snap
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: gone(pid), 10, "the restored process to die")
 
+    kept.unlink()  # an operator removed it: the snapshot cannot be restored, and says why
+    err = error_of(lambda: client.restore(snap.id))
+    assert err.error_class == "LinkRemapMissing" and err.exit_code == 46, err.message
+    assert str(kept) in err.message and "it was removed" in err.message
+    assert gone(pid) and _names(folder) == ["data.link"]
     client.delete(snap.id)
     assert _names(folder) == ["data.link"]
 
@@ -112,3 +118,28 @@ def test_cancelled_link_remap_checkpoint_leaves_no_link(daemon: Daemon, client: 
     assert list(client.list().snapshots) == []
     assert _names(folder) == ["data.link"]
     assert ask(pid, report)[:5] == before[:5]
+
+
+def test_daemon_killed_after_the_link_was_kept_removes_it_at_restart(tmp_path: Path, workloads: Workloads) -> None:
+    """The daemon SIGKILLed between keeping CRIU's link (post-dump) and publishing the
+    snapshot: its next start removes the kept link (named in the hold record) and thaws
+    the stopped tree; CRIU's own link_remap.N goes with CRIU's failed dump."""
+    (tmp_path / "d").mkdir()
+    daemon = Daemon(tmp_path / "d").start()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    pid, report = workloads.start("unlinked.py", str(folder), "256")
+    before = report.read_text().split()
+    try:
+        checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP, link_remap=True)
+        wait_for(lambda: any(p.name.startswith(".snapd-keep.") for p in folder.iterdir()), 120,
+                 "the link to be kept", interval=0.002)
+        daemon.stop(signal.SIGKILL)
+        checkpoint.join()
+        daemon.start()
+        with daemon.client() as c:
+            assert list(c.list().snapshots) == []
+        wait_for(lambda: _names(folder) == ["data.link"], 30, f"only data.link in {_names(folder)}")
+        assert ask(pid, report)[:5] == before[:5]
+    finally:
+        daemon.close()

@@ -110,10 +110,12 @@ class _PostDumpHold(Notify):
         self.held = False
         self.quiet: Callable[[], AbstractContextManager[None]] = nullcontext
 
-    def record(self) -> None:
+    def record(self, links: list[str] | None = None) -> None:
+        """Write the THAW record; ``links``: kept links a restarted daemon must remove (those of
+        a snapshot not yet published)."""
         self.journal.write(self.operation_id, HoldRecord(
             [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids),
-            stopped=[p.pid for p in self.tree.processes if p.stopped]))
+            stopped=[p.pid for p in self.tree.processes if p.stopped], links=links or []))
 
     def doom(self) -> None:
         """The snapshot is published: should the daemon die now, its next start kills the
@@ -131,8 +133,9 @@ class _PostDumpHold(Notify):
                 dataclasses.replace(p, stopped=p.pid in stopped) for p in now.processes))
             if self.link_remap:  # CRIU removes its links once this returns (the tree is left running)
                 self.kept_links = linkremap.keep(linkremap.unlinked_open_files(self.tree.pids), self.operation_id)
+            if self.stop or self.kept_links:
+                self.record(self.kept_links)
             if self.stop:
-                self.record()
                 self.held = True
                 signal_tree(self.tree, signal.SIGSTOP)
         log.info("checkpoint.post_dump", processes=len(self.tree.processes), stop=self.stop,
@@ -303,6 +306,8 @@ class CheckpointRun(OperationRun):
             rt.catalog.publish(self.ingest, manifest)
         if not spec.leave_running:
             self.hold_point.doom()
+        elif self.hold_point.kept_links:
+            self.hold_point.record()  # the links are the snapshot's now
         self.ingest.close()
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
         return manifest
