@@ -18,12 +18,12 @@ import sys
 import termios
 import time
 
-from _report import on_usr1, write_report
+from _report import on_usr1, openpty_aside, write_report
 
 QUEUED = b"queued-before-checkpoint"
 TIOCGSID = 0x5429  # asm-generic/ioctls.h (not in the termios module)
 
-master, slave = os.openpty()
+master, slave = openpty_aside()
 fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 attrs = termios.tcgetattr(slave)
 attrs[3] &= ~termios.ECHO  # lflags: no echo, so the master reads only what the slave writes

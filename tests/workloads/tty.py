@@ -13,9 +13,9 @@ import sys
 import termios
 import time
 
-from _report import write_report
+from _report import openpty_aside, write_report
 
-master, slave = os.openpty()
+master, slave = openpty_aside()
 name = os.ttyname(slave)
 child = os.fork()
 if child == 0:

@@ -19,6 +19,13 @@ from snapd_daemon.errors import CriuFailed
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 _TAIL_LINES = 12
+# what snapd adds to a CRIU error it knows the remedy of
+_HINTS = (
+    ("Use link-remap option", " (snapd: checkpoint --link-remap)"),
+    ("Unable to open dev/ptmx with specified index", " (CRIU makes the tree's own pseudo-terminal anew at its "
+     "index, opening at most 32 new ones to reach it: another process holds that /dev/pts entry now, or it lies "
+     "32 or more above the lowest free one; retry once it is free)"),
+)
 
 
 def _error_lines(path: Path) -> list[str] | None:
@@ -43,7 +50,7 @@ def failure_reason(path: Path, errmsg: str) -> str:
     for line in _error_lines(path) or []:
         cause = line.split("): ", 1)[-1].strip()
         if "Error" in line and not cause.endswith("FAILED."):
-            return cause + (" (snapd: checkpoint --link-remap)" if "Use link-remap option" in cause else "")
+            return cause + next((hint for known, hint in _HINTS if known in cause), "")
     return errmsg
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import structlog
 
 from snapd_daemon.errors import LinkRemapFailed, LinkRemapMissing
+from snapd_daemon.host.procfds import fd_links
 
 _DELETED = " (deleted)"
 _CRIU_NAME = re.compile(r"link_remap\.\d+")
@@ -48,17 +49,12 @@ def unlinked_open_files(pids: list[int]) -> list[UnlinkedFile]:
     """Such files of these processes, by their fds and file mappings (root reads both)."""
     found: dict[tuple[int, int], UnlinkedFile] = {}
     for pid in pids:
-        for links in (f"/proc/{pid}/fd", f"/proc/{pid}/map_files"):
-            try:
-                names = os.listdir(links)
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
-            for name in names:
+        for table in ("fd", "map_files"):
+            for entry, target in fd_links(pid, table):
+                if not target.endswith(_DELETED) or not target.startswith("/"):
+                    continue
                 try:
-                    target = os.readlink(f"{links}/{name}")
-                    if not target.endswith(_DELETED) or not target.startswith("/"):
-                        continue
-                    st = os.stat(f"{links}/{name}")
+                    st = os.stat(f"/proc/{pid}/{table}/{entry}")
                 except (FileNotFoundError, ProcessLookupError, PermissionError):
                     continue
                 if stat.S_ISREG(st.st_mode) and st.st_nlink > 0:

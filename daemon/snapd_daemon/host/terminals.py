@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from snapd_daemon.host.procfds import fd_links
+
 # Unix98 pty slaves: majors 136-143 (UNIX98_PTY_SLAVE_MAJOR + 8 majors of 256 minors)
 _PTS_MAJOR_FIRST, _PTS_MAJOR_LAST = 136, 143
 _PTMX_PATHS = ("/dev/ptmx", "/dev/pts/ptmx")
@@ -63,19 +65,13 @@ def pty_ends(pids: list[int]) -> PtyEnds:
     these processes' fds; a process or fd that goes meanwhile is left out."""
     ends = PtyEnds(set(), set())
     for pid in pids:
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        for fd in fds:
+        for fd, target in fd_links(pid):
             try:
-                target = os.readlink(f"{fd_dir}/{fd}")
                 if target in _PTMX_PATHS:
                     with open(f"/proc/{pid}/fdinfo/{fd}") as info:
                         ends.masters |= {int(line.split()[1]) for line in info if line.startswith("tty-index:")}
                 elif target.startswith("/dev/pts/"):
-                    index = Terminal(os.stat(f"{fd_dir}/{fd}").st_rdev).pts_index
+                    index = Terminal(os.stat(f"/proc/{pid}/fd/{fd}").st_rdev).pts_index
                     if index is not None:
                         ends.slaves.add(index)
             except (FileNotFoundError, ProcessLookupError):
