@@ -7,9 +7,13 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, error_of, gone, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
+from snapd_daemon.errors import LinkRemapMissing
+from snapd_daemon.host import linkremap
 from snapd_daemon.host.terminals import Terminal
 
 
@@ -143,3 +147,16 @@ def test_daemon_killed_after_the_link_was_kept_removes_it_at_restart(tmp_path: P
         assert ask(pid, report)[:5] == before[:5]
     finally:
         daemon.close()
+
+
+def test_link_names_from_a_manifest_touch_only_links_of_their_form(tmp_path: Path) -> None:
+    """A manifest names its kept links; one imported from elsewhere may name any path. Only
+    names of the kept form (and CRIU's link_remap.N) are ever removed or linked from."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    kept = tmp_path / ".snapd-keep.op-0123456789ab.link_remap.17"
+    kept.write_text("a kept link")
+    linkremap.remove([str(victim), "relative/.snapd-keep.op-1.link_remap.2", str(kept)])
+    assert victim.read_text() == "keep me" and not kept.exists()
+    with pytest.raises(LinkRemapMissing, match="it is no link snapd kept"):
+        linkremap.relink("snap", [str(victim)])

@@ -13,6 +13,10 @@ post-dump point, so at that point snapd gives each a name of its own beside it,
 - each restore links CRIU's name from the kept one before CRIU runs, and removes
   it after CRIU if CRIU has not (a failed restore);
 - deleting the snapshot removes the kept names.
+
+Only absolute paths whose last part has the kept names' form are ever linked from or
+removed: a manifest names them, and one imported from elsewhere must not make the
+daemon remove or link any other file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from snapd_daemon.host.procfds import fd_links
 _DELETED = " (deleted)"
 _CRIU_NAME = re.compile(r"link_remap\.\d+")
 _KEPT_PREFIX = ".snapd-keep."
+_KEPT_NAME = re.compile(r"\.snapd-keep\.[A-Za-z0-9-]+\.(link_remap\.\d+)")
 log = structlog.get_logger()
 
 
@@ -99,10 +104,17 @@ def keep(files: list[UnlinkedFile], operation_id: str) -> list[str]:
     return kept
 
 
+def _is_kept(path: str) -> bool:
+    """Whether ``path`` has the form of a name ``keep`` makes."""
+    return os.path.isabs(path) and _KEPT_NAME.fullmatch(os.path.basename(path)) is not None
+
+
 def criu_name(kept: str) -> str:
     """The link CRIU's images name for a name ``keep`` made."""
     directory, name = os.path.split(kept)
-    return os.path.join(directory, name[len(_KEPT_PREFIX):].split(".", 1)[1])
+    match = _KEPT_NAME.fullmatch(name)
+    assert match is not None, kept
+    return os.path.join(directory, match.group(1))
 
 
 def relink(snapshot_id: str, kept: list[str]) -> list[str]:
@@ -112,6 +124,8 @@ def relink(snapshot_id: str, kept: list[str]) -> list[str]:
     made: list[str] = []
     try:
         for path in kept:
+            if not _is_kept(path):
+                raise LinkRemapMissing(snapshot_id=snapshot_id, path=path, reason="it is no link snapd kept")
             name = criu_name(path)
             try:
                 os.link(path, name)
@@ -133,6 +147,9 @@ def remove(paths: list[str]) -> None:
     """Remove these names; one already gone is fine, one that cannot be removed is logged
     (a name left over costs a file's worth of disk, never a restore)."""
     for path in paths:
+        if not _is_kept(path) and not _CRIU_NAME.fullmatch(os.path.basename(path)):
+            log.warning("link_remap.not_removed", path=path, error="it is no link snapd or CRIU made")
+            continue
         try:
             os.unlink(path)
         except FileNotFoundError:
