@@ -132,10 +132,10 @@ class _PostDumpHold(Notify):
             self.tree = dataclasses.replace(now, processes=tuple(
                 dataclasses.replace(p, stopped=p.pid in stopped) for p in now.processes))
             if self.link_remap:  # CRIU removes its links once this returns (the tree is left running)
-                self.kept_links = linkremap.keep(linkremap.unlinked_open_files(self.tree.pids), self.operation_id)
-            if self.stop or self.kept_links:
-                self.record(self.kept_links)
+                self.kept_links = linkremap.keep(linkremap.unlinked_open_files(self.tree.pids), self.operation_id,
+                                                 self.record)
             if self.stop:
+                self.record(self.kept_links)
                 self.held = True
                 signal_tree(self.tree, signal.SIGSTOP)
         log.info("checkpoint.post_dump", processes=len(self.tree.processes), stop=self.stop,

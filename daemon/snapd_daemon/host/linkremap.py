@@ -25,6 +25,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -76,32 +77,57 @@ def _existing_parent(path: str) -> str:
     return parent
 
 
-def keep(files: list[UnlinkedFile], operation_id: str) -> list[str]:
+def keep(files: list[UnlinkedFile], operation_id: str, noting: Callable[[list[str]], None]) -> list[str]:
     """Give each of CRIU's link_remap links to ``files`` a name of snapd's beside it (call
     at the post-dump point, before CRIU removes its own); the names made, absolute paths.
-    LinkRemapFailed, with nothing left, when one cannot be made."""
-    wanted = {(f.dev, f.ino): f for f in files}
+    ``noting`` gets the names before any is made (a daemon killed while making them finds
+    them in its hold record). LinkRemapFailed, with nothing left, when one cannot be made."""
+    planned = [(path, owner, _kept_name(path, operation_id)) for path, owner in _criu_links(files)]
+    if not planned:
+        return []
+    noting([target for _, _, target in planned])
     kept: list[str] = []
     try:
-        for directory in sorted({f.directory for f in files}):
-            for name in os.listdir(directory):
-                if not _CRIU_NAME.fullmatch(name):
-                    continue
-                path = os.path.join(directory, name)
-                st = os.stat(path, follow_symlinks=False)
-                owner = wanted.get((st.st_dev, st.st_ino))
-                if owner is None:
-                    continue
-                target = os.path.join(directory, f"{_KEPT_PREFIX}{operation_id}.{name}")
-                try:
-                    os.link(path, target)
-                except OSError as exc:
-                    raise LinkRemapFailed(path=path, pid=owner.pid, reason=exc.strerror or str(exc)) from exc
-                kept.append(target)
+        for path, owner, target in planned:
+            try:
+                os.link(path, target)
+            except OSError as exc:
+                raise LinkRemapFailed(path=path, pid=owner.pid, reason=exc.strerror or str(exc)) from exc
+            kept.append(target)
     except BaseException:
         remove(kept)
         raise
     return kept
+
+
+def _kept_name(criu_link: str, operation_id: str) -> str:
+    directory, name = os.path.split(criu_link)
+    return os.path.join(directory, f"{_KEPT_PREFIX}{operation_id}.{name}")
+
+
+def _criu_links(files: list[UnlinkedFile]) -> list[tuple[str, UnlinkedFile]]:
+    """CRIU's link_remap links to ``files``, in the directories CRIU puts them in, with the
+    file each links."""
+    wanted = {(f.dev, f.ino): f for f in files}
+    found = []
+    for directory in sorted({f.directory for f in files}):
+        try:
+            names = os.listdir(directory)
+        except OSError as exc:
+            owner = next(f for f in files if f.directory == directory)
+            raise LinkRemapFailed(path=directory, pid=owner.pid, reason=exc.strerror or str(exc)) from exc
+        for name in names:
+            if not _CRIU_NAME.fullmatch(name):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            owner = wanted.get((st.st_dev, st.st_ino))
+            if owner is not None:
+                found.append((path, owner))
+    return found
 
 
 def _is_kept(path: str) -> bool:
