@@ -14,6 +14,10 @@ its stderr closed) and checks the invariants of tests/fulldisk.py:run_phase.
 Prints one line per trial and a table of outcomes per kind; exits 1 when any trial broke an
 invariant.
 
+Campaign ``fsck-under-gc`` (issue #23) runs tests/fscklib.py's campaign instead: ``--trials``
+fsck calls under checkpoint, gc and rm load, printing the counts; exits 1 on a false report
+or a missed corruption.
+
     sudo SNAPD_CRIU=/opt/gpu-snapd/criu/bin/criu \\
         PYTHONPATH=daemon:client:proto .venv/bin/python scripts/faults.py --trials 200 --seed 7
     sudo ... scripts/faults.py --campaign full-disk --trials 24
@@ -32,10 +36,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import faultlib  # noqa: E402
+import fscklib  # noqa: E402
 import fulldisk  # noqa: E402
+from harness import Daemon, Workloads  # noqa: E402
 from s3server import S3Server  # noqa: E402
 
-CAMPAIGNS = {"sigkill": faultlib.KINDS, "full-disk": tuple(fulldisk.PHASES)}
+# trial campaigns and their kinds; fsck-under-gc is one run of --trials fsck calls
+CAMPAIGNS = {"sigkill": faultlib.KINDS, "full-disk": tuple(fulldisk.PHASES), "fsck-under-gc": ()}
+
+
+def fsck_under_gc(runs: int) -> int:
+    """The fsck-under-gc campaign on a private daemon; 1 when it found a false report or
+    missed the corrupted chunk."""
+    root = Path(tempfile.mkdtemp(prefix="snapd-fsck-gc-"))
+    daemon, workloads = Daemon(root).start(), Workloads(root)
+    try:
+        result = fscklib.run_campaign(daemon, workloads, min_runs=runs, time_limit=max(150.0, runs))
+    finally:
+        workloads.kill_all()
+        daemon.close()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"fsck-under-gc: {result.describe()}")
+    for line in result.false[:10] + result.errors[:10]:
+        print(f"  {line}")
+    return 1 if result.false_reports or result.corruption_detected < result.fsck_runs or result.errors else 0
 
 
 def main() -> int:
@@ -49,6 +73,8 @@ def main() -> int:
                         help="extra `snapd serve` argument (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the trial directories of violations")
     args = parser.parse_args()
+    if args.campaign == "fsck-under-gc":
+        return fsck_under_gc(args.trials)
     kinds = [k for k in args.kinds.split(",") if k] or list(CAMPAIGNS[args.campaign])
     unknown = set(kinds) - set(CAMPAIGNS[args.campaign])
     if unknown:

@@ -76,13 +76,16 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
 @click.option("--ext-unix-sk", is_flag=True,
               help="Dump unix sockets connected to processes outside the tree (default: refused); a datagram "
                    "socket to a named peer such as /dev/log is connected to it again at restore.")
+@click.option("--link-remap", is_flag=True,
+              help="Dump open files unlinked while another name still links them (default: refused): CRIU links "
+                   "each as link_remap.N in its directory until the snapshot is deleted.")
 @click.option("--push/--no-push", default=None, help="Upload it to the remote tier in the background once durable "
               "[default: the daemon's push_after_checkpoint].")
 @common_options
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
                pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool,
-               tcp_established: bool, ext_unix_sk: bool, push: bool | None) -> None:
+               tcp_established: bool, ext_unix_sk: bool, link_remap: bool, push: bool | None) -> None:
     """Checkpoint process tree PID (with its GPU state) into a new snapshot.
 
     The tree is frozen while CRIU dumps it and, unless --leave-running, STOPPED for good once
@@ -104,7 +107,8 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
-                                     tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, push=push,
+                                     tcp_established=tcp_established, ext_unix_sk=ext_unix_sk,
+                                     link_remap=link_remap, push=push,
                                      on_progress=bar, on_interrupt=interrupts)
         interrupts.completed()
         c.emit(snap, lambda: click.echo(

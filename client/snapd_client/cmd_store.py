@@ -20,7 +20,8 @@ _REPAIR = ("checkpoint the same source again to store the damaged chunks anew (t
 def flags(s: pb.Snapshot) -> str:
     """The FLAGS column: pinned, hot, damaged, tcp (comma-separated; "-" for none)."""
     marks = [m for m, on in (("pinned", s.pinned), ("hot", s.hot), ("damaged", bool(s.damaged_chunks)),
-                             ("tcp", s.tcp_established), ("ext-unix", s.ext_unix_sk)) if on]
+                             ("tcp", s.tcp_established), ("ext-unix", s.ext_unix_sk),
+                             ("link-remap", s.link_remap)) if on]
     return ",".join(marks) or "-"
 
 
@@ -122,7 +123,10 @@ def inspect(ctx: click.Context, snapshot: str) -> None:
             click.echo(f"size:        {human_bytes(s.raw_bytes)} raw, {human_bytes(s.stored_bytes)} compressed, "
                        f"{human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
             click.echo(f"checkpoint:  dumped after {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}, "
-                       f"tcp_established={s.tcp_established}" + replicas_cmd.namespaces_note(s))
+                       f"tcp_established={s.tcp_established}, link_remap={s.link_remap}"
+                       + replicas_cmd.namespaces_note(s))
+            for path in s.link_remap_files:
+                click.echo(f"link remap:  {path} (CRIU's link to an unlinked open file; removed with the snapshot)")
             if s.HasField("source_cgroup"):
                 limits = " ".join(f"{k}={v}" for k, v in sorted(s.source_cgroup.limits.items()))
                 click.echo(f"cgroup:      {s.source_cgroup.path}" + (f" ({limits})" if limits else ""))
@@ -303,6 +307,9 @@ def fsck(ctx: click.Context, snapshot: str) -> None:
             click.echo(f"{r.snapshots} snapshot(s), {r.chunks_checked} chunk(s), {human_bytes(r.bytes_checked)} "
                        f"verified; {len(r.damage)} damaged reference(s); {r.orphan_chunks} orphan chunk(s) "
                        "(`snapd gc` reclaims them)")
+            if r.snapshots_gone:
+                click.echo(f"{len(r.snapshots_gone)} snapshot(s) deleted while checking, not checked further: "
+                           + " ".join(r.snapshots_gone))
 
         c.emit(r, human)
         if r.damage:

@@ -431,6 +431,20 @@ def describe_exception(exc: BaseException) -> str:
     return str(exc).strip() or "no detail was given"
 
 
+class LinkRemapMissing(SnapdError):
+    """snapshot {snapshot_id}: the link {path} that keeps an unlinked open file of the tree for restores cannot be used ({reason}); the snapshot cannot be restored on this host. Checkpoint the source again, or `snapd rm` the snapshot."""
+
+    exit_code = 46
+    status = "FAILED_PRECONDITION"
+
+
+class LinkRemapFailed(SnapdError):
+    """cannot keep CRIU's link {path} to a file pid {pid} holds open after its name was unlinked ({reason}); nothing was stored. Make room or permissions in that directory, or close the file before checkpointing."""
+
+    exit_code = 47
+    status = "FAILED_PRECONDITION"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -442,6 +456,8 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     PidsStillExiting,
     CriuFailed,
     CriuUnavailable,
+    LinkRemapMissing,
+    LinkRemapFailed,
     StoreFull,
     RestoreSpaceFull,
     ImportSpaceFull,

@@ -253,8 +253,8 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         if request.remote:
             return convert.remote_gc_report(remote.collect_garbage(self.rt, request.dry_run))
         with self.rt.registry.claim("gc", new_operation_id()):
-            busy = frozenset(op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id)
-            plan = self.rt.catalog.gc(request.keep_last, request.dry_run, busy)
+            plan = self.rt.catalog.gc(request.keep_last, request.dry_run, lambda: frozenset(
+                op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id))
         log.info("store.gc", expired=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run)
         return convert.gc_report(plan)
 

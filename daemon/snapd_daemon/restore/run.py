@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +68,7 @@ from snapd_daemon.errors import (
     StoreFull,
     describe_exception,
 )
-from snapd_daemon.host import filepages, gpu, portfwd, stdio
+from snapd_daemon.host import filepages, gpu, linkremap, portfwd, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.gpuplace import Policy
 from snapd_daemon.host.hooks import Hook
@@ -86,6 +88,8 @@ from snapd_daemon.store import oserrors
 log = structlog.get_logger()
 # how long a failed restore waits for its killed tree's root to be reaped
 _REAP_SECONDS = 10.0
+# held while CRIU restores a snapshot with link_remap links (see Restore._relinked)
+_RELINKING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,21 @@ class RestoreRun(OperationRun):
                  chunks_to_inject=len(plan.memory))
         return plan
 
+    @contextmanager
+    def _relinked(self) -> Iterator[None]:
+        """CRIU's link_remap links of the snapshot, made from the names kept at checkpoint
+        (host/linkremap.py) while CRIU restores; one restore at a time does, as their names
+        (link_remap.N) may be the same for two snapshots."""
+        if not self.manifest.link_remap_files:
+            yield
+            return
+        with _RELINKING:
+            made = linkremap.relink(self.manifest.id, self.manifest.link_remap_files)
+            try:
+                yield
+            finally:
+                linkremap.remove(made)  # CRIU removes them when it succeeds
+
     def criu(self, cgroup: Cgroup | None, undo: ExitStack) -> None:
         """CRIU restores the tree, every task left stopped; from the moment it returns,
         ``undo`` kills the tree."""
@@ -261,7 +280,7 @@ class RestoreRun(OperationRun):
         with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
                 stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
-        ) as (inherit, self.log_path):
+        ) as (inherit, self.log_path), self._relinked():
             self.root = actions.restore(
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,

@@ -272,7 +272,8 @@ class LocalStore:
 
     def check(self, cids: list[str]) -> dict[str, str]:
         """Read and verify each chunk on disk (not the hot tier); id -> problem for the bad ones
-        (quarantined, as any read does)."""
+        (quarantined, as any read does). Caller holds the lock shared (so that no gc or delete
+        removes a chunk it still names while it reads)."""
 
         scratch = PerThread()
 
@@ -283,7 +284,7 @@ class LocalStore:
                 return err.problem
             return ""
 
-        with self.lock.shared(), ThreadPoolExecutor(self.threads, thread_name_prefix="fsck") as pool:
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="fsck") as pool:
             return {cid: problem for cid, problem in zip(cids, pool.map(one, cids), strict=True) if problem}
 
     def orphans(self, live: set[str]) -> int:
