@@ -40,9 +40,16 @@ missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v ip >/dev/null || missing+=(iproute2)
+# The image test (tests/test_image.py) builds and runs snapd's OCI image: podman, runc (crun
+# refuses hybrid cgroup hosts) and debootstrap (the bases are made from Debian's packages).
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]} (systemd-analyze, openssl for the tests; ip for CRIU's network namespaces)"
-  apt-get install -y -q "${missing[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; }
+  say "installing ${missing[*]} (systemd-analyze, openssl for the tests; ip for CRIU's network namespaces;" \
+    "podman, runc, debootstrap for the image test)"
+  apt-get install -y -q "${missing[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; } ||
+    { say "FAILED to install ${missing[*]} with apt-get"; exit 1; }
 fi
 
 criu=$("$root/scripts/install-criu.sh" | tail -n 1)

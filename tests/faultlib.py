@@ -267,13 +267,18 @@ def run_trial(root: Path, kind: str, seed: int, serve_args: tuple[str, ...] = ()
     except Exception as exc:  # noqa: BLE001 - a trial reports, it does not stop the run
         v.append(f"{type(exc).__name__}: {exc}")
     finally:
-        workloads.kill_all()
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.stop()
-        daemon.remove_ram()
+        tear_down(daemon, workloads)
     if v:
         result.outcome = "VIOLATION"
     return result
+
+
+def tear_down(daemon: Daemon, workloads: Workloads) -> None:
+    """A trial's end: its processes killed, its daemon stopped (if it runs), its RAM freed."""
+    workloads.kill_all()
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.stop()
+    daemon.remove_ram()
 
 
 def _alive(p: psutil.Process) -> bool:

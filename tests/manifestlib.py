@@ -1,6 +1,6 @@
 """Manifest corruptions (issue 23), shared by tests/test_manifest_integrity.py and
-scripts/faults.py --manifests: damaged copies of one real snapshot's manifest, each taken
-in by a daemon the way a user would (an import of an export stream whose manifest was
+`scripts/faults.py --campaign manifests`: damaged copies of one real snapshot's manifest,
+each taken in by a daemon the way a user would (an import of an export stream whose manifest was
 changed, or the file in the store changed under a stopped daemon), then restored if it
 was taken in, with these invariants after each:
 

@@ -225,9 +225,10 @@ def test_sigkill_during_injection_is_undone_at_next_start(snapd: Daemon, workloa
 @pytest.mark.parametrize("shape", ["job-of-a-shell", "session-leader"])
 def test_process_with_a_controlling_terminal_is_refused_before_freezing(snapd: Daemon, tmp_path: Path,
                                                                          workloads: Workloads, shape: str) -> None:
-    """A process whose session has a controlling terminal (a job started from a shell on
-    a terminal, or a session leader owning one) cannot be restored by CRIU ("Don't have
-    tty to inherit session from"): refused with ProcessProtected (exit 12,
+    """A process whose session has a controlling terminal held outside its tree (a job
+    started from a shell on a terminal, or a session leader whose pty master another
+    process holds) cannot be restored by CRIU ("Don't have tty to inherit session
+    from"): refused with ProcessProtected (exit 12,
     FAILED_PRECONDITION) naming the pid and the fix (setsid), before anything is frozen:
     the process keeps running and no snapshot is listed."""
     master, slave = os.openpty()
@@ -249,6 +250,8 @@ def test_process_with_a_controlling_terminal_is_refused_before_freezing(snapd: D
             assert err.error_class == "ProcessProtected" and err.exit_code == 12, err.message
             assert err.code == grpc.StatusCode.FAILED_PRECONDITION
             assert str(pid) in err.message and "setsid" in err.message
+            outside = "its session leader is" if shape == "job-of-a-shell" else "its other end (the pty master) is held"
+            assert f"that the tree does not own ({outside} outside the tree)" in err.message, err.message
             assert list(c.list().snapshots) == []
         assert _running(pid)
         before = beat_file(report).read_text()

@@ -3,6 +3,7 @@ offline) and gives the daemon what it needs on a node."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import yaml
 from snapd_daemon.server import config
 from snapd_daemon.server.cli import serve
 
-K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+REPO = Path(__file__).resolve().parent.parent
+K8S = REPO / "deploy" / "k8s"
 # the oldest Kubernetes release the manifests are meant for, and the newest the package knows
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 
@@ -57,3 +59,14 @@ def test_configmap_holds_only_serve_options(tmp_path: Path) -> None:
     assert values["state_dir"] == "/var/lib/gpu-snapd" and values["remote_bucket"]
     assert values["remote_credentials_file"].startswith("/etc/gpu-snapd/remote/")
     assert "credentials" in docs["Secret"]["stringData"]
+
+
+def test_daemonset_names_the_image_the_build_tags() -> None:
+    """scripts/build-image.sh tags localhost/gpu-snapd:<pyproject version>; the image's own config
+    holds only serve options, and the CRIU the ConfigMap names is the bundle's in that image."""
+    docs = {doc["kind"]: doc for _, doc in _documents()}
+    (container,) = docs["DaemonSet"]["spec"]["template"]["spec"]["containers"]
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert container["image"] == f"localhost/gpu-snapd:{version}"
+    image_config = config.load(REPO / "deploy" / "image" / "config.toml", {p.name for p in serve.params if p.name})
+    assert tomllib.loads(docs["ConfigMap"]["data"]["config.toml"])["criu"] == image_config["criu"]

@@ -29,7 +29,7 @@ def test_pid_that_does_not_exist(client: SnapdClient) -> None:
 def test_pid_out_of_range(client: SnapdClient, pid: int) -> None:
     err = error_of(lambda: client.checkpoint(pid))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"invalid pid: {pid} is not a process id" in err.message
+    assert f"invalid pid: {pid} is " in err.message and "4194304" in err.message, err.message
 
 
 def test_pid_1_daemon_and_ancestors(client: SnapdClient, daemon: Daemon) -> None:
@@ -193,17 +193,20 @@ def test_process_in_another_pid_namespace(client: SnapdClient, tmp_path: Path) -
         proc.wait()
 
 
-def test_controlling_terminal_is_refused_before_anything_is_frozen(client: SnapdClient,
-                                                                     workloads: Workloads) -> None:
-    """A restore could never give the tree its terminal back: refused, named, with the fix."""
-    pid, report = workloads.start("tty.py")
-    _, child, tty = report.read_text().split()
-    err = error_of(lambda: client.checkpoint(pid))
+def test_terminal_outside_the_tree_is_refused_before_anything_is_frozen(client: SnapdClient,
+                                                                          workloads: Workloads) -> None:
+    """A session leader whose pty master its parent holds: a restore could never give the
+    tree its terminal back. Refused, the terminal named as outside the tree, with the fix;
+    nothing frozen, no snapshot."""
+    parent, report = workloads.start("tty.py")
+    _, leader, grandchild, tty = report.read_text().split()
+    err = error_of(lambda: client.checkpoint(int(leader)))
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.error_class == "ProcessProtected"
     assert err.exit_code == 12
-    assert f"pid {pid} of its tree has a controlling terminal ({tty})" in err.message
+    assert (f"pid {leader} of its tree has a controlling terminal ({tty}) that the tree does not own (its other "
+            "end (the pty master) is held outside the tree)") in err.message
     assert "setsid -f CMD </dev/null >LOG 2>&1" in err.message and "systemd-run" in err.message
-    for member in (pid, int(child)):
+    for member in (parent, int(leader), int(grandchild)):
         assert psutil.Process(member).status() in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
     assert list(client.list().snapshots) == []
 

@@ -28,6 +28,7 @@ from snapd_client.output import ProgressLine, human_bytes
 
 # the command modules register their commands on `cli` when imported
 COMMAND_MODULES = (cmd_completion, cmd_instances, cmd_ops, cmd_remote, cmd_store, cmd_transfer)
+MAX_PID = 4194304  # the kernel's PID_MAX_LIMIT; the daemon refuses larger pids too (docs/limits.md)
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
@@ -56,7 +57,7 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
 
 
 @cli.command()
-@click.argument("pid", type=int)
+@click.argument("pid", type=click.IntRange(1, MAX_PID))
 @click.option("--name", default="", help="Snapshot name (restore accepts it instead of the id).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label to store (repeatable).")
 @click.option("--leave-running", is_flag=True,
@@ -66,7 +67,7 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
               help="Command the daemon runs before freezing anything (shell-style words, no shell).")
 @click.option("--hook-timeout", type=click.IntRange(0, 3600), default=60, show_default=True,
               help="Seconds for the hook.")
-@click.option("--cuda-lock-timeout-ms", type=click.IntRange(0, 2**32 - 1), default=30000, show_default=True,
+@click.option("--cuda-lock-timeout-ms", type=click.IntRange(0, 600_000), default=30000, show_default=True,
               help="How long CUDA may wait for in-flight GPU work.")
 @click.option("--keep-hot", is_flag=True, help="Also keep the snapshot decompressed in RAM for a fast next restore.")
 @click.option("--tcp-established", is_flag=True,
@@ -75,13 +76,16 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
 @click.option("--ext-unix-sk", is_flag=True,
               help="Dump unix sockets connected to processes outside the tree (default: refused); a datagram "
                    "socket to a named peer such as /dev/log is connected to it again at restore.")
+@click.option("--link-remap", is_flag=True,
+              help="Dump open files unlinked while another name still links them (default: refused): CRIU links "
+                   "each as link_remap.N in its directory until the snapshot is deleted.")
 @click.option("--push/--no-push", default=None, help="Upload it to the remote tier in the background once durable "
               "[default: the daemon's push_after_checkpoint].")
 @common_options
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
                pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool,
-               tcp_established: bool, ext_unix_sk: bool, push: bool | None) -> None:
+               tcp_established: bool, ext_unix_sk: bool, link_remap: bool, push: bool | None) -> None:
     """Checkpoint process tree PID (with its GPU state) into a new snapshot.
 
     The tree is frozen while CRIU dumps it and, unless --leave-running, STOPPED for good once
@@ -103,7 +107,8 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
             snap = client.checkpoint(pid, name=name, labels=parsed, leave_running=leave_running,
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
-                                     tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, push=push,
+                                     tcp_established=tcp_established, ext_unix_sk=ext_unix_sk,
+                                     link_remap=link_remap, push=push,
                                      on_progress=bar, on_interrupt=interrupts)
         interrupts.completed()
         c.emit(snap, lambda: click.echo(
@@ -135,7 +140,7 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--memory-max", default=None, callback=_size, metavar="SIZE",
               help="memory.max of the group, e.g. 16G; refused up front when the snapshot does not fit.")
 @click.option("--cpu-max", default="", metavar="'QUOTA PERIOD'", help="cpu.max of the group, e.g. '200000 100000'.")
-@click.option("--pids-max", type=click.IntRange(0), default=0, help="pids.max of the group.")
+@click.option("--pids-max", type=click.IntRange(0, MAX_PID), default=0, help="pids.max of the group.")
 @click.option("--cpuset-cpus", default="", metavar="LIST", help="cpuset.cpus of the group, e.g. 0-7.")
 @click.option("--cpuset-mems", default="", metavar="LIST", help="cpuset.mems of the group, e.g. 0.")
 @click.option("--log-name", default="", metavar="NAME",
@@ -226,6 +231,9 @@ def status(ctx: click.Context) -> None:
             failed = sum(not chk.ok for chk in st.checks)
             warned = sum(chk.ok and chk.warning for chk in st.checks)
             click.echo(f"{failed} failure(s), {warned} warning(s)")
+            if st.log_lines_dropped:
+                click.echo(f"  {st.log_lines_dropped} daemon log line(s) could not be written (its disk full? "
+                           "stderr closed?) and were dropped")
 
         c.emit(st, human)
         if not all(chk.ok for chk in st.checks):

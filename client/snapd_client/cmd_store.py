@@ -14,6 +14,7 @@ from snapd_client.output import check_template, human_bytes, render
 EXIT_DATA_LOSS = 24
 # ManifestDamaged's: `snapd fsck` found a manifest that failed its seal
 EXIT_MANIFEST_DAMAGED = 32
+MAX_KEEP_LAST = 1_000_000  # the daemon's bound (docs/limits.md)
 _REPAIR = ("checkpoint the same source again to store the damaged chunks anew (that repairs every snapshot "
            "using them), or `snapd rm` the damaged snapshot(s)")
 
@@ -21,7 +22,8 @@ _REPAIR = ("checkpoint the same source again to store the damaged chunks anew (t
 def flags(s: pb.Snapshot) -> str:
     """The FLAGS column: pinned, hot, damaged, tcp (comma-separated; "-" for none)."""
     marks = [m for m, on in (("pinned", s.pinned), ("hot", s.hot), ("damaged", bool(s.damaged_chunks)),
-                             ("tcp", s.tcp_established), ("ext-unix", s.ext_unix_sk)) if on]
+                             ("tcp", s.tcp_established), ("ext-unix", s.ext_unix_sk),
+                             ("link-remap", s.link_remap)) if on]
     return ",".join(marks) or "-"
 
 
@@ -128,7 +130,10 @@ def inspect(ctx: click.Context, snapshot: str) -> None:
             click.echo(f"size:        {human_bytes(s.raw_bytes)} raw, {human_bytes(s.stored_bytes)} compressed, "
                        f"{human_bytes(s.new_bytes)} new to the store" + (", pinned" if s.pinned else ""))
             click.echo(f"checkpoint:  dumped after {s.checkpoint_seconds:.2f} s, leave_running={s.leave_running}, "
-                       f"tcp_established={s.tcp_established}" + replicas_cmd.namespaces_note(s))
+                       f"tcp_established={s.tcp_established}, link_remap={s.link_remap}"
+                       + replicas_cmd.namespaces_note(s))
+            for path in s.link_remap_files:
+                click.echo(f"link remap:  {path} (CRIU's link to an unlinked open file; removed with the snapshot)")
             if s.HasField("source_cgroup"):
                 limits = " ".join(f"{k}={v}" for k, v in sorted(s.source_cgroup.limits.items()))
                 click.echo(f"cgroup:      {s.source_cgroup.path}" + (f" ({limits})" if limits else ""))
@@ -241,6 +246,8 @@ def _keep_last(_ctx: click.Context, param: click.Parameter, value: int | None) -
     if value is not None and value < 1:
         raise click.BadParameter(f"{value} would keep no snapshot of a name; leave --keep-last out to expire none, "
                                  "or remove snapshots with `snapd rm`", param=param)
+    if value is not None and value > MAX_KEEP_LAST:
+        raise click.BadParameter(f"{value} is above the limit {MAX_KEEP_LAST}", param=param)
     return value
 
 
@@ -312,6 +319,9 @@ def fsck(ctx: click.Context, snapshot: str) -> None:
             click.echo(f"{r.snapshots} snapshot(s), {r.chunks_checked} chunk(s), {human_bytes(r.bytes_checked)} "
                        f"verified; {len(r.damage)} damaged reference(s); {r.orphan_chunks} orphan chunk(s) "
                        "(`snapd gc` reclaims them)")
+            if r.snapshots_gone:
+                click.echo(f"{len(r.snapshots_gone)} snapshot(s) deleted while checking, not checked further: "
+                           + " ".join(r.snapshots_gone))
 
         c.emit(r, human)
         if r.damaged_manifests:

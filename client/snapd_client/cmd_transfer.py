@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import click
+import grpc
 
 from snapd_client.base import Ctx, cli, common_options, run
+from snapd_client.client import SnapdClientError
 from snapd_client.output import human_bytes
+
+# StoreFull's exit code: the daemon's, for a file system that filled up on the client's side
+EXIT_SPACE_FULL = 18
 
 
 @cli.command("export")
@@ -54,7 +61,8 @@ def export_cmd(ctx: click.Context, snapshot: str, output: str) -> None:
 
 def _export_file(export: Callable[[str, BinaryIO], int], snapshot: str, path: Path) -> int:
     """Write the stream to a temporary file beside ``path`` (mode 0600: it holds process memory),
-    renamed over it only when complete."""
+    renamed over it only when complete; removed on any failure. A full file system is
+    ExportSpaceFull (exit 18, as the daemon's StoreFull), another write error exit 1."""
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
@@ -62,10 +70,24 @@ def _export_file(export: Callable[[str, BinaryIO], int], snapshot: str, path: Pa
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        size = tmp.stat().st_size if tmp.exists() else 0
+        raise _write_error(exc, snapshot, path, size) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return written
+
+
+def _write_error(exc: OSError, snapshot: str, path: Path, written: int) -> SnapdClientError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SnapdClientError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"no space left in {path.parent} while exporting snapshot {snapshot} there: {written} bytes written "
+            f"before it ran out, {shutil.disk_usage(path.parent).free} free; the partial file was removed. Free "
+            "space there or export elsewhere (`-o -` streams it).", "ExportSpaceFull", EXIT_SPACE_FULL)
+    return SnapdClientError(grpc.StatusCode.UNKNOWN, f"cannot write the export to {path}: {exc.strerror or exc}; "
+                            "the partial file was removed.", "ExportFailed", 1)
 
 
 @cli.command("import")

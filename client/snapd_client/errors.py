@@ -110,6 +110,11 @@ def from_rpc(err: grpc.RpcError, target: str, method: str = "", timeout: float |
             code, f"{method or 'the call'} passed its deadline{deadline} (the timeout argument); an operation "
             "it started rolls back unless it was past its commit point", "DeadlineExceeded", EXIT_DEADLINE,
             {"method": method, "timeout": timeout})
+    if code == grpc.StatusCode.UNKNOWN:  # an exception escaped a handler: grpc names it, the user needs none
+        details = details.removeprefix("Exception calling application:").removeprefix(
+            "Exception iterating responses:").strip()
+        return SnapdClientError(code, f"the daemon at {target} failed unexpectedly ({details or 'no detail'}); its "
+                                "log has the traceback (journalctl -u gpu-snapd)", "", 1)
     return SnapdClientError(code, f"{code.name}: {details}", "", 1)
 
 

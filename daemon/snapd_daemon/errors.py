@@ -98,14 +98,38 @@ class CriuUnavailable(SnapdError):
 
 
 class StoreFull(SnapdError):
-    """no space left in store {path} while writing snapshot: {needed} bytes needed, {free} free. Free space (`snapd rm`) and retry; the process was left running."""
+    """no space left in {path} while writing the snapshot: {needed} bytes needed, {free} free; nothing was stored and the process was left running. Free space there (`snapd rm`, `snapd gc`) and retry."""
 
     exit_code = 18
     status = "RESOURCE_EXHAUSTED"
 
+    def recast(self, cls: type[StoreFull], **fields: Any) -> StoreFull:
+        """The same shortage (path, needed, free) as operation ``cls`` tells it."""
+        return self if isinstance(self, cls) else cls(**{**self.fields, **fields})
+
 
 class RestoreSpaceFull(StoreFull):
-    """no space left in {path} to stage the restore of snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing was restored. Free space there (or restore with the RAM staging directory larger) and retry."""
+    """no space left in {path} for the restore of snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing was restored. Free space there (`snapd rm`, `snapd gc`; staging: a larger RAM staging directory) and retry."""
+
+
+class ImportSpaceFull(StoreFull):
+    """no space left in {path} while importing snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing of the import was kept. Free space there (`snapd rm`, `snapd gc`) and import again."""
+
+
+class PullSpaceFull(StoreFull):
+    """no space left in {path} while pulling snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing of it was kept locally. Free space there (`snapd rm`, `snapd gc`) and pull again."""
+
+
+class PrefetchSpaceFull(StoreFull):
+    """no room in {path} for the hot copy of snapshot {snapshot_id}: {needed} bytes needed, {free} free; nothing was added to the hot tier. Drop another snapshot's (`snapd prefetch --drop`) or free memory, and retry."""
+
+
+class SpaceFull(StoreFull):
+    """no space left in {path} during {doing}: {free} bytes free. Free space there (`snapd rm`, `snapd gc`) and retry."""
+
+
+class ExportSpaceFull(StoreFull):
+    """no space left in {path} while exporting snapshot {snapshot_id} there: {needed} bytes written before it ran out, {free} free; the partial file was removed. Free space there or export elsewhere (`-o -` streams it)."""
 
 
 class StoreError(SnapdError):
@@ -416,6 +440,32 @@ class EventsExpired(SnapdError):
     status = "OUT_OF_RANGE"
 
 
+def describe_exception(exc: BaseException) -> str:
+    """What an unexpected exception says, in words, without Python's class name (which means
+    nothing to a user): a missing key, a file error without "[Errno N]", else its message."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"the field {exc.args[0]!r} is missing"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    return str(exc).strip() or "no detail was given"
+
+
+class LinkRemapMissing(SnapdError):
+    """snapshot {snapshot_id}: the link {path} that keeps an unlinked open file of the tree for restores cannot be used ({reason}); the snapshot cannot be restored on this host. Checkpoint the source again, or `snapd rm` the snapshot."""
+
+    exit_code = 46
+    status = "FAILED_PRECONDITION"
+
+
+class LinkRemapFailed(SnapdError):
+    """cannot keep CRIU's link {path} to a file pid {pid} holds open after its name was unlinked ({reason}); nothing was stored. Make room or permissions in that directory, or close the file before checkpointing."""
+
+    exit_code = 47
+    status = "FAILED_PRECONDITION"
+
+
 ALL_ERRORS: tuple[type[SnapdError], ...] = (
     SnapdError,
     InvalidRequest,
@@ -427,8 +477,15 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     PidsStillExiting,
     CriuFailed,
     CriuUnavailable,
+    LinkRemapMissing,
+    LinkRemapFailed,
     StoreFull,
     RestoreSpaceFull,
+    ImportSpaceFull,
+    PullSpaceFull,
+    PrefetchSpaceFull,
+    SpaceFull,
+    ExportSpaceFull,
     StoreError,
     ShuttingDown,
     SnapshotBusy,

@@ -22,6 +22,18 @@ def on_usr1(handler: Callable[[], None]) -> None:
     signal.signal(signal.SIGUSR1, lambda _sig, _frame: handler())
 
 
+def openpty_aside(spare: int = 16) -> tuple[int, int]:
+    """os.openpty(), its index above the lowest ``spare`` free ones: a restore needs the
+    pty's index free again (CRIU makes the pair anew at that index, reached by opening at
+    most 32 new ones), and other processes on a busy host take the lowest free index first."""
+    held = [fd for _ in range(spare) for fd in os.openpty()]
+    try:
+        return os.openpty()
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def tell(path: str, line: str) -> None:
     """Send ``line`` to the unix stream socket at ``path``; connected only meanwhile."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

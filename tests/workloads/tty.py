@@ -1,9 +1,10 @@
-"""A process with a controlling terminal, as one started from a shell in a terminal:
-it opens a pseudo-terminal, makes it its controlling terminal (it leads its own
-session: the tests start it with setsid), and forks a child that shares it.
+"""A process whose controlling terminal's other end is outside its tree, as a program
+started by a terminal emulator or sshd: the parent opens a pseudo-terminal and keeps
+its master; the child leads a session of its own with the slave as its controlling
+terminal and forks a grandchild that shares it.
 
 usage: tty.py REPORT
-report: "<pid> <child pid> <tty name>"
+report: "<parent pid> <child pid> <grandchild pid> <tty name>"
 """
 
 import fcntl
@@ -12,14 +13,22 @@ import sys
 import termios
 import time
 
-from _report import write_report
+from _report import openpty_aside, write_report
 
-master, slave = os.openpty()
-fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+master, slave = openpty_aside()
+name = os.ttyname(slave)
 child = os.fork()
 if child == 0:
+    os.close(master)
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    grandchild = os.fork()
+    if grandchild == 0:
+        while True:
+            time.sleep(1)
+    write_report(sys.argv[1], f"{os.getppid()} {os.getpid()} {grandchild} {name}")
     while True:
         time.sleep(1)
-write_report(sys.argv[1], f"{os.getpid()} {child} {os.ttyname(slave)}")
+os.close(slave)
 while True:
     time.sleep(1)

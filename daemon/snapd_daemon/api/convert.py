@@ -75,6 +75,8 @@ def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Sna
         damaged_chunks=damaged,
         tcp_established=m.tcp_established,
         ext_unix_sk=m.ext_unix_sk,
+        link_remap=m.link_remap,
+        link_remap_files=m.link_remap_files,
         processes=[
             pb.ProcessInfo(
                 pid=p.pid, ppid=p.ppid, name=p.name, cmdline=list(p.cmdline), threads=p.threads, rss_bytes=p.rss_bytes
@@ -161,6 +163,7 @@ def fsck_report(report: FsckReport) -> pb.CheckStoreResponse:
         bytes_checked=report.bytes_checked,
         orphan_chunks=report.orphan_chunks,
         damaged_manifests=damaged_manifests(report.damaged_manifests),
+        snapshots_gone=report.snapshots_gone,
         damage=[
             pb.ChunkDamage(snapshot_id=d.snapshot_id, file=d.file, offset=d.offset, chunk=d.chunk, problem=d.problem)
             for d in report.damage

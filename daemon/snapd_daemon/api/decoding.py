@@ -4,8 +4,9 @@ gRPC Python decodes a request before any handler runs and answers bytes it
 cannot parse (a malformed message, a string field that is not UTF-8) with
 INTERNAL. ``DecodeInterceptor`` hands every snapd.v1 handler the raw bytes
 instead and parses them first thing in the call: what does not parse ends
-with InvalidRequest (INVALID_ARGUMENT, with the usual trailers). It runs
-after the access check, so an unknown caller learns nothing from it.
+with InvalidRequest (INVALID_ARGUMENT, with the usual trailers), and so does a
+number outside its field's bound (bounds.py). It runs after the access check,
+so an unknown caller learns nothing from it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from snapd_daemon.api import bounds
 from snapd_daemon.api.status import abort
 from snapd_daemon.errors import InvalidRequest
 
@@ -36,10 +38,15 @@ class DecodeInterceptor(grpc.ServerInterceptor):
 
         def decoded(raw: bytes, context: grpc.ServicerContext) -> Any:
             try:
-                return parse(raw)
+                request = parse(raw)
             except DecodeError as exc:
                 abort(context, InvalidRequest(field="request", reason=f"{len(raw)} bytes are not a valid "
                                               f"{name} request ({exc})"))
+            try:
+                bounds.check(request)
+            except InvalidRequest as err:
+                abort(context, err)
+            return request
 
         if handler.unary_unary:
             behaviour = handler.unary_unary

@@ -135,6 +135,7 @@ def checkpoint_spec(request: pb.CheckpointRequest) -> CheckpointSpec:
         keep_hot=request.keep_hot,
         tcp_established=request.tcp_established,
         ext_unix_sk=request.ext_unix_sk,
+        link_remap=request.link_remap,
     )
 
 

@@ -22,7 +22,7 @@ import structlog
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
-from snapd_daemon import __version__, metrics, remote
+from snapd_daemon import __version__, logs, metrics, remote
 from snapd_daemon.api import convert, requests
 from snapd_daemon.api.status import abort, bounded, internal
 from snapd_daemon.checkpoint import checkpoint
@@ -64,7 +64,7 @@ def _unary(handler: Handler[R]) -> Handler[R]:
             abort(context, err)
         except Exception as exc:
             log.exception(f"{handler.__name__}.crashed")
-            abort(context, internal(exc))
+            abort(context, internal(exc, handler.__name__, self.rt.settings.state_dir))
 
     return wrapped
 
@@ -117,7 +117,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             except BaseException as exc:
                 metrics.OPERATIONS.labels(kind, "internal").inc()
                 log.exception(f"{kind}.crashed")
-                events.put(internal(exc))
+                events.put(internal(exc, f"{kind} {op_id}", self.rt.settings.state_dir))
                 if not isinstance(exc, Exception):
                     raise
             finally:
@@ -254,8 +254,8 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
         if request.remote:
             return convert.remote_gc_report(remote.collect_garbage(self.rt, request.dry_run))
         with self.rt.registry.claim("gc", new_operation_id()):
-            busy = frozenset(op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id)
-            plan = self.rt.catalog.gc(request.keep_last, request.dry_run, busy)
+            plan = self.rt.catalog.gc(request.keep_last, request.dry_run, lambda: frozenset(
+                op.snapshot_id for op in self.rt.registry.in_flight() if op.snapshot_id))
         log.info("store.gc", expired=plan.expired, chunks=plan.chunks, bytes=plan.bytes, dry_run=plan.dry_run)
         return convert.gc_report(plan)
 
@@ -304,7 +304,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             abort(context, err)
         except Exception as exc:
             log.exception("ExportSnapshot.crashed")
-            abort(context, internal(exc))
+            abort(context, internal(exc, "ExportSnapshot", self.rt.settings.state_dir))
 
     @_unary
     def ImportSnapshot(self, request_iterator: Iterator[pb.StreamData],
@@ -340,6 +340,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
             quarantined_manifests=quarantine.manifest_count(),
             quarantined_chunks=len(quarantine.chunk_ids()),
             remote=self.rt.settings.remote.where if self.rt.settings.remote else "",
+            log_lines_dropped=logs.dropped(),
         )
 
     def PushSnapshot(self, request: pb.PushRequest, context: grpc.ServicerContext) -> Iterator[pb.PushEvent]:

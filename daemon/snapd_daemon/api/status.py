@@ -6,21 +6,24 @@ exit code) and ``snapd-fields`` (the error's fields as a JSON object, its
 values as JSON has them, anything else as text), so clients map it back
 without parsing messages. The fields are bounded too: a string value at most
 ``MAX_FIELD`` characters, the whole at most ``MAX_FIELDS`` (the largest values
-left out first, their names listed under "_cut"). Anything that is
-not a SnapdError becomes INTERNAL with its type named; the daemon log holds
-the traceback. A message is at most ``MAX_MESSAGE`` characters (its start
-kept, the cut said), so that no caller-supplied text (a hook's argv or
-output) can push the trailers past gRPC's metadata limit.
+left out first, their names listed under "_cut"). Anything that is not a
+SnapdError becomes INTERNAL saying what failed and that the daemon log holds
+the traceback (never a Python class name). A message is at most
+``MAX_MESSAGE`` characters (its start kept, the cut said), so that no
+caller-supplied text (a hook's argv or output) can push the trailers past
+gRPC's metadata limit.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 
-from snapd_daemon.errors import SnapdError
+from snapd_daemon.errors import SnapdError, SpaceFull, describe_exception
+from snapd_daemon.store import oserrors
 
 MAX_MESSAGE = 2000
 MAX_FIELD = 500
@@ -31,8 +34,16 @@ def code_of(err: SnapdError) -> grpc.StatusCode:
     return grpc.StatusCode[err.status]
 
 
-def internal(exc: BaseException) -> SnapdError:
-    return SnapdError(detail=f"internal error: {type(exc).__name__}: {exc}")
+def internal(exc: BaseException, what: str, state_dir: Path) -> SnapdError:
+    """An unexpected failure of ``what`` (e.g. "restore op-0123456789ab"): what it says, without
+    Python's class name, and where the traceback is. A full file system that a path did not
+    map itself is still SpaceFull (exit 18), never INTERNAL."""
+    if isinstance(exc, OSError):
+        full = oserrors.full(exc, state_dir, 0)
+        if full is not None:
+            return full.recast(SpaceFull, doing=what)
+    return SnapdError(detail=f"internal error: {what} failed unexpectedly ({describe_exception(exc)}); the "
+                      "daemon's log has the traceback (journalctl -u gpu-snapd). Please report it.")
 
 
 def bounded(text: str, limit: int = MAX_MESSAGE) -> str:

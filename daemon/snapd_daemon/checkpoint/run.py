@@ -56,7 +56,7 @@ from snapd_daemon.criu.images import ImageFormatError, PagesImage, pages_images
 from snapd_daemon.criu.notify import Notify
 from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout, write_trimmed
 from snapd_daemon.errors import CriuFailed, CudaFailed
-from snapd_daemon.host import cgroups, filepages, gpu, hostmemory, nccl
+from snapd_daemon.host import cgroups, filepages, gpu, hostmemory, linkremap, nccl
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.namespaces import listening_ports, same_namespace
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
@@ -88,6 +88,7 @@ class CheckpointSpec:
     keep_hot: bool = False
     tcp_established: bool = False
     ext_unix_sk: bool = False
+    link_remap: bool = False
 
 
 class _PostDumpHold(Notify):
@@ -97,9 +98,11 @@ class _PostDumpHold(Notify):
     wraps that work (the ingest's ``paused``: no writer competes with it for the GIL)."""
 
     def __init__(self, tree: ProcessTree, stop: bool, journal: HoldJournal, operation_id: str,
-                 cuda_pids: tuple[int, ...], daemon_pid: int) -> None:
+                 cuda_pids: tuple[int, ...], daemon_pid: int, link_remap: bool = False) -> None:
         self.tree = tree
         self.stop = stop
+        self.link_remap = link_remap
+        self.kept_links: list[str] = []  # names given to CRIU's link_remap links (host/linkremap.py)
         self.journal = journal
         self.operation_id = operation_id
         self.cuda_pids = cuda_pids
@@ -107,16 +110,23 @@ class _PostDumpHold(Notify):
         self.held = False
         self.quiet: Callable[[], AbstractContextManager[None]] = nullcontext
 
-    def record(self) -> None:
+    def record(self, links: list[str] | None = None) -> None:
+        """Write the THAW record; ``links``: kept links a restarted daemon must remove (those of
+        a snapshot not yet published)."""
         self.journal.write(self.operation_id, HoldRecord(
             [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids),
-            stopped=[p.pid for p in self.tree.processes if p.stopped]))
+            stopped=[p.pid for p in self.tree.processes if p.stopped], links=links or []))
 
     def doom(self) -> None:
         """The snapshot is published: should the daemon die now, its next start kills the
-        stopped source (by start time) instead of thawing it next to its snapshot."""
-        self.journal.write(self.operation_id, HoldRecord(
-            [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids), action=KILL))
+        stopped source (by start time) instead of thawing it next to its snapshot. A record
+        that cannot be rewritten (a full disk) fails nothing: the snapshot stands and the
+        source is killed moments later; only a daemon killed in between would thaw it."""
+        try:
+            self.journal.write(self.operation_id, HoldRecord(
+                [(p.pid, p.create_time) for p in self.tree.processes], list(self.cuda_pids), action=KILL))
+        except OSError as exc:
+            log.warning("checkpoint.kill_record_not_written", error=str(exc))
 
     def post_dump(self) -> None:
         # CRIU holds the tree in a tracing stop now: keep what was stopped when it was first inspected
@@ -126,8 +136,11 @@ class _PostDumpHold(Notify):
             now = inspect_tree(self.tree.root, self.daemon_pid)
             self.tree = dataclasses.replace(now, processes=tuple(
                 dataclasses.replace(p, stopped=p.pid in stopped) for p in now.processes))
+            if self.link_remap:  # CRIU removes its links once this returns (the tree is left running)
+                self.kept_links = linkremap.keep(linkremap.unlinked_open_files(self.tree.pids), self.operation_id,
+                                                 self.record)
             if self.stop:
-                self.record()
+                self.record(self.kept_links)
                 self.held = True
                 signal_tree(self.tree, signal.SIGSTOP)
         log.info("checkpoint.post_dump", processes=len(self.tree.processes), stop=self.stop,
@@ -207,11 +220,13 @@ class CheckpointRun(OperationRun):
         """Hold record, staging and ingest, each undone on failure (record last)."""
         rt, spec = self.rt, self.spec
         self.hold_point = _PostDumpHold(self.tree, not spec.leave_running, rt.journal, self.op, self.cuda_pids,
-                                        rt.daemon_pid)
+                                        rt.daemon_pid, spec.link_remap)
+        undo.callback(lambda: linkremap.remove(self.hold_point.kept_links))
         self.freeze = gpu.CudaFreeze(self.cuda_pids, spec.cuda_lock_timeout_ms or rt.settings.cuda_lock_timeout_ms)
         vram = self.vram
         self.needed = self.raw = self.tree.rss_bytes + vram
-        self.hold_point.record()
+        with rt.store.translate_os_errors(self.needed):  # a full disk: StoreFull before anything is touched
+            self.hold_point.record()
         undo.push(self._clear_record)
         self.staging = rt.scratch.new(self.op, needed=self.needed, ram_besides=vram)
         undo.callback(rt.scratch.discard, self.staging)
@@ -252,7 +267,7 @@ class CheckpointRun(OperationRun):
                     freeze_timeout=rt.settings.freeze_timeout, notify=self.hold_point,
                     external=[e.criu_external for e in self.stdio if e.criu_external],
                     tcp_established=self.spec.tcp_established, ext_unix_sk=self.spec.ext_unix_sk,
-                    own_mntns=self.tree.own_mntns,
+                    link_remap=self.spec.link_remap, own_mntns=self.tree.own_mntns,
                 )
             except CriuFailed as exc:
                 full = rt.scratch.full(staging, needed=self.needed)
@@ -277,6 +292,7 @@ class CheckpointRun(OperationRun):
             kernel=platform.release(), hostname=socket.gethostname(), shell_job=self.tree.external_session,
             leave_running=spec.leave_running, gpu=self.gpu_record, cgroup=cgroups.describe(spec.pid),
             outward_stdio=self.stdio, tcp_established=spec.tcp_established, ext_unix_sk=spec.ext_unix_sk,
+            link_remap=spec.link_remap, link_remap_files=self.hold_point.kept_links,
             ns_pids=dict(self.hold_point.tree.ns_pids),
         )
         manifest.own_netns = not same_namespace("net", spec.pid, rt.daemon_pid)
@@ -296,6 +312,8 @@ class CheckpointRun(OperationRun):
             rt.catalog.publish(self.ingest, manifest)
         if not spec.leave_running:
             self.hold_point.doom()
+        elif self.hold_point.kept_links:
+            self.hold_point.record()  # the links are the snapshot's now
         self.ingest.close()
         metrics.BYTES_WRITTEN.inc(manifest.new_bytes)
         return manifest

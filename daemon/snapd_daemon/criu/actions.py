@@ -19,6 +19,13 @@ from snapd_daemon.errors import CriuFailed
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 _TAIL_LINES = 12
+# what snapd adds to a CRIU error it knows the remedy of
+_HINTS = (
+    ("Use link-remap option", " (snapd: checkpoint --link-remap)"),
+    ("Unable to open dev/ptmx with specified index", " (CRIU makes the tree's own pseudo-terminal anew at its "
+     "index, opening at most 32 new ones to reach it: another process holds that /dev/pts entry now, or it lies "
+     "32 or more above the lowest free one; retry once it is free)"),
+)
 
 
 def _error_lines(path: Path) -> list[str] | None:
@@ -43,7 +50,7 @@ def failure_reason(path: Path, errmsg: str) -> str:
     for line in _error_lines(path) or []:
         cause = line.split("): ", 1)[-1].strip()
         if "Error" in line and not cause.endswith("FAILED."):
-            return cause
+            return cause + next((hint for known, hint in _HINTS if known in cause), "")
     return errmsg
 
 
@@ -118,6 +125,7 @@ def dump(
     external: Sequence[str] = (),
     tcp_established: bool = False,
     ext_unix_sk: bool = False,
+    link_remap: bool = False,
     own_mntns: bool = False,
 ) -> None:
     """Dump the tree rooted at ``pid`` into ``images``. The tree is always left
@@ -128,7 +136,9 @@ def dump(
     repair mode while the tree is frozen; CRIU's network lock is nftables, through
     the libnftables it is built with). File locks are always dumped. ``ext_unix_sk``:
     dump unix sockets connected to processes outside the tree (CRIU's
-    --ext-unix-sk; see ``restore``). ``own_mntns``: the tree has a mount namespace of its
+    --ext-unix-sk; see ``restore``). ``link_remap``: an open file whose name is gone but
+    that another name still links is linked anew as ``link_remap.N`` in its directory
+    (CRIU's --link-remap; CRIU removes those links again when the dump fails). ``own_mntns``: the tree has a mount namespace of its
     own (``snapd run``), which CRIU dumps; its mounts that are copies of mounts CRIU
     sees (all but its /proc, see ``snapd_daemon.host.mountns``) are recorded as external
     (auto_ext_mnt; ext_sharing and ext_masters let shared and slave copies count too)."""
@@ -143,6 +153,7 @@ def dump(
         external=list(external),
         tcp_established=tcp_established,
         ext_unix_sk=ext_unix_sk,
+        link_remap=link_remap,
         # without tcp_established, established TCP connections are refused, not dumped: no
         # firewall lock is needed (the default lock needs iptables binaries many hosts lack)
         network_lock=rpc_pb2.SKIP,

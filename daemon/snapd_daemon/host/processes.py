@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from snapd_daemon.errors import InvalidRequest, ProcessNotFound, ProcessProtected
-from snapd_daemon.host import namespaces
+from snapd_daemon.host import namespaces, terminals
 
 _PF_KTHREAD = 0x00200000
 _PF_EXITING = 0x00000004
@@ -85,14 +85,6 @@ def _is_kernel_thread(pid: int) -> bool:
     return bool(int(_stat(pid)[6]) & _PF_KTHREAD)
 
 
-def _tty_name(tty_nr: int) -> str:
-    """/dev name of a tty_nr (major in bits 8-15, minor in bits 0-7 and 20-31)."""
-    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
-    if 136 <= major <= 143:
-        return f"/dev/pts/{(major - 136) * 256 + minor}"
-    return f"/dev/tty{minor}" if major == 4 else f"tty device {major}:{minor}"
-
-
 def _cmdline(proc: psutil.Process) -> tuple[str, ...]:
     try:
         return tuple(proc.cmdline())
@@ -130,8 +122,8 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     process in another pid namespace than the root's, a root in a pid namespace
     of its own that is not its init, a process whose session leader lives
     in an ancestor pid namespace (CRIU cannot dump a session id that reads 0),
-    and a process with a controlling terminal (CRIU restores it only from a
-    terminal of its own; the daemon has none, so every restore would fail).
+    and a process with a controlling terminal the tree does not own (see
+    ``_check_terminals``).
     """
     validate_pid(pid)
     daemon_pid = daemon_pid or os.getpid()
@@ -155,6 +147,7 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     pids = {r.pid for r in records}
     if daemon_pid in pids:
         raise ProcessProtected(pid=pid, name=name, reason=f"its tree contains the snapd daemon (pid {daemon_pid})")
+    _check_terminals(pid, name, sorted(pids))
     try:
         external = os.getsid(pid) not in pids or os.getpgid(pid) not in pids
     except ProcessLookupError as exc:
@@ -178,6 +171,37 @@ def inspect_tree(pid: int, daemon_pid: int | None = None) -> ProcessTree:
     return ProcessTree(root=pid, processes=records, external_session=external,
                        ns_pids=namespaces.pids_inside(pid, sorted(pids)) if own else {},
                        own_mntns=_own_mount_namespace(pid, name, daemon_pid))
+
+
+def _check_terminals(root: int, name: str, pids: list[int]) -> None:
+    """Refuse a tree with a controlling terminal it does not own: one that is no pty, whose
+    master or slave end no process of the tree holds open, or whose session leader is outside
+    the tree. CRIU restores a pty only by making both ends anew (a restore has no terminal of
+    its own to hand over), and the controlling terminal only to its session leader."""
+    ends: terminals.PtyEnds | None = None
+    for pid in pids:
+        try:
+            fields = _stat(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if not int(fields[4]):
+            continue
+        terminal = terminals.Terminal(int(fields[4]))
+        ends = ends or terminals.pty_ends(pids)
+        session = int(fields[3])
+        if session not in pids or not ends.owns(terminal):
+            where = ("its session leader is outside the tree" if session not in pids
+                     else "its other end (the pty master) is held outside the tree"
+                     if terminal.pts_index is not None else "it is no pseudo-terminal")
+            raise ProcessProtected(
+                pid=root, name=name,
+                reason=f"pid {pid} of its tree has a controlling terminal ({terminal.name}) that the tree does not "
+                       f"own ({where}), which a restore can never give back (CRIU: \"Don't have tty to inherit "
+                       "session from\"), so the process would be lost; start the workload without one: `setsid -f "
+                       "CMD </dev/null >LOG 2>&1`, `systemd-run --unit NAME CMD`, or a service unit (`nohup CMD &` "
+                       "alone keeps the terminal). A tree whose session leader opened the pty itself (both ends "
+                       "inside the tree) is checkpointed",
+            )
 
 
 def _own_mount_namespace(pid: int, name: str, daemon_pid: int) -> bool:
@@ -228,16 +252,6 @@ def _member(proc: psutil.Process, root: int, name: str, own_ns: str) -> ProcessR
                 pid=root, name=name,
                 reason=f"pid {proc.pid} of its tree lives in another pid namespace than its root (CRIU "
                        "dumps one pid namespace, the root's); start it without a namespace of its own",
-            )
-        tty_nr = int(fields[4])
-        if tty_nr:
-            raise ProcessProtected(
-                pid=root, name=name,
-                reason=f"pid {proc.pid} of its tree has a controlling terminal ({_tty_name(tty_nr)}), which a "
-                       "restore can never give back (CRIU: \"Don't have tty to inherit session from\"), so the "
-                       "process would be lost; start the workload without one: `setsid -f CMD </dev/null >LOG "
-                       "2>&1`, `systemd-run --unit NAME CMD`, or a service unit (`nohup CMD &` alone keeps the "
-                       "terminal)",
             )
         return _record(proc)
     except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):

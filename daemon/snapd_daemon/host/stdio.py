@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 
 from snapd_daemon.errors import InvalidRequest, RestoreLogUnavailable
+from snapd_daemon.host.procfds import fd_links
 
 log = structlog.get_logger()
 _ANON = re.compile(r"(pipe|socket):\[(\d+)\]")
@@ -98,16 +99,11 @@ def unix_peers() -> dict[int, int]:
 
 def _anonymous_fds(pid: int) -> Iterator[tuple[str, str, int, int]]:
     """(fd, kind, inode, O_ACCMODE) for every pipe and socket fd of pid (none if it exited)."""
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(fd_dir)
-    except (FileNotFoundError, ProcessLookupError):
-        return
-    for fd in fds:
+    for fd, target in fd_links(pid):
+        match = _ANON.fullmatch(target)
+        if match is None:
+            continue
         try:
-            match = _ANON.fullmatch(os.readlink(f"{fd_dir}/{fd}"))
-            if match is None:
-                continue
             with open(f"/proc/{pid}/fdinfo/{fd}") as info:
                 flags = next(int(line.split()[1], 8) for line in info if line.startswith("flags:"))
         except FileNotFoundError:  # closed meanwhile

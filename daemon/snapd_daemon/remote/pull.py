@@ -4,7 +4,8 @@ The chunks are staged under temporary names (store/imports.py) and published
 with the manifest only once every one arrived and matched its hash, so the
 local store shows the whole snapshot or none of it: a pull that fails (the
 bucket unreachable, an object corrupt, truncated, vanished or failing
-decryption, a cancel) removes what it staged and leaves the store as it was.
+decryption, a cancel) removes what it staged and leaves the store as it was; a
+full local store is PullSpaceFull.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from dataclasses import dataclass
 
 import structlog
 
-from snapd_daemon.errors import SnapshotNotFound
+from snapd_daemon.errors import PullSpaceFull, SnapshotNotFound, StoreFull
 from snapd_daemon.remote.fetch import Fetcher
-from snapd_daemon.remote.listing import find, require_remote
+from snapd_daemon.remote.listing import RemoteSnapshot, find, require_remote
 from snapd_daemon.runtime import Runtime
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store.model import ZERO_CHUNK
+from snapd_daemon.store.remote import RemoteStore
 
 log = structlog.get_logger()
 
@@ -59,6 +61,14 @@ def pull(rt: Runtime, ref: str, operation_id: str, report: Reporter, cancel: Can
     if found is not None and found.id == ref:
         return PullOutcome(found.id, len(found.chunk_ids()), 0, 0, True, round(time.monotonic() - started, 3))
     snap = find(remote, ref, rt.settings.fleet_keys)
+    try:
+        return _fetch(rt, remote, snap, operation_id, report, cancel, started)
+    except StoreFull as full:
+        raise full.recast(PullSpaceFull, snapshot_id=snap.manifest.id) from full
+
+
+def _fetch(rt: Runtime, remote: RemoteStore, snap: RemoteSnapshot, operation_id: str, report: Reporter,
+           cancel: CancelToken, started: float) -> PullOutcome:
     m = snap.manifest
     with rt.registry.claim("pull", operation_id, snapshot_id=m.id):
         if getattr(_local(rt, m.id), "id", None) == m.id:

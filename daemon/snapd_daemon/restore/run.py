@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,21 +59,23 @@ import structlog
 from snapd_daemon import metrics
 from snapd_daemon.criu import actions
 from snapd_daemon.errors import (
+    Cancelled,
     PublishFailed,
     RestoreAborted,
     RestoreSpaceFull,
     SnapdError,
     SnapshotNotFound,
     StoreFull,
+    describe_exception,
 )
-from snapd_daemon.host import filepages, gpu, portfwd, stdio
+from snapd_daemon.host import filepages, gpu, linkremap, portfwd, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.gpuplace import Policy
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images, pidmap
 from snapd_daemon.restore.delivery import Delivery, Readahead
-from snapd_daemon.restore.pids import ensure_pids_free, kill_tree
+from snapd_daemon.restore.pids import ensure_pids_free, kill_tree, parents
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
@@ -79,10 +83,13 @@ from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import Manifest
+from snapd_daemon.store import oserrors
 
 log = structlog.get_logger()
 # how long a failed restore waits for its killed tree's root to be reaped
 _REAP_SECONDS = 10.0
+# held while CRIU restores a snapshot with link_remap links (see Restore._relinked)
+_RELINKING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ class RestoreRun(OperationRun):
         self.record = HoldRecord()
         self.keep_record = False
         self.instance_id = ""
+        # pids of the killed tree still held when the undo ended (see ``_kill_tree``)
+        self.held_pids: list[int] = []
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -226,23 +235,36 @@ class RestoreRun(OperationRun):
             cuda_pids=[hosts[p] for p in m.gpu.cuda_pids if p in hosts] if m.gpu else [], action=KILL,
             names={hosts[p.pid]: p.name for p in m.processes if p.pid in hosts}, since=self.since, helper=helper,
         )
-        self.rt.journal.write(self.op, self.record)
+        with self.rt.store.translate_os_errors(m.raw_bytes):
+            self.rt.journal.write(self.op, self.record)
 
     def prepare(self) -> images.FastRestore:
         m, settings = self.manifest, self.rt.settings
         filepages.warm(m.file_pages, settings.warm_file_bytes)  # CRIU and the resumed tree read these
-        try:
-            with metrics.phase("restore", "prepare"), self.rt.store.translate_os_errors(m.raw_bytes):
-                plan = images.prepare(
-                    self.delivery, m, self.staging.images, settings.inject_min_bytes,
-                    lambda done: self.report(ProgressEvent(Phase.PREPARE, done, m.raw_bytes)),
-                    huge_pages=settings.inject_huge_pages,
-                )
-        except StoreFull as full:
-            raise RestoreSpaceFull(snapshot_id=m.id, **full.fields) from full
+        with metrics.phase("restore", "prepare"), oserrors.translated(self.staging.root.parent, m.raw_bytes):
+            plan = images.prepare(
+                self.delivery, m, self.staging.images, settings.inject_min_bytes,
+                lambda done: self.report(ProgressEvent(Phase.PREPARE, done, m.raw_bytes)),
+                huge_pages=settings.inject_huge_pages,
+            )
         log.info("restore.prepared", criu_bytes=plan.kept_bytes, inject_bytes=plan.injected_bytes,
                  chunks_to_inject=len(plan.memory))
         return plan
+
+    @contextmanager
+    def _relinked(self) -> Iterator[None]:
+        """CRIU's link_remap links of the snapshot, made from the names kept at checkpoint
+        (host/linkremap.py) while CRIU restores; one restore at a time does, as their names
+        (link_remap.N) may be the same for two snapshots."""
+        if not self.manifest.link_remap_files:
+            yield
+            return
+        with _RELINKING:
+            made = linkremap.relink(self.manifest.id, self.manifest.link_remap_files)
+            try:
+                yield
+            finally:
+                linkremap.remove(made)  # CRIU removes them when it succeeds
 
     def criu(self, cgroup: Cgroup | None, undo: ExitStack) -> None:
         """CRIU restores the tree, every task left stopped; from the moment it returns,
@@ -250,16 +272,15 @@ class RestoreRun(OperationRun):
         m, rt = self.manifest, self.rt
 
         def place(helper: int) -> None:
-            with rt.store.translate_os_errors(0):
-                self.journal(helper=(helper, psutil.Process(helper).create_time()))
-                if cgroup is not None:
-                    cgroup.adopt(helper)
+            self.journal(helper=(helper, psutil.Process(helper).create_time()))
+            if cgroup is not None:
+                cgroup.adopt(helper)
 
         self.report(ProgressEvent(Phase.RESTORE, 0, m.raw_bytes, "criu restore"))
         with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
                 stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
-        ) as (inherit, self.log_path):
+        ) as (inherit, self.log_path), self._relinked():
             self.root = actions.restore(
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
@@ -275,8 +296,7 @@ class RestoreRun(OperationRun):
         except psutil.NoSuchProcess as exc:
             raise RestoreAborted(snapshot_id=m.id, reason=f"pid {exc.pid} died right after CRIU restored it "
                                  "(killed from outside, or by the OOM killer?)") from exc
-        with rt.store.translate_os_errors(0):
-            self.journal(processes=started)
+        self.journal(processes=started)
         self.instance_id = rt.instances.create(self.op, m.id, m.name,
                                                sorted(started, key=lambda p: p[0] != self.root)).id
         undo.push(self._instance_failed)  # before the kill (an ExitStack unwinds last in, first out)
@@ -330,18 +350,20 @@ class RestoreRun(OperationRun):
             log.info("restore.published", ports=self.published)
 
     def _kill_tree(self) -> None:
-        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start.
+        """Undo: SIGKILL what this restore created; a survivor keeps the record for the next start,
+        a pid still held after the wait (exiting, an unreaped zombie) is named by ``restore``.
         Once the tree is an instance, wait for its root to be reaped (by the daemon, its
         subreaper), so that the failed restore returns with the root's pid free."""
-        survivors = kill_tree(self.record)
-        if survivors:
+        outcome = kill_tree(self.record)
+        self.held_pids = outcome.exiting
+        if outcome.alive:
             self.keep_record = True
-            log.error("restore.kill_failed", pids=survivors)
+            log.error("restore.kill_failed", pids=outcome.alive)
         elif self.instance_id and not self.rt.instances.wait_ended(self.instance_id, _REAP_SECONDS):
             log.error("restore.root_not_reaped", instance=self.instance_id, root_pid=self.root)
 
     def _instance_failed(self, _kind: object, exc: BaseException | None, _tb: object) -> None:
-        why = exc.message if isinstance(exc, SnapdError) else f"internal error: {type(exc).__name__}: {exc}"
+        why = exc.message if isinstance(exc, SnapdError) else f"internal error: {describe_exception(exc)}"
         self.rt.instances.restore_failed(self.instance_id, why)
 
     def _clear_record(self) -> None:
@@ -367,5 +389,16 @@ def _end_relay(pid: int) -> None:
 
 def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
             cancel: CancelToken) -> RestoreOutcome:
-    """Restore the snapshot ``spec.ref`` names (see the module docstring)."""
-    return RestoreRun(rt, spec, operation_id, report, cancel).execute()
+    """Restore the snapshot ``spec.ref`` names (see the module docstring); a full disk on
+    any of its paths (hold record, staging, a chunk pulled on demand) is RestoreSpaceFull."""
+    run = RestoreRun(rt, spec, operation_id, report, cancel)
+    try:
+        return run.execute()
+    except StoreFull as full:
+        raise full.recast(RestoreSpaceFull, snapshot_id=run.manifest.id) from full
+    except Cancelled as err:
+        if not run.held_pids:
+            raise
+        raise Cancelled(**{**err.fields, "undone": f"nothing was restored, but pids {run.held_pids} of the killed "
+                           f"tree are still held (exiting, or zombies whose parents {parents(run.held_pids)} have "
+                           "not reaped them)"}) from err

@@ -39,6 +39,7 @@ def _keep(log_dir: Path, operation_id: str, err: CriuFailed) -> CriuFailed:
         for old in sorted(log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-KEEP]:
             old.unlink(missing_ok=True)
     except OSError as exc:
+        copy.unlink(missing_ok=True)  # a full disk: no partial copy stays
         log.warning("criu.log_not_kept", log=str(err.fields["log"]), error=str(exc))
         return err
     return CriuFailed(**{**err.fields, "log": copy})

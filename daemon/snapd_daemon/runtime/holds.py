@@ -9,7 +9,10 @@ a rename, not fsynced: they describe live processes, which a reboot ends):
   unlock of any still locked or checkpointed (a process whose CUDA state is
   running is left alone). Once the snapshot is published, a checkpoint that
   stops its source turns its record into a KILL record by start time: the
-  source must not come back next to its snapshot.
+  source must not come back next to its snapshot. It also names the links the
+  checkpoint gave CRIU's link_remap links (host/linkremap.py) until the snapshot
+  that keeps them is published: a restarted daemon removes those, whatever boot
+  the record is of (they are files, not processes).
 - KILL (restore): written before CRIU starts, naming the snapshot's pids and
   their names, the time the restore began, and CRIU's own pid once it runs;
   rewritten with exact start times once CRIU has created the tree. A
@@ -18,8 +21,10 @@ a rename, not fsynced: they describe live processes, which a reboot ends):
   start at or after the restore began — never a pid that another process
   held before the restore.
 
-A record is removed when the operation has thawed, killed or handed over its
-processes. At start, before serving, the daemon acts on every record a crash
+A record is written whole or not at all: a failed write (a full disk: the
+operation fails with StoreFull before it has touched a process) removes its
+temporary, and the start sweeps any a kill left. A record is removed when the
+operation has thawed, killed or handed over its processes. At start, before serving, the daemon acts on every record a crash
 left (``recover``); a record whose CUDA thaw failed is kept so that the next
 start tries again; an unreadable record is logged and kept for an operator. A
 record of an earlier boot (another boot id, or empty: its bytes lost with the
@@ -39,9 +44,9 @@ from pathlib import Path
 import psutil
 import structlog
 
-from snapd_daemon.host import cuda
+from snapd_daemon.host import cuda, linkremap
 from snapd_daemon.host.processes import START_SLACK, start_time
-from snapd_daemon.util.fsutil import write_atomic
+from snapd_daemon.util.fsutil import remove_temporaries, write_atomic
 
 log = structlog.get_logger()
 THAW = "thaw"
@@ -63,6 +68,8 @@ class HoldRecord:
     helper: tuple[int, float] = (0, 0.0)
     # THAW: pids that were stopped before the operation touched them (left stopped)
     stopped: list[int] = field(default_factory=list)
+    # THAW: links kept for link_remap by a checkpoint whose snapshot is not published yet
+    links: list[str] = field(default_factory=list)
     # the kernel's boot id when written: after a reboot the processes it names are gone
     boot: str = field(default_factory=lambda: boot_id())
 
@@ -87,6 +94,9 @@ class HoldJournal:
         serving. Returns how many operations were recovered."""
         recovered = 0
         booted = boot_id()
+        swept = remove_temporaries(self.directory)  # of writes a kill or a full disk cut short
+        if swept:
+            log.warning("recover.temporaries_removed", directory=str(self.directory), count=swept)
         for path in sorted(self.directory.glob("*.json")):
             try:
                 text = path.read_text()
@@ -94,6 +104,9 @@ class HoldJournal:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("recover.unreadable_record", path=str(path), error=str(exc))
                 continue
+            if record is not None and record.links:
+                linkremap.remove(record.links)
+                log.warning("recover.removed_links", operation=path.stem, links=record.links)
             if record is None or record.boot != booted:
                 # written before a reboot (an empty one: its bytes were lost with the power):
                 # its processes are gone, its pids may be anyone's now
@@ -124,6 +137,7 @@ def _parse(data: dict[str, object]) -> HoldRecord:
         since=float(data.get("since", 0.0)),  # type: ignore[arg-type]
         helper=(int(helper[0]), float(helper[1])),  # type: ignore[index]
         stopped=[int(p) for p in data.get("stopped") or []],  # type: ignore[attr-defined]
+        links=[str(p) for p in data.get("links") or []],  # type: ignore[attr-defined]
         boot=str(data.get("boot", "")),
     )
 

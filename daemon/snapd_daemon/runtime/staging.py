@@ -10,13 +10,13 @@ crash left, and each operation discards its own when it ends.
 from __future__ import annotations
 
 import contextlib
-import errno
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from snapd_daemon.errors import StoreError, StoreFull
+from snapd_daemon.store import oserrors
 from snapd_daemon.util.meminfo import mem_available
 
 
@@ -78,15 +78,13 @@ class Scratch:
             staging.work.mkdir()
         except OSError as exc:
             shutil.rmtree(staging.root, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFull(path=staging.root.parent, needed=needed,
-                                free=shutil.disk_usage(staging.root.parent).free) from exc
-            raise StoreError(path=staging.root, reason=str(exc)) from exc
+            raise (oserrors.full(exc, staging.root.parent, needed)
+                   or StoreError(path=staging.root, reason=oserrors.describe(exc))) from exc
         return staging
 
     def full(self, staging: Staging, needed: int) -> StoreFull | None:
         """A StoreFull error if the staging file system has (nearly) no space left."""
-        free = shutil.disk_usage(staging.root).free
+        free = oserrors.free_bytes(staging.root)
         return StoreFull(path=staging.root.parent, needed=needed, free=free) if free < 4 << 20 else None
 
     @staticmethod

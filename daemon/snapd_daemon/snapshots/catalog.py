@@ -16,7 +16,7 @@ it references is in quarantine and not stored anew (the store decides that;
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +25,14 @@ import structlog
 from snapd_daemon.errors import (
     ChunkCorrupt,
     ManifestDamaged,
+    PrefetchSpaceFull,
     SnapdError,
     SnapshotAmbiguous,
     SnapshotNotFound,
     SnapshotPinned,
+    StoreFull,
 )
+from snapd_daemon.host import linkremap
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.snapshots.seal import Opened, open_manifest
 from snapd_daemon.store.imports import ChunkImport
@@ -40,6 +43,8 @@ from snapd_daemon.store.protocol import ChunkStore, IngestSession
 from snapd_daemon.util.prefixes import AmbiguousPrefix, by_prefix
 
 log = structlog.get_logger()
+# raw bytes fsck verifies per hold of the store lock: the most a gc or delete waits for it
+FSCK_BATCH_BYTES = 64 << 20
 
 
 @dataclass
@@ -77,6 +82,22 @@ class FsckReport:
     damage: list[Damage] = field(default_factory=list)
     orphan_chunks: int = 0
     damaged_manifests: list[DamagedManifest] = field(default_factory=list)
+    # snapshots deleted (rm, gc) while fsck ran: their chunks not checked from then on
+    snapshots_gone: list[str] = field(default_factory=list)
+
+
+def _batches(users: dict[str, list[tuple[Manifest, str, int, int]]], size: int) -> Iterator[list[str]]:
+    """The chunk ids of ``users`` in lists of about ``size`` raw bytes (at least one chunk each)."""
+    batch: list[str] = []
+    total = 0
+    for cid, places in users.items():
+        batch.append(cid)
+        total += places[0][3]
+        if total >= size:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
 
 
 def chunk_corrupt(manifest: Manifest, err: ChunkUnreadable, place: tuple[str, int] | None = None) -> SnapdError:
@@ -238,23 +259,27 @@ class Catalog:
         if self.is_pinned(manifest.id):
             raise SnapshotPinned(snapshot_id=manifest.id)
         with self.store.lock.exclusive():
+            if self.find(manifest.id) is None:  # a gc expired it while this waited for the lock
+                raise SnapshotNotFound(snapshot=manifest.id)
             self._unpublish(manifest.id)
             return self.store.prune(PrunePlan([(cid, 0) for cid in manifest.chunk_ids() - self.live_chunks()]))
 
-    def gc(self, keep_last: int, dry_run: bool, busy: frozenset[str] = frozenset()) -> GcReport:
+    def gc(self, keep_last: int, dry_run: bool,
+           busy: Callable[[], frozenset[str]] = frozenset) -> GcReport:
         """Plan, then (unless ``dry_run``) execute: expire snapshots beyond the newest
-        ``keep_last`` of each name (0: keep all; pinned, unnamed and ``busy`` ones —
-        those an operation is using — are kept), then remove every chunk no
-        remaining snapshot references."""
+        ``keep_last`` of each name (0: keep all; pinned, unnamed and ``busy()`` ones —
+        those an operation is using, asked once the lock is held — are kept), then
+        remove every chunk no remaining snapshot references."""
         with self.store.lock.exclusive():
             report = GcReport(dry_run=dry_run)
+            in_use = busy()
             if keep_last:
                 by_name: dict[str, list[Manifest]] = {}
                 for m in self.list():
                     if m.name:
                         by_name.setdefault(m.name, []).append(m)
                 report.expired = [m.id for ms in by_name.values() for m in ms[:-keep_last]
-                                  if not self.is_pinned(m.id) and m.id not in busy]
+                                  if not self.is_pinned(m.id) and m.id not in in_use]
             plan = self.store.plan_prune(self.live_chunks(frozenset(report.expired)))
             report.chunks, report.bytes = len(plan.chunks), plan.bytes
             if not dry_run:
@@ -264,20 +289,30 @@ class Catalog:
             return report
 
     def _unpublish(self, snapshot_id: str) -> None:
-        """Forget a snapshot: its prefetched copy, its manifest. Caller holds the lock exclusive."""
+        """Forget a snapshot: its prefetched copy, its manifest, the links that kept its unlinked
+        open files (host/linkremap.py). Caller holds the lock exclusive."""
         self.store.drop_prefetch(snapshot_id)
         self.store.manifests.remove(snapshot_id)
         with self._lock:
-            del self._index[snapshot_id]
+            gone = self._index.pop(snapshot_id)
+        linkremap.remove(gone.link_remap_files)
 
     # -- reading --------------------------------------------------------------
 
     def fsck(self, manifests: list[Manifest], everything: bool = False) -> FsckReport:
         """Read the given snapshots' manifest files again and check their seals (one that fails
-        goes to the quarantine and its snapshot off the list), then read and verify every
-        chunk the others reference, on disk (not the hot tier); the store quarantines each
-        bad one, so the snapshots using it show as damaged. ``everything``: the report
-        lists every quarantined manifest, not only those this run found."""
+        goes to the quarantine and its snapshot off the list; ``everything``: the report lists
+        every quarantined manifest, not only those this run found), then read and verify every
+        chunk the others reference, on disk (not the hot tier); the store quarantines each bad
+        one, so the snapshots using it show as damaged.
+
+        Consistent with gc and delete, which may run meanwhile: the chunks are checked in
+        batches of about ``FSCK_BATCH_BYTES``, each under the store lock held shared, and
+        a batch checks only chunks of snapshots still listed then. Under that lock every
+        listed snapshot's chunks are stored (gc and delete unlist a snapshot before they
+        remove its chunks, both under the lock held exclusive), so a chunk found missing or
+        corrupt is real damage; a snapshot deleted while fsck ran is counted in
+        ``snapshots_gone``, never reported. A gc or delete waits for one batch at most."""
         report = FsckReport(snapshots=len(manifests))
         found = [m.id for m in manifests if not self._still_sealed(m)]
         manifests = [m for m in manifests if m.id not in found]
@@ -288,11 +323,21 @@ class Catalog:
                 for offset, ref in chunk_offsets(entry.chunks):
                     if ref.id != ZERO_CHUNK:
                         users.setdefault(ref.id, []).append((m, entry.name, offset, ref.length))
-        problems = self.store.check(list(users))
-        report.chunks_checked = len(users)
-        report.bytes_checked = sum(places[0][3] for places in users.values())
-        for cid, problem in problems.items():
-            report.damage += [Damage(m.id, name, off, cid, problem) for m, name, off, _ in users[cid]]
+        gone: set[str] = set()
+        for batch in _batches(users, FSCK_BATCH_BYTES):
+            with self.store.lock.shared():
+                with self._lock:
+                    gone |= {m.id for m in manifests if m.id not in self._index}
+                listed = {cid: [u for u in users[cid] if u[0].id not in gone] for cid in batch}
+                listed = {cid: places for cid, places in listed.items() if places}
+                problems = self.store.check(list(listed))
+            report.chunks_checked += len(listed)
+            report.bytes_checked += sum(places[0][3] for places in listed.values())
+            for cid, problem in problems.items():
+                report.damage += [Damage(m.id, name, off, cid, problem) for m, name, off, _ in listed[cid]]
+        report.snapshots_gone = sorted(gone)
+        # a count only: live is taken first, and chunks only leave, so a chunk counted is one no
+        # snapshot named then (or one an ingest under way has written before its manifest)
         report.orphan_chunks = self.store.orphans(self.live_chunks())
         return report
 
@@ -315,6 +360,8 @@ class Catalog:
         chunks = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
         try:
             return self.store.prefetch(manifest.id, chunks, progress)
+        except StoreFull as full:
+            raise full.recast(PrefetchSpaceFull, snapshot_id=manifest.id) from full
         except ChunkUnreadable as err:
             raise chunk_corrupt(manifest, err) from err
 

@@ -92,6 +92,10 @@ class Manifest:
     # dumped with established TCP connections / unix sockets to outside peers (CRIU options)
     tcp_established: bool = False
     ext_unix_sk: bool = False
+    # dumped with CRIU's link_remap: the links CRIU made (absolute paths), which hold the
+    # unlinked open files for every restore and are removed with the snapshot
+    link_remap: bool = False
+    link_remap_files: list[str] = field(default_factory=list)
     # the root was the init of a pid namespace of its own: pid at checkpoint -> pid inside
     # it ({}: the tree shared the host's). Such a snapshot restores any number of times at
     # once, each copy in a fresh pid namespace; its images name processes by the inside pids.

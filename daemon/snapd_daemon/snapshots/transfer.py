@@ -13,7 +13,7 @@ after the END record checked out is the store lock taken (shared, so gc cannot
 take a chunk the manifest relies on), the chunks published and the manifest
 written last. A slow stream therefore never holds the lock (a gc waiting behind
 it would hold up every checkpoint), and a cut, corrupt or refused stream leaves
-no snapshot and no chunk behind.
+no snapshot and no chunk behind; a full store is ImportSpaceFull.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Protocol
 
 import structlog
 
-from snapd_daemon.errors import ImportInvalid, InvalidRequest
+from snapd_daemon.errors import ImportInvalid, ImportSpaceFull, InvalidRequest, StoreFull
 from snapd_daemon.snapshots import naming
 from snapd_daemon.snapshots.catalog import Catalog, chunk_corrupt
 from snapd_daemon.snapshots.manifest import Manifest
@@ -78,10 +78,18 @@ def _open(data: bytes, keys: FleetKeys) -> Manifest:
 def import_stream(catalog: Catalog, pieces: Iterable[bytes], claim: Claim, keys: FleetKeys) -> tuple[Manifest, bool]:
     """Read an export stream into the store; (the snapshot, whether it is new here). A snapshot
     the store already has is verified like any other and left as it is."""
-    store = catalog.store
     reader = bundle.Reader(pieces)
     manifest = _open(reader.manifest(), keys)
     needed = {ref.id: ref.length for entry in manifest.files for ref in entry.chunks if ref.id != ZERO_CHUNK}
+    try:
+        return _take_in(catalog, reader, manifest, needed, claim)
+    except StoreFull as full:
+        raise full.recast(ImportSpaceFull, snapshot_id=manifest.id) from full
+
+
+def _take_in(catalog: Catalog, reader: bundle.Reader, manifest: Manifest, needed: dict[str, int],
+             claim: Claim) -> tuple[Manifest, bool]:
+    store = catalog.store
     with claim(manifest.id), store.begin_import() as imported:
         for cid, stored in reader.chunks():
             if cid not in needed:

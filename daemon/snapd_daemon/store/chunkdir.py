@@ -186,11 +186,15 @@ class ChunkDir:
         return True
 
     def all(self) -> Iterator[tuple[str, int]]:
-        """Every stored chunk and its size (temporary files excluded)."""
+        """Every stored chunk and its size (temporary files excluded). Safe beside a gc or a
+        quarantine move: a chunk whose name goes while it is listed is left out."""
         for sub in self.root.iterdir():
             for entry in os.scandir(sub):
                 if _TMP_MARK not in entry.name:
-                    yield entry.name, entry.stat().st_size
+                    try:
+                        yield entry.name, entry.stat().st_size
+                    except FileNotFoundError:
+                        continue
 
     def listing(self) -> StoredIds:
         """The chunks stored now (temporaries left out), for many ``exists`` questions at

@@ -236,7 +236,8 @@ class LocalStore:
             hot.add(item[0], self._read_disk(item[0], scratch.buffers, item[1]))
             progress(count.add(item[1]))
 
-        hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
+        with self.translate_os_errors(needed):
+            hot.mark(holder, set(chunks))  # first, so no concurrent drop removes what this adds
         try:
             with self.lock.shared(), self.translate_os_errors(needed):
                 with ThreadPoolExecutor(self.threads, thread_name_prefix="prefetch") as pool:
@@ -275,7 +276,8 @@ class LocalStore:
 
     def check(self, cids: list[str]) -> dict[str, str]:
         """Read and verify each chunk on disk (not the hot tier); id -> problem for the bad ones
-        (quarantined, as any read does)."""
+        (quarantined, as any read does). Caller holds the lock shared (so that no gc or delete
+        removes a chunk it still names while it reads)."""
 
         scratch = PerThread()
 
@@ -286,7 +288,7 @@ class LocalStore:
                 return err.problem
             return ""
 
-        with self.lock.shared(), ThreadPoolExecutor(self.threads, thread_name_prefix="fsck") as pool:
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="fsck") as pool:
             return {cid: problem for cid, problem in zip(cids, pool.map(one, cids), strict=True) if problem}
 
     def orphans(self, live: set[str]) -> int:

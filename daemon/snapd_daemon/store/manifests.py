@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from snapd_daemon.util.fsutil import fsync_path, write_atomic
+from snapd_daemon.util.fsutil import fsync_path, remove_temporaries, write_atomic
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -41,8 +41,7 @@ class ManifestDir:
                 yield path, path.read_bytes()
 
     def remove_temporaries(self) -> None:
-        for tmp in self.root.glob(".*.tmp-*"):  # write_atomic's temporaries of a crash
-            tmp.unlink()
+        remove_temporaries(self.root)
 
 
 class PinSet:
@@ -64,5 +63,4 @@ class PinSet:
             fsync_path(self.root)
 
     def remove_temporaries(self) -> None:
-        for tmp in self.root.glob(".*.tmp-*"):
-            tmp.unlink()
+        remove_temporaries(self.root)

@@ -1,4 +1,5 @@
-"""OS errors of the store's file systems in snapd's words."""
+"""OS errors of the store's file systems in snapd's words: the one place ENOSPC and EDQUOT
+become StoreFull (which an operation recasts into its own kind with ``StoreFull.recast``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,28 @@ from pathlib import Path
 
 from snapd_daemon.errors import StoreError, StoreFull
 
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free to an unprivileged writer in the file system of ``path`` (or of the nearest
+    directory above it that exists)."""
+    for where in (path, *path.parents):
+        try:
+            return shutil.disk_usage(where).free
+        except OSError:
+            continue
+    return 0
+
+
+def full(exc: OSError, root: Path, needed: int) -> StoreFull | None:
+    """StoreFull naming the directory ``exc`` failed in (else ``root``) when ``exc`` says the
+    file system (or a quota) is full; None for any other error."""
+    if exc.errno not in SPACE_ERRNOS:
+        return None
+    where = Path(exc.filename).parent if exc.filename else root
+    return StoreFull(path=where, needed=needed, free=free_bytes(where))
+
 
 @contextmanager
 def translated(root: Path, needed: int) -> Iterator[None]:
@@ -18,7 +41,10 @@ def translated(root: Path, needed: int) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = Path(exc.filename).parent if exc.filename else root
-            raise StoreFull(path=where, needed=needed, free=shutil.disk_usage(root).free) from exc
-        raise StoreError(path=root, reason=str(exc)) from exc
+        raise (full(exc, root, needed) or StoreError(path=root, reason=describe(exc))) from exc
+
+
+def describe(exc: OSError) -> str:
+    """What the OS said and about which file, without Python's "[Errno N]"."""
+    what = exc.strerror or str(exc)
+    return f"{what}: {exc.filename}" if exc.filename else what

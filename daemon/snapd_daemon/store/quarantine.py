@@ -24,7 +24,7 @@ import os
 import re
 from pathlib import Path
 
-from snapd_daemon.util.fsutil import fsync_path, write_atomic
+from snapd_daemon.util.fsutil import fsync_path, remove_temporaries, write_atomic
 
 _CHUNK_ID = re.compile(r"\b[0-9a-f]{64}\b")
 _MISSING = ".missing"
@@ -102,5 +102,5 @@ class Quarantine:
         return found
 
     def remove_temporaries(self) -> None:
-        for tmp in [*self.chunks_dir.glob(".*.tmp-*"), *self.manifests_dir.glob(".*.tmp-*")]:
-            tmp.unlink()
+        remove_temporaries(self.chunks_dir)
+        remove_temporaries(self.manifests_dir)

@@ -71,7 +71,7 @@ INSTANCE_STATE_EXITED: InstanceState
 INSTANCE_STATE_STOPPED: InstanceState
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk", "push")
+    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk", "link_remap", "push")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class CheckpointRequest(_message.Message):
     KEEP_HOT_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     EXT_UNIX_SK_FIELD_NUMBER: _ClassVar[int]
+    LINK_REMAP_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
     pid: int
     name: str
@@ -98,8 +99,9 @@ class CheckpointRequest(_message.Message):
     keep_hot: bool
     tcp_established: bool
     ext_unix_sk: bool
+    link_remap: bool
     push: bool
-    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., push: _Optional[bool] = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., link_remap: _Optional[bool] = ..., push: _Optional[bool] = ...) -> None: ...
 
 class Hook(_message.Message):
     __slots__ = ("argv", "timeout_seconds")
@@ -256,7 +258,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "replicable", "own_network_namespace", "namespace_ports", "push_operation_id", "already_present")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "link_remap", "link_remap_files", "replicable", "own_network_namespace", "namespace_ports", "push_operation_id", "already_present")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +290,8 @@ class Snapshot(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     EXT_UNIX_SK_FIELD_NUMBER: _ClassVar[int]
+    LINK_REMAP_FIELD_NUMBER: _ClassVar[int]
+    LINK_REMAP_FILES_FIELD_NUMBER: _ClassVar[int]
     REPLICABLE_FIELD_NUMBER: _ClassVar[int]
     OWN_NETWORK_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_PORTS_FIELD_NUMBER: _ClassVar[int]
@@ -317,12 +321,14 @@ class Snapshot(_message.Message):
     duration_seconds: float
     tcp_established: bool
     ext_unix_sk: bool
+    link_remap: bool
+    link_remap_files: _containers.RepeatedScalarFieldContainer[str]
     replicable: bool
     own_network_namespace: bool
     namespace_ports: _containers.RepeatedScalarFieldContainer[int]
     push_operation_id: str
     already_present: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ..., push_operation_id: _Optional[str] = ..., already_present: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., link_remap: _Optional[bool] = ..., link_remap_files: _Optional[_Iterable[str]] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ..., push_operation_id: _Optional[str] = ..., already_present: _Optional[bool] = ...) -> None: ...
 
 class CgroupInfo(_message.Message):
     __slots__ = ("path", "limits")
@@ -507,20 +513,22 @@ class ChunkDamage(_message.Message):
     def __init__(self, snapshot_id: _Optional[str] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ..., chunk: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class CheckStoreResponse(_message.Message):
-    __slots__ = ("snapshots", "chunks_checked", "bytes_checked", "damage", "orphan_chunks", "damaged_manifests")
+    __slots__ = ("snapshots", "chunks_checked", "bytes_checked", "damage", "orphan_chunks", "damaged_manifests", "snapshots_gone")
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     BYTES_CHECKED_FIELD_NUMBER: _ClassVar[int]
     DAMAGE_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     DAMAGED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_GONE_FIELD_NUMBER: _ClassVar[int]
     snapshots: int
     chunks_checked: int
     bytes_checked: int
     damage: _containers.RepeatedCompositeFieldContainer[ChunkDamage]
     orphan_chunks: int
     damaged_manifests: _containers.RepeatedCompositeFieldContainer[DamagedManifest]
-    def __init__(self, snapshots: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damage: _Optional[_Iterable[_Union[ChunkDamage, _Mapping]]] = ..., orphan_chunks: _Optional[int] = ..., damaged_manifests: _Optional[_Iterable[_Union[DamagedManifest, _Mapping]]] = ...) -> None: ...
+    snapshots_gone: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, snapshots: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damage: _Optional[_Iterable[_Union[ChunkDamage, _Mapping]]] = ..., orphan_chunks: _Optional[int] = ..., damaged_manifests: _Optional[_Iterable[_Union[DamagedManifest, _Mapping]]] = ..., snapshots_gone: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
@@ -539,7 +547,7 @@ class Check(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ..., warning: _Optional[bool] = ...) -> None: ...
 
 class DaemonStatus(_message.Message):
-    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks", "remote")
+    __slots__ = ("version", "pid", "uptime_seconds", "criu_path", "criu_version", "kernel", "state_dir", "state_dir_free_bytes", "snapshots", "operations_in_flight", "gpu_driver_version", "checks", "recovered_operations", "quarantined_manifests", "quarantined_chunks", "remote", "log_lines_dropped")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -556,6 +564,7 @@ class DaemonStatus(_message.Message):
     QUARANTINED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_FIELD_NUMBER: _ClassVar[int]
+    LOG_LINES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     uptime_seconds: float
@@ -572,7 +581,8 @@ class DaemonStatus(_message.Message):
     quarantined_manifests: int
     quarantined_chunks: int
     remote: str
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recovered_operations: _Optional[int] = ..., quarantined_manifests: _Optional[int] = ..., quarantined_chunks: _Optional[int] = ..., remote: _Optional[str] = ...) -> None: ...
+    log_lines_dropped: int
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., criu_path: _Optional[str] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., state_dir: _Optional[str] = ..., state_dir_free_bytes: _Optional[int] = ..., snapshots: _Optional[int] = ..., operations_in_flight: _Optional[int] = ..., gpu_driver_version: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., recovered_operations: _Optional[int] = ..., quarantined_manifests: _Optional[int] = ..., quarantined_chunks: _Optional[int] = ..., remote: _Optional[str] = ..., log_lines_dropped: _Optional[int] = ...) -> None: ...
 
 class CancelOperationRequest(_message.Message):
     __slots__ = ("operation_id",)
