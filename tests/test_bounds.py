@@ -85,5 +85,8 @@ def test_out_of_bounds_values_are_refused_naming_field_value_and_limit(daemon: D
             path="a", memory_max_bytes=1 << 60)), "cgroup.memory_max_bytes", 1 << 60, 1 << 50)
         _refused(stub.Restore, pb.RestoreRequest(snapshot="x", tcp=7), "tcp", 7, 1)
         _refused(stub.CollectGarbage, pb.CollectGarbageRequest(keep_last=1 << 33), "keep_last", 1 << 33, 1_000_000)
+        _refused(stub.Restore, pb.RestoreRequest(snapshot="x", gpu_policy=9), "gpu_policy", 9, 2)
+        _refused(stub.StopInstance, pb.StopInstanceRequest(instance="in-0", grace_seconds=1 << 33),
+                 "grace_seconds", 1 << 33, 3600)
     cli = snapd(daemon, "checkpoint", str(1 << 40))
     assert cli.returncode == 2 and "4194304" in cli.stderr and "Traceback" not in cli.stderr

@@ -28,7 +28,6 @@ import pytest
 from harness import Daemon, Workloads, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import AsyncSnapdClient, SnapdClient, SnapdClientError, errors
-from snapd_client import SnapdClient, SnapdClientError
 from snapd_client.client import state_name
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.cgroups import cgroup2_mount

@@ -33,7 +33,9 @@ _HOMES = {
     **dict.fromkeys(("DEFAULT_TARGET", "CgroupSpec", "InstanceState", "Phase", "SnapdClient", "SnapdClientError",
                      "TcpRestore", "TlsFiles", "phase_name", "state_name"), "client"),
 }
-__all__ = [*sorted(_HOMES), "errors"]
+__all__ = ["DEFAULT", "DEFAULT_TARGET", "OPERATION", "QUERY", "STORE", "AsyncSnapdClient", "CgroupSpec",
+           "InstanceState", "Phase", "SnapdClient", "SnapdClientError", "TcpRestore", "TlsFiles", "errors", "phase_name",
+           "state_name"]
 
 
 def __getattr__(name: str) -> Any:

@@ -101,6 +101,7 @@ class Calls(ABC):
         keep_hot: bool = False,
         tcp_established: bool = False,
         ext_unix_sk: bool = False,
+        link_remap: bool = False,
         push: bool | None = None,
         timeout: Timeout = DEFAULT,
         on_progress: ProgressCallback | None = None,
@@ -111,7 +112,8 @@ class Calls(ABC):
         is durable unless ``leave_running``. ``pre_checkpoint_hook``: argv the daemon runs
         before anything is frozen. ``keep_hot``: also keep it decompressed in RAM.
         ``tcp_established``: dump established TCP connections instead of refusing the tree;
-        ``ext_unix_sk``: likewise unix sockets connected to processes outside the tree.
+        ``ext_unix_sk``: likewise unix sockets connected to processes outside the tree;
+        ``link_remap``: likewise open files unlinked while another name links them.
         ``push``: upload the snapshot to the remote tier in the background once durable
         (None: the daemon's push_after_checkpoint setting); ``Snapshot.push_operation_id``
         names that upload. ``on_progress`` gets every Progress event (``phase_name(p.phase)``,
@@ -120,7 +122,7 @@ class Calls(ABC):
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
             cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, tcp_established=tcp_established,
-            ext_unix_sk=ext_unix_sk, push=push,
+            ext_unix_sk=ext_unix_sk, link_remap=link_remap, push=push,
         )
         return self._follow("Checkpoint", request, "snapshot", self._deadline(timeout, OPERATION), on_progress,
                             on_interrupt)
