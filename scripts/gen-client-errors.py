@@ -23,7 +23,7 @@ def render() -> str:
     rows = [{"name": cls.__name__, "parent": "" if cls is SnapdError else cls.__bases__[0].__name__,
              "exit_code": cls.exit_code, "status": cls.status, "template": " ".join((cls.__doc__ or "").split())}
             for cls in ALL_ERRORS]
-    return json.dumps({"generated_by": "scripts/gen-client-errors.py from daemon/snapd_daemon/errors.py",
+    return json.dumps({"generated_by": "scripts/gen-client-errors.py from daemon/snapd_daemon/errors/",
                        "errors": rows}, indent=1) + "\n"
 
 
