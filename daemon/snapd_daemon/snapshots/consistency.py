@@ -140,6 +140,13 @@ def _span(s: InjectSpan, sizes: dict[str, int], pids: set[int], regions: list[tu
     if s.offset + s.length > sizes[s.pages_file]:
         return f"ends beyond the image ({sizes[s.pages_file]} bytes)"
     i = bisect.bisect_right(regions, (s.vaddr, _AFTER_ANY)) - 1
-    if i < 0 or s.vaddr + s.length > regions[i][1]:
+    if i < 0 or s.vaddr >= regions[i][1]:
+        return f"at {s.vaddr:#x} lies outside the regions recorded for its process"
+    # the cut joins spans that follow each other, across regions that touch (criu/trim.py)
+    end = regions[i][1]
+    while end < s.vaddr + s.length and i + 1 < len(regions) and regions[i + 1][0] == end:
+        i += 1
+        end = regions[i][1]
+    if s.vaddr + s.length > end:
         return f"at {s.vaddr:#x} lies outside the regions recorded for its process"
     return ""
