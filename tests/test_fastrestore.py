@@ -59,6 +59,11 @@ def test_every_kind_of_region_comes_back_with_the_cut_stored_or_made_anew(eager:
     with eager.client() as c:
         snap = c.checkpoint(pid)
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    # a restart reads the manifest back through its seal and consistency checks, which must
+    # take a span the cut joined across two regions that touch ("touching")
+    eager.stop()
+    eager.start()
+    with eager.client() as c:
         c.restore(snap.id)
     assert ask(pid, report) == before
     prepared = _log_events(eager, "restore.prepared")[-1]

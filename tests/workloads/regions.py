@@ -4,10 +4,12 @@
   partial: 40 MiB private anonymous, first half random, second half zero
   file:    4 MiB private mapping of a file, modified in place (copy-on-write pages)
   shared:  8 MiB shared anonymous, random
+  touching: 16 MiB private anonymous, random, as two regions that touch (the second half
+           madvised MADV_DONTFORK, so the kernel keeps it a VMA of its own)
 On SIGUSR1: report the SHA-256 of each; on SIGUSR2: rewrite the first 8 MiB of "big".
 
 usage: regions.py REPORT
-report: "<pid> <big> <partial> <file> <shared>"
+report: "<pid> <big> <partial> <file> <shared> <touching>"
 """
 
 import ctypes
@@ -53,10 +55,16 @@ with open(backing, "r+b") as f:
 filemap[MiB : 2 * MiB] = os.urandom(MiB)
 shared = mmap.mmap(-1, 8 * MiB, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
 shared.write(os.urandom(8 * MiB))
+touching = anonymous(16 * MiB, 0)
+touching[:] = os.urandom(16 * MiB)
+MADV_DONTFORK = 10
+if libc.madvise(ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(touching)) + 8 * MiB),
+                ctypes.c_size_t(8 * MiB), MADV_DONTFORK) != 0:
+    raise OSError(ctypes.get_errno(), "madvise of the second half failed")
 
 
 def check() -> None:
-    digests = [hashlib.sha256(m).hexdigest()[:16] for m in (big, partial, filemap, shared)]
+    digests = [hashlib.sha256(m).hexdigest()[:16] for m in (big, partial, filemap, shared, touching)]
     write_report(report, " ".join([str(os.getpid()), *digests]))
 
 
