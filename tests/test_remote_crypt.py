@@ -241,9 +241,9 @@ def test_a_bucket_written_before_encryption_is_read_only_with_allow_plaintext(
         assert len(chunk_objects(s3, "crypt-migrate")) == count
 
 
-def test_key_files_are_checked_by_check_config(tmp_path: Path) -> None:
-    def check(*args: str) -> tuple[int, str]:
-        d = Daemon(tmp_path, ("--remote-endpoint", "http://127.0.0.1:9", "--remote-bucket", "b", *args,
+def test_key_files_are_checked_by_check_config(tmp_path: Path, s3: S3Server) -> None:
+    def check(*args: str) -> tuple[int, str]:  # a reachable endpoint: --check-config connects to it
+        d = Daemon(tmp_path, ("--remote-endpoint", s3.endpoint, "--remote-bucket", "b", *args,
                               "--check-config"))
         out = subprocess.run(d.cli_args(), capture_output=True, text=True, timeout=60)
         return out.returncode, out.stderr
