@@ -215,7 +215,7 @@ def test_restore_on_mismatched_gpu_is_refused(daemon: Daemon, start_server) -> N
     daemon.start()
     with daemon.client() as c, pytest.raises(SnapdClientError) as info:
         c.restore(snap.id)
-    assert info.value.error_class == "GpuMismatch" and "NVIDIA A100-SXM4-40GB" in info.value.message
+    assert info.value.error_class == "GpuMismatch" and "was a NVIDIA A100-SXM4-40GB" in info.value.message
     assert gone(server.pid)
 
 

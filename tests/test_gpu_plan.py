@@ -84,7 +84,7 @@ def test_explicit_map_pairs_even_onto_the_same_gpu() -> None:
 @pytest.mark.parametrize(("record", "version", "devices", "uuid_map", "reason"), [
     (_record((A,), {10: (A.uuid,)}), "570.1", (A,), {}, "driver 570.1 here, snapshot taken with 580.159.04"),
     (_record((A, B), {10: (A.uuid, B.uuid)}), "580.95", (C,), {}, "1 GPU(s) here, the snapshot's processes used 2"),
-    (_record((A,), {10: (A.uuid,)}), "580.95", (_gpu(0xF, "NVIDIA A100-SXM4-40GB"),), {}, f"no free {H100} here"),
+    (_record((A,), {10: (A.uuid,)}), "580.95", (_gpu(0xF, "NVIDIA A100-SXM4-40GB"),), {}, f"was a {H100}; this host has none (its GPUs: NVIDIA A100-SXM4-40GB)"),
     (_record((A,), {10: (A.uuid,)}), "580.95", (A,), {B.uuid: A.uuid}, "did not use"),
     (_record((A,), {10: (A.uuid,)}), "580.95", (A,), {A.uuid: C.uuid}, f"no GPU {C.uuid} on this host"),
     (_record((A,), {10: (A.uuid,)}), "580.95", (), {}, "no NVIDIA GPU"),
@@ -250,7 +250,8 @@ def test_two_gpus_of_one_snapshot_never_share_a_target() -> None:
     a100 = _gpu(0xD, "NVIDIA A100-SXM4-80GB")
     with pytest.raises(GpuMismatch) as info:  # B's only candidate is taken by A's map
         place("s", record, "580.95", (_now(a100), _now(B)), (), Policy(), {A.uuid: B.uuid})
-    assert f"no free {H100} here for GPU {B.uuid}" in info.value.message
+    assert f"every {H100} here already takes another of the snapshot's GPUs; none is left for {B.uuid}" in \
+        info.value.message
 
 
 @pytest.mark.parametrize(("text", "margin"), [

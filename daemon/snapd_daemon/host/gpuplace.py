@@ -159,7 +159,12 @@ def _choose(snapshot_id: str, old: GpuDevice, need: int | None, gpus: tuple[GpuN
     same = sorted((g for g in gpus if g.device.name == old.name and g.device.uuid not in taken),
                   key=lambda g: (g.device.uuid != old.uuid, g.device.index))
     if not same:
-        raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no free {old.name} here for GPU {old.uuid}")
+        if any(g.device.name == old.name for g in gpus):
+            reason = f"every {old.name} here already takes another of the snapshot's GPUs; none is left for {old.uuid}"
+        else:
+            models = sorted({g.device.name for g in gpus})
+            reason = f"GPU {old.uuid} was a {old.name}; this host has none (its GPUs: {', '.join(models)})"
+        raise GpuMismatch(snapshot_id=snapshot_id, reason=reason)
     for g in same:
         mine = [r for r in reservations if r.uuid == g.device.uuid]
         if policy.mode == SHARED and need is not None:
