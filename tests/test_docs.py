@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from snapd_daemon.errors import ALL_ERRORS, StoreFull
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -66,3 +68,12 @@ def test_every_document_is_in_the_index() -> None:
     index = (DOCS / "index.md").read_text()
     assert [d.name for d in DOCS.glob("*.md") if d.name != "index.md" and f"({d.name})" not in index] == []
     assert all(f"({name})" in index for name in ELSEWHERE)
+
+
+def test_every_error_class_has_its_row_in_the_exit_code_table() -> None:
+    """docs/scheduler.md's table names each daemon error class with its exit code and status."""
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:4]) for line in (DOCS / "scheduler.md").read_text()
+            .splitlines() if line.startswith("| ")}
+    missing = [cls.__name__ for cls in ALL_ERRORS if (str(cls.exit_code), cls.__name__, cls.status) not in rows
+               and not (issubclass(cls, StoreFull) and cls.__name__ in (DOCS / "scheduler.md").read_text())]
+    assert missing == []
