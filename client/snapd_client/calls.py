@@ -140,6 +140,7 @@ class Calls(ABC):
         log_name: str = "",
         tcp: int = pb.TCP_RESTORE_CLOSE,
         publish_host: str = "",
+        into_pid: int = 0,
         timeout: Timeout = DEFAULT,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
@@ -157,12 +158,15 @@ class Calls(ABC):
         "<snapshot id>.log"; see ``RestoreResult.log_path``). ``tcp``: TCP_RESTORE_CLOSE (default)
         or TCP_RESTORE_REESTABLISH, for a snapshot taken with ``tcp_established``.
         ``publish_host``: the host IP a snapshot with its own network namespace publishes its
-        ports on (default 127.0.0.1; ``RestoreResult.published``). Deadline: OPERATION."""
+        ports on (default 127.0.0.1; ``RestoreResult.published``). ``into_pid``: restore into the
+        container or pod sandbox of this host pid (its network, UTS and IPC namespaces, a group below
+        its cgroup; docs/pods.md). Deadline: OPERATION."""
         request = pb.RestoreRequest(
             snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
             gpu_policy=gpu_policy_value(gpu_policy),
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
             cgroup=cgroup, log_name=log_name, tcp=tcp, publish_host=publish_host,  # type: ignore[arg-type]
+            into_pid=into_pid,
         )
         return self._follow("Restore", request, "result", self._deadline(timeout, OPERATION), on_progress,
                             on_interrupt)

@@ -152,12 +152,16 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--replicas", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Restore K copies at once (snapshots of trees started with `snapd run`).")
 @click.option("--publish-host", default="", help="Host IP a copy with its own network namespace publishes ports on.")
+@click.option("--into", "into_pid", type=click.IntRange(1, MAX_PID), default=None, metavar="PID",
+              help="Restore into the container or pod sandbox of PID (host pid of any of its processes): its "
+              "network, UTS and IPC namespaces, a group below its cgroup (docs/pods.md).")
 @common_options
 @click.pass_context
 def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...],
             gpu_policy: str | None, post_hook: str,
             hook_timeout: int, cgroup_path: str, create_cgroup: bool, memory_max: int, cpu_max: str, pids_max: int,
-            cpuset_cpus: str, cpuset_mems: str, log_name: str, tcp: str, replicas: int, publish_host: str) -> None:
+            cpuset_cpus: str, cpuset_mems: str, log_name: str, tcp: str, replicas: int, publish_host: str,
+            into_pid: int | None) -> None:
     """Restore SNAPSHOT (an id, a unique id prefix, or a name: its newest snapshot).
 
     The tree comes back with its original pids, so the original must be gone;
@@ -171,6 +175,7 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
       snapd restore llama-8b --cgroup inference/llama --create-cgroup --memory-max 64G --cpu-max '800000 100000'
       snapd restore llama-8b --replicas 4
       snapd restore llama-8b --gpu-policy exclusive
+      snapd restore llama-8b --into "$(podman inspect -f '{{.State.Pid}}' POD-infra)"
     """
     mapping = _pairs(gpu_map, "--gpu-map")
     limits = memory_max or cpu_max or pids_max or cpuset_cpus or cpuset_mems or create_cgroup
@@ -182,7 +187,7 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     options = dict(wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping, gpu_policy=gpu_policy or "",
                    post_restore_hook=shlex.split(post_hook),
                    hook_timeout_seconds=hook_timeout, cgroup=cgroup, log_name=log_name, tcp=tcp_mode,
-                   publish_host=publish_host)
+                   publish_host=publish_host, into_pid=into_pid or 0)
 
     def action(c: Ctx) -> None:
         if replicas > 1:

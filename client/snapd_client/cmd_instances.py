@@ -47,6 +47,7 @@ def instance_json(inst: pb.Instance) -> dict[str, Any]:
         "cgroup": inst.cgroup, "ports": [{"port": p.port, "address": p.address} for p in inst.published],
         "created": _when(inst.created, inst.HasField("created")), "ready": _when(inst.ready, inst.HasField("ready")),
         "ended": _when(inst.ended, inst.HasField("ended")), "exit_status": exit_status(inst),
+        "sandbox": {"pid": inst.sandbox.pid, "cgroup": inst.sandbox.cgroup} if inst.HasField("sandbox") else None,
     }
 
 

@@ -55,6 +55,7 @@ BOUNDS: dict[str, Bound] = {
     "snapd.v1.CgroupSpec.memory_max_bytes": Bound(0, MAX_MEMORY_BYTES, "1 PiB"),
     "snapd.v1.CgroupSpec.pids_max": Bound(0, MAX_PID, "the kernel's PID_MAX_LIMIT"),
     "snapd.v1.RestoreRequest.gpu_policy": Bound(0, 2, "the GpuPolicy values: 0 the daemon's, 1 shared, 2 exclusive"),
+    "snapd.v1.RestoreRequest.into_pid": Bound(0, MAX_PID, "the kernel's PID_MAX_LIMIT"),
     "snapd.v1.CollectGarbageRequest.keep_last": Bound(0, MAX_KEEP_LAST, "a million snapshots of a name"),
     "snapd.v1.StopInstanceRequest.grace_seconds": Bound(0, MAX_STOP_GRACE, "1 hour"),
     "snapd.v1.WatchEventsRequest.after_sequence": Bound(0, (1 << 63) - 1, "the largest sequence number"),

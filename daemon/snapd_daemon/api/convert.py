@@ -184,6 +184,8 @@ def instance(inst: Instance, held: GpuMemory) -> pb.Instance:
     for name, when in (("created", inst.created), ("ready", inst.ready), ("ended", inst.ended)):
         if when:
             getattr(msg, name).FromNanoseconds(int(when * 1e9))
+    if inst.sandbox_pid:
+        msg.sandbox.CopyFrom(pb.Sandbox(pid=inst.sandbox_pid, cgroup=inst.sandbox_cgroup))
     if inst.exit is not None:
         msg.exit_status.CopyFrom(pb.ExitStatus(known=inst.exit.known, code=inst.exit.code, signal=inst.exit.signal))
     return msg

@@ -151,7 +151,20 @@ def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
         tcp=_tcp_restore(request.tcp),
         publish_host=publish_host(request.publish_host),
         gpu_policy=_gpu_policy(request.gpu_policy),
+        into=_into(request),
     )
+
+
+def _into(request: pb.RestoreRequest) -> int:
+    """The sandbox pid to restore into (0: none); with it, neither a cgroup nor a publish host."""
+    pid = request.into_pid
+    if pid and request.HasField("cgroup"):
+        raise InvalidRequest(field="cgroup", reason="a restore into a sandbox goes into a new group below the "
+                             "sandbox's cgroup; leave cgroup unset with into_pid")
+    if pid and request.publish_host:
+        raise InvalidRequest(field="publish_host", reason="a restore into a sandbox publishes nothing: its ports "
+                             "are the sandbox's, at the sandbox's address; leave publish_host unset with into_pid")
+    return pid
 
 
 _TCP_RESTORE = {pb.TCP_RESTORE_CLOSE: "close", pb.TCP_RESTORE_REESTABLISH: "reestablish"}

@@ -180,6 +180,7 @@ def restore(
     tcp: str = "",
     ext_unix_sk: bool = False,
     own_mntns: bool = False,
+    join: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
     Every restored task is left stopped (``leave_stopped``): the caller resumes
@@ -198,6 +199,9 @@ def restore(
     ``own_mntns``: the images hold a mount namespace (dumped with ``own_mntns``); each
     restore makes a new one whose root is CRIU's "/", its external mounts bound from
     CRIU's own namespace, its procfs mounted anew for the restored pid namespace.
+    ``join``: (namespace kind, namespace file) the root task enters before it restores
+    anything (CRIU's join_ns; its children inherit them). CRIU makes a namespace the
+    images hold anew after the join, and cannot join a pid namespace.
     """
     opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level,
                         leave_stopped=True, ext_unix_sk=ext_unix_sk)
@@ -207,6 +211,8 @@ def restore(
         opts.network_lock = rpc_pb2.NFTABLES
     for key, fd in inherit:
         opts.inherit_fd.add(key=key, fd=fd)
+    for kind, ns_file in join:
+        opts.join_ns.add(ns=kind, ns_file=ns_file)
     if not manage_cgroups:
         opts.manage_cgroups_mode = rpc_pb2.IGNORE
     if own_mntns:

@@ -1,5 +1,5 @@
 """Reading CRIU image files: the page maps that say which bytes of a pages
-image belong to which virtual addresses.
+image belong to which virtual addresses, and the namespaces a tree had of its own.
 
 Format: two little-endian u32 magics (CRIU's common magic, then the image's
 own), then entries of ``u32 length`` + protobuf message.
@@ -22,6 +22,8 @@ PAGEMAP_MAGIC = 0x56084025
 MM_MAGIC = 0x57492820
 FILES_MAGIC = 0x56303138
 FILES_NAME = "files.img"
+INVENTORY_MAGIC = 0x58313116  # the inventory alone has no common magic before its own
+IDS_MAGIC = 0x54432030
 MADV_HUGEPAGE = 14
 PE_PARENT = 1
 PE_PRESENT = 4
@@ -247,3 +249,19 @@ def pages_images(images_dir: Path) -> list[PagesImage]:
     """Every process's pages image in a dump directory (shared-memory page maps,
     ``pagemap-shmem-<inode>.img``, are not per process and are left out)."""
     return [read_pagemap(p) for p in sorted(images_dir.glob("pagemap-*.img")) if PAGEMAP_NAME.fullmatch(p.name)]
+
+
+def own_namespaces(images_dir: Path, root_pid: int) -> set[str]:
+    """The namespaces ("net", "uts", "ipc", "mnt", "pid") the tree's root (``root_pid`` as the
+    images name it) did not share with CRIU at dump: those CRIU makes anew at restore."""
+    inventory_path, ids_path = images_dir / "inventory.img", images_dir / f"ids-{root_pid}.img"
+    data = inventory_path.read_bytes()
+    if len(data) < 4 or struct.unpack_from("<I", data)[0] != INVENTORY_MAGIC:
+        raise ImageFormatError(f"{inventory_path}: not a CRIU inventory image")
+    first = next(_complete(data, 4), None)
+    if first is None:
+        raise ImageFormatError(f"{inventory_path}: no inventory entry")
+    dumper = images_pb2.InventoryEntry.FromString(first[0]).root_ids
+    root = images_pb2.TaskKobjIdsEntry.FromString(next(_entries(ids_path.read_bytes(), IDS_MAGIC, ids_path)))
+    return {kind for kind in ("net", "uts", "ipc", "mnt", "pid")
+            if getattr(root, f"{kind}_ns_id") != getattr(dumper, f"{kind}_ns_id")}

@@ -91,3 +91,23 @@ class FileEntry(_message.Message):
     reg: RegFileEntry
     pipe: PipeEntry
     def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[RegFileEntry, _Mapping]] = ..., pipe: _Optional[_Union[PipeEntry, _Mapping]] = ...) -> None: ...
+
+class TaskKobjIdsEntry(_message.Message):
+    __slots__ = ("pid_ns_id", "net_ns_id", "ipc_ns_id", "uts_ns_id", "mnt_ns_id")
+    PID_NS_ID_FIELD_NUMBER: _ClassVar[int]
+    NET_NS_ID_FIELD_NUMBER: _ClassVar[int]
+    IPC_NS_ID_FIELD_NUMBER: _ClassVar[int]
+    UTS_NS_ID_FIELD_NUMBER: _ClassVar[int]
+    MNT_NS_ID_FIELD_NUMBER: _ClassVar[int]
+    pid_ns_id: int
+    net_ns_id: int
+    ipc_ns_id: int
+    uts_ns_id: int
+    mnt_ns_id: int
+    def __init__(self, pid_ns_id: _Optional[int] = ..., net_ns_id: _Optional[int] = ..., ipc_ns_id: _Optional[int] = ..., uts_ns_id: _Optional[int] = ..., mnt_ns_id: _Optional[int] = ...) -> None: ...
+
+class InventoryEntry(_message.Message):
+    __slots__ = ("root_ids",)
+    ROOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    root_ids: TaskKobjIdsEntry
+    def __init__(self, root_ids: _Optional[_Union[TaskKobjIdsEntry, _Mapping]] = ...) -> None: ...

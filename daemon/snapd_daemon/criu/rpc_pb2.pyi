@@ -70,8 +70,18 @@ class InheritFd(_message.Message):
     fd: int
     def __init__(self, key: _Optional[str] = ..., fd: _Optional[int] = ...) -> None: ...
 
+class JoinNamespace(_message.Message):
+    __slots__ = ("ns", "ns_file", "extra_opt")
+    NS_FIELD_NUMBER: _ClassVar[int]
+    NS_FILE_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_OPT_FIELD_NUMBER: _ClassVar[int]
+    ns: str
+    ns_file: str
+    extra_opt: str
+    def __init__(self, ns: _Optional[str] = ..., ns_file: _Optional[str] = ..., extra_opt: _Optional[str] = ...) -> None: ...
+
 class Opts(_message.Message):
-    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "root", "work_dir_fd", "link_remap", "rst_sibling", "inherit_fd", "auto_ext_mnt", "ext_sharing", "ext_masters", "manage_cgroups_mode", "external", "timeout", "tcp_close", "network_lock", "leave_stopped")
+    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "root", "work_dir_fd", "link_remap", "rst_sibling", "inherit_fd", "auto_ext_mnt", "ext_sharing", "ext_masters", "manage_cgroups_mode", "external", "join_ns", "timeout", "tcp_close", "network_lock", "leave_stopped")
     IMAGES_DIR_FD_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +102,7 @@ class Opts(_message.Message):
     EXT_MASTERS_FIELD_NUMBER: _ClassVar[int]
     MANAGE_CGROUPS_MODE_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
+    JOIN_NS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     TCP_CLOSE_FIELD_NUMBER: _ClassVar[int]
     NETWORK_LOCK_FIELD_NUMBER: _ClassVar[int]
@@ -116,11 +127,12 @@ class Opts(_message.Message):
     ext_masters: bool
     manage_cgroups_mode: CgMode
     external: _containers.RepeatedScalarFieldContainer[str]
+    join_ns: _containers.RepeatedCompositeFieldContainer[JoinNamespace]
     timeout: int
     tcp_close: bool
     network_lock: NetworkLock
     leave_stopped: bool
-    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., root: _Optional[str] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., inherit_fd: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., auto_ext_mnt: _Optional[bool] = ..., ext_sharing: _Optional[bool] = ..., ext_masters: _Optional[bool] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., timeout: _Optional[int] = ..., tcp_close: _Optional[bool] = ..., network_lock: _Optional[_Union[NetworkLock, str]] = ..., leave_stopped: _Optional[bool] = ...) -> None: ...
+    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., root: _Optional[str] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., inherit_fd: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., auto_ext_mnt: _Optional[bool] = ..., ext_sharing: _Optional[bool] = ..., ext_masters: _Optional[bool] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., join_ns: _Optional[_Iterable[_Union[JoinNamespace, _Mapping]]] = ..., timeout: _Optional[int] = ..., tcp_close: _Optional[bool] = ..., network_lock: _Optional[_Union[NetworkLock, str]] = ..., leave_stopped: _Optional[bool] = ...) -> None: ...
 
 class DumpResp(_message.Message):
     __slots__ = ("restored",)

@@ -125,3 +125,24 @@ class LinkRemapFailed(SnapdError):
 
     exit_code = 47
     status = "FAILED_PRECONDITION"
+
+
+class SandboxNotFound(SnapdError):
+    """cannot restore into pid {pid}: {reason}. Give the pid of a process of the container or pod sandbox to restore into (its infra / pause process: `podman inspect -f '{{{{.State.Pid}}}}' CONTAINER`, `crictl inspect` on Kubernetes); nothing was restored."""
+
+    exit_code = 65
+    status = "FAILED_PRECONDITION"
+
+
+class SandboxRefused(SnapdError):
+    """snapshot {snapshot_id} cannot be restored into a sandbox: {reason}; nothing was restored."""
+
+    exit_code = 66
+    status = "FAILED_PRECONDITION"
+
+
+class SandboxJoinFailed(SnapdError):
+    """restoring snapshot {snapshot_id} into the sandbox of pid {pid} failed: {reason}; the restored tree was killed and its cgroup removed."""
+
+    exit_code = 67
+    status = "ABORTED"

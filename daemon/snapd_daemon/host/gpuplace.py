@@ -16,6 +16,8 @@ restores in flight reserved on it) covers what the snapshot's processes held
 there plus the margin; under ``exclusive``, and for a GPU whose need the
 snapshot did not record, when no process holds memory on it and no restore in
 flight reserved it. A reservation is the need (the whole GPU when unknown).
+A restore into a sandbox (host/sandbox.py) that names its GPUs (``Policy.visible``,
+from NVIDIA_VISIBLE_DEVICES: UUIDs or indices) sees only those GPUs of the host.
 No GPU qualifying is refused with the figures: ``GpuRoomShort`` (shared: per
 GPU of the model, bytes needed, free, reserved and by whom, and who holds the
 rest) or ``GpusBusy`` (exclusive); a model the host lacks is ``GpuMismatch``.
@@ -94,6 +96,8 @@ class Margin:
 class Policy:
     mode: str = SHARED
     margin: Margin = field(default_factory=Margin)
+    # the only GPUs (UUIDs or indices) the restore may use; None: any
+    visible: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ def place(snapshot_id: str, record: GpuRecord, version: str, gpus: tuple[GpuNow,
           reservations: tuple[Reservation, ...], policy: Policy, uuid_map: dict[str, str]) -> Placement:
     """Where ``record``'s GPUs go on a host with ``gpus`` (see the module docstring);
     GpuMismatch, GpusBusy or GpuRoomShort when they cannot."""
+    gpus = _visible(snapshot_id, gpus, policy.visible)
     devices = tuple(g.device for g in gpus)
     _check_host(snapshot_id, record, version, devices, uuid_map)
     by_uuid = {g.device.uuid: g for g in gpus}
@@ -119,7 +124,8 @@ def place(snapshot_id: str, record: GpuRecord, version: str, gpus: tuple[GpuNow,
         if old.uuid in uuid_map:
             new = by_uuid.get(uuid_map[old.uuid])
             if new is None:
-                raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no GPU {uuid_map[old.uuid]} on this host")
+                among = "" if policy.visible is None else " among those the sandbox may use"
+                raise GpuMismatch(snapshot_id=snapshot_id, reason=f"no GPU {uuid_map[old.uuid]} on this host{among}")
         else:
             new = _choose(snapshot_id, old, need, gpus, taken, reservations, policy)
         if new.device.name != old.name:
@@ -132,6 +138,20 @@ def place(snapshot_id: str, record: GpuRecord, version: str, gpus: tuple[GpuNow,
         targets[old.uuid] = new.device
         reserve[new.device.uuid] = new.device.memory_bytes if need is None else need
     return Placement(targets, reserve)
+
+
+def _visible(snapshot_id: str, gpus: tuple[GpuNow, ...], visible: tuple[str, ...] | None) -> tuple[GpuNow, ...]:
+    """The GPUs of ``gpus`` that ``visible`` names by UUID or index (all when None); GpuMismatch when
+    it names none of them."""
+    if visible is None:
+        return gpus
+    kept = tuple(g for g in gpus if g.device.uuid in visible or str(g.device.index) in visible)
+    if not kept:
+        here = ", ".join(f"{g.device.index} ({g.device.uuid})" for g in gpus) or "none"
+        raise GpuMismatch(snapshot_id=snapshot_id,
+                          reason=f"the sandbox's NVIDIA_VISIBLE_DEVICES names {', '.join(visible) or 'no GPU'}, "
+                                 f"none of this host's GPUs (index (UUID): {here})")
+    return kept
 
 
 def _check_host(snapshot_id: str, record: GpuRecord, version: str, devices: tuple[GpuDevice, ...],

@@ -9,7 +9,8 @@ are published on free host ports (host/portfwd.py) before the post-restore hook.
 
 A ``RestoreRun`` goes through its phases in order, one method each:
   1. ``claim``: find the snapshot, claim its pids and itself (shared with
-     other restores of a replicable snapshot), open the cgroup placement,
+     other restores of a replicable snapshot), open the cgroup placement
+     (or the sandbox and a group below its cgroup: restore/into.py),
      choose the GPUs by the restore's policy and reserve their memory
      (runtime/gpuleases.py) until the restore ends, check that the pids are free;
   2. ``journal``: write the restore's hold record (runtime/holds.py, KILL) before
@@ -25,6 +26,7 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      the record then names the tree by start time, and the tree becomes an
      instance in ``starting`` (runtime/instances.py), ``running`` once the
      restore returns, ``exited`` with the failure when it is undone;
+     a tree restored into a sandbox must be in the sandbox's namespaces;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
      each chunk verified against its hash (delivery.py);
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
@@ -72,8 +74,9 @@ from snapd_daemon.host import filepages, gpu, linkremap, portfwd, stdio
 from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
 from snapd_daemon.host.gpuplace import Policy
 from snapd_daemon.host.hooks import Hook
+from snapd_daemon.host.sandbox import Sandbox
 from snapd_daemon.remote.ondemand import OnDemand
-from snapd_daemon.restore import images, pidmap
+from snapd_daemon.restore import images, into, pidmap
 from snapd_daemon.restore.delivery import Delivery, Readahead
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree, parents
 from snapd_daemon.runtime import Runtime, criulogs
@@ -108,6 +111,8 @@ class RestoreSpec:
     publish_host: str = "127.0.0.1"
     # "shared" or "exclusive" (host/gpuplace.py); "": the daemon's gpu_policy
     gpu_policy: str = ""
+    # restore into the sandbox of this host pid (restore/into.py); 0: none
+    into: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,7 @@ class RestoreRun(OperationRun):
         self.record = HoldRecord()
         self.keep_record = False
         self.instance_id = ""
+        self.sandbox: Sandbox | None = None
         # pids of the killed tree still held when the undo ended (see ``_kill_tree``)
         self.held_pids: list[int] = []
 
@@ -163,7 +169,8 @@ class RestoreRun(OperationRun):
         needs = Needs(m.id, m.raw_bytes, sum(p.threads for p in m.processes) + 1)
         with (self.rt.registry.claim("restore", self.op, pids=() if m.replicable else m.pids, snapshot_id=m.id,
                                      shared=m.replicable),
-              self.rt.cgroups.placement(self.spec.cgroup, needs) as cgroup, ExitStack() as leased):
+              into.target(self.rt, m, self.spec.into, self.spec.cgroup, needs, self.op) as (self.sandbox, cgroup),
+              ExitStack() as leased):
             self.claim(leased)
             with ExitStack() as always:
                 always.callback(self._clear_record)
@@ -191,9 +198,10 @@ class RestoreRun(OperationRun):
                     undo.pop_all()
                 seconds = round(time.monotonic() - self.started, 3)
                 log_path = self.log_path if any(e.writes for e in m.outward_stdio) else None
-                placed = self.rt.cgroups.proc_path(self.spec.cgroup) if self.spec.cgroup else ""
-                self.rt.instances.running(self.instance_id, seconds, gpus=sorted(set(self.gpus.values())),
-                                          cgroup=placed, log_path=str(log_path or ""), published=self.published)
+                placed = cgroup.proc_path if cgroup is not None else ""
+                box = (self.sandbox.pid, self.sandbox.cgroup) if self.sandbox else None
+                self.rt.instances.running(self.instance_id, seconds, gpus=sorted(set(self.gpus.values())), cgroup=placed,
+                                          log_path=str(log_path or ""), published=self.published, sandbox=box)
                 if self.remote is not None:
                     self.remote.publish()
         outcome = RestoreOutcome(
@@ -217,7 +225,8 @@ class RestoreRun(OperationRun):
             self.rt.criu.require_ip_tool(f"restoring snapshot {m.id}, whose tree has a network namespace of its own,")
         if m.gpu:
             settings = self.rt.settings
-            policy = Policy(self.spec.gpu_policy or settings.gpu_policy, settings.gpu_margin)
+            policy = Policy(self.spec.gpu_policy or settings.gpu_policy, settings.gpu_margin,
+                            self.sandbox.gpus if self.sandbox else None)
             self.pairs, self.gpus = leased.enter_context(
                 self.rt.gpu_leases.lease(self.op, m.id, m.gpu, self.spec.gpu_uuid_map, policy))
         if m.replicable:
@@ -249,6 +258,8 @@ class RestoreRun(OperationRun):
             )
         log.info("restore.prepared", criu_bytes=plan.kept_bytes, inject_bytes=plan.injected_bytes,
                  chunks_to_inject=len(plan.memory))
+        if self.sandbox:
+            into.check_images(m, self.staging.images)
         return plan
 
     @contextmanager
@@ -285,7 +296,7 @@ class RestoreRun(OperationRun):
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
                 manage_cgroups=cgroup is None, tcp=self.spec.tcp if m.tcp_established else "",
-                ext_unix_sk=m.ext_unix_sk, own_mntns=m.own_mntns,
+                ext_unix_sk=m.ext_unix_sk, own_mntns=m.own_mntns, join=self.sandbox.join() if self.sandbox else (),
             )
             undo.callback(self._kill_tree)
         metrics.BYTES_READ.inc(m.raw_bytes)
@@ -300,6 +311,8 @@ class RestoreRun(OperationRun):
         self.instance_id = rt.instances.create(self.op, m.id, m.name,
                                                sorted(started, key=lambda p: p[0] != self.root)).id
         undo.push(self._instance_failed)  # before the kill (an ExitStack unwinds last in, first out)
+        if self.sandbox:
+            self.sandbox.check_joined(m.id, self.root)
 
     def inject(self, plan: images.FastRestore, ahead: Readahead | None) -> None:
         if not plan.memory:

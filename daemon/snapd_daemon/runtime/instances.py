@@ -41,7 +41,7 @@ import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.errors import InstanceAmbiguous, InstanceNotFound
-from snapd_daemon.host import nvml
+from snapd_daemon.host import nvml, sandbox
 from snapd_daemon.host.processes import is_process
 from snapd_daemon.host.reaper import UNKNOWN, ExitCallback, ExitStatus, Reaper
 from snapd_daemon.runtime.events import EventBus
@@ -96,6 +96,10 @@ class Instance:
     exit: ExitStatus | None = None
     detail: str = ""
     boot: str = field(default_factory=boot_id)
+    # restored into a sandbox (host/sandbox.py): its pid and cgroup (0, ""); ``cgroup`` is then
+    # the group made below it, removed when the instance ends
+    sandbox_pid: int = 0
+    sandbox_cgroup: str = ""
 
     @property
     def live(self) -> bool:
@@ -186,16 +190,18 @@ class InstanceTable:
         return inst
 
     def running(self, instance_id: str, seconds: float, *, gpus: list[str], cgroup: str, log_path: str,
-                published: dict[int, str]) -> Instance:
+                published: dict[int, str], sandbox: tuple[int, str] | None = None) -> Instance:
         """The restore returned ``seconds`` after its call began: the instance runs (unless its tree
-        ended meanwhile)."""
+        ended meanwhile). ``sandbox``: (pid, cgroup) of the sandbox it went into."""
         with self._lock:
             inst = self._all[instance_id]
             inst.gpus, inst.cgroup, inst.log_path, inst.published = gpus, cgroup, log_path, published
+            inst.sandbox_pid, inst.sandbox_cgroup = sandbox or (0, "")
             if inst.live:
                 self._move(inst, State.RUNNING)
                 metrics.RESTORE_TO_READY.observe(seconds)
             else:
+                self._release(inst)
                 self._changed(inst)
             return copy.deepcopy(inst)
 
@@ -223,7 +229,14 @@ class InstanceTable:
         stopped = inst.id in self._stopping and inst.state is not State.STARTING
         inst.exit, inst.ended = status, time.time()
         inst.detail = inst.detail or detail
+        self._release(inst)
         self._move(inst, State.STOPPED if stopped else State.EXITED)
+
+    @staticmethod
+    def _release(inst: Instance) -> None:
+        """What an ended instance held beyond its processes: the group made below its sandbox's cgroup."""
+        if inst.sandbox_pid:
+            sandbox.remove_group(inst.cgroup)
 
     def stopping(self, instance_id: str) -> None:
         """A StopInstance ends this instance: once its root ends it is ``stopped``."""

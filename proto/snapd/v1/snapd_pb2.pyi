@@ -112,7 +112,7 @@ class Hook(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp", "publish_host", "gpu_policy")
+    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp", "publish_host", "gpu_policy", "into_pid")
     class GpuUuidMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class RestoreRequest(_message.Message):
     TCP_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_HOST_FIELD_NUMBER: _ClassVar[int]
     GPU_POLICY_FIELD_NUMBER: _ClassVar[int]
+    INTO_PID_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
     wait_for_exit_seconds: int
     gpu_uuid_map: _containers.ScalarMap[str, str]
@@ -138,7 +139,8 @@ class RestoreRequest(_message.Message):
     tcp: TcpRestore
     publish_host: str
     gpu_policy: GpuPolicy
-    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ..., publish_host: _Optional[str] = ..., gpu_policy: _Optional[_Union[GpuPolicy, str]] = ...) -> None: ...
+    into_pid: int
+    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ..., publish_host: _Optional[str] = ..., gpu_policy: _Optional[_Union[GpuPolicy, str]] = ..., into_pid: _Optional[int] = ...) -> None: ...
 
 class CgroupSpec(_message.Message):
     __slots__ = ("path", "create", "memory_max_bytes", "cpu_max", "pids_max", "cpuset_cpus", "cpuset_mems")
@@ -730,7 +732,7 @@ class InstanceProcess(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., start_time: _Optional[float] = ..., gpu_memory_bytes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("id", "snapshot_id", "snapshot_name", "state", "root_pid", "processes", "gpus", "cgroup", "log_path", "published", "created", "ready", "ended", "exit_status", "operation_id", "detail")
+    __slots__ = ("id", "snapshot_id", "snapshot_name", "state", "root_pid", "processes", "gpus", "cgroup", "log_path", "published", "created", "ready", "ended", "exit_status", "operation_id", "detail", "sandbox")
     ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -747,6 +749,7 @@ class Instance(_message.Message):
     EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     id: str
     snapshot_id: str
     snapshot_name: str
@@ -763,7 +766,16 @@ class Instance(_message.Message):
     exit_status: ExitStatus
     operation_id: str
     detail: str
-    def __init__(self, id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., snapshot_name: _Optional[str] = ..., state: _Optional[_Union[InstanceState, str]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[InstanceProcess, _Mapping]]] = ..., gpus: _Optional[_Iterable[str]] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[_Union[ExitStatus, _Mapping]] = ..., operation_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    sandbox: Sandbox
+    def __init__(self, id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., snapshot_name: _Optional[str] = ..., state: _Optional[_Union[InstanceState, str]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[InstanceProcess, _Mapping]]] = ..., gpus: _Optional[_Iterable[str]] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[_Union[ExitStatus, _Mapping]] = ..., operation_id: _Optional[str] = ..., detail: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class Sandbox(_message.Message):
+    __slots__ = ("pid", "cgroup")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    cgroup: str
+    def __init__(self, pid: _Optional[int] = ..., cgroup: _Optional[str] = ...) -> None: ...
 
 class ListInstancesRequest(_message.Message):
     __slots__ = ("all",)

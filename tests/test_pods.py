@@ -1,0 +1,245 @@
+"""Issue #24 item 4: `snapd restore SNAP --into PID` puts a tree started with `snapd run` into a
+container or pod sandbox. Real parts: Debian's podman (`podman pod create`; its infra container
+is the sandbox, on runc with explicit ulimits as this VM needs), real CRIU, a real daemon. The
+restored HTTP server answers at the pod's address with the pod's host name, lives in a group
+below the pod's cgroup, and `snapd stop` frees that group; bad pids and unfit snapshots are
+refused before anything is created. One pod serves the whole module."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness import WORKLOADS, Daemon, error_of, gone, snapd, wait_for
+from snapd_client import SnapdClient
+from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
+
+JOINED = ("net", "uts", "ipc")
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    hostname: str
+    infra: int  # host pid of its infra (pause) process: the sandbox
+    address: str  # its address on podman's bridge; "127.0.0.1" (inside it) when it has no network but lo
+    bridged: bool
+
+
+def _podman(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
+    for tool in ("podman", "runc", "catatonit", "nsenter"):
+        assert shutil.which(tool), f"{tool} is not installed: scripts/bootstrap.sh installs it"
+    # runc, not crun (crun refuses this VM's hybrid cgroups); ulimits the VM lets a container set
+    # (no CAP_SYS_RESOURCE: podman's default nofile cannot be set; podman caps nproc at 32768)
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1] % (1 << 63), 32768)
+    conf = tmp_path_factory.mktemp("pod") / "containers.conf"
+    conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+                    '[engine]\nruntime = "runc"\n')
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    name = f"snapd-pod-test-{uuid.uuid4().hex[:8]}"
+    # the infra image is podman's own pause image, built here from catatonit (no registry needed)
+    bridged = True
+    created = _podman(env, "pod", "create", "--name", name, "--hostname", name)
+    assert created.returncode == 0, created.stderr
+    started = _podman(env, "pod", "start", name)
+    if started.returncode != 0:  # no bridge network here: a pod with only lo
+        bridged = False
+        _podman(env, "pod", "rm", "-f", name)
+        created = _podman(env, "pod", "create", "--name", name, "--hostname", name, "--network", "none")
+        started = _podman(env, "pod", "start", name)
+    if started.returncode != 0:
+        _podman(env, "pod", "rm", "-f", name)
+        pytest.skip(f"podman cannot start a pod on this machine: {started.stderr.strip()}")
+    try:
+        infra = _podman(env, "pod", "inspect", name, "--format", "{{.InfraContainerID}}").stdout.strip()
+        shown = _podman(env, "inspect", infra, "--format",
+                        "{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").stdout.split()
+        yield Pod(name=name, hostname=name, infra=int(shown[0]), address=shown[1] if bridged else "127.0.0.1",
+                  bridged=bridged)
+    finally:
+        _podman(env, "pod", "rm", "-f", name)
+
+
+@pytest.fixture(scope="module")
+def pod_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path_factory.mktemp("podd")).start()
+    yield daemon
+    daemon.close()
+
+
+@pytest.fixture(scope="module")
+def pod_client(pod_daemon: Daemon) -> Iterator[SnapdClient]:
+    with pod_daemon.client() as c:
+        yield c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode().strip())
+
+
+def _get(pod: Pod, port: int) -> str:
+    """GET / of the server at the pod's address: from the host over podman's bridge, else from
+    inside the pod's network namespace."""
+    url = f"http://{pod.address}:{port}/"
+    if pod.bridged:
+        return _fetch(url)
+    inside = subprocess.run(["nsenter", f"--net=/proc/{pod.infra}/ns/net", sys.executable, "-c",
+                             "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10)"
+                             ".read().decode().strip())", url], capture_output=True, text=True, timeout=30)
+    assert inside.returncode == 0, inside.stderr
+    return inside.stdout.strip()
+
+
+def _serve(tmp: Path, port: int, *, netns: bool = False, wrap: tuple[str, ...] = ()) -> int:
+    """`snapd run` the pod server (``wrap`` runs `snapd run` itself); the init's host pid."""
+    report, run_dir = tmp / f"podserver.{port}", tmp / f"run.{port}"
+    command = [*wrap, sys.executable, "-m", "snapd_daemon", "run", "--name", "w", "--run-dir", str(run_dir),
+               *(["--netns"] if netns else []), "--", sys.executable, str(WORKLOADS / "podserver.py"), str(port),
+               str(report)]
+    subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, cwd=WORKLOADS)
+    wait_for(lambda: report.exists() and (run_dir / "w.pid").exists(), 60, "the pod server under snapd run")
+    return int((run_dir / "w.pid").read_text())
+
+
+def _snapshot(client: SnapdClient, init: int, name: str) -> str:
+    snap = client.checkpoint(init, name=name)
+    wait_for(lambda: gone(init), 10, "the checkpointed server to stop")
+    return str(snap.id)
+
+
+def _groups_below(pod: Pod) -> list[str]:
+    """The groups snapd made below the pod's infra group."""
+    mount = cgroup2_mount()
+    assert mount is not None
+    return sorted(p.name for p in (mount / cgroup_of(pod.infra).lstrip("/")).glob("snapd-*"))
+
+
+def _ns(pid: int, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def test_restored_server_answers_at_the_pods_address_inside_its_cgroup_and_stop_frees_it(
+        pod: Pod, pod_daemon: Daemon, pod_client: SnapdClient, tmp_path: Path) -> None:
+    port = _free_port()
+    init = _serve(tmp_path, port)
+    assert _fetch(f"http://127.0.0.1:{port}/") == f"{socket.gethostname()} 1"
+    snap = _snapshot(pod_client, init, "podserver")
+
+    done = snapd(pod_daemon, "restore", snap, "--into", str(pod.infra), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    root, instance = int(result["root_pid"]), result["instance_id"]
+    # the pod's address reaches it, and it sees the pod's host name; its memory came back (count 2)
+    assert _get(pod, port) == f"{pod.hostname} 2"
+    with pytest.raises(OSError):
+        _fetch(f"http://127.0.0.1:{port}/")  # not on the host's network any more
+    for kind in JOINED:
+        assert _ns(root, kind) == _ns(pod.infra, kind), kind
+    assert _ns(root, "pid") != _ns(pod.infra, "pid")  # its own pid namespace, made anew
+    sandbox_group = cgroup_of(pod.infra)
+    placed = cgroup_of(root)
+    assert placed.startswith(sandbox_group + "/snapd-"), (placed, sandbox_group)
+    (listed,) = json.loads(snapd(pod_daemon, "ps", "--json").stdout)["instances"]
+    assert listed["id"] == instance and listed["cgroup"] == placed
+    assert listed["sandbox"] == {"pid": pod.infra, "cgroup": sandbox_group}
+    assert all(cgroup_of(pid) == placed for pid in listed["pids"])
+
+    stopped = snapd(pod_daemon, "stop", instance)
+    assert stopped.returncode == 0, stopped.stderr
+    assert all(gone(pid) for pid in listed["pids"])
+    assert _groups_below(pod) == []  # its group is removed with it
+    assert _ns(pod.infra, "net")  # the pod lives on
+    with pytest.raises(OSError):
+        _get(pod, port) if pod.bridged else socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_bad_pids_and_unfit_snapshots_are_refused_before_anything_is_created(
+        pod: Pod, pod_daemon: Daemon, pod_client: SnapdClient, tmp_path: Path) -> None:
+    before = len(pod_client.instances(all=True).instances)
+    snap = _snapshot(pod_client, _serve(tmp_path, _free_port()), "podserver-refusals")
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    err = error_of(lambda: pod_client.restore(snap, into_pid=ended.pid))
+    assert err.error_class == "SandboxNotFound" and f"pid {ended.pid}: no such process" in err.message
+    cli = snapd(pod_daemon, "restore", snap, "--into", str(os.getpid()))
+    assert cli.returncode == 65, cli.stderr
+    assert "shares the daemon's network namespace: a host process" in cli.stderr and "Traceback" not in cli.stderr
+    err = error_of(lambda: pod_client.restore(snap, into_pid=pod.infra, publish_host="127.0.0.1"))
+    assert err.error_class == "InvalidRequest" and "publish_host" in err.message
+
+    # a tree of the host's pid namespace, and one started with --netns: refused with the reason
+    plain = subprocess.Popen([sys.executable, str(WORKLOADS / "ticker.py"), str(tmp_path / "ticker.report")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: (tmp_path / "ticker.report").exists(), 30, "the ticker")
+    plain_snap = pod_client.checkpoint(plain.pid, name="plain").id
+    plain.wait(timeout=10)
+    err = error_of(lambda: pod_client.restore(plain_snap, into_pid=pod.infra))
+    assert err.error_class == "SandboxRefused" and err.exit_code == 66
+    assert "shared the host's pid namespace; only trees started with `snapd run`" in err.message
+    netns_snap = _snapshot(pod_client, _serve(tmp_path, _free_port(), netns=True), "podserver-netns")
+    err = error_of(lambda: pod_client.restore(netns_snap, into_pid=pod.infra))
+    assert err.error_class == "SandboxRefused" and "`snapd run --netns`" in err.message
+
+    assert len(pod_client.instances(all=True).instances) == before
+    assert _groups_below(pod) == []
+
+
+def test_a_tree_with_its_own_uts_namespace_is_refused_and_the_pods_hostname_kept(
+        pod: Pod, pod_daemon: Daemon, pod_client: SnapdClient, tmp_path: Path) -> None:
+    """CRIU would write the tree's host name into the pod's UTS namespace after joining it."""
+    wrap = ("unshare", "--uts", "sh", "-c", 'hostname own-uts-tree && exec "$@"', "sh")
+    snap = _snapshot(pod_client, _serve(tmp_path, _free_port(), wrap=wrap), "podserver-uts")
+    err = error_of(lambda: pod_client.restore(snap, into_pid=pod.infra))
+    assert err.error_class == "SandboxRefused" and "uts namespace(s) of its own" in err.message
+    seen = subprocess.run(["nsenter", f"--uts=/proc/{pod.infra}/ns/uts", "hostname"], capture_output=True, text=True)
+    assert seen.stdout.strip() == pod.hostname
+    assert _groups_below(pod) == []
+    assert not pod_client.instances().instances
+
+
+def test_a_snapshot_larger_than_the_pods_memory_max_is_refused_with_the_figures(
+        pod: Pod, pod_daemon: Daemon, pod_client: SnapdClient, tmp_path: Path) -> None:
+    mount = cgroup2_mount()
+    assert mount is not None
+    group = mount / cgroup_of(pod.infra).lstrip("/")
+    if not (group / "memory.max").exists():
+        pytest.skip(f"{group} has no memory.max: the memory controller is not enabled in this host's cgroup2 "
+                    f"hierarchy ({mount}/cgroup.controllers: {(mount / 'cgroup.controllers').read_text().strip()}"
+                    "; a hybrid host keeps it on cgroup v1), so a pod's memory limit cannot be set there")
+    snap = _snapshot(pod_client, _serve(tmp_path, _free_port()), "podserver-big")
+    limit = int((group / "memory.current").read_text()) + (1 << 20)
+    (group / "memory.max").write_text(str(limit))
+    try:
+        err = error_of(lambda: pod_client.restore(snap, into_pid=pod.infra))
+    finally:
+        (group / "memory.max").write_text("max")
+    assert err.error_class == "CgroupTooSmall" and f"memory.max {limit}" in err.message
+    assert _groups_below(pod) == []
+
