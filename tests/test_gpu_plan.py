@@ -15,6 +15,7 @@ from snapd_daemon.host import nvml
 from snapd_daemon.host.cuda import gpu_uuid_bytes
 from snapd_daemon.host.gpu import GpuDevice, GpuRecord, pairs_for, vram_by_gpu
 from snapd_daemon.host.gpuplace import EXCLUSIVE, GpuNow, Holder, Margin, Policy, Reservation, place
+from snapd_daemon.host.sandbox import visible_gpus
 from snapd_daemon.runtime.gpuleases import GpuLeases
 from snapd_daemon.server import config
 
@@ -315,3 +316,22 @@ def test_a_reservation_ends_with_a_failed_restore() -> None:
         raise RuntimeError("the restore failed")
     with leases.lease("op-2", "s", record, {}, Policy()) as (_pairs, gpus):
         assert gpus == {A.uuid: A.uuid}
+
+
+def test_a_sandbox_naming_its_gpus_restricts_placement_to_them() -> None:
+    """A restore into a sandbox (--into) sees only the GPUs its NVIDIA_VISIBLE_DEVICES names,
+    by index or UUID; "all" or unset restricts nothing; "none" leaves no GPU."""
+    assert [visible_gpus(v) for v in (None, "", "all", "none", "void")] == [None, None, None, (), ()]
+    assert visible_gpus(f"1, {A.uuid}") == ("1", A.uuid)
+    record = _record((A,), {10: (A.uuid,)}, {A.uuid: 3 * GiB})
+    gpus = (_now(A), _now(B))
+    for named in ("1", B.uuid):
+        placed = place("s", record, "580.95", gpus, (), Policy(visible=visible_gpus(named)), {})
+        assert placed.targets == {A.uuid: B} and placed.reserve == {B.uuid: 3 * GiB}
+    assert place("s", record, "580.95", gpus, (), Policy(visible=visible_gpus("all")), {}).targets == {A.uuid: A}
+    with pytest.raises(GpuMismatch) as none:
+        place("s", record, "580.95", gpus, (), Policy(visible=visible_gpus("none")), {})
+    assert "NVIDIA_VISIBLE_DEVICES names no GPU, none of this host's GPUs (index (UUID): 0 (" in none.value.message
+    with pytest.raises(GpuMismatch) as mapped:
+        place("s", record, "580.95", gpus, (), Policy(visible=("1",)), {A.uuid: A.uuid})
+    assert f"no GPU {A.uuid} on this host among those the sandbox may use" in mapped.value.message

@@ -70,3 +70,19 @@ def test_daemonset_names_the_image_the_build_tags() -> None:
     assert container["image"] == f"localhost/gpu-snapd:{version}"
     image_config = config.load(REPO / "deploy" / "image" / "config.toml", {p.name for p in serve.params if p.name})
     assert tomllib.loads(docs["ConfigMap"]["data"]["config.toml"])["criu"] == image_config["criu"]
+
+
+def test_placeholder_pod_example_reserves_the_gpu_and_probes_the_server() -> None:
+    """deploy/k8s/examples/placeholder-pod.yaml (docs/pods.md): valid, strictly; it requests a GPU
+    and memory, waits, and is ready once the restored server answers on its port."""
+    (doc,) = [d for d in yaml.safe_load_all((K8S / "examples" / "placeholder-pod.yaml").read_text()) if d]
+    for version in VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+    spec = doc["spec"]
+    assert doc["kind"] == "Pod" and spec["runtimeClassName"] == "nvidia"
+    (container,) = spec["containers"]
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1 and resources["limits"]["memory"]
+    assert "pause" in container["image"] and "command" not in container
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[container["readinessProbe"]["httpGet"]["port"]] == 8000

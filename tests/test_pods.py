@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from faultlib import biggest_chunk, damage_chunk
 from harness import WORKLOADS, Daemon, error_of, gone, snapd, wait_for
 from snapd_client import SnapdClient
+from snapd_client.client import state_name
 from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
 
 JOINED = ("net", "uts", "ipc")
@@ -42,8 +45,41 @@ def _podman(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
+class Pods:
+    """Pods made for the module (podman, runc, the VM's ulimits), removed at its end."""
+
+    def __init__(self, conf: Path) -> None:
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+        self.names: list[str] = []
+
+    def make(self) -> Pod:
+        name = f"snapd-pod-test-{uuid.uuid4().hex[:8]}"
+        self.names.append(name)
+        # the infra image is podman's own pause image, built here from catatonit (no registry needed)
+        bridged = True
+        created = _podman(self.env, "pod", "create", "--name", name, "--hostname", name)
+        assert created.returncode == 0, created.stderr
+        started = _podman(self.env, "pod", "start", name)
+        if started.returncode != 0:  # no bridge network here: a pod with only lo
+            bridged = False
+            _podman(self.env, "pod", "rm", "-f", name)
+            _podman(self.env, "pod", "create", "--name", name, "--hostname", name, "--network", "none")
+            started = _podman(self.env, "pod", "start", name)
+        if started.returncode != 0:
+            pytest.skip(f"podman cannot start a pod on this machine: {started.stderr.strip()}")
+        infra = _podman(self.env, "pod", "inspect", name, "--format", "{{.InfraContainerID}}").stdout.strip()
+        shown = _podman(self.env, "inspect", infra, "--format",
+                        "{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").stdout.split()
+        return Pod(name=name, hostname=name, infra=int(shown[0]), address=shown[1] if bridged else "127.0.0.1",
+                   bridged=bridged)
+
+    def remove(self, pod: Pod) -> None:
+        removed = _podman(self.env, "pod", "rm", "-f", pod.name)
+        assert removed.returncode == 0, removed.stderr
+
+
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
+def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     for tool in ("podman", "runc", "catatonit", "nsenter"):
         assert shutil.which(tool), f"{tool} is not installed: scripts/bootstrap.sh installs it"
     # runc, not crun (crun refuses this VM's hybrid cgroups); ulimits the VM lets a container set
@@ -53,29 +89,18 @@ def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     conf = tmp_path_factory.mktemp("pod") / "containers.conf"
     conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
                     '[engine]\nruntime = "runc"\n')
-    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-    name = f"snapd-pod-test-{uuid.uuid4().hex[:8]}"
-    # the infra image is podman's own pause image, built here from catatonit (no registry needed)
-    bridged = True
-    created = _podman(env, "pod", "create", "--name", name, "--hostname", name)
-    assert created.returncode == 0, created.stderr
-    started = _podman(env, "pod", "start", name)
-    if started.returncode != 0:  # no bridge network here: a pod with only lo
-        bridged = False
-        _podman(env, "pod", "rm", "-f", name)
-        created = _podman(env, "pod", "create", "--name", name, "--hostname", name, "--network", "none")
-        started = _podman(env, "pod", "start", name)
-    if started.returncode != 0:
-        _podman(env, "pod", "rm", "-f", name)
-        pytest.skip(f"podman cannot start a pod on this machine: {started.stderr.strip()}")
+    made = Pods(conf)
     try:
-        infra = _podman(env, "pod", "inspect", name, "--format", "{{.InfraContainerID}}").stdout.strip()
-        shown = _podman(env, "inspect", infra, "--format",
-                        "{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").stdout.split()
-        yield Pod(name=name, hostname=name, infra=int(shown[0]), address=shown[1] if bridged else "127.0.0.1",
-                  bridged=bridged)
+        yield made
     finally:
-        _podman(env, "pod", "rm", "-f", name)
+        for name in made.names:
+            _podman(made.env, "pod", "rm", "-f", name)
+
+
+@pytest.fixture(scope="module")
+def pod(pods: Pods) -> Pod:
+    """The pod most tests share."""
+    return pods.make()
 
 
 @pytest.fixture(scope="module")
@@ -104,23 +129,24 @@ def _fetch(url: str) -> str:
 
 def _get(pod: Pod, port: int) -> str:
     """GET / of the server at the pod's address: from the host over podman's bridge, else from
-    inside the pod's network namespace."""
+    inside the pod's network namespace; OSError when nothing answers."""
     url = f"http://{pod.address}:{port}/"
     if pod.bridged:
         return _fetch(url)
     inside = subprocess.run(["nsenter", f"--net=/proc/{pod.infra}/ns/net", sys.executable, "-c",
                              "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10)"
                              ".read().decode().strip())", url], capture_output=True, text=True, timeout=30)
-    assert inside.returncode == 0, inside.stderr
+    if inside.returncode != 0:
+        raise ConnectionError(inside.stderr.strip().splitlines()[-1])
     return inside.stdout.strip()
 
 
-def _serve(tmp: Path, port: int, *, netns: bool = False, wrap: tuple[str, ...] = ()) -> int:
+def _serve(tmp: Path, port: int, *, netns: bool = False, wrap: tuple[str, ...] = (), hold_mib: int = 0) -> int:
     """`snapd run` the pod server (``wrap`` runs `snapd run` itself); the init's host pid."""
     report, run_dir = tmp / f"podserver.{port}", tmp / f"run.{port}"
     command = [*wrap, sys.executable, "-m", "snapd_daemon", "run", "--name", "w", "--run-dir", str(run_dir),
                *(["--netns"] if netns else []), "--", sys.executable, str(WORKLOADS / "podserver.py"), str(port),
-               str(report)]
+               str(report), *([str(hold_mib)] if hold_mib else [])]
     subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, cwd=WORKLOADS)
     wait_for(lambda: report.exists() and (run_dir / "w.pid").exists(), 60, "the pod server under snapd run")
@@ -176,7 +202,7 @@ def test_restored_server_answers_at_the_pods_address_inside_its_cgroup_and_stop_
     assert _groups_below(pod) == []  # its group is removed with it
     assert _ns(pod.infra, "net")  # the pod lives on
     with pytest.raises(OSError):
-        _get(pod, port) if pod.bridged else socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        _get(pod, port)
 
 
 def test_bad_pids_and_unfit_snapshots_are_refused_before_anything_is_created(
@@ -224,6 +250,23 @@ def test_a_tree_with_its_own_uts_namespace_is_refused_and_the_pods_hostname_kept
     assert not pod_client.instances().instances
 
 
+def test_a_restore_failing_inside_the_pod_leaves_nothing_behind(
+        pod: Pod, pod_daemon: Daemon, pod_client: SnapdClient, tmp_path: Path) -> None:
+    """A corrupt chunk found while injecting, once CRIU has made the tree in the pod's namespaces
+    and group: the tree is killed, its group removed, the pod left as it was."""
+    port = _free_port()
+    snap = _snapshot(pod_client, _serve(tmp_path, port, hold_mib=32), "podserver-corrupt")
+    damage_chunk(biggest_chunk(pod_daemon.state_dir), "flip")
+    err = error_of(lambda: pod_client.restore(snap, into_pid=pod.infra))
+    assert err.error_class == "ChunkCorrupt", err.message
+    (failed,) = [i for i in pod_client.instances(all=True).instances if i.snapshot_id == snap]
+    assert state_name(failed.state) == "exited" and "its restore failed" in failed.detail
+    assert all(gone(p.pid) for p in failed.processes)
+    assert _groups_below(pod) == []
+    with pytest.raises(OSError):
+        _get(pod, port)
+
+
 def test_a_snapshot_larger_than_the_pods_memory_max_is_refused_with_the_figures(
         pod: Pod, pod_daemon: Daemon, pod_client: SnapdClient, tmp_path: Path) -> None:
     mount = cgroup2_mount()
@@ -243,3 +286,23 @@ def test_a_snapshot_larger_than_the_pods_memory_max_is_refused_with_the_figures(
     assert err.error_class == "CgroupTooSmall" and f"memory.max {limit}" in err.message
     assert _groups_below(pod) == []
 
+
+
+def test_the_tree_ends_with_its_pod(pods: Pods, pod_daemon: Daemon, pod_client: SnapdClient,
+                                    tmp_path: Path) -> None:
+    """A deleted pod takes the restored server with it (the runtime knows nothing of it): the
+    daemon sees the sandbox's process end, kills the tree, and removes its group."""
+    own = pods.make()
+    port = _free_port()
+    snap = _snapshot(pod_client, _serve(tmp_path, port), "podserver-ends")
+    result = pod_client.restore(snap, into_pid=own.infra)
+    assert _get(own, port) == f"{own.hostname} 1"
+    placed = result.cgroup
+    pods.remove(own)
+    wait_for(lambda: state_name(pod_client.instance(result.instance_id).state) == "exited", 30,
+             "the instance to end with its pod")
+    ended = pod_client.instance(result.instance_id)
+    assert f"its sandbox (pid {own.infra}) ended" in ended.detail
+    assert ended.exit_status.signal == signal.SIGKILL and all(gone(p.pid) for p in ended.processes)
+    mount = cgroup2_mount()
+    assert mount is not None and not (mount / placed.lstrip("/")).exists()

@@ -1,8 +1,9 @@
 """An HTTP server on every address of its network namespace, port PORT, that answers
 GET / with the host name it sees (its UTS namespace's) and how many requests it has
-answered (its state in memory): "<hostname> <count>".
+answered (its state in memory): "<hostname> <count>". With MIB it also holds that many MiB of
+random bytes (a region a restore injects).
 
-usage: podserver.py PORT REPORT        report: "<pid> <port>"
+usage: podserver.py PORT REPORT [MIB]        report: "<pid> <port>"
 """
 
 import os
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from _report import write_report
 
 answered = 0
+held = os.urandom(int(sys.argv[3]) << 20) if len(sys.argv) > 3 else b""
 
 
 class Answer(BaseHTTPRequestHandler):

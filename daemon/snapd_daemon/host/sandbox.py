@@ -16,7 +16,9 @@ so every limit of the sandbox's group and its ancestors applies to the tree;
 a snapshot that cannot fit under their memory.max / pids.max (less what they
 use) is refused with the figures, before anything is restored. The group is
 removed when the restore fails, and by the instance when the tree ends
-(``remove_group``). Its GPUs: ``visible_gpus`` reads the pid's
+(``remove_group``). A sandbox whose process ends (the pod was deleted) takes the
+tree with it: the instance watches that process and SIGKILLs the tree's root
+(``kill_root``; the init of its pid namespace, so the kernel ends the rest). Its GPUs: ``visible_gpus`` reads the pid's
 NVIDIA_VISIBLE_DEVICES, to which the GPU placement is then restricted.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ import structlog
 
 from snapd_daemon.errors import CgroupFailed, SandboxJoinFailed, SandboxNotFound
 from snapd_daemon.host.cgroups import Cgroup, Needs, cgroup2_mount, cgroup_of, check_fits
+from snapd_daemon.host.reaper import open_pidfd
 
 log = structlog.get_logger()
 
@@ -184,3 +188,17 @@ def remove_group(path: str) -> None:
                 log.warning("sandbox.cgroup_remove_failed", cgroup=path, error=os.strerror(exc.errno or 0))
                 return
             time.sleep(0.05)
+
+
+def kill_root(pid: int, started: float) -> bool:
+    """SIGKILL the process (pid, start time), never another that took its pid; False when it is gone."""
+    fd = open_pidfd(pid, started)
+    if fd is None:
+        return False
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True

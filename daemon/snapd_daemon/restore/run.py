@@ -199,7 +199,7 @@ class RestoreRun(OperationRun):
                 seconds = round(time.monotonic() - self.started, 3)
                 log_path = self.log_path if any(e.writes for e in m.outward_stdio) else None
                 placed = cgroup.proc_path if cgroup is not None else ""
-                box = (self.sandbox.pid, self.sandbox.cgroup) if self.sandbox else None
+                box = (self.sandbox.pid, self.sandbox.start_time, self.sandbox.cgroup) if self.sandbox else None
                 self.rt.instances.running(self.instance_id, seconds, gpus=sorted(set(self.gpus.values())), cgroup=placed,
                                           log_path=str(log_path or ""), published=self.published, sandbox=box)
                 if self.remote is not None:

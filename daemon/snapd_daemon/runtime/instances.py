@@ -24,6 +24,12 @@ marked ``exited`` with an unknown status; one left ``starting`` (its restore
 was cut off; the journal's recovery killed its tree) and one of an earlier boot
 are marked ``exited`` too. Ended records are pruned beyond ``keep_exited`` and
 after ``max_age`` seconds.
+
+An instance restored into a sandbox (``restore --into``, host/sandbox.py) keeps the
+sandbox's pid, start time and cgroup. Its tree lives only as long as the sandbox:
+when the sandbox's process ends (the pod was deleted), also while no daemon ran,
+the daemon SIGKILLs the tree (``exited``, the reason in ``detail``). When such an
+instance ends, the group made for it below the sandbox's cgroup is removed.
 """
 
 from __future__ import annotations
@@ -96,9 +102,10 @@ class Instance:
     exit: ExitStatus | None = None
     detail: str = ""
     boot: str = field(default_factory=boot_id)
-    # restored into a sandbox (host/sandbox.py): its pid and cgroup (0, ""); ``cgroup`` is then
-    # the group made below it, removed when the instance ends
+    # restored into a sandbox (host/sandbox.py): its pid, that pid's start time, and its cgroup
+    # (0, 0.0, ""); ``cgroup`` is then the group made below it, removed when the instance ends
     sandbox_pid: int = 0
+    sandbox_started: float = 0.0
     sandbox_cgroup: str = ""
 
     @property
@@ -168,6 +175,7 @@ class InstanceTable:
                     self._end(inst, UNKNOWN, "its restore was cut off by a daemon restart (the tree was killed)")
                 elif is_process(*inst.root) and self.reaper.watch(*inst.root, self._root_ended(inst.id)):
                     log.info("instance.readopted", instance=inst.id, root_pid=inst.root_pid, state=inst.state.value)
+                    self._watch_sandbox(inst)
                 else:
                     self._end(inst, UNKNOWN, "its root ended while no daemon ran")
             self._prune()
@@ -190,20 +198,23 @@ class InstanceTable:
         return inst
 
     def running(self, instance_id: str, seconds: float, *, gpus: list[str], cgroup: str, log_path: str,
-                published: dict[int, str], sandbox: tuple[int, str] | None = None) -> Instance:
+                published: dict[int, str], sandbox: tuple[int, float, str] | None = None) -> Instance:
         """The restore returned ``seconds`` after its call began: the instance runs (unless its tree
-        ended meanwhile). ``sandbox``: (pid, cgroup) of the sandbox it went into."""
+        ended meanwhile). ``sandbox``: (pid, start time, cgroup) of the sandbox it went into, whose
+        end from now on ends the tree."""
         with self._lock:
             inst = self._all[instance_id]
             inst.gpus, inst.cgroup, inst.log_path, inst.published = gpus, cgroup, log_path, published
-            inst.sandbox_pid, inst.sandbox_cgroup = sandbox or (0, "")
+            inst.sandbox_pid, inst.sandbox_started, inst.sandbox_cgroup = sandbox or (0, 0.0, "")
             if inst.live:
                 self._move(inst, State.RUNNING)
                 metrics.RESTORE_TO_READY.observe(seconds)
             else:
                 self._release(inst)
                 self._changed(inst)
-            return copy.deepcopy(inst)
+            found = copy.deepcopy(inst)
+        self._watch_sandbox(found)
+        return found
 
     def restore_failed(self, instance_id: str, why: str) -> None:
         """The restore failed after CRIU made the tree, which it kills: say so in ``detail``."""
@@ -231,6 +242,25 @@ class InstanceTable:
         inst.detail = inst.detail or detail
         self._release(inst)
         self._move(inst, State.STOPPED if stopped else State.EXITED)
+
+    def _watch_sandbox(self, inst: Instance) -> None:
+        """Kill the tree of a live instance in a sandbox once the sandbox's process ends (now, when it has)."""
+        if inst.live and inst.sandbox_pid and not self.reaper.watch(inst.sandbox_pid, inst.sandbox_started,
+                                                                     self._sandbox_ended(inst.id)):
+            self._sandbox_ended(inst.id)(inst.sandbox_pid, UNKNOWN)
+
+    def _sandbox_ended(self, instance_id: str) -> ExitCallback:
+        def ended(pid: int, _status: ExitStatus) -> None:
+            with self._lock:
+                inst = self._all.get(instance_id)
+                if inst is None or not inst.live:
+                    return
+                inst.detail = f"its sandbox (pid {pid}) ended, and the daemon killed its tree"
+                self._write(inst)
+                root = inst.root
+            log.warning("instance.sandbox_ended", instance=instance_id, sandbox_pid=pid, root_pid=root[0])
+            sandbox.kill_root(*root)
+        return ended
 
     @staticmethod
     def _release(inst: Instance) -> None:
