@@ -45,9 +45,13 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+# The pod test (tests/test_pods.py): podman builds its pod infra image from catatonit (no
+# registry), and its bridge network (netavark) needs iptables.
+command -v catatonit >/dev/null || missing+=(catatonit)
+command -v iptables >/dev/null || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (systemd-analyze, openssl for the tests; ip for CRIU's network namespaces;" \
-    "podman, runc, debootstrap for the image test)"
+    "podman, runc, debootstrap for the image test; catatonit, iptables for the pod test)"
   apt-get install -y -q "${missing[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; } ||
     { say "FAILED to install ${missing[*]} with apt-get"; exit 1; }
 fi

@@ -306,3 +306,27 @@ def test_the_tree_ends_with_its_pod(pods: Pods, pod_daemon: Daemon, pod_client: 
     assert ended.exit_status.signal == signal.SIGKILL and all(gone(p.pid) for p in ended.processes)
     mount = cgroup2_mount()
     assert mount is not None and not (mount / placed.lstrip("/")).exists()
+
+
+def test_a_pod_deleted_while_no_daemon_ran_ends_the_tree_at_the_next_start(
+        pods: Pods, tmp_path: Path) -> None:
+    own = pods.make()
+    daemon = Daemon(tmp_path).start()
+    try:
+        with daemon.client() as c:
+            port = _free_port()
+            snap = _snapshot(c, _serve(tmp_path, port), "podserver-restart")
+            result = c.restore(snap, into_pid=own.infra)
+        daemon.stop(signal.SIGKILL)
+        pods.remove(own)
+        assert _ns(result.root_pid, "net")  # the tree outlived the pod while no daemon ran
+        daemon.start()
+        with daemon.client() as c:
+            wait_for(lambda: state_name(c.instance(result.instance_id).state) == "exited", 30,
+                     "the re-adopted instance to end")
+            assert f"its sandbox (pid {own.infra}) ended" in c.instance(result.instance_id).detail
+        wait_for(lambda: gone(result.root_pid), 10, "the tree to be gone")
+        mount = cgroup2_mount()
+        assert mount is not None and not (mount / result.cgroup.lstrip("/")).exists()
+    finally:
+        daemon.close()
