@@ -128,9 +128,9 @@ def _fetch(url: str) -> str:
 
 
 def _get(pod: Pod, port: int) -> str:
-    """GET / of the server at the pod's address: from the host over podman's bridge, else from
+    """GET /host of the server at the pod's address: from the host over podman's bridge, else from
     inside the pod's network namespace; OSError when nothing answers."""
-    url = f"http://{pod.address}:{port}/"
+    url = f"http://{pod.address}:{port}/host"
     if pod.bridged:
         return _fetch(url)
     inside = subprocess.run(["nsenter", f"--net=/proc/{pod.infra}/ns/net", sys.executable, "-c",
@@ -142,14 +142,14 @@ def _get(pod: Pod, port: int) -> str:
 
 
 def _serve(tmp: Path, port: int, *, netns: bool = False, wrap: tuple[str, ...] = (), hold_mib: int = 0) -> int:
-    """`snapd run` the pod server (``wrap`` runs `snapd run` itself); the init's host pid."""
-    report, run_dir = tmp / f"podserver.{port}", tmp / f"run.{port}"
+    """`snapd run` the HTTP server on every address, port ``port`` (``wrap`` runs `snapd run` itself); the init's host pid."""
+    report, run_dir = tmp / f"httpserver.{port}", tmp / f"run.{port}"
     command = [*wrap, sys.executable, "-m", "snapd_daemon", "run", "--name", "w", "--run-dir", str(run_dir),
-               *(["--netns"] if netns else []), "--", sys.executable, str(WORKLOADS / "podserver.py"), str(port),
-               str(report), *([str(hold_mib)] if hold_mib else [])]
+               *(["--netns"] if netns else []), "--", sys.executable, str(WORKLOADS / "httpserver.py"), "0.0.0.0",
+               str(port), *([str(hold_mib)] if hold_mib else []), str(report)]
     subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, cwd=WORKLOADS)
-    wait_for(lambda: report.exists() and (run_dir / "w.pid").exists(), 60, "the pod server under snapd run")
+    wait_for(lambda: report.exists() and (run_dir / "w.pid").exists(), 60, "the HTTP server under snapd run")
     return int((run_dir / "w.pid").read_text())
 
 
@@ -174,7 +174,7 @@ def test_restored_server_answers_at_the_pods_address_inside_its_cgroup_and_stop_
         pod: Pod, pod_daemon: Daemon, pod_client: SnapdClient, tmp_path: Path) -> None:
     port = _free_port()
     init = _serve(tmp_path, port)
-    assert _fetch(f"http://127.0.0.1:{port}/") == f"{socket.gethostname()} 1"
+    assert _fetch(f"http://127.0.0.1:{port}/host") == f"{socket.gethostname()} 1"
     snap = _snapshot(pod_client, init, "podserver")
 
     done = snapd(pod_daemon, "restore", snap, "--into", str(pod.infra), "--json")
@@ -184,7 +184,7 @@ def test_restored_server_answers_at_the_pods_address_inside_its_cgroup_and_stop_
     # the pod's address reaches it, and it sees the pod's host name; its memory came back (count 2)
     assert _get(pod, port) == f"{pod.hostname} 2"
     with pytest.raises(OSError):
-        _fetch(f"http://127.0.0.1:{port}/")  # not on the host's network any more
+        _fetch(f"http://127.0.0.1:{port}/host")  # not on the host's network any more
     for kind in JOINED:
         assert _ns(root, kind) == _ns(pod.infra, kind), kind
     assert _ns(root, "pid") != _ns(pod.infra, "pid")  # its own pid namespace, made anew

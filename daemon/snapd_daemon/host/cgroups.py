@@ -259,6 +259,17 @@ class Cgroup:
             os.close(fd)
         self.fds = []
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[Cgroup]:
+        """The group for the block: its fds closed after it, the groups it created removed if it fails."""
+        try:
+            yield self
+        except BaseException:
+            self.remove_created()
+            raise
+        finally:
+            self.close()
+
 
 def read_value(path: Path) -> str | None:
     """A cgroup file's content, stripped; None where it cannot be read (no such controller)."""
@@ -402,14 +413,8 @@ class CgroupRoot:
             return
         if self.path is None:
             raise CgroupFailed(cgroup=request.path, reason="no cgroup2 hierarchy is mounted on this host")
-        cgroup = self._open(request)
-        try:
+        with self._open(request).held() as cgroup:
             cgroup.delegate({LIMIT_CONTROLLERS[name] for name in request.limits})
             check_fits(cgroup, needs, request.limits)
             cgroup.set_limits(request.limits)
             yield cgroup
-        except BaseException:
-            cgroup.remove_created()
-            raise
-        finally:
-            cgroup.close()

@@ -25,10 +25,8 @@ NVIDIA_VISIBLE_DEVICES, to which the GPU placement is then restricted.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -43,7 +41,6 @@ log = structlog.get_logger()
 
 JOINED = ("net", "uts", "ipc")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_REMOVE_WAIT_SECONDS = 5.0
 
 
 def visible_gpus(value: str | None) -> tuple[str, ...] | None:
@@ -149,46 +146,25 @@ def placement(box: Sandbox, name: str, needs: Needs) -> Iterator[Cgroup]:
         parent = os.open(mount / box.cgroup.lstrip("/"), _DIR_FLAGS)
     except OSError as exc:
         raise CgroupFailed(cgroup=box.cgroup, reason=f"cannot open the sandbox's group: {exc.strerror}") from exc
-    fds = [parent]
-    cgroup = Cgroup(mount, [box.cgroup, path], fds, [])
-    try:
+    cgroup = Cgroup(mount, [box.cgroup, path], [parent], [])
+    with cgroup.held():
         try:
             os.mkdir(name, 0o755, dir_fd=parent)
             cgroup.created.append(mount / path.lstrip("/"))
-            fds.append(os.open(name, _DIR_FLAGS, dir_fd=parent))
+            cgroup.fds.append(os.open(name, _DIR_FLAGS, dir_fd=parent))
         except OSError as exc:
             raise CgroupFailed(cgroup=path, reason=f"cannot create it: {exc.strerror}") from exc
         check_fits(cgroup, needs, {})
         log.info("sandbox.cgroup_created", cgroup=path)
         yield cgroup
-    except BaseException:
-        cgroup.remove_created()
-        raise
-    finally:
-        cgroup.close()
 
 
 def remove_group(path: str) -> None:
     """Remove the group (``/a/b``, as /proc/<pid>/cgroup shows it) a sandboxed tree was placed in,
-    once its processes are gone (waiting a little for the last to be released); logged, never raised."""
+    once its processes are gone (waiting a little for the last to be released); a failure is logged."""
     mount = cgroup2_mount()
-    if mount is None or not path:
-        return
-    directory = mount / path.lstrip("/")
-    deadline = time.monotonic() + _REMOVE_WAIT_SECONDS
-    while True:
-        try:
-            directory.rmdir()
-            log.info("sandbox.cgroup_removed", cgroup=path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
-                log.warning("sandbox.cgroup_remove_failed", cgroup=path, error=os.strerror(exc.errno or 0))
-                return
-            time.sleep(0.05)
-
+    if mount is not None and path:
+        Cgroup(mount, [path], [], [mount / path.lstrip("/")]).remove_created()
 
 def kill_root(pid: int, started: float) -> bool:
     """SIGKILL the process (pid, start time), never another that took its pid; False when it is gone."""
