@@ -18,8 +18,9 @@ use) is refused with the figures, before anything is restored. The group is
 removed when the restore fails, and by the instance when the tree ends
 (``remove_group``). A sandbox whose process ends (the pod was deleted) takes the
 tree with it: the instance watches that process and SIGKILLs the tree's root
-(``kill_root``; the init of its pid namespace, so the kernel ends the rest). Its GPUs: ``visible_gpus`` reads the pid's
-NVIDIA_VISIBLE_DEVICES, to which the GPU placement is then restricted.
+(``kill_root``; the init of its pid namespace, so the kernel ends the rest).
+Its GPUs: ``visible_gpus`` reads the pid's NVIDIA_VISIBLE_DEVICES, to which the
+GPU placement is then restricted.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ def remove_group(path: str) -> None:
     mount = cgroup2_mount()
     if mount is not None and path:
         Cgroup(mount, [path], [], [mount / path.lstrip("/")]).remove_created()
+
 
 def kill_root(pid: int, started: float) -> bool:
     """SIGKILL the process (pid, start time), never another that took its pid; False when it is gone."""

@@ -58,8 +58,8 @@ def check_images(m: Manifest, images_dir: Path) -> None:
 def target(rt: Runtime, m: Manifest, into: int, request: CgroupRequest | None, needs: Needs,
            operation_id: str) -> Iterator[tuple[Sandbox | None, Cgroup | None]]:
     """(the sandbox of pid ``into``, the new group below its cgroup), or (None, the group
-    ``request`` names, None when it names none; the API refuses both at once), for the block; a failure inside it removes
-    the group it created."""
+    ``request`` names, None when it names none; the API refuses both at once), for the
+    block; a failure inside it removes the group it created."""
     if not into:
         with rt.cgroups.placement(request, needs) as cgroup:
             yield None, cgroup
