@@ -103,11 +103,20 @@ def pod(pods: Pods) -> Pod:
     return pods.make()
 
 
+def _close(daemon: Daemon) -> None:
+    """Stop the daemon's live instances (a failed test's too: the pods' removal would not end
+    them on a host whose runtime kills by cgroup v1), then the daemon."""
+    with daemon.client() as c:
+        for inst in c.instances().instances:
+            c.stop_instance(inst.id)
+    daemon.close()
+
+
 @pytest.fixture(scope="module")
 def pod_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon = Daemon(tmp_path_factory.mktemp("podd")).start()
     yield daemon
-    daemon.close()
+    _close(daemon)
 
 
 @pytest.fixture(scope="module")
@@ -329,4 +338,4 @@ def test_a_pod_deleted_while_no_daemon_ran_ends_the_tree_at_the_next_start(
         mount = cgroup2_mount()
         assert mount is not None and not (mount / result.cgroup.lstrip("/")).exists()
     finally:
-        daemon.close()
+        _close(daemon)
