@@ -28,6 +28,7 @@ from harness import WORKLOADS, Daemon, error_of, gone, snapd, wait_for
 from snapd_client import SnapdClient
 from snapd_client.client import state_name
 from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
+from snapd_daemon.host.sandbox import open_sandbox
 
 JOINED = ("net", "uts", "ipc")
 
@@ -339,3 +340,18 @@ def test_a_pod_deleted_while_no_daemon_ran_ends_the_tree_at_the_next_start(
         assert mount is not None and not (mount / result.cgroup.lstrip("/")).exists()
     finally:
         _close(daemon)
+
+
+def test_the_sandboxs_gpus_come_from_its_environment() -> None:
+    """The GPUs a restore into a process's sandbox may use: its NVIDIA_VISIBLE_DEVICES, read
+    from /proc (the placement's part is test_gpu_plan's)."""
+    env = {**os.environ, "NVIDIA_VISIBLE_DEVICES": "1,GPU-0000000e-0000-0000-0000-000000000000"}
+    held = subprocess.Popen(["unshare", "--net", "sleep", "600"], env=env)
+    try:
+        wait_for(lambda: _ns(held.pid, "net") != _ns(os.getpid(), "net"), 10, "the process in its own network")
+        with open_sandbox(held.pid) as box:
+            assert box.gpus == ("1", "GPU-0000000e-0000-0000-0000-000000000000")
+            assert box.cgroup == cgroup_of(held.pid)
+    finally:
+        held.kill()
+        held.wait()
