@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import struct
 import threading
+from collections.abc import Sequence
 
 import blake3
 import numpy
@@ -93,7 +94,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.dctx
 
 
-def _probe(raw: bytes | memoryview) -> int:
+def _probe(raw: bytes | memoryview, min_saving: float) -> int:
     """The codec for ``raw``, from a 64 KiB sample (four 16 KiB pieces at even offsets
     spread over the chunk) compressed whole and as byte planes: incompressible data
     (random bytes, already-compressed weights) then costs a few percent of a full
@@ -105,7 +106,7 @@ def _probe(raw: bytes | memoryview) -> int:
     sample = b"".join(view[i * step : i * step + _PROBE] for i in range(4))
     whole = len(_compressor().compress(sample))
     planes = len(_plane_compressor().compress(_planes(sample)[0])) + len(sample) // 2 if len(raw) % 2 == 0 else whole + 1
-    if min(whole, planes) > len(sample) * (1 - MIN_SAVING):
+    if min(whole, planes) > len(sample) * (1 - min_saving):
         return CODEC_RAW
     return CODEC_PLANES if planes <= whole else CODEC_ZSTD
 
@@ -127,21 +128,21 @@ def _planes(raw: bytes | memoryview) -> tuple[numpy.ndarray, numpy.ndarray]:
 Parts = tuple[bytes | memoryview, ...]
 
 
-def encode(raw: bytes | memoryview) -> Parts:
+def encode(raw: bytes | memoryview, min_saving: float = MIN_SAVING) -> Parts:
     """The chunk file for ``raw`` as parts to write one after the other (``writev``), the
-    header first: byte planes or zstd, the one the sample says, if it saves enough;
-    else the raw bytes themselves. Nothing is copied into one object (that copy held
+    header first: byte planes or zstd, the one the sample says, if it saves at least
+    ``min_saving`` (a fraction) of the size; else the raw bytes themselves. Nothing is copied into one object (that copy held
     the GIL for a megabyte per chunk); the low plane is this thread's buffer, valid
     until its next ``encode``. The payload is never longer than ``raw``."""
-    codec = _probe(raw)
+    codec = _probe(raw, min_saving)
     if codec == CODEC_PLANES:
         high, low = _planes(raw)
         frame = _plane_compressor().compress(high)
-        if len(frame) + len(low) <= len(raw) * (1 - MIN_SAVING):
+        if len(frame) + len(low) <= len(raw) * (1 - min_saving):
             return HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), frame, memoryview(low)
     elif codec == CODEC_ZSTD:
         packed = _compressor().compress(raw)
-        if len(packed) <= len(raw) * (1 - MIN_SAVING):
+        if len(packed) <= len(raw) * (1 - min_saving):
             return HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)), packed
     return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
 
@@ -184,7 +185,7 @@ def _decompress(payload: memoryview, length: int, out: ReadBuffers | None) -> by
 
 def _join_planes(payload: memoryview, length: int, out: ReadBuffers | None) -> memoryview:
     """The ``length`` raw bytes of a byte-planes payload, joined into ``out.raw`` (or fresh
-    memory) as 16-bit words: high << 8 | low (numpy, without the GIL)."""
+    memory)."""
     half = length // 2
     if length % 2 or len(payload) < half:
         raise ChunkDecodeError(f"byte planes of {length} bytes in a {len(payload)}-byte payload")
@@ -193,8 +194,55 @@ def _join_planes(payload: memoryview, length: int, out: ReadBuffers | None) -> m
     high = read_exactly(_decompressor().stream_reader(frame, read_size=len(frame)), scratch)
     if high != half:
         raise ChunkDecodeError(f"{high} high-plane bytes decoded, {half} expected")
-    dest = out.raw(length) if out is not None else memoryview(bytearray(length))
+    return _interleave(scratch, low, out.raw(length) if out is not None else memoryview(bytearray(length)))
+
+
+def _interleave(high: memoryview, low: memoryview, dest: memoryview) -> memoryview:
+    """``dest`` filled with the 16-bit words high << 8 | low (numpy, without the GIL)."""
     words = numpy.frombuffer(dest, _WORD)
-    numpy.left_shift(numpy.frombuffer(scratch, numpy.uint8), 8, out=words, dtype=_WORD)
+    numpy.left_shift(numpy.frombuffer(high, numpy.uint8), 8, out=words, dtype=_WORD)
     numpy.bitwise_or(words, numpy.frombuffer(low, numpy.uint8), out=words)
     return dest
+
+
+def decode_many(blobs: Sequence[memoryview], lengths: Sequence[int], slots: Sequence[memoryview]) -> list[memoryview | None]:
+    """The raw bytes of each chunk file of a batch (``lengths``: their raw lengths, as the
+    manifest says), NOT verified: the caller hashes each before it uses it. A raw
+    chunk is a view into its blob; the zstd frames of the others (whole chunks and
+    high planes) go through one ``multi_decompress_to_buffer`` call (C, without the
+    GIL: one call a batch instead of a stream per chunk) into memory of its own;
+    byte planes are joined into ``slots[i]`` (``lengths[i]`` bytes). None for a
+    chunk whose header or size is wrong, and for every compressed chunk of the
+    batch when a frame does not decode: the caller reads those again one at a time
+    (``decode``), which names what is wrong."""
+    out: list[memoryview | None] = [None] * len(blobs)
+    frames: list[memoryview] = []
+    owners: list[tuple[int, memoryview | None]] = []  # (chunk index, its low plane if byte planes)
+    for i, (blob, length) in enumerate(zip(blobs, lengths, strict=True)):
+        if len(blob) < HEADER.size:
+            continue
+        magic, kind, stated = HEADER.unpack_from(blob)
+        payload = blob[HEADER.size :]
+        if magic != MAGIC or stated != length:
+            continue
+        if kind == CODEC_RAW and len(payload) == length:
+            out[i] = payload
+        elif kind == CODEC_ZSTD:
+            frames.append(payload)
+            owners.append((i, None))
+        elif kind == CODEC_PLANES and length % 2 == 0 and len(payload) >= length // 2:
+            frames.append(payload[: len(payload) - length // 2])
+            owners.append((i, payload[len(payload) - length // 2 :]))
+    if not frames:
+        return out
+    sizes = [lengths[i] if low is None else lengths[i] // 2 for i, low in owners]
+    try:
+        decoded = _decompressor().multi_decompress_to_buffer(
+            frames, decompressed_sizes=struct.pack(f"<{len(sizes)}Q", *sizes))
+    except zstandard.ZstdError:
+        return out
+    for j, (i, low) in enumerate(owners):
+        segment = memoryview(decoded[j])  # keeps the decoded batch alive
+        if len(segment) == sizes[j]:
+            out[i] = segment if low is None else _interleave(segment, low, slots[i][: lengths[i]])
+    return out

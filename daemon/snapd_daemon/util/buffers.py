@@ -7,8 +7,10 @@ chunk costs page faults, page-table work and TLB shootdowns on every thread
 host), and each system call is a GIL hand-off the other threads queue for. A
 ``ReadBuffers`` is owned by one thread and reused for every chunk it reads:
 what a read returns is a view into it, valid until that thread's next read
-into the same buffers. ``read_file`` reads a chunk file in open + read + close
-when the caller knows how big it can be.
+into the same buffers. A restore reads chunks in batches (``batch_stored`` and
+``batch_raw`` hold a whole batch, one slot per chunk, so that all of it stays
+valid until the batch is written). ``read_file`` reads a chunk file in open +
+read + close when the caller knows how big it can be.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from typing import Protocol
 
 class ReadBuffers:
     """Growable buffers: ``stored`` for a chunk file's bytes, ``raw`` for the decoded chunk,
-    ``plane`` for the high bytes of a byte-planes chunk before they are interleaved."""
+    ``plane`` for the high bytes of a byte-planes chunk before they are interleaved;
+    ``batch_stored`` and ``batch_raw`` the same for a batch of chunks."""
 
     def __init__(self) -> None:
         self._stored = bytearray()
         self._raw = bytearray()
         self._plane = bytearray()
+        self._batch_stored = bytearray()
+        self._batch_raw = bytearray()
 
     def stored(self, size: int) -> memoryview:
         """``size`` writable bytes for a chunk file as stored."""
@@ -44,6 +49,28 @@ class ReadBuffers:
         if len(self._plane) < size:
             self._plane = bytearray(size)
         return memoryview(self._plane)[:size]
+
+
+    def batch_stored(self, size: int) -> memoryview:
+        """``size`` writable bytes for a batch of chunk files as stored."""
+        if len(self._batch_stored) < size:
+            self._batch_stored = bytearray(size)
+        return memoryview(self._batch_stored)[:size]
+
+    def batch_raw(self, size: int) -> memoryview:
+        """``size`` writable bytes for a batch of decoded chunks."""
+        if len(self._batch_raw) < size:
+            self._batch_raw = bytearray(size)
+        return memoryview(self._batch_raw)[:size]
+
+
+def carve(arena: memoryview, sizes: list[int]) -> list[memoryview]:
+    """Consecutive slots of ``sizes`` bytes each, from the start of ``arena``."""
+    slots, at = [], 0
+    for n in sizes:
+        slots.append(arena[at : at + n])
+        at += n
+    return slots
 
 
 class PerThread(threading.local):
