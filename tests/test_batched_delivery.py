@@ -1,5 +1,6 @@
 """The restore's batched injection (restore/delivery.py, store read_chunks, memwrite.write_many)
-against a real process: batch edges, a corrupt chunk inside a batch, mixed chunk encodings."""
+against a real process: batch edges, a corrupt chunk inside a batch, mixed chunk encodings;
+and the store_raw_below policy through a real daemon."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy
 import pytest
 import zstandard
 
+from harness import Daemon, Workloads, ask, gone, wait_for
 from snapd_daemon.errors import ChunkCorrupt, InjectFailed
 from snapd_daemon.host import memwrite
 from snapd_daemon.restore import delivery
@@ -226,3 +228,24 @@ def test_a_refused_write_is_an_inject_failure_naming_the_address(store: LocalSto
     with pytest.raises(InjectFailed) as caught:
         deliver(store, [Route(ref, "pages-1.img", 0, [Target(0, CHUNK, end - CHUNK // 2, pid=holder.pid)])])
     assert caught.value.fields["address"] == f"{end:#x}"
+
+
+def test_weights_stored_raw_below_a_threshold_restore_byte_for_byte(tmp_path: Path, workloads: Workloads) -> None:
+    """--store-raw-below 40: bf16 weights (byte planes save about a third) are stored raw,
+    the snapshot's other chunks still compressed, and the restore brings every byte back."""
+    d = Daemon(tmp_path / "raw", ("--inject-min-mb", "1", "--store-raw-below", "40"))
+    d.root.mkdir()
+    d.start()
+    try:
+        pid, report = workloads.start("weights.py", "24")
+        digest = report.read_text().split()[1]
+        with d.client() as c:
+            snap = c.checkpoint(pid)
+            wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+            codecs = [chunk.read_bytes()[4] for chunk in (d.state_dir / "chunks").rglob("*") if chunk.is_file()]
+            assert codecs.count(codec.CODEC_RAW) >= 10 and codec.CODEC_PLANES not in codecs  # 12 chunks of weights
+            assert codec.CODEC_ZSTD in codecs  # the interpreter's own memory: still compressed
+            c.restore(snap.id)
+        assert ask(pid, report)[1] == digest
+    finally:
+        d.stop()

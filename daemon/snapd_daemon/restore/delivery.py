@@ -120,11 +120,12 @@ class Router:
 class Delivery:
     """Delivers routes of one snapshot's chunks from ``store`` with ``threads`` threads.
 
-    The threads take routes in order from a shared counter; each reads into
-    buffers of its own, reused for every chunk, and counts what it delivered in
-    a slot of its own. Nothing per chunk takes a lock: with 16 threads, every
+    The threads take batches of routes in order from a shared counter; each
+    reads into buffers of its own, reused for every batch, and counts what it
+    delivered in a slot of its own. Nothing per chunk takes a lock: with 16 threads, every
     lock and every hand-off of the GIL is a queue (py-spy on the H200 host
-    showed the threads waiting on a progress lock more than they worked). The
+    showed the threads waiting on a progress lock more than they worked), and the
+    interpreter's work and GIL hand-offs per chunk are what batches cut. The
     calling thread watches: every ``TICK`` seconds it reports progress and runs
     ``check`` (a cancel), and it stops the threads at the first failure. When the
     chunks are cold (on disk, not in the page cache), a ``Readahead`` asks the

@@ -76,10 +76,14 @@ class _Count:
 
 
 class LocalStore:
-    def __init__(self, root: Path, threads: int, hot: HotTier | None = None) -> None:
+    def __init__(self, root: Path, threads: int, hot: HotTier | None = None,
+                 min_saving: float = codec.MIN_SAVING) -> None:
+        """``min_saving``: a chunk is stored compressed only if that saves at least this
+        fraction of its size; else raw, so that restores copy it instead of decoding."""
         self.root = root
         self.threads = threads
         self.hot = hot
+        self.min_saving = min_saving
         self.chunks = ChunkDir(root / "chunks")
         self.manifests = ManifestDir(root / "manifests")
         self.pins = PinSet(root / "pins")
@@ -115,7 +119,8 @@ class LocalStore:
             free = min(hot.free_bytes(), mem_available())
             if hot_ram_needed + _RAM_RESERVE > free:
                 raise StoreFull(path=hot.root, needed=hot_ram_needed, free=free)
-        return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads), source, progress,
+        return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads,
+                                   self.min_saving), source, progress,
                       self.hot if keep_hot else None)
 
     def begin_import(self) -> ChunkImport:
