@@ -24,6 +24,7 @@ was stored.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import struct
 import threading
@@ -151,6 +152,38 @@ def decode(blob: bytes | bytearray | memoryview, expected_id: str, out: ReadBuff
     """Raw bytes of a chunk file, verified against ``expected_id``: a view into
     ``blob`` when the chunk is stored raw; with ``out``, a compressed chunk is
     decompressed into ``out.raw`` (no fresh memory) and the view is into that."""
+    raw = _unverified(blob, out)
+    actual = chunk_id(raw)
+    if actual != expected_id:
+        raise ChunkDecodeError(f"content hashes to {actual}")
+    return raw
+
+
+def decode_many(blobs: Sequence[memoryview], lengths: Sequence[int], slots: Sequence[memoryview],
+                out: ReadBuffers) -> list[memoryview | None]:
+    """The raw bytes of each chunk file of a batch (``lengths``: their raw lengths, as the
+    manifest says), NOT verified: the caller hashes each before it uses it. A raw chunk
+    is a view into its blob, a compressed one is decoded into ``slots[i]`` (``lengths[i]``
+    bytes or more), byte planes through ``out.plane``. None for a chunk that does not
+    decode to its length: the caller reads it again alone (``decode``), which says why.
+    Frames are decoded one by one into these reused slots: zstandard's
+    ``multi_decompress_to_buffer`` (one call a batch) took 1.6-2.3 times the CPU time on
+    the CI VM, its output being fresh memory each call (docs/restore-speed.md)."""
+    decoded: list[memoryview | None] = []
+    for blob, length, slot in zip(blobs, lengths, slots, strict=True):
+        raw = None
+        if len(blob) >= HEADER.size and HEADER.unpack_from(blob)[2] == length:  # else no decoding to a wrong size
+            with contextlib.suppress(ChunkDecodeError):
+                raw = memoryview(_unverified(blob, out, slot))
+        decoded.append(raw)
+    return decoded
+
+
+def _unverified(blob: bytes | bytearray | memoryview, out: ReadBuffers | None,
+                dest: memoryview | None = None) -> bytes | memoryview:
+    """Raw bytes of a chunk file, of the length its header says, not yet hashed: a view into
+    ``blob`` when stored raw, else decoded into ``dest`` (that length or more), else
+    ``out.raw``, else fresh memory. Raises ChunkDecodeError."""
     if len(blob) < HEADER.size:
         raise ChunkDecodeError(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
     magic, codec, length = HEADER.unpack_from(blob)
@@ -161,40 +194,40 @@ def decode(blob: bytes | bytearray | memoryview, expected_id: str, out: ReadBuff
     if codec == CODEC_RAW:
         raw = payload
     elif codec in (CODEC_ZSTD, CODEC_PLANES):
+        if dest is None and out is not None:
+            dest = out.raw(length)
         try:
-            raw = _decompress(payload, length, out) if codec == CODEC_ZSTD else _join_planes(payload, length, out)
+            raw = (_decompress(payload, length, dest) if codec == CODEC_ZSTD
+                   else _join_planes(payload, length, out.plane(length // 2) if out is not None else None, dest))
         except zstandard.ZstdError as exc:
             raise ChunkDecodeError(f"zstd: {exc}") from exc
     else:
         raise ChunkDecodeError(f"unknown codec {codec}")
     if len(raw) != length:
         raise ChunkDecodeError(f"{len(raw)} bytes decoded, header says {length}")
-    actual = chunk_id(raw)
-    if actual != expected_id:
-        raise ChunkDecodeError(f"content hashes to {actual}")
     return raw
 
 
-def _decompress(payload: memoryview, length: int, out: ReadBuffers | None) -> bytes | memoryview:
-    """At most ``length`` decompressed bytes of the zstd frame ``payload``."""
-    if out is None:
+def _decompress(payload: memoryview, length: int, dest: memoryview | None) -> bytes | memoryview:
+    """At most ``length`` decompressed bytes of the zstd frame ``payload``, in ``dest`` (else fresh)."""
+    if dest is None:
         return _decompressor().decompress(payload, max_output_size=length)
-    view = out.raw(length)
+    view = dest[:length]
     return view[: read_exactly(_decompressor().stream_reader(payload, read_size=len(payload)), view)]
 
 
-def _join_planes(payload: memoryview, length: int, out: ReadBuffers | None) -> memoryview:
-    """The ``length`` raw bytes of a byte-planes payload, joined into ``out.raw`` (or fresh
-    memory)."""
+def _join_planes(payload: memoryview, length: int, scratch: memoryview | None, dest: memoryview | None) -> memoryview:
+    """The ``length`` raw bytes of a byte-planes payload, joined into ``dest`` (else fresh
+    memory), the high plane decoded into ``scratch`` (``length`` / 2 bytes; else fresh)."""
     half = length // 2
     if length % 2 or len(payload) < half:
         raise ChunkDecodeError(f"byte planes of {length} bytes in a {len(payload)}-byte payload")
     frame, low = payload[: len(payload) - half], payload[len(payload) - half :]
-    scratch = out.plane(half) if out is not None else memoryview(bytearray(half))
+    scratch = scratch if scratch is not None else memoryview(bytearray(half))
     high = read_exactly(_decompressor().stream_reader(frame, read_size=len(frame)), scratch)
     if high != half:
         raise ChunkDecodeError(f"{high} high-plane bytes decoded, {half} expected")
-    return _interleave(scratch, low, out.raw(length) if out is not None else memoryview(bytearray(length)))
+    return _interleave(scratch, low, dest[:length] if dest is not None else memoryview(bytearray(length)))
 
 
 def _interleave(high: memoryview, low: memoryview, dest: memoryview) -> memoryview:
@@ -203,46 +236,3 @@ def _interleave(high: memoryview, low: memoryview, dest: memoryview) -> memoryvi
     numpy.left_shift(numpy.frombuffer(high, numpy.uint8), 8, out=words, dtype=_WORD)
     numpy.bitwise_or(words, numpy.frombuffer(low, numpy.uint8), out=words)
     return dest
-
-
-def decode_many(blobs: Sequence[memoryview], lengths: Sequence[int], slots: Sequence[memoryview]) -> list[memoryview | None]:
-    """The raw bytes of each chunk file of a batch (``lengths``: their raw lengths, as the
-    manifest says), NOT verified: the caller hashes each before it uses it. A raw
-    chunk is a view into its blob; the zstd frames of the others (whole chunks and
-    high planes) go through one ``multi_decompress_to_buffer`` call (C, without the
-    GIL: one call a batch instead of a stream per chunk) into memory of its own;
-    byte planes are joined into ``slots[i]`` (``lengths[i]`` bytes). None for a
-    chunk whose header or size is wrong, and for every compressed chunk of the
-    batch when a frame does not decode: the caller reads those again one at a time
-    (``decode``), which names what is wrong."""
-    out: list[memoryview | None] = [None] * len(blobs)
-    frames: list[memoryview] = []
-    owners: list[tuple[int, memoryview | None]] = []  # (chunk index, its low plane if byte planes)
-    for i, (blob, length) in enumerate(zip(blobs, lengths, strict=True)):
-        if len(blob) < HEADER.size:
-            continue
-        magic, kind, stated = HEADER.unpack_from(blob)
-        payload = blob[HEADER.size :]
-        if magic != MAGIC or stated != length:
-            continue
-        if kind == CODEC_RAW and len(payload) == length:
-            out[i] = payload
-        elif kind == CODEC_ZSTD:
-            frames.append(payload)
-            owners.append((i, None))
-        elif kind == CODEC_PLANES and length % 2 == 0 and len(payload) >= length // 2:
-            frames.append(payload[: len(payload) - length // 2])
-            owners.append((i, payload[len(payload) - length // 2 :]))
-    if not frames:
-        return out
-    sizes = [lengths[i] if low is None else lengths[i] // 2 for i, low in owners]
-    try:
-        decoded = _decompressor().multi_decompress_to_buffer(
-            frames, decompressed_sizes=struct.pack(f"<{len(sizes)}Q", *sizes))
-    except zstandard.ZstdError:
-        return out
-    for j, (i, low) in enumerate(owners):
-        segment = memoryview(decoded[j])  # keeps the decoded batch alive
-        if len(segment) == sizes[j]:
-            out[i] = segment if low is None else _interleave(segment, low, slots[i][: lengths[i]])
-    return out

@@ -133,7 +133,7 @@ class LocalStore:
     def read_chunks(self, refs: Sequence[ChunkRef], buffers: ReadBuffers, hot: bool = True) -> list[memoryview]:
         """Verified bytes of each chunk of a batch, in order, views into ``buffers`` (valid
         until their next batch): from the hot tier when it has them (and ``hot``), else from
-        disk, the batch decoded at once (``codec.decode_many``). Each chunk is hashed against
+        disk (``codec.decode_many``). Each chunk is hashed against
         its id before it is returned; one that fails is read again alone (``_read_disk``),
         which quarantines it and raises ChunkUnreadable: then nothing of the batch is returned."""
         slots = carve(buffers.batch_raw(sum(r.length + 1 for r in refs)), [r.length + 1 for r in refs])
@@ -151,7 +151,7 @@ class LocalStore:
         blobs = [self.chunks.read_file(ref.id, slot) or slot[:0]
                  for ref, slot in zip(refs, carve(buffers.batch_stored(sum(sizes)), sizes), strict=True)]
         views = []
-        for ref, view in zip(refs, codec.decode_many(blobs, [ref.length for ref in refs], slots), strict=True):
+        for ref, view in zip(refs, codec.decode_many(blobs, [ref.length for ref in refs], slots, buffers), strict=True):
             if view is None or codec.chunk_id(view) != ref.id:
                 view = memoryview(bytes(self._read_disk(ref.id, buffers, ref.length)))
             views.append(view)
