@@ -233,9 +233,7 @@ def test_a_refused_write_is_an_inject_failure_naming_the_address(store: LocalSto
 def test_weights_stored_raw_below_a_threshold_restore_byte_for_byte(tmp_path: Path, workloads: Workloads) -> None:
     """--store-raw-below 40: bf16 weights (byte planes save about a third) are stored raw,
     the snapshot's other chunks still compressed, and the restore brings every byte back."""
-    d = Daemon(tmp_path / "raw", ("--inject-min-mb", "1", "--store-raw-below", "40"))
-    d.root.mkdir()
-    d.start()
+    d = Daemon(tmp_path, ("--inject-min-mb", "1", "--store-raw-below", "40")).start()
     try:
         pid, report = workloads.start("weights.py", "24")
         digest = report.read_text().split()[1]

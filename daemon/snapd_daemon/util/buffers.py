@@ -26,42 +26,33 @@ class ReadBuffers:
     ``batch_stored`` and ``batch_raw`` the same for a batch of chunks."""
 
     def __init__(self) -> None:
-        self._stored = bytearray()
-        self._raw = bytearray()
-        self._plane = bytearray()
-        self._batch_stored = bytearray()
-        self._batch_raw = bytearray()
+        self._held: dict[str, bytearray] = {}
+
+    def _view(self, kind: str, size: int) -> memoryview:
+        held = self._held.get(kind)
+        if held is None or len(held) < size:
+            held = self._held[kind] = bytearray(size)
+        return memoryview(held)[:size]
 
     def stored(self, size: int) -> memoryview:
         """``size`` writable bytes for a chunk file as stored."""
-        if len(self._stored) < size:
-            self._stored = bytearray(size)
-        return memoryview(self._stored)[:size]
+        return self._view("stored", size)
 
     def raw(self, size: int) -> memoryview:
         """``size`` writable bytes for a decoded chunk."""
-        if len(self._raw) < size:
-            self._raw = bytearray(size)
-        return memoryview(self._raw)[:size]
+        return self._view("raw", size)
 
     def plane(self, size: int) -> memoryview:
         """``size`` writable bytes for one byte plane of a chunk."""
-        if len(self._plane) < size:
-            self._plane = bytearray(size)
-        return memoryview(self._plane)[:size]
-
+        return self._view("plane", size)
 
     def batch_stored(self, size: int) -> memoryview:
         """``size`` writable bytes for a batch of chunk files as stored."""
-        if len(self._batch_stored) < size:
-            self._batch_stored = bytearray(size)
-        return memoryview(self._batch_stored)[:size]
+        return self._view("batch_stored", size)
 
     def batch_raw(self, size: int) -> memoryview:
         """``size`` writable bytes for a batch of decoded chunks."""
-        if len(self._batch_raw) < size:
-            self._batch_raw = bytearray(size)
-        return memoryview(self._batch_raw)[:size]
+        return self._view("batch_raw", size)
 
 
 def carve(arena: memoryview, sizes: list[int]) -> list[memoryview]:
