@@ -45,8 +45,9 @@ EARLY_BYTES = 2 << 30
 # At most this many bytes of chunks a thread reads, verifies and writes as one batch
 # (less when the routes are too few to give every thread a batch): each thread holds
 # twice this in buffers while it delivers. Larger batches make fewer calls but write
-# from memory the caches no longer hold: on the CI VM 2-4 MiB took 0.71-0.81 CPU
-# seconds per GB, 8-16 MiB 0.80-0.89 (scripts/bench/inject.py --batch-mb).
+# from memory the caches may no longer hold; on the 2-core CI VM 2, 4 and 16 MiB ran
+# alike (1.75-1.77 GB/s from the RAM tier): measure on the GPU host with
+# scripts/bench/inject.py --batch-mb.
 BATCH_BYTES = 4 << 20
 # How often a delivery reports progress and runs its check (seconds).
 TICK = 0.05

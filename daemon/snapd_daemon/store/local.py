@@ -136,7 +136,7 @@ class LocalStore:
         disk (``codec.decode_many``). Each chunk is hashed against
         its id before it is returned; one that fails is read again alone (``_read_disk``),
         which quarantines it and raises ChunkUnreadable: then nothing of the batch is returned."""
-        slots = carve(buffers.batch_raw(sum(r.length + 1 for r in refs)), [r.length + 1 for r in refs])
+        slots = carve(buffers.batch_raw, [r.length + 1 for r in refs])
         hot_tier = self.hot if hot else None
         views = [hot_tier.read(ref.id, slot, ref.length) if hot_tier else None for ref, slot in zip(refs, slots)]
         disk = [i for i, view in enumerate(views) if view is None]
@@ -149,7 +149,7 @@ class LocalStore:
             return []
         sizes = [codec.HEADER.size + ref.length + 1 for ref in refs]
         blobs = [self.chunks.read_file(ref.id, slot) or slot[:0]
-                 for ref, slot in zip(refs, carve(buffers.batch_stored(sum(sizes)), sizes), strict=True)]
+                 for ref, slot in zip(refs, carve(buffers.batch_stored, sizes), strict=True)]
         views = []
         for ref, view in zip(refs, codec.decode_many(blobs, [ref.length for ref in refs], slots, buffers), strict=True):
             if view is None or codec.chunk_id(view) != ref.id:

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Protocol
+
+PAGE = 4096
 
 
 class ReadBuffers:
@@ -55,13 +58,16 @@ class ReadBuffers:
         return self._view("batch_raw", size)
 
 
-def carve(arena: memoryview, sizes: list[int]) -> list[memoryview]:
-    """Consecutive slots of ``sizes`` bytes each, from the start of ``arena``."""
-    slots, at = [], 0
+def carve(take: Callable[[int], memoryview], sizes: list[int]) -> list[memoryview]:
+    """Slots of ``sizes`` bytes each from one buffer of ``take``, each starting a page
+    after the last one's start (slots at odd offsets made copies and hashes slower: the
+    CI VM's injection lost a fifth of its speed to them)."""
+    starts, at = [], 0
     for n in sizes:
-        slots.append(arena[at : at + n])
-        at += n
-    return slots
+        starts.append(at)
+        at += -(-n // PAGE) * PAGE
+    arena = take(at)
+    return [arena[start : start + n] for start, n in zip(starts, sizes, strict=True)]
 
 
 class PerThread(threading.local):
