@@ -167,7 +167,7 @@ def decode_many(blobs: Sequence[memoryview], lengths: Sequence[int], slots: Sequ
     bytes or more), byte planes through ``out.plane``. None for a chunk that does not
     decode to its length: the caller reads it again alone (``decode``), which says why.
     Frames are decoded one by one into these reused slots: zstandard's
-    ``multi_decompress_to_buffer`` (one call a batch) took 1.6-2.3 times the CPU time on
+    ``multi_decompress_to_buffer`` (one call a batch) took 1.6-2.2 times the CPU time on
     the CI VM, its output being fresh memory each call (docs/restore-speed.md)."""
     decoded: list[memoryview | None] = []
     for blob, length, slot in zip(blobs, lengths, slots, strict=True):
