@@ -139,6 +139,26 @@ def run_threads(work: Callable[[], object], threads: int) -> float:
     return time.monotonic() - started
 
 
+class FreshProcess:
+    """A new process holding ``total`` bytes of fresh private anonymous memory at ``base``,
+    as a restored process holds the regions snapd writes; killed on exit."""
+
+    def __init__(self, total: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import ctypes, mmap, sys; m = mmap.mmap(-1, int(sys.argv[1]), mmap.MAP_PRIVATE); "
+             "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True); sys.stdin.read()", str(total)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.base = int(self.proc.stdout.readline())  # type: ignore[union-attr]
+
+    def __enter__(self) -> FreshProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
     """Bytes per second at which ``threads`` threads fill ``total`` bytes of fresh private
     anonymous memory in a new process with process_vm_writev, ``piece`` bytes a call,
@@ -148,12 +168,7 @@ def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
 
     from snapd_daemon.host import memwrite
 
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import ctypes, mmap, sys; m = mmap.mmap(-1, int(sys.argv[1]), mmap.MAP_PRIVATE); "
-         "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True); sys.stdin.read()", str(total)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        base = int(child.stdout.readline())  # type: ignore[union-attr]
+    with FreshProcess(total) as child:
         source = memoryview(os.urandom(64 << 20))
         slots = len(source) // piece
         order = itertools.count()
@@ -161,9 +176,16 @@ def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
         def fill() -> None:
             while (i := next(order)) * piece < total:
                 start = (i % slots) * piece
-                memwrite.write(child.pid, base + i * piece, source[start : start + min(piece, total - i * piece)])
+                memwrite.write(child.pid, child.base + i * piece, source[start : start + min(piece, total - i * piece)])
 
         return total / run_threads(fill, threads)
-    finally:
-        child.kill()
-        child.wait()
+
+
+def bf16_weights(count: int, chunk: int = 2 << 20, seed: int = 0) -> list[bytes]:
+    """``count`` chunks of bf16 numbers drawn like model weights (normal, std 0.02): random
+    mantissa bytes under a few exponents."""
+    import numpy
+
+    rng = numpy.random.default_rng(seed)
+    return [((rng.standard_normal(chunk // 2, dtype=numpy.float32) * 0.02).view(numpy.uint32) >> 16)
+            .astype("<u2").tobytes() for _ in range(count)]

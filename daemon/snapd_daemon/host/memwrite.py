@@ -1,13 +1,19 @@
 """Writing into another process's memory with process_vm_writev(2).
 
 The target must be ours to ptrace (root here); snapd writes only into trees it
-is restoring, while CRIU holds them stopped.
+is restoring, while CRIU holds them stopped. ``write_many`` writes a batch of
+pieces in as few calls as the kernel allows (IOV_MAX iovecs a call, pieces
+adjacent on both sides merged into one), so a restore makes one system call,
+and one GIL hand-off, for many chunks.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
+
+import numpy
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -35,27 +41,66 @@ class _PyBuffer(ctypes.Structure):
 
 
 _PyBUF_SIMPLE = 0
+IOV_MAX = 1024
+
+
+class WriteRefused(OSError):
+    """process_vm_writev wrote nothing at ``address`` (``length`` bytes of one piece left)."""
+
+    def __init__(self, err: int, pid: int, address: int, length: int) -> None:
+        super().__init__(err, f"process_vm_writev(pid {pid}, {address:#x}, {length} bytes): "
+                              + (os.strerror(err) if err else "wrote nothing"))
+        self.address = address
+        self.length = length
 
 
 def write(pid: int, address: int, data: bytes | bytearray | memoryview) -> None:
-    """Copy all of ``data`` to ``address`` in process ``pid``; raises OSError (EFAULT:
-    the range is not mapped writable there; ESRCH: the process is gone)."""
-    view = _PyBuffer()
-    ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view), _PyBUF_SIMPLE)
+    """Copy all of ``data`` to ``address`` in process ``pid``; raises WriteRefused, an
+    OSError (EFAULT: the range is not mapped writable there; ESRCH: the process is gone)."""
+    write_many(pid, [(address, data)])
+
+
+def write_many(pid: int, pieces: Sequence[tuple[int, bytes | bytearray | memoryview]]) -> None:
+    """Copy each (address, data) piece to that address in process ``pid``, in order; raises
+    WriteRefused (an OSError, naming where) at the first byte the kernel refuses, with
+    the pieces before it written. The data must stay alive and unchanged until this returns."""
+    runs: list[list[int]] = []  # [local address, remote address, length], adjacent pieces merged
+    held = []
     try:
-        _write(pid, address, view.buf or 0, view.len)
+        for address, data in pieces:
+            view = _PyBuffer()
+            ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view), _PyBUF_SIMPLE)
+            held.append(view)
+            base, n = view.buf or 0, view.len
+            last = runs[-1] if runs else None
+            if last and last[0] + last[2] == base and last[1] + last[2] == address:
+                last[2] += n
+            elif n:
+                runs.append([base, address, n])
+        _write_runs(pid, runs)
     finally:
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+        for view in held:
+            ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
-def _write(pid: int, address: int, base: int, total: int) -> None:
-    done = 0
-    while done < total:
-        local = _IoVec(base + done, total - done)
-        remote = _IoVec(address + done, total - done)
-        n = _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+def _write_runs(pid: int, runs: list[list[int]]) -> None:
+    """process_vm_writev over ``runs`` (local, remote, length), IOV_MAX of them a call,
+    resuming after a short write (the kernel stops at a page it cannot write)."""
+    table = numpy.array(runs, dtype=numpy.uint64).reshape(-1, 3)
+    local = numpy.ascontiguousarray(table[:, [0, 2]])
+    remote = numpy.ascontiguousarray(table[:, [1, 2]])
+    first = 0
+    while first < len(runs):
+        count = min(IOV_MAX, len(runs) - first)
+        n = _libc.process_vm_writev(pid, local[first:].ctypes.data_as(ctypes.POINTER(_IoVec)), count,
+                                    remote[first:].ctypes.data_as(ctypes.POINTER(_IoVec)), count, 0)
         if n <= 0:
             err = ctypes.get_errno() if n < 0 else 0
-            raise OSError(err, f"process_vm_writev(pid {pid}, {address + done:#x}, {total - done} bytes): "
-                               + (os.strerror(err) if err else "wrote nothing"))
-        done += n
+            raise WriteRefused(err, pid, int(remote[first, 0]), int(remote[first, 1]))
+        while n and n >= remote[first, 1]:  # whole runs written
+            n -= int(remote[first, 1])
+            first += 1
+        if n:  # a run written in part: the rest of it next
+            for side in (local, remote):
+                side[first, 0] += n
+                side[first, 1] -= n

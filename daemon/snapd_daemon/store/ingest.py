@@ -66,13 +66,15 @@ class Committed:
 
 @dataclass(frozen=True)
 class IngestTarget:
-    """The parts of a store an ingest writes to, and how many threads it may use."""
+    """The parts of a store an ingest writes to, how many threads it may use, and the
+    least a chunk's compression must save (a fraction) to be stored compressed."""
 
     root: Path
     chunks: ChunkDir
     manifests: ManifestDir
     lock: RWLock
     threads: int
+    min_saving: float = codec.MIN_SAVING
 
 
 @dataclass
@@ -331,7 +333,7 @@ class Ingest:
         else:
             staged = tally.staged.get(cid)  # one dict lookup: atomic without the lock
             if not (staged[1] if staged else self._stored_size(cid)):
-                parts = codec.encode(raw)
+                parts = codec.encode(raw, self.store.min_saving)
                 size = sum(len(part) for part in parts)
                 tmp = self.store.chunks.stage(cid, parts)
                 with tally.lock:
