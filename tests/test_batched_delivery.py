@@ -5,6 +5,7 @@ and the store_raw_below policy through a real daemon."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
 import subprocess
@@ -230,9 +231,22 @@ def test_a_refused_write_is_an_inject_failure_naming_the_address(store: LocalSto
     assert caught.value.fields["address"] == f"{end:#x}"
 
 
+def test_encode_measured_gives_the_compressed_size_whatever_the_policy() -> None:
+    """Exact where the chunk was compressed, estimated from the sample where the policy kept
+    it raw without trying, and never more than the raw file (random bytes)."""
+    weights = bf16_like(1 << 20, 5)
+    parts, compressed = codec.encode_measured(weights)
+    assert parts[0][4] == codec.CODEC_PLANES and compressed == sum(len(part) for part in parts)
+    raw_parts, estimate = codec.encode_measured(weights, 0.40)
+    assert raw_parts[0][4] == codec.CODEC_RAW and abs(estimate - compressed) < 0.02 * compressed
+    noise = os.urandom(1 << 20)
+    assert codec.encode_measured(noise)[1] == codec.HEADER.size + len(noise)
+
+
 def test_weights_stored_raw_below_a_threshold_restore_byte_for_byte(tmp_path: Path, workloads: Workloads) -> None:
     """--store-raw-below 40: bf16 weights (byte planes save about a third) are stored raw,
-    the snapshot's other chunks still compressed, and the restore brings every byte back."""
+    the snapshot's other chunks still compressed, and the restore brings every byte back;
+    the checkpoint logs what its chunks take stored, all raw and all compressed."""
     d = Daemon(tmp_path, ("--inject-min-mb", "1", "--store-raw-below", "40")).start()
     try:
         pid, report = workloads.start("weights.py", "24")
@@ -243,6 +257,11 @@ def test_weights_stored_raw_below_a_threshold_restore_byte_for_byte(tmp_path: Pa
             codecs = [chunk.read_bytes()[4] for chunk in (d.state_dir / "chunks").rglob("*") if chunk.is_file()]
             assert codecs.count(codec.CODEC_RAW) >= 10 and codec.CODEC_PLANES not in codecs  # 12 chunks of weights
             assert codec.CODEC_ZSTD in codecs  # the interpreter's own memory: still compressed
+            sizes = [json.loads(line) for line in d.log.read_text().splitlines() if '"ingest.policy_sizes"' in line]
+            assert len(sizes) == 1 and sizes[0]["store_raw_below"] == 40 and sizes[0]["op"]
+            assert sizes[0]["stored_bytes"] == snap.stored_bytes < sizes[0]["all_raw_bytes"]
+            # the 24 MiB of weights would save about a third compressed
+            assert snap.stored_bytes - sizes[0]["all_compressed_bytes"] > 0.25 * (24 << 20)
             c.restore(snap.id)
         assert ask(pid, report)[1] == digest
     finally:

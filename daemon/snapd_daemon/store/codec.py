@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import struct
 import threading
 from collections.abc import Sequence
@@ -95,21 +96,23 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.dctx
 
 
-def _probe(raw: bytes | memoryview, min_saving: float) -> int:
+def _probe(raw: bytes | memoryview, min_saving: float) -> tuple[int, float]:
     """The codec for ``raw``, from a 64 KiB sample (four 16 KiB pieces at even offsets
     spread over the chunk) compressed whole and as byte planes: incompressible data
     (random bytes, already-compressed weights) then costs a few percent of a full
-    compression instead of all of it."""
+    compression instead of all of it. With it, the sample's best compressed size over
+    its size (1.0 for a chunk too small to sample: it is compressed whole)."""
     if len(raw) <= 4 * _PROBE:
-        return CODEC_ZSTD
+        return CODEC_ZSTD, 1.0
     view = memoryview(raw)
     step = len(raw) // 4 & ~1
     sample = b"".join(view[i * step : i * step + _PROBE] for i in range(4))
     whole = len(_compressor().compress(sample))
     planes = len(_plane_compressor().compress(_planes(sample)[0])) + len(sample) // 2 if len(raw) % 2 == 0 else whole + 1
+    ratio = min(whole, planes) / len(sample)
     if min(whole, planes) > len(sample) * (1 - min_saving):
-        return CODEC_RAW
-    return CODEC_PLANES if planes <= whole else CODEC_ZSTD
+        return CODEC_RAW, ratio
+    return (CODEC_PLANES if planes <= whole else CODEC_ZSTD), ratio
 
 
 def _planes(raw: bytes | memoryview) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -132,20 +135,35 @@ Parts = tuple[bytes | memoryview, ...]
 def encode(raw: bytes | memoryview, min_saving: float = MIN_SAVING) -> Parts:
     """The chunk file for ``raw`` as parts to write one after the other (``writev``), the
     header first: byte planes or zstd, the one the sample says, if it saves at least
-    ``min_saving`` (a fraction) of the size; else the raw bytes themselves. Nothing is copied into one object (that copy held
-    the GIL for a megabyte per chunk); the low plane is this thread's buffer, valid
-    until its next ``encode``. The payload is never longer than ``raw``."""
-    codec = _probe(raw, min_saving)
+    ``min_saving`` (a fraction) of the size; else the raw bytes themselves. Nothing is
+    copied into one object (that copy held the GIL for a megabyte per chunk); the low
+    plane is this thread's buffer, valid until its next ``encode``. The payload is never
+    longer than ``raw``."""
+    return encode_measured(raw, min_saving)[0]
+
+
+def encode_measured(raw: bytes | memoryview, min_saving: float = MIN_SAVING) -> tuple[Parts, int]:
+    """``encode``'s parts, and the bytes the chunk file would take with any compression
+    that makes it smaller kept (``min_saving`` 0), whatever ``min_saving`` chose: exact
+    when the chunk was compressed here, else (the sample said it saves too little to
+    try) estimated from the sample's ratio; never more than the file stored raw. What
+    lets an ingest tell how big the store would be under the other policy."""
+    codec, ratio = _probe(raw, min_saving)
+    as_raw = HEADER.size + len(raw)
     if codec == CODEC_PLANES:
         high, low = _planes(raw)
         frame = _plane_compressor().compress(high)
-        if len(frame) + len(low) <= len(raw) * (1 - min_saving):
-            return HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), frame, memoryview(low)
+        packed = len(frame) + len(low)
+        if packed <= len(raw) * (1 - min_saving):
+            return (HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), frame, memoryview(low)), HEADER.size + packed
     elif codec == CODEC_ZSTD:
-        packed = _compressor().compress(raw)
-        if len(packed) <= len(raw) * (1 - min_saving):
-            return HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)), packed
-    return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
+        frame = _compressor().compress(raw)
+        packed = len(frame)
+        if packed <= len(raw) * (1 - min_saving):
+            return (HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)), frame), HEADER.size + packed
+    else:
+        packed = math.ceil(len(raw) * ratio)
+    return (HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw), min(as_raw, HEADER.size + packed)
 
 
 def decode(blob: bytes | bytearray | memoryview, expected_id: str, out: ReadBuffers | None = None) -> bytes | memoryview:
