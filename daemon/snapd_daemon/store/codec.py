@@ -46,9 +46,11 @@ _WORD = numpy.dtype("<u2")
 # zstd level 1: ~1.1-1.6 GB/s per core here on page data; higher levels cost
 # several times the CPU for a few percent on model weights (FIELD-NOTES: 0.635 at level 1).
 ZSTD_LEVEL = 1
-# Keep the compressed form only if it saves at least this fraction; random data
-# is stored raw so that restores skip decompression entirely.
-MIN_SAVING = 0.03
+# Keep the compressed form only if it saves at least this fraction (the default of
+# store_raw_below): random data is stored raw so that restores skip decompression
+# entirely. 5 %: about where a page-cache-hot restore's decoding CPU, spread over
+# 16 threads, costs what the extra bytes cost a cold one (docs/restore-speed.md).
+MIN_SAVING = 0.05
 _PROBE = 16 << 10
 
 _local = threading.local()
