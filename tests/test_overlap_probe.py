@@ -49,6 +49,9 @@ for line in sys.stdin:
             wrong += [i * (block // chunk) + j for j in np.flatnonzero(bad).tolist()]
             zero += int((rows[bad] == 0).all(axis=1).sum())
         print(json.dumps({{"wrong": wrong, "zero": zero}}), flush=True)
+    elif line.startswith("drop "):
+        ranges = [tuple(map(int, part.split(":"))) for part in line.split()[1:]]
+        print(json.dumps({{"error": mem.drop(ranges)}}), flush=True)
     else:
         break
 """
@@ -96,6 +99,16 @@ def test_find_locate_zero_refill(holder: Holder) -> None:
     answer = holder.ask("check")
     assert len(answer["wrong"]) == answer["zero"] == BLOCKS * BLOCK // CHUNK
 
+    refill = mem.PacedWriter(holder.pid, buf, runs, threads=2, piece=256 << 10, rate=0)
+    refill.start()
+    refill.join()
+    assert holder.ask("check") == {"wrong": [], "zero": 0}
+    assert holder.ask("drop " + " ".join(f"{r.address}:{r.length}" for r in runs[:2]))["error"] is None
+    answer = holder.ask("check")  # the dropped blocks read as zeros
+    assert len(answer["wrong"]) == answer["zero"] == 2 * BLOCK // CHUNK
+    assert holder.ask(f"drop {address + 1}:{mem.PAGE}")["error"].endswith("Invalid argument")
+
+    mem.zero_runs(holder.pid, runs, threads=2)
     writer = mem.PacedWriter(holder.pid, buf, runs, threads=2, piece=256 << 10, rate=40e6)
     assert writer.total == BLOCKS * BLOCK
     writer.start()
@@ -167,8 +180,10 @@ def test_thread_cpu_names_this_process() -> None:
 
 def test_verdict_reads_the_experiments() -> None:
     assert probe.verdict({})["reads_page_tables"] is None
-    assert probe.verdict({"zeroed": {"wrong_chunks": 0}})["reads_page_tables"] is False
-    through = probe.verdict({"zeroed": {"wrong_chunks": 9},
+    assert probe.verdict({"zeroed": {"wrong_chunks": 0}, "dropped": {"wrong_chunks": 0}})["reads_page_tables"] is False
+    pinned = probe.verdict({"zeroed": {"wrong_chunks": 9}, "dropped": {"wrong_chunks": 0}})
+    assert pinned["reads_page_tables"] is False and "pinned" in pinned["meaning"]
+    through = probe.verdict({"zeroed": {"wrong_chunks": 9}, "dropped": {"wrong_chunks": 9},
                              "watermark_0.0": {"fraction": 0.0, "wrong_chunks": 5},
                              "watermark_0.5": {"fraction": 0.5, "wrong_chunks": 0},
                              "paced": {"fraction": 0.0, "wrong_chunks": 7}})

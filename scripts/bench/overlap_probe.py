@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -33,6 +34,8 @@ from snapd_daemon.host import cuda  # noqa: E402
 CHILD = r"""
 import json, os, sys, time, torch
 blocks_n, block_bytes, chunk_bytes = map(int, sys.argv[1:4])
+sys.path.insert(0, sys.argv[4])
+import overlap_mem as mem
 MULT = 2654435761
 n, per = block_bytes // 8, chunk_bytes // 8
 seed = lambda i: ((i + 1) * 0x9E3779B1) << 20
@@ -65,6 +68,8 @@ for line in sys.stdin:
     elif line.strip() == "fill":
         fill()
         say(filled=True)
+    elif line.startswith("drop "):
+        say(error=mem.drop([tuple(map(int, part.split(":"))) for part in line.split()[1:]]))
     else:
         break
 """
@@ -105,8 +110,11 @@ class Child:
     """The torch child: known GPU blocks, commands on stdin, JSON answers on stdout."""
 
     def __init__(self, python: str, blocks: int, block_bytes: int, chunk_bytes: int, timeout: float) -> None:
-        self.proc = subprocess.Popen([python, "-c", CHILD, str(blocks), str(block_bytes), str(chunk_bytes)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        here = Path(__file__).resolve().parent
+        path = os.pathsep.join(filter(None, [str(here.parents[1] / "daemon"), os.environ.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([python, "-c", CHILD, str(blocks), str(block_bytes), str(chunk_bytes), str(here)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONPATH": path})
         self.ready = self._answer(timeout)
         self.pid = int(self.ready["pid"])
 
@@ -185,17 +193,34 @@ class Probe:
             t = time.monotonic()
             self.runs = mem.locate(self.buf, ranges, a.blocks, self.block_bytes, self.chunk_bytes)
         located = sum(len(r.chunks) for r in self.runs)
+        payload = "located chunks"
+        if not located:
+            # The blocks are not there as written: clear the largest grown range instead.
+            offsets = itertools.accumulate((e - s for s, e in ranges), initial=0)
+            start, end, offset = max(((s, e, o) for (s, e), o in zip(ranges, offsets)), key=lambda r: r[1] - r[0])
+            self.runs = [mem.Run(start, end - start, offset, ())]
+            payload = "largest grown range (no known chunk found in the host copy)"
         info = {"lock_checkpoint_s": round(frozen_s, 3), "read_s": round(read_s, 3),
                 "locate_s": round(time.monotonic() - t, 3),
                 "regions": [{"start": hex(s), "bytes": e - s} for s, e in ranges[:16]],
                 "region_count": len(ranges), "host_copy_bytes": sum(e - s for s, e in ranges),
                 "gpu_bytes": self.child.ready["reserved"], "block_bytes_total": a.blocks * self.block_bytes,
                 "chunks_located": located, "chunks_total": self.chunks_total, "runs": len(self.runs),
+                "payload": payload, "payload_bytes": sum(r.length for r in self.runs),
                 "rss_before": sum(r.rss for r in before), "rss_after": sum(r.rss for r in after)}
         self.report.emit(frozen=name, **info)
-        if not located:
-            raise ProbeError(f"{name}: none of the {self.chunks_total} known chunks is in the host copy")
         return info
+
+    def clear(self, name: str, how: str) -> None:
+        """Empty the payload: "zero" writes zeros into its pages, "drop" has the
+        child discard them (MADV_DONTNEED), as CRIU leaves a region it restores without pages."""
+        with self.report.step(f"{name}: {how}"):
+            if how == "zero":
+                mem.zero_runs(self.pid, self.runs, self.args.threads)
+                return
+            answer = self.child.ask("drop " + " ".join(f"{r.address}:{r.length}" for r in self.runs))
+            if answer.get("error"):
+                raise ProbeError(f"the child could not drop the host copy: {answer['error']}")
 
     def restore(self, name: str) -> dict[str, object]:
         with self.report.step(f"{name}: restore"):
@@ -234,17 +259,15 @@ class Probe:
     def control(self) -> dict[str, object]:
         return {**self.freeze("control"), **self.restore("control"), **self.unlock_and_check("control")}
 
-    def zeroed(self) -> dict[str, object]:
-        info = self.freeze("zeroed")
-        with self.report.step("zeroed: zero"):
-            mem.zero_runs(self.pid, self.runs, self.args.threads)
-        return {**info, **self.restore("zeroed"), **self.unlock_and_check("zeroed")}
+    def cleared(self, name: str, how: str) -> dict[str, object]:
+        info = self.freeze(name)
+        self.clear(name, how)
+        return {**info, "clear": how, **self.restore(name), **self.unlock_and_check(name)}
 
     def watermark(self, name: str, fraction: float, rate: float) -> dict[str, object]:
         info = self.freeze(name)
         assert self.buf is not None
-        with self.report.step(f"{name}: zero"):
-            mem.zero_runs(self.pid, self.runs, self.args.threads)
+        self.clear(name, self.args.clear)
         writer = mem.PacedWriter(self.pid, self.buf, self.runs, self.args.threads, self.args.piece_kib << 10, rate)
         with self.report.step(f"{name}: refill to watermark"):
             writer.start()
@@ -260,7 +283,7 @@ class Probe:
         # (the driver frees it): that is a finding, not a failure of the probe.
         late = {"writer_error_after_restore": writer.errors[0]} if writer.errors else {}
         fill_s = writer.finished - writer.started if writer.finished else None
-        return {**info, **restored, "fraction": fraction, "rate_limit_gbps": rate / 1e9,
+        return {**info, **restored, "clear": self.args.clear, "fraction": fraction, "rate_limit_gbps": rate / 1e9,
                 "writer_gbps": round(writer.total / fill_s / 1e9, 2) if fill_s else None,
                 "fill_s": round(fill_s, 3) if fill_s else None, "watermark_at_restore_start": round(at_start, 4),
                 "watermark_at_restore_end": round(at_end, 4), **late, **self.unlock_and_check(name)}
@@ -308,20 +331,27 @@ class Probe:
 
 def verdict(experiments: dict[str, dict[str, object]]) -> dict[str, object]:
     """What the results mean for overlapping snapd's injection with the driver's restore."""
-    zeroed = experiments.get("zeroed", {})
-    if "wrong_chunks" not in zeroed:
-        return {"reads_page_tables": None, "meaning": "the zeroed experiment did not complete"}
-    if zeroed["wrong_chunks"] == 0:
+    zeroed, dropped = (experiments.get(k, {}).get("wrong_chunks") for k in ("zeroed", "dropped"))
+    if zeroed is None and dropped is None:
+        return {"reads_page_tables": None, "meaning": "neither the zeroed nor the dropped experiment completed"}
+    if not zeroed and not dropped:
         return {"reads_page_tables": False,
-                "meaning": "zeroing the host copy changed nothing: the driver restores from a private copy, "
-                           "so overlap by filling the process's memory is moot"}
+                "meaning": "neither zeroing nor dropping the host copy changed the restored blocks: the driver "
+                           "restores from a copy of its own, so filling the process's memory during the restore "
+                           "is moot"}
+    if not dropped:
+        return {"reads_page_tables": False, "zeroed_wrong": zeroed, "dropped_wrong": dropped,
+                "meaning": "writes into the host copy's pages are seen but dropping them is not: the driver reads "
+                           "the physical pages it pinned at checkpoint, not the page tables at restore; this probe "
+                           "cannot tell what it does with a CRIU-restored process (new pages)"}
     marks = {k: v.get("wrong_chunks") for k, v in experiments.items() if k.startswith(("watermark", "paced"))}
-    safe = sorted(v["fraction"] for k, v in experiments.items()
+    safe = sorted(v["fraction"] for k, v in experiments.items()  # type: ignore[type-var]
                   if k.startswith("watermark") and v.get("wrong_chunks") == 0)
-    return {"reads_page_tables": True, "wrong_chunks_by_experiment": marks,
-            "lowest_safe_fraction": safe[0] if safe else None,
-            "meaning": "the driver reads the host copy through the page tables at restore time; a writer ahead "
-                       "of it works from the lowest safe fraction on (none: no watermark start was safe)"}
+    return {"reads_page_tables": True, "zeroed_wrong": zeroed, "dropped_wrong": dropped,
+            "wrong_chunks_by_experiment": marks, "lowest_safe_fraction": safe[0] if safe else None,
+            "meaning": "the driver reads the host copy through the page tables at restore time (dropped pages "
+                       "come back as zeros); a writer ahead of it works from the lowest safe watermark fraction "
+                       "on (None: no watermark start was safe)"}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -331,6 +361,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-kib", type=int, default=64, help="granularity of locating and checking (default 64)")
     p.add_argument("--fractions", default="0,0.25,0.5", help="watermark fractions to start the restore at")
     p.add_argument("--pace-gbps", type=float, default=2.0, help="rate of the paced writer, 0 skips it (default 2)")
+    p.add_argument("--clear", choices=("drop", "zero"), default="drop",
+                   help="how watermark/paced runs empty the host copy first (default drop: pages not present)")
     p.add_argument("--threads", type=int, default=8, help="reader/writer threads (default 8)")
     p.add_argument("--piece-kib", type=int, default=4096, help="writer piece size (default 4096)")
     p.add_argument("--min-region-kib", type=int, default=1024, help="ignore grown ranges smaller (default 1024)")
@@ -359,7 +391,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
     report.summary["child"] = child.ready
     report.emit(child=child.ready)
     probe = Probe(args, report, child)
-    plan = [("control", probe.control), ("zeroed", probe.zeroed)]
+    plan = [("control", probe.control), ("zeroed", lambda: probe.cleared("zeroed", "zero")),
+            ("dropped", lambda: probe.cleared("dropped", "drop"))]
     plan += [(f"watermark_{f}", lambda f=f: probe.watermark(f"watermark_{f}", f, 0.0)) for f in args.fraction_list]
     if args.pace_gbps > 0:
         plan.append((f"paced_{args.pace_gbps}gbps", lambda: probe.watermark("paced", 0.0, args.pace_gbps * 1e9)))
@@ -374,8 +407,9 @@ def run(args: argparse.Namespace, report: Report) -> None:
             except ProbeError as exc:
                 report.result(name, {"failed": str(exc)})
                 try:
-                    with report.step(f"{name}: thaw after failure"):
+                    with report.step(f"{name}: thaw + refill after failure"):
                         cuda.thaw(child.pid)
+                        child.ask("fill")
                 except ProbeError:
                     break
                 if name == "control":
