@@ -140,6 +140,16 @@ def test_page_frames_and_idle_tracking(holder: Holder) -> None:
         tracker.close()
 
 
+def test_locate_tells_chunks_with_the_same_first_word_apart() -> None:
+    # With 64 MiB blocks of 64 KiB chunks, chunk 256 of block 0 and chunk 128 of block 1 start alike.
+    block, per = 64 << 20, CHUNK // 8
+    assert mem.pattern(0, 256 * per, 1)[0] == mem.pattern(1, 128 * per, 1)[0]
+    chunks = [mem.pattern(1, 128 * per, per), mem.pattern(0, 256 * per, per)]
+    buf = bytearray(b"".join(c.tobytes() for c in chunks))
+    runs = mem.locate(buf, [(1 << 30, (1 << 30) + len(buf))], 2, block, CHUNK)
+    assert [(r.address, r.chunks) for r in runs] == [(1 << 30, ((1, 128),)), ((1 << 30) + CHUNK, ((0, 256),))]
+
+
 SMAPS = """\
 7f0000000000-7f0000100000 rw-p 00000000 00:00 0 
 Rss:                1024 kB

@@ -185,7 +185,10 @@ def locate(buf: bytearray, ranges: Sequence[tuple[int, int]], blocks: int, block
     that follow each other in both address and content are merged into one Run."""
     per = chunk_bytes // 8
     chunks_per_block = block_bytes // chunk_bytes
-    keys = {int(pattern(i, j * per, 1)[0]): (i, j) for i in range(blocks) for j in range(chunks_per_block)}
+    keys: dict[int, list[tuple[int, int]]] = {}  # chunk headers may collide: each lists its chunks
+    for i in range(blocks):
+        for j in range(chunks_per_block):
+            keys.setdefault(int(pattern(i, j * per, 1)[0]), []).append((i, j))
     words = np.frombuffer(buf, dtype=np.int64)
     page_offsets = np.concatenate([np.arange(off, off + length - chunk_bytes + 1, PAGE, dtype=np.int64)
                                    for _, length, off in _pieces(ranges, 1 << 62)] or [np.zeros(0, np.int64)])
@@ -194,9 +197,9 @@ def locate(buf: bytearray, ranges: Sequence[tuple[int, int]], blocks: int, block
     address_of = _address_map(ranges)
     found: list[tuple[int, int, int, int]] = []
     for offset in hits.tolist():
-        i, j = keys[int(words[offset // 8])]
-        if np.array_equal(words[offset // 8: offset // 8 + per], pattern(i, j * per, per)):
-            found.append((address_of(offset), offset, i, j))
+        for i, j in keys[int(words[offset // 8])]:
+            if np.array_equal(words[offset // 8: offset // 8 + per], pattern(i, j * per, per)):
+                found.append((address_of(offset), offset, i, j))
     runs: list[Run] = []
     for address, offset, i, j in sorted(found):
         last = runs[-1] if runs else None
