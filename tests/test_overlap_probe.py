@@ -179,6 +179,13 @@ def test_smaps_diff() -> None:
                                                         (0x7F0000100000, 0x7F0000300000)]
 
 
+def test_ranges_still_mapped_and_merged() -> None:
+    after = mem.parse_smaps(SMAPS_AFTER)
+    assert mem.still_mapped([(0x7F0000000000, 0x7F0000080000), (0x7F00000F0000, 0x7F0000110000),
+                             (0x7F0000400000, 0x7F0000401000)], after) == [(0x7F0000000000, 0x7F0000080000)]
+    assert mem.merge([(5, 9), (0, 2), (2, 4), (8, 12), (20, 21)]) == [(0, 4), (5, 12), (20, 21)]
+
+
 def test_thread_cpu_names_this_process() -> None:
     spin = threading.Thread(target=lambda: sum(range(3_000_000)), name="spin")
     spin.start()
@@ -191,6 +198,7 @@ def test_thread_cpu_names_this_process() -> None:
 def test_verdict_reads_the_experiments() -> None:
     assert probe.verdict({})["reads_page_tables"] is None
     assert probe.verdict({"zeroed": {"wrong_chunks": 0}, "dropped": {"wrong_chunks": 0}})["reads_page_tables"] is False
+    assert probe.verdict({"zeroed": {"wrong_chunks": 9}, "dropped": {"failed": "x"}})["reads_page_tables"] is True
     pinned = probe.verdict({"zeroed": {"wrong_chunks": 9}, "dropped": {"wrong_chunks": 0}})
     assert pinned["reads_page_tables"] is False and "pinned" in pinned["meaning"]
     through = probe.verdict({"zeroed": {"wrong_chunks": 9}, "dropped": {"wrong_chunks": 9},

@@ -117,6 +117,23 @@ def grown_ranges(before: Sequence[Region], after: Sequence[Region], min_bytes: i
     return sorted(found)
 
 
+def still_mapped(ranges: Sequence[tuple[int, int]], regions: Sequence[Region]) -> list[tuple[int, int]]:
+    """Those of ranges that lie wholly inside one anonymous read-write mapping of regions."""
+    return [(s, e) for s, e in ranges
+            if any(r.start <= s and e <= r.end and anonymous(r) and r.perms.startswith("rw") for r in regions)]
+
+
+def merge(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """ranges sorted, with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

@@ -168,6 +168,7 @@ class Probe:
         self.chunks_total = args.blocks * (self.block_bytes // self.chunk_bytes)
         self.buf: bytearray | None = None
         self.runs: list[mem.Run] = []
+        self.host_copy: list[tuple[int, int]] = []
 
     def freeze(self, name: str) -> dict[str, object]:
         """lock + checkpoint, then find the host copy, read it out and locate the blocks in it."""
@@ -180,7 +181,11 @@ class Probe:
             frozen_s = time.monotonic() - t
             after = mem.read_regions(self.pid)
         with self.report.step(f"{name}: find host copy"):
-            ranges = mem.grown_ranges(before, after, a.min_region_kib << 10)
+            grown = mem.grown_ranges(before, after, a.min_region_kib << 10)
+            # A driver that keeps its host copy mapped (and resident) across a restore
+            # shows no growth at the next checkpoint: look where it was last time too.
+            earlier = mem.still_mapped(self.host_copy, after)
+            ranges = mem.merge(grown + earlier)
             if not ranges:
                 raise ProbeError("no anonymous mapping appeared or grew at checkpoint")
             total, limit = sum(e - s for s, e in ranges), a.max_read_gib << 30
@@ -193,6 +198,8 @@ class Probe:
             t = time.monotonic()
             self.runs = mem.locate(self.buf, ranges, a.blocks, self.block_bytes, self.chunk_bytes)
         located = sum(len(r.chunks) for r in self.runs)
+        if located:
+            self.host_copy = mem.merge([(r.address, r.address + r.length) for r in self.runs])
         payload = "located chunks"
         if not located:
             # The blocks are not there as written: clear the largest grown range instead.
@@ -204,6 +211,7 @@ class Probe:
                 "locate_s": round(time.monotonic() - t, 3),
                 "regions": [{"start": hex(s), "bytes": e - s} for s, e in ranges[:16]],
                 "region_count": len(ranges), "host_copy_bytes": sum(e - s for s, e in ranges),
+                "grown_bytes": sum(e - s for s, e in grown), "earlier_ranges_still_mapped": len(earlier),
                 "gpu_bytes": self.child.ready["reserved"], "block_bytes_total": a.blocks * self.block_bytes,
                 "chunks_located": located, "chunks_total": self.chunks_total, "runs": len(self.runs),
                 "payload": payload, "payload_bytes": sum(r.length for r in self.runs),
@@ -211,16 +219,21 @@ class Probe:
         self.report.emit(frozen=name, **info)
         return info
 
-    def clear(self, name: str, how: str) -> None:
+    def clear(self, name: str, how: str, fallback: bool = False) -> str:
         """Empty the payload: "zero" writes zeros into its pages, "drop" has the
-        child discard them (MADV_DONTNEED), as CRIU leaves a region it restores without pages."""
+        child discard them (MADV_DONTNEED), as CRIU leaves a region it restores
+        without pages. A drop that fails zeroes instead if ``fallback``. Returns
+        what was done ("zero", "drop", or "zero (drop failed: …)")."""
         with self.report.step(f"{name}: {how}"):
-            if how == "zero":
-                mem.zero_runs(self.pid, self.runs, self.args.threads)
-                return
-            answer = self.child.ask("drop " + " ".join(f"{r.address}:{r.length}" for r in self.runs))
-            if answer.get("error"):
-                raise ProbeError(f"the child could not drop the host copy: {answer['error']}")
+            if how == "drop":
+                answer = self.child.ask("drop " + " ".join(f"{r.address}:{r.length}" for r in self.runs))
+                if not answer.get("error"):
+                    return "drop"
+                if not fallback:
+                    raise ProbeError(f"the child could not drop the host copy: {answer['error']}")
+                how = f"zero (drop failed: {answer['error']})"
+            mem.zero_runs(self.pid, self.runs, self.args.threads)
+            return how
 
     def restore(self, name: str) -> dict[str, object]:
         with self.report.step(f"{name}: restore"):
@@ -261,13 +274,13 @@ class Probe:
 
     def cleared(self, name: str, how: str) -> dict[str, object]:
         info = self.freeze(name)
-        self.clear(name, how)
-        return {**info, "clear": how, **self.restore(name), **self.unlock_and_check(name)}
+        done = self.clear(name, how)
+        return {**info, "clear": done, **self.restore(name), **self.unlock_and_check(name)}
 
     def watermark(self, name: str, fraction: float, rate: float) -> dict[str, object]:
         info = self.freeze(name)
         assert self.buf is not None
-        self.clear(name, self.args.clear)
+        done = self.clear(name, self.args.clear, fallback=True)
         writer = mem.PacedWriter(self.pid, self.buf, self.runs, self.args.threads, self.args.piece_kib << 10, rate)
         with self.report.step(f"{name}: refill to watermark"):
             writer.start()
@@ -283,7 +296,7 @@ class Probe:
         # (the driver frees it): that is a finding, not a failure of the probe.
         late = {"writer_error_after_restore": writer.errors[0]} if writer.errors else {}
         fill_s = writer.finished - writer.started if writer.finished else None
-        return {**info, **restored, "clear": self.args.clear, "fraction": fraction, "rate_limit_gbps": rate / 1e9,
+        return {**info, **restored, "clear": done, "fraction": fraction, "rate_limit_gbps": rate / 1e9,
                 "writer_gbps": round(writer.total / fill_s / 1e9, 2) if fill_s else None,
                 "fill_s": round(fill_s, 3) if fill_s else None, "watermark_at_restore_start": round(at_start, 4),
                 "watermark_at_restore_end": round(at_end, 4), **late, **self.unlock_and_check(name)}
@@ -334,6 +347,12 @@ def verdict(experiments: dict[str, dict[str, object]]) -> dict[str, object]:
     zeroed, dropped = (experiments.get(k, {}).get("wrong_chunks") for k in ("zeroed", "dropped"))
     if zeroed is None and dropped is None:
         return {"reads_page_tables": None, "meaning": "neither the zeroed nor the dropped experiment completed"}
+    if dropped is None:
+        return {"reads_page_tables": bool(zeroed), "zeroed_wrong": zeroed, "dropped_wrong": None,
+                "meaning": "only the zeroed experiment completed: " + (
+                    "the driver restores from the process's pages, but whether it looks them up at restore time "
+                    "(needed for a CRIU-restored process) is untested" if zeroed else
+                    "zeroing the host copy changed nothing: the driver restores from a copy of its own")}
     if not zeroed and not dropped:
         return {"reads_page_tables": False,
                 "meaning": "neither zeroing nor dropping the host copy changed the restored blocks: the driver "
