@@ -122,6 +122,11 @@ def test_find_locate_zero_refill(holder: Holder) -> None:
     assert holder.ask("check") == {"wrong": [], "zero": 0}
 
 
+def test_reading_an_unmapped_range_names_the_call(holder: Holder) -> None:
+    with pytest.raises(OSError, match=r"process_vm_readv\(pid \d+, 0x1000, 4096 bytes\): Bad address"):
+        mem.read_ranges(holder.pid, [(mem.PAGE, 2 * mem.PAGE)], threads=1)
+
+
 def test_page_frames_and_idle_tracking(holder: Holder) -> None:
     address = holder.ask("alloc")["address"]
     frames = mem.pfns(holder.pid, [address, address + mem.PAGE])

@@ -135,28 +135,8 @@ def merge(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_libc.process_vm_readv.restype = ctypes.c_ssize_t
-_libc.process_vm_readv.argtypes = [
-    ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong,
-]
-
-
-def _read_into(pid: int, address: int, base: int, length: int) -> None:
-    done = 0
-    while done < length:
-        local, remote = _IoVec(base + done, length - done), _IoVec(address + done, length - done)
-        n = _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        if n <= 0:
-            err = ctypes.get_errno() if n < 0 else 0
-            raise OSError(err, f"process_vm_readv(pid {pid}, {address + done:#x}, {length - done} bytes): "
-                               + (os.strerror(err) if err else "read nothing"))
-        done += n
+_libc.madvise.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def _pieces(ranges: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int, int]]:
@@ -177,9 +157,9 @@ def read_ranges(pid: int, ranges: Sequence[tuple[int, int]], threads: int, into:
     buf = into if into is not None and len(into) == total else bytearray(total)
     if total == 0:
         return buf
-    base = ctypes.addressof((ctypes.c_char * total).from_buffer(buf))
+    view = memoryview(buf)
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda p: _read_into(pid, p[0], base + p[2], p[1]), _pieces(ranges, PIECE)))
+        list(pool.map(lambda p: memwrite.read_into(pid, p[0], view[p[2]: p[2] + p[1]]), _pieces(ranges, PIECE)))
     return buf
 
 
@@ -239,8 +219,6 @@ def _address_map(ranges: Sequence[tuple[int, int]]):
 
 
 MADV_DONTNEED = 4
-_libc.madvise.restype = ctypes.c_int
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def drop(ranges: Sequence[tuple[int, int]]) -> str | None:
