@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import itertools
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -36,10 +38,9 @@ import json, os, sys, time, torch
 blocks_n, block_bytes, chunk_bytes = map(int, sys.argv[1:4])
 sys.path.insert(0, sys.argv[4])
 import overlap_mem as mem
-MULT = 2654435761
+seed = mem.seed
 n, per = block_bytes // 8, chunk_bytes // 8
-seed = lambda i: ((i + 1) * 0x9E3779B1) << 20
-base = torch.arange(n, dtype=torch.int64, device="cuda") * MULT
+base = torch.arange(n, dtype=torch.int64, device="cuda") * mem.MULT
 blocks = [torch.empty(n, dtype=torch.int64, device="cuda") for _ in range(blocks_n)]
 def fill():
     for i, b in enumerate(blocks):
@@ -106,6 +107,16 @@ class Report:
             raise ProbeError(f"step {name!r} failed: {exc}") from exc
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the probe dies (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM (a timeout) ends the probe like Ctrl-C: the child is still thawed and killed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 class Child:
     """The torch child: known GPU blocks, commands on stdin, JSON answers on stdout."""
 
@@ -114,7 +125,7 @@ class Child:
         path = os.pathsep.join(filter(None, [str(here.parents[1] / "daemon"), os.environ.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([python, "-c", CHILD, str(blocks), str(block_bytes), str(chunk_bytes), str(here)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": path})
+                                     env={**os.environ, "PYTHONPATH": path}, preexec_fn=_die_with_parent)
         self.ready = self._answer(timeout)
         self.pid = int(self.ready["pid"])
 
@@ -187,7 +198,11 @@ class Probe:
             earlier = mem.still_mapped(self.host_copy, after)
             ranges = mem.merge(grown + earlier)
             if not ranges:
-                raise ProbeError("no anonymous mapping appeared or grew at checkpoint")
+                old = {(r.start, r.end, r.perms, r.path) for r in before}
+                new = sorted((r for r in after if (r.start, r.end, r.perms, r.path) not in old), key=lambda r: -r.size)
+                raise ProbeError("no resident anonymous read-write mapping appeared or grew at checkpoint; changed: "
+                                 + (", ".join(f"{r.start:#x}+{r.size} {r.perms} {r.path or '(anon)'} rss {r.rss}"
+                                              for r in new[:8]) or "nothing"))
             total, limit = sum(e - s for s, e in ranges), a.max_read_gib << 30
             if total > limit:
                 raise ProbeError(f"the grown mappings hold {total} bytes, over --max-read-gib {a.max_read_gib}: "
@@ -445,10 +460,11 @@ def run(args: argparse.Namespace, report: Report) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     report = Report()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         run(args, report)
-    except ProbeError as exc:
-        report.summary["errors"].append({"step": "probe", "error": str(exc)})  # type: ignore[union-attr]
+    except (ProbeError, KeyboardInterrupt) as exc:
+        report.summary["errors"].append({"step": "probe", "error": f"{type(exc).__name__}: {exc}"})  # type: ignore[union-attr]
     report.summary["verdict"] = verdict(report.summary["experiments"])  # type: ignore[arg-type]
     report.summary["wall_s"] = round(time.monotonic() - report.t0, 3)
     print(json.dumps({"summary": report.summary}), flush=True)
