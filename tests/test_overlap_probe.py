@@ -184,6 +184,16 @@ def test_smaps_diff() -> None:
                                                         (0x7F0000100000, 0x7F0000300000)]
 
 
+def test_wrong_chunks_placed_in_address_order() -> None:
+    # Two runs: block 1 (chunks 0-1) at the lower address, then block 0 (chunks 0-1).
+    runs = [mem.Run(0x2000_0000, 2 * CHUNK, 0, ((0, 0), (0, 1))), mem.Run(0x1000_0000, 2 * CHUNK, 0, ((1, 0), (1, 1)))]
+    where = mem.wrong_positions(runs, [1, 3, 9], chunks_per_block=2, bins=2)
+    # chunk 3 = block 1 chunk 1 is 2nd of 4, chunk 1 = block 0 chunk 1 is 4th; 9 was not located
+    assert where == {"wrong_first_at": 0.25, "wrong_last_at": 0.75, "wrong_unlocated": 1,
+                     "wrong_share_by_part_of_2": [0.5, 0.5]}
+    assert mem.wrong_positions(runs, [9], chunks_per_block=2, bins=2) == {}
+
+
 def test_ranges_still_mapped_and_merged() -> None:
     after = mem.parse_smaps(SMAPS_AFTER)
     assert mem.still_mapped([(0x7F0000000000, 0x7F0000080000), (0x7F00000F0000, 0x7F0000110000),

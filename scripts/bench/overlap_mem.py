@@ -218,6 +218,29 @@ def _address_map(ranges: Sequence[tuple[int, int]]):
     return address_of
 
 
+def wrong_positions(runs: Sequence[Run], wrong: Sequence[int], chunks_per_block: int, bins: int) -> dict[str, object]:
+    """Where the wrong chunks (numbered block * chunks_per_block + chunk) lie in
+    the located host copy, in address order: the first and last as fractions of
+    it, how many were not located, and the share wrong in each of ``bins`` equal
+    parts. Empty if none of them was located."""
+    position: dict[int, int] = {}
+    for run in sorted(runs, key=lambda r: r.address):
+        for block, chunk in run.chunks:
+            position[block * chunks_per_block + chunk] = len(position)
+    spots = sorted(position[w] for w in wrong if w in position)
+    if not spots:
+        return {}
+    total = len(position)
+    wrong_in, all_in = [0] * bins, [0] * bins
+    for spot in spots:
+        wrong_in[spot * bins // total] += 1
+    for place in range(total):
+        all_in[place * bins // total] += 1
+    return {"wrong_first_at": round(spots[0] / total, 4), "wrong_last_at": round(spots[-1] / total, 4),
+            "wrong_unlocated": len(wrong) - len(spots),
+            f"wrong_share_by_part_of_{bins}": [round(w / a, 3) if a else None for w, a in zip(wrong_in, all_in)]}
+
+
 MADV_DONTNEED = 4
 
 

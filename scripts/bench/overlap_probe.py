@@ -76,6 +76,10 @@ for line in sys.stdin:
 """
 
 
+# Parts the located host copy is cut into to show where wrong chunks lie.
+BINS = 20
+
+
 class ProbeError(Exception):
     """A step of the probe failed; the message names the step."""
 
@@ -265,24 +269,10 @@ class Probe:
             answer = self.child.ask("check")
             wrong = answer["wrong"]
             assert isinstance(wrong, list)
-            where = self._payload_positions(wrong)
+            where = mem.wrong_positions(self.runs, wrong, self.block_bytes // self.chunk_bytes, BINS)
             if wrong:
                 self.child.ask("fill")
         return {"wrong_chunks": len(wrong), "zero_chunks": answer["zero"], "check_s": answer["check_s"], **where}
-
-    def _payload_positions(self, wrong: list[int]) -> dict[str, object]:
-        """Where the wrong chunks sit in the located host copy, as fractions of it in address order."""
-        per_block = self.block_bytes // self.chunk_bytes
-        position, offset = {}, 0
-        for run in sorted(self.runs, key=lambda r: r.address):
-            for chunk in run.chunks:
-                position[chunk[0] * per_block + chunk[1]] = offset
-                offset += self.chunk_bytes
-        spots = sorted(position[w] / offset for w in wrong if w in position)
-        if not spots:
-            return {}
-        return {"wrong_first_at": round(spots[0], 4), "wrong_last_at": round(spots[-1], 4),
-                "wrong_unlocated": len(wrong) - len(spots)}
 
     def control(self) -> dict[str, object]:
         return {**self.freeze("control"), **self.restore("control"), **self.unlock_and_check("control")}
