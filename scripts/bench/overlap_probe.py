@@ -130,7 +130,11 @@ class Child:
         self.proc = subprocess.Popen([python, "-c", CHILD, str(blocks), str(block_bytes), str(chunk_bytes), str(here)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONPATH": path}, preexec_fn=_die_with_parent)
-        self.ready = self._answer(timeout)
+        try:
+            self.ready = self._answer(timeout)
+        except BaseException:
+            self.kill()
+            raise
         self.pid = int(self.ready["pid"])
 
     def _answer(self, timeout: float) -> dict[str, object]:
