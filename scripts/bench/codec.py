@@ -16,21 +16,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-import numpy
 import zstandard
 
-from lib import GB, run_threads
+from lib import GB, bf16_weights, run_threads
 from snapd_daemon.store import codec
 from snapd_daemon.util.buffers import ReadBuffers
 
 CHUNK = 2 << 20
-
-
-def weights(count: int) -> list[bytes]:
-    rng = numpy.random.default_rng(0)
-    normal = rng.standard_normal(count * CHUNK // 2, dtype=numpy.float32) * 0.02
-    data = (normal.view(numpy.uint32) >> 16).astype(numpy.uint16).tobytes()
-    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
 
 
 def frame(raw: bytes, cctx: zstandard.ZstdCompressor) -> bytes:
@@ -54,7 +46,7 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=32)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 16])
     args = parser.parse_args()
-    raw = weights(args.chunks)
+    raw = bf16_weights(args.chunks, CHUNK)
     ids = [codec.chunk_id(r) for r in raw]
     planes = [b"".join(bytes(part) for part in codec.encode(r)) for r in raw]
     cctx = zstandard.ZstdCompressor(level=codec.ZSTD_LEVEL)

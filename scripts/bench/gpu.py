@@ -3,7 +3,8 @@
 random bf16 weights) through snapd and through the stock flow (criu CLI + the CUDA
 driver API by hand), printed as a table with ratios.
 
-    sudo python3 scripts/bench/gpu.py [--preset 8b] [--kv-cache-fraction 0] [--compile] [--json OUT]
+    sudo python3 scripts/bench/gpu.py [--preset 8b] [--kv-cache-fraction 0] [--store-raw-below PERCENT]
+                                      [--settle 0] [--keep-weights] [--compile] [--json OUT]
 
 Steps, in this order, on one server process (its pid survives every restore):
   0. with --touch-memory, all available memory but 8 GiB is written once and freed (on a VM
@@ -13,17 +14,20 @@ Steps, in this order, on one server process (its pid survives every restore):
      still absorbing 16 GB of new files), then a cold start (eager; with
      --compile also a torch.compile cold start) to ready, weights in page cache;
   2. snapd checkpoint (until durable in the store and the server stopped; each
-     checkpoint, snapd's and stock's, starts after a sync);
+     checkpoint, snapd's and stock's, starts after a sync); the store's size with the
+     run's store_raw_below and what it would be all compressed and all raw (the
+     daemon's "ingest.policy_sizes" log line);
   3. snapd restore -> first answer, store in page cache ("hot");
   4. the ceiling of injection: the same bytes written with process_vm_writev from
      memory already resident into a fresh process, as many threads as the daemon's;
      the same restore after dropping the page cache ("cold"); then the disk's read
      bandwidth over the snapshot's chunk files (caches dropped, 8 readers), for
-     the cold goal: restore <= 1.1 x stored bytes / bandwidth + CUDA restore;
+     the cold goal: restore <= 1.05 x stored bytes / bandwidth + CUDA restore;
   5. `snapd prefetch` (chunks decompressed into RAM), restore -> first answer ("ram");
   6. stock: CUDA lock + checkpoint, `criu dump`, `criu restore -d`, CUDA restore +
      unlock -> first answer, hot; then again from cold page cache.
-Every answer is compared with the tokens the freshly started server gave.
+Every answer is compared with the tokens the freshly started server gave; "bench_seconds"
+is the whole run's time.
 --sleep-hooks runs vLLM's sleep-mode recipe (docs/gpu.md) in both flows; --py-spy DIR
 profiles the daemon during its checkpoint and the hot and RAM restores; --perf DIR
 profiles the whole machine during both flows' checkpoints; --daemon-log keeps its log.
@@ -44,7 +48,6 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lib import (
@@ -58,8 +61,11 @@ from lib import (
     image_bytes,
     inject_ceiling,
     locate_criu,
+    policy_sizes,
+    read_bandwidth,
     reap_pid,
     run_criu,
+    steal_seconds,
     touch_memory,
     wait_until,
 )
@@ -173,14 +179,6 @@ def perf(directory: Path | None, tag: str) -> contextlib.AbstractContextManager[
     return profiled(directory, ["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", "250", "-o", str(data)], report)
 
 
-def steal_seconds() -> float:
-    """CPU time the hypervisor took from this machine's vCPUs so far, all CPUs summed
-    (/proc/stat; 0 on bare metal): a checkpoint that ran while the host was busy
-    shows it."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-
-
 def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int],
                   hook: list[str] | None = None) -> dict[str, float]:
     clock = PhaseClock()
@@ -219,22 +217,6 @@ def stock_restore(criu: str, server: Server, images: Path, cuda_pids: list[int],
     return {"criu_restore": criu_s, "cuda_restore_unlock": cuda_s, "restored": restored, "first_answer": answered}
 
 
-def read_bandwidth(chunks: Path, readers: int = 8) -> float:
-    """Bytes per second reading every chunk file once from the disk (page cache dropped
-    first), with as many readers as a restore's I/O threads would use."""
-    drop_caches()
-    files = [p for p in chunks.rglob("*") if p.is_file()]
-
-    def read(path: Path) -> int:
-        with open(path, "rb", buffering=0) as f:
-            return sum(len(block) for block in iter(lambda: f.read(8 << 20), b""))
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(readers) as pool:
-        total = sum(pool.map(read, files))
-    return total / (time.monotonic() - started)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="8b")
@@ -244,6 +226,9 @@ def main() -> int:
     parser.add_argument("--keep-weights", action="store_true", help="keep the generated weights (disk space)")
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
                         help="extra argument for snapd serve, e.g. --serve-option=--inject-huge-pages (repeatable)")
+    parser.add_argument("--store-raw-below", type=float, metavar="PERCENT",
+                        help="snapd serve --store-raw-below for this run (else the daemon's default): chunks whose "
+                             "compression saves less than PERCENT are stored raw (docs/restore-speed.md)")
     parser.add_argument("--sleep-hooks", action="store_true",
                         help="vLLM's sleep mode around checkpoints: POST /sleep?level=1 before (snapd's "
                              "pre-checkpoint hook; by hand in the stock flow), POST /wake_up after each restore")
@@ -269,9 +254,11 @@ def main() -> int:
     flags = ["--kv-cache-fraction", str(args.kv_cache_fraction)] if args.kv_cache_fraction else []
     server = Server(work, weights, args.preset, flags)
     (work / "daemon").mkdir()
-    daemon = Daemon(work / "daemon", tuple(args.serve_option), criu=criu)
+    policy = ["--store-raw-below", str(args.store_raw_below)] if args.store_raw_below is not None else []
+    daemon = Daemon(work / "daemon", (*args.serve_option, *policy), criu=criu)
     results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction,
                                   "sleep_hooks": args.sleep_hooks}
+    bench_started = time.monotonic()
 
     def record(key: str, value: object) -> None:
         results[key] = value
@@ -321,6 +308,7 @@ def main() -> int:
             record("snapd_checkpoint", {"total": round(ckpt, 2), **clock.durations(t + ckpt), "cpu_steal_s": round(steal, 2),
                                         "raw_gb": round(snap.raw_bytes / GB, 2),
                                         "stored_gb": round(snap.stored_bytes / GB, 2)})
+            record("store_policy", policy_sizes(daemon.log))
             cuda_pids = list(snap.gpu.cuda_pids)
             reap_pid(server.pid)
             with py_spy(args.py_spy, daemon.proc.pid, "restore-hot"):
@@ -363,6 +351,7 @@ def main() -> int:
         server.kill()
         drop_caches()
         record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold", wake))
+        record("bench_seconds", round(time.monotonic() - bench_started, 1))
     finally:
         server.kill()
         daemon.close()
@@ -387,9 +376,19 @@ def main() -> int:
           f"   (after snapd prefetch, {results['snapd_prefetch_s']} s; stock column: hot page cache)")
     cold = results["snapd_restore_cold"]
     stored_gb = results["snapd_checkpoint"]["stored_gb"]  # type: ignore[index]
-    bound = 1.1 * stored_gb / results["disk_read_gbps"] + cold.get("phase:gpu-restore", 0.0)  # type: ignore[union-attr, operator]
-    print(f"cold goal: restored in {cold['restored']:.2f} s; 1.1 x {stored_gb} GB / "  # type: ignore[index]
+    bound = 1.05 * stored_gb / results["disk_read_gbps"] + cold.get("phase:gpu-restore", 0.0)  # type: ignore[union-attr, operator]
+    print(f"cold goal: restored in {cold['restored']:.2f} s; 1.05 x {stored_gb} GB / "  # type: ignore[index]
           f"{results['disk_read_gbps']} GB/s + CUDA restore = {bound:.2f} s")
+    store = results["store_policy"]
+    print(f"store: {store['stored_gb']} GB stored with store_raw_below={store['store_raw_below']:g}, "  # type: ignore[index]
+          f"{store['all_compressed_gb']} GB all-compressed, {store['all_raw_gb']} GB all-raw "  # type: ignore[index]
+          f"(image {results['snapd_checkpoint']['raw_gb']} GB; compressed sizes of chunks stored raw "  # type: ignore[index]
+          "are estimated from 64 KiB samples)")
+    for tier in ("hot", "ram", "cold"):
+        run = results[f"snapd_restore_{tier}"]
+        phases = " / ".join(f"{name} {run[key]:.2f}" for key in run if key.startswith("phase:")  # type: ignore[union-attr]
+                            for name in [key.removeprefix("phase:")])
+        print(f"phases {tier:4}: {phases} / first answer {run['first_answer'] - run['restored']:.2f} s")  # type: ignore[index]
     ceiling = results.get("inject_ceiling_gbps")
     if ceiling:
         for tier in ("hot", "ram", "cold"):

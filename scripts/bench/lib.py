@@ -4,12 +4,14 @@ daemon is the tests' own (tests/harness.py), imported from here."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from snapd.v1 import snapd_pb2 as pb
@@ -139,6 +141,26 @@ def run_threads(work: Callable[[], object], threads: int) -> float:
     return time.monotonic() - started
 
 
+class FreshProcess:
+    """A new process holding ``total`` bytes of fresh private anonymous memory at ``base``,
+    as a restored process holds the regions snapd writes; killed on exit."""
+
+    def __init__(self, total: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import ctypes, mmap, sys; m = mmap.mmap(-1, int(sys.argv[1]), mmap.MAP_PRIVATE); "
+             "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True); sys.stdin.read()", str(total)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.base = int(self.proc.stdout.readline())  # type: ignore[union-attr]
+
+    def __enter__(self) -> FreshProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
     """Bytes per second at which ``threads`` threads fill ``total`` bytes of fresh private
     anonymous memory in a new process with process_vm_writev, ``piece`` bytes a call,
@@ -148,12 +170,7 @@ def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
 
     from snapd_daemon.host import memwrite
 
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import ctypes, mmap, sys; m = mmap.mmap(-1, int(sys.argv[1]), mmap.MAP_PRIVATE); "
-         "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True); sys.stdin.read()", str(total)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        base = int(child.stdout.readline())  # type: ignore[union-attr]
+    with FreshProcess(total) as child:
         source = memoryview(os.urandom(64 << 20))
         slots = len(source) // piece
         order = itertools.count()
@@ -161,9 +178,55 @@ def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:
         def fill() -> None:
             while (i := next(order)) * piece < total:
                 start = (i % slots) * piece
-                memwrite.write(child.pid, base + i * piece, source[start : start + min(piece, total - i * piece)])
+                memwrite.write(child.pid, child.base + i * piece, source[start : start + min(piece, total - i * piece)])
 
         return total / run_threads(fill, threads)
-    finally:
-        child.kill()
-        child.wait()
+
+
+def bf16_weights(count: int, chunk: int = 2 << 20, seed: int = 0) -> list[bytes]:
+    """``count`` chunks of bf16 numbers drawn like model weights (normal, std 0.02): random
+    mantissa bytes under a few exponents."""
+    import numpy
+
+    rng = numpy.random.default_rng(seed)
+    return [((rng.standard_normal(chunk // 2, dtype=numpy.float32) * 0.02).view(numpy.uint32) >> 16)
+            .astype("<u2").tobytes() for _ in range(count)]
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor took from this machine's vCPUs so far, all CPUs summed
+    (/proc/stat; 0 on bare metal): a checkpoint that ran while the host was busy
+    shows it."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def read_bandwidth(chunks: Path, readers: int = 8) -> float:
+    """Bytes per second reading every chunk file once from the disk (page cache dropped
+    first), with as many readers as a restore's I/O threads would use."""
+    drop_caches()
+    files = [p for p in chunks.rglob("*") if p.is_file()]
+
+    def read(path: Path) -> int:
+        with open(path, "rb", buffering=0) as f:
+            return sum(len(block) for block in iter(lambda: f.read(8 << 20), b""))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(readers) as pool:
+        total = sum(pool.map(read, files))
+    return total / (time.monotonic() - started)
+
+
+def policy_sizes(log: Path) -> dict[str, float]:
+    """The last "ingest.policy_sizes" line of the daemon's JSON log: the new chunks of the
+    last checkpoint, stored, all raw and all compressed, in GB."""
+    found: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"ingest.policy_sizes"' in line:
+            entry = json.loads(line)
+            found = {"store_raw_below": entry["store_raw_below"],
+                     **{key.replace("_bytes", "_gb"): round(entry[key] / GB, 2)
+                        for key in ("stored_bytes", "all_compressed_bytes", "all_raw_bytes")}}
+    if not found:
+        raise BenchError(f"no ingest.policy_sizes line in the daemon's log {log}")
+    return found

@@ -1,13 +1,20 @@
-"""Writing into another process's memory with process_vm_writev(2).
+"""Writing into (and, for the benchmarks, reading from) another process's memory
+with process_vm_writev(2) and process_vm_readv(2).
 
 The target must be ours to ptrace (root here); snapd writes only into trees it
-is restoring, while CRIU holds them stopped.
+is restoring, while CRIU holds them stopped. ``write_many`` writes a batch of
+pieces in as few calls as the kernel allows (IOV_MAX iovecs a call, pieces
+adjacent on both sides merged into one), so a restore makes one system call,
+and one GIL hand-off, for many chunks.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
+
+import numpy
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -16,10 +23,11 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-_libc.process_vm_writev.restype = ctypes.c_ssize_t
-_libc.process_vm_writev.argtypes = [
-    ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong,
-]
+for _call in (_libc.process_vm_writev, _libc.process_vm_readv):
+    _call.restype = ctypes.c_ssize_t
+    _call.argtypes = [
+        ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong,
+    ]
 
 
 class _PyBuffer(ctypes.Structure):
@@ -35,27 +43,79 @@ class _PyBuffer(ctypes.Structure):
 
 
 _PyBUF_SIMPLE = 0
+_PyBUF_WRITABLE = 1
+IOV_MAX = 1024
+
+
+class WriteRefused(OSError):
+    """process_vm_writev (or _readv) moved nothing at ``address`` (``length`` bytes of one piece left)."""
+
+    def __init__(self, err: int, pid: int, address: int, length: int, call: str = "process_vm_writev") -> None:
+        super().__init__(err, f"{call}(pid {pid}, {address:#x}, {length} bytes): "
+                              + (os.strerror(err) if err else "moved nothing"))
+        self.address = address
+        self.length = length
 
 
 def write(pid: int, address: int, data: bytes | bytearray | memoryview) -> None:
-    """Copy all of ``data`` to ``address`` in process ``pid``; raises OSError (EFAULT:
-    the range is not mapped writable there; ESRCH: the process is gone)."""
-    view = _PyBuffer()
-    ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view), _PyBUF_SIMPLE)
+    """Copy all of ``data`` to ``address`` in process ``pid``; raises WriteRefused, an
+    OSError (EFAULT: the range is not mapped writable there; ESRCH: the process is gone)."""
+    write_many(pid, [(address, data)])
+
+
+def read_into(pid: int, address: int, buffer: bytearray | memoryview) -> None:
+    """Fill all of the writable ``buffer`` from ``address`` in process ``pid``; raises
+    WriteRefused naming process_vm_readv (EFAULT: not mapped readable there; ESRCH: gone)."""
+    _move(pid, [(address, buffer)], _PyBUF_WRITABLE)
+
+
+def write_many(pid: int, pieces: Sequence[tuple[int, bytes | bytearray | memoryview]]) -> None:
+    """Copy each (address, data) piece to that address in process ``pid``, in order; raises
+    WriteRefused (an OSError, naming where) at the first byte the kernel refuses, with
+    the pieces before it written. The data must stay alive and unchanged until this returns."""
+    _move(pid, pieces, _PyBUF_SIMPLE)
+
+
+def _move(pid: int, pieces: Sequence[tuple[int, bytes | bytearray | memoryview]], flags: int) -> None:
+    """Write the pieces (``flags`` _PyBUF_SIMPLE) or read into them (_PyBUF_WRITABLE)."""
+    runs: list[list[int]] = []  # [local address, remote address, length], adjacent pieces merged
+    held = []
     try:
-        _write(pid, address, view.buf or 0, view.len)
+        for address, data in pieces:
+            view = _PyBuffer()
+            ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view), flags)
+            held.append(view)
+            base, n = view.buf or 0, view.len
+            last = runs[-1] if runs else None
+            if last and last[0] + last[2] == base and last[1] + last[2] == address:
+                last[2] += n
+            elif n:
+                runs.append([base, address, n])
+        _move_runs(pid, runs, "process_vm_readv" if flags & _PyBUF_WRITABLE else "process_vm_writev")
     finally:
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+        for view in held:
+            ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
-def _write(pid: int, address: int, base: int, total: int) -> None:
-    done = 0
-    while done < total:
-        local = _IoVec(base + done, total - done)
-        remote = _IoVec(address + done, total - done)
-        n = _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+def _move_runs(pid: int, runs: list[list[int]], call: str) -> None:
+    """``call`` (process_vm_writev or _readv) over ``runs`` (local, remote, length), IOV_MAX
+    of them a call, resuming after a short transfer (the kernel stops at a page it cannot move)."""
+    function = getattr(_libc, call)
+    table = numpy.array(runs, dtype=numpy.uint64).reshape(-1, 3)
+    local = numpy.ascontiguousarray(table[:, [0, 2]])
+    remote = numpy.ascontiguousarray(table[:, [1, 2]])
+    first = 0
+    while first < len(runs):
+        count = min(IOV_MAX, len(runs) - first)
+        n = function(pid, local[first:].ctypes.data_as(ctypes.POINTER(_IoVec)), count,
+                     remote[first:].ctypes.data_as(ctypes.POINTER(_IoVec)), count, 0)
         if n <= 0:
             err = ctypes.get_errno() if n < 0 else 0
-            raise OSError(err, f"process_vm_writev(pid {pid}, {address + done:#x}, {total - done} bytes): "
-                               + (os.strerror(err) if err else "wrote nothing"))
-        done += n
+            raise WriteRefused(err, pid, int(remote[first, 0]), int(remote[first, 1]), call)
+        while n and n >= remote[first, 1]:  # whole runs written
+            n -= int(remote[first, 1])
+            first += 1
+        if n:  # a run written in part: the rest of it next
+            for side in (local, remote):
+                side[first, 0] += n
+                side[first, 1] -= n

@@ -12,7 +12,7 @@ the tree runs; a restore that fails discards what was staged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
@@ -69,13 +69,21 @@ class OnDemand:
     def translate_os_errors(self, needed: int) -> AbstractContextManager[None]:
         return self.rt.store.translate_os_errors(needed)
 
-    def read_chunk(self, ref: ChunkRef, buffers: ReadBuffers, hot: bool = True) -> memoryview:
+    def read_chunks(self, refs: Sequence[ChunkRef], buffers: ReadBuffers, hot: bool = True) -> list[memoryview]:
+        """The local store's batch read for the chunks it has; each other one waited for
+        and read back (a copy: the batch buffers hold the local ones)."""
         fetcher = self.fetcher
-        if fetcher is None or not fetcher.wants(ref.id):
-            return self.rt.store.read_chunk(ref, buffers, hot)
-        raw = fetcher.wait(ref.id)
+        pulled = {i for i, ref in enumerate(refs) if fetcher is not None and fetcher.wants(ref.id)}
+        local = iter(self.rt.store.read_chunks([r for i, r in enumerate(refs) if i not in pulled], buffers, hot))
+        return [self._pulled(ref, buffers) if i in pulled else next(local) for i, ref in enumerate(refs)]
+
+    def _pulled(self, ref: ChunkRef, buffers: ReadBuffers) -> memoryview:
+        """Chunk ``ref`` as the fetcher verified it, or as the import staged it (a copy);
+        ChunkLengthMismatch when it is intact but not ``ref.length`` bytes long."""
+        assert self.fetcher is not None
+        raw = self.fetcher.wait(ref.id)
         if raw is None:
-            return self.imported.read(ref.id, buffers, ref.length)
+            return memoryview(bytes(self.imported.read(ref.id, buffers, ref.length)))
         if len(raw) != ref.length:
             raise ChunkLengthMismatch(ref.id, len(raw), ref.length)
         return memoryview(raw)

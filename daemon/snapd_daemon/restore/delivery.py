@@ -4,9 +4,15 @@ of restored processes (restic's restorer: plan per chunk, then execute in parall
 A ``Router`` collects, per chunk of the snapshot, every slice of it that goes
 somewhere (``Target``); ``Delivery.run`` reads each routed chunk once,
 verified, and writes its slices with pwrite (files) or process_vm_writev
-(memory). A chunk that cannot be read raises ChunkCorrupt naming the
-snapshot, file and offset (ManifestDamaged when the chunk is intact but of
-another length than the manifest says); a process that refuses a write raises
+(memory). Its threads take batches of consecutive routes (``BATCH_BYTES`` of
+chunks): a batch is read and decoded in few calls (``read_chunks``), every
+chunk of it hashed against its id, and only then written, with one
+process_vm_writev per process for the whole batch (pieces adjacent in the
+batch's buffer and in the process merged): the interpreter works per batch,
+not per chunk, and a corrupt chunk stops its batch before any of it is
+written. A chunk that cannot be read raises ChunkCorrupt naming the snapshot,
+file and offset (ManifestDamaged when the chunk is intact but of another
+length than the manifest says); a process that refuses a write raises
 InjectFailed.
 """
 
@@ -40,6 +46,13 @@ READAHEAD_POLL = 0.002
 # How much a readahead started before its delivery (``Delivery.read_ahead``) may issue
 # while nothing is delivered yet: about what the disk reads while CRIU restores a tree.
 EARLY_BYTES = 2 << 30
+# At most this many bytes of chunks a thread reads, verifies and writes as one batch
+# (less when the routes are too few to give every thread a batch): each thread holds
+# twice this in buffers while it delivers. Larger batches make fewer calls but write
+# from memory the caches may no longer hold; on the 2-core CI VM 2, 4 and 16 MiB ran
+# alike (1.75-1.77 GB/s from the RAM tier): measure on the GPU host with
+# scripts/bench/inject.py --batch-mb.
+BATCH_BYTES = 4 << 20
 # How often a delivery reports progress and runs its check (seconds).
 TICK = 0.05
 Progress = Callable[[int], None]
@@ -114,11 +127,12 @@ class Router:
 class Delivery:
     """Delivers routes of one snapshot's chunks from ``store`` with ``threads`` threads.
 
-    The threads take routes in order from a shared counter; each reads into
-    buffers of its own, reused for every chunk, and counts what it delivered in
-    a slot of its own. Nothing per chunk takes a lock: with 16 threads, every
+    The threads take batches of routes in order from a shared counter; each
+    reads into buffers of its own, reused for every batch, and counts what it
+    delivered in a slot of its own. Nothing per chunk takes a lock: with 16 threads, every
     lock and every hand-off of the GIL is a queue (py-spy on the H200 host
-    showed the threads waiting on a progress lock more than they worked). The
+    showed the threads waiting on a progress lock more than they worked), and the
+    interpreter's work and GIL hand-offs per chunk are what batches cut. The
     calling thread watches: every ``TICK`` seconds it reports progress and runs
     ``check`` (a cancel), and it stops the threads at the first failure. When the
     chunks are cold (on disk, not in the page cache), a ``Readahead`` asks the
@@ -166,7 +180,7 @@ class Delivery:
         found them hot passes ``probe=False``). The caller holds the store lock shared."""
         if not routes:
             return
-        work = _Work(routes, min(self.threads, len(routes)))
+        work = _Work(routes, self.threads)
         threads = [threading.Thread(target=self._worker, args=(work, slot), name=f"deliver-{slot}", daemon=True)
                    for slot in range(len(work.done))]
         if ahead is None and probe:
@@ -202,32 +216,41 @@ class Delivery:
         try:
             while not work.stop.is_set():
                 i = next(work.order)
-                if i >= len(work.routes):
+                if i >= len(work.batches):
                     return
-                route = work.routes[i]
-                self._deliver(route, buffers)
-                work.done[slot] += route.length
+                batch = work.batches[i]
+                self._deliver(batch, buffers)
+                work.done[slot] += sum(route.length for route in batch)
         except BaseException as exc:
             work.fail(exc)
 
-    def _deliver(self, route: Route, buffers: ReadBuffers) -> None:
-        zero = route.ref.id == ZERO_CHUNK
+    def _deliver(self, batch: list[Route], buffers: ReadBuffers) -> None:
+        """Read and verify every chunk of ``batch``, then write them: files with pwrite,
+        each process's pieces with one ``write_many``."""
+        reads = [route for route in batch if route.ref.id != ZERO_CHUNK]
         try:
-            raw = memoryview(_ZEROS) if zero else self.store.read_chunk(route.ref, buffers)
+            raws = iter(self.store.read_chunks([route.ref for route in reads], buffers))
         except ChunkUnreadable as err:
+            route = next(r for r in reads if r.ref.id == err.cid)
             raise chunk_corrupt(self.manifest, err, (route.file, route.file_offset)) from err
-        for t in route.targets:
-            if zero and not t.zero_fill:
-                continue
-            data = raw[t.chunk_offset : t.chunk_offset + t.length]
-            if t.pid:
-                try:
-                    memwrite.write(t.pid, t.dest_offset, data)
-                except OSError as exc:
-                    raise InjectFailed(pid=t.pid, address=f"{t.dest_offset:#x}", length=t.length,
-                                       reason=exc.strerror or str(exc), snapshot_id=self.manifest.id) from exc
-            else:
-                os.pwrite(t.fd, data, t.dest_offset)
+        memory: dict[int, list[tuple[int, memoryview]]] = {}
+        for route in batch:
+            zero = route.ref.id == ZERO_CHUNK
+            raw = memoryview(_ZEROS) if zero else next(raws)
+            for t in route.targets:
+                if zero and not t.zero_fill:
+                    continue
+                data = raw[t.chunk_offset : t.chunk_offset + t.length]
+                if t.pid:
+                    memory.setdefault(t.pid, []).append((t.dest_offset, data))
+                else:
+                    os.pwrite(t.fd, data, t.dest_offset)
+        for pid, pieces in memory.items():
+            try:
+                memwrite.write_many(pid, pieces)
+            except memwrite.WriteRefused as exc:
+                raise InjectFailed(pid=pid, address=f"{exc.address:#x}", length=exc.length,
+                                   reason=exc.strerror or str(exc), snapshot_id=self.manifest.id) from exc
 
 
 class Readahead:
@@ -287,13 +310,13 @@ class Readahead:
 
 
 class _Work:
-    """What the threads of one ``Delivery.run`` share: the routes, the next one to take
-    (``next(order)`` is atomic), bytes delivered per thread slot, the first failure."""
+    """What the threads of one ``Delivery.run`` share: the routes in batches, the next batch
+    to take (``next(order)`` is atomic), bytes delivered per thread slot, the first failure."""
 
     def __init__(self, routes: list[Route], threads: int) -> None:
-        self.routes = routes
+        self.batches = _batches(routes, threads)
         self.order = itertools.count()
-        self.done = [0] * threads
+        self.done = [0] * min(threads, len(self.batches))
         self.stop = threading.Event()
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
@@ -303,3 +326,18 @@ class _Work:
             if self.failure is None:
                 self.failure = exc
         self.stop.set()
+
+
+def _batches(routes: list[Route], threads: int) -> list[list[Route]]:
+    """``routes`` in order, cut into batches of at most ``BATCH_BYTES`` of chunks (one
+    chunk at least), or smaller so that each of ``threads`` threads gets one."""
+    limit = min(BATCH_BYTES, -(-sum(r.ref.length for r in routes) // threads))
+    batches: list[list[Route]] = []
+    size = limit
+    for route in routes:
+        if size + route.ref.length > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(route)
+        size += route.ref.length
+    return batches

@@ -55,6 +55,9 @@ class Settings:
     warm_file_bytes: int = 1 << 30
     # Where restored trees' outward stdout/stderr pipes are redirected (None: <state_dir>/logs).
     restore_log_dir: Path | None = None
+    # A chunk whose compression saves less than this percentage of its size is stored raw,
+    # so that restores copy it instead of decoding it (docs/restore-speed.md).
+    store_raw_below: float = 5.0
     # Threads that hash, compress and write chunks (and read them back on restore).
     io_threads: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
     # Where a restore's GPUs go unless its request says: "shared" (a GPU with room for what the

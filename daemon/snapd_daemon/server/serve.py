@@ -147,7 +147,8 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
     scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
     scratch.recover()
     hot_dir = settings.hot_dir()
-    store = LocalStore(settings.state_dir, settings.io_threads, HotTier(hot_dir) if hot_dir else None)
+    store = LocalStore(settings.state_dir, settings.io_threads, HotTier(hot_dir) if hot_dir else None,
+                       settings.store_raw_below / 100)
     store.recover()
     catalog = Catalog(store)
     catalog.load()

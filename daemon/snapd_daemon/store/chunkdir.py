@@ -18,7 +18,7 @@ from pathlib import Path
 
 from snapd_daemon.store import codec
 from snapd_daemon.store.model import ChunkLengthMismatch, ChunkUnreadable
-from snapd_daemon.util.buffers import ReadBuffers, read_fd
+from snapd_daemon.util.buffers import ReadBuffers, read_fd, read_file
 from snapd_daemon.util.fsutil import fsync_path, syncfs
 
 _TMP_MARK = ".tmp-"
@@ -136,6 +136,14 @@ class ChunkDir:
         another length raises ChunkLengthMismatch (naming no file: the chunk is not at
         fault). ``path``: read this file instead of the chunk's own (a staged temporary)."""
         return self._read(cid, buffers, length, path)[1]
+
+    def read_file(self, cid: str, view: memoryview) -> memoryview | None:
+        """The first bytes of chunk ``cid``'s file, up to ``len(view)``, read into ``view`` and
+        NOT checked (``codec.decode_many`` and a hash do that); None if it is missing."""
+        try:
+            return read_file(self._name(cid), view)
+        except FileNotFoundError:
+            return None
 
     def read_stored(self, cid: str, path: Path | None = None) -> bytes:
         """Chunk ``cid`` as stored (codec.py's form), in fresh memory, after checking that it

@@ -24,9 +24,12 @@ was stored.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import struct
 import threading
+from collections.abc import Sequence
 
 import blake3
 import numpy
@@ -43,9 +46,11 @@ _WORD = numpy.dtype("<u2")
 # zstd level 1: ~1.1-1.6 GB/s per core here on page data; higher levels cost
 # several times the CPU for a few percent on model weights (FIELD-NOTES: 0.635 at level 1).
 ZSTD_LEVEL = 1
-# Keep the compressed form only if it saves at least this fraction; random data
-# is stored raw so that restores skip decompression entirely.
-MIN_SAVING = 0.03
+# Keep the compressed form only if it saves at least this fraction (the default of
+# store_raw_below): random data is stored raw so that restores skip decompression
+# entirely. 5 %: about where a page-cache-hot restore's decoding CPU, spread over
+# 16 threads, costs what the extra bytes cost a cold one (docs/restore-speed.md).
+MIN_SAVING = 0.05
 _PROBE = 16 << 10
 
 _local = threading.local()
@@ -93,21 +98,23 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.dctx
 
 
-def _probe(raw: bytes | memoryview) -> int:
+def _probe(raw: bytes | memoryview, min_saving: float) -> tuple[int, float]:
     """The codec for ``raw``, from a 64 KiB sample (four 16 KiB pieces at even offsets
     spread over the chunk) compressed whole and as byte planes: incompressible data
     (random bytes, already-compressed weights) then costs a few percent of a full
-    compression instead of all of it."""
+    compression instead of all of it. With it, the sample's best compressed size over
+    its size (1.0 for a chunk too small to sample: it is compressed whole)."""
     if len(raw) <= 4 * _PROBE:
-        return CODEC_ZSTD
+        return CODEC_ZSTD, 1.0
     view = memoryview(raw)
     step = len(raw) // 4 & ~1
     sample = b"".join(view[i * step : i * step + _PROBE] for i in range(4))
     whole = len(_compressor().compress(sample))
     planes = len(_plane_compressor().compress(_planes(sample)[0])) + len(sample) // 2 if len(raw) % 2 == 0 else whole + 1
-    if min(whole, planes) > len(sample) * (1 - MIN_SAVING):
-        return CODEC_RAW
-    return CODEC_PLANES if planes <= whole else CODEC_ZSTD
+    ratio = min(whole, planes) / len(sample)
+    if min(whole, planes) > len(sample) * (1 - min_saving):
+        return CODEC_RAW, ratio
+    return (CODEC_PLANES if planes <= whole else CODEC_ZSTD), ratio
 
 
 def _planes(raw: bytes | memoryview) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -127,29 +134,76 @@ def _planes(raw: bytes | memoryview) -> tuple[numpy.ndarray, numpy.ndarray]:
 Parts = tuple[bytes | memoryview, ...]
 
 
-def encode(raw: bytes | memoryview) -> Parts:
+def encode(raw: bytes | memoryview, min_saving: float = MIN_SAVING) -> Parts:
     """The chunk file for ``raw`` as parts to write one after the other (``writev``), the
-    header first: byte planes or zstd, the one the sample says, if it saves enough;
-    else the raw bytes themselves. Nothing is copied into one object (that copy held
-    the GIL for a megabyte per chunk); the low plane is this thread's buffer, valid
-    until its next ``encode``. The payload is never longer than ``raw``."""
-    codec = _probe(raw)
+    header first: byte planes or zstd, the one the sample says, if it saves at least
+    ``min_saving`` (a fraction) of the size; else the raw bytes themselves. Nothing is
+    copied into one object (that copy held the GIL for a megabyte per chunk); the low
+    plane is this thread's buffer, valid until its next ``encode``. The payload is never
+    longer than ``raw``."""
+    return encode_measured(raw, min_saving)[0]
+
+
+def encode_measured(raw: bytes | memoryview, min_saving: float = MIN_SAVING) -> tuple[Parts, int]:
+    """``encode``'s parts, and the bytes the chunk file would take with any compression
+    that makes it smaller kept (``min_saving`` 0), whatever ``min_saving`` chose: exact
+    when the chunk was compressed here, else (the sample said it saves too little to
+    try) estimated from the sample's ratio; never more than the file stored raw. What
+    lets an ingest tell how big the store would be under the other policy."""
+    codec, ratio = _probe(raw, min_saving)
+    as_raw = HEADER.size + len(raw)
     if codec == CODEC_PLANES:
         high, low = _planes(raw)
         frame = _plane_compressor().compress(high)
-        if len(frame) + len(low) <= len(raw) * (1 - MIN_SAVING):
-            return HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), frame, memoryview(low)
+        packed = len(frame) + len(low)
+        if packed <= len(raw) * (1 - min_saving):
+            return (HEADER.pack(MAGIC, CODEC_PLANES, len(raw)), frame, memoryview(low)), HEADER.size + packed
     elif codec == CODEC_ZSTD:
-        packed = _compressor().compress(raw)
-        if len(packed) <= len(raw) * (1 - MIN_SAVING):
-            return HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)), packed
-    return HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw
+        frame = _compressor().compress(raw)
+        packed = len(frame)
+        if packed <= len(raw) * (1 - min_saving):
+            return (HEADER.pack(MAGIC, CODEC_ZSTD, len(raw)), frame), HEADER.size + packed
+    else:
+        packed = math.ceil(len(raw) * ratio)
+    return (HEADER.pack(MAGIC, CODEC_RAW, len(raw)), raw), min(as_raw, HEADER.size + packed)
 
 
 def decode(blob: bytes | bytearray | memoryview, expected_id: str, out: ReadBuffers | None = None) -> bytes | memoryview:
     """Raw bytes of a chunk file, verified against ``expected_id``: a view into
     ``blob`` when the chunk is stored raw; with ``out``, a compressed chunk is
     decompressed into ``out.raw`` (no fresh memory) and the view is into that."""
+    raw = _unverified(blob, out)
+    actual = chunk_id(raw)
+    if actual != expected_id:
+        raise ChunkDecodeError(f"content hashes to {actual}")
+    return raw
+
+
+def decode_many(blobs: Sequence[memoryview], lengths: Sequence[int], slots: Sequence[memoryview],
+                out: ReadBuffers) -> list[memoryview | None]:
+    """The raw bytes of each chunk file of a batch (``lengths``: their raw lengths, as the
+    manifest says), NOT verified: the caller hashes each before it uses it. A raw chunk
+    is a view into its blob, a compressed one is decoded into ``slots[i]`` (``lengths[i]``
+    bytes or more), byte planes through ``out.plane``. None for a chunk that does not
+    decode to its length: the caller reads it again alone (``decode``), which says why.
+    Frames are decoded one by one into these reused slots: zstandard's
+    ``multi_decompress_to_buffer`` (one call a batch) took 1.6-2.2 times the CPU time on
+    the CI VM, its output being fresh memory each call (docs/restore-speed.md)."""
+    decoded: list[memoryview | None] = []
+    for blob, length, slot in zip(blobs, lengths, slots, strict=True):
+        raw = None
+        if len(blob) >= HEADER.size and HEADER.unpack_from(blob)[2] == length:  # else no decoding to a wrong size
+            with contextlib.suppress(ChunkDecodeError):
+                raw = memoryview(_unverified(blob, out, slot))
+        decoded.append(raw)
+    return decoded
+
+
+def _unverified(blob: bytes | bytearray | memoryview, out: ReadBuffers | None,
+                dest: memoryview | None = None) -> bytes | memoryview:
+    """Raw bytes of a chunk file, of the length its header says, not yet hashed: a view into
+    ``blob`` when stored raw, else decoded into ``dest`` (that length or more), else
+    ``out.raw``, else fresh memory. Raises ChunkDecodeError."""
     if len(blob) < HEADER.size:
         raise ChunkDecodeError(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
     magic, codec, length = HEADER.unpack_from(blob)
@@ -160,41 +214,45 @@ def decode(blob: bytes | bytearray | memoryview, expected_id: str, out: ReadBuff
     if codec == CODEC_RAW:
         raw = payload
     elif codec in (CODEC_ZSTD, CODEC_PLANES):
+        if dest is None and out is not None:
+            dest = out.raw(length)
         try:
-            raw = _decompress(payload, length, out) if codec == CODEC_ZSTD else _join_planes(payload, length, out)
+            raw = (_decompress(payload, length, dest) if codec == CODEC_ZSTD
+                   else _join_planes(payload, length, out.plane(length // 2) if out is not None else None, dest))
         except zstandard.ZstdError as exc:
             raise ChunkDecodeError(f"zstd: {exc}") from exc
     else:
         raise ChunkDecodeError(f"unknown codec {codec}")
     if len(raw) != length:
         raise ChunkDecodeError(f"{len(raw)} bytes decoded, header says {length}")
-    actual = chunk_id(raw)
-    if actual != expected_id:
-        raise ChunkDecodeError(f"content hashes to {actual}")
     return raw
 
 
-def _decompress(payload: memoryview, length: int, out: ReadBuffers | None) -> bytes | memoryview:
-    """At most ``length`` decompressed bytes of the zstd frame ``payload``."""
-    if out is None:
+def _decompress(payload: memoryview, length: int, dest: memoryview | None) -> bytes | memoryview:
+    """At most ``length`` decompressed bytes of the zstd frame ``payload``, in ``dest`` (else fresh)."""
+    if dest is None:
         return _decompressor().decompress(payload, max_output_size=length)
-    view = out.raw(length)
+    view = dest[:length]
     return view[: read_exactly(_decompressor().stream_reader(payload, read_size=len(payload)), view)]
 
 
-def _join_planes(payload: memoryview, length: int, out: ReadBuffers | None) -> memoryview:
-    """The ``length`` raw bytes of a byte-planes payload, joined into ``out.raw`` (or fresh
-    memory) as 16-bit words: high << 8 | low (numpy, without the GIL)."""
+def _join_planes(payload: memoryview, length: int, scratch: memoryview | None, dest: memoryview | None) -> memoryview:
+    """The ``length`` raw bytes of a byte-planes payload, joined into ``dest`` (else fresh
+    memory), the high plane decoded into ``scratch`` (``length`` / 2 bytes; else fresh)."""
     half = length // 2
     if length % 2 or len(payload) < half:
         raise ChunkDecodeError(f"byte planes of {length} bytes in a {len(payload)}-byte payload")
     frame, low = payload[: len(payload) - half], payload[len(payload) - half :]
-    scratch = out.plane(half) if out is not None else memoryview(bytearray(half))
+    scratch = scratch if scratch is not None else memoryview(bytearray(half))
     high = read_exactly(_decompressor().stream_reader(frame, read_size=len(frame)), scratch)
     if high != half:
         raise ChunkDecodeError(f"{high} high-plane bytes decoded, {half} expected")
-    dest = out.raw(length) if out is not None else memoryview(bytearray(length))
+    return _interleave(scratch, low, dest[:length] if dest is not None else memoryview(bytearray(length)))
+
+
+def _interleave(high: memoryview, low: memoryview, dest: memoryview) -> memoryview:
+    """``dest`` filled with the 16-bit words high << 8 | low (numpy, without the GIL)."""
     words = numpy.frombuffer(dest, _WORD)
-    numpy.left_shift(numpy.frombuffer(scratch, numpy.uint8), 8, out=words, dtype=_WORD)
+    numpy.left_shift(numpy.frombuffer(high, numpy.uint8), 8, out=words, dtype=_WORD)
     numpy.bitwise_or(words, numpy.frombuffer(low, numpy.uint8), out=words)
     return dest

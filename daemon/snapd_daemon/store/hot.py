@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from snapd_daemon.store import codec
-from snapd_daemon.util.buffers import ReadBuffers, read_file
+from snapd_daemon.util.buffers import read_file
 from snapd_daemon.util.fsutil import write_atomic
 
 
@@ -54,13 +54,14 @@ class HotTier:
     def has(self, cid: str) -> bool:
         return self.path(cid).exists()
 
-    def read(self, cid: str, buffers: ReadBuffers, length: int) -> memoryview | None:
-        """The chunk's ``length`` bytes, copied from RAM into ``buffers`` and verified; None if
-        absent, of another length (kept: the caller's length may be the wrong one; the disk
-        read tells) or bad (then removed). A copy into a reused buffer beats a mapping per
-        chunk by 2.7x here (FIELD-NOTES: page-table work and TLB shootdowns across threads)."""
+    def read(self, cid: str, dest: memoryview, length: int) -> memoryview | None:
+        """The chunk's ``length`` bytes, copied from RAM into ``dest`` (``length`` + 1 bytes or
+        more: a longer file shows) and verified; None if absent, of another length (kept: the
+        caller's length may be the wrong one; the disk read tells) or bad (then removed). A
+        copy into a reused buffer beats a mapping per chunk by 2.7x here (FIELD-NOTES:
+        page-table work and TLB shootdowns across threads)."""
         try:
-            view = read_file(f"{self._chunks_name}/{cid[:2]}/{cid}", buffers.raw(length + 1))
+            view = read_file(f"{self._chunks_name}/{cid[:2]}/{cid}", dest[: length + 1])
         except FileNotFoundError:
             return None
         if len(view) != length:

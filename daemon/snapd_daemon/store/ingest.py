@@ -66,13 +66,15 @@ class Committed:
 
 @dataclass(frozen=True)
 class IngestTarget:
-    """The parts of a store an ingest writes to, and how many threads it may use."""
+    """The parts of a store an ingest writes to, how many threads it may use, and the
+    least a chunk's compression must save (a fraction) to be stored compressed."""
 
     root: Path
     chunks: ChunkDir
     manifests: ManifestDir
     lock: RWLock
     threads: int
+    min_saving: float = codec.MIN_SAVING
 
 
 @dataclass
@@ -81,6 +83,9 @@ class _Tally:
     done: int = 0
     # chunks written by this ingest, not yet committed: id -> (temporary path, size)
     staged: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    # the same chunks: id -> (bytes stored raw, bytes stored compressed), the sizes under
+    # the other storage policy (``codec.encode_measured``)
+    policy_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     # chunks this ingest put in the hot tier (removed again if it aborts)
     hot_added: set[str] = field(default_factory=set)
     staged_bytes: int = 0
@@ -266,9 +271,19 @@ class Ingest:
                                      "checkpoint again to store it anew")
                 committed = Committed(sum(sizes.values()), sum(sizes[cid] for cid in added))
                 self.store.manifests.put(manifest_id, render(committed))
+            self._log_policy_sizes(added, committed.new_bytes)
             tally.staged.clear()
             self._committed = True
         return committed
+
+    def _log_policy_sizes(self, added: set[str], stored: int) -> None:
+        """Log what the chunks this commit added take (``stored``) and would take stored all
+        raw and all compressed (compressed sizes of chunks stored raw unsampled in full are
+        estimates: ``codec.encode_measured``): the cost of ``store_raw_below`` in disk."""
+        sizes = [self.tally.policy_sizes[cid] for cid in added]
+        log.info("ingest.policy_sizes", new_chunks=len(added), stored_bytes=stored,
+                 store_raw_below=round(self.store.min_saving * 100, 3),
+                 all_raw_bytes=sum(raw for raw, _ in sizes), all_compressed_bytes=sum(packed for _, packed in sizes))
 
     def abort(self) -> None:
         """Stop, and remove every chunk staged but not committed (and its RAM copy)."""
@@ -331,11 +346,12 @@ class Ingest:
         else:
             staged = tally.staged.get(cid)  # one dict lookup: atomic without the lock
             if not (staged[1] if staged else self._stored_size(cid)):
-                parts = codec.encode(raw)
+                parts, compressed = codec.encode_measured(raw, self.store.min_saving)
                 size = sum(len(part) for part in parts)
                 tmp = self.store.chunks.stage(cid, parts)
                 with tally.lock:
                     kept = tally.staged.setdefault(cid, (tmp, size))[0]
+                    tally.policy_sizes.setdefault(cid, (codec.HEADER.size + piece.length, compressed))
                     tally.staged_bytes += size
                 if kept != tmp:  # another thread staged the same chunk first
                     tmp.unlink()

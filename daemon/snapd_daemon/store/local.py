@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pathlib import Path
 import structlog
 
 from snapd_daemon.errors import StoreError, StoreFull
+from snapd_daemon.store import codec
 from snapd_daemon.store.chunkdir import ChunkDir
 from snapd_daemon.store.hot import HotTier
 from snapd_daemon.store.imports import ChunkImport
@@ -42,7 +44,7 @@ from snapd_daemon.store.model import ChunkLengthMismatch, ChunkRef, ChunkUnreada
 from snapd_daemon.store.oserrors import translated
 from snapd_daemon.store.quarantine import Quarantine
 from snapd_daemon.store.rwlock import RWLock
-from snapd_daemon.util.buffers import PerThread, ReadBuffers
+from snapd_daemon.util.buffers import PerThread, ReadBuffers, carve
 from snapd_daemon.util.meminfo import mem_available
 
 log = structlog.get_logger()
@@ -76,10 +78,14 @@ class _Count:
 
 
 class LocalStore:
-    def __init__(self, root: Path, threads: int, hot: HotTier | None = None) -> None:
+    def __init__(self, root: Path, threads: int, hot: HotTier | None = None,
+                 min_saving: float = codec.MIN_SAVING) -> None:
+        """``min_saving``: a chunk is stored compressed only if that saves at least this
+        fraction of its size; else raw, so that restores copy it instead of decoding."""
         self.root = root
         self.threads = threads
         self.hot = hot
+        self.min_saving = min_saving
         self.chunks = ChunkDir(root / "chunks")
         self.manifests = ManifestDir(root / "manifests")
         self.pins = PinSet(root / "pins")
@@ -115,7 +121,8 @@ class LocalStore:
             free = min(hot.free_bytes(), mem_available())
             if hot_ram_needed + _RAM_RESERVE > free:
                 raise StoreFull(path=hot.root, needed=hot_ram_needed, free=free)
-        return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads), source, progress,
+        return Ingest(IngestTarget(self.root, self.chunks, self.manifests, self.lock, self.threads,
+                                   self.min_saving), source, progress,
                       self.hot if keep_hot else None)
 
     def begin_import(self) -> ChunkImport:
@@ -125,14 +132,32 @@ class LocalStore:
 
     # -- reading --------------------------------------------------------------
 
-    def read_chunk(self, ref: ChunkRef, buffers: ReadBuffers, hot: bool = True) -> memoryview:
-        """Verified bytes of a chunk, a view into ``buffers`` (valid until their next use):
-        from the hot tier when it has them (and ``hot``), else from disk. Raises ChunkUnreadable."""
-        if hot and self.hot is not None:
-            view = self.hot.read(ref.id, buffers, ref.length)
-            if view is not None:
-                return view
-        return self._read_disk(ref.id, buffers, ref.length)
+    def read_chunks(self, refs: Sequence[ChunkRef], buffers: ReadBuffers, hot: bool = True) -> list[memoryview]:
+        """Verified bytes of each chunk of a batch, in order, views into ``buffers`` (valid
+        until their next batch): from the hot tier when it has them (and ``hot``), else from
+        disk (``codec.decode_many``). Each chunk is hashed against
+        its id before it is returned; one that fails is read again alone (``_read_disk``),
+        which quarantines it and raises ChunkUnreadable: then nothing of the batch is returned."""
+        slots = carve(buffers.batch_raw, [r.length + 1 for r in refs])
+        hot_tier = self.hot if hot else None
+        views = [hot_tier.read(ref.id, slot, ref.length) if hot_tier else None for ref, slot in zip(refs, slots)]
+        disk = [i for i, view in enumerate(views) if view is None]
+        read = dict(zip(disk, self._read_disk_batch([refs[i] for i in disk], [slots[i] for i in disk], buffers)))
+        return [view if view is not None else read[i] for i, view in enumerate(views)]
+
+    def _read_disk_batch(self, refs: list[ChunkRef], slots: list[memoryview], buffers: ReadBuffers) -> list[memoryview]:
+        """``read_chunks``' part from disk: ``slots`` hold the byte-planes chunks joined."""
+        if not refs:
+            return []
+        sizes = [codec.HEADER.size + ref.length + 1 for ref in refs]
+        blobs = [self.chunks.read_file(ref.id, slot) or slot[:0]
+                 for ref, slot in zip(refs, carve(buffers.batch_stored, sizes), strict=True)]
+        views = []
+        for ref, view in zip(refs, codec.decode_many(blobs, [ref.length for ref in refs], slots, buffers), strict=True):
+            if view is None or codec.chunk_id(view) != ref.id:
+                view = memoryview(bytes(self._read_disk(ref.id, buffers, ref.length)))
+            views.append(view)
+        return views
 
     def readahead(self, cid: str) -> None:
         """Ask the kernel to start reading chunk ``cid`` from disk, without waiting for it.
