@@ -29,12 +29,15 @@ from snapd_daemon.errors.gpu import (
     NcclActive,
 )
 from snapd_daemon.errors.instances import (
+    CheckpointAnswerFailed,
     EventsExpired,
     InstanceAmbiguous,
     InstanceNotFound,
     InstanceStarting,
     InstanceStopFailed,
+    ReadyTimeout,
     SnapshotHasInstances,
+    VerifyMismatch,
 )
 from snapd_daemon.errors.processes import (
     CgroupFailed,
@@ -149,6 +152,9 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     InstanceStopFailed,
     InstanceStarting,
     EventsExpired,
+    ReadyTimeout,
+    VerifyMismatch,
+    CheckpointAnswerFailed,
 )
 
 __all__ = [
@@ -215,5 +221,8 @@ __all__ = [
     "InstanceStopFailed",
     "InstanceStarting",
     "EventsExpired",
+    "ReadyTimeout",
+    "VerifyMismatch",
+    "CheckpointAnswerFailed",
     "describe_exception",
 ]

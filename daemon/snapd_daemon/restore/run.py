@@ -30,7 +30,8 @@ A ``RestoreRun`` goes through its phases in order, one method each:
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
   7. ``resume_gpu``: the GPU side is restored and unlocked; then the ports are
-     published (``publish``) and the post-restore hook runs.
+     published (``publish``), the post-restore hook runs and the snapshot's readiness
+     probe is waited for and its answer verified, or left to the background (readiness.py).
 Undo: staging is always discarded; any failure from the moment CRIU returns
 (a corrupt or missing chunk, a refused write, a cancelled call, a task that
 died, the GPU, the hook) SIGKILLs the whole tree, identified as the record
@@ -76,9 +77,11 @@ from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images, pidmap
 from snapd_daemon.restore.delivery import Delivery, Readahead
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree, parents
+from snapd_daemon.restore.readiness import Readiness
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
+from snapd_daemon.runtime.instances import LIVE
 from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -108,6 +111,9 @@ class RestoreSpec:
     publish_host: str = "127.0.0.1"
     # "shared" or "exclusive" (host/gpuplace.py); "": the daemon's gpu_policy
     gpu_policy: str = ""
+    # wait for the snapshot's readiness probe (None: when it has one); verify its answer
+    wait_ready: bool | None = None
+    verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,9 @@ class RestoreOutcome:
     # the instance the tree is, and its cgroup as /proc/<pid>/cgroup shows it ("": none asked for)
     instance_id: str = ""
     cgroup: str = ""
+    # seconds from the start to ready (None: its probe runs on), and the verified answer's digest
+    ready_seconds: float | None = None
+    verified: str = ""
 
 
 class RestoreRun(OperationRun):
@@ -157,6 +166,7 @@ class RestoreRun(OperationRun):
         self.instance_id = ""
         # pids of the killed tree still held when the undo ended (see ``_kill_tree``)
         self.held_pids: list[int] = []
+        self.readiness = Readiness(self.manifest, spec.wait_ready, spec.verify, self.started)
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -188,18 +198,24 @@ class RestoreRun(OperationRun):
                     self.resume_gpu()
                     self.publish(undo)
                     self.post_hook()
+                    self.readiness.settle(self.root, self.instance_id, self.report,
+                                          lambda: self.rt.instances.state_of(self.instance_id) in LIVE)
                     undo.pop_all()
                 seconds = round(time.monotonic() - self.started, 3)
                 log_path = self.log_path if any(e.writes for e in m.outward_stdio) else None
                 placed = self.rt.cgroups.proc_path(self.spec.cgroup) if self.spec.cgroup else ""
-                self.rt.instances.running(self.instance_id, seconds, gpus=sorted(set(self.gpus.values())),
-                                          cgroup=placed, log_path=str(log_path or ""), published=self.published)
+                self.rt.instances.running(
+                    self.instance_id, ready_seconds=self.readiness.ready_seconds(seconds),
+                    probed=self.readiness.probed, gpus=sorted(set(self.gpus.values())), cgroup=placed,
+                    log_path=str(log_path or ""), published=self.published)
+                self.readiness.follow(self.rt.instances, self.root, self.instance_id)
                 if self.remote is not None:
                     self.remote.publish()
         outcome = RestoreOutcome(
             snapshot_id=m.id, root_pid=self.root, pids=[self.hosts[p] for p in m.pids], seconds=seconds,
             log_path=log_path, published=self.published, gpus=self.gpus,
             pulled=self.remote.fetched if self.remote else (0, 0), instance_id=self.instance_id, cgroup=placed,
+            ready_seconds=self.readiness.ready_seconds(seconds), verified=self.readiness.verified,
         )
         log.info("restore.done", snapshot=m.id, root_pid=self.root, seconds=outcome.seconds)
         return outcome
