@@ -7,6 +7,7 @@ at the URL it listens on inside its own network namespace."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import psutil
 
 from harness import WORKLOADS, Daemon, Workloads, error_of, gone, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
-from snapd_client import SnapdClient
+from snapd_client import AsyncSnapdClient, SnapdClient
 from snapd_client.client import state_name
 
 BODY = '{"prompt": [1, 2, 3]}'
@@ -130,6 +131,24 @@ def test_background_probe_moves_running_to_ready_and_verify_needs_a_check(
     (tmp_path / "answers" / "health").write_text("200")
     wait_for(lambda: state_name(client.instance(result.instance_id).state) == "ready", 30, "the probe to pass")
     assert client.instance(result.instance_id).ready_seconds > 0
+
+
+def test_command_probe_runs_in_the_tree_namespace_and_the_asyncio_client_waits_for_it(
+        daemon: Daemon, client: SnapdClient, tmp_path: Path, workloads: Workloads) -> None:
+    pid, _ = _answerer(workloads, tmp_path)
+    go = tmp_path / "answers" / "go"
+    probe = f'test "$(readlink /proc/self/ns/net)" = "$(readlink /proc/$SNAPD_PID/ns/net)" && test -e {go}'
+    snap = client.checkpoint(pid, ready_cmd=probe, ready_timeout_ms=30_000)
+    wait_for(lambda: gone(pid), 10, "the checkpointed server to stop")
+    threading.Timer(1.0, go.touch).start()
+
+    async def restore() -> pb.RestoreResult:
+        async with AsyncSnapdClient(daemon.target) as c:
+            return await c.restore(snap.id, wait_ready=True)
+
+    result = asyncio.run(restore())
+    assert go.exists() and result.ready_seconds > 0 and not result.verified_digest
+    assert state_name(client.instance(result.instance_id).state) == "ready"
 
 
 def test_checkpoint_refused_when_the_answer_check_gets_no_answer(
