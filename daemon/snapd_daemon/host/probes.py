@@ -14,6 +14,7 @@ Nothing here retries: restore/readiness.py decides how often and how long.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import http.client
 import json
@@ -21,6 +22,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # how much of an answer is read (a larger one is an answer all the same: its digest covers this much)
 MAX_ANSWER = 64 << 20
 _SHOWN = 200  # characters of a failing command's output quoted in its result
+_CLOSE_WAIT = 2.0  # seconds an answered request waits for the server to close the connection
 
 
 class ProbeFailed(Exception):
@@ -124,40 +127,38 @@ def socket_in(pid: int, family: int) -> socket.socket:
     return made[0]
 
 
-class _Connection(http.client.HTTPConnection):
-    """An HTTP connection whose socket is made in ``pid``'s network namespace."""
-
-    def __init__(self, pid: int, host: str, port: int, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.pid = pid
-
-    def connect(self) -> None:
-        family, _, _, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
-        self.sock = socket_in(self.pid, family)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(address)
-
-
 def http_request(pid: int, method: str, url: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
     """(status, body) of one request sent from ``pid``'s network namespace; ProbeFailed saying
-    why there is no answer (refused, reset, timed out, no such namespace)."""
+    why there is no answer (refused, reset, timed out, no such namespace). The request asks
+    the server to close the connection, and returns once it has (or ``_CLOSE_WAIT`` later):
+    a connection the tree still held would be an established TCP connection in the snapshot
+    that a checkpoint right after must refuse."""
     parts = urllib.parse.urlsplit(url)
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    conn = _Connection(pid, parts.hostname or "", parts.port or 80, max(timeout, 0.05))
-    headers = {"Content-Type": "application/json"} if body is not None else {}
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host, port = parts.hostname or "", parts.port or 80
+    head = f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    deadline = time.monotonic() + max(timeout, 0.05)
     try:
-        conn.request(method, target, body=body, headers=headers)
-        answer = conn.getresponse()
-        return answer.status, answer.read(MAX_ANSWER)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket_in(pid, family) as sock:
+            sock.settimeout(max(timeout, 0.05))
+            sock.connect(address)
+            sock.sendall(head.encode() + b"\r\n" + (body or b""))
+            answer = http.client.HTTPResponse(sock, method=method)
+            answer.begin()
+            data = answer.read(MAX_ANSWER)
+            sock.settimeout(max(0.01, min(_CLOSE_WAIT, deadline - time.monotonic())))
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):  # until the server has closed its end
+                    pass
+            return answer.status, data
     except TimeoutError:
         raise ProbeFailed(f"no answer within {timeout:.1f} s") from None
     except (OSError, http.client.HTTPException) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         raise ProbeFailed(reason) from None
-    finally:
-        conn.close()
 
 
 def run_command(pid: int, command: str, timeout: float) -> str:
