@@ -8,12 +8,10 @@ usage: answerer.py DIR REPORT        report: "<pid> <port>"
 
 import hashlib
 import json
-import os
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from _report import write_report
+from _report import QuietHandler, serve_http
 
 DIR = Path(sys.argv[1])
 served = 0
@@ -26,15 +24,9 @@ def _read(name: str, default: str) -> str:
         return default
 
 
-class Answerer(BaseHTTPRequestHandler):
-    def _reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class Answerer(QuietHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        self._reply(int(_read("health", "200")), b"health\n")
+        self.reply(int(_read("health", "200")), b"health\n")
 
     def do_POST(self) -> None:  # noqa: N802
         global served
@@ -42,13 +34,7 @@ class Answerer(BaseHTTPRequestHandler):
         asked = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         digest = hashlib.sha256(asked + _read("salt", "").encode()).hexdigest()
         body = digest.encode() if self.path == "/plain" else json.dumps({"answer": digest, "served": served}).encode()
-        self._reply(200, body)
-
-    def log_message(self, *_args: object) -> None:
-        pass
+        self.reply(200, body)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Answerer)
-server.daemon_threads = True
-write_report(sys.argv[2], f"{os.getpid()} {server.server_address[1]}")
-server.serve_forever()
+serve_http(Answerer, sys.argv[2])

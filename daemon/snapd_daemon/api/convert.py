@@ -125,7 +125,7 @@ def restore_result(outcome: RestoreOutcome, operation_id: str) -> pb.RestoreResu
         pulled_bytes=outcome.pulled[0],
         pulled_chunks=outcome.pulled[1],
         instance_id=outcome.instance_id,
-        ready_seconds=outcome.ready_seconds,
+        ready_seconds=outcome.ready_seconds or 0.0,
         verified_digest=outcome.verified,
     )
 
