@@ -23,7 +23,7 @@ import structlog
 
 from snapd_daemon.errors import InvalidRequest, ReadyTimeout, RestoreAborted, VerifyMismatch
 from snapd_daemon.host.probes import AnswerCheck, ProbeFailed, ReadyProbe
-from snapd_daemon.runtime.instances import InstanceTable, State
+from snapd_daemon.runtime.instances import LIVE, InstanceTable, State
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.snapshots.manifest import Manifest
 
@@ -41,7 +41,7 @@ def wait_for(probe: ReadyProbe, pid: int, alive: Callable[[], bool]) -> str:
         if not last:
             return ""
         time.sleep(min(INTERVAL, max(0.0, deadline - time.monotonic())))
-    return last if alive() else f"the tree's root ended (last result: {last})"
+    return last
 
 
 class Readiness:
@@ -73,13 +73,20 @@ class Readiness:
             return restored
         return self._ready_seconds
 
-    def settle(self, pid: int, instance_id: str, report: Reporter, alive: Callable[[], bool]) -> None:
+    def settle(self, pid: int, instances: InstanceTable, instance_id: str, report: Reporter) -> None:
         """Wait for the probe (when this restore waits), then verify (when asked); ReadyTimeout,
-        VerifyMismatch or RestoreAborted otherwise. ``alive``: whether the tree still runs."""
+        VerifyMismatch, or RestoreAborted when the tree ends meanwhile, otherwise."""
         m = self.manifest
+
+        def alive() -> bool:
+            return instances.state_of(instance_id) in LIVE
+
         if self.waits and self.probe is not None:
             report(ProgressEvent(Phase.WAIT_READY, message=self.probe.describe()))
             last = wait_for(self.probe, pid, alive)
+            if last and not alive():
+                raise RestoreAborted(snapshot_id=m.id, reason=f"its root ended while its readiness probe was "
+                                     f"waited for (last result: {last})")
             if last:
                 raise ReadyTimeout(instance=instance_id, snapshot_id=m.id, probe=self.probe.describe(),
                                    timeout=self.probe.timeout, last=last)

@@ -81,7 +81,6 @@ from snapd_daemon.restore.readiness import Readiness
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
-from snapd_daemon.runtime.instances import LIVE
 from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -198,8 +197,7 @@ class RestoreRun(OperationRun):
                     self.resume_gpu()
                     self.publish(undo)
                     self.post_hook()
-                    self.readiness.settle(self.root, self.instance_id, self.report,
-                                          lambda: self.rt.instances.state_of(self.instance_id) in LIVE)
+                    self.readiness.settle(self.root, self.rt.instances, self.instance_id, self.report)
                     undo.pop_all()
                 seconds = round(time.monotonic() - self.started, 3)
                 log_path = self.log_path if any(e.writes for e in m.outward_stdio) else None
