@@ -113,7 +113,31 @@ def test_probe_timeout_fails_the_restore_and_kills_the_tree(
     (tmp_path / "answers" / "health").write_text("503")
     err = error_of(lambda: client.restore(snap))
     assert err.error_class == "ReadyTimeout" and err.exit_code == 37
-    assert f"GET {url}/health -> 200" in err.message and "1.0 s" in err.message and "status 503" in err.message
+    assert f"GET {url}/health -> 200 did not pass within its timeout (timeout 1.0 s; last result: status 503)" \
+        in err.message
+    _nothing_left(client, daemon, pid)
+
+
+def test_tree_ending_while_its_probe_is_waited_for_fails_the_restore_at_once(
+        daemon: Daemon, client: SnapdClient, tmp_path: Path, workloads: Workloads) -> None:
+    pid, url = _answerer(workloads, tmp_path)
+    snap = _checkpointed(daemon, pid, "--ready-http", f"{url}/health", "--ready-timeout", "120")
+    (tmp_path / "answers" / "health").write_text("503")
+    waiting = threading.Event()
+    failures = []
+
+    def restore() -> None:
+        with daemon.client() as c:
+            failures.append(error_of(lambda: c.restore(
+                snap, on_progress=lambda p: p.phase == pb.PHASE_WAIT_READY and waiting.set())))
+
+    thread = threading.Thread(target=restore)
+    thread.start()
+    assert waiting.wait(30), "the restore never waited for its probe"
+    psutil.Process(pid).kill()
+    thread.join(30)  # long before the probe's 120 s
+    (err,) = failures
+    assert err.error_class == "ReadyTimeout" and "did not pass before the tree's root ended" in err.message
     _nothing_left(client, daemon, pid)
 
 

@@ -48,7 +48,7 @@ class EventsExpired(SnapdError):
 
 
 class ReadyTimeout(SnapdError):
-    """instance {instance} of snapshot {snapshot_id} was not ready: {probe} did not pass within {timeout} s (last result: {last}); the restore failed and its tree was killed."""
+    """instance {instance} of snapshot {snapshot_id} was not ready: {probe} did not pass {why} (timeout {timeout} s; last result: {last}); the restore failed and its tree was killed."""
 
     exit_code = 37
     status = "DEADLINE_EXCEEDED"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import structlog
 
-from snapd_daemon.errors import InvalidRequest, ReadyTimeout, RestoreAborted, VerifyMismatch
+from snapd_daemon.errors import InvalidRequest, ReadyTimeout, VerifyMismatch
 from snapd_daemon.host.probes import AnswerCheck, ProbeFailed, ReadyProbe
 from snapd_daemon.runtime.instances import LIVE, InstanceTable, State
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
@@ -29,6 +29,7 @@ from snapd_daemon.snapshots.manifest import Manifest
 
 log = structlog.get_logger()
 INTERVAL = 0.1  # seconds between two tries of a probe
+IN_TIME, ROOT_ENDED = "within its timeout", "before the tree's root ended"
 
 
 def wait_for(probe: ReadyProbe, pid: int, alive: Callable[[], bool]) -> str:
@@ -74,8 +75,8 @@ class Readiness:
         return self._ready_seconds
 
     def settle(self, pid: int, instances: InstanceTable, instance_id: str, report: Reporter) -> None:
-        """Wait for the probe (when this restore waits), then verify (when asked); ReadyTimeout,
-        VerifyMismatch, or RestoreAborted when the tree ends meanwhile, otherwise."""
+        """Wait for the probe (when this restore waits), then verify (when asked); ReadyTimeout
+        (no pass or answer in time, or the tree ended meanwhile) or VerifyMismatch otherwise."""
         m = self.manifest
 
         def alive() -> bool:
@@ -84,12 +85,9 @@ class Readiness:
         if self.waits and self.probe is not None:
             report(ProgressEvent(Phase.WAIT_READY, message=self.probe.describe()))
             last = wait_for(self.probe, pid, alive)
-            if last and not alive():
-                raise RestoreAborted(snapshot_id=m.id, reason=f"its root ended while its readiness probe was "
-                                     f"waited for (last result: {last})")
             if last:
                 raise ReadyTimeout(instance=instance_id, snapshot_id=m.id, probe=self.probe.describe(),
-                                   timeout=self.probe.timeout, last=last)
+                                   why=IN_TIME if alive() else ROOT_ENDED, timeout=self.probe.timeout, last=last)
             self._ready_seconds = round(time.monotonic() - self.started, 3)
             log.info("restore.ready", instance=instance_id, seconds=self._ready_seconds)
         if self.verify and m.answer_check is not None:
@@ -101,9 +99,7 @@ class Readiness:
         """The recorded request again: its digest when the answer is the recorded one."""
         deadline = time.monotonic() + check.timeout
         last = "not tried"
-        while (left := deadline - time.monotonic()) > 0:
-            if not alive():
-                raise RestoreAborted(snapshot_id=self.manifest.id, reason="its root ended while its answer was checked")
+        while alive() and (left := deadline - time.monotonic()) > 0:
             try:
                 status, digest = check.ask(pid, left)
             except ProbeFailed as exc:
@@ -115,7 +111,7 @@ class Readiness:
                                      digest=digest, expected_status=check.status, expected_digest=check.digest)
             return digest
         raise ReadyTimeout(instance=instance_id, snapshot_id=self.manifest.id, probe=f"the answer check (POST "
-                           f"{check.url})", timeout=check.timeout, last=last)
+                           f"{check.url})", why=IN_TIME if alive() else ROOT_ENDED, timeout=check.timeout, last=last)
 
     def follow(self, instances: InstanceTable, pid: int, instance_id: str) -> None:
         """A restore that returned at running: probe in the background until it is ready."""
