@@ -187,6 +187,10 @@ def test_checkpoint_refused_when_the_answer_check_gets_no_answer(
     assert psutil.Process(pid).status() != psutil.STATUS_STOPPED and list(client.list().snapshots) == []
     both = snapd(daemon, "checkpoint", str(pid), "--ready-http", f"{url}/health", "--ready-cmd", "true")
     assert both.returncode == 2 and "not both" in both.stderr
+    for url_given in ("127.0.0.1:8000/health", "ftp://127.0.0.1/x", "http://127.0.0.1:99999/x"):
+        bad = snapd(daemon, "checkpoint", str(pid), "--ready-http", url_given)
+        assert bad.returncode == 10 and "is not an http:// URL" in bad.stderr, bad.stderr
+    assert psutil.Process(pid).status() != psutil.STATUS_STOPPED and list(client.list().snapshots) == []
 
 
 def test_netns_tree_probed_and_verified_at_its_recorded_url(daemon: Daemon, client: SnapdClient,
