@@ -149,10 +149,10 @@ MAX_VERIFY_BODY = 1 << 20
 def _http_url(field: str, url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     try:
-        parts.port  # noqa: B018 (raises ValueError for a port out of range)
-    except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme != "http" or not parts.hostname or len(url) > 2048 or any(ord(c) < 33 for c in url):
+        valid = parts.scheme == "http" and bool(parts.hostname) and (parts.port or 80) > 0
+    except ValueError:  # a port out of range
+        valid = False
+    if not valid or len(url) > 2048 or any(ord(c) < 33 for c in url):
         raise InvalidRequest(field=field, reason=f"{url[:80]!r} is not an http:// URL with a host (as the tree sees "
                              "it: http://127.0.0.1:8000/health)")
     return url
