@@ -33,6 +33,7 @@ from snapd_client.client import state_name
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.cgroups import cgroup2_mount
 from snapd_daemon.host.gpu import inventory
+from snapd_daemon.host.probes import answer_digest
 from snapd_daemon.runtime.holds import HoldJournal, HoldRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,16 +365,25 @@ def _free_bytes(uuid: str) -> int:
 
 def test_shared_gpu_two_snapshots_side_by_side_then_two_racing_for_the_last_room(
         daemon: Daemon, start_server) -> None:
-    """Placement by room (docs/gpu-placement.md). Two different servers' snapshots restore side
-    by side onto the one GPU they were taken on (shared, the default), each answering as before.
+    """Placement by room (docs/gpu-placement.md). Two different servers' snapshots, each taken
+    with a readiness probe (GET /health) and an answer check (the greedy completion of PROMPT,
+    its tokens digested: docs/readiness.md), restore side by side onto the one GPU they were
+    taken on (shared, the default), each ready and verified (--verify), answering as before.
     Then, with the daemon's margin set so that the GPU has room for exactly one of them, both
     are restored at once: one is placed, the other refused (GpuRoomShort, exit 80) with the
     figures, having created nothing; the reservation of the first is what refuses the second
     (NVML does not show it yet when the second chooses) or, if it came later, its real use."""
     servers = [start_server("--kv-cache-fraction", "0.05"), start_server("--kv-cache-fraction", "0.05")]
     answers = [s.ask() for s in servers]
+    completion = json.dumps({"tokens": PROMPT, "max_new_tokens": 16})
     with daemon.client() as c:
-        snaps = [c.checkpoint(s.pid) for s in servers]
+        snaps = [c.checkpoint(s.pid, ready_http=f"http://127.0.0.1:{s.port}/health", ready_timeout_ms=300_000,
+                              verify_http=f"http://127.0.0.1:{s.port}/generate", verify_body=completion,
+                              verify_field="tokens", verify_timeout_ms=300_000) for s in servers]
+    # the answer recorded at checkpoint is the greedy completion the server gave before
+    digests = [answer_digest(json.dumps({"tokens": a["tokens"]}).encode(), "tokens") for a in answers]
+    for snap, digest in zip(snaps, digests, strict=True):
+        assert snap.ready_probe.startswith("GET http://127.0.0.1:") and snap.answer_check.endswith(digest)
     for s in servers:
         wait_for(lambda s=s: gone(s.pid), 30, "the server to stop")
     assert all(s.gpu.vram_bytes for s in snaps), "NVML listed no GPU memory for the servers' pids"
@@ -385,10 +395,14 @@ def test_shared_gpu_two_snapshots_side_by_side_then_two_racing_for_the_last_room
     with daemon.client() as c:
         for snap, server, before in zip(snaps, servers, answers, strict=True):
             started = time.monotonic()
-            result = c.restore(snap.id)
+            result = c.restore(snap.id, verify=True)
             assert dict(result.gpus) == {uuid: uuid}
+            assert result.verified_digest == digests[snaps.index(snap)] and result.ready_seconds > 0
+            inst = c.instance(result.instance_id)
+            assert state_name(inst.state) == "ready" and inst.ready_seconds == result.ready_seconds
             assert server.ask()["tokens"] == before["tokens"]
-            print(f"\n{snap.id}: restore {result.duration_seconds:.2f} s, restore -> first answer "
+            print(f"\n{snap.id}: restore {result.duration_seconds:.2f} s, ready in {result.ready_seconds:.2f} s, "
+                  f"verified answer {result.verified_digest[:16]}, restore -> first answer "
                   f"{time.monotonic() - started:.2f} s, VRAM recorded {needs[snaps.index(snap)] / 2**30:.2f} GiB")
         with pytest.raises(SnapdClientError) as busy:  # the old rule, asked for: no idle GPU of the model
             c.restore(snaps[0].id, gpu_policy="exclusive")

@@ -26,7 +26,7 @@ from snapd_daemon.host.processes import PidState, pid_state
 from snapd_daemon.runtime.events import EventBus
 
 PS_KEYS = {"id", "snapshot", "name", "state", "root_pid", "pids", "gpus", "cgroup", "ports", "created", "ready",
-           "ended", "exit_status", "sandbox"}
+           "ended", "exit_status", "sandbox", "ready_seconds"}
 
 
 def _restored(client: SnapdClient, workloads: Workloads, name: str, *args: str) -> pb.RestoreResult:

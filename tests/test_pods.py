@@ -1,8 +1,8 @@
 """Issue #24 item 4: `snapd restore SNAP --into PID` puts a tree started with `snapd run` into a
 container or pod sandbox. Real parts: Debian's podman (`podman pod create`; its infra container
 is the sandbox, on runc with explicit ulimits as this VM needs), real CRIU, a real daemon. The
-restored HTTP server answers at the pod's address with the pod's host name, lives in a group
-below the pod's cgroup, and `snapd stop` frees that group; bad pids and unfit snapshots are
+restored HTTP server answers at the pod's address with the pod's host name (its readiness probe
+passed there), lives in a group below the pod's cgroup, and `snapd stop` frees that group; bad pids and unfit snapshots are
 refused before anything is created. One pod serves the whole module."""
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ def _serve(tmp: Path, port: int, *, netns: bool = False, wrap: tuple[str, ...] =
     return int((run_dir / "w.pid").read_text())
 
 
-def _snapshot(client: SnapdClient, init: int, name: str) -> str:
-    snap = client.checkpoint(init, name=name)
+def _snapshot(client: SnapdClient, init: int, name: str, **options: str) -> str:
+    snap = client.checkpoint(init, name=name, **options)
     wait_for(lambda: gone(init), 10, "the checkpointed server to stop")
     return str(snap.id)
 
@@ -185,14 +185,17 @@ def test_restored_server_answers_at_the_pods_address_inside_its_cgroup_and_stop_
     port = _free_port()
     init = _serve(tmp_path, port)
     assert _fetch(f"http://127.0.0.1:{port}/host") == f"{socket.gethostname()} 1"
-    snap = _snapshot(pod_client, init, "podserver")
+    # its readiness probe goes out from the root's network namespace: the pod's, once restored
+    snap = _snapshot(pod_client, init, "podserver", ready_http=f"http://127.0.0.1:{port}/count")
 
     done = snapd(pod_daemon, "restore", snap, "--into", str(pod.infra), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     root, instance = int(result["root_pid"]), result["instance_id"]
-    # the pod's address reaches it, and it sees the pod's host name; its memory came back (count 2)
-    assert _get(pod, port) == f"{pod.hostname} 2"
+    assert result["ready_seconds"] > 0
+    # the pod's address reaches it, and it sees the pod's host name; its memory came back (count 1,
+    # then the probe's request: 2)
+    assert _get(pod, port) == f"{pod.hostname} 3"
     with pytest.raises(OSError):
         _fetch(f"http://127.0.0.1:{port}/host")  # not on the host's network any more
     for kind in JOINED:
@@ -202,7 +205,7 @@ def test_restored_server_answers_at_the_pods_address_inside_its_cgroup_and_stop_
     placed = cgroup_of(root)
     assert placed.startswith(sandbox_group + "/snapd-"), (placed, sandbox_group)
     (listed,) = json.loads(snapd(pod_daemon, "ps", "--json").stdout)["instances"]
-    assert listed["id"] == instance and listed["cgroup"] == placed
+    assert listed["id"] == instance and listed["cgroup"] == placed and listed["state"] == "ready"
     assert listed["sandbox"] == {"pid": pod.infra, "cgroup": sandbox_group}
     assert all(cgroup_of(pid) == placed for pid in listed["pids"])
 

@@ -103,6 +103,14 @@ class Calls(ABC):
         ext_unix_sk: bool = False,
         link_remap: bool = False,
         push: bool | None = None,
+        ready_http: str = "",
+        ready_status: int = 0,
+        ready_cmd: str = "",
+        ready_timeout_ms: int = 0,
+        verify_http: str = "",
+        verify_body: str = "",
+        verify_field: str = "",
+        verify_timeout_ms: int = 0,
         timeout: Timeout = DEFAULT,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
@@ -116,13 +124,22 @@ class Calls(ABC):
         ``link_remap``: likewise open files unlinked while another name links them.
         ``push``: upload the snapshot to the remote tier in the background once durable
         (None: the daemon's push_after_checkpoint setting); ``Snapshot.push_operation_id``
-        names that upload. ``on_progress`` gets every Progress event (``phase_name(p.phase)``,
-        bytes, ``tree_frozen``); ``on_interrupt``: see ``SnapdClient._follow``. Deadline: OPERATION."""
+        names that upload. ``ready_http`` (GET, passes on ``ready_status``, 0: 200) or ``ready_cmd``:
+        the readiness probe restores wait for (``ready_timeout_ms``, 0: 60 s).
+        ``verify_http`` + ``verify_body``: the answer check, POSTed now to the live server and its
+        answer's digest recorded (``verify_field``: of that top-level JSON key only;
+        ``verify_timeout_ms``, 0: 30 s); docs/readiness.md. ``on_progress`` gets every
+        Progress event (``phase_name(p.phase)``, bytes, ``tree_frozen``); ``on_interrupt``: see
+        ``SnapdClient._follow``. Deadline: OPERATION."""
         request = pb.CheckpointRequest(
             pid=pid, name=name, labels=labels or {}, leave_running=leave_running,
             pre_checkpoint_hook=pb.Hook(argv=pre_checkpoint_hook or [], timeout_seconds=hook_timeout_seconds),
             cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot, tcp_established=tcp_established,
             ext_unix_sk=ext_unix_sk, link_remap=link_remap, push=push,
+            ready_probe=pb.ReadyProbe(http_url=ready_http, http_status=ready_status, command=ready_cmd,
+                                      timeout_ms=ready_timeout_ms) if ready_http or ready_cmd else None,
+            verify=pb.AnswerCheck(http_url=verify_http, body=verify_body, json_field=verify_field,
+                                  timeout_ms=verify_timeout_ms) if verify_http else None,
         )
         return self._follow("Checkpoint", request, "snapshot", self._deadline(timeout, OPERATION), on_progress,
                             on_interrupt)
@@ -141,6 +158,8 @@ class Calls(ABC):
         tcp: int = pb.TCP_RESTORE_CLOSE,
         publish_host: str = "",
         into_pid: int = 0,
+        wait_ready: bool | None = None,
+        verify: bool = False,
         timeout: Timeout = DEFAULT,
         on_progress: ProgressCallback | None = None,
         on_interrupt: InterruptCallback | None = None,
@@ -160,13 +179,16 @@ class Calls(ABC):
         ``publish_host``: the host IP a snapshot with its own network namespace publishes its
         ports on (default 127.0.0.1; ``RestoreResult.published``). ``into_pid``: restore into the
         container or pod sandbox of this host pid (its network, UTS and IPC namespaces, a group below
-        its cgroup; docs/pods.md). Deadline: OPERATION."""
+        its cgroup; docs/pods.md). ``wait_ready``: end the call once the snapshot's readiness probe
+        passes (None: when it has one; False: return at running, the daemon probes on); ``verify``:
+        then check its recorded answer (``RestoreResult.verified_digest``); a failure of either kills
+        the tree and raises ReadyTimeout or VerifyMismatch. Deadline: OPERATION."""
         request = pb.RestoreRequest(
             snapshot=snapshot, wait_for_exit_seconds=wait_for_exit_seconds, gpu_uuid_map=gpu_uuid_map or {},
             gpu_policy=gpu_policy_value(gpu_policy),
             post_restore_hook=pb.Hook(argv=post_restore_hook or [], timeout_seconds=hook_timeout_seconds),
             cgroup=cgroup, log_name=log_name, tcp=tcp, publish_host=publish_host,  # type: ignore[arg-type]
-            into_pid=into_pid,
+            into_pid=into_pid, wait_ready=wait_ready, verify=verify,
         )
         return self._follow("Restore", request, "result", self._deadline(timeout, OPERATION), on_progress,
                             on_interrupt)

@@ -14,8 +14,10 @@ Ctrl-C during `checkpoint` or `restore`: see interrupts.py.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -56,6 +58,25 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
     return int(number) * _SIZE_UNITS[unit]
 
 
+def _verify_body(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The answer check's body: JSON given inline ({...} or [...]), else the file it names."""
+    if not value or value.lstrip()[:1] in ("{", "["):
+        text = value
+    else:
+        try:
+            text = Path(value).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"{value!r} is neither JSON nor a readable text file ({exc})", param=param) from None
+    try:
+        json.loads(text or "null")
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param=param) from None
+    return text
+
+
+SECONDS = click.FloatRange(0.001, 3600)
+
+
 @cli.command()
 @click.argument("pid", type=click.IntRange(1, MAX_PID))
 @click.option("--name", default="", help="Snapshot name (restore accepts it instead of the id).")
@@ -81,11 +102,29 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int
                    "each as link_remap.N in its directory until the snapshot is deleted.")
 @click.option("--push/--no-push", default=None, help="Upload it to the remote tier in the background once durable "
               "[default: the daemon's push_after_checkpoint].")
+@click.option("--ready-http", default="", metavar="URL",
+              help="Readiness probe restores wait for: GET URL, as the tree sees it (its own network namespace).")
+@click.option("--ready-status", type=click.IntRange(100, 599), default=200, show_default=True,
+              help="The status --ready-http passes on.")
+@click.option("--ready-cmd", default="", metavar="COMMAND",
+              help="Readiness probe instead: `sh -c COMMAND` in the tree's network namespace, passes on exit 0.")
+@click.option("--ready-timeout", type=SECONDS, default=60, show_default=True,
+              help="Seconds a restore waits for the probe to pass.")
+@click.option("--verify-http", default="", metavar="URL",
+              help="Answer check: POST --verify-body to URL now (before the pre-hook) and record the answer's "
+                   "status and digest; `restore --verify` compares.")
+@click.option("--verify-body", default="", callback=_verify_body, metavar="FILE|JSON", help="Body of --verify-http.")
+@click.option("--verify-field", default="", metavar="KEY",
+              help="Digest only this top-level key of the JSON answer (one that also carries timings).")
+@click.option("--verify-timeout", type=SECONDS, default=30, show_default=True,
+              help="Seconds the --verify-http request may take.")
 @common_options
 @click.pass_context
 def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...], leave_running: bool,
                pre_hook: str, hook_timeout: int, cuda_lock_timeout_ms: int, keep_hot: bool,
-               tcp_established: bool, ext_unix_sk: bool, link_remap: bool, push: bool | None) -> None:
+               tcp_established: bool, ext_unix_sk: bool, link_remap: bool, push: bool | None,
+               ready_http: str, ready_status: int, ready_cmd: str, ready_timeout: float,
+               verify_http: str, verify_body: str, verify_field: str, verify_timeout: float) -> None:
     """Checkpoint process tree PID (with its GPU state) into a new snapshot.
 
     The tree is frozen while CRIU dumps it and, unless --leave-running, STOPPED for good once
@@ -98,8 +137,14 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
       snapd checkpoint 4242 --name llama-8b --label model=llama-3.1-8b
       snapd checkpoint 4242 --leave-running --keep-hot
       snapd checkpoint 4242 --tcp-established --pre-hook 'curl -X POST localhost:8000/sleep'
+      snapd checkpoint 4242 --ready-http http://127.0.0.1:8000/health \\
+        --verify-http http://127.0.0.1:8000/generate --verify-body '{"tokens": [1, 2, 3]}'
     """
     parsed = _pairs(labels, "--label")
+    if ready_http and ready_cmd:
+        raise click.UsageError("give --ready-http or --ready-cmd, not both")
+    if bool(verify_http) != bool(verify_body) or (verify_field and not verify_http):
+        raise click.UsageError("--verify-http and --verify-body go together (--verify-field with them)")
 
     def action(c: Ctx) -> None:
         with c.client() as client, ProgressLine() as bar:
@@ -108,15 +153,20 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
                                      pre_checkpoint_hook=shlex.split(pre_hook), hook_timeout_seconds=hook_timeout,
                                      cuda_lock_timeout_ms=cuda_lock_timeout_ms, keep_hot=keep_hot,
                                      tcp_established=tcp_established, ext_unix_sk=ext_unix_sk,
-                                     link_remap=link_remap, push=push,
-                                     on_progress=bar, on_interrupt=interrupts)
+                                     link_remap=link_remap, push=push, ready_http=ready_http,
+                                     ready_status=ready_status if ready_http else 0, ready_cmd=ready_cmd,
+                                     ready_timeout_ms=round(ready_timeout * 1000), verify_http=verify_http,
+                                     verify_body=verify_body, verify_field=verify_field,
+                                     verify_timeout_ms=round(verify_timeout * 1000), on_progress=bar, on_interrupt=interrupts)
         interrupts.completed()
         c.emit(snap, lambda: click.echo(
             f"snapshot {snap.id}{f' ({snap.name})' if snap.name else ''}: {len(snap.processes)} process(es), "
             f"{human_bytes(snap.raw_bytes)} in {snap.duration_seconds:.2f} s (dumped after "
             f"{snap.checkpoint_seconds:.2f} s), operation {snap.operation_id}"
             + ("; process left running" if snap.leave_running else "; process stopped")
-            + (f"; pushing (operation {snap.push_operation_id})" if snap.push_operation_id else "")))
+            + (f"; pushing (operation {snap.push_operation_id})" if snap.push_operation_id else "")
+            + (f"; ready when {snap.ready_probe}" if snap.ready_probe else "")
+            + (f"; answer check {snap.answer_check}" if snap.answer_check else "")))
 
     run(ctx, action)
 
@@ -155,13 +205,18 @@ def checkpoint(ctx: click.Context, pid: int, name: str, labels: tuple[str, ...],
 @click.option("--into", "into_pid", type=click.IntRange(1, MAX_PID), default=None, metavar="PID",
               help="Restore into the container or pod sandbox of PID (host pid of any of its processes): its "
               "network, UTS and IPC namespaces, a group below its cgroup (docs/pods.md).")
+@click.option("--wait-ready/--no-wait-ready", default=None,
+              help="End once the snapshot's readiness probe passes (a timeout kills the tree), or return at running "
+                   "and let the daemon probe [default: wait when it has a probe].")
+@click.option("--verify", is_flag=True,
+              help="Once ready, send the snapshot's answer check again: a different answer kills the tree.")
 @common_options
 @click.pass_context
 def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tuple[str, ...],
             gpu_policy: str | None, post_hook: str,
             hook_timeout: int, cgroup_path: str, create_cgroup: bool, memory_max: int, cpu_max: str, pids_max: int,
             cpuset_cpus: str, cpuset_mems: str, log_name: str, tcp: str, replicas: int, publish_host: str,
-            into_pid: int | None) -> None:
+            into_pid: int | None, wait_ready: bool | None, verify: bool) -> None:
     """Restore SNAPSHOT (an id, a unique id prefix, or a name: its newest snapshot).
 
     The tree comes back with its original pids, so the original must be gone;
@@ -176,6 +231,7 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
       snapd restore llama-8b --replicas 4
       snapd restore llama-8b --gpu-policy exclusive
       snapd restore llama-8b --into "$(podman inspect -f '{{.State.Pid}}' POD-infra)"
+      snapd restore llama-8b --verify
     """
     mapping = _pairs(gpu_map, "--gpu-map")
     limits = memory_max or cpu_max or pids_max or cpuset_cpus or cpuset_mems or create_cgroup
@@ -187,7 +243,7 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
     options = dict(wait_for_exit_seconds=wait_for_exit, gpu_uuid_map=mapping, gpu_policy=gpu_policy or "",
                    post_restore_hook=shlex.split(post_hook),
                    hook_timeout_seconds=hook_timeout, cgroup=cgroup, log_name=log_name, tcp=tcp_mode,
-                   publish_host=publish_host, into_pid=into_pid or 0)
+                   publish_host=publish_host, into_pid=into_pid or 0, wait_ready=wait_ready, verify=verify)
 
     def action(c: Ctx) -> None:
         if replicas > 1:
@@ -201,6 +257,8 @@ def restore(ctx: click.Context, snapshot: str, wait_for_exit: int, gpu_map: tupl
         c.emit(res, lambda: click.echo(
             f"restored {res.snapshot_id} as pid {res.root_pid} (pids {list(res.pids)}) in {res.duration_seconds:.2f} s, "
             f"instance {res.instance_id}"
+            + (f", ready in {res.ready_seconds:.2f} s" if res.ready_seconds else "")
+            + (f", verified answer {res.verified_digest}" if res.verified_digest else "")
             + (f", cgroup {res.cgroup}" if res.cgroup else "") + (f", output to {res.log_path}" if res.log_path else "")
             + "".join(f", port {p.port} at {p.address}" for p in res.published) + f", operation {res.operation_id}"))
 

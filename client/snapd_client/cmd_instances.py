@@ -48,6 +48,7 @@ def instance_json(inst: pb.Instance) -> dict[str, Any]:
         "created": _when(inst.created, inst.HasField("created")), "ready": _when(inst.ready, inst.HasField("ready")),
         "ended": _when(inst.ended, inst.HasField("ended")), "exit_status": exit_status(inst),
         "sandbox": {"pid": inst.sandbox.pid, "cgroup": inst.sandbox.cgroup} if inst.HasField("sandbox") else None,
+        "ready_seconds": inst.ready_seconds or None,
     }
 
 
@@ -82,11 +83,13 @@ def ps(ctx: click.Context, everything: bool) -> None:
             found = list(client.instances(everything).instances)
 
         def human() -> None:
-            click.echo(f"{'INSTANCE':<15} {'SNAPSHOT':<29} {'NAME':<16} {'ROOT PID':>8}  {'STATUS':<26} PORTS")
+            click.echo(f"{'INSTANCE':<15} {'SNAPSHOT':<29} {'NAME':<16} {'ROOT PID':>8}  {'STATUS':<26} "
+                       f"{'READY IN':>8}  PORTS")
             for i in found:
                 ports = ", ".join(f"{p.address}->{p.port}" for p in i.published) or "-"
+                ready = f"{i.ready_seconds:.2f} s" if i.ready_seconds else "-"
                 click.echo(f"{i.id:<15} {i.snapshot_id:<29} {i.snapshot_name or '-':<16} {i.root_pid:>8}  "
-                           f"{status_text(i):<26} {ports}")
+                           f"{status_text(i):<26} {ready:>8}  {ports}")
 
         c.emit({"instances": [instance_json(i) for i in found]}, human)
 

@@ -139,6 +139,10 @@ def inspect(ctx: click.Context, snapshot: str) -> None:
                 click.echo(f"cgroup:      {s.source_cgroup.path}" + (f" ({limits})" if limits else ""))
             for k, v in sorted(s.labels.items()):
                 click.echo(f"label:       {k}={v}")
+            if s.ready_probe:
+                click.echo(f"ready when:  {s.ready_probe}")
+            if s.answer_check:
+                click.echo(f"verify:      {s.answer_check}")
             click.echo("processes:")
             for p in s.processes:
                 click.echo(f"  {p.pid:>7} ppid {p.ppid:<7} {p.threads:>3} thr {human_bytes(p.rss_bytes):>10}  "

@@ -54,6 +54,8 @@ def report(outcomes: list[pb.RestoreResult | SnapdClientError], as_json: bool) -
             gpus = ", ".join(f"{old} -> {new}" for old, new in sorted(o.gpus.items()))
             click.echo(f"replica {i}: instance {o.instance_id}, pid {o.root_pid} (pids {list(o.pids)}) in "
                        f"{o.duration_seconds:.2f} s"
+                       + (f", ready in {o.ready_seconds:.2f} s" if o.ready_seconds else "")
+                       + (f", verified answer {o.verified_digest}" if o.verified_digest else "")
                        + (f"; ports {ports}" if ports else "") + (f"; GPUs {gpus}" if gpus else ""))
     if failed:
         click.echo(f"snapd: {failure_summary(len(failed), len(outcomes))}", err=True)

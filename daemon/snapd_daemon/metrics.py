@@ -38,7 +38,7 @@ IN_FLIGHT = Gauge("snapd_operations_in_flight", "Operations running now", regist
 INSTANCES = Gauge("snapd_instances", "Instances the daemon keeps, by state", ["state"], registry=REGISTRY)
 RESTORE_TO_READY = Histogram(
     "snapd_restore_to_ready_seconds",
-    "From a restore call's start to its instance running (or ready)",
+    "From a restore call's start to its instance ready (its readiness probe passed; running, without one)",
     buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
     registry=REGISTRY,
 )

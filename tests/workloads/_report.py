@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def write_report(path: str, text: str) -> None:
@@ -68,3 +69,25 @@ def hold_digest(path: str, data: Callable[[], bytes | bytearray]) -> None:
     on_usr1(check)
     while True:
         time.sleep(0.05)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that logs nothing and answers with ``reply``."""
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler], report: str, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+    """Serve ``handler`` on ``address`` (default: 127.0.0.1, at a port the kernel chooses),
+    reporting "<pid> <port>"."""
+    server = ThreadingHTTPServer(address, handler)
+    server.daemon_threads = True
+    write_report(report, f"{os.getpid()} {server.server_address[1]}")
+    server.serve_forever()

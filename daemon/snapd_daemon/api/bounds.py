@@ -45,6 +45,8 @@ MAX_MEMORY_BYTES = 1 << 50
 MAX_KEEP_LAST = 1_000_000
 # seconds StopInstance waits between SIGTERM and SIGKILL
 MAX_STOP_GRACE = 3600
+# milliseconds a restore waits for a readiness probe, or for an answer check's answer
+MAX_PROBE_MS = 3_600_000
 
 BOUNDS: dict[str, Bound] = {
     "snapd.v1.CheckpointRequest.pid": Bound(1, MAX_PID, "the kernel's PID_MAX_LIMIT"),
@@ -59,6 +61,9 @@ BOUNDS: dict[str, Bound] = {
     "snapd.v1.CollectGarbageRequest.keep_last": Bound(0, MAX_KEEP_LAST, "a million snapshots of a name"),
     "snapd.v1.StopInstanceRequest.grace_seconds": Bound(0, MAX_STOP_GRACE, "1 hour"),
     "snapd.v1.WatchEventsRequest.after_sequence": Bound(0, (1 << 63) - 1, "the largest sequence number"),
+    "snapd.v1.ReadyProbe.http_status": Bound(0, 599, "the largest HTTP status"),
+    "snapd.v1.ReadyProbe.timeout_ms": Bound(0, MAX_PROBE_MS, "1 hour"),
+    "snapd.v1.AnswerCheck.timeout_ms": Bound(0, MAX_PROBE_MS, "1 hour"),
 }
 
 

@@ -23,6 +23,8 @@ _PHASES = {
     Phase.GPU_RESTORE: pb.PHASE_GPU_RESTORE,
     Phase.HOOK: pb.PHASE_HOOK,
     Phase.INJECT: pb.PHASE_INJECT,
+    Phase.WAIT_READY: pb.PHASE_WAIT_READY,
+    Phase.VERIFY: pb.PHASE_VERIFY,
     Phase.UPLOAD: pb.PHASE_UPLOAD,
     Phase.DOWNLOAD: pb.PHASE_DOWNLOAD,
 }
@@ -87,6 +89,8 @@ def snapshot(m: Manifest, pinned: bool, hot: bool, damaged: list[str]) -> pb.Sna
         replicable=m.replicable,
         own_network_namespace=m.own_netns,
         namespace_ports=m.ns_ports,
+        ready_probe=m.ready_probe.describe() if m.ready_probe else "",
+        answer_check=m.answer_check.describe() if m.answer_check else "",
     )
     msg.created.FromNanoseconds(int(m.created * 1e9))
     if m.cgroup is not None:
@@ -121,6 +125,8 @@ def restore_result(outcome: RestoreOutcome, operation_id: str) -> pb.RestoreResu
         pulled_bytes=outcome.pulled[0],
         pulled_chunks=outcome.pulled[1],
         instance_id=outcome.instance_id,
+        ready_seconds=outcome.ready_seconds or 0.0,
+        verified_digest=outcome.verified,
     )
 
 
@@ -176,7 +182,7 @@ def instance(inst: Instance, held: GpuMemory) -> pb.Instance:
     msg = pb.Instance(
         id=inst.id, snapshot_id=inst.snapshot_id, snapshot_name=inst.snapshot_name, state=_STATES[inst.state],
         root_pid=inst.root_pid, gpus=inst.gpus, cgroup=inst.cgroup, log_path=inst.log_path,
-        operation_id=inst.operation_id, detail=inst.detail,
+        operation_id=inst.operation_id, detail=inst.detail, ready_seconds=inst.ready_seconds,
         processes=[pb.InstanceProcess(pid=pid, start_time=started, gpu_memory_bytes=held.get(pid, {}))
                    for pid, started in inst.processes],
         published=[pb.PublishedPort(port=port, address=address) for port, address in inst.published.items()],

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 
 from snapd.v1 import snapd_pb2 as pb
 from snapd_daemon.checkpoint import CheckpointSpec
 from snapd_daemon.errors import InvalidRequest
 from snapd_daemon.host.cgroups import CgroupRequest
 from snapd_daemon.host.hooks import Hook
+from snapd_daemon.host.probes import AnswerCheck, ReadyProbe
 from snapd_daemon.host.processes import MAX_PID, validate_pid
 from snapd_daemon.host.stdio import validate_log_name
 from snapd_daemon.restore import RestoreSpec
@@ -136,7 +138,50 @@ def checkpoint_spec(request: pb.CheckpointRequest) -> CheckpointSpec:
         tcp_established=request.tcp_established,
         ext_unix_sk=request.ext_unix_sk,
         link_remap=request.link_remap,
+        ready_probe=ready_probe(request.ready_probe) if request.HasField("ready_probe") else None,
+        verify=answer_check(request.verify) if request.HasField("verify") else None,
     )
+
+
+MAX_VERIFY_BODY = 1 << 20
+
+
+def _http_url(field: str, url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        valid = parts.scheme == "http" and bool(parts.hostname) and (parts.port or 80) > 0
+    except ValueError:  # a port out of range
+        valid = False
+    if not valid or len(url) > 2048 or any(ord(c) < 33 for c in url):
+        raise InvalidRequest(field=field, reason=f"{url[:80]!r} is not an http:// URL with a host (as the tree sees "
+                             "it: http://127.0.0.1:8000/health)")
+    return url
+
+
+def ready_probe(probe: pb.ReadyProbe) -> ReadyProbe:
+    """Exactly one of an http:// URL (with the status it passes on, 0: 200) and a command."""
+    if bool(probe.http_url) == bool(probe.command):
+        raise InvalidRequest(field="ready_probe", reason="give either http_url (--ready-http) or command "
+                             "(--ready-cmd), not both or neither")
+    if probe.http_status and probe.http_status < 100:
+        raise InvalidRequest(field="ready_probe.http_status", reason=f"{probe.http_status} is not an HTTP status")
+    if probe.http_status and probe.command:
+        raise InvalidRequest(field="ready_probe.http_status", reason="goes with http_url, not with a command")
+    if len(probe.command) > 4096 or "\0" in probe.command:
+        raise InvalidRequest(field="ready_probe.command", reason="longer than 4096 characters, or holds a NUL")
+    return ReadyProbe(url=_http_url("ready_probe.http_url", probe.http_url) if probe.http_url else "",
+                      status=probe.http_status or 200, command=probe.command,
+                      timeout=probe.timeout_ms / 1000 or 60.0)
+
+
+def answer_check(check: pb.AnswerCheck) -> AnswerCheck:
+    """An http:// URL and the body to POST it (at most 1 MiB)."""
+    if len(check.body.encode()) > MAX_VERIFY_BODY:
+        raise InvalidRequest(field="verify.body", reason=f"{len(check.body.encode())} bytes, at most {MAX_VERIFY_BODY}")
+    if len(check.json_field) > 256:
+        raise InvalidRequest(field="verify.json_field", reason="longer than 256 characters")
+    return AnswerCheck(url=_http_url("verify.http_url", check.http_url), body=check.body, json_field=check.json_field,
+                       timeout=check.timeout_ms / 1000 or 30.0)
 
 
 def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
@@ -152,6 +197,8 @@ def restore_spec(request: pb.RestoreRequest) -> RestoreSpec:
         publish_host=publish_host(request.publish_host),
         gpu_policy=_gpu_policy(request.gpu_policy),
         into=_into(request),
+        wait_ready=request.wait_ready if request.HasField("wait_ready") else None,
+        verify=request.verify,
     )
 
 

@@ -2,7 +2,8 @@
 
 A ``CheckpointRun`` goes through its phases in order, one method each:
   1. ``inspect``: read the tree, refuse what cannot work (before anything is
-     touched), claim its pids; then the pre-checkpoint hook, after which a
+     touched), claim its pids; then the answer check's request to the live tree
+     (answer.py) and the pre-checkpoint hook, after which a
      tree still holding live NCCL state is refused (host/nccl.py), and so is
      one whose GPU memory (what it holds after the hook) would not fit in its
      host memory, where the CUDA checkpoint copies it (host/hostmemory.py);
@@ -49,6 +50,7 @@ from types import TracebackType
 import structlog
 
 from snapd_daemon import metrics
+from snapd_daemon.checkpoint import answer
 from snapd_daemon.checkpoint.cutplan import cut_fixed, plan
 from snapd_daemon.checkpoint.follower import DumpFollower
 from snapd_daemon.criu import actions
@@ -59,6 +61,7 @@ from snapd_daemon.errors import CriuFailed, CudaFailed
 from snapd_daemon.host import cgroups, filepages, gpu, hostmemory, linkremap, nccl
 from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.namespaces import listening_ports, same_namespace
+from snapd_daemon.host.probes import AnswerCheck, ReadyProbe
 from snapd_daemon.host.processes import PidState, ProcessTree, inspect_tree, signal_tree, wait_for_state
 from snapd_daemon.host.stdio import OutwardEnd, outward_stdio
 from snapd_daemon.runtime import Runtime, criulogs
@@ -89,6 +92,9 @@ class CheckpointSpec:
     tcp_established: bool = False
     ext_unix_sk: bool = False
     link_remap: bool = False
+    # recorded in the snapshot (docs/readiness.md); ``verify`` is sent to the live tree first
+    ready_probe: ReadyProbe | None = None
+    verify: AnswerCheck | None = None
 
 
 class _PostDumpHold(Notify):
@@ -172,6 +178,7 @@ class CheckpointRun(OperationRun):
         self.keep_record = False
         self._dumped = threading.Event()
         self.file_pages: list[filepages.FilePages] = []
+        self.answer: AnswerCheck | None = None
         self._file_scan: threading.Thread | None = None
 
     @property
@@ -185,6 +192,7 @@ class CheckpointRun(OperationRun):
                      rss_bytes=self.tree.rss_bytes, leave_running=self.spec.leave_running,
                      shell_job=self.tree.external_session, cuda_pids=list(self.cuda_pids))
             self.cancel.check()
+            self.answer = answer.record(self.spec.verify, self.spec.pid, self.op) if self.spec.verify else None
             self.pre_hook()
             self.cancel.check()
             nccl.refuse_live(self.tree, self.spec.tcp_established)
@@ -299,6 +307,7 @@ class CheckpointRun(OperationRun):
         manifest.ns_ports = listening_ports(spec.pid) if manifest.own_netns else []
         manifest.own_mntns = self.hold_point.tree.own_mntns
         manifest.checkpoint_seconds = round(time.monotonic() - self.started, 3)
+        manifest.ready_probe, manifest.answer_check = spec.ready_probe, self.answer
         with metrics.phase("checkpoint", "commit"):
             pages = pages_images(self.staging.images)
             final = plan(self.staging.images, pages)

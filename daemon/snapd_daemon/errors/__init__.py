@@ -29,12 +29,15 @@ from snapd_daemon.errors.gpu import (
     NcclActive,
 )
 from snapd_daemon.errors.instances import (
+    CheckpointAnswerFailed,
     EventsExpired,
     InstanceAmbiguous,
     InstanceNotFound,
     InstanceStarting,
     InstanceStopFailed,
+    ReadyTimeout,
     SnapshotHasInstances,
+    VerifyMismatch,
 )
 from snapd_daemon.errors.processes import (
     CgroupFailed,
@@ -155,6 +158,9 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     InstanceStopFailed,
     InstanceStarting,
     EventsExpired,
+    ReadyTimeout,
+    VerifyMismatch,
+    CheckpointAnswerFailed,
 )
 
 __all__ = [
@@ -224,5 +230,8 @@ __all__ = [
     "InstanceStopFailed",
     "InstanceStarting",
     "EventsExpired",
+    "ReadyTimeout",
+    "VerifyMismatch",
+    "CheckpointAnswerFailed",
     "describe_exception",
 ]

@@ -45,3 +45,24 @@ class EventsExpired(SnapdError):
 
     exit_code = 74
     status = "OUT_OF_RANGE"
+
+
+class ReadyTimeout(SnapdError):
+    """instance {instance} of snapshot {snapshot_id} was not ready: {probe} did not pass {why} (timeout {timeout} s; last result: {last}); the restore failed and its tree was killed."""
+
+    exit_code = 37
+    status = "DEADLINE_EXCEEDED"
+
+
+class VerifyMismatch(SnapdError):
+    """instance {instance} of snapshot {snapshot_id} answered {url} differently than at checkpoint: status {status}, digest {digest}; recorded status {expected_status}, digest {expected_digest}. The restore failed and its tree was killed."""
+
+    exit_code = 38
+    status = "ABORTED"
+
+
+class CheckpointAnswerFailed(SnapdError):
+    """the answer check of pid {pid} failed: {url} {reason}; nothing was checkpointed and the tree runs untouched (is the server up and its URL as the tree sees it, in its own network namespace?)."""
+
+    exit_code = 39
+    status = "FAILED_PRECONDITION"

@@ -32,7 +32,8 @@ A ``RestoreRun`` goes through its phases in order, one method each:
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
   7. ``resume_gpu``: the GPU side is restored and unlocked; then the ports are
-     published (``publish``) and the post-restore hook runs.
+     published (``publish``), the post-restore hook runs and the snapshot's readiness
+     probe is waited for and its answer verified, or left to the background (readiness.py).
 Undo: staging is always discarded; any failure from the moment CRIU returns
 (a corrupt or missing chunk, a refused write, a cancelled call, a task that
 died, the GPU, the hook) SIGKILLs the whole tree, identified as the record
@@ -52,7 +53,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -71,14 +71,15 @@ from snapd_daemon.errors import (
     describe_exception,
 )
 from snapd_daemon.host import filepages, gpu, linkremap, portfwd, stdio
-from snapd_daemon.host.cgroups import Cgroup, CgroupRequest, Needs
+from snapd_daemon.host.cgroups import Cgroup, Needs
 from snapd_daemon.host.gpuplace import Policy
-from snapd_daemon.host.hooks import Hook
 from snapd_daemon.host.sandbox import Sandbox
 from snapd_daemon.remote.ondemand import OnDemand
 from snapd_daemon.restore import images, into, pidmap
 from snapd_daemon.restore.delivery import Delivery, Readahead
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree, parents
+from snapd_daemon.restore.readiness import Readiness
+from snapd_daemon.restore.spec import RestoreOutcome, RestoreSpec
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord
@@ -93,45 +94,6 @@ log = structlog.get_logger()
 _REAP_SECONDS = 10.0
 # held while CRIU restores a snapshot with link_remap links (see Restore._relinked)
 _RELINKING = threading.Lock()
-
-
-@dataclass(frozen=True)
-class RestoreSpec:
-    ref: str
-    # seconds to wait for exiting holders of the snapshot's pids (None: Settings.pid_wait_seconds; 0: none)
-    wait_seconds: float | None = None
-    gpu_uuid_map: dict[str, str] = field(default_factory=dict)
-    post_hook: Hook | None = None
-    cgroup: CgroupRequest | None = None
-    # file in the restore log directory for outward stdio pipes ("": "<snapshot id>.log")
-    log_name: str = ""
-    # a snapshot's established TCP connections: "close" or "reestablish"
-    tcp: str = "close"
-    # host address a copy with its own network namespace publishes its ports on
-    publish_host: str = "127.0.0.1"
-    # "shared" or "exclusive" (host/gpuplace.py); "": the daemon's gpu_policy
-    gpu_policy: str = ""
-    # restore into the sandbox of this host pid (restore/into.py); 0: none
-    into: int = 0
-
-
-@dataclass(frozen=True)
-class RestoreOutcome:
-    snapshot_id: str
-    root_pid: int  # host pids, here and in ``pids``
-    pids: list[int]
-    seconds: float
-    # where the tree's outward stdio pipes write now (None: it had none)
-    log_path: Path | None = None
-    # port inside the tree's network namespace -> host address it is published on
-    published: dict[int, str] = field(default_factory=dict)
-    # snapshot GPU UUID -> GPU UUID the tree runs on
-    gpus: dict[str, str] = field(default_factory=dict)
-    # (bytes, chunks) fetched from the remote tier for this restore
-    pulled: tuple[int, int] = (0, 0)
-    # the instance the tree is, and its cgroup as /proc/<pid>/cgroup shows it ("": none asked for)
-    instance_id: str = ""
-    cgroup: str = ""
 
 
 class RestoreRun(OperationRun):
@@ -163,6 +125,7 @@ class RestoreRun(OperationRun):
         self.sandbox: Sandbox | None = None
         # pids of the killed tree still held when the undo ended (see ``_kill_tree``)
         self.held_pids: list[int] = []
+        self.readiness = Readiness(self.manifest, spec.wait_ready, spec.verify, self.started)
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -195,19 +158,24 @@ class RestoreRun(OperationRun):
                     self.resume_gpu()
                     self.publish(undo)
                     self.post_hook()
+                    self.readiness.settle(self.root, self.rt.instances, self.instance_id, self.report)
                     undo.pop_all()
                 seconds = round(time.monotonic() - self.started, 3)
                 log_path = self.log_path if any(e.writes for e in m.outward_stdio) else None
                 placed = cgroup.proc_path if cgroup is not None else ""
                 box = (self.sandbox.pid, self.sandbox.start_time, self.sandbox.cgroup) if self.sandbox else None
-                self.rt.instances.running(self.instance_id, seconds, gpus=sorted(set(self.gpus.values())), cgroup=placed,
-                                          log_path=str(log_path or ""), published=self.published, sandbox=box)
+                self.rt.instances.running(
+                    self.instance_id, ready_seconds=self.readiness.ready_seconds(seconds),
+                    probed=self.readiness.probed, gpus=sorted(set(self.gpus.values())), cgroup=placed,
+                    log_path=str(log_path or ""), published=self.published, sandbox=box)
+                self.readiness.follow(self.rt.instances, self.root, self.instance_id)
                 if self.remote is not None:
                     self.remote.publish()
         outcome = RestoreOutcome(
             snapshot_id=m.id, root_pid=self.root, pids=[self.hosts[p] for p in m.pids], seconds=seconds,
             log_path=log_path, published=self.published, gpus=self.gpus,
             pulled=self.remote.fetched if self.remote else (0, 0), instance_id=self.instance_id, cgroup=placed,
+            ready_seconds=self.readiness.ready_seconds(seconds), verified=self.readiness.verified,
         )
         log.info("restore.done", snapshot=m.id, root_pid=self.root, seconds=outcome.seconds)
         return outcome

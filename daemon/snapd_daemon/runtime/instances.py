@@ -5,8 +5,13 @@ States and the only transitions allowed (``_NEXT``)::
 
     starting -> running | ready | exited      (CRIU made the tree; the restore goes on)
     running  -> ready | exited | stopped      (the restore returned)
-    ready    -> exited | stopped              (a readiness probe passed)
+    ready    -> exited | stopped              (its snapshot's readiness probe passed)
     exited, stopped                           (final: ended on its own or killed / by StopInstance)
+
+An instance is ready (``ready`` time, ``ready_seconds`` from its restore's start) when
+its restore returns, unless its snapshot records a readiness probe: then when the probe
+passes, ``starting -> ready`` in a restore that waits for it, ``running -> ready`` for
+one that returned at running and left the daemon probing (restore/readiness.py).
 
 A restore that fails after CRIU kills its tree: its instance goes from
 ``starting`` to ``exited`` with the restore's error in ``detail``. An instance
@@ -96,8 +101,10 @@ class Instance:
     # port inside the tree's network namespace -> host address it is published on
     published: dict[int, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
-    # when it reached running or ready (0: not yet), and when it ended
+    # when it became ready (0: not yet; see the module docstring), and when it ended
     ready: float = 0.0
+    # seconds from its restore's start to ready
+    ready_seconds: float = 0.0
     ended: float = 0.0
     exit: ExitStatus | None = None
     detail: str = ""
@@ -197,24 +204,51 @@ class InstanceTable:
         log.info("instance.created", instance=inst.id, operation=operation_id, root_pid=inst.root_pid)
         return inst
 
-    def running(self, instance_id: str, seconds: float, *, gpus: list[str], cgroup: str, log_path: str,
-                published: dict[int, str], sandbox: tuple[int, float, str] | None = None) -> Instance:
-        """The restore returned ``seconds`` after its call began: the instance runs (unless its tree
-        ended meanwhile). ``sandbox``: (pid, start time, cgroup) of the sandbox it went into, whose
-        end from now on ends the tree."""
+    def running(self, instance_id: str, *, ready_seconds: float | None, probed: bool, gpus: list[str], cgroup: str,
+                log_path: str, published: dict[int, str], sandbox: tuple[int, float, str] | None = None) -> Instance:
+        """The restore returned: the instance runs (unless its tree ended meanwhile), ready
+        ``ready_seconds`` after the restore's start: ``ready`` when its probe passed (``probed``),
+        else ``running`` and ready as it runs; ``ready_seconds`` None: its probe runs on (``ready``).
+        ``sandbox``: (pid, start time, cgroup) of the sandbox it went into, whose end from now on
+        ends the tree."""
         with self._lock:
             inst = self._all[instance_id]
             inst.gpus, inst.cgroup, inst.log_path, inst.published = gpus, cgroup, log_path, published
             inst.sandbox_pid, inst.sandbox_started, inst.sandbox_cgroup = sandbox or (0, 0.0, "")
-            if inst.live:
-                self._move(inst, State.RUNNING)
-                metrics.RESTORE_TO_READY.observe(seconds)
-            else:
+            if not inst.live:
                 self._release(inst)
                 self._changed(inst)
+                return copy.deepcopy(inst)
+            if ready_seconds is not None:
+                self._mark_ready(inst, ready_seconds)
+            self._move(inst, State.READY if probed and ready_seconds is not None else State.RUNNING)
             found = copy.deepcopy(inst)
         self._watch_sandbox(found)
         return found
+
+    def ready(self, instance_id: str, seconds: float) -> bool:
+        """Its probe, run in the background, passed ``seconds`` after the restore's start:
+        ``running -> ready``. False when it is no longer running (ended meanwhile)."""
+        with self._lock:
+            inst = self._all.get(instance_id)
+            if inst is None or inst.state is not State.RUNNING:
+                return False
+            self._mark_ready(inst, seconds)
+            self._move(inst, State.READY)
+            return True
+
+    def not_ready(self, instance_id: str, why: str) -> None:
+        """Its probe, run in the background, never passed: it stays running, saying so in ``detail``."""
+        with self._lock:
+            inst = self._all.get(instance_id)
+            if inst is not None and inst.state is State.RUNNING:
+                inst.detail = why
+                self._changed(inst)
+
+    @staticmethod
+    def _mark_ready(inst: Instance, seconds: float) -> None:
+        inst.ready, inst.ready_seconds = time.time(), round(seconds, 3)
+        metrics.RESTORE_TO_READY.observe(seconds)
 
     def restore_failed(self, instance_id: str, why: str) -> None:
         """The restore failed after CRIU made the tree, which it kills: say so in ``detail``."""
@@ -299,6 +333,12 @@ class InstanceTable:
             found = [copy.deepcopy(i) for i in self._all.values() if everything or i.live]
         return sorted(found, key=lambda i: (i.created, i.id))
 
+    def state_of(self, instance_id: str) -> State | None:
+        """Its state now (None: not kept)."""
+        with self._lock:
+            inst = self._all.get(instance_id)
+            return None if inst is None else inst.state
+
     def live_of(self, snapshot_id: str) -> list[Instance]:
         return [i for i in self.list() if i.snapshot_id == snapshot_id]
 
@@ -308,8 +348,6 @@ class InstanceTable:
         if state not in _NEXT[inst.state]:
             raise ValueError(f"instance {inst.id}: no transition {inst.state.value} -> {state.value}")
         inst.state = state
-        if state in (State.RUNNING, State.READY) and not inst.ready:
-            inst.ready = time.time()
         if state not in LIVE:
             self._stopping.discard(inst.id)
             self._final.notify_all()

@@ -24,6 +24,9 @@ class Phase(enum.Enum):
     GPU_RESTORE = "gpu-restore"
     HOOK = "hook"
     INJECT = "inject"
+    # restore: waiting for the snapshot's readiness probe, then checking its answer
+    WAIT_READY = "wait-ready"
+    VERIFY = "verify"
     # bytes moving to or from the remote tier (push; pull, also under a restore)
     UPLOAD = "upload"
     DOWNLOAD = "download"

@@ -22,6 +22,7 @@ from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout
 from snapd_daemon.host.cgroups import CgroupRecord
 from snapd_daemon.host.filepages import FilePages
 from snapd_daemon.host.gpu import GpuRecord
+from snapd_daemon.host.probes import AnswerCheck, ReadyProbe
 from snapd_daemon.host.processes import ProcessRecord
 from snapd_daemon.host.stdio import OutwardEnd
 from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef, chunk_offsets
@@ -113,6 +114,10 @@ class Manifest:
     # the file pages the tree had mapped in, most needed first: what a restore reads
     # ahead (host/filepages.py; empty: none recorded)
     file_pages: list[FilePages] = field(default_factory=list)
+    # what a restore waits for before the tree counts as ready, and the request (with the
+    # answer it got at checkpoint) a restore with verify sends again (docs/readiness.md)
+    ready_probe: ReadyProbe | None = None
+    answer_check: AnswerCheck | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -177,6 +182,10 @@ class Manifest:
         data["file_pages"] = FilePages.parse(data.get("file_pages"))
         if data.get("trimmed"):
             data["trimmed"] = TrimmedLayout.from_dict(data["trimmed"])
+        if data.get("ready_probe"):
+            data["ready_probe"] = _known(ReadyProbe, data["ready_probe"])
+        if data.get("answer_check"):
+            data["answer_check"] = _known(AnswerCheck, data["answer_check"])
         return _known(cls, data)
 
 

@@ -34,6 +34,8 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_GPU_RESTORE: _ClassVar[Phase]
     PHASE_HOOK: _ClassVar[Phase]
     PHASE_INJECT: _ClassVar[Phase]
+    PHASE_WAIT_READY: _ClassVar[Phase]
+    PHASE_VERIFY: _ClassVar[Phase]
     PHASE_UPLOAD: _ClassVar[Phase]
     PHASE_DOWNLOAD: _ClassVar[Phase]
 
@@ -61,6 +63,8 @@ PHASE_GPU_CHECKPOINT: Phase
 PHASE_GPU_RESTORE: Phase
 PHASE_HOOK: Phase
 PHASE_INJECT: Phase
+PHASE_WAIT_READY: Phase
+PHASE_VERIFY: Phase
 PHASE_UPLOAD: Phase
 PHASE_DOWNLOAD: Phase
 INSTANCE_STATE_UNSPECIFIED: InstanceState
@@ -71,7 +75,7 @@ INSTANCE_STATE_EXITED: InstanceState
 INSTANCE_STATE_STOPPED: InstanceState
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk", "link_remap", "push")
+    __slots__ = ("pid", "name", "labels", "leave_running", "pre_checkpoint_hook", "cuda_lock_timeout_ms", "keep_hot", "tcp_established", "ext_unix_sk", "link_remap", "push", "ready_probe", "verify")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +94,8 @@ class CheckpointRequest(_message.Message):
     EXT_UNIX_SK_FIELD_NUMBER: _ClassVar[int]
     LINK_REMAP_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
+    READY_PROBE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     pid: int
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -101,7 +107,33 @@ class CheckpointRequest(_message.Message):
     ext_unix_sk: bool
     link_remap: bool
     push: bool
-    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., link_remap: _Optional[bool] = ..., push: _Optional[bool] = ...) -> None: ...
+    ready_probe: ReadyProbe
+    verify: AnswerCheck
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., leave_running: _Optional[bool] = ..., pre_checkpoint_hook: _Optional[_Union[Hook, _Mapping]] = ..., cuda_lock_timeout_ms: _Optional[int] = ..., keep_hot: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., link_remap: _Optional[bool] = ..., push: _Optional[bool] = ..., ready_probe: _Optional[_Union[ReadyProbe, _Mapping]] = ..., verify: _Optional[_Union[AnswerCheck, _Mapping]] = ...) -> None: ...
+
+class ReadyProbe(_message.Message):
+    __slots__ = ("http_url", "http_status", "command", "timeout_ms")
+    HTTP_URL_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    http_url: str
+    http_status: int
+    command: str
+    timeout_ms: int
+    def __init__(self, http_url: _Optional[str] = ..., http_status: _Optional[int] = ..., command: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class AnswerCheck(_message.Message):
+    __slots__ = ("http_url", "body", "json_field", "timeout_ms")
+    HTTP_URL_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    http_url: str
+    body: str
+    json_field: str
+    timeout_ms: int
+    def __init__(self, http_url: _Optional[str] = ..., body: _Optional[str] = ..., json_field: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class Hook(_message.Message):
     __slots__ = ("argv", "timeout_seconds")
@@ -112,7 +144,7 @@ class Hook(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp", "publish_host", "gpu_policy", "into_pid")
+    __slots__ = ("snapshot", "wait_for_exit_seconds", "gpu_uuid_map", "post_restore_hook", "cgroup", "log_name", "tcp", "publish_host", "gpu_policy", "into_pid", "wait_ready", "verify")
     class GpuUuidMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +162,8 @@ class RestoreRequest(_message.Message):
     PUBLISH_HOST_FIELD_NUMBER: _ClassVar[int]
     GPU_POLICY_FIELD_NUMBER: _ClassVar[int]
     INTO_PID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_READY_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     snapshot: str
     wait_for_exit_seconds: int
     gpu_uuid_map: _containers.ScalarMap[str, str]
@@ -140,7 +174,9 @@ class RestoreRequest(_message.Message):
     publish_host: str
     gpu_policy: GpuPolicy
     into_pid: int
-    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ..., publish_host: _Optional[str] = ..., gpu_policy: _Optional[_Union[GpuPolicy, str]] = ..., into_pid: _Optional[int] = ...) -> None: ...
+    wait_ready: bool
+    verify: bool
+    def __init__(self, snapshot: _Optional[str] = ..., wait_for_exit_seconds: _Optional[int] = ..., gpu_uuid_map: _Optional[_Mapping[str, str]] = ..., post_restore_hook: _Optional[_Union[Hook, _Mapping]] = ..., cgroup: _Optional[_Union[CgroupSpec, _Mapping]] = ..., log_name: _Optional[str] = ..., tcp: _Optional[_Union[TcpRestore, str]] = ..., publish_host: _Optional[str] = ..., gpu_policy: _Optional[_Union[GpuPolicy, str]] = ..., into_pid: _Optional[int] = ..., wait_ready: _Optional[bool] = ..., verify: _Optional[bool] = ...) -> None: ...
 
 class CgroupSpec(_message.Message):
     __slots__ = ("path", "create", "memory_max_bytes", "cpu_max", "pids_max", "cpuset_cpus", "cpuset_mems")
@@ -193,7 +229,7 @@ class RestoreEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path", "published", "gpus", "pulled_bytes", "pulled_chunks", "instance_id")
+    __slots__ = ("operation_id", "snapshot_id", "root_pid", "pids", "duration_seconds", "cgroup", "log_path", "published", "gpus", "pulled_bytes", "pulled_chunks", "instance_id", "ready_seconds", "verified_digest")
     class GpusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +249,8 @@ class RestoreResult(_message.Message):
     PULLED_BYTES_FIELD_NUMBER: _ClassVar[int]
     PULLED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    READY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     operation_id: str
     snapshot_id: str
     root_pid: int
@@ -225,7 +263,9 @@ class RestoreResult(_message.Message):
     pulled_bytes: int
     pulled_chunks: int
     instance_id: str
-    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Mapping[str, str]] = ..., pulled_bytes: _Optional[int] = ..., pulled_chunks: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
+    ready_seconds: float
+    verified_digest: str
+    def __init__(self, operation_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., root_pid: _Optional[int] = ..., pids: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Mapping[str, str]] = ..., pulled_bytes: _Optional[int] = ..., pulled_chunks: _Optional[int] = ..., instance_id: _Optional[str] = ..., ready_seconds: _Optional[float] = ..., verified_digest: _Optional[str] = ...) -> None: ...
 
 class PublishedPort(_message.Message):
     __slots__ = ("port", "address")
@@ -260,7 +300,7 @@ class ImageFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "link_remap", "link_remap_files", "replicable", "own_network_namespace", "namespace_ports", "push_operation_id", "already_present")
+    __slots__ = ("id", "name", "labels", "created", "root_pid", "processes", "criu_version", "kernel", "hostname", "raw_bytes", "stored_bytes", "files", "checkpoint_seconds", "leave_running", "new_bytes", "pinned", "gpu", "hot", "source_cgroup", "damaged_chunks", "operation_id", "duration_seconds", "tcp_established", "ext_unix_sk", "link_remap", "link_remap_files", "replicable", "own_network_namespace", "namespace_ports", "ready_probe", "answer_check", "push_operation_id", "already_present")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +337,8 @@ class Snapshot(_message.Message):
     REPLICABLE_FIELD_NUMBER: _ClassVar[int]
     OWN_NETWORK_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_PORTS_FIELD_NUMBER: _ClassVar[int]
+    READY_PROBE_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_CHECK_FIELD_NUMBER: _ClassVar[int]
     PUSH_OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -328,9 +370,11 @@ class Snapshot(_message.Message):
     replicable: bool
     own_network_namespace: bool
     namespace_ports: _containers.RepeatedScalarFieldContainer[int]
+    ready_probe: str
+    answer_check: str
     push_operation_id: str
     already_present: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., link_remap: _Optional[bool] = ..., link_remap_files: _Optional[_Iterable[str]] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ..., push_operation_id: _Optional[str] = ..., already_present: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., criu_version: _Optional[str] = ..., kernel: _Optional[str] = ..., hostname: _Optional[str] = ..., raw_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ImageFile, _Mapping]]] = ..., checkpoint_seconds: _Optional[float] = ..., leave_running: _Optional[bool] = ..., new_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., hot: _Optional[bool] = ..., source_cgroup: _Optional[_Union[CgroupInfo, _Mapping]] = ..., damaged_chunks: _Optional[_Iterable[str]] = ..., operation_id: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., tcp_established: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., link_remap: _Optional[bool] = ..., link_remap_files: _Optional[_Iterable[str]] = ..., replicable: _Optional[bool] = ..., own_network_namespace: _Optional[bool] = ..., namespace_ports: _Optional[_Iterable[int]] = ..., ready_probe: _Optional[str] = ..., answer_check: _Optional[str] = ..., push_operation_id: _Optional[str] = ..., already_present: _Optional[bool] = ...) -> None: ...
 
 class CgroupInfo(_message.Message):
     __slots__ = ("path", "limits")
@@ -732,7 +776,7 @@ class InstanceProcess(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., start_time: _Optional[float] = ..., gpu_memory_bytes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("id", "snapshot_id", "snapshot_name", "state", "root_pid", "processes", "gpus", "cgroup", "log_path", "published", "created", "ready", "ended", "exit_status", "operation_id", "detail", "sandbox")
+    __slots__ = ("id", "snapshot_id", "snapshot_name", "state", "root_pid", "processes", "gpus", "cgroup", "log_path", "published", "created", "ready", "ended", "exit_status", "operation_id", "detail", "ready_seconds", "sandbox")
     ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -749,6 +793,7 @@ class Instance(_message.Message):
     EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    READY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     id: str
     snapshot_id: str
@@ -766,8 +811,9 @@ class Instance(_message.Message):
     exit_status: ExitStatus
     operation_id: str
     detail: str
+    ready_seconds: float
     sandbox: Sandbox
-    def __init__(self, id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., snapshot_name: _Optional[str] = ..., state: _Optional[_Union[InstanceState, str]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[InstanceProcess, _Mapping]]] = ..., gpus: _Optional[_Iterable[str]] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[_Union[ExitStatus, _Mapping]] = ..., operation_id: _Optional[str] = ..., detail: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., snapshot_name: _Optional[str] = ..., state: _Optional[_Union[InstanceState, str]] = ..., root_pid: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[InstanceProcess, _Mapping]]] = ..., gpus: _Optional[_Iterable[str]] = ..., cgroup: _Optional[str] = ..., log_path: _Optional[str] = ..., published: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[_Union[ExitStatus, _Mapping]] = ..., operation_id: _Optional[str] = ..., detail: _Optional[str] = ..., ready_seconds: _Optional[float] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("pid", "cgroup")
