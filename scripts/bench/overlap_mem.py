@@ -42,7 +42,12 @@ def seed(block: int) -> int:
 
 def pattern(block: int, first: int, count: int) -> np.ndarray:
     """Elements first..first+count of block ``block`` (int64)."""
-    return (np.arange(first, first + count, dtype=np.int64) * MULT) ^ np.int64(seed(block))
+    return pattern_at(block, np.arange(first, first + count, dtype=np.int64))
+
+
+def pattern_at(block: int, indices: np.ndarray) -> np.ndarray:
+    """The elements of block ``block`` at ``indices`` (int64 array)."""
+    return (indices * MULT) ^ np.int64(seed(block))
 
 
 @dataclass(frozen=True)
@@ -175,12 +180,18 @@ class Run:
     chunks: tuple[tuple[int, int], ...]
 
 
+SAMPLES = 64
+
+
 def locate(buf: bytearray, ranges: Sequence[tuple[int, int]], blocks: int, block_bytes: int,
            chunk_bytes: int) -> list[Run]:
     """Find every chunk of every block in buf (the concatenated bytes of
-    ranges, page-aligned), checking each candidate's full contents; chunks
-    that follow each other in both address and content are merged into one Run."""
+    ranges, page-aligned), checking each candidate at SAMPLES words spread over it
+    (its first and last included: a full comparison of every chunk took 18 s of a
+    4 GiB run on the H100); chunks that follow each other in both address and
+    content are merged into one Run."""
     per = chunk_bytes // 8
+    sample = np.unique(np.linspace(0, per - 1, SAMPLES).astype(np.int64))
     chunks_per_block = block_bytes // chunk_bytes
     keys: dict[int, list[tuple[int, int]]] = {}  # chunk headers may collide: each lists its chunks
     for i in range(blocks):
@@ -195,7 +206,7 @@ def locate(buf: bytearray, ranges: Sequence[tuple[int, int]], blocks: int, block
     found: list[tuple[int, int, int, int]] = []
     for offset in hits.tolist():
         for i, j in keys[int(words[offset // 8])]:
-            if np.array_equal(words[offset // 8: offset // 8 + per], pattern(i, j * per, per)):
+            if np.array_equal(words[offset // 8 + sample], pattern_at(i, j * per + sample)):
                 found.append((address_of(offset), offset, i, j))
     runs: list[Run] = []
     for address, offset, i, j in sorted(found):
