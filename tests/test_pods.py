@@ -27,6 +27,7 @@ from faultlib import biggest_chunk, damage_chunk
 from harness import WORKLOADS, Daemon, error_of, gone, snapd, wait_for
 from snapd_client import SnapdClient
 from snapd_client.client import state_name
+from snapd_daemon.errors import SandboxNotFound
 from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
 from snapd_daemon.host.sandbox import open_sandbox
 
@@ -355,6 +356,25 @@ def test_the_sandboxs_gpus_come_from_its_environment() -> None:
         with open_sandbox(held.pid) as box:
             assert box.gpus == ("1", "GPU-0000000e-0000-0000-0000-000000000000")
             assert box.cgroup == cgroup_of(held.pid)
+    finally:
+        held.kill()
+        held.wait()
+
+
+def test_a_sandbox_that_ends_during_the_restore_is_noticed_before_it_counts_as_restored() -> None:
+    """The restore checks its sandbox once more just before its commit is final
+    (restore/run.py): a pod deleted while the readiness probe was waited for fails the
+    restore (SandboxNotFound, the undo kills the tree) instead of reporting a success."""
+    held = subprocess.Popen(["unshare", "--net", "sleep", "600"])
+    try:
+        wait_for(lambda: _ns(held.pid, "net") != _ns(os.getpid(), "net"), 10, "the process in its own network")
+        with open_sandbox(held.pid) as box:
+            box.check_alive()
+            held.kill()
+            held.wait()
+            with pytest.raises(SandboxNotFound) as ended:
+                box.check_alive()
+            assert f"pid {held.pid}: it ended during the restore" in str(ended.value)
     finally:
         held.kill()
         held.wait()

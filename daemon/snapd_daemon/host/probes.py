@@ -123,8 +123,26 @@ def socket_in(pid: int, family: int) -> socket.socket:
     thread.start()
     thread.join()
     if failed:
+        for sock in made:  # made, but the thread could not switch back: not to be trusted
+            sock.close()
         raise ProbeFailed(f"cannot enter the network namespace of pid {pid}: {failed[0].strerror or failed[0]}")
     return made[0]
+
+
+def _connect(pid: int, host: str, port: int, timeout: float) -> socket.socket:
+    """A socket of ``pid``'s namespace connected to ``host``:``port``, each address the name
+    resolves to tried in turn (``localhost`` may give ::1 first to an IPv4-only server)."""
+    last: OSError | None = None
+    for family, _, _, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket_in(pid, family)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError(0, f"{host} resolves to no address")
 
 
 def http_request(pid: int, method: str, url: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
@@ -141,18 +159,17 @@ def http_request(pid: int, method: str, url: str, body: bytes | None, timeout: f
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     deadline = time.monotonic() + max(timeout, 0.05)
     try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket_in(pid, family) as sock:
-            sock.settimeout(max(timeout, 0.05))
-            sock.connect(address)
+        with _connect(pid, host, port, max(timeout, 0.05)) as sock:
             sock.sendall(head.encode() + b"\r\n" + (body or b""))
             answer = http.client.HTTPResponse(sock, method=method)
             answer.begin()
             data = answer.read(MAX_ANSWER)
-            sock.settimeout(max(0.01, min(_CLOSE_WAIT, deadline - time.monotonic())))
+            close_by = time.monotonic() + max(0.01, min(_CLOSE_WAIT, deadline - time.monotonic()))
             with contextlib.suppress(OSError):
-                while sock.recv(65536):  # until the server has closed its end
-                    pass
+                while (left := close_by - time.monotonic()) > 0:  # until the server has closed its end
+                    sock.settimeout(left)
+                    if not sock.recv(65536):
+                        break
             return answer.status, data
     except TimeoutError:
         raise ProbeFailed(f"no answer within {timeout:.1f} s") from None

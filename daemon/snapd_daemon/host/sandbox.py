@@ -93,6 +93,15 @@ class Sandbox:
                     reason=f"the restored root {pid} is in {kind} namespace {inode}, not the sandbox's "
                     f"{os.fstat(fd).st_ino} (its images hold a {kind} namespace of their own, which CRIU made anew)")
 
+    def check_alive(self) -> None:
+        """SandboxNotFound when the sandbox's process has ended (or its pid was reused) since it was opened."""
+        try:
+            alive = psutil.Process(self.pid).create_time() == self.start_time
+        except psutil.NoSuchProcess:
+            alive = False
+        if not alive:
+            raise SandboxNotFound(pid=self.pid, reason="it ended during the restore")
+
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)

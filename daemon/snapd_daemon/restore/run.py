@@ -159,6 +159,8 @@ class RestoreRun(OperationRun):
                     self.publish(undo)
                     self.post_hook()
                     self.readiness.settle(self.root, self.rt.instances, self.instance_id, self.report)
+                    if self.sandbox:  # a pod deleted meanwhile: the undo kills the tree, not a success
+                        self.sandbox.check_alive()
                     undo.pop_all()
                 seconds = round(time.monotonic() - self.started, 3)
                 log_path = self.log_path if any(e.writes for e in m.outward_stdio) else None
