@@ -110,7 +110,8 @@ def test_cancelled_link_remap_checkpoint_leaves_no_link(daemon: Daemon, client: 
     with its file as it was, and no snapshot is listed."""
     folder = tmp_path / "files"
     folder.mkdir()
-    pid, report = workloads.start("unlinked.py", str(folder), "256")
+    # 1 GiB, as test_cancel's dump: a 256 MiB dump could end before its first progress report
+    pid, report = workloads.start("unlinked.py", str(folder), "1024")
     before = report.read_text().split()
     checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP, link_remap=True)
     checkpoint.wait_for_phase()
