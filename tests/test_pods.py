@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from faultlib import biggest_chunk, damage_chunk
@@ -28,8 +29,12 @@ from harness import WORKLOADS, Daemon, error_of, gone, snapd, wait_for
 from snapd_client import SnapdClient
 from snapd_client.client import state_name
 from snapd_daemon.errors import SandboxNotFound
-from snapd_daemon.host.cgroups import cgroup2_mount, cgroup_of
-from snapd_daemon.host.sandbox import open_sandbox
+from snapd_daemon.host import cgroups, sandbox
+from snapd_daemon.host.cgroups import Needs, cgroup2_mount, cgroup_of
+from snapd_daemon.host.reaper import Reaper
+from snapd_daemon.host.sandbox import Sandbox, open_sandbox
+from snapd_daemon.runtime.events import EventBus
+from snapd_daemon.runtime.instances import InstanceTable, State
 
 JOINED = ("net", "uts", "ipc")
 
@@ -213,7 +218,8 @@ def test_restored_server_answers_at_the_pods_address_inside_its_cgroup_and_stop_
     stopped = snapd(pod_daemon, "stop", instance)
     assert stopped.returncode == 0, stopped.stderr
     assert all(gone(pid) for pid in listed["pids"])
-    assert _groups_below(pod) == []  # its group is removed with it
+    # its group is removed with it, just after it reads stopped
+    wait_for(lambda: _groups_below(pod) == [], 10, "its group to be removed")
     assert _ns(pod.infra, "net")  # the pod lives on
     with pytest.raises(OSError):
         _get(pod, port)
@@ -319,7 +325,8 @@ def test_the_tree_ends_with_its_pod(pods: Pods, pod_daemon: Daemon, pod_client: 
     assert f"its sandbox (pid {own.infra}) ended" in ended.detail
     assert ended.exit_status.signal == signal.SIGKILL and all(gone(p.pid) for p in ended.processes)
     mount = cgroup2_mount()
-    assert mount is not None and not (mount / placed.lstrip("/")).exists()
+    assert mount is not None
+    wait_for(lambda: not (mount / placed.lstrip("/")).exists(), 10, "its group to be removed")
 
 
 def test_a_pod_deleted_while_no_daemon_ran_ends_the_tree_at_the_next_start(
@@ -341,7 +348,8 @@ def test_a_pod_deleted_while_no_daemon_ran_ends_the_tree_at_the_next_start(
             assert f"its sandbox (pid {own.infra}) ended" in c.instance(result.instance_id).detail
         wait_for(lambda: gone(result.root_pid), 10, "the tree to be gone")
         mount = cgroup2_mount()
-        assert mount is not None and not (mount / result.cgroup.lstrip("/")).exists()
+        assert mount is not None
+        wait_for(lambda: not (mount / result.cgroup.lstrip("/")).exists(), 10, "its group to be removed")
     finally:
         _close(daemon)
 
@@ -378,3 +386,47 @@ def test_a_sandbox_that_ends_during_the_restore_is_noticed_before_it_counts_as_r
     finally:
         held.kill()
         held.wait()
+
+
+def test_a_group_whose_killed_tree_outlives_the_failed_restores_wait_goes_when_the_tree_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore into a sandbox that fails after CRIU made its tree removes the group it made
+    below the sandbox's cgroup, waiting a while for the killed tree to go; a tree still there
+    after that wait (its wait shortened here) leaves the group to its instance, recorded at its
+    creation, whose end removes it once the tree is gone. Real cgroup, real processes."""
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup2 hierarchy is mounted on this host")
+    monkeypatch.setattr(cgroups, "_RMDIR_WAIT_SECONDS", 0.2)
+    reaper = Reaper()
+    reaper._thread.start()  # its thread only: start() would make pytest the subreaper of every test's children
+    table = InstanceTable(tmp_path / "instances", reaper, EventBus(), keep_exited=10, max_age=3600)
+    owner = subprocess.Popen(["sleep", "600"])  # the sandbox's process
+    parent = mount / f"snapd-test-{uuid.uuid4().hex[:8]}"
+    parent.mkdir()
+    tree = None
+    try:
+        box = Sandbox(pid=owner.pid, start_time=psutil.Process(owner.pid).create_time(), cgroup=f"/{parent.name}",
+                      gpus=None)
+        with pytest.raises(RuntimeError, match="the restore failed"):
+            with (sandbox.placement(box, "snapd-op-late", Needs("snap", 1 << 20, 2)) as group,
+                  table.placing("op-late", (box.pid, box.start_time, box.cgroup), group.proc_path)):
+                tree = subprocess.Popen(["sleep", "600"])
+                (mount / group.proc_path.lstrip("/") / "cgroup.procs").write_text(str(tree.pid))
+                inst = table.create("op-late", "snap", "late", [(tree.pid, psutil.Process(tree.pid).create_time())])
+                raise RuntimeError("the restore failed")
+        placed = mount / group.proc_path.lstrip("/")
+        assert placed.exists()  # the restore's removal gave up: its tree still ran
+        created = table.get(inst.id)
+        assert created.cgroup == group.proc_path and created.sandbox_pid == owner.pid
+        tree.kill()  # the tree ends, late; the reaper's thread reaps it and ends the instance
+        wait_for(lambda: table.state_of(inst.id) is State.EXITED, 10, "the instance to end")
+        wait_for(lambda: not placed.exists(), 10, "its group to be removed")
+    finally:
+        for proc in (tree, owner):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        owner.wait()
+        for group_dir in sorted((p for p in parent.rglob("*") if p.is_dir()), reverse=True):
+            group_dir.rmdir()
+        parent.rmdir()

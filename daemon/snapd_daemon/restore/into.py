@@ -59,7 +59,8 @@ def target(rt: Runtime, m: Manifest, into: int, request: CgroupRequest | None, n
            operation_id: str) -> Iterator[tuple[Sandbox | None, Cgroup | None]]:
     """(the sandbox of pid ``into``, the new group below its cgroup), or (None, the group
     ``request`` names, None when it names none; the API refuses both at once), for the
-    block; a failure inside it removes the group it created."""
+    block; a failure inside it removes the group it created, and so does the end of the
+    instance the block creates (``InstanceTable.placing``), should its tree outlive that."""
     if not into:
         with rt.cgroups.placement(request, needs) as cgroup:
             yield None, cgroup
@@ -67,5 +68,6 @@ def target(rt: Runtime, m: Manifest, into: int, request: CgroupRequest | None, n
     why = refusal(m)
     if why:
         raise SandboxRefused(snapshot_id=m.id, reason=why)
-    with sandbox.open_sandbox(into) as box, sandbox.placement(box, f"snapd-{operation_id}", needs) as cgroup:
+    with (sandbox.open_sandbox(into) as box, sandbox.placement(box, f"snapd-{operation_id}", needs) as cgroup,
+          rt.instances.placing(operation_id, (box.pid, box.start_time, box.cgroup), cgroup.proc_path)):
         yield box, cgroup

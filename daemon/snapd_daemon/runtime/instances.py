@@ -33,18 +33,20 @@ after ``max_age`` seconds.
 An instance restored into a sandbox (``restore --into``, host/sandbox.py) keeps the
 sandbox's pid, start time and cgroup. Its tree lives only as long as the sandbox:
 when the sandbox's process ends (the pod was deleted), also while no daemon ran,
-the daemon SIGKILLs the tree (``exited``, the reason in ``detail``). When such an
-instance ends, the group made for it below the sandbox's cgroup is removed.
+the daemon SIGKILLs the tree (``exited``, the reason in ``detail``). Its end (a failed restore's too)
+removes the group made below the sandbox's cgroup, once the instance reads ended, outside the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import json
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -159,6 +161,8 @@ class InstanceTable:
         self._all: dict[str, Instance] = {}
         # instances a StopInstance is ending: they end as stopped, not exited
         self._stopping: set[str] = set()
+        # operation id of a restore into a sandbox -> ((its pid, start time, cgroup), the group made below it)
+        self._placing: dict[str, tuple[tuple[int, float, str], str]] = {}
 
     # -- start ----------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class InstanceTable:
         """Read every record; re-adopt live trees, mark those that ended meanwhile (see the
         module docstring). Run once at start, after the hold journal's recovery."""
         booted = boot_id()
+        groups: list[str] = []
         with self._lock:
             for path in sorted(self.directory.glob("in-*.json")):
                 try:
@@ -177,26 +182,43 @@ class InstanceTable:
                 if not inst.live:
                     continue
                 if inst.boot != booted:
-                    self._end(inst, UNKNOWN, "the host rebooted while it ran")
+                    groups.append(self._end(inst, UNKNOWN, "the host rebooted while it ran"))
                 elif inst.state is State.STARTING:
-                    self._end(inst, UNKNOWN, "its restore was cut off by a daemon restart (the tree was killed)")
+                    groups.append(self._end(inst, UNKNOWN,
+                                            "its restore was cut off by a daemon restart (the tree was killed)"))
                 elif is_process(*inst.root) and self.reaper.watch(*inst.root, self._root_ended(inst.id)):
                     log.info("instance.readopted", instance=inst.id, root_pid=inst.root_pid, state=inst.state.value)
                     self._watch_sandbox(inst)
                 else:
-                    self._end(inst, UNKNOWN, "its root ended while no daemon ran")
+                    groups.append(self._end(inst, UNKNOWN, "its root ended while no daemon ran"))
             self._prune()
             self._count()
+        self._release(groups)
 
     # -- a restore's steps ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def placing(self, operation_id: str, box: tuple[int, float, str], cgroup: str) -> Iterator[None]:
+        """For the block: restore ``operation_id`` goes into sandbox ``box`` (pid, start time, cgroup), in
+        the group ``cgroup`` made below its cgroup; the instance it creates records both from its creation."""
+        with self._lock:
+            self._placing[operation_id] = (box, cgroup)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._placing[operation_id]
 
     def create(self, operation_id: str, snapshot_id: str, snapshot_name: str,
                processes: list[tuple[int, float]]) -> Instance:
         """A new instance in ``starting`` for the tree CRIU has just made (``processes``, root
-        first); its root's end is watched from now on."""
+        first); its root's end is watched from now on; its sandbox and group, if ``placing`` says."""
         inst = Instance(id=new_instance_id(), snapshot_id=snapshot_id, snapshot_name=snapshot_name,
                         operation_id=operation_id, root_pid=processes[0][0], processes=processes)
         with self._lock:
+            if operation_id in self._placing:
+                box, inst.cgroup = self._placing[operation_id]
+                inst.sandbox_pid, inst.sandbox_started, inst.sandbox_cgroup = box
             self._all[inst.id] = inst
             self._changed(inst)
         if not self.reaper.watch(*inst.root, self._root_ended(inst.id)):
@@ -215,8 +237,7 @@ class InstanceTable:
             inst = self._all[instance_id]
             inst.gpus, inst.cgroup, inst.log_path, inst.published = gpus, cgroup, log_path, published
             inst.sandbox_pid, inst.sandbox_started, inst.sandbox_cgroup = sandbox or (0, 0.0, "")
-            if not inst.live:
-                self._release(inst)
+            if not inst.live:  # its end removed its group (recorded at its creation)
                 self._changed(inst)
                 return copy.deepcopy(inst)
             if ready_seconds is not None:
@@ -261,21 +282,24 @@ class InstanceTable:
 
     def _root_ended(self, instance_id: str) -> ExitCallback:
         def ended(pid: int, status: ExitStatus) -> None:
+            group = ""
             with self._lock:
                 inst = self._all.get(instance_id)
                 if inst is not None and inst.live:
-                    self._end(inst, status, "")
+                    group = self._end(inst, status, "")
                     log.info("instance.ended", instance=instance_id, root_pid=pid, state=inst.state.value,
                              status=status.describe())
                     self._prune()
+            self._release([group])
         return ended
 
-    def _end(self, inst: Instance, status: ExitStatus, detail: str) -> None:
+    def _end(self, inst: Instance, status: ExitStatus, detail: str) -> str:
+        """End ``inst``; returns the group to ``_release`` once the lock is released ("": none)."""
         stopped = inst.id in self._stopping and inst.state is not State.STARTING
         inst.exit, inst.ended = status, time.time()
         inst.detail = inst.detail or detail
-        self._release(inst)
         self._move(inst, State.STOPPED if stopped else State.EXITED)
+        return inst.cgroup if inst.sandbox_pid else ""
 
     def _watch_sandbox(self, inst: Instance) -> None:
         """Kill the tree of a live instance in a sandbox once the sandbox's process ends (now, when it has)."""
@@ -297,10 +321,10 @@ class InstanceTable:
         return ended
 
     @staticmethod
-    def _release(inst: Instance) -> None:
-        """What an ended instance held beyond its processes: the group made below its sandbox's cgroup."""
-        if inst.sandbox_pid:
-            sandbox.remove_group(inst.cgroup)
+    def _release(groups: list[str]) -> None:
+        """Remove the groups of ended instances below their sandboxes' (waiting): never under the lock."""
+        for group in filter(None, groups):
+            sandbox.remove_group(group)
 
     def stopping(self, instance_id: str) -> None:
         """A StopInstance ends this instance: once its root ends it is ``stopped``."""
