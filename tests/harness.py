@@ -208,6 +208,27 @@ def snapd(daemon: Daemon | None, *args: str) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=300)
 
 
+def command_helps() -> dict[str, str]:
+    """`snapd COMMAND --help` of every command of the installed `snapd` (the client's group with
+    the daemon's commands added, as its entry point adds them), rendered in this process by
+    click's runner: the same text, without a Python start per command (the entry point itself
+    is tested by running it)."""
+    from click.testing import CliRunner
+
+    from snapd_client.cli import cli
+    from snapd_daemon.server.cli import exit_codes, run, serve
+
+    for command in (serve, exit_codes, run):
+        cli.add_command(command)
+    runner = CliRunner()
+    helps = {}
+    for name in cli.commands:
+        result = runner.invoke(cli, [name, "--help"], prog_name="snapd", catch_exceptions=False)
+        assert result.exit_code == 0, (name, result.output)
+        helps[name] = result.output
+    return helps
+
+
 def snapd_on_a_terminal(daemon: Daemon, *args: str,
                         on_output: Callable[[bytes, subprocess.Popen[str]], None] | None = None,
                         ) -> tuple[int, str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import Daemon, Workloads, gone, snapd, snapd_on_a_terminal, wait_for
+from harness import Daemon, Workloads, command_helps, gone, snapd, snapd_on_a_terminal, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import Phase, SnapdClient, SnapdClientError, phase_name
 from snapd_client.output import progress_text
@@ -32,7 +32,8 @@ def test_version_help_examples_and_defaults() -> None:
     assert "SNAPD_TARGET" in top and "socket path" in top
     commands = ["checkpoint", "restore", "list", "inspect", "rm", "pin", "unpin", "prefetch", "gc", "fsck",
                 "status", "ops", "cancel", "ps", "stop", "logs", "events", "export", "import", "serve", "exit-codes"]
-    helps = {c: snapd_full(c, "--help").stdout for c in commands}
+    everything = command_helps()
+    helps = {c: everything[c] for c in commands}
     assert [c for c, text in helps.items() if "Examples:" not in text] == []
     assert "STOPPED" in helps["checkpoint"] and "--leave-running" in helps["checkpoint"]
     assert "default: 10" in " ".join(helps["restore"].split())  # --wait-for-exit

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 
-from harness import Daemon, Workloads, gone, snapd, snapd_on_a_terminal, wait_for
+from harness import Daemon, Workloads, command_helps, gone, snapd, snapd_on_a_terminal, wait_for
 from s3server import S3Server
 from snapd_client import SnapdClient
 
@@ -26,16 +25,6 @@ NOBODY = 65534
 def snapd_full(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "snapd_daemon", *args], capture_output=True, text=True,
                           timeout=120, cwd=cwd)
-
-
-def _all_commands() -> dict[str, click.Command]:
-    """Every command of the installed `snapd`: the client's group with the daemon's added."""
-    from snapd_client.cli import cli
-    from snapd_daemon.server.cli import exit_codes, run, serve
-
-    for command in (serve, exit_codes, run):
-        cli.add_command(command)
-    return dict(cli.commands)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -81,9 +70,9 @@ def test_version_is_answered_without_heavy_imports() -> None:
 
 
 def test_every_command_has_examples_in_its_help() -> None:
-    commands = _all_commands()
-    assert {"push", "pull", "run", "completion", "serve", "list"} <= commands.keys()
-    missing = [name for name in commands if "Examples:" not in snapd_full(name, "--help").stdout]
+    helps = command_helps()
+    assert {"push", "pull", "run", "completion", "serve", "list"} <= helps.keys()
+    missing = [name for name, text in helps.items() if "Examples:" not in text]
     assert missing == []
 
 
