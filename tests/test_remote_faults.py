@@ -21,10 +21,11 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 
 
-@pytest.fixture
-def own_s3(tmp_path: Path) -> Iterator[S3Server]:
-    """A server of this test's own, to kill."""
-    server = S3Server(tmp_path / "s3").start()
+@pytest.fixture(scope="module")
+def own_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A server of this module's own, to kill or freeze (each test leaves it serving again,
+    on a bucket prefix of its own)."""
+    server = S3Server(tmp_path_factory.mktemp("own-s3")).start()
     yield server
     server.kill()
 
@@ -126,7 +127,7 @@ def test_cancel_ends_a_pull_and_an_on_demand_restore_while_the_server_hangs(tmp_
                 if moving.wait(60):
                     assert own_s3.proc is not None
                     os.killpg(own_s3.proc.pid, signal.SIGSTOP)
-                    time.sleep(1)
+                    time.sleep(0.3)  # what was under way when it stopped is read, the rest hangs
                     canceller.cancel(operation[-1])
 
             threading.Thread(target=freeze_then_cancel, daemon=True).start()
