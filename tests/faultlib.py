@@ -9,6 +9,7 @@ the daemon's internals beyond what conftest already uses.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -196,6 +197,18 @@ _KILL_POINTS = {
 _HORIZON = {"checkpoint": 0.8, "checkpoint-leave-running": 0.8, "restore": 0.4, "restore-corrupt": 0.4}
 
 
+def kill_point(kind: str, seed: int) -> int | None:
+    """Where a trial of ``kind`` with ``seed`` kills the daemon (``_KILL_POINTS``; run_trial's first draw)."""
+    return random.Random(seed).choice(_KILL_POINTS[kind])
+
+
+def covering_seeds(kind: str, base: int) -> list[int]:
+    """For each kill point of ``kind``, the first seed from ``base`` on whose trial kills there:
+    the fewest trials that reach every point (their delays, sizes and memory still seeded)."""
+    return [next(seed for seed in itertools.count(base) if kill_point(kind, seed) == point)
+            for point in dict.fromkeys(_KILL_POINTS[kind])]
+
+
 @dataclass
 class TrialResult:
     kind: str
@@ -223,7 +236,7 @@ def run_trial(root: Path, kind: str, seed: int, serve_args: tuple[str, ...] = ()
     """
     assert kind in KINDS, kind
     rng = random.Random(seed)
-    point = rng.choice(_KILL_POINTS[kind])
+    point = rng.choice(_KILL_POINTS[kind])  # kill_point(kind, seed)
     delay = rng.uniform(0, 0.03) if point is not None else rng.uniform(0, _HORIZON[kind])
     # restores get regions big enough that writing them takes tens of ms on a small VM,
     # so that kills land inside the injection too
