@@ -82,9 +82,9 @@ def test_cancel_after_commit_completes(daemon: Daemon, client: SnapdClient, work
     seen: list[str] = []
     outcome: list[object] = []
     restoring = threading.Thread(target=lambda: outcome.append(client.restore(
-        snap.id, post_restore_hook=["sleep", _mark("3.12")], on_progress=lambda p: seen.append(p.operation_id))))
+        snap.id, post_restore_hook=["sleep", _mark("1.52")], on_progress=lambda p: seen.append(p.operation_id))))
     restoring.start()
-    wait_for(lambda: _hook_running(_mark("3.12")), 60, "the post-restore hook")
+    wait_for(lambda: _hook_running(_mark("1.52")), 60, "the post-restore hook")
     answer = client.cancel(seen[-1])
     assert not answer.cancelled and "past its commit point and completes" in answer.detail
     restoring.join(60)
@@ -107,8 +107,8 @@ def _cli(daemon: Daemon, *args: str) -> subprocess.Popen[str]:
 
 def test_ctrl_c_before_commit_point(daemon: Daemon, client: SnapdClient, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "8")
-    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", f"sleep {_mark('3.13')}")
-    wait_for(lambda: _hook_running(_mark("3.13")), 60, "the pre-checkpoint hook")
+    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", f"sleep {_mark('1.53')}")
+    wait_for(lambda: _hook_running(_mark("1.53")), 60, "the pre-checkpoint hook")
     cli.send_signal(signal.SIGINT)
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 45, err
@@ -123,8 +123,8 @@ def test_ctrl_c_after_commit_point(daemon: Daemon, client: SnapdClient, workload
     pid, report = workloads.start("memhold.py", "8")
     snap = client.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-    cli = _cli(daemon, "restore", snap.id, "--post-hook", f"sleep {_mark('3.14')}")
-    wait_for(lambda: _hook_running(_mark("3.14")), 60, "the post-restore hook")
+    cli = _cli(daemon, "restore", snap.id, "--post-hook", f"sleep {_mark('1.54')}")
+    wait_for(lambda: _hook_running(_mark("1.54")), 60, "the post-restore hook")
     cli.send_signal(signal.SIGINT)
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 0, err
@@ -135,8 +135,8 @@ def test_ctrl_c_after_commit_point(daemon: Daemon, client: SnapdClient, workload
 
 def test_second_ctrl_c_leaves_at_once(daemon: Daemon, client: SnapdClient, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "8")
-    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", f"sleep {_mark('3.15')}")
-    wait_for(lambda: _hook_running(_mark("3.15")), 60, "the pre-checkpoint hook")
+    cli = _cli(daemon, "checkpoint", str(pid), "--pre-hook", f"sleep {_mark('1.55')}")
+    wait_for(lambda: _hook_running(_mark("1.55")), 60, "the pre-checkpoint hook")
     cli.send_signal(signal.SIGINT)
     wait_for(lambda: Path(f"/proc/{cli.pid}").exists() and _asked_cancel(daemon), 30, "the cancel to be asked")
     cli.send_signal(signal.SIGINT)
@@ -162,13 +162,13 @@ def test_sigterm_past_the_drain_timeout_cancels_and_rolls_back(tmp_path: Path, w
     def run() -> None:
         with daemon.client() as c:
             try:
-                c.checkpoint(pid, pre_checkpoint_hook=["sleep", _mark("3.13")])
+                c.checkpoint(pid, pre_checkpoint_hook=["sleep", _mark("1.53")])
             except SnapdClientError as exc:
                 errors.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_for(lambda: _hook_running(_mark("3.13")), 60, "the pre-checkpoint hook")
+    wait_for(lambda: _hook_running(_mark("1.53")), 60, "the pre-checkpoint hook")
     assert daemon.stop(signal.SIGTERM) == 0
     thread.join(60)
     assert errors and errors[0].error_class == "Cancelled", errors
