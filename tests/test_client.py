@@ -92,7 +92,7 @@ def test_a_call_past_its_deadline_raises_deadline_exceeded_and_its_operation_rol
     pid, report = workloads.start("memhold.py", "8")
     _, digest, _ = report.read_text().split()
     with pytest.raises(errors.DeadlineExceeded) as info:
-        client.checkpoint(pid, pre_checkpoint_hook=["sleep", "3"], timeout=0.5)
+        client.checkpoint(pid, pre_checkpoint_hook=["sleep", "1.5"], timeout=0.5)
     err = info.value
     assert err.exit_code == 81 and err.fields == {"method": "Checkpoint", "timeout": 0.5}
     assert "Checkpoint passed its deadline of 0.5 s" in err.message
@@ -132,10 +132,10 @@ def test_asyncio_client_checkpoints_and_restores_a_real_process(daemon: Daemon, 
             with pytest.raises(errors.SnapshotNotFound):
                 await c.export_snapshot("nope", io.BytesIO())
             with pytest.raises(errors.DeadlineExceeded):
-                await c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "3"], timeout=0.5)
+                await c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "1.5"], timeout=0.5)
             # cancelling the awaiting task cancels the call, and its checkpoint rolls back
             started = asyncio.Event()
-            task = asyncio.create_task(c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "3"],
+            task = asyncio.create_task(c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "1.5"],
                                                     on_progress=lambda _p: started.set()))
             await asyncio.wait_for(started.wait(), 30)
             task.cancel()
