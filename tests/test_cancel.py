@@ -63,9 +63,9 @@ def test_cancel_during_dump_rolls_back(daemon: Daemon, client: SnapdClient, work
 def test_deadline_before_commit_rolls_back(daemon: Daemon, client: SnapdClient, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "8")
     _, digest, _ = report.read_text().split()
-    with SnapdClient(daemon.target, timeout=1.5) as hasty:
+    with SnapdClient(daemon.target, timeout=0.5) as hasty:
         with pytest.raises(SnapdClientError) as info:
-            hasty.checkpoint(pid, pre_checkpoint_hook=["sleep", _mark("3.11")])
+            hasty.checkpoint(pid, pre_checkpoint_hook=["sleep", _mark("1.51")])
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(lambda: '"error": "Cancelled"' in daemon.log.read_text(), 60, "the checkpoint to roll back")
     assert "before its commit point (its deadline passed)" in daemon.log.read_text()
