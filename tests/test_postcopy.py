@@ -1,0 +1,146 @@
+"""Post-copy restore (restore_overlap): the tree runs while snapd fills its memory through
+the userfaultfds CRIU's lazy pages hand over (real CRIU, real processes)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from harness import Daemon, Workloads, ask, gone, restore_at_once, wait_for
+from snapd.v1 import snapd_pb2 as pb
+from snapd_client import SnapdClientError
+from snapd_daemon.host.uffd import Remap, Remove, Unmap
+from snapd_daemon.restore.addrlog import AddressLog
+from test_replicas import Reports, start_run, worker_of
+
+
+@pytest.fixture
+def lazy(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "lazy", ("--restore-overlap", "always"))
+    d.root.mkdir()
+    d.start()
+    yield d
+    d.stop()
+
+
+def _events(daemon: Daemon, event: str) -> list[dict[str, object]]:
+    return [json.loads(ln) for ln in daemon.log.read_text().splitlines() if f'"event": "{event}"' in ln]
+
+
+def test_the_address_log_follows_moves_and_drops_both_ways() -> None:
+    log = AddressLog()
+    log.add(Remove(0x3000, 0x5000))
+    log.add(Remap(0x8000, 0x20000, 0x2000))
+    log.add(Unmap(0x20000, 0x21000))
+    # a planned range [0x1000, 0xa000): its 2nd and 3rd pages dropped, [0x8000, 0xa000) moved, then half unmapped
+    assert log.forward(0x1000, 0x9000) == [(0x1000, 0x2000, 0), (0x5000, 0x3000, 0x4000), (0x21000, 0x1000, 0x8000)]
+    assert log.back(0x21000) == 0x9000 and log.back(0x1000) == 0x1000
+    assert log.back(0x3000) is None and log.back(0x8000) is None and log.back(0x20000) is None
+
+
+def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, workloads: Workloads) -> None:
+    """Random data, zero runs and holes never touched: every byte as at checkpoint, and the fill
+    ran after the resume (its figures logged)."""
+    pid, report = workloads.start("lazymem.py", "384", "1", "plain")
+    digest = report.read_text().split()[1]
+    with lazy.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        c.restore(snap.id)
+    assert ask(pid, report)[1] == digest
+    [done] = _events(lazy, "restore.postcopy")
+    assert int(done["fill_bytes"]) > 256 << 20  # type: ignore[call-overload]
+    names = [e["event"] for e in (json.loads(ln) for ln in lazy.log.read_text().splitlines() if ln.startswith("{"))]
+    assert names.index("restore.resume") < names.index("restore.postcopy")
+
+
+def test_unmap_dontneed_remap_and_fork_on_resume_see_what_they_must(lazy: Daemon, workloads: Workloads) -> None:
+    """The moment it runs, the tree drops, moves and forks parts of memory not filled yet: a dropped
+    part reads zeros, a moved one its data, a child forked then the checkpoint's bytes."""
+    pid, report = workloads.start("lazymem.py", "256", "32", "events")
+    digest = report.read_text().split()[1]
+    events = Path(f"{report}.events")
+    with lazy.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        events.unlink(missing_ok=True)
+        c.restore(snap.id)
+    wait_for(events.exists, 60, "the restored workload's report of its resume")
+    assert events.read_text().split() == [str(pid), "dontneed_zero=1", "remapped_intact=1", "child_quarter=1",
+                                          "child_region=1"]
+    assert ask(pid, report)[1] == digest
+    [done] = _events(lazy, "restore.postcopy")
+    assert done["events_fork"] == 1 and done["events_remap"] == 1  # the tree's changes reached the fill
+
+
+def test_a_corrupt_chunk_fails_the_restore_and_kills_the_running_tree(lazy: Daemon, workloads: Workloads) -> None:
+    pid, _ = workloads.start("lazymem.py", "64", "1", "plain")
+    with lazy.client() as c:
+        snap = c.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    manifest = json.loads((lazy.state_dir / "manifests" / f"{snap.id}.json").read_text())
+    pages = next(f for f in manifest["files"] if f["name"].startswith("pages-"))
+    last = [c for c in pages["chunks"] if c["id"]][-1]
+    path = lazy.state_dir / "chunks" / last["id"][:2] / last["id"]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with lazy.client() as c, pytest.raises(SnapdClientError) as info:
+        c.restore(snap.id)
+    assert info.value.code == grpc.StatusCode.DATA_LOSS and last["id"] in info.value.message
+    assert gone(pid)  # killed, none of it left blocked on a page
+    with lazy.client() as c:
+        wait_for(lambda: c.status().operations_in_flight == 0, 30, "the restore to end")
+    assert list((lazy.state_dir / "holds").glob("*.json")) == []
+
+
+def test_a_cancel_before_the_commit_kills_the_tree(lazy: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("lazymem.py", "64", "1", "plain")
+    digest = report.read_text().split()[1]
+    with lazy.client() as c:
+        snap = c.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    failure: list[SnapdClientError] = []
+    asked = threading.Event()
+
+    def progress(p: pb.Progress) -> None:
+        if p.phase == pb.PHASE_RESTORE and not asked.is_set():
+            asked.set()
+            with lazy.client() as other:
+                other.cancel(p.operation_id)
+
+    def restore() -> None:
+        with lazy.client() as c:
+            try:
+                c.restore(snap.id, on_progress=progress)
+            except SnapdClientError as exc:
+                failure.append(exc)
+
+    t = threading.Thread(target=restore)
+    t.start()
+    t.join(120)
+    assert failure and failure[0].code == grpc.StatusCode.CANCELLED
+    wait_for(lambda: gone(pid), 10, "the cancelled restore's tree to be killed")
+    with lazy.client() as c:  # and the snapshot restores whole afterwards
+        c.restore(snap.id)
+    assert ask(pid, report)[1] == digest
+
+
+def test_a_replicable_snapshot_restores_twice_side_by_side(lazy: Daemon, tmp_path: Path) -> None:
+    reports = Reports(tmp_path / "reports.sock")
+    init = start_run(tmp_path, reports)
+    digest = reports.ask(worker_of(init))[0]
+    with lazy.client() as c:
+        snap = c.checkpoint(init)
+    wait_for(lambda: gone(init), 30, "the source to be stopped")
+    outcomes = restore_at_once(lazy.target, snap.id, 2)
+    roots = [o.root_pid for o in outcomes]  # type: ignore[attr-defined]
+    assert len(set(roots)) == 2
+    for root in roots:
+        assert reports.ask(worker_of(root))[0] == digest
+    assert len(_events(lazy, "restore.postcopy")) == 2
