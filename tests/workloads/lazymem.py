@@ -1,6 +1,6 @@
 """Hold a region of SIZE_MB with random data, zero runs and never-touched holes; with
 ``events``, change a second region of 4 x QUARTER_MB the moment the process is resumed
-(SIGCONT): munmap its 1st quarter, MADV_DONTNEED its 2nd, mremap its 3rd elsewhere, and
+(SIGCONT): munmap its 1st quarter, MADV_DONTNEED its 2nd, mremap its 3rd elsewhere (grown), and
 fork a child that digests its 4th and the big region, neither touched since the resume.
 
 usage: lazymem.py SIZE_MB QUARTER_MB [events] REPORT
@@ -52,7 +52,8 @@ def digest(address: int, length: int) -> str:
 def on_resume(_sig: int, _frame: object) -> None:
     libc.munmap(base, quarter)
     side.obj.madvise(mmap.MADV_DONTNEED, mmap.PAGESIZE + quarter, quarter)
-    moved = libc.mremap(base + 2 * quarter, quarter, quarter, 1)  # MREMAP_MAYMOVE
+    # grown by a page, as the 4th quarter follows it: the kernel must move it
+    moved = libc.mremap(base + 2 * quarter, quarter, quarter + mmap.PAGESIZE, 1)  # MREMAP_MAYMOVE
     child = os.fork()
     if child == 0:
         fourth = digest(base + 3 * quarter, quarter) == expected[3]
