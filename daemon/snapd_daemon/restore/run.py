@@ -35,7 +35,7 @@ A ``RestoreRun`` goes through its phases in order, one method each:
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
   7. ``resume_gpu``: the GPU side is restored and unlocked (with post-copy while
-     the fill runs; ``end_fill`` then waits until every planned byte is in place
+     the fill runs; ``overlap.settle`` then waits until every planned byte is in place
      and only then closes the uffds); then the ports are
      published (``publish``), the post-restore hook runs and the snapshot's readiness
      probe is waited for and its answer verified, or left to the background (readiness.py).
@@ -80,7 +80,7 @@ from snapd_daemon.host.cgroups import Cgroup, Needs
 from snapd_daemon.host.gpuplace import Policy
 from snapd_daemon.host.sandbox import Sandbox
 from snapd_daemon.remote.ondemand import OnDemand
-from snapd_daemon.restore import images, into, pidmap
+from snapd_daemon.restore import images, into, overlap, pidmap
 from snapd_daemon.restore.delivery import Delivery, Readahead
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree, parents
 from snapd_daemon.restore.postcopy import PostCopy
@@ -161,7 +161,8 @@ class RestoreRun(OperationRun):
                         # the disk reads the injection's first chunks while CRIU restores the tree
                         ahead = reading.enter_context(self.delivery.read_ahead(plan.memory))
                         self.cancel.check()
-                        post = self.postcopy(plan, undo)
+                        post = overlap.choose(self.rt.settings.restore_overlap, self.rt.criu, self.manifest,
+                                              plan.memory, undo)
                         self.criu(cgroup, undo, post)
                     self.inject(plan, ahead, post)
                     if post is None:
@@ -169,8 +170,9 @@ class RestoreRun(OperationRun):
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu(post)
-                    if post is not None:
-                        self.end_fill(post, plan.injected_bytes)
+                    if post is not None:  # every planned byte in place, then the uffds closed
+                        overlap.settle(post, self.gpu_seconds, self.overlap_seconds, lambda text: self.report(
+                            ProgressEvent(Phase.INJECT, plan.injected_bytes, plan.injected_bytes, text)))
                         reading.close()
                     self.publish(undo)
                     self.post_hook()
@@ -263,23 +265,6 @@ class RestoreRun(OperationRun):
             finally:
                 linkremap.remove(made)  # CRIU removes them when it succeeds
 
-    def postcopy(self, plan: images.FastRestore, undo: ExitStack) -> PostCopy | None:
-        """The post-copy fill for this restore (``restore_overlap``), or None for the stopped-tree
-        injection; ``undo`` closes its uffds after it kills the tree."""
-        mode, m = self.rt.settings.restore_overlap, self.manifest
-        if not plan.memory or mode == "never" or (mode == "gpu" and not m.gpu):
-            return None
-        if any(t.zero_fill for route in plan.memory for t in route.targets):
-            log.info("restore.postcopy_unused", reason="a region came to a child from its parent (it holds the "
-                     "parent's pages, which a userfaultfd cannot overwrite)")
-            return None
-        if not self.rt.criu.has_feature("uffd-noncoop"):
-            log.info("restore.postcopy_unused", reason="CRIU reports no uffd-noncoop on this kernel")
-            return None
-        post = PostCopy(m.id)
-        undo.callback(post.close)
-        return post
-
     def criu(self, cgroup: Cgroup | None, undo: ExitStack, post: PostCopy | None = None) -> None:
         """CRIU restores the tree, every task left stopped; from the moment it returns,
         ``undo`` kills the tree. With ``post``, CRIU sends each task's uffd to it."""
@@ -363,18 +348,6 @@ class RestoreRun(OperationRun):
             self.gpu_seconds = time.monotonic() - began
             if post is not None:
                 self.overlap_seconds = post.overlap(began, began + self.gpu_seconds)
-
-    def end_fill(self, post: PostCopy, total: int) -> None:
-        """Wait until the fill has put every planned byte in place and closed the uffds."""
-        with metrics.phase("restore", "fill"):
-            try:
-                post.wait()
-            finally:
-                figures = {**post.summary(), "gpu_restore_seconds": round(self.gpu_seconds, 3),
-                           "overlap_seconds": round(self.overlap_seconds, 3)}
-                log.info("restore.postcopy", **figures)
-        self.report(ProgressEvent(Phase.INJECT, total, total,
-                                  "post-copy " + " ".join(f"{k}={v}" for k, v in figures.items())))
 
     def publish(self, undo: ExitStack) -> None:
         """Publish each port the tree listened on in its own network namespace on a free
