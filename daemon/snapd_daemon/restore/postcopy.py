@@ -135,6 +135,7 @@ class PostCopy:
         self._bytes_lock = threading.Lock()
         self._arrived: list[_Mm] = []
         self._closing = False
+        self.muted = False  # set: the fill reports no progress (another phase is current)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._faults = threading.Thread(target=self._serve, name="postcopy-faults", daemon=True)
         self._faults.start()
@@ -166,7 +167,8 @@ class PostCopy:
         def fill() -> None:
             began = time.monotonic()
             try:
-                delivery.run(routes, progress, lambda: self._check(check), ahead, probe=False, writer=self)
+                delivery.run(routes, lambda done: None if self.muted else progress(done), lambda: self._check(check),
+                             ahead, probe=False, writer=self)
             except BaseException as exc:
                 self.failure = self.failure or exc
             self.fill_ended = time.monotonic()

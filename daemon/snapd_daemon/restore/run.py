@@ -341,6 +341,8 @@ class RestoreRun(OperationRun):
         m = self.manifest
         if m.gpu:
             self.report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(m.gpu.cuda_pids)}"))
+            if post is not None:  # the fill's progress would interleave with this phase's
+                post.muted = True
             began = time.monotonic()
             with metrics.phase("restore", "gpu-restore"):
                 gpu.resume_restored(tuple(self.hosts[p] for p in m.gpu.cuda_pids),
