@@ -45,14 +45,18 @@ def test_the_address_log_follows_moves_and_drops_both_ways() -> None:
 
 
 def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, workloads: Workloads) -> None:
-    """Random data, zero runs and holes never touched: every byte as at checkpoint, and the fill
-    ran after the resume (its figures logged)."""
+    """Random data, zero runs and holes never touched: every byte as at checkpoint, read by the
+    process itself from the moment it runs (while the fill runs), and the fill's figures logged."""
     pid, report = workloads.start("lazymem.py", "384", "1", "plain")
     digest = report.read_text().split()[1]
+    resumed = Path(f"{report}.resumed")  # its digest of the region read the moment it ran
     with lazy.client() as c:
         snap = c.checkpoint(pid)
         wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        resumed.unlink(missing_ok=True)
         c.restore(snap.id)
+    wait_for(resumed.exists, 60, "the restored workload's digest at its resume")
+    assert resumed.read_text().split() == [str(pid), digest]
     assert ask(pid, report)[1] == digest
     [done] = _events(lazy, "restore.postcopy")
     assert int(done["fill_bytes"]) > 256 << 20  # type: ignore[call-overload]

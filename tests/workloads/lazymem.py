@@ -3,8 +3,9 @@
 (SIGCONT): munmap its 1st quarter, MADV_DONTNEED its 2nd, mremap its 3rd elsewhere (grown), and
 fork a child that digests its 4th and the big region, neither touched since the resume.
 
-usage: lazymem.py SIZE_MB QUARTER_MB [events] REPORT
-report: "<pid> <sha256 of the big region> <checks>"; after the SIGCONT, REPORT.events:
+usage: lazymem.py SIZE_MB QUARTER_MB plain|events REPORT
+report: "<pid> <sha256 of the big region> <checks>"; plain: on SIGCONT it digests the big
+region at once and writes "<pid> <sha256>" to REPORT.resumed; events: after the SIGCONT, REPORT.events:
 "<pid> dontneed_zero=<0|1> remapped_intact=<0|1> child_quarter=<0|1> child_region=<0|1>"
 """
 
@@ -69,6 +70,9 @@ def on_resume(_sig: int, _frame: object) -> None:
                  f"child_quarter={fourth} child_region={whole}")
 
 
-if events:
-    signal.signal(signal.SIGCONT, on_resume)
+def on_resume_digest(_sig: int, _frame: object) -> None:
+    write_report(f"{path}.resumed", f"{os.getpid()} {hashlib.sha256(region).hexdigest()}")
+
+
+signal.signal(signal.SIGCONT, on_resume if events else on_resume_digest)
 hold_digest(path, lambda: region)
