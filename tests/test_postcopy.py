@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from harness import Daemon, Workloads, ask, gone, restore_at_once, wait_for
+from faultlib import biggest_chunk, damage_chunk
+from harness import Daemon, Workloads, ask, gone, restore_at_once, serving, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
 from snapd_daemon.host.uffd import Remap, Remove, Unmap
@@ -21,15 +22,24 @@ from test_replicas import Reports, start_run, worker_of
 
 @pytest.fixture
 def lazy(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "lazy", ("--restore-overlap", "always"))
-    d.root.mkdir()
-    d.start()
-    yield d
-    d.stop()
+    with serving(tmp_path / "lazy", "--restore-overlap", "always") as d:
+        yield d
 
 
 def _events(daemon: Daemon, event: str) -> list[dict[str, object]]:
     return [json.loads(ln) for ln in daemon.log.read_text().splitlines() if f'"event": "{event}"' in ln]
+
+
+def _moved(daemon: Daemon, pid: int, said: Path) -> Path:
+    """Checkpoint ``pid`` (it stops), restore it, and wait for what the restored copy writes to
+    ``said`` once resumed (anything there before, the source's, removed first)."""
+    with daemon.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        said.unlink(missing_ok=True)
+        c.restore(snap.id)
+    wait_for(said.exists, 60, f"the restored workload to write {said.name}")
+    return said
 
 
 def test_the_address_log_follows_moves_and_drops_both_ways() -> None:
@@ -49,13 +59,7 @@ def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, work
     process itself from the moment it runs (while the fill runs), and the fill's figures logged."""
     pid, report = workloads.start("lazymem.py", "384", "1", "plain")
     digest = report.read_text().split()[1]
-    resumed = Path(f"{report}.resumed")  # its digest of the region read the moment it ran
-    with lazy.client() as c:
-        snap = c.checkpoint(pid)
-        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-        resumed.unlink(missing_ok=True)
-        c.restore(snap.id)
-    wait_for(resumed.exists, 60, "the restored workload's digest at its resume")
+    resumed = _moved(lazy, pid, Path(f"{report}.resumed"))  # its digest of the region, read the moment it ran
     assert resumed.read_text().split() == [str(pid), digest]
     assert ask(pid, report)[1] == digest
     [done] = _events(lazy, "restore.postcopy")
@@ -69,13 +73,7 @@ def test_unmap_dontneed_remap_and_fork_on_resume_see_what_they_must(lazy: Daemon
     part reads zeros, a moved one its data, a child forked then the checkpoint's bytes."""
     pid, report = workloads.start("lazymem.py", "256", "32", "events")
     digest = report.read_text().split()[1]
-    events = Path(f"{report}.events")
-    with lazy.client() as c:
-        snap = c.checkpoint(pid)
-        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-        events.unlink(missing_ok=True)
-        c.restore(snap.id)
-    wait_for(events.exists, 60, "the restored workload's report of its resume")
+    events = _moved(lazy, pid, Path(f"{report}.events"))
     assert events.read_text().split() == [str(pid), "dontneed_zero=1", "remapped_intact=1", "child_quarter=1",
                                           "child_region=1"]
     assert ask(pid, report)[1] == digest
@@ -88,16 +86,10 @@ def test_a_corrupt_chunk_fails_the_restore_and_kills_the_running_tree(lazy: Daem
     with lazy.client() as c:
         snap = c.checkpoint(pid)
     wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
-    manifest = json.loads((lazy.state_dir / "manifests" / f"{snap.id}.json").read_text())
-    pages = next(f for f in manifest["files"] if f["name"].startswith("pages-"))
-    last = [c for c in pages["chunks"] if c["id"] and c["length"] == 2 << 20][-1]  # the big region's last
-    path = lazy.state_dir / "chunks" / last["id"][:2] / last["id"]
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0x5A
-    path.write_bytes(bytes(data))
+    damaged = damage_chunk(biggest_chunk(lazy.state_dir), "flip")  # a random 2 MiB piece of the region
     with lazy.client() as c, pytest.raises(SnapdClientError) as info:
         c.restore(snap.id)
-    assert info.value.code == grpc.StatusCode.DATA_LOSS and last["id"] in info.value.message
+    assert info.value.code == grpc.StatusCode.DATA_LOSS and damaged in info.value.message
     assert gone(pid)  # killed, none of it left blocked on a page
     with lazy.client() as c:
         wait_for(lambda: c.status().operations_in_flight == 0, 30, "the restore to end")
