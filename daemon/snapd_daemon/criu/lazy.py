@@ -33,7 +33,8 @@ class LazySocket:
     """Listens at ``<work>/lazy-pages.socket`` from construction; a thread accepts CRIU's
     connection and hands each (pid, uffd) to ``receive`` as it arrives, until
     RESTORE_FINISHED or the end of the stream. ``failure`` holds what went wrong
-    (a broken stream, ``receive`` raising); ``close`` stops listening and waits."""
+    (a broken stream, ``receive`` raising; a task whose uffd never came is the caller's
+    to notice); ``close`` stops listening, waits, and logs the failure."""
 
     def __init__(self, work: Path, receive: Receive) -> None:
         self.path = work / SOCKET_NAME
@@ -85,6 +86,8 @@ class LazySocket:
         self._thread.join()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if self.failure is not None:
+            log.error("lazy.socket_failed", error=str(self.failure), finished=self.finished)
 
 
 @contextlib.contextmanager

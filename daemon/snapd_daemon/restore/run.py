@@ -280,7 +280,8 @@ class RestoreRun(OperationRun):
                 stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
         ) as (inherit, self.log_path), self._relinked(), ExitStack() as lazy_stack:
-            sock = lazy_stack.enter_context(lazy.listening(self.staging.work, post.receive)) if post else None
+            if post is not None:  # CRIU sends each task's uffd there (a task without one: ``post.start`` fails)
+                lazy_stack.enter_context(lazy.listening(self.staging.work, post.receive))
             self.root = actions.restore(
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
@@ -290,8 +291,6 @@ class RestoreRun(OperationRun):
             )
             undo.callback(self._kill_tree)
             lazy_stack.close()  # CRIU has sent every uffd
-            if sock is not None and sock.failure is not None:
-                raise RestoreAborted(snapshot_id=m.id, reason=f"CRIU's lazy-pages socket failed: {sock.failure}")
         metrics.BYTES_READ.inc(m.raw_bytes)
         # the tree exists, every task stopped: name it by host pid and start time from now on
         self.hosts = pidmap.locate(m, self.root)
