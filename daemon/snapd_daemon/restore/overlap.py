@@ -11,13 +11,16 @@ fills only missing pages).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu.binary import Criu
+from snapd_daemon.errors import Cancelled, SnapdError
 from snapd_daemon.restore.delivery import Route
 from snapd_daemon.restore.postcopy import PostCopy
 from snapd_daemon.snapshots.manifest import Manifest
@@ -41,14 +44,34 @@ def choose(mode: str, criu: Criu, manifest: Manifest, memory: list[Route], undo:
     return post
 
 
-def settle(post: PostCopy, gpu_seconds: float, overlap_seconds: float, report: Callable[[str], None]) -> None:
+@contextlib.contextmanager
+def during(post: PostCopy | None) -> Iterator[None]:
+    """Around the CUDA restore: with ``post``, its fill reports no progress meanwhile (the two
+    would interleave), the time it ran while the fill still ran is counted, and a failure
+    of it that the fill's failure caused (the tree killed under it) is the fill's."""
+    if post is None:
+        yield
+        return
+    post.muted = True
+    began = time.monotonic()
+    try:
+        yield
+    except SnapdError:
+        if post.failure is not None and not isinstance(post.failure, Cancelled):
+            raise post.failure from None
+        raise
+    finally:
+        post.gpu_seconds = time.monotonic() - began
+        post.overlap_seconds = post.overlap(began, began + post.gpu_seconds)
+
+
+def settle(post: PostCopy, report: Callable[[str], None]) -> None:
     """Wait for ``post`` to end (raising its failure), then log its figures in one line and
     ``report`` them (the restore's progress: the bench reads them there)."""
     try:
         with metrics.phase("restore", "fill"):
             post.wait()
     finally:
-        figures = {**post.summary(), "gpu_restore_seconds": round(gpu_seconds, 3),
-                   "overlap_seconds": round(overlap_seconds, 3)}
+        figures = post.summary()
         log.info("restore.postcopy", **figures)
     report("post-copy " + " ".join(f"{k}={v}" for k, v in figures.items()))

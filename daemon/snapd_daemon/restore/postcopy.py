@@ -133,6 +133,8 @@ class PostCopy:
         self.filled_bytes = 0
         self.fill_seconds = 0.0
         self.fill_ended = 0.0
+        self.gpu_seconds = 0.0  # the CUDA restore's, and how much of it ran while the fill still ran
+        self.overlap_seconds = 0.0
         self._bytes_lock = threading.Lock()
         self._arrived: list[_Mm] = []
         self._closing = False
@@ -154,9 +156,10 @@ class PostCopy:
     # -- the fill -----------------------------------------------------------
 
     def start(self, delivery: Delivery, routes: list[Route], hosts: dict[int, int], progress: Progress,
-              check: Callable[[], None], ahead: Readahead | None) -> None:
+              check: Callable[[], None], ahead: Readahead | None, abort: Callable[[], object]) -> None:
         """Fill ``routes`` (memory targets naming image pids) in a thread of its own; ``hosts``:
-        image pid -> host pid, for messages. RestoreAborted when a task has no uffd."""
+        image pid -> host pid, for messages; ``abort`` runs in that thread when the fill fails
+        (not when ``close`` stopped it). RestoreAborted when a task has no uffd."""
         self.hosts = hosts
         with self._bytes_lock:
             received = {mm.pid for mm in self._arrived} | set(self.mms)
@@ -172,16 +175,19 @@ class PostCopy:
                              ahead, probe=False, writer=self)
             except BaseException as exc:
                 self.failure = self.failure or exc
+                if not isinstance(exc, _Stopped):
+                    abort()
             self.fill_ended = time.monotonic()
             self.fill_seconds = self.fill_ended - began
 
+        while self._arrived and self.failure is None:  # every uffd polled by the fault thread first
+            time.sleep(0.001)
         self._fill = threading.Thread(target=fill, name="postcopy-fill", daemon=True)
         self._fill.start()
 
     def order(self, batches: list[list[Route]]) -> Callable[[], int]:
         with self.lock.exclusive():
             self.plan = _Plan(batches)
-            self._adopt()
             for mms in self.mms.values():
                 for mm in mms:
                     mm.wanted = self.plan.batches_of(mm.pid)
@@ -283,7 +289,8 @@ class PostCopy:
         seconds = round(self.fill_seconds, 3)
         return {"fill_seconds": seconds, "fill_bytes": self.filled_bytes,
                 "fill_gbps": round(self.filled_bytes / self.fill_seconds / 1e9, 2) if self.fill_seconds else 0.0,
-                **dict(sorted(self.counts.items()))}
+                **dict(sorted(self.counts.items())), "gpu_restore_seconds": round(self.gpu_seconds, 3),
+                "overlap_seconds": round(self.overlap_seconds, 3)}
 
     def close(self) -> None:
         """Stop the fill and the fault thread, close every uffd and the pipe; idempotent."""

@@ -88,7 +88,7 @@ from snapd_daemon.restore.readiness import Readiness
 from snapd_daemon.restore.spec import RestoreOutcome, RestoreSpec
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
-from snapd_daemon.runtime.holds import KILL, HoldRecord
+from snapd_daemon.runtime.holds import KILL, HoldRecord, kill_restored
 from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -132,8 +132,6 @@ class RestoreRun(OperationRun):
         # pids of the killed tree still held when the undo ended (see ``_kill_tree``)
         self.held_pids: list[int] = []
         self.readiness = Readiness(self.manifest, spec.wait_ready, spec.verify, self.started)
-        self.gpu_seconds = 0.0
-        self.overlap_seconds = 0.0  # of the CUDA restore, while the post-copy fill still ran
 
     def execute(self) -> RestoreOutcome:
         m = self.manifest
@@ -171,7 +169,7 @@ class RestoreRun(OperationRun):
                     self.resume()
                     self.resume_gpu(post)
                     if post is not None:  # every planned byte in place, then the uffds closed
-                        overlap.settle(post, self.gpu_seconds, self.overlap_seconds, lambda text: self.report(
+                        overlap.settle(post, lambda text: self.report(
                             ProgressEvent(Phase.INJECT, plan.injected_bytes, plan.injected_bytes, text)))
                         reading.close()
                     self.publish(undo)
@@ -313,8 +311,10 @@ class RestoreRun(OperationRun):
         total = plan.injected_bytes
         self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory" if post is None else "post-copy fill"))
         if post is not None:
+            # a failed fill kills the tree at once: a thread of it (the driver's) may wait on a page
             post.start(self.delivery, plan.memory, {self.manifest.image_pid(p): h for p, h in self.hosts.items()},
-                       lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check, ahead)
+                       lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check, ahead,
+                       abort=lambda: kill_restored(self.record))
             return
         with metrics.phase("restore", "inject"):
             try:
@@ -340,15 +340,9 @@ class RestoreRun(OperationRun):
         m = self.manifest
         if m.gpu:
             self.report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(m.gpu.cuda_pids)}"))
-            if post is not None:  # the fill's progress would interleave with this phase's
-                post.muted = True
-            began = time.monotonic()
-            with metrics.phase("restore", "gpu-restore"):
+            with metrics.phase("restore", "gpu-restore"), overlap.during(post):
                 gpu.resume_restored(tuple(self.hosts[p] for p in m.gpu.cuda_pids),
                                     {self.hosts[p]: pairs for p, pairs in self.pairs.items()})
-            self.gpu_seconds = time.monotonic() - began
-            if post is not None:
-                self.overlap_seconds = post.overlap(began, began + self.gpu_seconds)
 
     def publish(self, undo: ExitStack) -> None:
         """Publish each port the tree listened on in its own network namespace on a free
