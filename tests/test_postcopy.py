@@ -17,6 +17,7 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
 from snapd_daemon.host.uffd import Remap, Remove, Unmap
 from snapd_daemon.restore.addrlog import AddressLog
+from test_all_or_nothing import held_restore
 from test_replicas import Reports, start_run, worker_of
 
 
@@ -141,3 +142,21 @@ def test_a_replicable_snapshot_restores_twice_side_by_side(lazy: Daemon, tmp_pat
     for root in roots:
         assert reports.ask(worker_of(root))[0] == digest
     assert len(_events(lazy, "restore.postcopy")) == 2
+
+
+def test_sigkill_of_the_daemon_during_the_fill_is_undone_at_next_start(lazy: Daemon, workloads: Workloads) -> None:
+    """The fill held on a chunk whose read blocks (a FIFO), the daemon SIGKILLed: its next start
+    kills the tree its journal names (which may have run, on zeros, since the uffds closed with
+    the daemon), and the snapshot restores whole again."""
+    with held_restore(lazy, workloads, 2025) as held:
+        assert lazy.proc is not None
+        lazy.proc.kill()
+        lazy.proc.wait()
+        held.call.join()
+    lazy.start()
+    wait_for(lambda: gone(held.pid), 15, "the held restore's tree to be killed")
+    with lazy.client() as c:
+        assert c.status().recovered_operations >= 1
+        c.restore(held.snapshot, wait_for_exit_seconds=10)
+    assert ask(held.pid, held.report)[1] == held.digest
+    assert len(_events(lazy, "restore.postcopy")) == 1  # the second restore's: post-copy too
