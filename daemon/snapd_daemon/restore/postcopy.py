@@ -13,7 +13,7 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
   every fill thread. Zero chunks of the plan are filled with UFFDIO_ZEROPAGE.
 - Faults (one thread polls every uffd): in a planned piece still to fill, the
   cursor moves there and its COPY answers the fault; in a filled one, WAKE; outside
-  the plan (a hole), the zero page (to the end of its 2 MiB while nothing moved).
+  the plan (a hole), the zero page (to the end of its 2 MiB where nothing moved in).
 - Events: per address space (``_Mm``) an ``AddressLog`` of munmap / madvise /
   mremap translates each piece at fill time (what the process dropped stays
   dropped) and each fault back to its piece. FORK: the child's uffd gets the
@@ -50,7 +50,7 @@ from snapd_daemon.store.rwlock import RWLock
 
 log = structlog.get_logger()
 _RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN waits this long for the event to be read
-HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (see _zero_hole)
+HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``_zero_hole``)
 
 
 class _Stopped(Exception):
@@ -395,16 +395,17 @@ class PostCopy:
         return True
 
     def _zero_hole(self, mm: _Mm, address: int) -> None:
-        """The zero page at ``address``, a page outside the plan, and while the address space
-        is as restored (no event yet) up to ``HOLE_RUN`` of the hole after it: one fault, not
-        one per page, for a reader walking never-touched memory. A run that leaves its mapping
-        (ENOENT) falls back to the page; one that meets a present page stops there."""
+        """The zero page at ``address``, a page outside the plan, and up to ``HOLE_RUN`` of the
+        hole after it (to the next planned address): one fault, not one per page, for a reader
+        walking never-touched memory. Not where an mremap moved memory in (planned bytes may
+        lie there now): there only the page. A run that leaves its mapping (ENOENT) falls back
+        to the page; one that meets a present page stops there."""
         assert self.plan is not None
-        end = address + uffd.PAGE
-        if not mm.log.events:
-            starts = self.plan.starts.get(mm.pid, [])
-            k = bisect.bisect_right(starts, address)
-            end = min((address | (HOLE_RUN - 1)) + 1, starts[k] if k < len(starts) else 1 << 64)
+        starts = self.plan.starts.get(mm.pid, [])
+        k = bisect.bisect_right(starts, address)
+        end = min((address | (HOLE_RUN - 1)) + 1, starts[k] if k < len(starts) else 1 << 64)
+        if any(isinstance(e, uffd.Remap) and e.dest < end and address < e.dest + e.length for e in mm.log.events):
+            end = address + uffd.PAGE
         try:
             uffd.zeropage(mm.fd, address, end - address)
         except uffd.FillError as exc:
