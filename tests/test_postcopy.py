@@ -69,6 +69,16 @@ def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, work
     assert names.index("restore.resume") < names.index("restore.postcopy")
 
 
+def test_a_locked_region_is_injected_into_the_stopped_tree(lazy: Daemon, workloads: Workloads) -> None:
+    """CRIU's lazy pages register no MAP_LOCKED mapping: such a restore injects as before."""
+    pid, report = workloads.start("lazymem.py", "32", "1", "locked")
+    digest = report.read_text().split()[1]
+    resumed = _moved(lazy, pid, Path(f"{report}.resumed"))
+    assert resumed.read_text().split() == [str(pid), digest]
+    [unused] = _events(lazy, "restore.postcopy_unused")
+    assert "is not registered by CRIU's lazy pages" in str(unused["reason"]) and not _events(lazy, "restore.postcopy")
+
+
 def test_unmap_dontneed_remap_and_fork_on_resume_see_what_they_must(lazy: Daemon, workloads: Workloads) -> None:
     """The moment it runs, the tree drops, moves and forks parts of memory not filled yet: a dropped
     part reads zeros, a moved one its data, a child forked then the checkpoint's bytes."""

@@ -3,8 +3,9 @@
 (SIGCONT): munmap its 1st quarter, MADV_DONTNEED its 2nd, mremap its 3rd elsewhere (grown), and
 fork a child that digests its 4th and the big region, neither touched since the resume.
 
-usage: lazymem.py SIZE_MB QUARTER_MB plain|events REPORT
-report: "<pid> <sha256 of the big region> <checks>"; plain: on SIGCONT it digests the big
+usage: lazymem.py SIZE_MB QUARTER_MB plain|events|locked REPORT
+report: "<pid> <sha256 of the big region> <checks>"; locked: the big region is MAP_LOCKED;
+plain and locked: on SIGCONT it digests the big
 region at once and writes "<pid> <sha256>" to REPORT.resumed; events: after the SIGCONT, REPORT.events:
 "<pid> dontneed_zero=<0|1> remapped_intact=<0|1> child_quarter=<0|1> child_region=<0|1>"
 """
@@ -37,7 +38,10 @@ def fill(view: memoryview) -> None:
             view[i * MIB : (i + 1) * MIB] = bytes(MIB)
 
 
-region = guarded_region(size)
+if sys.argv[3] == "locked":  # mlocked: a mapping CRIU's lazy pages do not register
+    region = memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x2000))  # MAP_LOCKED
+else:
+    region = guarded_region(size)
 fill(region)
 side = guarded_region(4 * quarter)
 fill(side)

@@ -11,15 +11,19 @@ fills only missing pages).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import structlog
 
 from snapd_daemon import metrics
 from snapd_daemon.criu.binary import Criu
+from snapd_daemon.criu.images import read_vmas
+from snapd_daemon.criu.trim import lazily_registered
 from snapd_daemon.errors import Cancelled, SnapdError
 from snapd_daemon.restore.delivery import Route
 from snapd_daemon.restore.postcopy import PostCopy
@@ -28,20 +32,44 @@ from snapd_daemon.snapshots.manifest import Manifest
 log = structlog.get_logger()
 
 
-def choose(mode: str, criu: Criu, manifest: Manifest, memory: list[Route], undo: ExitStack) -> PostCopy | None:
-    """A ``PostCopy`` for restoring ``manifest`` whose cut-out memory is ``memory``, or None;
-    ``undo`` (the restore's, which kills the tree) closes its uffds after the kill."""
+def choose(mode: str, criu: Criu, manifest: Manifest, memory: list[Route], images: Path,
+           undo: ExitStack) -> PostCopy | None:
+    """A ``PostCopy`` for restoring ``manifest`` whose cut-out memory is ``memory`` (the images
+    CRIU restores from in ``images``), or None; ``undo`` (the restore's, which kills the
+    tree) closes its uffds after the kill."""
     if not memory or mode == "never" or (mode == "gpu" and not manifest.gpu):
         return None
+    why = ""
     if any(t.zero_fill for route in memory for t in route.targets):
-        log.info("restore.postcopy_unused", reason="a region came to a child from its parent")
-        return None
-    if not criu.has_feature("uffd-noncoop"):
-        log.info("restore.postcopy_unused", reason="CRIU reports no uffd-noncoop on this kernel")
+        why = "a region came to a child from its parent"
+    elif not criu.has_feature("uffd-noncoop"):
+        why = "CRIU reports no uffd-noncoop on this kernel"
+    else:
+        why = _unregistered(memory, images)
+    if why:
+        log.info("restore.postcopy_unused", reason=why)
         return None
     post = PostCopy(manifest.id)
     undo.callback(post.close)  # registered before the kill: run after it (last in, first out)
     return post
+
+
+def _unregistered(memory: list[Route], images: Path) -> str:
+    """Where ``memory`` goes into a mapping CRIU's lazy pages leave without a userfaultfd
+    (locked, hugetlb, vdso / vvar / vsyscall: CRIU's vma_entry_can_be_lazy), or ""; a fill
+    there would be refused (ENOENT) while the process read zeros."""
+    addresses: dict[int, list[int]] = {}
+    for route in memory:
+        for t in route.targets:
+            if t.pid:
+                addresses.setdefault(t.pid, []).append(t.dest_offset)
+    for pid, wanted in addresses.items():
+        wanted.sort()
+        for vma in read_vmas(images / f"mm-{pid}.img"):
+            k = bisect.bisect_left(wanted, vma.start)
+            if k < len(wanted) and wanted[k] < vma.end and not lazily_registered(vma):
+                return f"pid {pid}'s mapping at {vma.start:#x} is not registered by CRIU's lazy pages"
+    return ""
 
 
 @contextlib.contextmanager

@@ -22,7 +22,8 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
   ``lock`` exclusive; a fill holds it shared from checking that its batch is
   wanted to marking it filled, so no COPY lands where an event took memory away.
   A COPY refused with EAGAIN (an event not yet read) drops the lock and goes on
-  from where it stopped; ENOENT: the range is gone; ESRCH: the process is gone.
+  from where it stopped; ENOENT: the range is gone (InjectFailed when no event took it);
+  ESRCH: the process is gone.
 - The end: only when every batch is in every address space (``wait``) are the
   uffds closed; a uffd closed earlier would turn every missing page into zeros.
   On failure the restore's undo kills the tree first, then ``close`` closes them.
@@ -248,7 +249,7 @@ class PostCopy:
                 if exc.errno == errno.ESRCH:  # the process is gone: the restore's checks judge that
                     mm.gone = True
                     return
-                if exc.errno == errno.ENOENT:  # the range is gone
+                if exc.errno == errno.ENOENT and mm.log.events:  # the range is gone (unregistered: a failure)
                     return
                 if exc.errno != errno.EEXIST or not mm.forked:
                     raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}",

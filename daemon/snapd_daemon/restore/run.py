@@ -160,7 +160,7 @@ class RestoreRun(OperationRun):
                         ahead = reading.enter_context(self.delivery.read_ahead(plan.memory))
                         self.cancel.check()
                         post = overlap.choose(self.rt.settings.restore_overlap, self.rt.criu, self.manifest,
-                                              plan.memory, undo)
+                                              plan.memory, self.staging.images, undo)
                         self.criu(cgroup, undo, post)
                     self.inject(plan, ahead, post)
                     if post is None:
