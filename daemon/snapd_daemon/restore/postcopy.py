@@ -21,9 +21,9 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
   and every later one. Reading messages (and so changing logs and mms) holds
   ``lock`` exclusive; a fill holds it shared from checking that its batch is
   wanted to marking it filled, so no COPY lands where an event took memory away.
-  A COPY refused with EAGAIN (an event not yet read) drops the lock and goes on
-  from where it stopped; ENOENT: the range is gone (InjectFailed when no event took it);
-  ESRCH: the process is gone.
+  A COPY refused with EAGAIN or ENOENT (an event not yet read; the kernel checks the
+  range before the pending event) drops the lock and goes on from where it stopped once
+  the event has changed the log (InjectFailed when none comes); ESRCH: the process is gone.
 - The end: only when every batch is in every address space (``wait``) are the
   uffds closed; a uffd closed earlier would turn every missing page into zeros.
   On failure the restore's undo kills the tree first, then ``close`` closes them.
@@ -50,7 +50,8 @@ from snapd_daemon.restore.delivery import Delivery, Progress, Readahead, Route
 from snapd_daemon.store.rwlock import RWLock
 
 log = structlog.get_logger()
-_RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN waits this long for the event to be read
+_RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN or ENOENT waits this long for the event to be read
+UNEXPLAINED_SECONDS = 10.0  # a refusal still unexplained by an event after this fails the restore
 HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``_zero_hole``)
 
 
@@ -59,7 +60,13 @@ class _Stopped(Exception):
 
 
 class _Pending(Exception):
-    """A COPY met an event not yet read: drop the lock, then go on."""
+    """A COPY met an event not yet read (EAGAIN; ENOENT: the range left before its event
+    came): drop the lock, then go on, translating anew."""
+
+    def __init__(self, mm: _Mm, error: uffd.FillError) -> None:
+        super().__init__(str(error))
+        self.mm = mm
+        self.error = error
 
 
 @dataclass(eq=False)
@@ -197,8 +204,9 @@ class PostCopy:
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
         for pid, pieces in memory.items():
             progress: dict[int, tuple[int, int]] = {}  # id(mm) -> (piece, offset in it) reached
+            since = 0.0  # of a refusal no event has explained yet
             while True:
-                pending = False
+                pending: _Pending | None = None
                 with self.lock.shared():
                     targets = [mm for mm in self.mms.get(pid, ()) if index in mm.wanted and not mm.gone]
                     if not targets:
@@ -206,14 +214,25 @@ class PostCopy:
                     for mm in targets:
                         try:
                             self._fill_mm(mm, pieces, progress)
-                        except _Pending:
-                            pending = True
+                        except _Pending as exc:
+                            pending = exc
                             continue
                         mm.wanted.discard(index)
-                if pending:
-                    if self._closing or self.failure is not None:
-                        raise _Stopped
-                    time.sleep(_RETRY_PAUSE)
+                if pending is not None:
+                    since = since or time.monotonic()
+                    self._wait_for_event(pending, since)
+
+    def _wait_for_event(self, pending: _Pending, since: float) -> None:
+        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when
+        none has come within ``UNEXPLAINED_SECONDS`` (a range never registered, or a bug)."""
+        if self._closing or self.failure is not None:
+            raise _Stopped
+        if time.monotonic() - since > UNEXPLAINED_SECONDS:
+            mm, exc = pending.mm, pending.error
+            raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}", length=0,
+                               reason=f"{exc.strerror or exc} for {UNEXPLAINED_SECONDS:g} s with no event to "
+                               "explain it", snapshot_id=self.snapshot_id)
+        time.sleep(_RETRY_PAUSE)
 
     def _fill_mm(self, mm: _Mm, pieces: list[tuple[int, memoryview | int]], progress: dict[int, tuple[int, int]]) -> None:
         first, offset = progress.get(id(mm), (0, 0))
@@ -224,15 +243,16 @@ class PostCopy:
             for dst, n, at in mm.log.forward(address + pos, length - pos):
                 try:
                     self._copy(mm, dst, data, pos + at, n)
-                except uffd.FillError as exc:  # EAGAIN: go on from there once the event is read
+                except uffd.FillError as exc:  # EAGAIN, ENOENT: go on from there once the event is read
                     progress[id(mm)] = (k, pos + at + exc.address - dst)
-                    raise _Pending from exc
+                    raise _Pending(mm, exc) from exc
                 if mm.gone:
                     return
 
     def _copy(self, mm: _Mm, dst: int, data: memoryview | int, at: int, n: int) -> None:
         """Fill [dst, dst + n) of ``mm`` with ``data[at:at + n]`` (an int: zeros); raises FillError
-        on EAGAIN only."""
+        on EAGAIN and ENOENT (the kernel looks the range up before it looks for a pending event:
+        a range unmapped or moved is ENOENT until its event is read, then no longer planned)."""
         while n > 0:
             try:
                 if isinstance(data, int):
@@ -244,12 +264,15 @@ class PostCopy:
                     self.filled_bytes += n
                 return
             except uffd.FillError as exc:
-                if exc.errno == errno.EAGAIN:
+                if exc.errno == errno.ENOENT and n > uffd.PAGE:  # maybe two mappings now (mprotect): halves
+                    half = n // 2 & ~(uffd.PAGE - 1)
+                    self._copy(mm, dst, data, at, half)
+                    self._copy(mm, dst + half, data, at + half, n - half)
+                    return
+                if exc.errno in (errno.EAGAIN, errno.ENOENT):
                     raise
                 if exc.errno == errno.ESRCH:  # the process is gone: the restore's checks judge that
                     mm.gone = True
-                    return
-                if exc.errno == errno.ENOENT and mm.log.events:  # the range is gone (unregistered: a failure)
                     return
                 if exc.errno != errno.EEXIST or not mm.forked:
                     raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}",
