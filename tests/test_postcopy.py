@@ -17,6 +17,9 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
 from snapd_daemon.host.uffd import Remap, Remove, Unmap
 from snapd_daemon.restore.addrlog import AddressLog
+from snapd_daemon.restore.delivery import Route, Target
+from snapd_daemon.restore.fillplan import FillPlan
+from snapd_daemon.store.model import ChunkRef
 from test_all_or_nothing import held_restore
 from test_replicas import Reports, start_run, worker_of
 
@@ -41,6 +44,16 @@ def _moved(daemon: Daemon, pid: int, said: Path) -> Path:
         c.restore(snap.id)
     wait_for(said.exists, 60, f"the restored workload to write {said.name}")
     return said
+
+
+def test_the_fill_takes_batches_in_address_order_from_where_a_fault_moves_it() -> None:
+    batches = [[Route(ChunkRef("c", 8192), "pages-1.img", i * 8192, [Target(0, 8192, 0x10000 + i * 8192, pid=7)])]
+               for i in range(6)]
+    plan = FillPlan(batches)
+    assert [plan.next(), plan.next()] == [0, 1]
+    plan.seek(plan.batch_at(7, 0x10000 + 4 * 8192 + 100))  # type: ignore[arg-type]  # a fault in batch 4
+    assert [plan.next(), plan.next(), plan.next(), plan.next(), plan.next()] == [4, 5, 2, 3, 6]
+    assert plan.batch_at(7, 0x10000 - 1) is None and plan.batch_at(8, 0x10000) is None
 
 
 def test_the_address_log_follows_moves_and_drops_both_ways() -> None:

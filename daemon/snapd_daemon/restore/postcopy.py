@@ -9,7 +9,7 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
 ``PostCopy`` is only its writer and its order).
 
 - Order: address order, from a cursor that a fault moves to the batch holding the
-  faulting address (``_Plan``), so a reader walking the memory is followed by
+  faulting address (``FillPlan``), so a reader walking the memory is followed by
   every fill thread. Zero chunks of the plan are filled with UFFDIO_ZEROPAGE.
 - Faults (one thread polls every uffd): in a planned piece still to fill, the
   cursor moves there and its COPY answers the fault; in a filled one, WAKE; outside
@@ -47,6 +47,7 @@ from snapd_daemon.errors import InjectFailed, RestoreAborted
 from snapd_daemon.host import memwrite, uffd
 from snapd_daemon.restore.addrlog import AddressLog
 from snapd_daemon.restore.delivery import Delivery, Progress, Readahead, Route
+from snapd_daemon.restore.fillplan import FillPlan
 from snapd_daemon.store.rwlock import RWLock
 
 log = structlog.get_logger()
@@ -81,49 +82,6 @@ class _Mm:
     gone: bool = False
 
 
-class _Plan:
-    """Which batch fills each planned address (checkpoint addresses, per image pid), and
-    the order batches are taken in: the first untaken one at or after the cursor."""
-
-    def __init__(self, batches: list[list[Route]]) -> None:
-        spans: dict[int, list[tuple[int, int, int]]] = {}
-        for i, batch in enumerate(batches):
-            for route in batch:
-                for t in route.targets:
-                    if t.pid:
-                        spans.setdefault(t.pid, []).append((t.dest_offset, t.dest_offset + t.length, i))
-        self.spans = {pid: sorted(s) for pid, s in spans.items()}
-        self.starts = {pid: [s[0] for s in spans] for pid, spans in self.spans.items()}
-        self.taken = bytearray(len(batches))
-        self.cursor = 0
-        self._lock = threading.Lock()
-
-    def batches_of(self, pid: int) -> set[int]:
-        return {i for _, _, i in self.spans.get(pid, ())}
-
-    def next(self) -> int:
-        with self._lock:
-            i = self.taken.find(0, self.cursor)
-            if i < 0:
-                i = self.taken.find(0)
-            if i < 0:
-                return len(self.taken)
-            self.taken[i] = 1
-            self.cursor = i + 1
-            return i
-
-    def seek(self, i: int) -> None:
-        with self._lock:
-            self.cursor = i
-
-    def batch_at(self, pid: int, address: int) -> int | None:
-        k = bisect.bisect_right(self.starts.get(pid, []), address) - 1
-        if k < 0:
-            return None
-        start, end, i = self.spans[pid][k]
-        return i if address < end else None
-
-
 class PostCopy:
     """The post-copy fill of one restore: ``receive`` (criu/lazy.py's callback) from before
     CRIU runs, ``start`` once it returned, ``wait`` after the GPU restore; ``close`` always."""
@@ -135,7 +93,7 @@ class PostCopy:
         self.lock = RWLock()
         self.mms: dict[int, list[_Mm]] = {}
         self.hosts: dict[int, int] = {}
-        self.plan: _Plan | None = None
+        self.plan: FillPlan | None = None
         self.failure: BaseException | None = None
         self.counts: Counter[str] = Counter()
         self.filled_bytes = 0
@@ -195,7 +153,7 @@ class PostCopy:
 
     def order(self, batches: list[list[Route]]) -> Callable[[], int]:
         with self.lock.exclusive():
-            self.plan = _Plan(batches)
+            self.plan = FillPlan(batches)
             for mms in self.mms.values():
                 for mm in mms:
                     mm.wanted = self.plan.batches_of(mm.pid)
