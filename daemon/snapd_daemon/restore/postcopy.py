@@ -162,7 +162,7 @@ class PostCopy:
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
         for pid, pieces in memory.items():
             progress: dict[int, tuple[int, int]] = {}  # id(mm) -> (piece, offset in it) reached
-            since = 0.0  # of a refusal no event has explained yet
+            since, logged = 0.0, -1  # when a refusal began that no event has explained yet, events then
             while True:
                 pending: _Pending | None = None
                 with self.lock.shared():
@@ -177,15 +177,17 @@ class PostCopy:
                             continue
                         mm.wanted.discard(index)
                 if pending is not None:
-                    since = since or time.monotonic()
+                    if len(pending.mm.log.events) != logged:  # an event came (or a first refusal)
+                        since, logged = time.monotonic(), len(pending.mm.log.events)
                     self._wait_for_event(pending, since)
 
     def _wait_for_event(self, pending: _Pending, since: float) -> None:
-        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when
-        none has come within ``UNEXPLAINED_SECONDS`` (a range never registered, or a bug)."""
+        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when an
+        ENOENT has had no event for ``UNEXPLAINED_SECONDS`` (a range never registered, or a bug;
+        an EAGAIN always has an event pending)."""
         if self._closing or self.failure is not None:
             raise _Stopped
-        if time.monotonic() - since > UNEXPLAINED_SECONDS:
+        if pending.error.errno == errno.ENOENT and time.monotonic() - since > UNEXPLAINED_SECONDS:
             mm, exc = pending.mm, pending.error
             raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}", length=0,
                                reason=f"{exc.strerror or exc} for {UNEXPLAINED_SECONDS:g} s with no event to "
