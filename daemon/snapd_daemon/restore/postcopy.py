@@ -177,6 +177,8 @@ class PostCopy:
                             continue
                         mm.wanted.discard(index)
                 if pending is not None:
+                    with self._bytes_lock:
+                        self.counts[f"retries_{errno.errorcode[pending.error.errno].lower()}"] += 1
                     if len(pending.mm.log.events) != logged:  # an event came (or a first refusal)
                         since, logged = time.monotonic(), len(pending.mm.log.events)
                     self._wait_for_event(pending, since)
