@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -119,6 +119,17 @@ class Daemon:
         ram = Settings(state_dir=self.state_dir).ram_dir()
         if ram is not None:
             shutil.rmtree(ram, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(root: Path, *args: str) -> Iterator[Daemon]:
+    """A daemon started with ``args`` in the new directory ``root``, stopped at the end."""
+    root.mkdir()
+    d = Daemon(root, args).start()
+    try:
+        yield d
+    finally:
+        d.stop()
 
 
 class Workloads:

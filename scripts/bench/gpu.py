@@ -69,6 +69,7 @@ from lib import (
     touch_memory,
     wait_until,
 )
+from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.gpu import inventory
@@ -182,8 +183,15 @@ def perf(directory: Path | None, tag: str) -> contextlib.AbstractContextManager[
 def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int],
                   hook: list[str] | None = None) -> dict[str, float]:
     clock = PhaseClock()
+    postcopy: dict[str, float] = {}
+
+    def progress(p: pb.Progress) -> None:
+        clock(p)
+        if p.message.startswith("post-copy "):  # restore.postcopy's figures (docs/restore-speed.md)
+            postcopy.update((k, float(v)) for k, v in (kv.split("=") for kv in p.message.split()[1:]))
+
     started = time.monotonic()
-    result = client.restore(snapshot, on_progress=clock, post_restore_hook=hook)
+    result = client.restore(snapshot, on_progress=progress, post_restore_hook=hook)
     restored = time.monotonic() - started
     tokens, _ = server.ask()
     answered = time.monotonic() - started
@@ -193,8 +201,9 @@ def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: 
     injected = clock.totals.get("inject", 0)
     return {"restored": restored, "first_answer": answered, "daemon": result.duration_seconds,
             "inject_gb": round(injected / GB, 2),
-            "inject_gbps": round(injected / GB / phases["inject"], 2) if phases.get("inject") else 0.0,
-            **{f"phase:{k}": v for k, v in phases.items()}}
+            "inject_gbps": (postcopy.get("fill_gbps", 0.0) if postcopy else
+                            round(injected / GB / phases["inject"], 2) if phases.get("inject") else 0.0),
+            **{f"phase:{k}": v for k, v in phases.items()}, **{f"postcopy:{k}": v for k, v in postcopy.items()}}
 
 
 def stock_restore(criu: str, server: Server, images: Path, cuda_pids: list[int], expected: list[int],
@@ -226,6 +235,9 @@ def main() -> int:
     parser.add_argument("--keep-weights", action="store_true", help="keep the generated weights (disk space)")
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
                         help="extra argument for snapd serve, e.g. --serve-option=--inject-huge-pages (repeatable)")
+    parser.add_argument("--compare-overlap", action="store_true",
+                        help="repeat the hot restore with --restore-overlap=never (the injection into the stopped "
+                        "tree) in the same run")
     parser.add_argument("--store-raw-below", type=float, metavar="PERCENT",
                         help="snapd serve --store-raw-below for this run (else the daemon's default): chunks whose "
                              "compression saves less than PERCENT are stored raw (docs/restore-speed.md)")
@@ -314,6 +326,7 @@ def main() -> int:
             with py_spy(args.py_spy, daemon.proc.pid, "restore-hot"):
                 record("snapd_restore_hot", snapd_restore(client, server, snap.id, expected, wake))
             server.kill()
+
             injected = int(results["snapd_restore_hot"]["inject_gb"] * GB)  # type: ignore[index]
             if injected:
                 record("inject_ceiling_gbps", round(inject_ceiling(injected, min(16, os.cpu_count() or 1)) / GB, 2))
@@ -327,6 +340,13 @@ def main() -> int:
             with py_spy(args.py_spy, daemon.proc.pid, "restore-ram"):
                 record("snapd_restore_ram", snapd_restore(client, server, snap.id, expected, wake))
             client.prefetch(snap.id, drop=True)
+        if args.compare_overlap:  # the hot restore again, injected into the stopped tree
+            daemon.stop()
+            daemon.extra_args = (*daemon.extra_args, "--restore-overlap=never")
+            daemon.start(timeout=60)
+            with SnapdClient(daemon.target) as client:
+                record("snapd_restore_hot_never", snapd_restore(client, server, snap.id, expected, wake))
+            server.kill()
 
         images = work / "stock-images"
         images.mkdir()
@@ -389,6 +409,17 @@ def main() -> int:
         phases = " / ".join(f"{name} {run[key]:.2f}" for key in run if key.startswith("phase:")  # type: ignore[union-attr]
                             for name in [key.removeprefix("phase:")])
         print(f"phases {tier:4}: {phases} / first answer {run['first_answer'] - run['restored']:.2f} s")  # type: ignore[index]
+    for tier in ("hot", "ram", "hot_never"):
+        run = results.get(f"snapd_restore_{tier}")
+        if run and "postcopy:fill_seconds" in run:  # type: ignore[operator]
+            pc = {k.removeprefix("postcopy:"): v for k, v in run.items() if k.startswith("postcopy:")}  # type: ignore[union-attr]
+            faults = "/".join(f"{pc.get('faults_' + kind, 0):.0f}" for kind in ("data", "zero", "wake"))
+            print(f"post-copy {tier:4}: fill {pc['fill_seconds']:.2f} s at {pc['fill_gbps']:.2f} GB/s; CUDA restore "
+                  f"{pc['gpu_restore_seconds']:.2f} s, {pc['overlap_seconds']:.2f} s of it during the fill; faults "
+                  f"data/zero/wake {faults}")
+    if "snapd_restore_hot_never" in results:
+        print(f"restore -> first answer, hot, --restore-overlap=never: "
+              f"{results['snapd_restore_hot_never']['first_answer']:.2f} s")  # type: ignore[index]
     ceiling = results.get("inject_ceiling_gbps")
     if ceiling:
         for tier in ("hot", "ram", "cold"):

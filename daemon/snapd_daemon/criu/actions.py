@@ -181,6 +181,7 @@ def restore(
     ext_unix_sk: bool = False,
     own_mntns: bool = False,
     join: Sequence[tuple[str, str]] = (),
+    lazy_pages: bool = False,
 ) -> int:
     """Restore the images in ``images`` (read-only); returns the restored root pid.
     Every restored task is left stopped (``leave_stopped``): the caller resumes
@@ -204,7 +205,7 @@ def restore(
     images hold anew after the join, and cannot join a pid namespace.
     """
     opts = rpc_pb2.Opts(images_dir_fd=-1, shell_job=shell_job, file_locks=True, log_level=log_level,
-                        leave_stopped=True, ext_unix_sk=ext_unix_sk)
+                        leave_stopped=True, ext_unix_sk=ext_unix_sk, lazy_pages=lazy_pages)
     if tcp:
         opts.tcp_established = True
         opts.tcp_close = tcp == "close"

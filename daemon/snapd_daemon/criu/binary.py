@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -30,6 +31,10 @@ class Criu:
             return shutil.which(configured) or ""
         bundled = os.path.join(os.path.dirname(os.path.realpath(self.path)), "bin", "ip")
         return bundled if os.access(bundled, os.X_OK) else shutil.which("ip") or ""
+
+    def has_feature(self, feature: str) -> bool:
+        """`criu check --feature FEATURE` passes on this host (asked once per daemon)."""
+        return _has_feature(self.path, feature)
 
     def require_ip_tool(self, what: str) -> None:
         """CriuUnavailable saying that ``what`` needs it when ``ip_tool`` finds none."""
@@ -70,3 +75,13 @@ def self_check(criu: Criu) -> tuple[bool, str]:
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip() and "RLIMIT_NOFILE" not in ln]
     detail = lines[-1] if lines else f"exit status {proc.returncode}"
     return proc.returncode == 0, detail
+
+
+@functools.cache
+def _has_feature(path: str, feature: str) -> bool:
+    try:
+        proc = subprocess.run([path, "check", "--feature", feature], capture_output=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0

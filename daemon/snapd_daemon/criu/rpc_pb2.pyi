@@ -81,7 +81,7 @@ class JoinNamespace(_message.Message):
     def __init__(self, ns: _Optional[str] = ..., ns_file: _Optional[str] = ..., extra_opt: _Optional[str] = ...) -> None: ...
 
 class Opts(_message.Message):
-    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "root", "work_dir_fd", "link_remap", "rst_sibling", "inherit_fd", "auto_ext_mnt", "ext_sharing", "ext_masters", "manage_cgroups_mode", "external", "join_ns", "timeout", "tcp_close", "network_lock", "leave_stopped")
+    __slots__ = ("images_dir_fd", "pid", "leave_running", "ext_unix_sk", "tcp_established", "shell_job", "file_locks", "log_level", "log_file", "notify_scripts", "root", "work_dir_fd", "link_remap", "rst_sibling", "inherit_fd", "auto_ext_mnt", "ext_sharing", "ext_masters", "manage_cgroups_mode", "external", "join_ns", "timeout", "lazy_pages", "tcp_close", "network_lock", "leave_stopped")
     IMAGES_DIR_FD_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class Opts(_message.Message):
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     JOIN_NS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
     TCP_CLOSE_FIELD_NUMBER: _ClassVar[int]
     NETWORK_LOCK_FIELD_NUMBER: _ClassVar[int]
     LEAVE_STOPPED_FIELD_NUMBER: _ClassVar[int]
@@ -129,10 +130,11 @@ class Opts(_message.Message):
     external: _containers.RepeatedScalarFieldContainer[str]
     join_ns: _containers.RepeatedCompositeFieldContainer[JoinNamespace]
     timeout: int
+    lazy_pages: bool
     tcp_close: bool
     network_lock: NetworkLock
     leave_stopped: bool
-    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., root: _Optional[str] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., inherit_fd: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., auto_ext_mnt: _Optional[bool] = ..., ext_sharing: _Optional[bool] = ..., ext_masters: _Optional[bool] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., join_ns: _Optional[_Iterable[_Union[JoinNamespace, _Mapping]]] = ..., timeout: _Optional[int] = ..., tcp_close: _Optional[bool] = ..., network_lock: _Optional[_Union[NetworkLock, str]] = ..., leave_stopped: _Optional[bool] = ...) -> None: ...
+    def __init__(self, images_dir_fd: _Optional[int] = ..., pid: _Optional[int] = ..., leave_running: _Optional[bool] = ..., ext_unix_sk: _Optional[bool] = ..., tcp_established: _Optional[bool] = ..., shell_job: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., log_level: _Optional[int] = ..., log_file: _Optional[str] = ..., notify_scripts: _Optional[bool] = ..., root: _Optional[str] = ..., work_dir_fd: _Optional[int] = ..., link_remap: _Optional[bool] = ..., rst_sibling: _Optional[bool] = ..., inherit_fd: _Optional[_Iterable[_Union[InheritFd, _Mapping]]] = ..., auto_ext_mnt: _Optional[bool] = ..., ext_sharing: _Optional[bool] = ..., ext_masters: _Optional[bool] = ..., manage_cgroups_mode: _Optional[_Union[CgMode, str]] = ..., external: _Optional[_Iterable[str]] = ..., join_ns: _Optional[_Iterable[_Union[JoinNamespace, _Mapping]]] = ..., timeout: _Optional[int] = ..., lazy_pages: _Optional[bool] = ..., tcp_close: _Optional[bool] = ..., network_lock: _Optional[_Union[NetworkLock, str]] = ..., leave_stopped: _Optional[bool] = ...) -> None: ...
 
 class DumpResp(_message.Message):
     __slots__ = ("restored",)

@@ -43,8 +43,13 @@ _COPY_PIECE = 8 << 20
 PROT_WRITE = 0x2
 MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
+MAP_LOCKED = 0x2000
+MAP_HUGETLB = 0x40000
 VMA_AREA_REGULAR = 1 << 0
+VMA_AREA_VSYSCALL = 1 << 2
+VMA_AREA_VDSO = 1 << 3
 VMA_ANON_PRIVATE = 1 << 9
+VMA_AREA_VVAR = 1 << 12
 Region = tuple[int, int]
 
 
@@ -57,6 +62,13 @@ def injectable(vma: Vma, min_region: int) -> bool:
         and vma.flags & (MAP_PRIVATE | MAP_ANONYMOUS) == MAP_PRIVATE | MAP_ANONYMOUS
         and vma.status & (VMA_AREA_REGULAR | VMA_ANON_PRIVATE) == VMA_AREA_REGULAR | VMA_ANON_PRIVATE
     )
+
+
+def lazily_registered(vma: Vma) -> bool:
+    """CRIU's lazy pages register ``vma`` with the task's userfaultfd (vma_entry_can_be_lazy)."""
+    return (vma.flags & (MAP_PRIVATE | MAP_ANONYMOUS) == MAP_PRIVATE | MAP_ANONYMOUS
+            and not vma.flags & (MAP_LOCKED | MAP_HUGETLB)
+            and not vma.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL))
 
 
 @dataclass(frozen=True)

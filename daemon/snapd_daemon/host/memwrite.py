@@ -10,9 +10,10 @@ and one GIL hand-off, for many chunks.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy
 
@@ -66,35 +67,44 @@ def write(pid: int, address: int, data: bytes | bytearray | memoryview) -> None:
 def read_into(pid: int, address: int, buffer: bytearray | memoryview) -> None:
     """Fill all of the writable ``buffer`` from ``address`` in process ``pid``; raises
     WriteRefused naming process_vm_readv (EFAULT: not mapped readable there; ESRCH: gone)."""
-    _move(pid, [(address, buffer)], _PyBUF_WRITABLE)
+    _move(pid, [(address, buffer)], True)
 
 
 def write_many(pid: int, pieces: Sequence[tuple[int, bytes | bytearray | memoryview]]) -> None:
     """Copy each (address, data) piece to that address in process ``pid``, in order; raises
     WriteRefused (an OSError, naming where) at the first byte the kernel refuses, with
     the pieces before it written. The data must stay alive and unchanged until this returns."""
-    _move(pid, pieces, _PyBUF_SIMPLE)
+    _move(pid, pieces, False)
 
 
-def _move(pid: int, pieces: Sequence[tuple[int, bytes | bytearray | memoryview]], flags: int) -> None:
-    """Write the pieces (``flags`` _PyBUF_SIMPLE) or read into them (_PyBUF_WRITABLE)."""
-    runs: list[list[int]] = []  # [local address, remote address, length], adjacent pieces merged
+@contextlib.contextmanager
+def addresses(buffers: Sequence[bytes | bytearray | memoryview], writable: bool = False) -> Iterator[list[tuple[int, int]]]:
+    """(address in our memory, bytes) of each contiguous buffer, valid (the buffers pinned)
+    until the ``with`` block ends; ``writable`` refuses read-only buffers."""
     held = []
     try:
-        for address, data in pieces:
+        for data in buffers:
             view = _PyBuffer()
-            ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view), flags)
+            ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view),
+                                                _PyBUF_WRITABLE if writable else _PyBUF_SIMPLE)
             held.append(view)
-            base, n = view.buf or 0, view.len
+        yield [(view.buf or 0, view.len) for view in held]
+    finally:
+        for view in held:
+            ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+
+
+def _move(pid: int, pieces: Sequence[tuple[int, bytes | bytearray | memoryview]], writable: bool) -> None:
+    """Write the pieces, or read into them (``writable``)."""
+    runs: list[list[int]] = []  # [local address, remote address, length], adjacent pieces merged
+    with addresses([data for _, data in pieces], writable) as bases:
+        for (address, _), (base, n) in zip(pieces, bases, strict=True):
             last = runs[-1] if runs else None
             if last and last[0] + last[2] == base and last[1] + last[2] == address:
                 last[2] += n
             elif n:
                 runs.append([base, address, n])
-        _move_runs(pid, runs, "process_vm_readv" if flags & _PyBUF_WRITABLE else "process_vm_writev")
-    finally:
-        for view in held:
-            ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+        _move_runs(pid, runs, "process_vm_readv" if writable else "process_vm_writev")
 
 
 def _move_runs(pid: int, runs: list[list[int]], call: str) -> None:

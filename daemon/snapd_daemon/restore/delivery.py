@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -172,15 +172,16 @@ class Delivery:
         return Readahead(self.store, routes, self.readahead_bytes, early)
 
     def run(self, routes: list[Route], progress: Progress, check: Callable[[], None] | None = None,
-            ahead: Readahead | None = None, probe: bool = True) -> None:
-        """Deliver every route; ``progress`` receives the bytes delivered so far; ``check``
+            ahead: Readahead | None = None, probe: bool = True, writer: Writer | None = None) -> None:
+        """Deliver every route (memory targets through ``writer``, by default process_vm_writev
+        in address order); ``progress`` receives the bytes delivered so far; ``check``
         runs every tick (raising from it stops the delivery, and is what this raises);
         ``ahead``: the readahead ``read_ahead`` started for these routes (else, with
         ``probe``, one is started here if they are cold; a caller whose ``read_ahead``
         found them hot passes ``probe=False``). The caller holds the store lock shared."""
         if not routes:
             return
-        work = _Work(routes, self.threads)
+        work = _Work(routes, self.threads, writer or ProcessWriter(self.manifest.id))
         threads = [threading.Thread(target=self._worker, args=(work, slot), name=f"deliver-{slot}", daemon=True)
                    for slot in range(len(work.done))]
         if ahead is None and probe:
@@ -215,29 +216,32 @@ class Delivery:
         buffers = ReadBuffers()
         try:
             while not work.stop.is_set():
-                i = next(work.order)
+                i = work.order()
                 if i >= len(work.batches):
                     return
                 batch = work.batches[i]
-                self._deliver(batch, buffers)
+                self._deliver(i, batch, buffers, work.writer)
                 work.done[slot] += sum(route.length for route in batch)
         except BaseException as exc:
             work.fail(exc)
 
-    def _deliver(self, batch: list[Route], buffers: ReadBuffers) -> None:
-        """Read and verify every chunk of ``batch``, then write them: files with pwrite,
-        each process's pieces with one ``write_many``."""
+    def _deliver(self, index: int, batch: list[Route], buffers: ReadBuffers, writer: Writer) -> None:
+        """Read and verify every chunk of ``batch`` (number ``index``), then write them: files
+        with pwrite, the pieces for processes' memory with one ``writer.write``."""
         reads = [route for route in batch if route.ref.id != ZERO_CHUNK]
         try:
             raws = iter(self.store.read_chunks([route.ref for route in reads], buffers))
         except ChunkUnreadable as err:
             route = next(r for r in reads if r.ref.id == err.cid)
             raise chunk_corrupt(self.manifest, err, (route.file, route.file_offset)) from err
-        memory: dict[int, list[tuple[int, memoryview]]] = {}
+        memory: dict[int, list[tuple[int, memoryview | int]]] = {}
         for route in batch:
             zero = route.ref.id == ZERO_CHUNK
             raw = memoryview(_ZEROS) if zero else next(raws)
             for t in route.targets:
+                if t.pid and zero and writer.zero_pages:
+                    memory.setdefault(t.pid, []).append((t.dest_offset, t.length))
+                    continue
                 if zero and not t.zero_fill:
                     continue
                 data = raw[t.chunk_offset : t.chunk_offset + t.length]
@@ -245,12 +249,44 @@ class Delivery:
                     memory.setdefault(t.pid, []).append((t.dest_offset, data))
                 else:
                     os.pwrite(t.fd, data, t.dest_offset)
+        if memory:
+            writer.write(index, memory)
+
+
+class Writer(Protocol):
+    """Where a delivery's memory pieces go, and in which order its batches are taken."""
+
+    # zero chunks reach ``write`` for every memory target, as the length of the zeros
+    zero_pages: bool
+
+    def order(self, batches: list[list[Route]]) -> Callable[[], int]:
+        """A thread-safe source of the next batch number to take (len(batches) or more: none left)."""
+        ...
+
+    def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
+        """Write batch ``index``'s verified pieces, (address, data or a length of zeros) per pid, each
+        pid's in order."""
+        ...
+
+
+@dataclass
+class ProcessWriter:
+    """Batches in address order, written with process_vm_writev into stopped processes;
+    a refused write is InjectFailed."""
+
+    snapshot_id: str
+    zero_pages: bool = False
+
+    def order(self, batches: list[list[Route]]) -> Callable[[], int]:
+        return itertools.count().__next__
+
+    def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
         for pid, pieces in memory.items():
             try:
-                memwrite.write_many(pid, pieces)
+                memwrite.write_many(pid, pieces)  # type: ignore[arg-type]  # all data: zero_pages is off
             except memwrite.WriteRefused as exc:
                 raise InjectFailed(pid=pid, address=f"{exc.address:#x}", length=exc.length,
-                                   reason=exc.strerror or str(exc), snapshot_id=self.manifest.id) from exc
+                                   reason=exc.strerror or str(exc), snapshot_id=self.snapshot_id) from exc
 
 
 class Readahead:
@@ -311,11 +347,12 @@ class Readahead:
 
 class _Work:
     """What the threads of one ``Delivery.run`` share: the routes in batches, the next batch
-    to take (``next(order)`` is atomic), bytes delivered per thread slot, the first failure."""
+    to take (``order()``, the writer's), bytes delivered per thread slot, the first failure."""
 
-    def __init__(self, routes: list[Route], threads: int) -> None:
+    def __init__(self, routes: list[Route], threads: int, writer: Writer) -> None:
         self.batches = _batches(routes, threads)
-        self.order = itertools.count()
+        self.writer = writer
+        self.order = writer.order(self.batches)
         self.done = [0] * min(threads, len(self.batches))
         self.stop = threading.Event()
         self.failure: BaseException | None = None

@@ -22,16 +22,21 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      a snapshot only the remote tier holds is pulled meanwhile, its chunks
      read as they arrive (remote/ondemand.py), and published as a local
      snapshot once the tree runs;
-  4. ``criu``: CRIU restores from there and leaves every task stopped;
+  4. ``criu``: CRIU restores from there and leaves every task stopped (with
+     post-copy, ``postcopy``, it first sends each task's userfaultfd: criu/lazy.py);
      the record then names the tree by start time, and the tree becomes an
      instance in ``starting`` (runtime/instances.py), ``running`` once the
      restore returns, ``exited`` with the failure when it is undone;
      a tree restored into a sandbox must be in the sandbox's namespaces;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
-     each chunk verified against its hash (delivery.py);
+     each chunk verified against its hash (delivery.py); with post-copy
+     (``restore_overlap``) it starts filling them through the uffds instead
+     (postcopy.py): a thread touching a page not yet filled waits for it;
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
-  7. ``resume_gpu``: the GPU side is restored and unlocked; then the ports are
+  7. ``resume_gpu``: the GPU side is restored and unlocked (with post-copy while
+     the fill runs; ``overlap.settle`` then waits until every planned byte is in place
+     and only then closes the uffds); then the ports are
      published (``publish``), the post-restore hook runs and the snapshot's readiness
      probe is waited for and its answer verified, or left to the background (readiness.py).
 Undo: staging is always discarded; any failure from the moment CRIU returns
@@ -40,7 +45,7 @@ died, the GPU, the hook) SIGKILLs the whole tree, identified as the record
 names it (never a process that took one of the pids since); a failure inside
 CRIU leaves CRIU to kill what it made. The record is cleared at the end,
 unless a process of the tree survived the kill: then the next start tries.
-The store lock is held shared from prepare to the end of the injection, so a
+The store lock is held shared from prepare to the end of the injection (or fill), so a
 waiting gc never holds a stopped tree up between the two (for a snapshot pulled
 on demand, from the first fetch until its copy is published, after the resume).
 """
@@ -59,7 +64,7 @@ import psutil
 import structlog
 
 from snapd_daemon import metrics
-from snapd_daemon.criu import actions
+from snapd_daemon.criu import actions, lazy
 from snapd_daemon.errors import (
     Cancelled,
     PublishFailed,
@@ -75,14 +80,15 @@ from snapd_daemon.host.cgroups import Cgroup, Needs
 from snapd_daemon.host.gpuplace import Policy
 from snapd_daemon.host.sandbox import Sandbox
 from snapd_daemon.remote.ondemand import OnDemand
-from snapd_daemon.restore import images, into, pidmap
+from snapd_daemon.restore import images, into, overlap, pidmap
 from snapd_daemon.restore.delivery import Delivery, Readahead
 from snapd_daemon.restore.pids import ensure_pids_free, kill_tree, parents
+from snapd_daemon.restore.postcopy import PostCopy
 from snapd_daemon.restore.readiness import Readiness
 from snapd_daemon.restore.spec import RestoreOutcome, RestoreSpec
 from snapd_daemon.runtime import Runtime, criulogs
 from snapd_daemon.runtime.cancel import CancelToken
-from snapd_daemon.runtime.holds import KILL, HoldRecord
+from snapd_daemon.runtime.holds import KILL, HoldRecord, kill_restored
 from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.staging import Staging
@@ -139,23 +145,33 @@ class RestoreRun(OperationRun):
                 always.callback(self._clear_record)
                 self.journal()
                 with ExitStack() as undo:
-                    # no gc takes a chunk this restore reads; ``reading`` ends its readahead with it
-                    with self.rt.store.lock.shared(), ExitStack() as reading:
-                        if self.remote is not None:  # fetching starts; it outlives the lock (publish)
-                            always.enter_context(self.remote)
-                        self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
-                        with ExitStack() as staged:
-                            staged.callback(self.rt.scratch.discard, self.staging)
-                            self.cancel.check()
-                            plan = self.prepare()
-                            # the disk reads the injection's first chunks while CRIU restores the tree
-                            ahead = reading.enter_context(self.delivery.read_ahead(plan.memory))
-                            self.cancel.check()
-                            self.criu(cgroup, undo)
-                        self.inject(plan, ahead)
+                    # no gc takes a chunk this restore reads until its memory is in place; ``reading``
+                    # ends its readahead with it
+                    reading = undo.enter_context(ExitStack())
+                    reading.enter_context(self.rt.store.lock.shared())
+                    if self.remote is not None:  # fetching starts; it outlives the lock (publish)
+                        always.enter_context(self.remote)
+                    self.staging = self.rt.scratch.new(self.op, needed=self.manifest.raw_bytes)
+                    with ExitStack() as staged:
+                        staged.callback(self.rt.scratch.discard, self.staging)
+                        self.cancel.check()
+                        plan = self.prepare()
+                        # the disk reads the injection's first chunks while CRIU restores the tree
+                        ahead = reading.enter_context(self.delivery.read_ahead(plan.memory))
+                        self.cancel.check()
+                        post = overlap.choose(self.rt.settings.restore_overlap, self.rt.criu, self.manifest,
+                                              plan.memory, self.staging.images, undo)
+                        self.criu(cgroup, undo, post)
+                    self.inject(plan, ahead, post)
+                    if post is None:
+                        reading.close()
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
-                    self.resume_gpu()
+                    self.resume_gpu(post)
+                    if post is not None:  # every planned byte in place, then the uffds closed
+                        overlap.settle(post, lambda text: self.report(
+                            ProgressEvent(Phase.INJECT, plan.injected_bytes, plan.injected_bytes, text)))
+                        reading.close()
                     self.publish(undo)
                     self.post_hook()
                     self.readiness.settle(self.root, self.rt.instances, self.instance_id, self.report)
@@ -247,9 +263,9 @@ class RestoreRun(OperationRun):
             finally:
                 linkremap.remove(made)  # CRIU removes them when it succeeds
 
-    def criu(self, cgroup: Cgroup | None, undo: ExitStack) -> None:
+    def criu(self, cgroup: Cgroup | None, undo: ExitStack, post: PostCopy | None = None) -> None:
         """CRIU restores the tree, every task left stopped; from the moment it returns,
-        ``undo`` kills the tree."""
+        ``undo`` kills the tree. With ``post``, CRIU sends each task's uffd to it."""
         m, rt = self.manifest, self.rt
 
         def place(helper: int) -> None:
@@ -261,14 +277,18 @@ class RestoreRun(OperationRun):
         with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
                 stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
-        ) as (inherit, self.log_path), self._relinked():
+        ) as (inherit, self.log_path), self._relinked(), ExitStack() as lazy_stack:
+            if post is not None:  # CRIU sends each task's uffd there (a task without one: ``post.start`` fails)
+                lazy_stack.enter_context(lazy.listening(self.staging.work, post.receive))
             self.root = actions.restore(
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
                 shell_job=m.shell_job, log_level=rt.settings.criu_log_level, place=place, inherit=inherit,
                 manage_cgroups=cgroup is None, tcp=self.spec.tcp if m.tcp_established else "",
                 ext_unix_sk=m.ext_unix_sk, own_mntns=m.own_mntns, join=self.sandbox.join() if self.sandbox else (),
+                lazy_pages=post is not None,
             )
             undo.callback(self._kill_tree)
+            lazy_stack.close()  # CRIU has sent every uffd
         metrics.BYTES_READ.inc(m.raw_bytes)
         # the tree exists, every task stopped: name it by host pid and start time from now on
         self.hosts = pidmap.locate(m, self.root)
@@ -284,11 +304,18 @@ class RestoreRun(OperationRun):
         if self.sandbox:
             self.sandbox.check_joined(m.id, self.root)
 
-    def inject(self, plan: images.FastRestore, ahead: Readahead | None) -> None:
+    def inject(self, plan: images.FastRestore, ahead: Readahead | None, post: PostCopy | None) -> None:
+        """Write the cut-out memory into the stopped tree; with ``post``, start its fill instead."""
         if not plan.memory:
             return
         total = plan.injected_bytes
-        self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory"))
+        self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory" if post is None else "post-copy fill"))
+        if post is not None:
+            # a failed fill kills the tree at once: a thread of it (the driver's) may wait on a page
+            post.start(self.delivery, plan.memory, {self.manifest.image_pid(p): h for p, h in self.hosts.items()},
+                       lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check, ahead,
+                       abort=lambda: kill_restored(self.record))
+            return
         with metrics.phase("restore", "inject"):
             try:
                 self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts),
@@ -309,11 +336,11 @@ class RestoreRun(OperationRun):
                 raise RestoreAborted(snapshot_id=self.manifest.id,
                                      reason=f"pid {pid} died while stopped (killed from outside?)") from exc
 
-    def resume_gpu(self) -> None:
+    def resume_gpu(self, post: PostCopy | None) -> None:
         m = self.manifest
         if m.gpu:
             self.report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(m.gpu.cuda_pids)}"))
-            with metrics.phase("restore", "gpu-restore"):
+            with metrics.phase("restore", "gpu-restore"), overlap.during(post):
                 gpu.resume_restored(tuple(self.hosts[p] for p in m.gpu.cuda_pids),
                                     {self.hosts[p]: pairs for p, pairs in self.pairs.items()})
 

@@ -50,6 +50,10 @@ class Settings:
     # cost more there); FIELD-NOTES saw THP speed up injection and the driver's
     # host->GPU copy on the GPU host, where it is still to be measured.
     inject_huge_pages: bool = False
+    # When a restore fills those regions after resuming the tree, through CRIU's lazy pages
+    # (restore/postcopy.py), so that the CUDA restore overlaps the fill: "gpu" (snapshots with
+    # GPU state, when CRIU reports uffd-noncoop), "always" (every snapshot), "never".
+    restore_overlap: str = "gpu"
     # At most this many bytes of the file pages a tree had mapped in are recorded at
     # checkpoint and read ahead at restore (host/filepages.py); 0 turns that off.
     warm_file_bytes: int = 1 << 30

@@ -143,6 +143,9 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
     cgroups = CgroupRoot.configure(settings.cgroup_root)
     private = _private_socket(settings.state_dir)
     criu = locate(settings.criu_path)
+    if settings.restore_overlap != "never":  # asked once, now, not during the first restore
+        log.info("serve.restore_overlap", mode=settings.restore_overlap,
+                 uffd_noncoop=criu.has_feature("uffd-noncoop"))
     disk_scratch, ram_scratch = settings.scratch_dirs()
     scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
     scratch.recover()

@@ -1,0 +1,401 @@
+"""Post-copy restore: the cut-out memory is filled through userfaultfd while the tree runs.
+
+CRIU restores with ``lazy_pages`` (criu/lazy.py): every private anonymous mapping
+of each restored task is registered with a userfaultfd that CRIU hands to snapd,
+so a page not yet filled blocks the thread touching it until snapd fills it.
+The tree can then be resumed, and its CUDA restore started, right after CRIU
+returns, while the cut-out regions are filled; every byte any thread reads
+is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
+``PostCopy`` is only its writer and its order).
+
+- Order: address order, from a cursor that a fault moves to the batch holding the
+  faulting address (``FillPlan``), so a reader walking the memory is followed by
+  every fill thread. Zero chunks of the plan are filled with UFFDIO_ZEROPAGE.
+- Faults (one thread polls every uffd): in a planned piece still to fill, the
+  cursor moves there and its COPY answers the fault; in a filled one, WAKE; outside
+  the plan (a hole), the zero page (to the end of its 2 MiB where nothing moved in).
+- Events: per address space (``_Mm``) an ``AddressLog`` of munmap / madvise /
+  mremap translates each piece at fill time (what the process dropped stays
+  dropped) and each fault back to its piece. FORK: the child's uffd gets the
+  parent's batches still to fill (the child has every page filled before it)
+  and every later one. Reading messages (and so changing logs and mms) holds
+  ``lock`` exclusive; a fill holds it shared from checking that its batch is
+  wanted to marking it filled, so no COPY lands where an event took memory away.
+  A COPY refused with EAGAIN or ENOENT (an event not yet read; the kernel checks the
+  range before the pending event) drops the lock and goes on from where it stopped once
+  the event has changed the log (InjectFailed when none comes); ESRCH: the process is gone.
+- The end: only when every batch is in every address space (``wait``) are the
+  uffds closed; a uffd closed earlier would turn every missing page into zeros.
+  On failure the restore's undo kills the tree first, then ``close`` closes them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import select
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from snapd_daemon.errors import InjectFailed, RestoreAborted
+from snapd_daemon.host import memwrite, uffd
+from snapd_daemon.restore.addrlog import AddressLog
+from snapd_daemon.restore.delivery import Delivery, Progress, Readahead, Route
+from snapd_daemon.restore.fillplan import FillPlan
+from snapd_daemon.store.rwlock import RWLock
+
+log = structlog.get_logger()
+_RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN or ENOENT waits this long for the event to be read
+UNEXPLAINED_SECONDS = 10.0  # a refusal still unexplained by an event after this fails the restore
+HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``_zero_hole``)
+
+
+class _Stopped(Exception):
+    """The fill was stopped by ``close`` (the restore failed elsewhere)."""
+
+
+class _Pending(Exception):
+    """A COPY met an event not yet read (EAGAIN; ENOENT: the range left before its event
+    came): drop the lock, then go on, translating anew."""
+
+    def __init__(self, mm: _Mm, error: uffd.FillError) -> None:
+        super().__init__(str(error))
+        self.mm = mm
+        self.error = error
+
+
+@dataclass(eq=False)
+class _Mm:
+    """One address space: the uffd of a restored task, or of a child it forked since."""
+
+    fd: int
+    pid: int  # the image pid of the task restored (a forked child: of its ancestor)
+    forked: bool
+    log: AddressLog = field(default_factory=AddressLog)
+    wanted: set[int] = field(default_factory=set)  # batches still to fill in here
+    gone: bool = False
+
+
+class PostCopy:
+    """The post-copy fill of one restore: ``receive`` (criu/lazy.py's callback) from before
+    CRIU runs, ``start`` once it returned, ``wait`` after the GPU restore; ``close`` always."""
+
+    zero_pages = True
+
+    def __init__(self, snapshot_id: str) -> None:
+        self.snapshot_id = snapshot_id
+        self.lock = RWLock()
+        self.mms: dict[int, list[_Mm]] = {}
+        self.hosts: dict[int, int] = {}
+        self.plan: FillPlan | None = None
+        self.failure: BaseException | None = None
+        self.counts: Counter[str] = Counter()
+        self.filled_bytes = 0
+        self.fill_seconds = 0.0
+        self.fill_ended = 0.0
+        self.gpu_seconds = 0.0  # the CUDA restore's, and how much of it ran while the fill still ran
+        self.overlap_seconds = 0.0
+        self._bytes_lock = threading.Lock()
+        self._arrived: list[_Mm] = []
+        self._closing = False
+        self.muted = False  # set: the fill reports no progress (another phase is current)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._faults = threading.Thread(target=self._serve, name="postcopy-faults", daemon=True)
+        self._faults.start()
+        self._fill: threading.Thread | None = None
+
+    # -- CRIU's side --------------------------------------------------------
+
+    def receive(self, pid: int, fd: int) -> None:
+        """Take ``fd``, the uffd of the task CRIU restores as image pid ``pid``."""
+        mm = _Mm(fd, pid, forked=False)
+        with self._bytes_lock:
+            self._arrived.append(mm)
+        os.write(self._wake_w, b"m")
+
+    # -- the fill -----------------------------------------------------------
+
+    def start(self, delivery: Delivery, routes: list[Route], hosts: dict[int, int], progress: Progress,
+              check: Callable[[], None], ahead: Readahead | None, abort: Callable[[], object]) -> None:
+        """Fill ``routes`` (memory targets naming image pids) in a thread of its own; ``hosts``:
+        image pid -> host pid, for messages; ``abort`` runs in that thread when the fill fails
+        (not when ``close`` stopped it). RestoreAborted when a task has no uffd."""
+        self.hosts = hosts
+        with self._bytes_lock:
+            received = {mm.pid for mm in self._arrived} | set(self.mms)
+        missing = sorted({t.pid for r in routes for t in r.targets if t.pid} - received)
+        if missing:
+            raise RestoreAborted(snapshot_id=self.snapshot_id,
+                                 reason=f"CRIU sent no userfaultfd for pid {hosts.get(missing[0], missing[0])}")
+
+        def fill() -> None:
+            began = time.monotonic()
+            try:
+                delivery.run(routes, lambda done: None if self.muted else progress(done), lambda: self._check(check),
+                             ahead, probe=False, writer=self)
+            except BaseException as exc:
+                self.failure = self.failure or exc
+                if not isinstance(exc, _Stopped):
+                    abort()
+            self.fill_ended = time.monotonic()
+            self.fill_seconds = self.fill_ended - began
+
+        while self._arrived and self.failure is None:  # every uffd polled by the fault thread first
+            time.sleep(0.001)
+        self._fill = threading.Thread(target=fill, name="postcopy-fill", daemon=True)
+        self._fill.start()
+
+    def order(self, batches: list[list[Route]]) -> Callable[[], int]:
+        with self.lock.exclusive():
+            self.plan = FillPlan(batches)
+            for mms in self.mms.values():
+                for mm in mms:
+                    mm.wanted = self.plan.batches_of(mm.pid)
+        return self.plan.next
+
+    def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
+        for pid, pieces in memory.items():
+            progress: dict[int, tuple[int, int]] = {}  # id(mm) -> (piece, offset in it) reached
+            since, logged = 0.0, -1  # when a refusal began that no event has explained yet, events then
+            while True:
+                pending: _Pending | None = None
+                with self.lock.shared():
+                    targets = [mm for mm in self.mms.get(pid, ()) if index in mm.wanted and not mm.gone]
+                    if not targets:
+                        break
+                    for mm in targets:
+                        try:
+                            self._fill_mm(mm, pieces, progress)
+                        except _Pending as exc:
+                            pending = exc
+                            continue
+                        mm.wanted.discard(index)
+                if pending is not None:
+                    with self._bytes_lock:
+                        self.counts[f"retries_{errno.errorcode[pending.error.errno].lower()}"] += 1
+                    if len(pending.mm.log.events) != logged:  # an event came (or a first refusal)
+                        since, logged = time.monotonic(), len(pending.mm.log.events)
+                    self._wait_for_event(pending, since)
+
+    def _wait_for_event(self, pending: _Pending, since: float) -> None:
+        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when an
+        ENOENT has had no event for ``UNEXPLAINED_SECONDS`` (a range never registered, or a bug;
+        an EAGAIN always has an event pending)."""
+        if self._closing or self.failure is not None:
+            raise _Stopped
+        if pending.error.errno == errno.ENOENT and time.monotonic() - since > UNEXPLAINED_SECONDS:
+            mm, exc = pending.mm, pending.error
+            raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}", length=0,
+                               reason=f"{exc.strerror or exc} for {UNEXPLAINED_SECONDS:g} s with no event to "
+                               "explain it", snapshot_id=self.snapshot_id)
+        time.sleep(_RETRY_PAUSE)
+
+    def _fill_mm(self, mm: _Mm, pieces: list[tuple[int, memoryview | int]], progress: dict[int, tuple[int, int]]) -> None:
+        first, offset = progress.get(id(mm), (0, 0))
+        for k in range(first, len(pieces)):
+            address, data = pieces[k]
+            length = data if isinstance(data, int) else len(data)
+            pos = offset if k == first else 0
+            for dst, n, at in mm.log.forward(address + pos, length - pos):
+                try:
+                    self._copy(mm, dst, data, pos + at, n)
+                except uffd.FillError as exc:  # EAGAIN, ENOENT: go on from there once the event is read
+                    progress[id(mm)] = (k, pos + at + exc.address - dst)
+                    raise _Pending(mm, exc) from exc
+                if mm.gone:
+                    return
+
+    def _copy(self, mm: _Mm, dst: int, data: memoryview | int, at: int, n: int) -> None:
+        """Fill [dst, dst + n) of ``mm`` with ``data[at:at + n]`` (an int: zeros); raises FillError
+        on EAGAIN and ENOENT (the kernel looks the range up before it looks for a pending event:
+        a range unmapped or moved is ENOENT until its event is read, then no longer planned)."""
+        while n > 0:
+            try:
+                if isinstance(data, int):
+                    uffd.zeropage(mm.fd, dst, n)
+                else:
+                    with memwrite.addresses([data[at : at + n]]) as [(src, _)]:
+                        uffd.copy(mm.fd, dst, src, n)
+                with self._bytes_lock:
+                    self.filled_bytes += n
+                return
+            except uffd.FillError as exc:
+                if exc.errno == errno.ENOENT and n > uffd.PAGE:  # maybe two mappings now (mprotect): halves
+                    half = n // 2 & ~(uffd.PAGE - 1)
+                    self._copy(mm, dst, data, at, half)
+                    self._copy(mm, dst + half, data, at + half, n - half)
+                    return
+                if exc.errno in (errno.EAGAIN, errno.ENOENT):
+                    raise
+                if exc.errno == errno.ESRCH:  # the process is gone: the restore's checks judge that
+                    mm.gone = True
+                    return
+                if exc.errno != errno.EEXIST or not mm.forked:
+                    raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}",
+                                       length=n - (exc.address - dst), reason=exc.strerror or str(exc),
+                                       snapshot_id=self.snapshot_id) from exc
+                skip = exc.address - dst + uffd.PAGE  # a page the child has written since its fork
+                dst, at, n = dst + skip, at + skip, n - skip
+
+    def _check(self, check: Callable[[], None]) -> None:
+        if self.failure is not None:
+            raise self.failure
+        if self._closing:
+            raise _Stopped
+        check()
+
+    def wait(self) -> None:
+        """Wait for the fill to end, then close every uffd (only now may a missing page
+        read as zeros); raises the fill's failure."""
+        if self._fill is not None:
+            self._fill.join()
+        if self.failure is None:
+            unfilled = [mm for mms in self.mms.values() for mm in mms if mm.wanted and not mm.gone]
+            if unfilled:
+                mm = unfilled[0]
+                self.failure = InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address="(several)", length=0,
+                                            reason=f"{len(mm.wanted)} batches were never filled",
+                                            snapshot_id=self.snapshot_id)
+        self.close()
+        if self.failure is not None:
+            raise self.failure
+
+    def overlap(self, began: float, ended: float) -> float:
+        """Seconds of [began, ended] (monotonic) during which the fill was still running."""
+        end = self.fill_ended or time.monotonic()
+        return max(0.0, min(ended, end) - began)
+
+    def summary(self) -> dict[str, object]:
+        seconds = round(self.fill_seconds, 3)
+        return {"fill_seconds": seconds, "fill_bytes": self.filled_bytes,
+                "fill_gbps": round(self.filled_bytes / self.fill_seconds / 1e9, 2) if self.fill_seconds else 0.0,
+                **dict(sorted(self.counts.items())), "gpu_restore_seconds": round(self.gpu_seconds, 3),
+                "overlap_seconds": round(self.overlap_seconds, 3)}
+
+    def close(self) -> None:
+        """Stop the fill and the fault thread, close every uffd and the pipe; idempotent."""
+        if self._closing and self._wake_w < 0:
+            return
+        self._closing = True
+        if self._fill is not None:
+            self._fill.join()
+        os.write(self._wake_w, b"x")
+        self._faults.join()
+        with self.lock.exclusive():
+            self._adopt()
+            for mms in self.mms.values():
+                for mm in mms:
+                    os.close(mm.fd)
+            self.mms.clear()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_w = -1
+
+    # -- the fault thread ---------------------------------------------------
+
+    def _adopt(self) -> list[_Mm]:
+        """Move the uffds received so far into ``mms`` (caller holds ``lock`` exclusive)."""
+        with self._bytes_lock:
+            arrived, self._arrived = self._arrived, []
+        for mm in arrived:
+            if self.plan is not None:
+                mm.wanted = self.plan.batches_of(mm.pid)
+            self.mms.setdefault(mm.pid, []).append(mm)
+        return arrived
+
+    def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        by_fd: dict[int, _Mm] = {}
+        deferred: list[tuple[_Mm, int]] = []
+        try:
+            while not self._closing:
+                ready = poller.poll(1 if deferred else None)
+                with self.lock.exclusive():
+                    for mm in self._adopt():
+                        by_fd[mm.fd] = mm
+                        poller.register(mm.fd, select.POLLIN)
+                    for fd, events in ready:
+                        if fd == self._wake_r:
+                            os.read(fd, 4096)
+                        elif events & select.POLLIN:
+                            for msg in uffd.read(fd):
+                                self._message(by_fd[fd], msg, deferred, poller, by_fd)
+                        else:  # an mm that is gone
+                            poller.unregister(fd)
+                    deferred = [(mm, address) for mm, address in deferred if not self._fault(mm, address)]
+        except BaseException as exc:
+            self.failure = self.failure or exc
+            log.error("restore.postcopy_fault_thread_failed", error=str(exc))
+
+    def _message(self, mm: _Mm, msg: uffd.Message, deferred: list[tuple[_Mm, int]], poller: select.poll,
+                 by_fd: dict[int, _Mm]) -> None:
+        if isinstance(msg, uffd.Pagefault):
+            if not self._fault(mm, msg.address):
+                deferred.append((mm, msg.address))
+        elif isinstance(msg, uffd.Fork):
+            child = _Mm(msg.fd, mm.pid, forked=True, log=mm.log.copy(), wanted=set(mm.wanted))
+            self.mms.setdefault(mm.pid, []).append(child)
+            by_fd[child.fd] = child
+            poller.register(child.fd, select.POLLIN)
+            self.counts["events_fork"] += 1
+        else:
+            mm.log.add(msg)
+            self.counts[f"events_{type(msg).__name__.lower()}"] += 1
+
+    def _fault(self, mm: _Mm, address: int) -> bool:
+        """Answer a fault (or move the cursor so that a COPY answers it); False: retry later."""
+        if self.plan is None:  # before the fill starts, a planned page may not be told from a hole
+            return False
+        origin = mm.log.back(address)
+        batch = self.plan.batch_at(mm.pid, origin) if origin is not None else None
+        if batch is not None and batch in mm.wanted:
+            self.plan.seek(batch)
+            self.counts["faults_data"] += 1
+            return True
+        try:
+            if batch is None:
+                self._zero_hole(mm, address)
+                self.counts["faults_zero"] += 1
+                return True
+        except uffd.FillError as exc:
+            if exc.errno == errno.EAGAIN:
+                return False
+            if exc.errno == errno.ESRCH:
+                mm.gone = True
+                return True
+            if exc.errno not in (errno.EEXIST, errno.ENOENT):
+                raise
+        try:
+            uffd.wake(mm.fd, address, uffd.PAGE)
+        except uffd.FillError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+        self.counts["faults_wake"] += 1
+        return True
+
+    def _zero_hole(self, mm: _Mm, address: int) -> None:
+        """The zero page at ``address``, a page outside the plan, and up to ``HOLE_RUN`` of the
+        hole after it (to the next planned address): one fault, not one per page, for a reader
+        walking never-touched memory. Not where an mremap moved memory in (planned bytes may
+        lie there now): there only the page. A run that leaves its mapping (ENOENT) falls back
+        to the page; one that meets a present page stops there."""
+        assert self.plan is not None
+        starts = self.plan.starts.get(mm.pid, [])
+        k = bisect.bisect_right(starts, address)
+        end = min((address | (HOLE_RUN - 1)) + 1, starts[k] if k < len(starts) else 1 << 64)
+        if any(isinstance(e, uffd.Remap) and e.dest < end and address < e.dest + e.length for e in mm.log.events):
+            end = address + uffd.PAGE
+        try:
+            uffd.zeropage(mm.fd, address, end - address)
+        except uffd.FillError as exc:
+            if exc.errno == errno.ENOENT and end - address > uffd.PAGE:
+                uffd.zeropage(mm.fd, address, uffd.PAGE)
+            elif exc.errno != errno.EEXIST or exc.address == address:
+                raise

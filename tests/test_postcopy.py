@@ -1,0 +1,185 @@
+"""Post-copy restore (restore_overlap): the tree runs while snapd fills its memory through
+the userfaultfds CRIU's lazy pages hand over (real CRIU, real processes)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from faultlib import biggest_chunk, damage_chunk
+from harness import Daemon, Workloads, ask, gone, restore_at_once, serving, wait_for
+from snapd.v1 import snapd_pb2 as pb
+from snapd_client import SnapdClientError
+from snapd_daemon.host.uffd import Remap, Remove, Unmap
+from snapd_daemon.restore.addrlog import AddressLog
+from snapd_daemon.restore.delivery import Route, Target
+from snapd_daemon.restore.fillplan import FillPlan
+from snapd_daemon.store.model import ChunkRef
+from test_all_or_nothing import held_restore
+from test_replicas import Reports, start_run, worker_of
+
+
+@pytest.fixture
+def lazy(tmp_path: Path) -> Iterator[Daemon]:
+    with serving(tmp_path / "lazy", "--restore-overlap", "always") as d:
+        yield d
+
+
+def _events(daemon: Daemon, event: str) -> list[dict[str, object]]:
+    return [json.loads(ln) for ln in daemon.log.read_text().splitlines() if f'"event": "{event}"' in ln]
+
+
+def _moved(daemon: Daemon, pid: int, said: Path) -> Path:
+    """Checkpoint ``pid`` (it stops), restore it, and wait for what the restored copy writes to
+    ``said`` once resumed (anything there before, the source's, removed first)."""
+    with daemon.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        said.unlink(missing_ok=True)
+        c.restore(snap.id)
+    wait_for(said.exists, 60, f"the restored workload to write {said.name}")
+    return said
+
+
+def test_the_fill_takes_batches_in_address_order_from_where_a_fault_moves_it() -> None:
+    batches = [[Route(ChunkRef("c", 8192), "pages-1.img", i * 8192, [Target(0, 8192, 0x10000 + i * 8192, pid=7)])]
+               for i in range(6)]
+    plan = FillPlan(batches)
+    assert [plan.next(), plan.next()] == [0, 1]
+    plan.seek(plan.batch_at(7, 0x10000 + 4 * 8192 + 100))  # type: ignore[arg-type]  # a fault in batch 4
+    assert [plan.next(), plan.next(), plan.next(), plan.next(), plan.next()] == [4, 5, 2, 3, 6]
+    assert plan.batch_at(7, 0x10000 - 1) is None and plan.batch_at(8, 0x10000) is None
+
+
+def test_the_address_log_follows_moves_and_drops_both_ways() -> None:
+    log = AddressLog()
+    log.add(Remove(0x3000, 0x5000))
+    log.add(Remap(0x8000, 0x20000, 0x2000))
+    log.add(Unmap(0x8000, 0xa000))  # the kernel reports a moving mremap's old range unmapped after the move
+    log.add(Unmap(0x20000, 0x21000))
+    # a planned range [0x1000, 0xa000): its 2nd and 3rd pages dropped, [0x8000, 0xa000) moved, then half unmapped
+    assert log.forward(0x1000, 0x9000) == [(0x1000, 0x2000, 0), (0x5000, 0x3000, 0x4000), (0x21000, 0x1000, 0x8000)]
+    assert log.back(0x21000) == 0x9000 and log.back(0x1000) == 0x1000
+    assert log.back(0x3000) is None and log.back(0x8000) is None and log.back(0x20000) is None
+
+
+def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, workloads: Workloads) -> None:
+    """Random data, zero runs and holes never touched: every byte as at checkpoint, read by the
+    process itself from the moment it runs (while the fill runs), and the fill's figures logged."""
+    pid, report = workloads.start("lazymem.py", "384", "1", "plain")
+    digest = report.read_text().split()[1]
+    resumed = _moved(lazy, pid, Path(f"{report}.resumed"))  # its digest of the region, read the moment it ran
+    assert resumed.read_text().split() == [str(pid), digest]
+    assert ask(pid, report)[1] == digest
+    [done] = _events(lazy, "restore.postcopy")
+    assert int(done["fill_bytes"]) > 256 << 20  # type: ignore[call-overload]
+    names = [e["event"] for e in (json.loads(ln) for ln in lazy.log.read_text().splitlines() if ln.startswith("{"))]
+    assert names.index("restore.resume") < names.index("restore.postcopy")
+
+
+def test_a_locked_region_is_injected_into_the_stopped_tree(lazy: Daemon, workloads: Workloads) -> None:
+    """CRIU's lazy pages register no MAP_LOCKED mapping: such a restore injects as before."""
+    pid, report = workloads.start("lazymem.py", "32", "1", "locked")
+    digest = report.read_text().split()[1]
+    resumed = _moved(lazy, pid, Path(f"{report}.resumed"))
+    assert resumed.read_text().split() == [str(pid), digest]
+    [unused] = _events(lazy, "restore.postcopy_unused")
+    assert "is not registered by CRIU's lazy pages" in str(unused["reason"]) and not _events(lazy, "restore.postcopy")
+
+
+def test_unmap_dontneed_remap_and_fork_on_resume_see_what_they_must(lazy: Daemon, workloads: Workloads) -> None:
+    """The moment it runs, the tree drops, moves and forks parts of memory not filled yet: a dropped
+    part reads zeros, a moved one its data, a child forked then the checkpoint's bytes."""
+    pid, report = workloads.start("lazymem.py", "256", "32", "events")
+    digest = report.read_text().split()[1]
+    events = _moved(lazy, pid, Path(f"{report}.events"))
+    assert events.read_text().split() == [str(pid), "dontneed_zero=1", "remapped_intact=1", "child_quarter=1",
+                                          "child_region=1"]
+    assert ask(pid, report)[1] == digest
+    [done] = _events(lazy, "restore.postcopy")
+    assert done["events_fork"] == 1 and done["events_remap"] == 1  # the tree's changes reached the fill
+
+
+def test_a_corrupt_chunk_fails_the_restore_and_kills_the_running_tree(lazy: Daemon, workloads: Workloads) -> None:
+    pid, _ = workloads.start("lazymem.py", "64", "1", "plain")
+    with lazy.client() as c:
+        snap = c.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    damaged = damage_chunk(biggest_chunk(lazy.state_dir), "flip")  # a random 2 MiB piece of the region
+    with lazy.client() as c, pytest.raises(SnapdClientError) as info:
+        c.restore(snap.id)
+    assert info.value.code == grpc.StatusCode.DATA_LOSS and damaged in info.value.message
+    assert gone(pid)  # killed, none of it left blocked on a page
+    with lazy.client() as c:
+        wait_for(lambda: c.status().operations_in_flight == 0, 30, "the restore to end")
+    assert list((lazy.state_dir / "holds").glob("*.json")) == []
+
+
+def test_a_cancel_before_the_commit_kills_the_tree(lazy: Daemon, workloads: Workloads) -> None:
+    pid, report = workloads.start("lazymem.py", "64", "1", "plain")
+    digest = report.read_text().split()[1]
+    with lazy.client() as c:
+        snap = c.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    failure: list[SnapdClientError] = []
+    asked = threading.Event()
+
+    def progress(p: pb.Progress) -> None:
+        if p.phase == pb.PHASE_RESTORE and not asked.is_set():
+            asked.set()
+            with lazy.client() as other:
+                other.cancel(p.operation_id)
+
+    def restore() -> None:
+        with lazy.client() as c:
+            try:
+                c.restore(snap.id, on_progress=progress)
+            except SnapdClientError as exc:
+                failure.append(exc)
+
+    t = threading.Thread(target=restore)
+    t.start()
+    t.join(120)
+    assert failure and failure[0].code == grpc.StatusCode.CANCELLED
+    wait_for(lambda: gone(pid), 10, "the cancelled restore's tree to be killed")
+    with lazy.client() as c:  # and the snapshot restores whole afterwards
+        c.restore(snap.id)
+    assert ask(pid, report)[1] == digest
+
+
+def test_a_replicable_snapshot_restores_twice_side_by_side(lazy: Daemon, tmp_path: Path) -> None:
+    reports = Reports(tmp_path / "reports.sock")
+    init = start_run(tmp_path, reports)
+    digest = reports.ask(worker_of(init))[0]
+    with lazy.client() as c:
+        snap = c.checkpoint(init)
+    wait_for(lambda: gone(init), 30, "the source to be stopped")
+    outcomes = restore_at_once(lazy.target, snap.id, 2)
+    roots = [o.root_pid for o in outcomes]  # type: ignore[attr-defined]
+    assert len(set(roots)) == 2
+    for root in roots:
+        assert reports.ask(worker_of(root))[0] == digest
+    assert len(_events(lazy, "restore.postcopy")) == 2
+
+
+def test_sigkill_of_the_daemon_during_the_fill_is_undone_at_next_start(lazy: Daemon, workloads: Workloads) -> None:
+    """The fill held on a chunk whose read blocks (a FIFO), the daemon SIGKILLed: its next start
+    kills the tree its journal names (which may have run, on zeros, since the uffds closed with
+    the daemon), and the snapshot restores whole again."""
+    with held_restore(lazy, workloads, 2025) as held:
+        assert lazy.proc is not None
+        lazy.proc.kill()
+        lazy.proc.wait()
+        held.call.join()
+    lazy.start()
+    wait_for(lambda: gone(held.pid), 15, "the held restore's tree to be killed")
+    with lazy.client() as c:
+        assert c.status().recovered_operations >= 1
+        c.restore(held.snapshot, wait_for_exit_seconds=10)
+    assert ask(held.pid, held.report)[1] == held.digest
+    assert len(_events(lazy, "restore.postcopy")) == 1  # the second restore's: post-copy too
