@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 import manifestlib
-from harness import Daemon, Workloads, gone, wait_for
+from harness import Daemon, Workloads, gone, serving, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import AsyncSnapdClient, SnapdClient, SnapdClientError, errors
 from snapd_client.client import state_name
@@ -292,6 +292,34 @@ def test_gpu_restore_with_a_corrupt_chunk_leaves_nothing(daemon: Daemon, start_s
         snap = c.checkpoint(server.pid)
         wait_for(lambda: gone(server.pid), 30, "the server to stop")
         victim = max((daemon.state_dir / "chunks").glob("*/*"), key=lambda p: p.stat().st_size)
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+        with pytest.raises(SnapdClientError) as info:
+            c.restore(snap.id)
+    assert info.value.error_class == "ChunkCorrupt", info.value.message
+    _nothing_of([p.pid for p in snap.processes])
+
+
+def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, start_server) -> None:
+    """``restore_overlap = "gpu"``: both CUDA processes' memory is filled through CRIU's lazy
+    pages while their CUDA restore runs (the driver's reads of the host copy of VRAM wait on
+    missing pages): the server answers with its tokens. Then, with the largest stored chunk
+    (host copy of VRAM) corrupted, a restore under post-copy fails with ChunkCorrupt and
+    leaves no process of the snapshot alive or holding GPU memory, its tree having run."""
+    server = start_server("--engine-process", "--kv-cache-fraction", "0.02")
+    before = server.ask()
+    with serving(tmp_path / "lazy", "--restore-overlap", "gpu") as d, d.client() as c:
+        snap = c.checkpoint(server.pid)
+        wait_for(lambda: gone(server.pid), 30, "the server tree to stop")
+        result = c.restore(snap.id)
+        assert server.ask()["tokens"] == before["tokens"]
+        [done] = [json.loads(ln) for ln in d.log.read_text().splitlines() if '"event": "restore.postcopy"' in ln]
+        print(f"restore {result.duration_seconds:.2f} s; post-copy {done}")
+        assert int(done["fill_bytes"]) > 0  # type: ignore[call-overload]
+        c.stop_instance(result.instance_id)
+        wait_for(lambda: gone(server.pid), 30, "the restored server to stop")
+        victim = max((d.state_dir / "chunks").glob("*/*"), key=lambda p: p.stat().st_size)
         data = bytearray(victim.read_bytes())
         data[len(data) // 2] ^= 0xFF
         victim.write_bytes(bytes(data))

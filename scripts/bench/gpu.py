@@ -235,6 +235,8 @@ def main() -> int:
     parser.add_argument("--keep-weights", action="store_true", help="keep the generated weights (disk space)")
     parser.add_argument("--serve-option", action="append", default=[], metavar="ARG",
                         help="extra argument for snapd serve, e.g. --serve-option=--inject-huge-pages (repeatable)")
+    parser.add_argument("--restore-overlap", choices=["gpu", "always", "never"], default="gpu",
+                        help="the daemon's restore_overlap for every snapd restore (default gpu: post-copy)")
     parser.add_argument("--compare-overlap", action="store_true",
                         help="repeat the hot restore with --restore-overlap=never (the injection into the stopped "
                         "tree) in the same run")
@@ -267,7 +269,8 @@ def main() -> int:
     server = Server(work, weights, args.preset, flags)
     (work / "daemon").mkdir()
     policy = ["--store-raw-below", str(args.store_raw_below)] if args.store_raw_below is not None else []
-    daemon = Daemon(work / "daemon", (*args.serve_option, *policy), criu=criu)
+    daemon = Daemon(work / "daemon", (*args.serve_option, *policy, f"--restore-overlap={args.restore_overlap}"),
+                    criu=criu)
     results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction,
                                   "sleep_hooks": args.sleep_hooks}
     bench_started = time.monotonic()

@@ -1,8 +1,8 @@
 """Whether a restore fills its memory after the resume (post-copy, postcopy.py), and its figures.
 
-``restore_overlap``: "gpu" (the default) uses post-copy for snapshots with GPU state,
+``restore_overlap``: "gpu" uses post-copy for snapshots with GPU state,
 whose CUDA restore then overlaps the fill; "always" for every snapshot; "never"
-keeps the stopped-tree injection. Either way a host whose CRIU reports no
+keeps the stopped-tree injection (the default). Either way a host whose CRIU reports no
 uffd-noncoop (userfaultfd fork/remap/unmap/remove events) injects into the
 stopped tree, and so does a plan with a region that came to a child from its
 parent at restore (the child holds the parent's pages there, and a userfaultfd

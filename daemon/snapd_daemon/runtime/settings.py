@@ -52,8 +52,9 @@ class Settings:
     inject_huge_pages: bool = False
     # When a restore fills those regions after resuming the tree, through CRIU's lazy pages
     # (restore/postcopy.py), so that the CUDA restore overlaps the fill: "gpu" (snapshots with
-    # GPU state, when CRIU reports uffd-noncoop), "always" (every snapshot), "never".
-    restore_overlap: str = "gpu"
+    # GPU state, when CRIU reports uffd-noncoop), "always" (every snapshot), "never" (the default until
+    # post-copy has restored a GPU snapshot on a GPU host: docs/restore-speed.md).
+    restore_overlap: str = "never"
     # At most this many bytes of the file pages a tree had mapped in are recorded at
     # checkpoint and read ahead at restore (host/filepages.py); 0 turns that off.
     warm_file_bytes: int = 1 << 30

@@ -62,9 +62,9 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Restore private anonymous regions of at least this size by parallel memory writes (0: off).")
 @click.option("--inject-huge-pages/--no-inject-huge-pages", default=False, show_default=True,
               help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
-@click.option("--restore-overlap", type=click.Choice(["gpu", "always", "never"]), default="gpu", show_default=True,
+@click.option("--restore-overlap", type=click.Choice(["gpu", "always", "never"]), default="never", show_default=True,
               help="Fill restored memory while the tree runs (CRIU lazy pages), so the CUDA restore overlaps the "
-              "fill: for GPU snapshots, every snapshot, or never (docs/restore-speed.md).")
+              "fill: for GPU snapshots, every snapshot, or never (docs/restore-speed.md; not yet seen on a GPU).")
 @click.option("--store-raw-below", type=click.FloatRange(0, 100), default=5.0, show_default=True, metavar="PERCENT",
               help="Store a chunk raw when compressing it saves less than this percentage of its size: restores "
               "then copy it instead of decoding it (docs/restore-speed.md).")
