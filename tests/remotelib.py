@@ -56,5 +56,16 @@ def manifest_chunks(daemon: Daemon, snapshot_id: str) -> set[str]:
     return {c["id"] for f in data["files"] for c in f["chunks"] if c["id"]}
 
 
+def whole_read_chunks(daemon: Daemon, snapshot_id: str) -> set[str]:
+    """The chunks of the images every restore of the snapshot writes out whole: all but the
+    originals that a stored trimmed copy (``trimmed/...``) replaces. Of those originals a
+    restore that uses the stored cut reads only the spans it injects into memory, so a chunk
+    of them that holds only small regions (CRIU gets those from the trimmed copy) is never
+    read by it."""
+    data = json.loads((daemon.state_dir / "manifests" / f"{snapshot_id}.json").read_text())
+    replaced = {f["name"].removeprefix("trimmed/") for f in data["files"] if f["name"].startswith("trimmed/")}
+    return {c["id"] for f in data["files"] if f["name"] not in replaced for c in f["chunks"] if c["id"]}
+
+
 def local_chunk_temporaries(daemon: Daemon) -> list[Path]:
     return [p for p in (daemon.state_dir / "chunks").rglob("*") if ".tmp-" in p.name]
