@@ -62,6 +62,7 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
         if stored is not None:
             layout, kept = stored, _write_stored(delivery, router, entries, dest, fds, progress)
             _check_cut(stored, manifest, dest)
+            _check_addresses(delivery, entries, stored, manifest, dest / ".original", fds)
             _adjust_files(dest, manifest)
         else:
             layout, kept = _write_cut(delivery, router, entries, manifest, dest, min_region, fds, progress)
@@ -101,6 +102,36 @@ def _check_cut(layout: TrimmedLayout, manifest: Manifest, dest: Path) -> None:
         raise ManifestDamaged(where=f"of snapshot {manifest.id}", snapshot_id=manifest.id,
                               problem=f"its restore cut does not fit its trimmed page maps: {problem}",
                               action="nothing was restored and no chunk was touched")
+
+
+def _check_addresses(delivery: Delivery, entries: dict[str, ImageEntry], layout: TrimmedLayout,
+                     manifest: Manifest, check: Path, fds: list[int]) -> None:
+    """ManifestDamaged, before anything is restored, when an injected span's address is not
+    where the snapshot's original page map (its own image, read verified into ``check``)
+    puts the span's bytes: a cut sealed anew after an edit of an address would otherwise
+    write the right bytes at the wrong place, inside a region large enough to take them."""
+    check.mkdir()
+    router = Router()
+    for name in {f"pagemap-{s.pid}.img" for s in layout.inject} & set(entries):
+        _route_whole(router, entries[name], check / name, fds)
+    delivery.run(router.take(), lambda _done: None)
+    runs = {img.pages_file: img.runs for img in pages_images(check)}
+    for s in layout.inject:
+        covered = 0
+        for run in runs.get(s.pages_file, ()):
+            low, high = max(s.offset, run.offset), min(s.offset + s.length, run.offset + run.length)
+            if low >= high:
+                continue
+            if run.vaddr + (low - run.offset) != s.vaddr + (low - s.offset):
+                covered = -1
+                break
+            covered += high - low
+        if covered != s.length:
+            raise ManifestDamaged(
+                where=f"of snapshot {manifest.id}", snapshot_id=manifest.id,
+                problem=f"its restore cut puts {s.length} bytes of {s.pages_file} at offset {s.offset} at "
+                        f"{s.vaddr:#x} in pid {s.pid}, where its page map does not",
+                action="nothing was restored and no chunk was touched")
 
 
 def _write_cut(delivery: Delivery, router: Router, entries: dict[str, ImageEntry], manifest: Manifest, dest: Path,
