@@ -44,7 +44,7 @@ SEMANTIC = ("span-offset", "span-length", "span-address", "chunk-length", "pid",
 FORGERIES = ("chunk-id/resealed",)
 
 
-def _largest_span(content: dict[str, Any]) -> dict[str, Any]:
+def largest_span(content: dict[str, Any]) -> dict[str, Any]:
     spans = (content.get("trimmed") or {}).get("inject") or []
     assert spans, "the snapshot has no injected span (inject_min_bytes off?)"
     return max(spans, key=lambda s: s["length"])
@@ -57,11 +57,11 @@ def _pages_chunks(content: dict[str, Any]) -> list[dict[str, Any]]:
 def edit(content: dict[str, Any], kind: str, rng: random.Random) -> None:
     """Apply semantic edit ``kind`` to a manifest's JSON object in place."""
     if kind == "span-offset":
-        _largest_span(content)["offset"] += PAGE
+        largest_span(content)["offset"] += PAGE
     elif kind == "span-length":
-        _largest_span(content)["length"] -= PAGE
+        largest_span(content)["length"] -= PAGE
     elif kind == "span-address":
-        _largest_span(content)["vaddr"] += PAGE * rng.choice((-1, 1))
+        largest_span(content)["vaddr"] += PAGE * rng.choice((-1, 1))
     elif kind == "chunk-length":
         ref = next(c for c in _pages_chunks(content) if c["length"] == 2 << 20)
         ref["length"] = 2087152  # the issue's flipped bit: 2097152 -> 2087152

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import manifestlib
-from harness import Daemon, Workloads, ask, error_of, snapd, wait_for
+from harness import Daemon, Workloads, ask, error_of, gone, snapd, wait_for
 from remotelib import local_chunk_temporaries, remote_args
 from s3server import S3Server
 from snapd_daemon.runtime import Settings
@@ -84,6 +84,42 @@ def _import(daemon: Daemon, stream: bytes, tmp: Path) -> subprocess.CompletedPro
 
 def _manifest_of(stream: bytes) -> dict:
     return json.loads(bundle.Reader([stream]).manifest())
+
+
+def test_a_span_moved_inside_a_region_grown_for_it_is_refused_before_anything_runs(
+        daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
+    """The largest injected span moved by a page and its region grown by that page, sealed
+    anew: every check of the manifest alone passes, and only the snapshot's own page map
+    says the bytes belong elsewhere. The restore refuses it with ManifestDamaged naming the
+    span before CRIU runs (the campaign's one-page move met such room by chance once)."""
+    pid, report = workloads.start("memhold.py", "8")
+    with daemon.client() as c:
+        snap = c.checkpoint(pid)
+        sink = io.BytesIO()
+        c.export_snapshot(snap.id, sink)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    content = json.loads(bundle.Reader([sink.getvalue()]).manifest())
+    span = manifestlib.largest_span(content)
+    regions = content["trimmed"]["regions"][str(span["pid"])]
+    i = next(k for k, (start, end) in enumerate(regions) if start <= span["vaddr"] < end)
+    if i + 1 == len(regions) or regions[i + 1][0] > regions[i][1]:  # room after it
+        regions[i][1] += manifestlib.PAGE
+        span["vaddr"] += manifestlib.PAGE
+    else:
+        regions[i][0] -= manifestlib.PAGE
+        span["vaddr"] -= manifestlib.PAGE
+    (tmp_path / "second").mkdir()
+    second = Daemon(tmp_path / "second").start()
+    try:
+        with second.client() as c:
+            data = manifestlib.with_manifest(sink.getvalue(), manifestlib.reseal(content))
+            moved = c.import_snapshot(data[i : i + MiB] for i in range(0, len(data), MiB))
+            err = error_of(lambda: c.restore(moved.id))
+    finally:
+        second.close()
+    assert err.error_class == "ManifestDamaged", err.message
+    assert f"{span['vaddr']:#x}" in err.message and "page map" in err.message, err.message
+    assert gone(pid)
 
 
 @pytest.mark.parametrize("how", ["stale-seal", "unsealed", "resealed", "resealed-hot"])
