@@ -283,6 +283,14 @@ def _nothing_of(pids: list[int]) -> None:
     wait_for(lambda: not set(pids) & _compute_pids(), 30, f"NVML to list none of pids {pids}")
 
 
+def _corrupt_largest_chunk(daemon: Daemon) -> None:
+    """Flip a byte in the middle of the largest stored chunk (in the host copy of VRAM)."""
+    victim = max((daemon.state_dir / "chunks").glob("*/*"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+
 def test_gpu_restore_with_a_corrupt_chunk_leaves_nothing(daemon: Daemon, start_server) -> None:
     """All or nothing on the GPU: a chunk that fails its hash (the largest stored one, in the
     region holding the host copy of VRAM) ends the restore with ChunkCorrupt and no process
@@ -291,10 +299,7 @@ def test_gpu_restore_with_a_corrupt_chunk_leaves_nothing(daemon: Daemon, start_s
     with daemon.client() as c:
         snap = c.checkpoint(server.pid)
         wait_for(lambda: gone(server.pid), 30, "the server to stop")
-        victim = max((daemon.state_dir / "chunks").glob("*/*"), key=lambda p: p.stat().st_size)
-        data = bytearray(victim.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        victim.write_bytes(bytes(data))
+        _corrupt_largest_chunk(daemon)
         with pytest.raises(SnapdClientError) as info:
             c.restore(snap.id)
     assert info.value.error_class == "ChunkCorrupt", info.value.message
@@ -321,10 +326,7 @@ def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, sta
         assert int(done["fill_bytes"]) > 0  # type: ignore[call-overload]
         c.stop_instance(result.instance_id)
         wait_for(lambda: gone(server.pid), 30, "the restored server to stop")
-        victim = max((d.state_dir / "chunks").glob("*/*"), key=lambda p: p.stat().st_size)
-        data = bytearray(victim.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        victim.write_bytes(bytes(data))
+        _corrupt_largest_chunk(d)
         with pytest.raises(SnapdClientError) as info:
             c.restore(snap.id)
     assert info.value.error_class == "ChunkCorrupt", info.value.message
