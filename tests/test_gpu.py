@@ -306,7 +306,7 @@ def test_gpu_restore_with_a_corrupt_chunk_leaves_nothing(daemon: Daemon, start_s
     _nothing_of([p.pid for p in snap.processes])
 
 
-@pytest.mark.xfail(run=False, strict=True, reason="post-copy GPU restores hung on an H100 (2026-12-06, "
+@pytest.mark.xfail(run=False, reason="post-copy GPU restores hung on an H100 (2026-12-06, "
                    "docs/restore-speed.md); run with --runxfail when working on it")
 def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, start_server) -> None:
     """``restore_overlap = "gpu"``: both CUDA processes' memory is filled through CRIU's lazy

@@ -15,6 +15,7 @@ layout, used when the threshold matches), else made here from the images.
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from dataclasses import dataclass
@@ -22,8 +23,16 @@ from pathlib import Path
 
 import structlog
 
-from snapd_daemon.criu.images import FILES_NAME, adjust_files, advise_hugepages, pages_images, read_vmas, write_pagemap
-from snapd_daemon.criu.trim import TRIMMED, TrimmedLayout, cut
+from snapd_daemon.criu.images import (
+    FILES_NAME,
+    PageRun,
+    adjust_files,
+    advise_hugepages,
+    pages_images,
+    read_vmas,
+    write_pagemap,
+)
+from snapd_daemon.criu.trim import TRIMMED, InjectSpan, TrimmedLayout, cut
 from snapd_daemon.errors import ManifestDamaged
 from snapd_daemon.restore.delivery import ChunkIndex, Delivery, Progress, Route, Router
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
@@ -115,23 +124,36 @@ def _check_addresses(delivery: Delivery, entries: dict[str, ImageEntry], layout:
     for name in {f"pagemap-{s.pid}.img" for s in layout.inject} & set(entries):
         _route_whole(router, entries[name], check / name, fds)
     delivery.run(router.take(), lambda _done: None)
-    runs = {img.pages_file: img.runs for img in pages_images(check)}
+    maps = {(img.pid, img.pages_file): img.runs for img in pages_images(check)}
+    starts = {key: [run.offset for run in runs] for key, runs in maps.items()}
     for s in layout.inject:
-        covered = 0
-        for run in runs.get(s.pages_file, ()):
-            low, high = max(s.offset, run.offset), min(s.offset + s.length, run.offset + run.length)
-            if low >= high:
-                continue
-            if run.vaddr + (low - run.offset) != s.vaddr + (low - s.offset):
-                covered = -1
-                break
+        runs = maps.get((s.pid, s.pages_file))
+        if runs is None:
+            problem = f"its restore cut names {s.pages_file} of pid {s.pid}, which has no page map in the snapshot"
+        elif _misplaced(s, runs, starts[(s.pid, s.pages_file)]):
+            problem = (f"its restore cut puts {s.length} bytes of {s.pages_file} at offset {s.offset} at "
+                       f"{s.vaddr:#x} in pid {s.pid}, where its page map does not")
+        else:
+            continue
+        raise ManifestDamaged(where=f"of snapshot {manifest.id}", snapshot_id=manifest.id, problem=problem,
+                              action="nothing was restored and no chunk was touched")
+
+
+def _misplaced(span: InjectSpan, runs: tuple[PageRun, ...], starts: list[int]) -> bool:
+    """Whether some byte of ``span`` is not in ``runs`` (a page map's, in file order, their
+    offsets ``starts``) or not at the address the run holding it gives."""
+    end = span.offset + span.length
+    covered = 0
+    k = max(bisect.bisect_right(starts, span.offset) - 1, 0)
+    while k < len(runs) and runs[k].offset < end:
+        run = runs[k]
+        low, high = max(span.offset, run.offset), min(end, run.offset + run.length)
+        if low < high:
+            if run.vaddr + (low - run.offset) != span.vaddr + (low - span.offset):
+                return True
             covered += high - low
-        if covered != s.length:
-            raise ManifestDamaged(
-                where=f"of snapshot {manifest.id}", snapshot_id=manifest.id,
-                problem=f"its restore cut puts {s.length} bytes of {s.pages_file} at offset {s.offset} at "
-                        f"{s.vaddr:#x} in pid {s.pid}, where its page map does not",
-                action="nothing was restored and no chunk was touched")
+        k += 1
+    return covered != span.length
 
 
 def _write_cut(delivery: Delivery, router: Router, entries: dict[str, ImageEntry], manifest: Manifest, dest: Path,
