@@ -160,11 +160,19 @@ def test_a_replicable_snapshot_restores_twice_side_by_side(lazy: Daemon, tmp_pat
         snap = c.checkpoint(init)
     wait_for(lambda: gone(init), 30, "the source to be stopped")
     outcomes = restore_at_once(lazy.target, snap.id, 2)
-    roots = [o.root_pid for o in outcomes]  # type: ignore[attr-defined]
-    assert len(set(roots)) == 2
+    try:
+        roots = [o.root_pid for o in outcomes]  # type: ignore[attr-defined]
+        assert len(set(roots)) == 2
+        for root in roots:
+            assert reports.ask(worker_of(root))[0] == digest
+        assert len(_events(lazy, "restore.postcopy")) == 2
+    finally:  # the replicas are the daemon's instances: stopped, not left behind
+        with lazy.client() as c:
+            for o in outcomes:
+                if not isinstance(o, SnapdClientError):
+                    c.stop_instance(o.instance_id)  # type: ignore[attr-defined]
     for root in roots:
-        assert reports.ask(worker_of(root))[0] == digest
-    assert len(_events(lazy, "restore.postcopy")) == 2
+        wait_for(lambda r=root: gone(r), 30, "a stopped replica to end")
 
 
 def test_sigkill_of_the_daemon_during_the_fill_is_undone_at_next_start(lazy: Daemon, workloads: Workloads) -> None:
