@@ -38,6 +38,8 @@ from snapd_daemon.restore.delivery import ChunkIndex, Delivery, Progress, Route,
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
 
 log = structlog.get_logger()
+# where a stored cut's restore puts the original page maps its trimmed ones replace (checked, never given to CRIU)
+ORIGINALS = ".original"
 
 
 @dataclass
@@ -71,7 +73,7 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
         if stored is not None:
             layout, kept = stored, _write_stored(delivery, router, entries, dest, fds, progress)
             _check_cut(stored, manifest, dest)
-            _check_addresses(delivery, entries, stored, manifest, dest / ".original", fds)
+            _check_addresses(stored, manifest, dest / ORIGINALS)
             _adjust_files(dest, manifest)
         else:
             layout, kept = _write_cut(delivery, router, entries, manifest, dest, min_region, fds, progress)
@@ -93,12 +95,16 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
 
 def _write_stored(delivery: Delivery, router: Router, entries: dict[str, ImageEntry], dest: Path, fds: list[int],
                   progress: Progress) -> int:
-    """Every image, the trimmed copies in place of the originals, in one pass; the bytes of
-    the pages files written for CRIU."""
+    """Every image, the trimmed copies in place of the originals, in one pass (the original
+    page maps of those into ``ORIGINALS``, for ``_check_addresses``); the bytes of the pages
+    files written for CRIU."""
     replaced = {name.removeprefix(TRIMMED) for name in entries if name.startswith(TRIMMED)}
+    (dest / ORIGINALS).mkdir()
     for name, entry in entries.items():
         if name not in replaced:
             _route_whole(router, entry, dest / name.removeprefix(TRIMMED), fds)
+        elif name.startswith("pagemap-"):
+            _route_whole(router, entry, dest / ORIGINALS / name, fds)
     delivery.run(router.take(), progress)
     return sum((dest / name).stat().st_size for name in replaced if name.startswith("pages-"))
 
@@ -113,18 +119,13 @@ def _check_cut(layout: TrimmedLayout, manifest: Manifest, dest: Path) -> None:
                               action="nothing was restored and no chunk was touched")
 
 
-def _check_addresses(delivery: Delivery, entries: dict[str, ImageEntry], layout: TrimmedLayout,
-                     manifest: Manifest, check: Path, fds: list[int]) -> None:
+def _check_addresses(layout: TrimmedLayout, manifest: Manifest, originals: Path) -> None:
     """ManifestDamaged, before anything is restored, when an injected span's address is not
-    where the snapshot's original page map (its own image, read verified into ``check``)
-    puts the span's bytes: a cut sealed anew after an edit of an address would otherwise
-    write the right bytes at the wrong place, inside a region large enough to take them."""
-    check.mkdir()
-    router = Router()
-    for name in {f"pagemap-{s.pid}.img" for s in layout.inject} & set(entries):
-        _route_whole(router, entries[name], check / name, fds)
-    delivery.run(router.take(), lambda _done: None)
-    maps = {(img.pid, img.pages_file): img.runs for img in pages_images(check)}
+    where the snapshot's original page map (its own image, written verified into
+    ``originals`` by ``_write_stored``) puts the span's bytes: a cut sealed anew after an
+    edit of an address would otherwise write the right bytes at the wrong place, inside a
+    region large enough to take them."""
+    maps = {(img.pid, img.pages_file): img.runs for img in pages_images(originals)}
     starts = {key: [run.offset for run in runs] for key, runs in maps.items()}
     for s in layout.inject:
         runs = maps.get((s.pid, s.pages_file))
