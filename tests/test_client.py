@@ -106,6 +106,12 @@ def test_unreachable_is_its_own_class(tmp_path: Path) -> None:
     assert info.value.exit_code == 3 and "cannot reach the snapd daemon" in info.value.message
 
 
+async def no_operations(c: AsyncSnapdClient) -> None:
+    """Returns once the daemon runs no operation."""
+    while (await c.operations()).operations:
+        await asyncio.sleep(0.05)
+
+
 def test_asyncio_client_checkpoints_and_restores_a_real_process(daemon: Daemon, client: SnapdClient,
                                                                 workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "16")
@@ -133,6 +139,8 @@ def test_asyncio_client_checkpoints_and_restores_a_real_process(daemon: Daemon, 
                 await c.export_snapshot("nope", io.BytesIO())
             with pytest.raises(errors.DeadlineExceeded):
                 await c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "1.5"], timeout=0.5)
+            # the deadline cancelled the operation on the server too: it rolls back and ends (the pid is free again)
+            await asyncio.wait_for(no_operations(c), 60)
             # cancelling the awaiting task cancels the call, and its checkpoint rolls back
             started = asyncio.Event()
             task = asyncio.create_task(c.checkpoint(pid, leave_running=True, pre_checkpoint_hook=["sleep", "1.5"],
