@@ -26,7 +26,7 @@ from test_replicas import Reports, start_run, worker_of
 
 @pytest.fixture
 def lazy(tmp_path: Path) -> Iterator[Daemon]:
-    with serving(tmp_path / "lazy", "--restore-overlap", "always") as d:
+    with serving(tmp_path / "lazy", "--restore-overlap", "always", "--slow-phase-seconds", "0.01") as d:
         yield d
 
 
@@ -79,7 +79,14 @@ def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, work
     [done] = _events(lazy, "restore.postcopy")
     assert int(done["fill_bytes"]) > 256 << 20  # type: ignore[call-overload]
     names = [e["event"] for e in (json.loads(ln) for ln in lazy.log.read_text().splitlines() if ln.startswith("{"))]
-    assert names.index("restore.resume") < names.index("restore.postcopy")
+    # the uffds closed the moment the fill was whole, before the restore's end waited on it
+    assert names.index("restore.resume") < names.index("restore.postcopy_filled") < names.index("restore.postcopy")
+    [filled] = _events(lazy, "restore.postcopy_filled")
+    assert filled["fill_bytes"] == filled["planned_bytes"] == done["fill_bytes"] and not filled["faults_deferred"]
+    # waiting for the fill took longer than 0.01 s: what the tree's threads waited on, and the fill's figures
+    slow = [e for e in _events(lazy, "slow_phase") if e["phase"] == "fill"]
+    assert slow and any(t.startswith(f"{pid}/{pid} ") for t in slow[0]["threads"])  # type: ignore[attr-defined]
+    assert all(e["op"] == done["op"] and e["planned_bytes"] == done["planned_bytes"] for e in slow)
 
 
 def test_a_locked_region_is_injected_into_the_stopped_tree(lazy: Daemon, workloads: Workloads) -> None:

@@ -106,3 +106,27 @@ def test_a_fault_waits_until_filled_and_events_are_read_in_order(region: tuple[i
     assert _fill_error(uffd.zeropage, fd, base + 10 * P, P) == errno.ENOENT  # moved away
     uffd.zeropage(fd, moved, P)  # the registration moved with it
     uffd.wake(fd, moved, P)
+
+
+def test_a_kernel_read_that_cannot_wait_fails_on_a_missing_page_until_the_uffd_closes(region: tuple[int, int]) -> None:
+    """A read through /proc/PID/mem pins the page with get_user_pages, whose faults have no
+    FAULT_FLAG_ALLOW_RETRY: under a uffd a missing page is then an error at once (EIO), with
+    no fault for the monitor to answer (a driver pinning the host copy of VRAM would see the
+    same). Closing the uffd makes it an ordinary hole that reads zeros: why postcopy.py closes
+    the uffds the moment the fill is whole, not when the CUDA restore has returned."""
+    fd, base = region
+    mem = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            os.pread(mem, P, base + 6 * P)
+        assert info.value.errno == errno.EIO and uffd.read(fd) == []
+        data = os.urandom(P)
+        src = ctypes.create_string_buffer(data, P)
+        uffd.copy(fd, base + 6 * P, ctypes.addressof(src), P)
+        assert os.pread(mem, P, base + 6 * P) == data  # present: read as any page
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, fd)  # the uffd closed (the fixture closes what is at its number now)
+        os.close(null)
+        assert os.pread(mem, P, base + 7 * P) == bytes(P)
+    finally:
+        os.close(mem)

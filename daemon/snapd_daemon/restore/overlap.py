@@ -27,6 +27,7 @@ from snapd_daemon.criu.trim import lazily_registered
 from snapd_daemon.errors import Cancelled, SnapdError
 from snapd_daemon.restore.delivery import Route
 from snapd_daemon.restore.postcopy import PostCopy
+from snapd_daemon.runtime.slowphase import SlowPhase
 from snapd_daemon.snapshots.manifest import Manifest
 
 log = structlog.get_logger()
@@ -89,17 +90,16 @@ def during(post: PostCopy | None) -> Iterator[None]:
             raise post.failure from None
         raise
     finally:
-        post.gpu_seconds = time.monotonic() - began
-        post.overlap_seconds = post.overlap(began, began + post.gpu_seconds)
+        post.figures.gpu_restore(began, time.monotonic())
 
 
-def settle(post: PostCopy, report: Callable[[str], None]) -> None:
-    """Wait for ``post`` to end (raising its failure), then log its figures in one line and
-    ``report`` them (the restore's progress: the bench reads them there)."""
+def settle(post: PostCopy, report: Callable[[str], None], slow: SlowPhase) -> None:
+    """Wait for ``post`` to end (raising its failure; ``slow`` watches the wait), then log its
+    figures in one line and ``report`` them (the restore's progress: the bench reads them there)."""
     try:
-        with metrics.phase("restore", "fill"):
+        with metrics.phase("restore", "fill"), slow:
             post.wait()
     finally:
-        figures = post.summary()
+        figures = post.figures.summary()
         log.info("restore.postcopy", **figures)
     report("post-copy " + " ".join(f"{k}={v}" for k, v in figures.items()))

@@ -23,21 +23,25 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
   wanted to marking it filled, so no COPY lands where an event took memory away.
   A COPY refused with EAGAIN or ENOENT (an event not yet read; the kernel checks the
   range before the pending event) drops the lock and goes on from where it stopped once
-  the event has changed the log (InjectFailed when none comes); ESRCH: the process is gone.
-- The end: only when every batch is in every address space (``wait``) are the
-  uffds closed; a uffd closed earlier would turn every missing page into zeros.
-  On failure the restore's undo kills the tree first, then ``close`` closes them.
+  the event has changed the log (InjectFailed when none comes within ``UNEXPLAINED_SECONDS``);
+  ESRCH: the process is gone.
+- The end: the fill thread closes the uffds the moment every batch is in every address
+  space (a uffd closed earlier would turn every missing page into zeros; from then on a
+  missing page is a hole, and the kernel's zero page serves it with no daemon in the way,
+  also to a kernel reader that cannot wait on a uffd, GUP without FAULT_FLAG_ALLOW_RETRY);
+  ``wait`` waits for that. On failure the restore's undo kills the tree first, then ``close``
+  closes them.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextvars
 import errno
 import os
 import select
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +51,7 @@ from snapd_daemon.errors import InjectFailed, RestoreAborted
 from snapd_daemon.host import memwrite, uffd
 from snapd_daemon.restore.addrlog import AddressLog
 from snapd_daemon.restore.delivery import Delivery, Progress, Readahead, Route
+from snapd_daemon.restore.fillfigures import FillFigures
 from snapd_daemon.restore.fillplan import FillPlan
 from snapd_daemon.store.rwlock import RWLock
 
@@ -95,18 +100,14 @@ class PostCopy:
         self.hosts: dict[int, int] = {}
         self.plan: FillPlan | None = None
         self.failure: BaseException | None = None
-        self.counts: Counter[str] = Counter()
-        self.filled_bytes = 0
-        self.fill_seconds = 0.0
-        self.fill_ended = 0.0
-        self.gpu_seconds = 0.0  # the CUDA restore's, and how much of it ran while the fill still ran
-        self.overlap_seconds = 0.0
-        self._bytes_lock = threading.Lock()
+        self.figures = FillFigures()
+        self._arrived_lock = threading.Lock()
         self._arrived: list[_Mm] = []
         self._closing = False
         self.muted = False  # set: the fill reports no progress (another phase is current)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._faults = threading.Thread(target=self._serve, name="postcopy-faults", daemon=True)
+        self._faults = threading.Thread(target=contextvars.copy_context().run, args=(self._serve,),
+                                        name="postcopy-faults", daemon=True)
         self._faults.start()
         self._fill: threading.Thread | None = None
 
@@ -115,7 +116,7 @@ class PostCopy:
     def receive(self, pid: int, fd: int) -> None:
         """Take ``fd``, the uffd of the task CRIU restores as image pid ``pid``."""
         mm = _Mm(fd, pid, forked=False)
-        with self._bytes_lock:
+        with self._arrived_lock:
             self._arrived.append(mm)
         os.write(self._wake_w, b"m")
 
@@ -127,7 +128,7 @@ class PostCopy:
         image pid -> host pid, for messages; ``abort`` runs in that thread when the fill fails
         (not when ``close`` stopped it). RestoreAborted when a task has no uffd."""
         self.hosts = hosts
-        with self._bytes_lock:
+        with self._arrived_lock:
             received = {mm.pid for mm in self._arrived} | set(self.mms)
         missing = sorted({t.pid for r in routes for t in r.targets if t.pid} - received)
         if missing:
@@ -135,25 +136,28 @@ class PostCopy:
                                  reason=f"CRIU sent no userfaultfd for pid {hosts.get(missing[0], missing[0])}")
 
         def fill() -> None:
-            began = time.monotonic()
+            self.figures.began = time.monotonic()
             try:
                 delivery.run(routes, lambda done: None if self.muted else progress(done), lambda: self._check(check),
                              ahead, probe=False, writer=self)
+                self.figures.ended = time.monotonic()
+                self._release()
             except BaseException as exc:
                 self.failure = self.failure or exc
                 if not isinstance(exc, _Stopped):
                     abort()
-            self.fill_ended = time.monotonic()
-            self.fill_seconds = self.fill_ended - began
+            self.figures.ended = self.figures.ended or time.monotonic()
 
         while self._arrived and self.failure is None:  # every uffd polled by the fault thread first
             time.sleep(0.001)
-        self._fill = threading.Thread(target=fill, name="postcopy-fill", daemon=True)
+        self._fill = threading.Thread(target=contextvars.copy_context().run, args=(fill,), name="postcopy-fill",
+                                      daemon=True)
         self._fill.start()
 
     def order(self, batches: list[list[Route]]) -> Callable[[], int]:
         with self.lock.exclusive():
             self.plan = FillPlan(batches)
+            self.figures.planned_bytes = sum(t.length for batch in batches for r in batch for t in r.targets if t.pid)
             for mms in self.mms.values():
                 for mm in mms:
                     mm.wanted = self.plan.batches_of(mm.pid)
@@ -177,19 +181,18 @@ class PostCopy:
                             continue
                         mm.wanted.discard(index)
                 if pending is not None:
-                    with self._bytes_lock:
-                        self.counts[f"retries_{errno.errorcode[pending.error.errno].lower()}"] += 1
+                    self.figures.count(f"retries_{errno.errorcode[pending.error.errno].lower()}")
                     if len(pending.mm.log.events) != logged:  # an event came (or a first refusal)
                         since, logged = time.monotonic(), len(pending.mm.log.events)
                     self._wait_for_event(pending, since)
 
     def _wait_for_event(self, pending: _Pending, since: float) -> None:
-        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when an
-        ENOENT has had no event for ``UNEXPLAINED_SECONDS`` (a range never registered, or a bug;
-        an EAGAIN always has an event pending)."""
+        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when a
+        refusal has had no event for ``UNEXPLAINED_SECONDS`` (ENOENT: a range never registered;
+        EAGAIN: an event the kernel never sent; or a bug)."""
         if self._closing or self.failure is not None:
             raise _Stopped
-        if pending.error.errno == errno.ENOENT and time.monotonic() - since > UNEXPLAINED_SECONDS:
+        if time.monotonic() - since > UNEXPLAINED_SECONDS:
             mm, exc = pending.mm, pending.error
             raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}", length=0,
                                reason=f"{exc.strerror or exc} for {UNEXPLAINED_SECONDS:g} s with no event to "
@@ -222,8 +225,7 @@ class PostCopy:
                 else:
                     with memwrite.addresses([data[at : at + n]]) as [(src, _)]:
                         uffd.copy(mm.fd, dst, src, n)
-                with self._bytes_lock:
-                    self.filled_bytes += n
+                self.figures.filled(n)
                 return
             except uffd.FillError as exc:
                 if exc.errno == errno.ENOENT and n > uffd.PAGE:  # maybe two mappings now (mprotect): halves
@@ -251,40 +253,31 @@ class PostCopy:
         check()
 
     def wait(self) -> None:
-        """Wait for the fill to end, then close every uffd (only now may a missing page
-        read as zeros); raises the fill's failure."""
+        """Wait for the fill to end (its thread closes the uffds when it is whole); raises the
+        fill's failure."""
         if self._fill is not None:
             self._fill.join()
-        if self.failure is None:
-            unfilled = [mm for mms in self.mms.values() for mm in mms if mm.wanted and not mm.gone]
-            if unfilled:
-                mm = unfilled[0]
-                self.failure = InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address="(several)", length=0,
-                                            reason=f"{len(mm.wanted)} batches were never filled",
-                                            snapshot_id=self.snapshot_id)
         self.close()
         if self.failure is not None:
             raise self.failure
 
-    def overlap(self, began: float, ended: float) -> float:
-        """Seconds of [began, ended] (monotonic) during which the fill was still running."""
-        end = self.fill_ended or time.monotonic()
-        return max(0.0, min(ended, end) - began)
+    def _release(self) -> None:
+        """The fill's end (its thread): every batch in every address space, so the uffds close
+        now (only now may a missing page read as zeros); InjectFailed for any batch left."""
+        with self.lock.exclusive():
+            self._adopt()
+            unfilled = [mm for mms in self.mms.values() for mm in mms if mm.wanted and not mm.gone]
+            if unfilled:
+                mm = unfilled[0]
+                raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address="(several)", length=0,
+                                   reason=f"{len(mm.wanted)} batches were never filled", snapshot_id=self.snapshot_id)
+            self._closing = True
+        self._stop_faults()
+        log.info("restore.postcopy_filled", seconds=round(self.figures.ended - self.figures.began, 3),
+                 **self.figures.progress())
 
-    def summary(self) -> dict[str, object]:
-        seconds = round(self.fill_seconds, 3)
-        return {"fill_seconds": seconds, "fill_bytes": self.filled_bytes,
-                "fill_gbps": round(self.filled_bytes / self.fill_seconds / 1e9, 2) if self.fill_seconds else 0.0,
-                **dict(sorted(self.counts.items())), "gpu_restore_seconds": round(self.gpu_seconds, 3),
-                "overlap_seconds": round(self.overlap_seconds, 3)}
-
-    def close(self) -> None:
-        """Stop the fill and the fault thread, close every uffd and the pipe; idempotent."""
-        if self._closing and self._wake_w < 0:
-            return
-        self._closing = True
-        if self._fill is not None:
-            self._fill.join()
+    def _stop_faults(self) -> None:
+        """End the fault thread, then close every uffd (caller: ``_closing`` is set)."""
         os.write(self._wake_w, b"x")
         self._faults.join()
         with self.lock.exclusive():
@@ -293,6 +286,15 @@ class PostCopy:
                 for mm in mms:
                     os.close(mm.fd)
             self.mms.clear()
+
+    def close(self) -> None:
+        """Stop the fill and the fault thread, close every uffd and the pipe; idempotent."""
+        if self._closing and self._wake_w < 0:
+            return
+        self._closing = True
+        if self._fill is not None:
+            self._fill.join()
+        self._stop_faults()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._wake_w = -1
@@ -301,7 +303,7 @@ class PostCopy:
 
     def _adopt(self) -> list[_Mm]:
         """Move the uffds received so far into ``mms`` (caller holds ``lock`` exclusive)."""
-        with self._bytes_lock:
+        with self._arrived_lock:
             arrived, self._arrived = self._arrived, []
         for mm in arrived:
             if self.plan is not None:
@@ -330,6 +332,7 @@ class PostCopy:
                         else:  # an mm that is gone
                             poller.unregister(fd)
                     deferred = [(mm, address) for mm, address in deferred if not self._fault(mm, address)]
+                    self.figures.deferred = len(deferred)
         except BaseException as exc:
             self.failure = self.failure or exc
             log.error("restore.postcopy_fault_thread_failed", error=str(exc))
@@ -344,10 +347,10 @@ class PostCopy:
             self.mms.setdefault(mm.pid, []).append(child)
             by_fd[child.fd] = child
             poller.register(child.fd, select.POLLIN)
-            self.counts["events_fork"] += 1
+            self.figures.count("events_fork")
         else:
             mm.log.add(msg)
-            self.counts[f"events_{type(msg).__name__.lower()}"] += 1
+            self.figures.count(f"events_{type(msg).__name__.lower()}")
 
     def _fault(self, mm: _Mm, address: int) -> bool:
         """Answer a fault (or move the cursor so that a COPY answers it); False: retry later."""
@@ -357,12 +360,12 @@ class PostCopy:
         batch = self.plan.batch_at(mm.pid, origin) if origin is not None else None
         if batch is not None and batch in mm.wanted:
             self.plan.seek(batch)
-            self.counts["faults_data"] += 1
+            self.figures.count("faults_data")
             return True
         try:
             if batch is None:
                 self._zero_hole(mm, address)
-                self.counts["faults_zero"] += 1
+                self.figures.count("faults_zero")
                 return True
         except uffd.FillError as exc:
             if exc.errno == errno.EAGAIN:
@@ -377,7 +380,7 @@ class PostCopy:
         except uffd.FillError as exc:
             if exc.errno != errno.ESRCH:
                 raise
-        self.counts["faults_wake"] += 1
+        self.figures.count("faults_wake")
         return True
 
     def _zero_hole(self, mm: _Mm, address: int) -> None:

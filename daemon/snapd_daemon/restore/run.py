@@ -91,6 +91,7 @@ from snapd_daemon.runtime.cancel import CancelToken
 from snapd_daemon.runtime.holds import KILL, HoldRecord, kill_restored
 from snapd_daemon.runtime.operation import OperationRun
 from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
+from snapd_daemon.runtime.slowphase import SlowPhase
 from snapd_daemon.runtime.staging import Staging
 from snapd_daemon.snapshots.manifest import Manifest
 from snapd_daemon.store import oserrors
@@ -169,8 +170,8 @@ class RestoreRun(OperationRun):
                     self.resume()
                     self.resume_gpu(post)
                     if post is not None:  # every planned byte in place, then the uffds closed
-                        overlap.settle(post, lambda text: self.report(
-                            ProgressEvent(Phase.INJECT, plan.injected_bytes, plan.injected_bytes, text)))
+                        overlap.settle(post, lambda text: self.report(ProgressEvent(
+                            Phase.INJECT, plan.injected_bytes, plan.injected_bytes, text)), self._slow("fill", post))
                         reading.close()
                     self.publish(undo)
                     self.post_hook()
@@ -340,9 +341,14 @@ class RestoreRun(OperationRun):
         m = self.manifest
         if m.gpu:
             self.report(ProgressEvent(Phase.GPU_RESTORE, message=f"CUDA restore + unlock of {list(m.gpu.cuda_pids)}"))
-            with metrics.phase("restore", "gpu-restore"), overlap.during(post):
+            with metrics.phase("restore", "gpu-restore"), overlap.during(post), self._slow("gpu-restore", post):
                 gpu.resume_restored(tuple(self.hosts[p] for p in m.gpu.cuda_pids),
                                     {self.hosts[p]: pairs for p, pairs in self.pairs.items()})
+
+    def _slow(self, phase: str, post: PostCopy | None) -> SlowPhase:
+        """Logs what the tree waits on while ``phase`` blocks past slow_phase_seconds (and the fill's progress)."""
+        return SlowPhase(phase, self.rt.settings.slow_phase_seconds, lambda: [self.hosts[p] for p in self.manifest.pids],
+                         post.figures.progress if post is not None else dict)
 
     def publish(self, undo: ExitStack) -> None:
         """Publish each port the tree listened on in its own network namespace on a free

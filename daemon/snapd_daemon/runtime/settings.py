@@ -55,6 +55,9 @@ class Settings:
     # GPU state, when CRIU reports uffd-noncoop), "always" (every snapshot), "never" (the default until
     # post-copy has restored a GPU snapshot on a GPU host: docs/restore-speed.md).
     restore_overlap: str = "never"
+    # A restore step that blocks past this many seconds (the CUDA restore, the wait for a post-copy
+    # fill) logs what the tree's threads wait on, and again every as long (runtime/slowphase.py); 0: never.
+    slow_phase_seconds: float = 30.0
     # At most this many bytes of the file pages a tree had mapped in are recorded at
     # checkpoint and read ahead at restore (host/filepages.py); 0 turns that off.
     warm_file_bytes: int = 1 << 30

@@ -1,8 +1,10 @@
-"""A background thread that calls ``poll`` every ``interval`` seconds while a block runs."""
+"""A background thread that calls ``poll`` every ``interval`` seconds while a block runs, in the
+context (structlog's bound operation id) of the thread that made it."""
 
 from __future__ import annotations
 
 import abc
+import contextvars
 import threading
 from types import TracebackType
 from typing import Self
@@ -14,7 +16,7 @@ class Poller(abc.ABC):
     def __init__(self, name: str, interval: float) -> None:
         self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), name=name, daemon=True)
 
     @abc.abstractmethod
     def poll(self) -> bool:
