@@ -84,7 +84,8 @@ class _Mm:
     gone: bool = False
 
     def planned(self, plan: FillPlan) -> None:
-        """Take the plan's batches and memory for this pid, then the events read before it."""
+        """Take the plan's batches and memory for this pid, then the events read before it (once:
+        ``early`` is None from then on)."""
         self.wanted = plan.batches_of(self.pid)
         self.addresses = AddressMap(((s, e) for s, e, _ in plan.spans.get(self.pid, ())), self.early or ())
         self.early = None
