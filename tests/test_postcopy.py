@@ -15,8 +15,6 @@ from faultlib import biggest_chunk, damage_chunk
 from harness import Daemon, Workloads, ask, gone, restore_at_once, serving, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
-from snapd_daemon.host.uffd import Remap, Remove, Unmap
-from snapd_daemon.restore.addrlog import AddressLog
 from snapd_daemon.restore.delivery import Route, Target
 from snapd_daemon.restore.fillplan import FillPlan
 from snapd_daemon.store.model import ChunkRef
@@ -54,18 +52,6 @@ def test_the_fill_takes_batches_in_address_order_from_where_a_fault_moves_it() -
     plan.seek(plan.batch_at(7, 0x10000 + 4 * 8192 + 100))  # type: ignore[arg-type]  # a fault in batch 4
     assert [plan.next(), plan.next(), plan.next(), plan.next(), plan.next()] == [4, 5, 2, 3, 6]
     assert plan.batch_at(7, 0x10000 - 1) is None and plan.batch_at(8, 0x10000) is None
-
-
-def test_the_address_log_follows_moves_and_drops_both_ways() -> None:
-    log = AddressLog()
-    log.add(Remove(0x3000, 0x5000))
-    log.add(Remap(0x8000, 0x20000, 0x2000))
-    log.add(Unmap(0x8000, 0xa000))  # the kernel reports a moving mremap's old range unmapped after the move
-    log.add(Unmap(0x20000, 0x21000))
-    # a planned range [0x1000, 0xa000): its 2nd and 3rd pages dropped, [0x8000, 0xa000) moved, then half unmapped
-    assert log.forward(0x1000, 0x9000) == [(0x1000, 0x2000, 0), (0x5000, 0x3000, 0x4000), (0x21000, 0x1000, 0x8000)]
-    assert log.back(0x21000) == 0x9000 and log.back(0x1000) == 0x1000
-    assert log.back(0x3000) is None and log.back(0x8000) is None and log.back(0x20000) is None
 
 
 def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, workloads: Workloads) -> None:

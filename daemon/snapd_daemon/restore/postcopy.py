@@ -13,17 +13,19 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
   every fill thread. Zero chunks of the plan are filled with UFFDIO_ZEROPAGE.
 - Faults (one thread polls every uffd): in a planned piece still to fill, the
   cursor moves there and its COPY answers the fault; in a filled one, WAKE; outside
-  the plan (a hole), the zero page (to the end of its 2 MiB where nothing moved in).
-- Events: per address space (``_Mm``) an ``AddressLog`` of munmap / madvise /
-  mremap translates each piece at fill time (what the process dropped stays
-  dropped) and each fault back to its piece. FORK: the child's uffd gets the
-  parent's batches still to fill (the child has every page filled before it)
-  and every later one. Reading messages (and so changing logs and mms) holds
+  the plan (a hole), the zero page (up to the next planned bytes, or the end of its 2 MiB).
+- Events: per address space (``_Mm``) an ``AddressMap`` of its planned memory
+  follows munmap / madvise / mremap and translates each piece at fill time (what
+  the process dropped stays dropped) and each fault back to its piece. It is built
+  when the plan exists (``order``); events read before that wait in ``_Mm.early``
+  and are applied then, in order. FORK: the child's uffd gets the parent's map and
+  batches still to fill (the child has every page filled before it) and every
+  later one. Reading messages (and so changing maps and mms) holds
   ``lock`` exclusive; a fill holds it shared from checking that its batch is
   wanted to marking it filled, so no COPY lands where an event took memory away.
   A COPY refused with EAGAIN or ENOENT (an event not yet read; the kernel checks the
   range before the pending event) drops the lock and goes on from where it stopped once
-  the event has changed the log (InjectFailed when none comes within ``UNEXPLAINED_SECONDS``);
+  an event has changed the map (InjectFailed when none comes within ``UNEXPLAINED_SECONDS``);
   ESRCH: the process is gone.
 - The end: the fill thread closes the uffds the moment every batch is in every address
   space (a uffd closed earlier would turn every missing page into zeros; from then on a
@@ -35,7 +37,6 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
 
 from __future__ import annotations
 
-import bisect
 import contextvars
 import errno
 import os
@@ -49,7 +50,7 @@ import structlog
 
 from snapd_daemon.errors import InjectFailed, RestoreAborted
 from snapd_daemon.host import memwrite, uffd
-from snapd_daemon.restore.addrlog import AddressLog
+from snapd_daemon.restore.addrmap import AddressMap, Event
 from snapd_daemon.restore.delivery import Delivery, Progress, Readahead, Route
 from snapd_daemon.restore.fillfigures import FillFigures
 from snapd_daemon.restore.fillplan import FillPlan
@@ -82,9 +83,24 @@ class _Mm:
     fd: int
     pid: int  # the image pid of the task restored (a forked child: of its ancestor)
     forked: bool
-    log: AddressLog = field(default_factory=AddressLog)
+    addresses: AddressMap = field(default_factory=lambda: AddressMap(()))  # built by ``planned``
+    early: list[Event] | None = field(default_factory=list)  # events read before the plan; None after
     wanted: set[int] = field(default_factory=set)  # batches still to fill in here
     gone: bool = False
+
+    def planned(self, plan: FillPlan) -> None:
+        """Take the plan's batches and memory for this pid, then the events read before it (once:
+        ``early`` is None from then on)."""
+        self.wanted = plan.batches_of(self.pid)
+        self.addresses = AddressMap(((s, e) for s, e, _ in plan.spans.get(self.pid, ())), self.early or ())
+        self.early = None
+
+    def change(self, event: Event) -> None:
+        """Apply ``event`` to the map, or keep it for ``planned`` when there is no plan yet."""
+        if self.early is None:
+            self.addresses.apply(event)
+        else:
+            self.early.append(event)
 
 
 class PostCopy:
@@ -160,7 +176,7 @@ class PostCopy:
             self.figures.planned_bytes = sum(t.length for batch in batches for r in batch for t in r.targets if t.pid)
             for mms in self.mms.values():
                 for mm in mms:
-                    mm.wanted = self.plan.batches_of(mm.pid)
+                    mm.planned(self.plan)
         return self.plan.next
 
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
@@ -182,8 +198,8 @@ class PostCopy:
                         mm.wanted.discard(index)
                 if pending is not None:
                     self.figures.count(f"retries_{errno.errorcode[pending.error.errno].lower()}")
-                    if len(pending.mm.log.events) != logged:  # an event came (or a first refusal)
-                        since, logged = time.monotonic(), len(pending.mm.log.events)
+                    if pending.mm.addresses.changes != logged:  # an event came (or a first refusal)
+                        since, logged = time.monotonic(), pending.mm.addresses.changes
                     self._wait_for_event(pending, since)
 
     def _wait_for_event(self, pending: _Pending, since: float) -> None:
@@ -205,7 +221,7 @@ class PostCopy:
             address, data = pieces[k]
             length = data if isinstance(data, int) else len(data)
             pos = offset if k == first else 0
-            for dst, n, at in mm.log.forward(address + pos, length - pos):
+            for dst, n, at in mm.addresses.forward(address + pos, length - pos):
                 try:
                     self._copy(mm, dst, data, pos + at, n)
                 except uffd.FillError as exc:  # EAGAIN, ENOENT: go on from there once the event is read
@@ -307,7 +323,7 @@ class PostCopy:
             arrived, self._arrived = self._arrived, []
         for mm in arrived:
             if self.plan is not None:
-                mm.wanted = self.plan.batches_of(mm.pid)
+                mm.planned(self.plan)
             self.mms.setdefault(mm.pid, []).append(mm)
         return arrived
 
@@ -343,20 +359,21 @@ class PostCopy:
             if not self._fault(mm, msg.address):
                 deferred.append((mm, msg.address))
         elif isinstance(msg, uffd.Fork):
-            child = _Mm(msg.fd, mm.pid, forked=True, log=mm.log.copy(), wanted=set(mm.wanted))
+            child = _Mm(msg.fd, mm.pid, forked=True, addresses=mm.addresses.copy(),
+                        early=None if mm.early is None else list(mm.early), wanted=set(mm.wanted))
             self.mms.setdefault(mm.pid, []).append(child)
             by_fd[child.fd] = child
             poller.register(child.fd, select.POLLIN)
             self.figures.count("events_fork")
         else:
-            mm.log.add(msg)
+            mm.change(msg)
             self.figures.count(f"events_{type(msg).__name__.lower()}")
 
     def _fault(self, mm: _Mm, address: int) -> bool:
         """Answer a fault (or move the cursor so that a COPY answers it); False: retry later."""
         if self.plan is None:  # before the fill starts, a planned page may not be told from a hole
             return False
-        origin = mm.log.back(address)
+        origin = mm.addresses.back(address)
         batch = self.plan.batch_at(mm.pid, origin) if origin is not None else None
         if batch is not None and batch in mm.wanted:
             self.plan.seek(batch)
@@ -384,17 +401,12 @@ class PostCopy:
         return True
 
     def _zero_hole(self, mm: _Mm, address: int) -> None:
-        """The zero page at ``address``, a page outside the plan, and up to ``HOLE_RUN`` of the
-        hole after it (to the next planned address): one fault, not one per page, for a reader
-        walking never-touched memory. Not where an mremap moved memory in (planned bytes may
-        lie there now): there only the page. A run that leaves its mapping (ENOENT) falls back
-        to the page; one that meets a present page stops there."""
-        assert self.plan is not None
-        starts = self.plan.starts.get(mm.pid, [])
-        k = bisect.bisect_right(starts, address)
-        end = min((address | (HOLE_RUN - 1)) + 1, starts[k] if k < len(starts) else 1 << 64)
-        if any(isinstance(e, uffd.Remap) and e.dest < end and address < e.dest + e.length for e in mm.log.events):
-            end = address + uffd.PAGE
+        """The zero page at ``address``, a page with no planned bytes, and up to ``HOLE_RUN`` of
+        the hole after it (to where the next planned bytes are now, moved or not): one fault,
+        not one per page, for a reader walking never-touched memory. A run that leaves its
+        mapping (ENOENT) falls back to the page; one that meets a present page stops there."""
+        planned = mm.addresses.next_start(address)
+        end = min((address | (HOLE_RUN - 1)) + 1, planned if planned is not None else 1 << 64)
         try:
             uffd.zeropage(mm.fd, address, end - address)
         except uffd.FillError as exc:
