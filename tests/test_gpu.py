@@ -316,10 +316,14 @@ def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, sta
     leaves no process of the snapshot alive or holding GPU memory, its tree having run."""
     server = start_server("--engine-process", "--kv-cache-fraction", "0.02")
     before = server.ask()
-    with serving(tmp_path / "lazy", "--restore-overlap", "gpu") as d, d.client() as c:
+    with serving(tmp_path / "lazy", "--restore-overlap", "gpu", "--slow-phase-seconds", "10") as d, d.client() as c:
         snap = c.checkpoint(server.pid)
         wait_for(lambda: gone(server.pid), 30, "the server tree to stop")
-        result = c.restore(snap.id)
+        try:
+            result = c.restore(snap.id, timeout=90)
+        finally:  # where a hang waited (the tree's kernel stacks every 10 s) and how far the fill got
+            print(*[ln for ln in d.log.read_text().splitlines() if '"slow_phase"' in ln or "restore.postcopy" in ln],
+                  sep="\n")
         assert server.ask()["tokens"] == before["tokens"]
         [done] = [json.loads(ln) for ln in d.log.read_text().splitlines() if '"event": "restore.postcopy"' in ln]
         print(f"restore {result.duration_seconds:.2f} s; post-copy {done}")

@@ -259,7 +259,7 @@ def main() -> int:
                              "its driver and CRIU phases, whichever flow it was")
     parser.add_argument("--criu", default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--daemon-log", type=Path, help="copy the daemon's log (JSON lines) here at the end")
+    parser.add_argument("--daemon-log", type=Path, help="the daemon logs here (JSON lines) as it runs")
     args = parser.parse_args()
 
     become_subreaper()
@@ -272,6 +272,8 @@ def main() -> int:
     policy = ["--store-raw-below", str(args.store_raw_below)] if args.store_raw_below is not None else []
     daemon = Daemon(work / "daemon", (*args.serve_option, *policy, f"--restore-overlap={args.restore_overlap}"),
                     criu=criu)
+    if args.daemon_log:  # written as it runs: a run killed in a hang keeps what the daemon said
+        daemon.log = args.daemon_log
     results: dict[str, object] = {"preset": args.preset, "kv_cache_fraction": args.kv_cache_fraction,
                                   "sleep_hooks": args.sleep_hooks}
     bench_started = time.monotonic()
@@ -381,8 +383,6 @@ def main() -> int:
     finally:
         server.kill()
         daemon.close()
-        if args.daemon_log and daemon.log.exists():
-            shutil.copyfile(daemon.log, args.daemon_log)
         shutil.rmtree(work, ignore_errors=True)
 
     def ratio(a: str, b: str, key: str) -> str:

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# What a change to checkpoint, restore, host or runtime code must pass on a GPU host, in steps
+# that each fit one device call (10 minutes), keeping what would explain a hang while it happens.
+#
+#   scripts/bench/gpu-check.sh STEP OUT
+#
+# STEP
+#   tests      tests/test_gpu.py whole (then tests/test_gpu_replicas.py when 2 GPUs are visible)
+#   postcopy   the post-copy GPU reproducer (marked xfail: run with --runxfail)
+#   bench      scripts/bench/gpu.py --settle 0 --compare-overlap --keep-weights (8B; the default
+#              restore_overlap, then the hot restore again with post-copy, last)
+#   bench-kv   scripts/bench/gpu.py --settle 0 --kv-cache-fraction 0.8 --sleep-hooks (removes
+#              the weights: the disk cannot hold them and a KV-heavy stock image)
+# OUT receives STEP.txt (the step's output), STEP-logs/ (the daemons' logs), and STEP-watch.txt:
+# every 20 s while the step runs, the kernel stacks of every thread waiting uninterruptibly (D)
+# or on a userfaultfd, `py-spy dump` of each snapd daemon (when py-spy is installed) and the
+# kernel log's tail. The bench's daemon logs `slow_phase` (the restored tree's stacks) after 10 s,
+# the post-copy test's too.
+# Environment: PYTHON (default python3) able to import snapd (PYTHONPATH), SNAPD_CRIU.
+# Exit status: the step's (124: it ran past its limit).
+set -uo pipefail
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+[ $# -eq 2 ] || { usage >&2; exit 2; }
+step=$1
+out=$(realpath -m "$2")
+py=${PYTHON:-python3}
+cd "$(dirname "$0")/../.."
+mkdir -p "$out"
+temp=/tmp/gpu-check-$step
+rm -rf "$temp"
+
+watch() {  # what each waiting thread waits on, every 20 s, until killed
+    while sleep 20; do
+        echo "=== $(date -u +%T)"
+        for task in /proc/[0-9]*/task/[0-9]*; do
+            wchan=$(cat "$task/wchan" 2>/dev/null) || continue
+            state=$(awk '{print $3}' "$task/stat" 2>/dev/null)
+            if [ "$state" = D ] || [[ $wchan == *userfault* ]]; then
+                echo "--- $task $(cat "$task/comm" 2>/dev/null) $state $wchan"
+                cat "$task/stack" 2>/dev/null
+            fi
+        done
+        if command -v py-spy >/dev/null; then
+            for pid in $(pgrep -f 'snapd_daemon serve|snapd serve'); do
+                echo "--- py-spy dump $pid"
+                timeout 15 py-spy dump --pid "$pid" 2>&1
+            done
+        fi
+        dmesg 2>/dev/null | tail -n 20
+    done
+}
+
+pytest_args=(-p no:cacheprovider -q -rs --basetemp "$temp")
+case $step in
+    tests)
+        run=(bash -c '"$0" -m pytest "$@" tests/test_gpu.py || exit
+                      [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -lt 2 ] || "$0" -m pytest "$@" tests/test_gpu_replicas.py'
+             "$py" "${pytest_args[@]}")
+        limit=570 ;;
+    postcopy)
+        run=("$py" -m pytest "${pytest_args[@]}" -s --runxfail tests/test_gpu.py -k post_copy)
+        limit=300 ;;
+    bench)
+        run=("$py" scripts/bench/gpu.py --settle 0 --compare-overlap --keep-weights --json "$out/bench.json"
+             --daemon-log "$out/bench-daemon.log" --serve-option=--slow-phase-seconds=10)
+        limit=570 ;;
+    bench-kv)
+        run=("$py" scripts/bench/gpu.py --settle 0 --kv-cache-fraction 0.8 --sleep-hooks --json "$out/bench-kv.json"
+             --daemon-log "$out/bench-kv-daemon.log" --serve-option=--slow-phase-seconds=10)
+        limit=570 ;;
+    *)
+        echo "gpu-check.sh: unknown step '$step' (tests, postcopy, bench, bench-kv)" >&2
+        exit 2 ;;
+esac
+
+watch >"$out/$step-watch.txt" 2>&1 &
+watcher=$!
+timeout -k 15 "$limit" "${run[@]}" >"$out/$step.txt" 2>&1
+status=$?
+pkill -P "$watcher" 2>/dev/null; kill "$watcher" 2>/dev/null
+wait "$watcher" 2>/dev/null
+if [ -d "$temp" ]; then  # the daemons' logs only: the snapshots beside them are gigabytes
+    mkdir -p "$out/$step-logs"
+    (cd "$temp" && find . -name '*.log' -size -50M -exec cp --parents -t "$out/$step-logs" {} +)
+fi
+tail -n 40 "$out/$step.txt"
+echo "gpu-check.sh: step $step exit $status (limit $limit s); output in $out"
+exit "$status"
