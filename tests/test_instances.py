@@ -21,6 +21,8 @@ from harness import Daemon, Workloads, error_of, gone, snapd, start_piped, wait_
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient
 from snapd_client.client import state_name
+from snapd_client.errors import SnapdClientError
+from snapd_daemon.api.service import MAX_WATCHERS
 from snapd_daemon.errors import EventsExpired
 from snapd_daemon.host.processes import PidState, pid_state
 from snapd_daemon.runtime.events import EventBus
@@ -144,6 +146,39 @@ def test_three_instances_readopted_after_daemon_sigkill(tmp_path: Path, workload
             assert pid_state(made[2].root_pid) is PidState.FREE
     finally:
         daemon.close()
+
+
+def test_event_streams_are_bounded_so_every_other_call_is_still_served(daemon: Daemon, client: SnapdClient,
+                                                                       workloads: Workloads) -> None:
+    """Each open WatchEvents stream holds one of the daemon's RPC threads: past MAX_WATCHERS a new
+    one is refused (WatchersBusy, 76) while every other call is served, and a stream closed
+    frees its place."""
+    pid, _ = workloads.start("ticker.py")
+    client.checkpoint(pid, leave_running=True)  # events after 1, for each stream to read at once
+    streams = [client.events(1) for _ in range(MAX_WATCHERS)]
+    try:
+        assert [next(s).sequence for s in streams] == [2] * MAX_WATCHERS  # each one open and served
+        busy = error_of(lambda: next(client.events(1)))
+        assert (busy.error_class, busy.exit_code) == ("WatchersBusy", 76)
+        assert f"{MAX_WATCHERS} event streams (WatchEvents) are open" in busy.message
+        client.checkpoint(pid, leave_running=True)
+        assert client.status().snapshots == 2
+
+        def another() -> bool:  # the daemon ends a closed stream within a second
+            try:
+                extra = client.events(1)
+                opened = next(extra).sequence == 2
+                extra.close()
+                return opened
+            except SnapdClientError as exc:
+                assert exc.error_class == "WatchersBusy", exc.message
+                return False
+
+        streams.pop().close()
+        wait_for(another, 30, "a stream closed to free its place", interval=0.2)
+    finally:
+        for s in streams:
+            s.close()
 
 
 def test_watch_events_in_order_and_resumed(daemon: Daemon, client: SnapdClient, workloads: Workloads) -> None:

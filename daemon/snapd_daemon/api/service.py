@@ -26,7 +26,7 @@ from snapd_daemon import __version__, logs, metrics, remote
 from snapd_daemon.api import convert, requests
 from snapd_daemon.api.status import abort, bounded, internal
 from snapd_daemon.checkpoint import checkpoint
-from snapd_daemon.errors import SnapdError, SnapshotHasInstances
+from snapd_daemon.errors import SnapdError, SnapshotHasInstances, WatchersBusy
 from snapd_daemon.host import filepages
 from snapd_daemon.restore import restore
 from snapd_daemon.runtime import Runtime, doctor
@@ -46,6 +46,9 @@ _DONE = object()
 _DEADLINE_SLACK = 1.0  # seconds
 # how long a prefetch reads a snapshot's file pages at most (a hung network file is left behind)
 _FILE_READ_SECONDS = 60.0
+# WatchEvents streams open at once, at most: each holds one of the server's RPC threads
+# (server/serve.py: 32) while open, and the others must stay for every other call
+MAX_WATCHERS = 16
 
 
 R = TypeVar("R")
@@ -73,6 +76,7 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.started = time.monotonic()
+        self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
 
     def _stream(
         self,
@@ -391,8 +395,12 @@ class SnapshotsServicer(snapd_pb2_grpc.SnapshotsServicer):
 
     def WatchEvents(self, request: pb.WatchEventsRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         events = self.rt.events
+        if not self._watchers.acquire(blocking=False):
+            abort(context, WatchersBusy(limit=MAX_WATCHERS))
         try:
             for event in events.follow(request.after_sequence, request.stream_id, context.is_active):
                 yield convert.event(event, events.stream_id)
         except SnapdError as err:
             abort(context, err)
+        finally:
+            self._watchers.release()

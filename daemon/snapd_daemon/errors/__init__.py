@@ -38,6 +38,7 @@ from snapd_daemon.errors.instances import (
     ReadyTimeout,
     SnapshotHasInstances,
     VerifyMismatch,
+    WatchersBusy,
 )
 from snapd_daemon.errors.processes import (
     CgroupFailed,
@@ -158,6 +159,7 @@ ALL_ERRORS: tuple[type[SnapdError], ...] = (
     InstanceStopFailed,
     InstanceStarting,
     EventsExpired,
+    WatchersBusy,
     ReadyTimeout,
     VerifyMismatch,
     CheckpointAnswerFailed,
@@ -230,6 +232,7 @@ __all__ = [
     "InstanceStopFailed",
     "InstanceStarting",
     "EventsExpired",
+    "WatchersBusy",
     "ReadyTimeout",
     "VerifyMismatch",
     "CheckpointAnswerFailed",

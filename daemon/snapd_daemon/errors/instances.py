@@ -47,6 +47,13 @@ class EventsExpired(SnapdError):
     status = "OUT_OF_RANGE"
 
 
+class WatchersBusy(SnapdError):
+    """{limit} event streams (WatchEvents) are open, the most this daemon serves at once: each holds one of its RPC threads while open, and the others stay for checkpoints, restores and queries. Close a stream nobody reads, or watch from one client and fan the events out."""
+
+    exit_code = 76
+    status = "RESOURCE_EXHAUSTED"
+
+
 class ReadyTimeout(SnapdError):
     """instance {instance} of snapshot {snapshot_id} was not ready: {probe} did not pass {why} (timeout {timeout} s; last result: {last}); the restore failed and its tree was killed."""
 
