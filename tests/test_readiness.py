@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -155,6 +156,23 @@ def test_background_probe_moves_running_to_ready_and_verify_needs_a_check(
     (tmp_path / "answers" / "health").write_text("200")
     wait_for(lambda: state_name(client.instance(result.instance_id).state) == "ready", 30, "the probe to pass")
     assert client.instance(result.instance_id).ready_seconds > 0
+
+
+def test_a_restarted_daemon_probes_again_what_it_was_probing(daemon: Daemon, client: SnapdClient, tmp_path: Path,
+                                                             workloads: Workloads) -> None:
+    """A daemon SIGKILLed while it probed a restored server in the background re-adopts it at
+    its next start and probes it again: the instance becomes ready."""
+    pid, url = _answerer(workloads, tmp_path)
+    snap = _checkpointed(daemon, pid, "--ready-http", f"{url}/health")
+    (tmp_path / "answers" / "health").write_text("503")
+    result = client.restore(snap, wait_ready=False)
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    with daemon.client() as c:
+        assert state_name(c.instance(result.instance_id).state) == "running"  # re-adopted, not ready yet
+        (tmp_path / "answers" / "health").write_text("200")
+        wait_for(lambda: state_name(c.instance(result.instance_id).state) == "ready", 30, "the probe to pass")
+        assert c.instance(result.instance_id).ready_seconds > 0
 
 
 def test_command_probe_runs_in_the_tree_namespace_and_the_asyncio_client_waits_for_it(

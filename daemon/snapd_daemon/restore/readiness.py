@@ -9,7 +9,9 @@ probe) tries the probe every ``INTERVAL`` until it passes or its timeout ends
 status and digest (VerifyMismatch; ReadyTimeout when no answer comes in time). Both run
 before the restore's undo is dropped, so a failure kills the tree: all or nothing.
 A restore that does not wait returns at ``running``; a daemon thread then probes until
-the instance is ``ready``, or says in its ``detail`` that it never was.
+the instance is ``ready``, or says in its ``detail`` that it never was. A daemon that
+restarts meanwhile probes such an instance again (``resume``), for the probe's whole
+timeout, its ``ready_seconds`` then counted from the instance's creation.
 """
 
 from __future__ import annotations
@@ -115,20 +117,36 @@ class Readiness:
 
     def follow(self, instances: InstanceTable, pid: int, instance_id: str) -> None:
         """A restore that returned at running: probe in the background until it is ready."""
-        probe = self.probe
-        if probe is None or self.waits:
-            return
+        if self.probe is not None and not self.waits:
+            _follow(instances, self.probe, pid, instance_id, lambda: time.monotonic() - self.started)
 
-        def run() -> None:
-            def running() -> bool:
-                return instances.state_of(instance_id) is State.RUNNING
 
-            last = wait_for(probe, pid, running)
-            if not last and instances.ready(instance_id, time.monotonic() - self.started):
-                log.info("instance.ready", instance=instance_id, seconds=round(time.monotonic() - self.started, 3))
-            elif last and running():
-                instances.not_ready(instance_id, f"its readiness probe ({probe.describe()}) did not pass within "
-                                    f"{probe.timeout} s (last result: {last}); it runs, never ready")
+def resume(instances: InstanceTable, manifest_of: Callable[[str], Manifest | None]) -> None:
+    """At a daemon's start, after ``instances.load``: probe again, in the background, each
+    re-adopted instance still ``running`` whose snapshot (``manifest_of`` its id; None: gone)
+    has a probe and that no probe has said was never ready."""
+    for inst in instances.list():
+        m = manifest_of(inst.snapshot_id) if inst.state is State.RUNNING and not inst.detail else None
+        if m is not None and m.ready_probe is not None:
+            log.info("instance.probing_again", instance=inst.id, probe=m.ready_probe.describe())
+            _follow(instances, m.ready_probe, inst.root_pid, inst.id, lambda created=inst.created: time.time() - created)
 
-        threading.Thread(target=contextvars.copy_context().run, args=(run,), name=f"ready-{instance_id}",
-                         daemon=True).start()
+
+def _follow(instances: InstanceTable, probe: ReadyProbe, pid: int, instance_id: str,
+            seconds: Callable[[], float]) -> None:
+    """Probe in a daemon thread until the instance is ready (``seconds()`` then: its ready_seconds),
+    or its detail says it never was."""
+
+    def run() -> None:
+        def running() -> bool:
+            return instances.state_of(instance_id) is State.RUNNING
+
+        last = wait_for(probe, pid, running)
+        if not last and instances.ready(instance_id, seconds()):
+            log.info("instance.ready", instance=instance_id, seconds=round(seconds(), 3))
+        elif last and running():
+            instances.not_ready(instance_id, f"its readiness probe ({probe.describe()}) did not pass within "
+                                f"{probe.timeout} s (last result: {last}); it runs, never ready")
+
+    threading.Thread(target=contextvars.copy_context().run, args=(run,), name=f"ready-{instance_id}",
+                     daemon=True).start()

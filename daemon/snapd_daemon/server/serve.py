@@ -38,6 +38,7 @@ from snapd_daemon.criu.binary import locate
 from snapd_daemon.errors import ConfigInvalid, StoreError
 from snapd_daemon.host.cgroups import CgroupRoot
 from snapd_daemon.host.reaper import Reaper
+from snapd_daemon.restore import readiness
 from snapd_daemon.runtime import Runtime, Settings
 from snapd_daemon.runtime.events import EventBus
 from snapd_daemon.runtime.holds import HoldJournal
@@ -161,6 +162,7 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
     instances = InstanceTable(settings.instances_dir(), reaper, events, settings.keep_exited_instances,
                               settings.exited_instance_max_age)
     instances.load()
+    readiness.resume(instances, catalog.find)
     rt = Runtime(settings=settings, criu=criu, store=store, catalog=catalog, scratch=scratch, cgroups=cgroups,
                  journal=journal, events=events, instances=instances, recovered_operations=recovered,
                  remote=RemoteStore(settings.remote) if settings.remote else None)
