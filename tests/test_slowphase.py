@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
+from harness import wait_for
 from snapd_daemon.host import stacks
 from snapd_daemon.runtime.slowphase import SlowPhase
 
@@ -17,7 +18,7 @@ from snapd_daemon.runtime.slowphase import SlowPhase
 @pytest.fixture
 def sleeper() -> Iterator[int]:
     proc = subprocess.Popen(["sleep", "60"])
-    time.sleep(0.2)  # in its nanosleep
+    wait_for(lambda: any("nanosleep" in t.wchan for t in stacks.threads(proc.pid)), 30, "sleep to be in its nanosleep")
     yield proc.pid
     proc.kill()
     proc.wait()

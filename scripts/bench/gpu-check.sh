@@ -17,7 +17,7 @@
 # kernel log's tail. The bench's daemon logs `slow_phase` (the restored tree's stacks) after 10 s,
 # the post-copy test's too.
 # Environment: PYTHON (default python3) able to import snapd (PYTHONPATH), SNAPD_CRIU.
-# Exit status: the step's (124: it ran past its limit).
+# Exit status: the step's (124, or 137 when it had to be killed: it ran past its limit).
 set -uo pipefail
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -36,7 +36,9 @@ watch() {  # what each waiting thread waits on, every 20 s, until killed
         echo "=== $(date -u +%T)"
         for task in /proc/[0-9]*/task/[0-9]*; do
             wchan=$(cat "$task/wchan" 2>/dev/null) || continue
-            state=$(awk '{print $3}' "$task/stat" 2>/dev/null)
+            stat=$(cat "$task/stat" 2>/dev/null) || continue
+            state=${stat##*) }  # after the command name, which may hold spaces and parentheses
+            state=${state%% *}
             if [ "$state" = D ] || [[ $wchan == *userfault* ]]; then
                 echo "--- $task $(cat "$task/comm" 2>/dev/null) $state $wchan"
                 cat "$task/stack" 2>/dev/null
@@ -52,15 +54,17 @@ watch() {  # what each waiting thread waits on, every 20 s, until killed
     done
 }
 
-pytest_args=(-p no:cacheprovider -q -rs --basetemp "$temp")
+pytest_args=(-p no:cacheprovider -q -rs)
 case $step in
-    tests)
-        run=(bash -c '"$0" -m pytest "$@" tests/test_gpu.py || exit
-                      [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -lt 2 ] || "$0" -m pytest "$@" tests/test_gpu_replicas.py'
-             "$py" "${pytest_args[@]}")
+    tests)  # each file its own basetemp: pytest empties it at start
+        run=(bash -c 'temp=$1; shift
+                      "$0" -m pytest "$@" --basetemp "$temp/gpu" tests/test_gpu.py || exit
+                      [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -lt 2 ] ||
+                      "$0" -m pytest "$@" --basetemp "$temp/replicas" tests/test_gpu_replicas.py'
+             "$py" "$temp" "${pytest_args[@]}")
         limit=570 ;;
     postcopy)
-        run=("$py" -m pytest "${pytest_args[@]}" -s --runxfail tests/test_gpu.py -k post_copy)
+        run=("$py" -m pytest "${pytest_args[@]}" --basetemp "$temp" -s --runxfail tests/test_gpu.py -k post_copy)
         limit=300 ;;
     bench)
         run=("$py" scripts/bench/gpu.py --settle 0 --compare-overlap --keep-weights --json "$out/bench.json"
@@ -81,6 +85,10 @@ timeout -k 15 "$limit" "${run[@]}" >"$out/$step.txt" 2>&1
 status=$?
 pkill -P "$watcher" 2>/dev/null; kill "$watcher" 2>/dev/null
 wait "$watcher" 2>/dev/null
+if [ "$status" -ge 124 ]; then  # killed at its limit: the test daemons (own sessions) and their trees too
+    pkill -KILL -f -- "--state-dir $temp" 2>/dev/null
+    pkill -KILL -f -- "snapd-gpu-bench-" 2>/dev/null
+fi
 if [ -d "$temp" ]; then  # the daemons' logs only: the snapshots beside them are gigabytes
     mkdir -p "$out/$step-logs"
     (cd "$temp" && find . -name '*.log' -size -50M -exec cp --parents -t "$out/$step-logs" {} +)

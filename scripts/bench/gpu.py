@@ -188,7 +188,9 @@ def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: 
     def progress(p: pb.Progress) -> None:
         clock(p)
         if p.message.startswith("post-copy "):  # restore.postcopy's figures (docs/restore-speed.md)
-            postcopy.update((k, float(v)) for k, v in (kv.split("=") for kv in p.message.split()[1:]))
+            for key, _, value in (kv.partition("=") for kv in p.message.split()[1:]):
+                with contextlib.suppress(ValueError):  # the numbers only ("post-copy fill" has none)
+                    postcopy[key] = float(value)
 
     started = time.monotonic()
     result = client.restore(snapshot, on_progress=progress, post_restore_hook=hook)

@@ -70,7 +70,8 @@ class LazySocket:
             if pid < 0:
                 log.info("lazy.zombie", pid=-pid)
                 continue
-            _, fds, _, _ = socket.recv_fds(conn, 1, 1)
+            # close-on-exec: no child the daemon starts may keep a uffd open after the fill closes it
+            _, fds, _, _ = socket.recv_fds(conn, 1, 1, socket.MSG_CMSG_CLOEXEC)
             if not fds:
                 raise ConnectionError(f"CRIU sent pid {pid} on the lazy-pages socket without its userfaultfd")
             try:

@@ -17,8 +17,9 @@ address and by address now (an event moves bytes only onto addresses it empties
 first); no two segments are adjacent in both spaces at once (they are joined), so
 the map stays as small as the events left it and ``forward``'s answer is one
 segment per run that is contiguous in both. Two sorted indexes (starts by address
-now, starts by checkpoint address) make an event O(log n + segments it touches)
-and ``forward`` / ``back`` O(log n + their answer).
+now, starts by checkpoint address) make finding what an event touches O(log n), and
+``forward`` / ``back`` O(log n + their answer); a split or a move inserts into those
+lists (a memmove of at most n entries, in C).
 """
 
 from __future__ import annotations

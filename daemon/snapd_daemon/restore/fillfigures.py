@@ -49,5 +49,6 @@ class FillFigures:
         """The fill's figures once it ended (one log line: ``restore.postcopy``)."""
         seconds = self.ended - self.began if self.ended else 0.0
         return {"fill_seconds": round(seconds, 3),
-                "fill_gbps": round(self.filled_bytes / seconds / 1e9, 2) if seconds else 0.0, **self.progress(),
+                "fill_gbps": round(self.filled_bytes / seconds / 1e9, 2) if seconds else 0.0,
+                **{k: v for k, v in self.progress().items() if k != "fill_running"},
                 "gpu_restore_seconds": round(self.gpu_seconds, 3), "overlap_seconds": round(self.overlap_seconds, 3)}

@@ -37,6 +37,7 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import errno
 import os
@@ -58,7 +59,7 @@ from snapd_daemon.store.rwlock import RWLock
 
 log = structlog.get_logger()
 _RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN or ENOENT waits this long for the event to be read
-UNEXPLAINED_SECONDS = 10.0  # a refusal still unexplained by an event after this fails the restore
+UNEXPLAINED_SECONDS = 10.0  # a refusal with no event read and no progress made for this long fails the restore
 HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``_zero_hole``)
 
 
@@ -72,8 +73,7 @@ class _Pending(Exception):
 
     def __init__(self, mm: _Mm, error: uffd.FillError) -> None:
         super().__init__(str(error))
-        self.mm = mm
-        self.error = error
+        self.mm, self.error = mm, error
 
 
 @dataclass(eq=False)
@@ -87,6 +87,7 @@ class _Mm:
     early: list[Event] | None = field(default_factory=list)  # events read before the plan; None after
     wanted: set[int] = field(default_factory=set)  # batches still to fill in here
     gone: bool = False
+    messages: int = 0  # events read from its uffd (forks too): what explains a refused COPY
 
     def planned(self, plan: FillPlan) -> None:
         """Take the plan's batches and memory for this pid, then the events read before it (once:
@@ -182,7 +183,7 @@ class PostCopy:
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
         for pid, pieces in memory.items():
             progress: dict[int, tuple[int, int]] = {}  # id(mm) -> (piece, offset in it) reached
-            since, logged = 0.0, -1  # when a refusal began that no event has explained yet, events then
+            stalled: dict[int, tuple[float, object]] = {}  # id(mm) -> since when refused, and where it stood
             while True:
                 pending: _Pending | None = None
                 with self.lock.shared():
@@ -198,14 +199,15 @@ class PostCopy:
                         mm.wanted.discard(index)
                 if pending is not None:
                     self.figures.count(f"retries_{errno.errorcode[pending.error.errno].lower()}")
-                    if pending.mm.addresses.changes != logged:  # an event came (or a first refusal)
-                        since, logged = time.monotonic(), pending.mm.addresses.changes
-                    self._wait_for_event(pending, since)
+                    mm, key = pending.mm, id(pending.mm)
+                    if stalled.get(key, (0, None))[1] != (now := (mm.messages, progress[key])):
+                        stalled[key] = (time.monotonic(), now)  # an event came or the fill got further
+                    self._wait_for_event(pending, stalled[key][0])
 
     def _wait_for_event(self, pending: _Pending, since: float) -> None:
-        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when a
-        refusal has had no event for ``UNEXPLAINED_SECONDS`` (ENOENT: a range never registered;
-        EAGAIN: an event the kernel never sent; or a bug)."""
+        """Pause while the fault thread reads the event a refused COPY met; InjectFailed when the
+        refusals of an address space have met no event (forks too) and no progress for
+        ``UNEXPLAINED_SECONDS`` (ENOENT: a range never registered; EAGAIN: an event never sent)."""
         if self._closing or self.failure is not None:
             raise _Stopped
         if time.monotonic() - since > UNEXPLAINED_SECONDS:
@@ -288,9 +290,9 @@ class PostCopy:
                 raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address="(several)", length=0,
                                    reason=f"{len(mm.wanted)} batches were never filled", snapshot_id=self.snapshot_id)
             self._closing = True
-        self._stop_faults()
         log.info("restore.postcopy_filled", seconds=round(self.figures.ended - self.figures.began, 3),
-                 **self.figures.progress())
+                 **self.figures.progress())  # before the close: it takes each tree's mmap lock
+        self._stop_faults()
 
     def _stop_faults(self) -> None:
         """End the fault thread, then close every uffd (caller: ``_closing`` is set)."""
@@ -298,10 +300,10 @@ class PostCopy:
         self._faults.join()
         with self.lock.exclusive():
             self._adopt()
-            for mms in self.mms.values():
-                for mm in mms:
+            mms, self.mms = [mm for mms in self.mms.values() for mm in mms], {}
+            for mm in mms:  # each one once (Linux frees the fd even when close reports an error)
+                with contextlib.suppress(OSError):
                     os.close(mm.fd)
-            self.mms.clear()
 
     def close(self) -> None:
         """Stop the fill and the fault thread, close every uffd and the pipe; idempotent."""
@@ -358,7 +360,9 @@ class PostCopy:
         if isinstance(msg, uffd.Pagefault):
             if not self._fault(mm, msg.address):
                 deferred.append((mm, msg.address))
-        elif isinstance(msg, uffd.Fork):
+            return
+        mm.messages += 1
+        if isinstance(msg, uffd.Fork):
             child = _Mm(msg.fd, mm.pid, forked=True, addresses=mm.addresses.copy(),
                         early=None if mm.early is None else list(mm.early), wanted=set(mm.wanted))
             self.mms.setdefault(mm.pid, []).append(child)

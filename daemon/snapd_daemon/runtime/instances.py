@@ -105,7 +105,7 @@ class Instance:
     created: float = field(default_factory=time.time)
     # when it became ready (0: not yet; see the module docstring), and when it ended
     ready: float = 0.0
-    # seconds from its restore's start to ready
+    # seconds from its restore's start to ready (from its creation, when a restarted daemon probed it)
     ready_seconds: float = 0.0
     ended: float = 0.0
     exit: ExitStatus | None = None

@@ -35,8 +35,11 @@ class SlowPhase(Poller):
         self.began = time.monotonic()
 
     def poll(self) -> bool:
-        log.warning("slow_phase", phase=self.phase, seconds=round(time.monotonic() - self.began, 2),
-                    threads=stacks.of_processes(self.pids()), **self.figures())
+        try:
+            log.warning("slow_phase", phase=self.phase, seconds=round(time.monotonic() - self.began, 2),
+                        threads=stacks.of_processes(self.pids()), **self.figures())
+        except Exception as exc:  # a report that failed must not end the watching, nor the step
+            log.error("slow_phase_unreadable", phase=self.phase, error=str(exc))
         return True
 
     def __enter__(self) -> Self:
