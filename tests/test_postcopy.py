@@ -28,6 +28,13 @@ def lazy(tmp_path: Path) -> Iterator[Daemon]:
         yield d
 
 
+@pytest.fixture
+def stopped(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon that writes memory into the stopped tree through the uffds (inject_method uffd)."""
+    with serving(tmp_path / "stopped", "--inject-method", "uffd") as d:
+        yield d
+
+
 def _events(daemon: Daemon, event: str) -> list[dict[str, object]]:
     return [json.loads(ln) for ln in daemon.log.read_text().splitlines() if f'"event": "{event}"' in ln]
 
@@ -73,6 +80,33 @@ def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, work
     slow = [e for e in _events(lazy, "slow_phase") if e["phase"] == "fill"]
     assert slow and any(t.startswith(f"{pid}/{pid} ") for t in slow[0]["threads"])  # type: ignore[attr-defined]
     assert all(e["op"] == done["op"] and e["planned_bytes"] == done["planned_bytes"] for e in slow)
+
+
+def test_the_uffd_method_fills_the_stopped_tree_whole_before_it_runs(stopped: Daemon, workloads: Workloads) -> None:
+    """inject_method uffd: the same fill, through the uffds CRIU's lazy pages hand over, ended and
+    the uffds closed before the tree gets SIGCONT; what it reads the moment it runs is whole."""
+    pid, report = workloads.start("lazymem.py", "384", "1", "plain")
+    digest = report.read_text().split()[1]
+    resumed = _moved(stopped, pid, Path(f"{report}.resumed"))
+    assert resumed.read_text().split() == [str(pid), digest]
+    names = [e["event"] for e in (json.loads(ln) for ln in stopped.log.read_text().splitlines() if ln.startswith("{"))]
+    assert names.index("restore.postcopy_filled") < names.index("restore.postcopy") < names.index("restore.resume")
+    [done] = _events(stopped, "restore.postcopy")
+    assert done["fill_bytes"] == done["planned_bytes"] and "faults_data" not in done  # nothing ran to fault
+
+
+def test_the_uffd_method_with_a_corrupt_chunk_fails_before_the_tree_ever_runs(stopped: Daemon,
+                                                                                 workloads: Workloads) -> None:
+    pid, report = workloads.start("lazymem.py", "64", "1", "plain")
+    with stopped.client() as c:
+        snap = c.checkpoint(pid)
+    wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+    damaged = damage_chunk(biggest_chunk(stopped.state_dir), "flip")
+    with stopped.client() as c, pytest.raises(SnapdClientError) as info:
+        c.restore(snap.id)
+    assert info.value.code == grpc.StatusCode.DATA_LOSS and damaged in info.value.message
+    assert gone(pid) and not Path(f"{report}.resumed").exists()  # killed stopped: it never ran
+    assert not _events(stopped, "restore.resume") and list((stopped.state_dir / "holds").glob("*.json")) == []
 
 
 def test_a_locked_region_is_injected_into_the_stopped_tree(lazy: Daemon, workloads: Workloads) -> None:

@@ -7,8 +7,8 @@
 # STEP
 #   tests      tests/test_gpu.py whole (then tests/test_gpu_replicas.py when 2 GPUs are visible)
 #   postcopy   the post-copy GPU reproducer (marked xfail: run with --runxfail)
-#   bench      scripts/bench/gpu.py --settle 0 --compare-overlap --keep-weights (8B; the default
-#              restore_overlap, then the hot restore again with post-copy, last)
+#   bench      scripts/bench/gpu.py --settle 0 --keep-weights (8B), then the hot restore again
+#              with inject_method uffd, and last with post-copy (restore_overlap gpu)
 #   bench-kv   scripts/bench/gpu.py --settle 0 --kv-cache-fraction 0.8 --sleep-hooks (removes
 #              the weights: the disk cannot hold them and a KV-heavy stock image)
 # OUT receives STEP.txt (the step's output), STEP-logs/ (the daemons' logs), and STEP-watch.txt:
@@ -67,7 +67,8 @@ case $step in
         run=("$py" -m pytest "${pytest_args[@]}" --basetemp "$temp" -s --runxfail tests/test_gpu.py -k post_copy)
         limit=300 ;;
     bench)
-        run=("$py" scripts/bench/gpu.py --settle 0 --compare-overlap --keep-weights --json "$out/bench.json"
+        run=("$py" scripts/bench/gpu.py --settle 0 --keep-weights --json "$out/bench.json"
+             --compare=--inject-method=uffd --compare=--restore-overlap=gpu
              --daemon-log "$out/bench-daemon.log" --serve-option=--slow-phase-seconds=10)
         limit=570 ;;
     bench-kv)

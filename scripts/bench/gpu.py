@@ -240,9 +240,9 @@ def main() -> int:
     parser.add_argument("--restore-overlap", choices=["gpu", "always", "never"], default="never",
                         help="the daemon's restore_overlap for every snapd restore (gpu: post-copy, which hung on "
                         "an H100: docs/restore-speed.md)")
-    parser.add_argument("--compare-overlap", action="store_true",
-                        help="last, repeat the hot restore with the other --restore-overlap (never; gpu when the "
-                        "run's is never) in the same run")
+    parser.add_argument("--compare", action="append", default=[], metavar="SERVE_OPTION",
+                        help="last, the hot restore again with the daemon restarted with this option added, e.g. "
+                        "--compare=--inject-method=uffd or --compare=--restore-overlap=gpu (repeatable, in order)")
     parser.add_argument("--store-raw-below", type=float, metavar="PERCENT",
                         help="snapd serve --store-raw-below for this run (else the daemon's default): chunks whose "
                              "compression saves less than PERCENT are stored raw (docs/restore-speed.md)")
@@ -348,14 +348,14 @@ def main() -> int:
             with py_spy(args.py_spy, daemon.proc.pid, "restore-ram"):
                 record("snapd_restore_ram", snapd_restore(client, server, snap.id, expected, wake))
             client.prefetch(snap.id, drop=True)
-        if args.compare_overlap:  # the hot restore again, the other way (post-copy or the stopped tree)
+        base, compared = daemon.extra_args, []
+        for option in args.compare:  # the hot restore again, each with one more option
             daemon.stop()
-            other = "never" if args.restore_overlap != "never" else "gpu"
-            daemon.extra_args = (*daemon.extra_args, f"--restore-overlap={other}")
+            daemon.extra_args = (*base, option)
             daemon.start(timeout=60)
             with SnapdClient(daemon.target) as client:
-                record("snapd_restore_hot_other", {"restore_overlap": other,
-                                                   **snapd_restore(client, server, snap.id, expected, wake)})
+                compared.append({"serve_option": option, **snapd_restore(client, server, snap.id, expected, wake)})
+            record("snapd_restore_hot_with", compared)
             server.kill()
 
         images = work / "stock-images"
@@ -417,18 +417,18 @@ def main() -> int:
         phases = " / ".join(f"{name} {run[key]:.2f}" for key in run if key.startswith("phase:")  # type: ignore[union-attr]
                             for name in [key.removeprefix("phase:")])
         print(f"phases {tier:4}: {phases} / first answer {run['first_answer'] - run['restored']:.2f} s")  # type: ignore[index]
-    for tier in ("hot", "ram", "hot_other"):
-        run = results.get(f"snapd_restore_{tier}")
+    runs = [(tier, results.get(f"snapd_restore_{tier}")) for tier in ("hot", "ram")]
+    for run in results.get("snapd_restore_hot_with", []):  # type: ignore[union-attr]
+        phases = " / ".join(f"{k.removeprefix('phase:')} {v:.2f}" for k, v in run.items() if k.startswith("phase:"))
+        print(f"restore -> first answer, hot, {run['serve_option']}: {run['first_answer']:.2f} s ({phases})")
+        runs.append((run["serve_option"], run))
+    for tier, run in runs:
         if run and "postcopy:fill_seconds" in run:  # type: ignore[operator]
             pc = {k.removeprefix("postcopy:"): v for k, v in run.items() if k.startswith("postcopy:")}  # type: ignore[union-attr]
             faults = "/".join(f"{pc.get('faults_' + kind, 0):.0f}" for kind in ("data", "zero", "wake"))
-            print(f"post-copy {tier:4}: fill {pc['fill_seconds']:.2f} s at {pc['fill_gbps']:.2f} GB/s; CUDA restore "
+            print(f"uffd fill, {tier}: {pc['fill_seconds']:.2f} s at {pc['fill_gbps']:.2f} GB/s; CUDA restore "
                   f"{pc['gpu_restore_seconds']:.2f} s, {pc['overlap_seconds']:.2f} s of it during the fill; faults "
                   f"data/zero/wake {faults}")
-    if "snapd_restore_hot_other" in results:
-        other = results["snapd_restore_hot_other"]
-        print(f"restore -> first answer, hot, --restore-overlap={other['restore_overlap']}: "  # type: ignore[index]
-              f"{other['first_answer']:.2f} s")  # type: ignore[index]
     ceiling = results.get("inject_ceiling_gbps")
     if ceiling:
         for tier in ("hot", "ram", "cold"):

@@ -141,16 +141,40 @@ def run_threads(work: Callable[[], object], threads: int) -> float:
     return time.monotonic() - started
 
 
+# run by FreshProcess(uffd=True) in the new process: a userfaultfd with the events CRIU's lazy pages
+# ask for (remap, remove, unmap), the region registered in missing mode, the fd sent back (SCM_RIGHTS)
+_REGISTER = """
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)  # userfaultfd, x86_64
+api = (ctypes.c_uint64 * 3)(0xAA, 0x4 | 0x8 | 0x40, 0)
+region = (ctypes.c_uint64 * 4)(base, len(m), 1, 0)
+if fd < 0 or libc.ioctl(fd, 0xC018AA3F, api) or libc.ioctl(fd, 0xC020AA00, region):
+    sys.exit(os.strerror(ctypes.get_errno()))
+socket.send_fds(socket.socket(fileno=int(sys.argv[2])), [b"u"], [fd])
+"""
+
+
 class FreshProcess:
     """A new process holding ``total`` bytes of fresh private anonymous memory at ``base``,
-    as a restored process holds the regions snapd writes; killed on exit."""
+    as a restored process holds the regions snapd writes; killed on exit. With ``uffd``,
+    the region is registered with a userfaultfd, as CRIU's lazy pages register it for a
+    post-copy restore, whose fd is ``self.uffd`` (closed on exit)."""
 
-    def __init__(self, total: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import ctypes, mmap, sys; m = mmap.mmap(-1, int(sys.argv[1]), mmap.MAP_PRIVATE); "
-             "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True); sys.stdin.read()", str(total)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, total: int, uffd: bool = False) -> None:
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        code = ("import ctypes, mmap, os, socket, sys; m = mmap.mmap(-1, int(sys.argv[1]), mmap.MAP_PRIVATE); "
+                "base = ctypes.addressof(ctypes.c_char.from_buffer(m))\n" + (_REGISTER if uffd else "")
+                + "print(base, flush=True); sys.stdin.read()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(total), str(theirs.fileno())],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     pass_fds=[theirs.fileno()])
+        theirs.close()
         self.pid = self.proc.pid
+        self.uffd = socket.recv_fds(ours, 1, 1)[1][0] if uffd else -1
+        ours.close()
         self.base = int(self.proc.stdout.readline())  # type: ignore[union-attr]
 
     def __enter__(self) -> FreshProcess:
@@ -159,6 +183,8 @@ class FreshProcess:
     def __exit__(self, *exc: object) -> None:
         self.proc.kill()
         self.proc.wait()
+        if self.uffd >= 0:
+            os.close(self.uffd)
 
 
 def inject_ceiling(total: int, threads: int, piece: int = 2 << 20) -> float:

@@ -1,12 +1,15 @@
-"""Whether a restore fills its memory after the resume (post-copy, postcopy.py), and its figures.
+"""Whether a restore writes its memory through userfaultfds (postcopy.py), before or after the
+resume, and its figures.
 
-``restore_overlap``: "gpu" uses post-copy for snapshots with GPU state,
-whose CUDA restore then overlaps the fill; "always" for every snapshot; "never"
-keeps the stopped-tree injection (the default). Either way a host whose CRIU reports no
-uffd-noncoop (userfaultfd fork/remap/unmap/remove events) injects into the
-stopped tree, and so does a plan with a region that came to a child from its
-parent at restore (the child holds the parent's pages there, and a userfaultfd
-fills only missing pages).
+``restore_overlap``: "gpu" uses post-copy for snapshots with GPU state, whose CUDA
+restore then overlaps the fill; "always" for every snapshot; "never" writes the memory
+into the stopped tree (the default). ``inject_method`` says how the stopped tree is
+written: "writev" (process_vm_writev, the default) or "uffd" (the same fill as
+post-copy, UFFDIO_COPY, ended and its uffds closed before the resume: all or nothing
+as "writev", and cheaper per byte). Either way a host whose CRIU reports no
+uffd-noncoop (userfaultfd fork/remap/unmap/remove events) writes with process_vm_writev,
+and so does a plan with a region that came to a child from its parent at restore (the
+child holds the parent's pages there, and a userfaultfd fills only missing pages).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -27,18 +30,20 @@ from snapd_daemon.criu.trim import lazily_registered
 from snapd_daemon.errors import Cancelled, SnapdError
 from snapd_daemon.restore.delivery import Route
 from snapd_daemon.restore.postcopy import PostCopy
+from snapd_daemon.runtime.progress import Phase, ProgressEvent, Reporter
 from snapd_daemon.runtime.slowphase import SlowPhase
 from snapd_daemon.snapshots.manifest import Manifest
 
 log = structlog.get_logger()
 
 
-def choose(mode: str, criu: Criu, manifest: Manifest, memory: list[Route], images: Path,
+def choose(mode: str, method: str, criu: Criu, manifest: Manifest, memory: list[Route], images: Path,
            undo: ExitStack) -> PostCopy | None:
     """A ``PostCopy`` for restoring ``manifest`` whose cut-out memory is ``memory`` (the images
-    CRIU restores from in ``images``), or None; ``undo`` (the restore's, which kills the
-    tree) closes its uffds after the kill."""
-    if not memory or mode == "never" or (mode == "gpu" and not manifest.gpu):
+    CRIU restores from in ``images``), overlapping the resume or not, or None (process_vm_writev);
+    ``undo`` (the restore's, which kills the tree) closes its uffds after the kill."""
+    overlaps = mode == "always" or (mode == "gpu" and bool(manifest.gpu))
+    if not memory or not (overlaps or method == "uffd"):
         return None
     why = ""
     if any(t.zero_fill for route in memory for t in route.targets):
@@ -50,7 +55,7 @@ def choose(mode: str, criu: Criu, manifest: Manifest, memory: list[Route], image
     if why:
         log.info("restore.postcopy_unused", reason=why)
         return None
-    post = PostCopy(manifest.id)
+    post = PostCopy(manifest.id, overlaps)
     undo.callback(post.close)  # registered before the kill: run after it (last in, first out)
     return post
 
@@ -93,13 +98,14 @@ def during(post: PostCopy | None) -> Iterator[None]:
         post.figures.gpu_restore(began, time.monotonic())
 
 
-def settle(post: PostCopy, report: Callable[[str], None], slow: SlowPhase) -> None:
+def settle(post: PostCopy, report: Reporter, total: int, slow: SlowPhase) -> None:
     """Wait for ``post`` to end (raising its failure; ``slow`` watches the wait), then log its
-    figures in one line and ``report`` them (the restore's progress: the bench reads them there)."""
+    figures in one line and ``report`` them (the restore's last inject progress, of ``total``
+    bytes: the bench reads them there)."""
     try:
         with metrics.phase("restore", "fill"), slow:
             post.wait()
     finally:
         figures = post.figures.summary()
         log.info("restore.postcopy", **figures)
-    report("post-copy " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    report(ProgressEvent(Phase.INJECT, total, total, "post-copy " + " ".join(f"{k}={v}" for k, v in figures.items())))

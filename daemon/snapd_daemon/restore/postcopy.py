@@ -110,8 +110,8 @@ class PostCopy:
 
     zero_pages = True
 
-    def __init__(self, snapshot_id: str) -> None:
-        self.snapshot_id = snapshot_id
+    def __init__(self, snapshot_id: str, overlaps: bool = True) -> None:
+        self.snapshot_id, self.overlaps = snapshot_id, overlaps  # overlaps: the tree resumes during the fill
         self.lock = RWLock()
         self.mms: dict[int, list[_Mm]] = {}
         self.hosts: dict[int, int] = {}

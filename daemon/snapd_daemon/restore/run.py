@@ -8,10 +8,9 @@ at once (replicas); everything below then names the tree by its host pids
 are published on free host ports (host/portfwd.py) before the post-restore hook.
 
 A ``RestoreRun`` goes through its phases in order, one method each:
-  1. ``claim``: find the snapshot, claim its pids and itself (shared with
-     other restores of a replicable snapshot), open the cgroup placement
-     (or the sandbox and a group below its cgroup: restore/into.py),
-     choose the GPUs by the restore's policy and reserve their memory
+  1. ``claim``: find the snapshot, claim its pids and itself (shared with other restores of a
+     replicable snapshot), open the cgroup placement (or the sandbox and a group below its cgroup:
+     restore/into.py), choose the GPUs by the restore's policy and reserve their memory
      (runtime/gpuleases.py) until the restore ends, check that the pids are free;
   2. ``journal``: write the restore's hold record (runtime/holds.py, KILL) before
      anything is created, so that a daemon killed from here on is followed, at
@@ -29,14 +28,13 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      restore returns, ``exited`` with the failure when it is undone;
      a tree restored into a sandbox must be in the sandbox's namespaces;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
-     each chunk verified against its hash (delivery.py); with post-copy
-     (``restore_overlap``) it starts filling them through the uffds instead
-     (postcopy.py): a thread touching a page not yet filled waits for it;
+     each chunk verified against its hash (delivery.py), with process_vm_writev or
+     (``inject_method`` uffd) through the uffds, the fill ended before step 6; with
+     post-copy (``restore_overlap``) that fill only starts (postcopy.py);
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
   7. ``resume_gpu``: the GPU side is restored and unlocked (with post-copy while
-     the fill runs; ``overlap.settle`` then waits until every planned byte is in place
-     and only then closes the uffds); then the ports are
+     the fill runs, ``overlap.settle`` waiting for its end after); then the ports are
      published (``publish``), the post-restore hook runs and the snapshot's readiness
      probe is waited for and its answer verified, or left to the background (readiness.py).
 Undo: staging is always discarded; any failure from the moment CRIU returns
@@ -160,18 +158,17 @@ class RestoreRun(OperationRun):
                         # the disk reads the injection's first chunks while CRIU restores the tree
                         ahead = reading.enter_context(self.delivery.read_ahead(plan.memory))
                         self.cancel.check()
-                        post = overlap.choose(self.rt.settings.restore_overlap, self.rt.criu, self.manifest,
-                                              plan.memory, self.staging.images, undo)
+                        post = overlap.choose(self.rt.settings.restore_overlap, self.rt.settings.inject_method,
+                                              self.rt.criu, self.manifest, plan.memory, self.staging.images, undo)
                         self.criu(cgroup, undo, post)
-                    self.inject(plan, ahead, post)
+                    post = self.inject(plan, ahead, post)
                     if post is None:
                         reading.close()
                     self.cancel.commit()  # the commit point: a cancel until here kills the stopped tree
                     self.resume()
                     self.resume_gpu(post)
                     if post is not None:  # every planned byte in place, then the uffds closed
-                        overlap.settle(post, lambda text: self.report(ProgressEvent(
-                            Phase.INJECT, plan.injected_bytes, plan.injected_bytes, text)), self._slow("fill", post))
+                        overlap.settle(post, self.report, plan.injected_bytes, self._slow("fill", post))
                         reading.close()
                     self.publish(undo)
                     self.post_hook()
@@ -305,10 +302,11 @@ class RestoreRun(OperationRun):
         if self.sandbox:
             self.sandbox.check_joined(m.id, self.root)
 
-    def inject(self, plan: images.FastRestore, ahead: Readahead | None, post: PostCopy | None) -> None:
-        """Write the cut-out memory into the stopped tree; with ``post``, start its fill instead."""
+    def inject(self, plan: images.FastRestore, ahead: Readahead | None, post: PostCopy | None) -> PostCopy | None:
+        """Write the cut-out memory into the stopped tree (with ``post`` through its uffds, which
+        are closed then); a ``post`` that overlaps the resume is only started, and returned."""
         if not plan.memory:
-            return
+            return None
         total = plan.injected_bytes
         self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory" if post is None else "post-copy fill"))
         if post is not None:
@@ -316,7 +314,9 @@ class RestoreRun(OperationRun):
             post.start(self.delivery, plan.memory, {self.manifest.image_pid(p): h for p, h in self.hosts.items()},
                        lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check, ahead,
                        abort=lambda: kill_restored(self.record))
-            return
+            if not post.overlaps:
+                overlap.settle(post, self.report, total, self._slow("fill", post))
+            return post if post.overlaps else None
         with metrics.phase("restore", "inject"):
             try:
                 self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts),

@@ -58,6 +58,10 @@ class Settings:
     # A restore step that blocks past this many seconds (the CUDA restore, the wait for a post-copy
     # fill) logs what the tree's threads wait on, and again every as long (runtime/slowphase.py); 0: never.
     slow_phase_seconds: float = 30.0
+    # How the stopped tree's memory is written (restore/overlap.py): "writev" (process_vm_writev) or
+    # "uffd" (UFFDIO_COPY through CRIU's lazy pages, the uffds closed before the resume; cheaper per
+    # byte, docs/restore-speed.md). "writev" stays the default until "uffd" has restored a GPU snapshot.
+    inject_method: str = "writev"
     # At most this many bytes of the file pages a tree had mapped in are recorded at
     # checkpoint and read ahead at restore (host/filepages.py); 0 turns that off.
     warm_file_bytes: int = 1 << 30

@@ -87,6 +87,7 @@ def build(o: dict[str, Any]) -> tuple[Settings, Listen]:
         state_dir=o["state_dir"], criu_path=o["criu"], criu_log_level=o["criu_log_level"], scratch=o["scratch"],
         inject_min_bytes=o["inject_min_mb"] << 20, inject_huge_pages=o["inject_huge_pages"],
         restore_overlap=o["restore_overlap"], slow_phase_seconds=o["slow_phase_seconds"],
+        inject_method=o["inject_method"],
         warm_file_bytes=o["warm_files_mb"] << 20, store_raw_below=o["store_raw_below"],
         cgroup_root=o["cgroup_root"], restore_log_dir=o["restore_log_dir"], gpu_policy=o["gpu_policy"],
         gpu_margin=gpu_margin(o["gpu_margin"]), gpu_required=o["gpu_required"],
