@@ -38,7 +38,7 @@ from snapd_daemon.store import bundle
 
 PAGE = 4096
 SEMANTIC = ("span-offset", "span-length", "span-address", "chunk-length", "pid", "root-pid", "chunk-id",
-            "size")
+            "size", "zero-fill")
 # edits sealed anew that no check short of a signature can tell: another chunk of the same
 # length named in place of one (an import still refuses it: the stream's chunks differ)
 FORGERIES = ("chunk-id/resealed",)
@@ -73,6 +73,8 @@ def edit(content: dict[str, Any], kind: str, rng: random.Random) -> None:
         refs = [c for c in _pages_chunks(content) if c["length"] == 2 << 20]
         first, other = rng.sample(refs, 2)
         first["id"] = other["id"]
+    elif kind == "zero-fill":
+        largest_span(content)["zero_fill"] ^= True
     elif kind == "size":
         entry = next(f for f in content["files"] if f["name"].startswith("pages-"))
         entry["size_bytes"] += PAGE

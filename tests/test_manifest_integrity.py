@@ -41,8 +41,8 @@ def _quarantined_chunks(daemon: Daemon) -> list[str]:
 
 
 def test_manifest_corruption_campaign(daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
-    """56 damaged copies of a real snapshot's manifest (40 bit flips, 8 semantic edits with their
-    old seal, the same 8 sealed anew) imported into a second daemon, and three also written
+    """58 damaged copies of a real snapshot's manifest (40 bit flips, 9 semantic edits with their
+    old seal, the same 9 sealed anew) imported into a second daemon, and three also written
     over the manifest in the first daemon's store: none restores wrong memory (only a
     forgery no cheap check can tell could: a chunk id swapped and sealed anew), no chunk
     is quarantined, every refusal names the manifest, and the snapshot sharing the chunks
@@ -120,6 +120,48 @@ def test_a_span_moved_inside_a_region_grown_for_it_is_refused_before_anything_ru
     assert err.error_class == "ManifestDamaged", err.message
     assert f"{span['vaddr']:#x}" in err.message and "page map" in err.message, err.message
     assert gone(pid)
+
+
+def test_a_region_a_child_shares_with_its_parent_comes_back_and_its_zero_fill_cannot_be_edited_off(
+        daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
+    """A child holds its parent's region with its second half zeroed: its span is marked
+    zero_fill (the region is in both processes' mappings: its zero chunks are written too),
+    and both copies come back. That mark turned off and sealed anew passes every check of the
+    manifest alone; the restore derives the sharing from the snapshot's own mappings and
+    refuses it with ManifestDamaged, before anything runs. (Here CRIU restored the child's
+    copy fresh, so the edit alone would have done no harm; a region CRIU restores as inherited
+    would keep the parent's bytes where the child had zeros.)"""
+    pid, report = workloads.start("forkshare.py", "16")
+    child_report = Path(f"{report}.child")
+    wait_for(child_report.exists, 10, "the child to report")
+    child, child_digest = child_report.read_text().split()[:2]
+    digest = report.read_text().split()[1]
+    with daemon.client() as c:
+        snap = c.checkpoint(pid)
+        sink = io.BytesIO()
+        c.export_snapshot(snap.id, sink)
+        wait_for(lambda: gone(pid) and gone(int(child)), 10, "the checkpointed tree to stop")
+        c.restore(snap.id)
+        assert ask(pid, report)[1] == digest and ask(int(child), child_report)[1] == child_digest
+        c.stop_instance(c.instances().instances[0].id)
+    wait_for(lambda: gone(pid) and gone(int(child)), 10, "the restored tree to stop")
+    content = json.loads(bundle.Reader([sink.getvalue()]).manifest())
+    spans = [s for s in content["trimmed"]["inject"] if s["pid"] == int(child)]
+    assert spans and all(s["zero_fill"] for s in spans)  # its region is also the parent's
+    span = next(s for s in spans if s["length"] == 16 << 20)  # the shared region, its second half zeroed
+    span["zero_fill"] = False
+    (tmp_path / "second").mkdir()
+    second = Daemon(tmp_path / "second").start()
+    try:
+        with second.client() as c:
+            data = manifestlib.with_manifest(sink.getvalue(), manifestlib.reseal(content))
+            edited = c.import_snapshot(data[i : i + MiB] for i in range(0, len(data), MiB))
+            err = error_of(lambda: c.restore(edited.id))
+    finally:
+        second.close()
+    assert err.error_class == "ManifestDamaged", err.message
+    assert f"{span['vaddr']:#x}" in err.message and "shared with another process" in err.message, err.message
+    assert gone(pid) and gone(int(child))
 
 
 @pytest.mark.parametrize("how", ["stale-seal", "unsealed", "resealed", "resealed-hot"])

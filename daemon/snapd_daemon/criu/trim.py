@@ -28,6 +28,7 @@ import bisect
 import errno
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,20 +141,34 @@ def _joined(spans: list[InjectSpan]) -> list[InjectSpan]:
     return joined
 
 
+def regions_of(vmas: dict[int, list[Vma]], min_region: int) -> dict[int, list[Region]]:
+    """Each process's injected regions (its injectable mappings), in address order."""
+    return {pid: sorted((v.start, v.end) for v in found if injectable(v, min_region)) for pid, found in vmas.items()}
+
+
+def zero_fills(regions: dict[int, list[Region]]) -> Callable[[int, int], bool | None]:
+    """``zero_fill`` of a span of pid at an address: whether its region is in more than one
+    process's list (it came to a child from its parent); None when no region of pid holds it."""
+    shared = Counter(region for spans in regions.values() for region in spans)
+    starts = {pid: [r[0] for r in spans] for pid, spans in regions.items()}
+
+    def zero_fill(pid: int, vaddr: int) -> bool | None:
+        k = bisect.bisect_right(starts.get(pid, []), vaddr) - 1
+        return shared[regions[pid][k]] > 1 if k >= 0 and vaddr < regions[pid][k][1] else None
+
+    return zero_fill
+
+
 def cut(images: list[PagesImage], vmas: dict[int, list[Vma]], min_region: int) -> tuple[list[ImageCut],
                                                                                           dict[int, list[Region]]]:
     """Cut every pages image; also returns each process's injected regions."""
-    regions = {img.pid: sorted((v.start, v.end) for v in vmas[img.pid] if injectable(v, min_region))
-               for img in images}
-    # a region in more than one process's list came to a child from its parent
-    shared = Counter(region for spans in regions.values() for region in spans)
+    regions = regions_of({img.pid: vmas[img.pid] for img in images}, min_region)
+    zero_fill = zero_fills(regions)
     cuts = []
     for img in images:
-        mine = regions[img.pid]
-        starts = [r[0] for r in mine]
-        keep, inject = split_runs([(r.vaddr, r.length, r.offset) for r in img.runs], mine)
-        spans = [InjectSpan(img.pid, img.pages_file, s.vaddr, s.offset, s.length,
-                            shared[mine[bisect.bisect_right(starts, s.vaddr) - 1]] > 1) for s in inject]
+        keep, inject = split_runs([(r.vaddr, r.length, r.offset) for r in img.runs], regions[img.pid])
+        spans = [InjectSpan(img.pid, img.pages_file, s.vaddr, s.offset, s.length, bool(zero_fill(img.pid, s.vaddr)))
+                 for s in inject]
         cuts.append(ImageCut(img, keep, _joined(spans)))
     return cuts, regions
 

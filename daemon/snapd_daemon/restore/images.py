@@ -32,7 +32,7 @@ from snapd_daemon.criu.images import (
     read_vmas,
     write_pagemap,
 )
-from snapd_daemon.criu.trim import TRIMMED, InjectSpan, TrimmedLayout, cut
+from snapd_daemon.criu.trim import TRIMMED, InjectSpan, TrimmedLayout, cut, regions_of, zero_fills
 from snapd_daemon.errors import ManifestDamaged
 from snapd_daemon.restore.delivery import ChunkIndex, Delivery, Progress, Route, Router
 from snapd_daemon.snapshots.manifest import ImageEntry, Manifest
@@ -74,6 +74,7 @@ def prepare(delivery: Delivery, manifest: Manifest, dest: Path, min_region: int,
             layout, kept = stored, _write_stored(delivery, router, entries, dest, fds, progress)
             _check_cut(stored, manifest, dest)
             _check_addresses(stored, manifest, dest / ORIGINALS)
+            _check_sharing(stored, manifest, dest)
             _adjust_files(dest, manifest)
         else:
             layout, kept = _write_cut(delivery, router, entries, manifest, dest, min_region, fds, progress)
@@ -136,6 +137,26 @@ def _check_addresses(layout: TrimmedLayout, manifest: Manifest, originals: Path)
                        f"{s.vaddr:#x} in pid {s.pid}, where its page map does not")
         else:
             continue
+        raise ManifestDamaged(where=f"of snapshot {manifest.id}", snapshot_id=manifest.id, problem=problem,
+                              action="nothing was restored and no chunk was touched")
+
+
+def _check_sharing(layout: TrimmedLayout, manifest: Manifest, dest: Path) -> None:
+    """ManifestDamaged, before anything is restored, when the stored cut's regions, or a span's
+    ``zero_fill``, are not what the snapshot's own mappings (its mm images, written verified
+    into ``dest``) make them: a span of a region a child got from its parent must have its
+    zero chunks written, or a child whose copy CRIU restores as inherited keeps its parent's
+    bytes where the snapshot has zeros."""
+    vmas = {img.pid: read_vmas(dest / f"mm-{img.pid}.img") for img in pages_images(dest)}
+    regions = regions_of(vmas, layout.min_region)
+    zero_fill = zero_fills(regions)
+    problem = "" if regions == layout.regions else "its restore cut's regions are not the snapshot's mappings"
+    for s in layout.inject if not problem else ():
+        if zero_fill(s.pid, s.vaddr) != s.zero_fill:  # None: in no region of its process
+            problem = (f"its restore cut says the span at {s.vaddr:#x} in pid {s.pid} is{'' if s.zero_fill else ' not'} "
+                       "in a region shared with another process, and the snapshot's mappings say otherwise")
+            break
+    if problem:
         raise ManifestDamaged(where=f"of snapshot {manifest.id}", snapshot_id=manifest.id, problem=problem,
                               action="nothing was restored and no chunk was touched")
 
