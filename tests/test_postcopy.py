@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from faultlib import biggest_chunk, damage_chunk
-from harness import Daemon, Workloads, ask, gone, restore_at_once, serving, wait_for
+from harness import Daemon, Workloads, ask, gone, restore_at_once, serving, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
 from snapd_daemon.restore.delivery import Route, Target
@@ -85,6 +85,9 @@ def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, work
 def test_the_uffd_method_fills_the_stopped_tree_whole_before_it_runs(stopped: Daemon, workloads: Workloads) -> None:
     """inject_method uffd: the same fill, through the uffds CRIU's lazy pages hand over, ended and
     the uffds closed before the tree gets SIGCONT; what it reads the moment it runs is whole."""
+    checks = {c["name"]: c for c in json.loads(snapd(stopped, "status", "--json").stdout)["checks"]}
+    assert checks["userfaultfd"]["ok"] and "inject_method uffd, restore_overlap never in effect" in \
+        checks["userfaultfd"]["detail"]
     pid, report = workloads.start("lazymem.py", "384", "1", "plain")
     digest = report.read_text().split()[1]
     resumed = _moved(stopped, pid, Path(f"{report}.resumed"))

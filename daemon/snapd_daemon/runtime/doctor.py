@@ -122,6 +122,19 @@ def _remote(rt: Runtime) -> CheckResult | None:
     return CheckResult("remote", True, f"{rt.remote.cfg.where}: {count} snapshot(s); {rt.remote.envelope.describe()}")
 
 
+def _userfaultfd(rt: Runtime) -> CheckResult | None:
+    """Whether restores can write through userfaultfds, when the settings ask for it; a warning
+    when they cannot (restores then write with process_vm_writev: slower, never wrong)."""
+    s = rt.settings
+    if s.inject_method != "uffd" and s.restore_overlap == "never":
+        return None
+    asked = f"inject_method {s.inject_method}, restore_overlap {s.restore_overlap}"
+    if rt.criu.has_feature("uffd-noncoop"):
+        return CheckResult("userfaultfd", True, f"CRIU reports uffd-noncoop: {asked} in effect")
+    return CheckResult("userfaultfd", True, f"CRIU reports no uffd-noncoop on this kernel: {asked} cannot take "
+                       "effect, restores write memory with process_vm_writev", warning=True)
+
+
 def diagnose(rt: Runtime) -> Diagnosis:
     kernel = platform.release()
     criu_ok, criu_detail = self_check(rt.criu)
@@ -142,7 +155,5 @@ def diagnose(rt: Runtime) -> Diagnosis:
         _store(rt),
         gpu_check,
     ]
-    remote = _remote(rt)
-    if remote is not None:
-        checks.append(remote)
+    checks += [check for check in (_userfaultfd(rt), _remote(rt)) if check is not None]
     return Diagnosis(kernel=kernel, gpu_driver=gpu_version, checks=checks)

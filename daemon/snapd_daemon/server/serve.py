@@ -144,8 +144,8 @@ def _serve(settings: Settings, listen: Listen, served: threading.Event) -> None:
     cgroups = CgroupRoot.configure(settings.cgroup_root)
     private = _private_socket(settings.state_dir)
     criu = locate(settings.criu_path)
-    if settings.restore_overlap != "never":  # asked once, now, not during the first restore
-        log.info("serve.restore_overlap", mode=settings.restore_overlap,
+    if settings.restore_overlap != "never" or settings.inject_method == "uffd":  # asked once, now, not in a restore
+        log.info("serve.userfaultfd", restore_overlap=settings.restore_overlap, inject_method=settings.inject_method,
                  uffd_noncoop=criu.has_feature("uffd-noncoop"))
     disk_scratch, ram_scratch = settings.scratch_dirs()
     scratch = Scratch(disk=disk_scratch, ram=ram_scratch, mode=settings.scratch)
