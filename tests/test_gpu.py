@@ -306,27 +306,6 @@ def test_gpu_restore_with_a_corrupt_chunk_leaves_nothing(daemon: Daemon, start_s
     _nothing_of([p.pid for p in snap.processes])
 
 
-def test_uffd_injection_restores_a_gpu_server_tree(tmp_path: Path, start_server) -> None:
-    """``inject_method = "uffd"``: the host copy of VRAM and the rest written through CRIU's lazy
-    pages' uffds into the stopped tree, the uffds closed before the resume and the CUDA restore:
-    the server answers with its tokens."""
-    server = start_server("--kv-cache-fraction", "0.02")
-    before = server.ask()
-    with serving(tmp_path / "uffd", "--inject-method", "uffd", "--slow-phase-seconds", "10") as d, d.client() as c:
-        snap = c.checkpoint(server.pid)
-        wait_for(lambda: gone(server.pid), 30, "the server tree to stop")
-        try:
-            result = c.restore(snap.id, timeout=120)
-        finally:  # where a hang waited, and how far the fill got
-            print(*[ln for ln in d.log.read_text().splitlines() if '"slow_phase"' in ln or "restore.postcopy" in ln],
-                  sep="\n")
-        assert server.ask()["tokens"] == before["tokens"]
-        [done] = [json.loads(ln) for ln in d.log.read_text().splitlines() if '"event": "restore.postcopy"' in ln]
-        print(f"restore {result.duration_seconds:.2f} s; fill {done}")
-        assert int(done["fill_bytes"]) > 0  # type: ignore[call-overload]  # the cut-out memory went this way
-        c.stop_instance(result.instance_id)
-
-
 @pytest.mark.xfail(run=False, reason="post-copy GPU restores hung on an H100 (2026-12-06, "
                    "docs/restore-speed.md); run with --runxfail when working on it")
 def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, start_server) -> None:
@@ -501,3 +480,24 @@ def test_shared_gpu_two_snapshots_side_by_side_then_two_racing_for_the_last_room
         assert all(gone(p.pid) for p in snaps[lost].processes)  # refused before anything was created
     finally:
         tight.stop()
+
+
+def test_uffd_injection_restores_a_gpu_server_tree(tmp_path: Path, start_server) -> None:
+    """``inject_method = "uffd"``: the host copy of VRAM and the rest written through CRIU's lazy
+    pages' uffds into the stopped tree, the uffds closed before the resume and the CUDA restore:
+    the server answers with its tokens. Last in the file: a hang here holds up nothing else."""
+    server = start_server("--kv-cache-fraction", "0.02")
+    before = server.ask()
+    with serving(tmp_path / "uffd", "--inject-method", "uffd", "--slow-phase-seconds", "10") as d, d.client() as c:
+        snap = c.checkpoint(server.pid)
+        wait_for(lambda: gone(server.pid), 30, "the server tree to stop")
+        try:
+            result = c.restore(snap.id, timeout=120)
+        finally:  # where a hang waited, and how far the fill got
+            print(*[ln for ln in d.log.read_text().splitlines() if '"slow_phase"' in ln or "restore.postcopy" in ln],
+                  sep="\n")
+        assert server.ask()["tokens"] == before["tokens"]
+        [done] = [json.loads(ln) for ln in d.log.read_text().splitlines() if '"event": "restore.postcopy"' in ln]
+        print(f"restore {result.duration_seconds:.2f} s; fill {done}")
+        assert int(done["fill_bytes"]) > 0  # type: ignore[call-overload]  # the cut-out memory went this way
+        c.stop_instance(result.instance_id)
