@@ -306,6 +306,26 @@ def test_gpu_restore_with_a_corrupt_chunk_leaves_nothing(daemon: Daemon, start_s
     _nothing_of([p.pid for p in snap.processes])
 
 
+def _through_uffds(d: Daemon, c: SnapdClient, server: Server, tokens: list[int]) -> pb.Snapshot:
+    """Checkpoint ``server`` through ``d`` (a daemon writing memory through uffds), restore it within
+    120 s (printing the daemon's slow_phase lines, the tree's kernel stacks every 10 s with
+    ``--slow-phase-seconds 10``, and the fill's, whatever happened), check that it answers
+    ``tokens`` and that the fill wrote its memory, then stop it; the snapshot."""
+    snap = c.checkpoint(server.pid)
+    wait_for(lambda: gone(server.pid), 30, "the server tree to stop")
+    try:
+        result = c.restore(snap.id, timeout=120)
+    finally:
+        print(*[ln for ln in d.log.read_text().splitlines() if '"slow_phase"' in ln or "restore.postcopy" in ln],
+              sep="\n")
+    assert server.ask()["tokens"] == tokens
+    [done] = [json.loads(ln) for ln in d.log.read_text().splitlines() if '"event": "restore.postcopy"' in ln]
+    print(f"restore {result.duration_seconds:.2f} s; fill {done}")
+    assert int(done["fill_bytes"]) > 0  # type: ignore[call-overload]  # the cut-out memory went this way
+    c.stop_instance(result.instance_id)
+    return snap
+
+
 @pytest.mark.xfail(run=False, reason="post-copy GPU restores hung on an H100 (2026-12-06, "
                    "docs/restore-speed.md); run with --runxfail when working on it")
 def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, start_server) -> None:
@@ -317,18 +337,7 @@ def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, sta
     server = start_server("--engine-process", "--kv-cache-fraction", "0.02")
     before = server.ask()
     with serving(tmp_path / "lazy", "--restore-overlap", "gpu", "--slow-phase-seconds", "10") as d, d.client() as c:
-        snap = c.checkpoint(server.pid)
-        wait_for(lambda: gone(server.pid), 30, "the server tree to stop")
-        try:
-            result = c.restore(snap.id, timeout=90)
-        finally:  # where a hang waited (the tree's kernel stacks every 10 s) and how far the fill got
-            print(*[ln for ln in d.log.read_text().splitlines() if '"slow_phase"' in ln or "restore.postcopy" in ln],
-                  sep="\n")
-        assert server.ask()["tokens"] == before["tokens"]
-        [done] = [json.loads(ln) for ln in d.log.read_text().splitlines() if '"event": "restore.postcopy"' in ln]
-        print(f"restore {result.duration_seconds:.2f} s; post-copy {done}")
-        assert int(done["fill_bytes"]) > 0  # type: ignore[call-overload]
-        c.stop_instance(result.instance_id)
+        snap = _through_uffds(d, c, server, before["tokens"])
         wait_for(lambda: gone(server.pid), 30, "the restored server to stop")
         _corrupt_largest_chunk(d)
         with pytest.raises(SnapdClientError) as info:
@@ -489,15 +498,4 @@ def test_uffd_injection_restores_a_gpu_server_tree(tmp_path: Path, start_server)
     server = start_server("--kv-cache-fraction", "0.02")
     before = server.ask()
     with serving(tmp_path / "uffd", "--inject-method", "uffd", "--slow-phase-seconds", "10") as d, d.client() as c:
-        snap = c.checkpoint(server.pid)
-        wait_for(lambda: gone(server.pid), 30, "the server tree to stop")
-        try:
-            result = c.restore(snap.id, timeout=120)
-        finally:  # where a hang waited, and how far the fill got
-            print(*[ln for ln in d.log.read_text().splitlines() if '"slow_phase"' in ln or "restore.postcopy" in ln],
-                  sep="\n")
-        assert server.ask()["tokens"] == before["tokens"]
-        [done] = [json.loads(ln) for ln in d.log.read_text().splitlines() if '"event": "restore.postcopy"' in ln]
-        print(f"restore {result.duration_seconds:.2f} s; fill {done}")
-        assert int(done["fill_bytes"]) > 0  # type: ignore[call-overload]  # the cut-out memory went this way
-        c.stop_instance(result.instance_id)
+        _through_uffds(d, c, server, before["tokens"])

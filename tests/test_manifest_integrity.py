@@ -19,6 +19,7 @@ import manifestlib
 from harness import Daemon, Workloads, ask, error_of, gone, snapd, wait_for
 from remotelib import local_chunk_temporaries, remote_args
 from s3server import S3Server
+from snapd_client import SnapdClientError
 from snapd_daemon.runtime import Settings
 from snapd_daemon.store import bundle
 
@@ -86,6 +87,20 @@ def _manifest_of(stream: bytes) -> dict:
     return json.loads(bundle.Reader([stream]).manifest())
 
 
+def _restore_resealed(stream: bytes, content: dict, tmp: Path) -> SnapdClientError:
+    """Export ``stream`` with its manifest replaced by ``content`` sealed anew, imported into a
+    second daemon: the error its restore fails with."""
+    (tmp / "second").mkdir()
+    second = Daemon(tmp / "second").start()
+    try:
+        with second.client() as c:
+            data = manifestlib.with_manifest(stream, manifestlib.reseal(content))
+            edited = c.import_snapshot(data[i : i + MiB] for i in range(0, len(data), MiB))
+            return error_of(lambda: c.restore(edited.id))
+    finally:
+        second.close()
+
+
 def test_a_span_moved_inside_a_region_grown_for_it_is_refused_before_anything_runs(
         daemon: Daemon, workloads: Workloads, tmp_path: Path) -> None:
     """The largest injected span moved by a page and its region grown by that page, sealed
@@ -108,15 +123,7 @@ def test_a_span_moved_inside_a_region_grown_for_it_is_refused_before_anything_ru
     else:
         regions[i][0] -= manifestlib.PAGE
         span["vaddr"] -= manifestlib.PAGE
-    (tmp_path / "second").mkdir()
-    second = Daemon(tmp_path / "second").start()
-    try:
-        with second.client() as c:
-            data = manifestlib.with_manifest(sink.getvalue(), manifestlib.reseal(content))
-            moved = c.import_snapshot(data[i : i + MiB] for i in range(0, len(data), MiB))
-            err = error_of(lambda: c.restore(moved.id))
-    finally:
-        second.close()
+    err = _restore_resealed(sink.getvalue(), content, tmp_path)
     assert err.error_class == "ManifestDamaged", err.message
     assert f"{span['vaddr']:#x}" in err.message and "page map" in err.message, err.message
     assert gone(pid)
@@ -150,15 +157,7 @@ def test_a_region_a_child_shares_with_its_parent_comes_back_and_its_zero_fill_ca
     assert spans and all(s["zero_fill"] for s in spans)  # its region is also the parent's
     span = next(s for s in spans if s["length"] == 16 << 20)  # the shared region, its second half zeroed
     span["zero_fill"] = False
-    (tmp_path / "second").mkdir()
-    second = Daemon(tmp_path / "second").start()
-    try:
-        with second.client() as c:
-            data = manifestlib.with_manifest(sink.getvalue(), manifestlib.reseal(content))
-            edited = c.import_snapshot(data[i : i + MiB] for i in range(0, len(data), MiB))
-            err = error_of(lambda: c.restore(edited.id))
-    finally:
-        second.close()
+    err = _restore_resealed(sink.getvalue(), content, tmp_path)
     assert err.error_class == "ManifestDamaged", err.message
     assert f"{span['vaddr']:#x}" in err.message and "shared with another process" in err.message, err.message
     assert gone(pid) and gone(int(child))
