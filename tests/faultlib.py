@@ -166,7 +166,16 @@ def start_sentinel(workloads: Workloads, size_mb: int, seed: int) -> tuple[int, 
 
 
 def beat_file(report: Path) -> Path:
+    """A sentinel's heartbeat: a symbolic link to "<pid> <ticks>" (sentinel.py), read with ``heartbeat``."""
     return report.with_name(report.name + ".beat")
+
+
+def heartbeat(beat: Path) -> str | None:
+    """The last heartbeat at ``beat`` ("<pid> <ticks>"), None when there is none."""
+    try:
+        return os.readlink(beat)
+    except FileNotFoundError:
+        return None
 
 
 def criu_children(daemon: Daemon) -> list[psutil.Process]:
@@ -328,8 +337,8 @@ def _check_invariants(daemon: Daemon, workloads: Workloads, kind: str, pid: int,
                     v.append(f"HALF-RESTORED: pid {pid} runs with memory {answer[1][:12]}, not {digest[:12]}")
                 result.outcome = "restored" if finished else "restored (daemon died after)"
             else:
-                if beat.exists():
-                    v.append(f"RAN: the restored pid {pid} ran ({beat.read_text().strip()}) before it was killed")
+                if (ran := heartbeat(beat)) is not None:
+                    v.append(f"RAN: the restored pid {pid} ran ({ran}) before it was killed")
                 result.outcome = "restore undone"
             if snap_id not in snaps:
                 v.append(f"LOST: snapshot {snap_id} no longer listed")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faultlib import BackgroundCall, start_sentinel, stopped, tear_down
+from faultlib import BackgroundCall, beat_file, heartbeat, start_sentinel, stopped, tear_down
 from harness import Daemon, Workloads, ask, gone, wait_for
 from remotelib import remote_args
 from s3server import S3Server
@@ -294,7 +294,7 @@ def _one_operation(result: PhaseResult, daemon: Daemon, fs: Path, phase: str, pi
     while it runs; checks what the call returned and the processes."""
     v = result.violations
     kind = phase.split("-")[0]
-    beat = report.with_name(report.name + ".beat")
+    beat = beat_file(report)
     filler: Filler | None = None
     if phase.endswith(("before", "holds")):
         fill(fs)
@@ -339,7 +339,7 @@ def _one_operation(result: PhaseResult, daemon: Daemon, fs: Path, phase: str, pi
                 wait_for(lambda: gone(pid), 10, "no process of the failed restore")
             if not gone(pid):
                 v.append(f"HALF-RESTORED: pid {pid} lives after a failed restore")
-            if beat.exists():
+            if heartbeat(beat) is not None:
                 v.append(f"RAN: the restored pid {pid} ran before it was killed")
     if filler is not None:
         filler.stop()

@@ -31,6 +31,7 @@ from faultlib import (
     biggest_chunk,
     chunk_temporaries,
     damage_chunk,
+    heartbeat,
     quarantined_chunk,
     start_sentinel,
     stopped,
@@ -58,8 +59,8 @@ def _running(pid: int) -> bool:
     return not gone(pid) and not stopped(pid)
 
 
-def _ran_since(beat: Path, before: str) -> bool:
-    return beat.exists() and beat.read_text() != before
+def _ran_since(beat: Path, before: str | None) -> bool:
+    return heartbeat(beat) not in (None, before)
 
 
 # ------------------------------------------------------------------ 1 + 3: damaged chunks
@@ -83,7 +84,7 @@ def test_restore_with_damaged_chunk_runs_nothing_and_marks_the_snapshot(snapd: D
         assert err.error_class == "ChunkCorrupt" and err.exit_code == 24, err.message
         assert err.code == grpc.StatusCode.DATA_LOSS and chunk in err.message
         wait_for(lambda: gone(pid), 10, "the half-restored tree to be killed")
-        assert not beat.exists(), f"the restored copy of pid {pid} ran after the failed restore: {beat.read_text()}"
+        assert heartbeat(beat) is None, f"the restored copy of pid {pid} ran after the failed restore: {heartbeat(beat)}"
 
         if how != "delete":
             assert quarantined_chunk(snapd.state_dir, chunk).exists(), "the corrupt chunk was not quarantined"
@@ -116,7 +117,7 @@ def test_failed_injection_kills_the_tree_before_it_runs(snapd: Daemon, workloads
         beat.unlink()
         assert error_of(lambda: c.restore(snap.id)).error_class == "ChunkCorrupt"
     wait_for(lambda: gone(pid), 10, "the half-restored tree to be killed")
-    assert not beat.exists(), "the tree ran with part of its memory missing"
+    assert heartbeat(beat) is None, "the tree ran with part of its memory missing"
 
 
 @pytest.mark.parametrize("read", ["fsck", "prefetch"])
@@ -199,7 +200,7 @@ def held_restore(snapd: Daemon, workloads: Workloads, seed: int) -> Iterator[Hel
 def _restores_again(snapd: Daemon, held: HeldRestore) -> None:
     """The tree of the held restore is gone and never ran; the snapshot restores whole."""
     wait_for(lambda: gone(held.pid), 15, "the held restore's tree to be killed")
-    assert not held.beat.exists(), "the tree of the failed restore ran"
+    assert heartbeat(held.beat) is None, "the tree of the failed restore ran"
     with snapd.client() as c:
         c.restore(held.snapshot, wait_for_exit_seconds=10)
     assert ask(held.pid, held.report)[1] == held.digest
@@ -254,7 +255,7 @@ def test_process_with_a_controlling_terminal_is_refused_before_freezing(snapd: D
             assert f"that the tree does not own ({outside} outside the tree)" in err.message, err.message
             assert list(c.list().snapshots) == []
         assert _running(pid)
-        before = beat_file(report).read_text()
+        before = heartbeat(beat_file(report))
         wait_for(lambda: _ran_since(beat_file(report), before), 10, "the terminal job to keep running")
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -403,7 +404,7 @@ def test_restore_into_full_disk_is_store_full_and_leaves_no_process(tmp_path: Pa
             assert err.error_class == "RestoreSpaceFull" and err.exit_code == 18, err.message
             assert "nothing was restored" in err.message
             wait_for(lambda: gone(pid), 10, "no process of the failed restore")
-            assert not beat.exists()
+            assert heartbeat(beat) is None
             wait_for(lambda: not d.staging_leftovers(), 10, "staging to be removed")
             filler.unlink()
             c.restore(snap.id)
