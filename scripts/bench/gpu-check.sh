@@ -8,7 +8,7 @@
 #   tests      tests/test_gpu.py whole (then tests/test_gpu_replicas.py when 2 GPUs are visible)
 #   postcopy   the post-copy GPU reproducer (marked xfail: run with --runxfail)
 #   bench      scripts/bench/gpu.py --settle 0 --keep-weights (8B), then the hot restore again
-#              with inject_method uffd, and last with post-copy (restore_overlap gpu)
+#              with inject_method uffd (post-copy has its own step: a hang there costs the table)
 #   bench-kv   scripts/bench/gpu.py --settle 0 --kv-cache-fraction 0.8 --sleep-hooks (removes
 #              the weights: the disk cannot hold them and a KV-heavy stock image)
 # OUT receives STEP.txt (the step's output), STEP-logs/ (the daemons' logs), and STEP-watch.txt:
@@ -68,7 +68,7 @@ case $step in
         limit=300 ;;
     bench)
         run=("$py" scripts/bench/gpu.py --settle 0 --keep-weights --json "$out/bench.json"
-             --compare=--inject-method=uffd --compare=--restore-overlap=gpu
+             --compare=--inject-method=uffd
              --daemon-log "$out/bench-daemon.log" --serve-option=--slow-phase-seconds=10)
         limit=570 ;;
     bench-kv)

@@ -70,7 +70,7 @@ from lib import (
     wait_until,
 )
 from snapd.v1 import snapd_pb2 as pb
-from snapd_client import SnapdClient
+from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host import cuda as driver
 from snapd_daemon.host.gpu import inventory
 from snapd_daemon.util.meminfo import mem_available
@@ -181,7 +181,7 @@ def perf(directory: Path | None, tag: str) -> contextlib.AbstractContextManager[
 
 
 def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int],
-                  hook: list[str] | None = None) -> dict[str, float]:
+                  hook: list[str] | None = None, timeout: float | None = None) -> dict[str, float]:
     clock = PhaseClock()
     postcopy: dict[str, float] = {}
 
@@ -193,7 +193,8 @@ def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: 
                     postcopy[key] = float(value)
 
     started = time.monotonic()
-    result = client.restore(snapshot, on_progress=progress, post_restore_hook=hook)
+    result = client.restore(snapshot, on_progress=progress, post_restore_hook=hook,
+                            **({"timeout": timeout} if timeout else {}))
     restored = time.monotonic() - started
     tokens, _ = server.ask()
     answered = time.monotonic() - started
@@ -243,6 +244,8 @@ def main() -> int:
     parser.add_argument("--compare", action="append", default=[], metavar="SERVE_OPTION",
                         help="last, the hot restore again with the daemon restarted with this option added, e.g. "
                         "--compare=--inject-method=uffd or --compare=--restore-overlap=gpu (repeatable, in order)")
+    parser.add_argument("--compare-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="deadline of each --compare restore (a hung one is recorded as failed)")
     parser.add_argument("--store-raw-below", type=float, metavar="PERCENT",
                         help="snapd serve --store-raw-below for this run (else the daemon's default): chunks whose "
                              "compression saves less than PERCENT are stored raw (docs/restore-speed.md)")
@@ -354,7 +357,11 @@ def main() -> int:
             daemon.extra_args = (*base, option)
             daemon.start(timeout=60)
             with SnapdClient(daemon.target) as client:
-                compared.append({"serve_option": option, **snapd_restore(client, server, snap.id, expected, wake)})
+                try:  # a compared path that fails or hangs is recorded; the stock flow is still measured
+                    compared.append({"serve_option": option,
+                                     **snapd_restore(client, server, snap.id, expected, wake, args.compare_timeout)})
+                except (SnapdClientError, BenchError) as e:
+                    compared.append({"serve_option": option, "error": f"{type(e).__name__}: {e}"})
             record("snapd_restore_hot_with", compared)
             server.kill()
 
@@ -419,6 +426,9 @@ def main() -> int:
         print(f"phases {tier:4}: {phases} / first answer {run['first_answer'] - run['restored']:.2f} s")  # type: ignore[index]
     runs = [(tier, results.get(f"snapd_restore_{tier}")) for tier in ("hot", "ram")]
     for run in results.get("snapd_restore_hot_with", []):  # type: ignore[union-attr]
+        if "error" in run:
+            print(f"restore -> first answer, hot, {run['serve_option']}: failed: {run['error']}")
+            continue
         phases = " / ".join(f"{k.removeprefix('phase:')} {v:.2f}" for k, v in run.items() if k.startswith("phase:"))
         print(f"restore -> first answer, hot, {run['serve_option']}: {run['first_answer']:.2f} s ({phases})")
         runs.append((run["serve_option"], run))
