@@ -8,9 +8,9 @@ from bisect import bisect_left
 
 from snapd_daemon.host.uffd import Remap, Remove, Unmap
 from snapd_daemon.restore.addrmap import AddressMap, Segment
+from snapd_daemon.restore.addrspace import AddressSpace
 from snapd_daemon.restore.delivery import Route, Target
 from snapd_daemon.restore.fillplan import FillPlan
-from snapd_daemon.restore.postcopy import _Mm
 from snapd_daemon.store.model import ChunkRef
 
 P = 0x1000
@@ -44,9 +44,9 @@ def test_moving_memory_back_where_it_was_leaves_one_segment() -> None:
 
 def test_events_read_before_the_plan_apply_when_it_comes_in_a_child_forked_meanwhile_too() -> None:
     plan = FillPlan([[Route(ChunkRef("c", 0x4000), "pages-1.img", 0, [Target(0, 0x4000, 0x10000, pid=7)])]])
-    parent = _Mm(-1, 7, forked=False)
+    parent = AddressSpace(-1, 7, forked=False)
     parent.change(Unmap(0x10000, 0x11000))
-    child = _Mm(-1, 7, forked=True, addresses=parent.addresses.copy(), early=list(parent.early or ()))
+    child = AddressSpace(-1, 7, forked=True, addresses=parent.addresses.copy(), early=list(parent.early or ()))
     parent.change(Remap(0x12000, 0x30000, 0x1000))
     for mm in (parent, child):
         mm.planned(plan)

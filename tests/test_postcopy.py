@@ -221,3 +221,20 @@ def test_sigkill_of_the_daemon_during_the_fill_is_undone_at_next_start(lazy: Dae
         c.restore(held.snapshot, wait_for_exit_seconds=10)
     assert ask(held.pid, held.report)[1] == held.digest
     assert len(_events(lazy, "restore.postcopy")) == 1  # the second restore's: post-copy too
+
+
+@pytest.mark.parametrize("daemon", ["stopped", "lazy"])
+def test_threads_whose_rseq_areas_were_cut_out_come_back(daemon: str, request: pytest.FixtureRequest,
+                                                         workloads: Workloads) -> None:
+    """CRIU's restorer registers each thread's rseq area (glibc's, at the top of the thread's
+    stack, which is cut out) after the uffds were sent and before CRIU returns: the kernel reads
+    it there, so the fill must already serve faults while CRIU restores, or CRIU waits for ever."""
+    d: Daemon = request.getfixturevalue(daemon)
+    pid, report = workloads.start("threads.py", "8")
+    with d.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid), 10, "the checkpointed process to stop")
+        c.restore(snap.id, timeout=60)
+    first = [int(x) for x in ask(pid, report)]
+    assert first[1] == 9
+    wait_for(lambda: [int(x) for x in ask(pid, report)][2:] > first[2:], 10, "counters to advance")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,11 @@ class Published:
     port: int  # inside the namespace
     address: str  # host:port on the host
     relay_pid: int
+
+    def end(self) -> None:
+        """Stop the relay (one already gone: nothing to do)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.relay_pid, signal.SIGTERM)
 
 
 class PublishError(Exception):

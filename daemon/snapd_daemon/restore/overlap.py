@@ -79,6 +79,18 @@ def _unregistered(memory: list[Route], images: Path) -> str:
 
 
 @contextlib.contextmanager
+def blamed(post: PostCopy | None) -> Iterator[None]:
+    """Around CRIU's restore, while ``post``'s fill runs: a failure that the fill's failure
+    caused (CRIU killed by its abort: a corrupt chunk, a cancel) is the fill's."""
+    try:
+        yield
+    except SnapdError:
+        if post is not None and post.failure is not None:
+            raise post.failure from None
+        raise
+
+
+@contextlib.contextmanager
 def during(post: PostCopy | None) -> Iterator[None]:
     """Around the CUDA restore: with ``post``, its fill reports no progress meanwhile (the two
     would interleave), the time it ran while the fill still ran is counted, and a failure

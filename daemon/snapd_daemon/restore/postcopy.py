@@ -8,16 +8,20 @@ returns, while the cut-out regions are filled; every byte any thread reads
 is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
 ``PostCopy`` is only its writer and its order).
 
+- Start: before CRIU runs. Its restorer touches the tree's memory after sending the
+  uffds (the kernel reads each thread's rseq area, glibc's at the top of the thread's
+  stack, as CRIU registers it), so faults are served from then on, else CRIU waits for
+  ever; a pid's batches are written once its uffd came.
 - Order: address order, from a cursor that a fault moves to the batch holding the
   faulting address (``FillPlan``), so a reader walking the memory is followed by
   every fill thread. Zero chunks of the plan are filled with UFFDIO_ZEROPAGE.
 - Faults (one thread polls every uffd): in a planned piece still to fill, the
   cursor moves there and its COPY answers the fault; in a filled one, WAKE; outside
   the plan (a hole), the zero page (up to the next planned bytes, or the end of its 2 MiB).
-- Events: per address space (``_Mm``) an ``AddressMap`` of its planned memory
+- Events: per address space (``AddressSpace``) an ``AddressMap`` of its planned memory
   follows munmap / madvise / mremap and translates each piece at fill time (what
   the process dropped stays dropped) and each fault back to its piece. It is built
-  when the plan exists (``order``); events read before that wait in ``_Mm.early``
+  when the plan exists (``order``); events read before that wait in ``AddressSpace.early``
   and are applied then, in order. FORK: the child's uffd gets the parent's map and
   batches still to fill (the child has every page filled before it) and every
   later one. Reading messages (and so changing maps and mms) holds
@@ -45,19 +49,19 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
 from snapd_daemon.errors import InjectFailed, RestoreAborted
 from snapd_daemon.host import memwrite, uffd
-from snapd_daemon.restore.addrmap import AddressMap, Event
+from snapd_daemon.restore.addrspace import AddressSpace
 from snapd_daemon.restore.delivery import Delivery, Progress, Readahead, Route
 from snapd_daemon.restore.fillfigures import FillFigures
 from snapd_daemon.restore.fillplan import FillPlan
 from snapd_daemon.store.rwlock import RWLock
 
 log = structlog.get_logger()
+_ARRIVAL_PAUSE = 0.001  # a fill for a task whose uffd has not come waits this long before it looks again
 _RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN or ENOENT waits this long for the event to be read
 UNEXPLAINED_SECONDS = 10.0  # a refusal with no event read and no progress made for this long fails the restore
 HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``_zero_hole``)
@@ -71,86 +75,54 @@ class _Pending(Exception):
     """A COPY met an event not yet read (EAGAIN; ENOENT: the range left before its event
     came): drop the lock, then go on, translating anew."""
 
-    def __init__(self, mm: _Mm, error: uffd.FillError) -> None:
+    def __init__(self, mm: AddressSpace, error: uffd.FillError) -> None:
         super().__init__(str(error))
         self.mm, self.error = mm, error
 
 
-@dataclass(eq=False)
-class _Mm:
-    """One address space: the uffd of a restored task, or of a child it forked since."""
-
-    fd: int
-    pid: int  # the image pid of the task restored (a forked child: of its ancestor)
-    forked: bool
-    addresses: AddressMap = field(default_factory=lambda: AddressMap(()))  # built by ``planned``
-    early: list[Event] | None = field(default_factory=list)  # events read before the plan; None after
-    wanted: set[int] = field(default_factory=set)  # batches still to fill in here
-    gone: bool = False
-    messages: int = 0  # events read from its uffd (forks too): what explains a refused COPY
-
-    def planned(self, plan: FillPlan) -> None:
-        """Take the plan's batches and memory for this pid, then the events read before it (once:
-        ``early`` is None from then on)."""
-        self.wanted = plan.batches_of(self.pid)
-        self.addresses = AddressMap(((s, e) for s, e, _ in plan.spans.get(self.pid, ())), self.early or ())
-        self.early = None
-
-    def change(self, event: Event) -> None:
-        """Apply ``event`` to the map, or keep it for ``planned`` when there is no plan yet."""
-        if self.early is None:
-            self.addresses.apply(event)
-        else:
-            self.early.append(event)
-
-
 class PostCopy:
-    """The post-copy fill of one restore: ``receive`` (criu/lazy.py's callback) from before
-    CRIU runs, ``start`` once it returned, ``wait`` after the GPU restore; ``close`` always."""
+    """The post-copy fill of one restore: ``start`` and ``receive`` (criu/lazy.py's callback)
+    from before CRIU runs, ``received`` once it returned, ``wait`` for the end; ``close`` always."""
 
     zero_pages = True
 
     def __init__(self, snapshot_id: str, overlaps: bool = True) -> None:
         self.snapshot_id, self.overlaps = snapshot_id, overlaps  # overlaps: the tree resumes during the fill
         self.lock = RWLock()
-        self.mms: dict[int, list[_Mm]] = {}
+        self.mms: dict[int, list[AddressSpace]] = {}
         self.hosts: dict[int, int] = {}
         self.plan: FillPlan | None = None
         self.failure: BaseException | None = None
         self.figures = FillFigures()
         self._arrived_lock = threading.Lock()
-        self._arrived: list[_Mm] = []
+        self._arrived: list[AddressSpace] = []
         self._closing = False
-        self.muted = False  # set: the fill reports no progress (another phase is current)
+        self.muted = True  # the fill reports no progress (another phase is current: CRIU's, the GPU's)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._faults = threading.Thread(target=contextvars.copy_context().run, args=(self._serve,),
                                         name="postcopy-faults", daemon=True)
         self._faults.start()
         self._fill: threading.Thread | None = None
+        self._expected: set[int] = set()
 
     # -- CRIU's side --------------------------------------------------------
 
     def receive(self, pid: int, fd: int) -> None:
         """Take ``fd``, the uffd of the task CRIU restores as image pid ``pid``."""
-        mm = _Mm(fd, pid, forked=False)
+        mm = AddressSpace(fd, pid, forked=False)
         with self._arrived_lock:
             self._arrived.append(mm)
         os.write(self._wake_w, b"m")
 
     # -- the fill -----------------------------------------------------------
 
-    def start(self, delivery: Delivery, routes: list[Route], hosts: dict[int, int], progress: Progress,
-              check: Callable[[], None], ahead: Readahead | None, abort: Callable[[], object]) -> None:
-        """Fill ``routes`` (memory targets naming image pids) in a thread of its own; ``hosts``:
-        image pid -> host pid, for messages; ``abort`` runs in that thread when the fill fails
-        (not when ``close`` stopped it). RestoreAborted when a task has no uffd."""
-        self.hosts = hosts
-        with self._arrived_lock:
-            received = {mm.pid for mm in self._arrived} | set(self.mms)
-        missing = sorted({t.pid for r in routes for t in r.targets if t.pid} - received)
-        if missing:
-            raise RestoreAborted(snapshot_id=self.snapshot_id,
-                                 reason=f"CRIU sent no userfaultfd for pid {hosts.get(missing[0], missing[0])}")
+    def start(self, delivery: Delivery, routes: list[Route], progress: Progress, check: Callable[[], None],
+              ahead: Readahead | None, abort: Callable[[], object]) -> None:
+        """Fill ``routes`` (memory targets naming image pids) in a thread of its own, from before
+        CRIU runs: its restorer touches memory of the tree after sending the uffds (the kernel
+        reads each thread's rseq area as CRIU registers it), so faults are served from then on,
+        and a pid's batches are written once its uffd came. ``abort`` runs in that thread when
+        the fill fails (not when ``close`` stopped it)."""
 
         def fill() -> None:
             self.figures.began = time.monotonic()
@@ -165,11 +137,24 @@ class PostCopy:
                     abort()
             self.figures.ended = self.figures.ended or time.monotonic()
 
-        while self._arrived and self.failure is None:  # every uffd polled by the fault thread first
-            time.sleep(0.001)
+        self._expected = {t.pid for r in routes for t in r.targets if t.pid}
         self._fill = threading.Thread(target=contextvars.copy_context().run, args=(fill,), name="postcopy-fill",
                                       daemon=True)
         self._fill.start()
+
+    def received(self, hosts: dict[int, int]) -> None:
+        """Once CRIU returned: ``hosts`` (image pid -> host pid) names the tasks in messages, and
+        the fill reports progress from now; RestoreAborted when a task the fill writes sent no
+        uffd, or the fill's failure."""
+        self.hosts, self.muted = hosts, False
+        with self._arrived_lock:
+            received = {mm.pid for mm in self._arrived} | set(self.mms)
+        missing = sorted(self._expected - received)
+        if missing:
+            raise RestoreAborted(snapshot_id=self.snapshot_id,
+                                 reason=f"CRIU sent no userfaultfd for pid {hosts.get(missing[0], missing[0])}")
+        if self.failure is not None and not isinstance(self.failure, _Stopped):
+            raise self.failure
 
     def order(self, batches: list[list[Route]]) -> Callable[[], int]:
         with self.lock.exclusive():
@@ -187,8 +172,9 @@ class PostCopy:
             while True:
                 pending: _Pending | None = None
                 with self.lock.shared():
+                    arrived = pid in self.mms  # CRIU sends each task's uffd in turn
                     targets = [mm for mm in self.mms.get(pid, ()) if index in mm.wanted and not mm.gone]
-                    if not targets:
+                    if arrived and not targets:
                         break
                     for mm in targets:
                         try:
@@ -197,12 +183,21 @@ class PostCopy:
                             pending = exc
                             continue
                         mm.wanted.discard(index)
+                if not arrived:
+                    self._wait_for_uffd()
                 if pending is not None:
                     self.figures.count(f"retries_{errno.errorcode[pending.error.errno].lower()}")
                     mm, key = pending.mm, id(pending.mm)
                     if stalled.get(key, (0, None))[1] != (now := (mm.messages, progress[key])):
                         stalled[key] = (time.monotonic(), now)  # an event came or the fill got further
                     self._wait_for_event(pending, stalled[key][0])
+
+    def _wait_for_uffd(self) -> None:
+        """Pause while CRIU restores (its restorer sends each task's uffd in turn): until
+        ``close`` (CRIU failed, or returned without one: ``received``) or a failure."""
+        if self._closing or self.failure is not None:
+            raise _Stopped
+        time.sleep(_ARRIVAL_PAUSE)
 
     def _wait_for_event(self, pending: _Pending, since: float) -> None:
         """Pause while the fault thread reads the event a refused COPY met; InjectFailed when the
@@ -217,7 +212,7 @@ class PostCopy:
                                "explain it", snapshot_id=self.snapshot_id)
         time.sleep(_RETRY_PAUSE)
 
-    def _fill_mm(self, mm: _Mm, pieces: list[tuple[int, memoryview | int]], progress: dict[int, tuple[int, int]]) -> None:
+    def _fill_mm(self, mm: AddressSpace, pieces: list[tuple[int, memoryview | int]], progress: dict[int, tuple[int, int]]) -> None:
         first, offset = progress.get(id(mm), (0, 0))
         for k in range(first, len(pieces)):
             address, data = pieces[k]
@@ -232,7 +227,7 @@ class PostCopy:
                 if mm.gone:
                     return
 
-    def _copy(self, mm: _Mm, dst: int, data: memoryview | int, at: int, n: int) -> None:
+    def _copy(self, mm: AddressSpace, dst: int, data: memoryview | int, at: int, n: int) -> None:
         """Fill [dst, dst + n) of ``mm`` with ``data[at:at + n]`` (an int: zeros); raises FillError
         on EAGAIN and ENOENT (the kernel looks the range up before it looks for a pending event:
         a range unmapped or moved is ENOENT until its event is read, then no longer planned)."""
@@ -319,7 +314,7 @@ class PostCopy:
 
     # -- the fault thread ---------------------------------------------------
 
-    def _adopt(self) -> list[_Mm]:
+    def _adopt(self) -> list[AddressSpace]:
         """Move the uffds received so far into ``mms`` (caller holds ``lock`` exclusive)."""
         with self._arrived_lock:
             arrived, self._arrived = self._arrived, []
@@ -332,8 +327,8 @@ class PostCopy:
     def _serve(self) -> None:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        by_fd: dict[int, _Mm] = {}
-        deferred: list[tuple[_Mm, int]] = []
+        by_fd: dict[int, AddressSpace] = {}
+        deferred: list[tuple[AddressSpace, int]] = []
         try:
             while not self._closing:
                 ready = poller.poll(1 if deferred else None)
@@ -355,15 +350,15 @@ class PostCopy:
             self.failure = self.failure or exc
             log.error("restore.postcopy_fault_thread_failed", error=str(exc))
 
-    def _message(self, mm: _Mm, msg: uffd.Message, deferred: list[tuple[_Mm, int]], poller: select.poll,
-                 by_fd: dict[int, _Mm]) -> None:
+    def _message(self, mm: AddressSpace, msg: uffd.Message, deferred: list[tuple[AddressSpace, int]], poller: select.poll,
+                 by_fd: dict[int, AddressSpace]) -> None:
         if isinstance(msg, uffd.Pagefault):
             if not self._fault(mm, msg.address):
                 deferred.append((mm, msg.address))
             return
         mm.messages += 1
         if isinstance(msg, uffd.Fork):
-            child = _Mm(msg.fd, mm.pid, forked=True, addresses=mm.addresses.copy(),
+            child = AddressSpace(msg.fd, mm.pid, forked=True, addresses=mm.addresses.copy(),
                         early=None if mm.early is None else list(mm.early), wanted=set(mm.wanted))
             self.mms.setdefault(mm.pid, []).append(child)
             by_fd[child.fd] = child
@@ -373,7 +368,7 @@ class PostCopy:
             mm.change(msg)
             self.figures.count(f"events_{type(msg).__name__.lower()}")
 
-    def _fault(self, mm: _Mm, address: int) -> bool:
+    def _fault(self, mm: AddressSpace, address: int) -> bool:
         """Answer a fault (or move the cursor so that a COPY answers it); False: retry later."""
         if self.plan is None:  # before the fill starts, a planned page may not be told from a hole
             return False
@@ -404,7 +399,7 @@ class PostCopy:
         self.figures.count("faults_wake")
         return True
 
-    def _zero_hole(self, mm: _Mm, address: int) -> None:
+    def _zero_hole(self, mm: AddressSpace, address: int) -> None:
         """The zero page at ``address``, a page with no planned bytes, and up to ``HOLE_RUN`` of
         the hole after it (to where the next planned bytes are now, moved or not): one fault,
         not one per page, for a reader walking never-touched memory. A run that leaves its

@@ -29,8 +29,9 @@ A ``RestoreRun`` goes through its phases in order, one method each:
      a tree restored into a sandbox must be in the sandbox's namespaces;
   5. ``inject``: snapd writes the cut-out regions into the stopped processes,
      each chunk verified against its hash (delivery.py), with process_vm_writev or
-     (``inject_method`` uffd) through the uffds, the fill ended before step 6; with
-     post-copy (``restore_overlap``) that fill only starts (postcopy.py);
+     (``inject_method`` uffd) through the uffds, a fill started before step 4 (CRIU's
+     restorer faults on the tree's memory) and ended before step 6; with post-copy
+     (``restore_overlap``) it is only checked here (postcopy.py);
   6. ``resume``: SIGCONT to the tasks that were running at checkpoint (a task
      stopped then stays stopped) — nothing of the tree ran before this point;
   7. ``resume_gpu``: the GPU side is restored and unlocked (with post-copy while
@@ -54,7 +55,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -160,6 +161,9 @@ class RestoreRun(OperationRun):
                         self.cancel.check()
                         post = overlap.choose(self.rt.settings.restore_overlap, self.rt.settings.inject_method,
                                               self.rt.criu, self.manifest, plan.memory, self.staging.images, undo)
+                        if post is not None:  # its fill serves the faults CRIU's restorer meets; a failure kills
+                            post.start(self.delivery, plan.memory, self._injected(plan), self.cancel.check, ahead,
+                                       abort=lambda: kill_restored(self.record))  # at once: a thread may wait
                         self.criu(cgroup, undo, post)
                     post = self.inject(plan, ahead, post)
                     if post is None:
@@ -275,8 +279,8 @@ class RestoreRun(OperationRun):
         with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
                 stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
-        ) as (inherit, self.log_path), self._relinked(), ExitStack() as lazy_stack:
-            if post is not None:  # CRIU sends each task's uffd there (a task without one: ``post.start`` fails)
+        ) as (inherit, self.log_path), self._relinked(), overlap.blamed(post), ExitStack() as lazy_stack:
+            if post is not None:  # CRIU sends each task's uffd there (a task without one: ``post.received`` fails)
                 lazy_stack.enter_context(lazy.listening(self.staging.work, post.receive))
             self.root = actions.restore(
                 rt.criu, m.root_pid, self.staging.images, self.staging.work,
@@ -303,28 +307,28 @@ class RestoreRun(OperationRun):
             self.sandbox.check_joined(m.id, self.root)
 
     def inject(self, plan: images.FastRestore, ahead: Readahead | None, post: PostCopy | None) -> PostCopy | None:
-        """Write the cut-out memory into the stopped tree (with ``post`` through its uffds, which
-        are closed then); a ``post`` that overlaps the resume is only started, and returned."""
+        """Write the cut-out memory into the stopped tree (with ``post``, whose fill started before
+        CRIU, through its uffds, which are closed then); a ``post`` that overlaps the resume is
+        only checked, and returned."""
         if not plan.memory:
             return None
         total = plan.injected_bytes
         self.report(ProgressEvent(Phase.INJECT, 0, total, "writing memory" if post is None else "post-copy fill"))
         if post is not None:
-            # a failed fill kills the tree at once: a thread of it (the driver's) may wait on a page
-            post.start(self.delivery, plan.memory, {self.manifest.image_pid(p): h for p, h in self.hosts.items()},
-                       lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check, ahead,
-                       abort=lambda: kill_restored(self.record))
+            post.received({self.manifest.image_pid(p): h for p, h in self.hosts.items()})
             if not post.overlaps:
                 overlap.settle(post, self.report, total, self._slow("fill", post))
             return post if post.overlaps else None
         with metrics.phase("restore", "inject"):
             try:
-                self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts),
-                                  lambda done: self.report(ProgressEvent(Phase.INJECT, done, total)), self.cancel.check,
-                                  ahead, probe=False)  # read_ahead probed these chunks already
+                self.delivery.run(pidmap.retarget(plan.memory, self.manifest, self.hosts), self._injected(plan),
+                                  self.cancel.check, ahead, probe=False)  # read_ahead probed these chunks already
             except SnapdError:
                 self.cancel.check()  # a cancel accepted meanwhile is the cause that counts
                 raise
+
+    def _injected(self, plan: images.FastRestore) -> Callable[[int], None]:
+        return lambda done: self.report(ProgressEvent(Phase.INJECT, done, plan.injected_bytes))
 
     def resume(self) -> None:
         """Let the tree run: every task that was running at checkpoint."""
@@ -360,7 +364,7 @@ class RestoreRun(OperationRun):
                 relay = portfwd.publish(self.root, address, port)
             except portfwd.PublishError as exc:
                 raise PublishFailed(port=port, pid=self.root, address=address, reason=str(exc)) from exc
-            undo.callback(_end_relay, relay.relay_pid)
+            undo.callback(relay.end)
             self.published[port] = relay.address
         if self.published:
             log.info("restore.published", ports=self.published)
@@ -394,13 +398,6 @@ class RestoreRun(OperationRun):
                                                      "SNAPD_SNAPSHOT_ID": self.manifest.id,
                                                      "SNAPD_PUBLISHED": published},
                                     rollback="; the restored tree was killed")
-
-
-def _end_relay(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 def restore(rt: Runtime, spec: RestoreSpec, operation_id: str, report: Reporter,
