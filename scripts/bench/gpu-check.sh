@@ -29,7 +29,7 @@ py=${PYTHON:-python3}
 cd "$(dirname "$0")/../.."
 mkdir -p "$out"
 temp=/tmp/gpu-check-$step
-rm -rf "$temp"
+rm -rf "$temp"; mkdir -p "$temp"
 
 watch() {  # what each waiting thread waits on, every 20 s, until killed
     while sleep 20; do

@@ -3,7 +3,8 @@
 Batches are taken in address order from a cursor; a fault moves the cursor to the
 batch that holds the faulting address, so that every fill thread follows a reader
 walking the memory (the CUDA driver's thread reading the host copy of VRAM) and it
-waits on few faults. Addresses are the checkpoint's, per image pid.
+waits on few faults. While CRIU still restores, only the batches faults asked for are
+taken (``sought``). Addresses are the checkpoint's, per image pid.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class FillPlan:
         self.starts = {pid: [s[0] for s in spans] for pid, spans in self.spans.items()}
         self.taken = bytearray(len(batches))
         self.cursor = 0
+        self._sought: list[int] = []
         self._lock = threading.Lock()
 
     def batches_of(self, pid: int) -> set[int]:
@@ -51,6 +53,17 @@ class FillPlan:
         """Take batch ``i``, or the first untaken one after it, next (then on, wrapping)."""
         with self._lock:
             self.cursor = i
+            self._sought.append(i)
+
+    def sought(self) -> int | None:
+        """The last batch ``seek`` asked for that is still untaken (marked taken), or None."""
+        with self._lock:
+            while self._sought:
+                i = self._sought.pop()
+                if not self.taken[i]:
+                    self.taken[i] = 1
+                    return i
+            return None
 
     def batch_at(self, pid: int, address: int) -> int | None:
         """The batch that fills ``address`` of image pid ``pid``; None outside the plan."""

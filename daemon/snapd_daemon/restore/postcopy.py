@@ -8,25 +8,25 @@ returns, while the cut-out regions are filled; every byte any thread reads
 is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
 ``PostCopy`` is only its writer and its order).
 
-- Start: before CRIU runs. Its restorer touches the tree's memory after sending the
-  uffds (the kernel reads each thread's rseq area, glibc's at the top of the thread's
-  stack, as CRIU registers it), so faults are served from then on, else CRIU waits for
-  ever; a pid's batches are written once its uffd came.
+- Start: before CRIU runs, whose restorer touches the tree's memory after sending the
+  uffds (the kernel reads each thread's rseq area, glibc's, at the top of its cut-out
+  stack), so faults are served from then on. Until CRIU has returned (``received``) only
+  batches faults ask for are taken: a task's ranges are registered some time after its
+  uffd was sent, and a COPY there is refused (ENOENT) until then.
 - Order: address order, from a cursor that a fault moves to the batch holding the
   faulting address (``FillPlan``), so a reader walking the memory is followed by
   every fill thread. Zero chunks of the plan are filled with UFFDIO_ZEROPAGE.
 - Faults (one thread polls every uffd): in a planned piece still to fill, the
   cursor moves there and its COPY answers the fault; in a filled one, WAKE; outside
   the plan (a hole), the zero page (up to the next planned bytes, or the end of its 2 MiB).
-- Events: per address space (``AddressSpace``) an ``AddressMap`` of its planned memory
-  follows munmap / madvise / mremap and translates each piece at fill time (what
-  the process dropped stays dropped) and each fault back to its piece. It is built
-  when the plan exists (``order``); events read before that wait in ``AddressSpace.early``
-  and are applied then, in order. FORK: the child's uffd gets the parent's map and
-  batches still to fill (the child has every page filled before it) and every
-  later one. Reading messages (and so changing maps and mms) holds
-  ``lock`` exclusive; a fill holds it shared from checking that its batch is
-  wanted to marking it filled, so no COPY lands where an event took memory away.
+- Events: per address space (``AddressSpace``, addrspace.py) an ``AddressMap`` of its
+  planned memory follows munmap / madvise / mremap and translates each piece at fill
+  time (what the process dropped stays dropped) and each fault back to its piece.
+  FORK: the child's uffd gets the parent's map and batches still to fill (the child
+  has every page filled before it) and every later one. Reading messages (and so
+  changing maps and mms) holds ``lock`` exclusive; a fill holds it shared from checking
+  that its batch is wanted to marking it filled, so no COPY lands where an event took
+  memory away.
   A COPY refused with EAGAIN or ENOENT (an event not yet read; the kernel checks the
   range before the pending event) drops the lock and goes on from where it stopped once
   an event has changed the map (InjectFailed when none comes within ``UNEXPLAINED_SECONDS``);
@@ -61,7 +61,7 @@ from snapd_daemon.restore.fillplan import FillPlan
 from snapd_daemon.store.rwlock import RWLock
 
 log = structlog.get_logger()
-_ARRIVAL_PAUSE = 0.001  # a fill for a task whose uffd has not come waits this long before it looks again
+_ARRIVAL_PAUSE = 0.001  # while CRIU restores, a fill thread with nothing it may take waits this long
 _RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN or ENOENT waits this long for the event to be read
 UNEXPLAINED_SECONDS = 10.0  # a refusal with no event read and no progress made for this long fails the restore
 HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``_zero_hole``)
@@ -104,6 +104,7 @@ class PostCopy:
         self._faults.start()
         self._fill: threading.Thread | None = None
         self._expected: set[int] = set()
+        self._open = False  # CRIU has returned: every batch may be taken (``_take``)
 
     # -- CRIU's side --------------------------------------------------------
 
@@ -118,11 +119,9 @@ class PostCopy:
 
     def start(self, delivery: Delivery, routes: list[Route], progress: Progress, check: Callable[[], None],
               ahead: Readahead | None, abort: Callable[[], object]) -> None:
-        """Fill ``routes`` (memory targets naming image pids) in a thread of its own, from before
-        CRIU runs: its restorer touches memory of the tree after sending the uffds (the kernel
-        reads each thread's rseq area as CRIU registers it), so faults are served from then on,
-        and a pid's batches are written once its uffd came. ``abort`` runs in that thread when
-        the fill fails (not when ``close`` stopped it)."""
+        """Fill ``routes`` (memory targets naming image pids) in a thread of its own, started
+        before CRIU runs (see Start above); ``abort`` runs in that thread when the fill fails
+        (not when ``close`` stopped it)."""
 
         def fill() -> None:
             self.figures.began = time.monotonic()
@@ -143,14 +142,13 @@ class PostCopy:
         self._fill.start()
 
     def received(self, hosts: dict[int, int]) -> None:
-        """Once CRIU returned: ``hosts`` (image pid -> host pid) names the tasks in messages, and
-        the fill reports progress from now; RestoreAborted when a task the fill writes sent no
-        uffd, or the fill's failure."""
-        self.hosts, self.muted = hosts, False
+        """Once CRIU returned: every batch may be taken, progress is reported, ``hosts`` (image
+        pid -> host pid) names tasks in messages; RestoreAborted for a task with no uffd, or
+        the fill's failure."""
+        self.hosts, self.muted, self._open = hosts, False, True
         with self._arrived_lock:
             received = {mm.pid for mm in self._arrived} | set(self.mms)
-        missing = sorted(self._expected - received)
-        if missing:
+        if missing := sorted(self._expected - received):
             raise RestoreAborted(snapshot_id=self.snapshot_id,
                                  reason=f"CRIU sent no userfaultfd for pid {hosts.get(missing[0], missing[0])}")
         if self.failure is not None and not isinstance(self.failure, _Stopped):
@@ -158,12 +156,20 @@ class PostCopy:
 
     def order(self, batches: list[list[Route]]) -> Callable[[], int]:
         with self.lock.exclusive():
-            self.plan = FillPlan(batches)
+            plan = self.plan = FillPlan(batches)
             self.figures.planned_bytes = sum(t.length for batch in batches for r in batch for t in r.targets if t.pid)
             for mms in self.mms.values():
                 for mm in mms:
-                    mm.planned(self.plan)
-        return self.plan.next
+                    mm.planned(plan)
+
+        def take() -> int:  # until CRIU has returned, only a batch a fault asked for
+            while not self._open:
+                if (i := plan.sought()) is not None:
+                    return i
+                self._wait_for_uffd()
+            return plan.next()
+
+        return take
 
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
         for pid, pieces in memory.items():
@@ -193,8 +199,7 @@ class PostCopy:
                     self._wait_for_event(pending, stalled[key][0])
 
     def _wait_for_uffd(self) -> None:
-        """Pause while CRIU restores (its restorer sends each task's uffd in turn): until
-        ``close`` (CRIU failed, or returned without one: ``received``) or a failure."""
+        """Pause while CRIU restores; _Stopped once ``close`` or a failure ended the fill."""
         if self._closing or self.failure is not None:
             raise _Stopped
         time.sleep(_ARRIVAL_PAUSE)
@@ -332,14 +337,14 @@ class PostCopy:
         try:
             while not self._closing:
                 ready = poller.poll(1 if deferred else None)
+                if any(fd == self._wake_r for fd, _ in ready):  # before adopting: a later arrival wakes the next poll
+                    os.read(self._wake_r, 4096)
                 with self.lock.exclusive():
                     for mm in self._adopt():
                         by_fd[mm.fd] = mm
                         poller.register(mm.fd, select.POLLIN)
-                    for fd, events in ready:
-                        if fd == self._wake_r:
-                            os.read(fd, 4096)
-                        elif events & select.POLLIN:
+                    for fd, events in (r for r in ready if r[0] != self._wake_r):
+                        if events & select.POLLIN:
                             for msg in uffd.read(fd):
                                 self._message(by_fd[fd], msg, deferred, poller, by_fd)
                         else:  # an mm that is gone
