@@ -238,3 +238,26 @@ def test_threads_whose_rseq_areas_were_cut_out_come_back(daemon: str, request: p
     first = [int(x) for x in ask(pid, report)]
     assert first[1] == 9
     wait_for(lambda: [int(x) for x in ask(pid, report)][2:] > first[2:], 10, "counters to advance")
+
+
+@pytest.mark.parametrize("setting", [("--inject-method", "uffd"), ("--restore-overlap", "always")])
+def test_a_root_registered_only_after_its_threaded_child_restored_comes_back_whole(
+        setting: tuple[str, str], tmp_path: Path, workloads: Workloads) -> None:
+    """CRIU registers the root's ranges with its uffd only once every other task has restored,
+    the child's threads (and so their rseq areas, served by the fill meanwhile) included: a
+    fill that took the root's batches before CRIU returned was refused there (ENOENT) with
+    every fill thread held on it while the child waited on its pages (seen on an H100 with a
+    two-process GPU server; one fill thread here, so that nothing else serves the child);
+    the root's memory comes back whole."""
+    pid, report = workloads.start("treethreads.py", "96", "4")
+    said = Path(f"{report}.child")
+    wait_for(said.exists, 10, "the child to report")
+    digest, child = report.read_text().split()[1], int(said.read_text().split()[0])
+    with serving(tmp_path / "uffd", *setting, "--io-threads", "1") as d, d.client() as c:
+        snap = c.checkpoint(pid)
+        wait_for(lambda: gone(pid) and gone(child), 10, "the tree to stop")
+        c.restore(snap.id, timeout=60)
+    assert ask(pid, report)[1] == digest
+    first = [int(x) for x in ask(child, said)]
+    assert first[1] == 5
+    wait_for(lambda: [int(x) for x in ask(child, said)][2:] > first[2:], 10, "the child's counters to advance")

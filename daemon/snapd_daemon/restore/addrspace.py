@@ -8,10 +8,14 @@ order, when it comes, so a map never misses a change the process made.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
+from snapd_daemon.host import uffd
 from snapd_daemon.restore.addrmap import AddressMap, Event
 from snapd_daemon.restore.fillplan import FillPlan
+
+HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``zero_hole``)
 
 
 @dataclass(eq=False)
@@ -26,6 +30,8 @@ class AddressSpace:
     wanted: set[int] = field(default_factory=set)  # batches still to fill in here
     gone: bool = False
     messages: int = 0  # events read from its uffd (forks too): what explains a refused COPY
+    # batch -> (piece, offset in it) reached when the batch was left for after CRIU (postcopy.py)
+    partial: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def planned(self, plan: FillPlan) -> None:
         """Take the plan's batches and memory for this pid, then the events read before it (once:
@@ -40,3 +46,18 @@ class AddressSpace:
             self.addresses.apply(event)
         else:
             self.early.append(event)
+
+    def zero_hole(self, address: int) -> None:
+        """The zero page at ``address``, a page with no planned bytes, and up to ``HOLE_RUN`` of
+        the hole after it (to where the next planned bytes are now, moved or not): one fault,
+        not one per page, for a reader walking never-touched memory. A run that leaves its
+        mapping (ENOENT) falls back to the page; one that meets a present page stops there."""
+        planned = self.addresses.next_start(address)
+        end = min((address | (HOLE_RUN - 1)) + 1, planned if planned is not None else 1 << 64)
+        try:
+            uffd.zeropage(self.fd, address, end - address)
+        except uffd.FillError as exc:
+            if exc.errno == errno.ENOENT and end - address > uffd.PAGE:
+                uffd.zeropage(self.fd, address, uffd.PAGE)
+            elif exc.errno != errno.EEXIST or exc.address == address:
+                raise

@@ -55,6 +55,11 @@ class FillPlan:
             self.cursor = i
             self._sought.append(i)
 
+    def untake(self, i: int) -> None:
+        """Batch ``i`` is to be taken again (part of it could not be filled yet)."""
+        with self._lock:
+            self.taken[i] = 0
+
     def sought(self) -> int | None:
         """The last batch ``seek`` asked for that is still untaken (marked taken), or None."""
         with self._lock:

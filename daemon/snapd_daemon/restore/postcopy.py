@@ -11,8 +11,9 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
 - Start: before CRIU runs, whose restorer touches the tree's memory after sending the
   uffds (the kernel reads each thread's rseq area, glibc's, at the top of its cut-out
   stack), so faults are served from then on. Until CRIU has returned (``received``) only
-  batches faults ask for are taken: a task's ranges are registered some time after its
-  uffd was sent, and a COPY there is refused (ENOENT) until then.
+  batches faults ask for are taken, and a part of one CRIU has not made ready (no uffd
+  yet; ENOENT: ranges not registered yet, as the root's are only once every other task
+  has restored) is left for after: such a wait would hold the faulting task, and CRIU.
 - Order: address order, from a cursor that a fault moves to the batch holding the
   faulting address (``FillPlan``), so a reader walking the memory is followed by
   every fill thread. Zero chunks of the plan are filled with UFFDIO_ZEROPAGE.
@@ -64,7 +65,6 @@ log = structlog.get_logger()
 _ARRIVAL_PAUSE = 0.001  # while CRIU restores, a fill thread with nothing it may take waits this long
 _RETRY_PAUSE = 0.0002  # a fill refused with EAGAIN or ENOENT waits this long for the event to be read
 UNEXPLAINED_SECONDS = 10.0  # a refusal with no event read and no progress made for this long fails the restore
-HOLE_RUN = 2 << 20  # a fault in a hole maps the zero page up to the end of its 2 MiB (``_zero_hole``)
 
 
 class _Stopped(Exception):
@@ -124,7 +124,6 @@ class PostCopy:
         (not when ``close`` stopped it)."""
 
         def fill() -> None:
-            self.figures.began = time.monotonic()
             try:
                 delivery.run(routes, lambda done: None if self.muted else progress(done), lambda: self._check(check),
                              ahead, probe=False, writer=self)
@@ -146,6 +145,7 @@ class PostCopy:
         pid -> host pid) names tasks in messages; RestoreAborted for a task with no uffd, or
         the fill's failure."""
         self.hosts, self.muted, self._open = hosts, False, True
+        self.figures.began = time.monotonic()  # the fill's time and rate from here (before: a few faults' pages)
         with self._arrived_lock:
             received = {mm.pid for mm in self._arrived} | set(self.mms)
         if missing := sorted(self._expected - received):
@@ -166,21 +166,22 @@ class PostCopy:
             while not self._open:
                 if (i := plan.sought()) is not None:
                     return i
-                self._wait_for_uffd()
+                self._wait_for_criu()
             return plan.next()
 
         return take
 
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
+        later = False  # a part of it CRIU has not made ready: taken again once CRIU has returned
         for pid, pieces in memory.items():
-            progress: dict[int, tuple[int, int]] = {}  # id(mm) -> (piece, offset in it) reached
+            progress = {id(mm): mm.partial.pop(index) for mm in self.mms.get(pid, ()) if index in mm.partial}
             stalled: dict[int, tuple[float, object]] = {}  # id(mm) -> since when refused, and where it stood
             while True:
                 pending: _Pending | None = None
                 with self.lock.shared():
-                    arrived = pid in self.mms  # CRIU sends each task's uffd in turn
                     targets = [mm for mm in self.mms.get(pid, ()) if index in mm.wanted and not mm.gone]
-                    if arrived and not targets:
+                    later |= pid not in self.mms and not self._open  # its uffd not come yet
+                    if not targets:
                         break
                     for mm in targets:
                         try:
@@ -189,16 +190,19 @@ class PostCopy:
                             pending = exc
                             continue
                         mm.wanted.discard(index)
-                if not arrived:
-                    self._wait_for_uffd()
                 if pending is not None:
+                    if pending.error.errno == errno.ENOENT and not self._open:  # its ranges not registered yet
+                        later, pending.mm.partial[index] = True, progress[id(pending.mm)]
+                        break
                     self.figures.count(f"retries_{errno.errorcode[pending.error.errno].lower()}")
                     mm, key = pending.mm, id(pending.mm)
                     if stalled.get(key, (0, None))[1] != (now := (mm.messages, progress[key])):
                         stalled[key] = (time.monotonic(), now)  # an event came or the fill got further
                     self._wait_for_event(pending, stalled[key][0])
+        if later and self.plan is not None:
+            self.plan.untake(index)
 
-    def _wait_for_uffd(self) -> None:
+    def _wait_for_criu(self) -> None:
         """Pause while CRIU restores; _Stopped once ``close`` or a failure ended the fill."""
         if self._closing or self.failure is not None:
             raise _Stopped
@@ -385,7 +389,7 @@ class PostCopy:
             return True
         try:
             if batch is None:
-                self._zero_hole(mm, address)
+                mm.zero_hole(address)
                 self.figures.count("faults_zero")
                 return True
         except uffd.FillError as exc:
@@ -403,18 +407,3 @@ class PostCopy:
                 raise
         self.figures.count("faults_wake")
         return True
-
-    def _zero_hole(self, mm: AddressSpace, address: int) -> None:
-        """The zero page at ``address``, a page with no planned bytes, and up to ``HOLE_RUN`` of
-        the hole after it (to where the next planned bytes are now, moved or not): one fault,
-        not one per page, for a reader walking never-touched memory. A run that leaves its
-        mapping (ENOENT) falls back to the page; one that meets a present page stops there."""
-        planned = mm.addresses.next_start(address)
-        end = min((address | (HOLE_RUN - 1)) + 1, planned if planned is not None else 1 << 64)
-        try:
-            uffd.zeropage(mm.fd, address, end - address)
-        except uffd.FillError as exc:
-            if exc.errno == errno.ENOENT and end - address > uffd.PAGE:
-                uffd.zeropage(mm.fd, address, uffd.PAGE)
-            elif exc.errno != errno.EEXIST or exc.address == address:
-                raise
