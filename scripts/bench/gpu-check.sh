@@ -54,7 +54,7 @@ watch() {  # what each waiting thread waits on, every 20 s, until killed
     done
 }
 
-pytest_args=(-p no:cacheprovider -q -rs)
+pytest_args=(-p no:cacheprovider -v -rs --durations=0)  # a line per test as it ends: a step cut off still says which passed
 case $step in
     tests)  # each file its own basetemp: pytest empties it at start
         run=(bash -c 'temp=$1; shift
