@@ -259,8 +259,9 @@ class Writer(Protocol):
     # zero chunks reach ``write`` for every memory target, as the length of the zeros
     zero_pages: bool
 
-    def order(self, batches: list[list[Route]]) -> Callable[[], int]:
-        """A thread-safe source of the next batch number to take (len(batches) or more: none left)."""
+    def order(self, batches: list[list[Route]], stop: threading.Event) -> Callable[[], int]:
+        """A thread-safe source of the next batch number to take (len(batches) or more: none left;
+        one that waits for a batch returns that once ``stop``, the delivery's end, is set)."""
         ...
 
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
@@ -277,7 +278,7 @@ class ProcessWriter:
     snapshot_id: str
     zero_pages: bool = False
 
-    def order(self, batches: list[list[Route]]) -> Callable[[], int]:
+    def order(self, batches: list[list[Route]], stop: threading.Event) -> Callable[[], int]:
         return itertools.count().__next__
 
     def write(self, index: int, memory: dict[int, list[tuple[int, memoryview | int]]]) -> None:
@@ -352,9 +353,9 @@ class _Work:
     def __init__(self, routes: list[Route], threads: int, writer: Writer) -> None:
         self.batches = _batches(routes, threads)
         self.writer = writer
-        self.order = writer.order(self.batches)
-        self.done = [0] * min(threads, len(self.batches))
         self.stop = threading.Event()
+        self.order = writer.order(self.batches, self.stop)
+        self.done = [0] * min(threads, len(self.batches))
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
 

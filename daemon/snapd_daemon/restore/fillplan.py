@@ -53,6 +53,10 @@ class FillPlan:
         """Take batch ``i``, or the first untaken one after it, next (then on, wrapping)."""
         with self._lock:
             self.cursor = i
+
+    def want(self, i: int) -> None:
+        """A fault asks for batch ``i`` (``sought`` gives it)."""
+        with self._lock:
             self._sought.append(i)
 
     def untake(self, i: int) -> None:
@@ -61,7 +65,7 @@ class FillPlan:
             self.taken[i] = 0
 
     def sought(self) -> int | None:
-        """The last batch ``seek`` asked for that is still untaken (marked taken), or None."""
+        """The last batch ``want`` asked for that is still untaken (marked taken), or None."""
         with self._lock:
             while self._sought:
                 i = self._sought.pop()

@@ -30,8 +30,8 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
   memory away.
   A COPY refused with EAGAIN or ENOENT (an event not yet read; the kernel checks the
   range before the pending event) drops the lock and goes on from where it stopped once
-  an event has changed the map (InjectFailed when none comes within ``UNEXPLAINED_SECONDS``);
-  ESRCH: the process is gone.
+  an event has changed the map (InjectFailed when none comes within ``UNEXPLAINED_SECONDS``;
+  before CRIU returned, ENOENT leaves the rest for after, see Start); ESRCH: the process is gone.
 - The end: the fill thread closes the uffds the moment every batch is in every address
   space (a uffd closed earlier would turn every missing page into zeros; from then on a
   missing page is a hole, and the kernel's zero page serves it with no daemon in the way,
@@ -104,7 +104,7 @@ class PostCopy:
         self._faults.start()
         self._fill: threading.Thread | None = None
         self._expected: set[int] = set()
-        self._open = False  # CRIU has returned: every batch may be taken (``_take``)
+        self._open = False  # CRIU has returned: every batch may be taken (``take`` in ``order``)
 
     # -- CRIU's side --------------------------------------------------------
 
@@ -144,17 +144,21 @@ class PostCopy:
         """Once CRIU returned: every batch may be taken, progress is reported, ``hosts`` (image
         pid -> host pid) names tasks in messages; RestoreAborted for a task with no uffd, or
         the fill's failure."""
-        self.hosts, self.muted, self._open = hosts, False, True
-        self.figures.began = time.monotonic()  # the fill's time and rate from here (before: a few faults' pages)
-        with self._arrived_lock:
-            received = {mm.pid for mm in self._arrived} | set(self.mms)
+        while True:
+            with self.lock.shared():  # every uffd adopted (``_adopt`` holds it exclusive) before batches are open
+                with self._arrived_lock:
+                    if not self._arrived:
+                        self.hosts, self.muted, self._open, received = hosts, False, True, set(self.mms)
+                        break
+            self._wait_for_criu()
+        self.figures.began = time.monotonic()  # time and rate from here (the few faulted pages before count in)
         if missing := sorted(self._expected - received):
             raise RestoreAborted(snapshot_id=self.snapshot_id,
                                  reason=f"CRIU sent no userfaultfd for pid {hosts.get(missing[0], missing[0])}")
         if self.failure is not None and not isinstance(self.failure, _Stopped):
             raise self.failure
 
-    def order(self, batches: list[list[Route]]) -> Callable[[], int]:
+    def order(self, batches: list[list[Route]], stop: threading.Event) -> Callable[[], int]:
         with self.lock.exclusive():
             plan = self.plan = FillPlan(batches)
             self.figures.planned_bytes = sum(t.length for batch in batches for r in batch for t in r.targets if t.pid)
@@ -164,8 +168,8 @@ class PostCopy:
 
         def take() -> int:  # until CRIU has returned, only a batch a fault asked for
             while not self._open:
-                if (i := plan.sought()) is not None:
-                    return i
+                if (i := plan.sought()) is not None or stop.is_set():  # stop: another thread failed
+                    return len(plan.taken) if i is None else i
                 self._wait_for_criu()
             return plan.next()
 
@@ -203,17 +207,15 @@ class PostCopy:
             self.plan.untake(index)
 
     def _wait_for_criu(self) -> None:
-        """Pause while CRIU restores; _Stopped once ``close`` or a failure ended the fill."""
-        if self._closing or self.failure is not None:
-            raise _Stopped
+        """Pause while CRIU restores (raising as ``_check`` does)."""
+        self._check()
         time.sleep(_ARRIVAL_PAUSE)
 
     def _wait_for_event(self, pending: _Pending, since: float) -> None:
         """Pause while the fault thread reads the event a refused COPY met; InjectFailed when the
         refusals of an address space have met no event (forks too) and no progress for
         ``UNEXPLAINED_SECONDS`` (ENOENT: a range never registered; EAGAIN: an event never sent)."""
-        if self._closing or self.failure is not None:
-            raise _Stopped
+        self._check()
         if time.monotonic() - since > UNEXPLAINED_SECONDS:
             mm, exc = pending.mm, pending.error
             raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}", length=0,
@@ -267,7 +269,9 @@ class PostCopy:
                 skip = exc.address - dst + uffd.PAGE  # a page the child has written since its fork
                 dst, at, n = dst + skip, at + skip, n - skip
 
-    def _check(self, check: Callable[[], None]) -> None:
+    def _check(self, check: Callable[[], None] = lambda: None) -> None:
+        """Raise the failure of another part of the fill (the fault thread's: the fill then
+        aborts), or _Stopped once ``close`` stopped it; then run ``check`` (the restore's)."""
         if self.failure is not None:
             raise self.failure
         if self._closing:
@@ -384,6 +388,9 @@ class PostCopy:
         origin = mm.addresses.back(address)
         batch = self.plan.batch_at(mm.pid, origin) if origin is not None else None
         if batch is not None and batch in mm.wanted:
+            if not self._open:  # asked for again until filled: before CRIU returned it may be left for later
+                self.plan.want(batch)
+                return False
             self.plan.seek(batch)
             self.figures.count("faults_data")
             return True

@@ -42,7 +42,8 @@ Undo: staging is always discarded; any failure from the moment CRIU returns
 (a corrupt or missing chunk, a refused write, a cancelled call, a task that
 died, the GPU, the hook) SIGKILLs the whole tree, identified as the record
 names it (never a process that took one of the pids since); a failure inside
-CRIU leaves CRIU to kill what it made. The record is cleared at the end,
+CRIU leaves CRIU to kill what it made (a uffd fill failing meanwhile kills CRIU, and the
+failure is the fill's). The record is cleared at the end,
 unless a process of the tree survived the kill: then the next start tries.
 The store lock is held shared from prepare to the end of the injection (or fill), so a
 waiting gc never holds a stopped tree up between the two (for a snapshot pulled
@@ -161,9 +162,9 @@ class RestoreRun(OperationRun):
                         self.cancel.check()
                         post = overlap.choose(self.rt.settings.restore_overlap, self.rt.settings.inject_method,
                                               self.rt.criu, self.manifest, plan.memory, self.staging.images, undo)
-                        if post is not None:  # its fill serves the faults CRIU's restorer meets; a failure kills
+                        if post is not None:  # its fill serves the faults CRIU's restorer meets; its failure
                             post.start(self.delivery, plan.memory, self._injected(plan), self.cancel.check, ahead,
-                                       abort=lambda: kill_restored(self.record))  # at once: a thread may wait
+                                       abort=lambda: kill_restored(self.record))  # kills CRIU or the tree
                         self.criu(cgroup, undo, post)
                     post = self.inject(plan, ahead, post)
                     if post is None:
