@@ -17,6 +17,7 @@ from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
 from snapd_daemon.restore.delivery import Route, Target
 from snapd_daemon.restore.fillplan import FillPlan
+from snapd_daemon.restore.postcopy import PostCopy
 from snapd_daemon.store.model import ChunkRef
 from test_all_or_nothing import held_restore
 from test_replicas import Reports, start_run, worker_of
@@ -59,6 +60,23 @@ def test_the_fill_takes_batches_in_address_order_from_where_a_fault_moves_it() -
     plan.seek(plan.batch_at(7, 0x10000 + 4 * 8192 + 100))  # type: ignore[arg-type]  # a fault in batch 4
     assert [plan.next(), plan.next(), plan.next(), plan.next(), plan.next()] == [4, 5, 2, 3, 6]
     assert plan.batch_at(7, 0x10000 - 1) is None and plan.batch_at(8, 0x10000) is None
+
+
+def test_while_criu_restores_the_fill_takes_only_what_faults_ask_for_and_ends_when_the_delivery_stops() -> None:
+    batches = [[Route(ChunkRef("c", 8192), "pages-1.img", i * 8192, [Target(0, 8192, 0x10000 + i * 8192, pid=7)])]
+               for i in range(4)]
+    post, stop = PostCopy("snap"), threading.Event()
+    try:
+        take = post.order(batches, stop)
+        post.plan.want(2)  # type: ignore[union-attr]  # a fault in batch 2 while CRIU restores
+        assert take() == 2
+        stop.set()  # another fill thread failed: one waiting for a batch gives up (none left)
+        assert take() == 4
+        post.plan.untake(2)  # type: ignore[union-attr]  # part of it was not ready: taken again after CRIU
+        post.received({})
+        assert [take() for _ in range(5)] == [0, 1, 2, 3, 4]
+    finally:
+        post.close()
 
 
 def test_a_region_filled_while_the_tree_runs_comes_back_whole(lazy: Daemon, workloads: Workloads) -> None:
