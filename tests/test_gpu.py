@@ -408,6 +408,7 @@ def _free_bytes(uuid: str) -> int:
     return next(d.free_bytes for d in nvml.read().devices if d.uuid == uuid)
 
 
+@pytest.mark.gpu_alone
 def test_shared_gpu_two_snapshots_side_by_side_then_two_racing_for_the_last_room(
         daemon: Daemon, start_server) -> None:
     """Placement by room (docs/gpu-placement.md). Two different servers' snapshots, each taken

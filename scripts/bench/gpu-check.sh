@@ -5,7 +5,8 @@
 #   scripts/bench/gpu-check.sh STEP OUT
 #
 # STEP
-#   tests      tests/test_gpu.py whole (then tests/test_gpu_replicas.py when 2 GPUs are visible)
+#   tests      tests/test_gpu.py whole, 3 tests at once when pytest-xdist is installed, those marked
+#              gpu_alone after them alone (then tests/test_gpu_replicas.py when 2 GPUs are visible)
 #   postcopy   the post-copy GPU reproducer (marked xfail: run with --runxfail)
 #   bench      scripts/bench/gpu.py --settle 0 --keep-weights (8B), then the hot restore again
 #              with inject_method uffd (post-copy has its own step: a hang there costs the table)
@@ -20,7 +21,7 @@
 # Exit status: the step's (124, or 137 when it had to be killed: it ran past its limit).
 set -uo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ $# -eq 2 ] || { usage >&2; exit 2; }
 step=$1
@@ -56,9 +57,14 @@ watch() {  # what each waiting thread waits on, every 20 s, until killed
 
 pytest_args=(-p no:cacheprovider -v -rs --durations=0)  # a line per test as it ends: a step cut off still says which passed
 case $step in
-    tests)  # each file its own basetemp: pytest empties it at start
+    tests)  # each run its own basetemp: pytest empties it at start. With pytest-xdist, 3 workers
+            # share the GPU (each test its own servers and daemon), then the gpu_alone tests run alone
         run=(bash -c 'temp=$1; shift
-                      "$0" -m pytest "$@" --basetemp "$temp/gpu" tests/test_gpu.py || exit
+                      workers=(); "$0" -c "import xdist" 2>/dev/null && workers=(-n 3)
+                      "$0" -m pytest "$@" "${workers[@]}" -m "not gpu_alone" --basetemp "$temp/gpu" tests/test_gpu.py
+                      status=$?
+                      "$0" -m pytest "$@" -m gpu_alone --basetemp "$temp/alone" tests/test_gpu.py || exit
+                      [ "$status" -eq 0 ] || exit "$status"
                       [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -lt 2 ] ||
                       "$0" -m pytest "$@" --basetemp "$temp/replicas" tests/test_gpu_replicas.py'
              "$py" "$temp" "${pytest_args[@]}")
