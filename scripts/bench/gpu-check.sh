@@ -2,7 +2,7 @@
 # What a change to checkpoint, restore, host or runtime code must pass on a GPU host, in steps
 # that each fit one device call (10 minutes), keeping what would explain a hang while it happens.
 #
-#   scripts/bench/gpu-check.sh STEP OUT
+#   scripts/bench/gpu-check.sh STEP OUT [ARG...]
 #
 # STEP
 #   tests      tests/test_gpu.py whole, 3 tests at once when pytest-xdist is installed, those marked
@@ -12,20 +12,23 @@
 #              with inject_method uffd (post-copy has its own step: a hang there costs the table)
 #   bench-kv   scripts/bench/gpu.py --settle 0 --kv-cache-fraction 0.8 --sleep-hooks (removes
 #              the weights: the disk cannot hold them and a KV-heavy stock image)
-# OUT receives STEP.txt (the step's output), STEP-logs/ (the daemons' logs), and STEP-watch.txt:
+# OUT receives STEP.txt (the step's output), STEP-logs.txt (the daemons' logs), and STEP-watch.txt:
 # every 20 s while the step runs, the kernel stacks of every thread waiting uninterruptibly (D)
 # or on a userfaultfd, `py-spy dump` of each snapd daemon (when py-spy is installed) and the
 # kernel log's tail. The bench's daemon logs `slow_phase` (the restored tree's stacks) after 10 s,
 # the post-copy test's too.
-# Environment: PYTHON (default python3) able to import snapd (PYTHONPATH), SNAPD_CRIU.
+# ARGs go to the step's pytest or gpu.py (e.g. --compare=--restore-overlap=gpu).
+# Environment: PYTHON (default python3) able to import snapd (PYTHONPATH), SNAPD_CRIU;
+# GPU_CHECK_LIMIT: the step's limit in seconds, instead of its own.
 # Exit status: the step's (124, or 137 when it had to be killed: it ran past its limit).
 set -uo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
-[ $# -eq 2 ] || { usage >&2; exit 2; }
+[ $# -ge 2 ] || { usage >&2; exit 2; }
 step=$1
 out=$(realpath -m "$2")
+extra=("${@:3}")  # to the step's pytest or gpu.py
 py=${PYTHON:-python3}
 cd "$(dirname "$0")/../.."
 mkdir -p "$out"
@@ -55,7 +58,7 @@ watch() {  # what each waiting thread waits on, every 20 s, until killed
     done
 }
 
-pytest_args=(-p no:cacheprovider -v -rs --durations=0)  # a line per test as it ends: a step cut off still says which passed
+pytest_args=(-p no:cacheprovider -v -rs --durations=0 "${extra[@]}")  # a line per test as it ends: a step cut off still says which passed
 case $step in
     tests)  # each run its own basetemp: pytest empties it at start. With pytest-xdist, 3 workers
             # share the GPU (each test its own servers and daemon), then the gpu_alone tests run alone
@@ -75,16 +78,17 @@ case $step in
     bench)
         run=("$py" scripts/bench/gpu.py --settle 0 --keep-weights --json "$out/bench.json"
              --compare=--inject-method=uffd
-             --daemon-log "$out/bench-daemon.log" --serve-option=--slow-phase-seconds=10)
+             --daemon-log "$out/bench-daemon.log" --serve-option=--slow-phase-seconds=10 "${extra[@]}")
         limit=570 ;;
     bench-kv)
         run=("$py" scripts/bench/gpu.py --settle 0 --kv-cache-fraction 0.8 --sleep-hooks --json "$out/bench-kv.json"
-             --daemon-log "$out/bench-kv-daemon.log" --serve-option=--slow-phase-seconds=10)
+             --daemon-log "$out/bench-kv-daemon.log" --serve-option=--slow-phase-seconds=10 "${extra[@]}")
         limit=570 ;;
     *)
         echo "gpu-check.sh: unknown step '$step' (tests, postcopy, bench, bench-kv)" >&2
         exit 2 ;;
 esac
+limit=${GPU_CHECK_LIMIT:-$limit}
 
 watch >"$out/$step-watch.txt" 2>&1 &
 watcher=$!
@@ -96,9 +100,10 @@ if [ "$status" -ge 124 ]; then  # killed at its limit: the test daemons (own ses
     pkill -KILL -f -- "--state-dir $temp" 2>/dev/null
     pkill -KILL -f -- "snapd-gpu-bench-" 2>/dev/null
 fi
-if [ -d "$temp" ]; then  # the daemons' logs only: the snapshots beside them are gigabytes
-    mkdir -p "$out/$step-logs"
-    (cd "$temp" && find . -name '*.log' -size -50M -exec cp --parents -t "$out/$step-logs" {} +)
+if [ -d "$temp" ]; then  # the daemons' logs only (the snapshots beside them are gigabytes), in one
+    # file: a device call brings back few files, and none deeper than two folders
+    (cd "$temp" && find . -name '*.log' -size -50M | sort | while read -r log; do
+        echo "===== $log"; tail -c 4M "$log"; done) >"$out/$step-logs.txt"
 fi
 tail -n 40 "$out/$step.txt"
 echo "gpu-check.sh: step $step exit $status (limit $limit s); output in $out"
