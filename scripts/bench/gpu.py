@@ -28,9 +28,11 @@ Steps, in this order, on one server process (its pid survives every restore):
      unlock -> first answer, hot; then again from cold page cache.
 Every answer is compared with the tokens the freshly started server gave; "bench_seconds"
 is the whole run's time.
---sleep-hooks runs vLLM's sleep-mode recipe (docs/gpu.md) in both flows; --py-spy DIR
-profiles the daemon during its checkpoint and the hot and RAM restores; --perf DIR
-profiles the whole machine during both flows' checkpoints; --daemon-log keeps its log.
+--hot-only leaves out the cold and RAM-tier restores, the disk bandwidth and the stock
+cold restore (a run that must fit a short slot). --sleep-hooks runs vLLM's sleep-mode
+recipe (docs/gpu.md) in both flows; --py-spy DIR profiles the daemon during its
+checkpoint and the hot and RAM restores; --perf DIR profiles the whole machine during
+both flows' checkpoints; --daemon-log keeps its log.
 Results are printed as they come (stderr) and as a table at the end (stdout).
 """
 
@@ -244,6 +246,9 @@ def main() -> int:
     parser.add_argument("--compare", action="append", default=[], metavar="SERVE_OPTION",
                         help="last, the hot restore again with the daemon restarted with this option added, e.g. "
                         "--compare=--inject-method=uffd or --compare=--restore-overlap=gpu (repeatable, in order)")
+    parser.add_argument("--hot-only", action="store_true",
+                        help="only the hot restores (snapd's, the --compare ones, the stock flow's): no cold or "
+                             "RAM-tier restore and no disk bandwidth, for a run that must fit a short slot")
     parser.add_argument("--compare-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="deadline of each --compare restore (a hung one is recorded as failed)")
     parser.add_argument("--store-raw-below", type=float, metavar="PERCENT",
@@ -341,16 +346,17 @@ def main() -> int:
             injected = int(results["snapd_restore_hot"]["inject_gb"] * GB)  # type: ignore[index]
             if injected:
                 record("inject_ceiling_gbps", round(inject_ceiling(injected, min(16, os.cpu_count() or 1)) / GB, 2))
-            drop_caches()
-            record("snapd_restore_cold", snapd_restore(client, server, snap.id, expected, wake))
-            server.kill()
-            record("disk_read_gbps", round(read_bandwidth(daemon.state_dir / "chunks") / GB, 2))
-            t = time.monotonic()
-            client.prefetch(snap.id)
-            record("snapd_prefetch_s", round(time.monotonic() - t, 2))
-            with py_spy(args.py_spy, daemon.proc.pid, "restore-ram"):
-                record("snapd_restore_ram", snapd_restore(client, server, snap.id, expected, wake))
-            client.prefetch(snap.id, drop=True)
+            if not args.hot_only:
+                drop_caches()
+                record("snapd_restore_cold", snapd_restore(client, server, snap.id, expected, wake))
+                server.kill()
+                record("disk_read_gbps", round(read_bandwidth(daemon.state_dir / "chunks") / GB, 2))
+                t = time.monotonic()
+                client.prefetch(snap.id)
+                record("snapd_prefetch_s", round(time.monotonic() - t, 2))
+                with py_spy(args.py_spy, daemon.proc.pid, "restore-ram"):
+                    record("snapd_restore_ram", snapd_restore(client, server, snap.id, expected, wake))
+                client.prefetch(snap.id, drop=True)
         base, compared = daemon.extra_args, []
         for option in args.compare:  # the hot restore again, each with one more option
             daemon.stop()
@@ -386,8 +392,9 @@ def main() -> int:
                                     "image_gb": round(image_bytes(images) / GB, 2)})
         record("stock_restore_hot", stock_restore(criu, server, images, cuda_pids, expected, "hot", wake))
         server.kill()
-        drop_caches()
-        record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold", wake))
+        if not args.hot_only:
+            drop_caches()
+            record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold", wake))
         record("bench_seconds", round(time.monotonic() - bench_started, 1))
     finally:
         server.kill()
@@ -406,25 +413,27 @@ def main() -> int:
     print("(stock checkpoint leaves its images unsynced; snapd's is durable, compressed, deduplicated)")
     print(f"checkpoint (to durable, stopped) | {ratio('snapd_checkpoint', 'stock_checkpoint', 'total')}")
     print(f"restore -> first answer, hot     | {ratio('snapd_restore_hot', 'stock_restore_hot', 'first_answer')}")
-    print(f"restore -> first answer, cold    | {ratio('snapd_restore_cold', 'stock_restore_cold', 'first_answer')}")
-    print(f"restore -> first answer, ram     | {ratio('snapd_restore_ram', 'stock_restore_hot', 'first_answer')}"
-          f"   (after snapd prefetch, {results['snapd_prefetch_s']} s; stock column: hot page cache)")
-    cold = results["snapd_restore_cold"]
-    stored_gb = results["snapd_checkpoint"]["stored_gb"]  # type: ignore[index]
-    bound = 1.05 * stored_gb / results["disk_read_gbps"] + cold.get("phase:gpu-restore", 0.0)  # type: ignore[union-attr, operator]
-    print(f"cold goal: restored in {cold['restored']:.2f} s; 1.05 x {stored_gb} GB / "  # type: ignore[index]
-          f"{results['disk_read_gbps']} GB/s + CUDA restore = {bound:.2f} s")
+    tiers = ("hot",) if args.hot_only else ("hot", "ram", "cold")
+    if not args.hot_only:
+        print(f"restore -> first answer, cold    | {ratio('snapd_restore_cold', 'stock_restore_cold', 'first_answer')}")
+        print(f"restore -> first answer, ram     | {ratio('snapd_restore_ram', 'stock_restore_hot', 'first_answer')}"
+              f"   (after snapd prefetch, {results['snapd_prefetch_s']} s; stock column: hot page cache)")
+        cold = results["snapd_restore_cold"]
+        stored_gb = results["snapd_checkpoint"]["stored_gb"]  # type: ignore[index]
+        bound = 1.05 * stored_gb / results["disk_read_gbps"] + cold.get("phase:gpu-restore", 0.0)  # type: ignore[union-attr, operator]
+        print(f"cold goal: restored in {cold['restored']:.2f} s; 1.05 x {stored_gb} GB / "  # type: ignore[index]
+              f"{results['disk_read_gbps']} GB/s + CUDA restore = {bound:.2f} s")
     store = results["store_policy"]
     print(f"store: {store['stored_gb']} GB stored with store_raw_below={store['store_raw_below']:g}, "  # type: ignore[index]
           f"{store['all_compressed_gb']} GB all-compressed, {store['all_raw_gb']} GB all-raw "  # type: ignore[index]
           f"(image {results['snapd_checkpoint']['raw_gb']} GB; compressed sizes of chunks stored raw "  # type: ignore[index]
           "are estimated from 64 KiB samples)")
-    for tier in ("hot", "ram", "cold"):
+    for tier in tiers:
         run = results[f"snapd_restore_{tier}"]
         phases = " / ".join(f"{name} {run[key]:.2f}" for key in run if key.startswith("phase:")  # type: ignore[union-attr]
                             for name in [key.removeprefix("phase:")])
         print(f"phases {tier:4}: {phases} / first answer {run['first_answer'] - run['restored']:.2f} s")  # type: ignore[index]
-    runs = [(tier, results.get(f"snapd_restore_{tier}")) for tier in ("hot", "ram")]
+    runs = [(tier, results.get(f"snapd_restore_{tier}")) for tier in tiers if tier != "cold"]
     for run in results.get("snapd_restore_hot_with", []):  # type: ignore[union-attr]
         if "error" in run:
             print(f"restore -> first answer, hot, {run['serve_option']}: failed: {run['error']}")
@@ -441,7 +450,7 @@ def main() -> int:
                   f"data/zero/wake {faults}")
     ceiling = results.get("inject_ceiling_gbps")
     if ceiling:
-        for tier in ("hot", "ram", "cold"):
+        for tier in tiers:
             rate = results[f"snapd_restore_{tier}"]["inject_gbps"]  # type: ignore[index]
             print(f"injection {tier:4}: {rate:6.2f} GB/s of {results['snapd_restore_hot']['inject_gb']} GB; "  # type: ignore[index]
                   f"ceiling (parallel process_vm_writev from RAM) {ceiling} GB/s; ratio {rate / ceiling:4.2f}")
