@@ -32,6 +32,7 @@ class AddressSpace:
     messages: int = 0  # events read from its uffd (forks too): what explains a refused COPY
     # batch -> (piece, offset in it) reached when the batch was left for after CRIU (postcopy.py)
     partial: dict[int, tuple[int, int]] = field(default_factory=dict)
+    asked: set[int] = field(default_factory=set)  # faults at planned bytes deferred before CRIU returned
 
     def planned(self, plan: FillPlan) -> None:
         """Take the plan's batches and memory for this pid, then the events read before it (once:

@@ -390,8 +390,10 @@ class PostCopy:
         if batch is not None and batch in mm.wanted:
             if not self._open:  # asked for again until filled: before CRIU returned it may be left for later
                 self.plan.want(batch)
+                mm.asked.add(address)
                 return False
             self.plan.seek(batch)
+            mm.asked.discard(address)
             self.figures.count("faults_data")
             return True
         try:
@@ -412,5 +414,6 @@ class PostCopy:
         except uffd.FillError as exc:
             if exc.errno != errno.ESRCH:
                 raise
-        self.figures.count("faults_wake")
+        self.figures.count("faults_data" if address in mm.asked else "faults_wake")  # data: filled meanwhile
+        mm.asked.discard(address)
         return True
