@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from harness import Daemon
 from snapd.v1 import snapd_pb2 as pb
 from snapd.v1 import snapd_pb2_grpc
 from snapd_client import SnapdClient, TlsFiles
+from snapd_daemon.api.access import AccessPolicy, PeerTags
+from snapd_daemon.api.gate import Gate
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534  # uid of nobody and gid of nogroup on Debian/Ubuntu; used numerically
@@ -267,3 +270,31 @@ def test_client_error_names_denied_permission(tmp_path: Path, public_dir: Path, 
     finally:
         d.stop()
     assert out.returncode == 42 and f"permission denied: uid {OUTSIDER}" in out.stderr, out.stderr
+
+
+def test_the_gate_stopping_still_relays_what_the_backend_wrote_last(tmp_path: Path) -> None:
+    """The daemon stops the gate right after gRPC: the bytes gRPC wrote last (a drained
+    checkpoint's result) are still in the relay then, and must reach the caller whole, not
+    be cut with the connection (CI once saw the drained checkpoint's caller get UNAVAILABLE)."""
+    payload = bytes(range(256)) * (32 << 12)  # 32 MiB: far more than the socket buffers hold
+    backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    backend.bind(str(tmp_path / "backend.sock"))
+    backend.listen(1)
+    gate = Gate(tmp_path / "public.sock", 0, tmp_path / "backend.sock", AccessPolicy(), PeerTags())
+    gate.start()
+    caller = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    caller.connect(str(tmp_path / "public.sock"))
+    relayed, _ = backend.accept()
+    writer = threading.Thread(target=lambda: (relayed.sendall(payload), relayed.close()))
+    writer.start()  # blocks until the caller reads: the socket buffers hold a fraction of it
+    stopper = threading.Thread(target=gate.stop)
+    stopper.start()  # while most of the payload is still to be relayed
+    received = bytearray()
+    while chunk := caller.recv(1 << 20):
+        received += chunk
+    caller.close()  # as a gRPC client does at the end of its stream: the relay ends
+    writer.join(30)
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert len(received) == len(payload) and received == payload
+    backend.close()

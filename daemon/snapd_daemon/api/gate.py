@@ -25,6 +25,9 @@ from snapd_daemon.api.access import AccessPolicy, PeerCred, PeerTags
 log = structlog.get_logger()
 MAX_CONNECTIONS = 256
 _CHUNK = 1 << 16
+# At stop, how long a relayed connection may take to end by itself: gRPC has stopped by then,
+# and what it wrote last (a drained operation's result) must still reach the caller.
+FLUSH_SECONDS = 5.0
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -73,15 +76,19 @@ class Gate:
         self._loop.close()
 
     async def _close(self, server: asyncio.Server) -> None:
-        """Stop accepting, cut every relayed connection and wait for both (on the loop, which
-        this thread does not own as its current loop)."""
+        """Stop accepting, wait for the relayed connections to end, cut those left and wait for
+        both (on the loop, which this thread does not own as its current loop)."""
         server.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=FLUSH_SECONDS)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(server.wait_closed(), *self._tasks, return_exceptions=True)
 
     def stop(self) -> None:
-        """Stop accepting and cut every relayed connection."""
+        """Stop accepting, let each relayed connection end (``FLUSH_SECONDS`` at most), cut the rest.
+        Called after the gRPC server stopped: its connections end, and every byte it wrote before
+        reaches the caller (cut at once, a drained checkpoint's result was lost: UNAVAILABLE)."""
         if self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(30)
