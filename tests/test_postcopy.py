@@ -15,12 +15,16 @@ from faultlib import biggest_chunk, damage_chunk
 from harness import Daemon, Workloads, ask, gone, restore_at_once, serving, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
-from snapd_daemon.restore.delivery import Route, Target
+from snapd_daemon.errors import Cancelled
+from snapd_daemon.restore.delivery import Delivery, Route, Target
 from snapd_daemon.restore.fillplan import FillPlan
 from snapd_daemon.restore.postcopy import PostCopy
-from snapd_daemon.store.model import ChunkRef
+from snapd_daemon.store.local import LocalStore
+from snapd_daemon.store.model import ZERO_CHUNK, ChunkRef
 from test_all_or_nothing import held_restore
+from test_batched_delivery import manifest
 from test_replicas import Reports, start_run, worker_of
+from test_uffd import P, missing_region, read_page
 
 
 @pytest.fixture
@@ -75,6 +79,41 @@ def test_while_criu_restores_the_fill_takes_only_what_faults_ask_for_and_ends_wh
         post.plan.untake(2)  # type: ignore[union-attr]  # part of it was not ready: taken again after CRIU
         post.received({})
         assert [take() for _ in range(5)] == [0, 1, 2, 3, 4]
+    finally:
+        post.close()
+
+
+def test_a_fill_that_fails_while_criu_restores_leaves_no_fault_waiting_for_it(tmp_path: Path) -> None:
+    """Until CRIU returns, a fault in planned memory (CRIU's restorer reading a thread's rseq
+    area) waits for the fill. A fill that fails then (a cancel) closes the uffds it holds,
+    and each one CRIU sends after, so those faults read zeros in a tree that will never run,
+    and CRIU goes on to its end; the restore's failure is the fill's."""
+    store = LocalStore(tmp_path / "state", 2)
+    store.recover()
+    (early, early_at, _a), (late, late_at, _b) = missing_region(4), missing_region(4)
+    routes = [Route(ChunkRef(ZERO_CHUNK, 4 * P), "pages-1.img", 0, [Target(0, 4 * P, at, pid=pid)])
+              for pid, at in ((7, early_at), (8, late_at))]
+    cancelled, aborted = threading.Event(), threading.Event()
+
+    def check() -> None:
+        if cancelled.is_set():
+            raise Cancelled(operation_id="op-1", why="asked", undone="nothing was restored")
+
+    post = PostCopy("snap")
+    try:
+        post.receive(7, early)  # CRIU sent one task's uffd before the failure, the other's after
+        post.start(Delivery(store, manifest(), 2, readahead_bytes=0), routes, lambda _done: None, check, None,
+                   abort=aborted.set)
+        cancelled.set()
+        wait_for(aborted.is_set, 10, "the fill to fail")
+        post.receive(8, late)
+        for at in (early_at, late_at):
+            reader, out = read_page(at)
+            reader.join(10)
+            assert not reader.is_alive(), f"a fault at {at:#x} still waits for the fill that failed"
+            assert out.raw == bytes(P)
+        with pytest.raises(Cancelled):
+            post.received({7: 107, 8: 108})
     finally:
         post.close()
 

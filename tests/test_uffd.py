@@ -27,17 +27,34 @@ _EVENTS = 0x4 | 0x8 | 0x40  # EVENT_REMAP | EVENT_REMOVE | EVENT_UNMAP
 P = uffd.PAGE
 
 
-@pytest.fixture
-def region() -> Iterator[tuple[int, int]]:
-    """(uffd, address) of 16 missing pages registered in missing mode, with remap/remove/unmap events."""
+def missing_region(pages: int) -> tuple[int, int, mmap.mmap]:
+    """(uffd, address, mapping): a new userfaultfd (the caller's to close) over ``pages`` missing
+    pages of a new private mapping of this process (kept while the mapping object lives),
+    registered in missing mode, with remap/remove/unmap events."""
     fd = _libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)  # userfaultfd (x86_64)
     assert fd >= 0, os.strerror(ctypes.get_errno())
     api = (ctypes.c_uint64 * 3)(0xAA, _EVENTS, 0)
     assert _libc.ioctl(fd, _UFFDIO_API, api) == 0, os.strerror(ctypes.get_errno())
-    area = mmap.mmap(-1, 16 * P, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    area = mmap.mmap(-1, pages * P, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     base = ctypes.addressof(ctypes.c_char.from_buffer(area))
-    register = (ctypes.c_uint64 * 4)(base, 16 * P, 1, 0)  # MODE_MISSING
+    register = (ctypes.c_uint64 * 4)(base, pages * P, 1, 0)  # MODE_MISSING
     assert _libc.ioctl(fd, _UFFDIO_REGISTER, register) == 0, os.strerror(ctypes.get_errno())
+    return fd, base, area
+
+
+def read_page(address: int) -> tuple[threading.Thread, ctypes.Array[ctypes.c_char]]:
+    """A thread started reading the page at ``address`` (ctypes drops the GIL: a fault there
+    waits in the kernel alone), and where its bytes land."""
+    out = ctypes.create_string_buffer(P)
+    reader = threading.Thread(target=_libc.memcpy, args=(out, address, P), daemon=True)
+    reader.start()
+    return reader, out
+
+
+@pytest.fixture
+def region() -> Iterator[tuple[int, int]]:
+    """(uffd, address) of 16 missing pages registered in missing mode, with remap/remove/unmap events."""
+    fd, base, _area = missing_region(16)
     yield fd, base
     os.close(fd)
 
@@ -78,9 +95,7 @@ def test_copy_zeropage_and_their_refusals(region: tuple[int, int]) -> None:
 
 def test_a_fault_waits_until_filled_and_events_are_read_in_order(region: tuple[int, int]) -> None:
     fd, base = region
-    out = ctypes.create_string_buffer(P)
-    reader = threading.Thread(target=_libc.memcpy, args=(out, base + 5 * P, P))  # ctypes drops the GIL
-    reader.start()
+    reader, out = read_page(base + 5 * P)
     msgs: list[uffd.Message] = []
     while not msgs:
         msgs = uffd.read(fd)

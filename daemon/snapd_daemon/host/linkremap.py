@@ -21,11 +21,13 @@ daemon remove or link any other file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -38,6 +40,7 @@ _CRIU_NAME = re.compile(r"link_remap\.\d+")
 _KEPT_PREFIX = ".snapd-keep."
 _KEPT_NAME = re.compile(r"\.snapd-keep\.[A-Za-z0-9-]+\.(link_remap\.\d+)")
 log = structlog.get_logger()
+_RELINKING = threading.Lock()  # held while CRIU restores a snapshot with such links (``relinked``)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,22 @@ def relink(snapshot_id: str, kept: list[str]) -> list[str]:
         remove(made)
         raise
     return made
+
+
+@contextlib.contextmanager
+def relinked(snapshot_id: str, kept: list[str]) -> Iterator[None]:
+    """CRIU's names linked from the ``kept`` ones of a snapshot (``relink``) while CRIU restores
+    it, removed after (CRIU removes them when it succeeds); one restore at a time, as two
+    snapshots may give CRIU the same names (link_remap.N)."""
+    if not kept:
+        yield
+        return
+    with _RELINKING:
+        made = relink(snapshot_id, kept)
+        try:
+            yield
+        finally:
+            remove(made)
 
 
 def remove(paths: list[str]) -> None:

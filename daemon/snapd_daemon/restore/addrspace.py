@@ -9,9 +9,10 @@ order, when it comes, so a map never misses a change the process made.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from snapd_daemon.host import uffd
+from snapd_daemon.host import memwrite, uffd
 from snapd_daemon.restore.addrmap import AddressMap, Event
 from snapd_daemon.restore.fillplan import FillPlan
 
@@ -62,3 +63,33 @@ class AddressSpace:
                 uffd.zeropage(self.fd, address, uffd.PAGE)
             elif exc.errno != errno.EEXIST or exc.address == address:
                 raise
+
+    def copy(self, dst: int, data: memoryview | int, at: int, n: int, filled: Callable[[int], None]) -> None:
+        """Fill [dst, dst + n) with ``data[at:at + n]`` (an int: zeros), ``filled`` told of each
+        part filled. Raises FillError on EAGAIN and ENOENT (the kernel looks the range up before
+        it looks for a pending event: a range unmapped or moved is ENOENT until its event is
+        read), and on any refusal but these two: ESRCH (the process is gone: ``gone`` is set,
+        the restore's checks judge that) and, in a forked child, EEXIST (a page it has written
+        since its fork, skipped)."""
+        while n > 0:
+            try:
+                if isinstance(data, int):
+                    uffd.zeropage(self.fd, dst, n)
+                else:
+                    with memwrite.addresses([data[at : at + n]]) as [(src, _)]:
+                        uffd.copy(self.fd, dst, src, n)
+                filled(n)
+                return
+            except uffd.FillError as exc:
+                if exc.errno == errno.ENOENT and n > uffd.PAGE:  # maybe two mappings now (mprotect): halves
+                    half = n // 2 & ~(uffd.PAGE - 1)
+                    self.copy(dst, data, at, half, filled)
+                    self.copy(dst + half, data, at + half, n - half, filled)
+                    return
+                if exc.errno == errno.ESRCH:
+                    self.gone = True
+                    return
+                if exc.errno != errno.EEXIST or not self.forked:
+                    raise
+                skip = exc.address - dst + uffd.PAGE
+                dst, at, n = dst + skip, at + skip, n - skip

@@ -36,8 +36,10 @@ is still one ``Delivery`` verified first (its batched read and BLAKE3 check;
   space (a uffd closed earlier would turn every missing page into zeros; from then on a
   missing page is a hole, and the kernel's zero page serves it with no daemon in the way,
   also to a kernel reader that cannot wait on a uffd, GUP without FAULT_FLAG_ALLOW_RETRY);
-  ``wait`` waits for that. On failure the restore's undo kills the tree first, then ``close``
-  closes them.
+  ``wait`` waits for that. When the fill fails, its ``abort`` kills the tree (or CRIU) first,
+  then it closes them, and each uffd CRIU sends after: no fault of CRIU's restorer waits for
+  a fill that is over (the restore fails: a tree not yet resumed never is). ``close`` (the
+  undo's, after its kill) ends the rest.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from collections.abc import Callable
 import structlog
 
 from snapd_daemon.errors import InjectFailed, RestoreAborted
-from snapd_daemon.host import memwrite, uffd
+from snapd_daemon.host import uffd
 from snapd_daemon.restore.addrspace import AddressSpace
 from snapd_daemon.restore.delivery import Delivery, Progress, Readahead, Route
 from snapd_daemon.restore.fillfigures import FillFigures
@@ -97,6 +99,7 @@ class PostCopy:
         self._arrived_lock = threading.Lock()
         self._arrived: list[AddressSpace] = []
         self._closing = False
+        self._shut = False  # every uffd closed, and each one that comes later at once
         self.muted = True  # the fill reports no progress (another phase is current: CRIU's, the GPU's)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._faults = threading.Thread(target=contextvars.copy_context().run, args=(self._serve,),
@@ -110,10 +113,12 @@ class PostCopy:
 
     def receive(self, pid: int, fd: int) -> None:
         """Take ``fd``, the uffd of the task CRIU restores as image pid ``pid``."""
-        mm = AddressSpace(fd, pid, forked=False)
         with self._arrived_lock:
-            self._arrived.append(mm)
-        os.write(self._wake_w, b"m")
+            if not self._shut:
+                self._arrived.append(AddressSpace(fd, pid, forked=False))
+                os.write(self._wake_w, b"m")
+                return
+        os.close(fd)  # the fill has ended (failed while CRIU restores): its pages come as zeros
 
     # -- the fill -----------------------------------------------------------
 
@@ -133,6 +138,8 @@ class PostCopy:
                 self.failure = self.failure or exc
                 if not isinstance(exc, _Stopped):
                     abort()
+                    self._closing = True  # no fault waits for a fill that is over (CRIU's restorer
+                    self._stop_faults()  # meets them); the tree was killed, or will be, unresumed
             self.figures.ended = self.figures.ended or time.monotonic()
 
         self._expected = {t.pid for r in routes for t in r.targets if t.pid}
@@ -152,11 +159,11 @@ class PostCopy:
                         break
             self._wait_for_criu()
         self.figures.began = time.monotonic()  # time and rate from here (the few faulted pages before count in)
+        if self.failure is not None and not isinstance(self.failure, _Stopped):
+            raise self.failure
         if missing := sorted(self._expected - received):
             raise RestoreAborted(snapshot_id=self.snapshot_id,
                                  reason=f"CRIU sent no userfaultfd for pid {hosts.get(missing[0], missing[0])}")
-        if self.failure is not None and not isinstance(self.failure, _Stopped):
-            raise self.failure
 
     def order(self, batches: list[list[Route]], stop: threading.Event) -> Callable[[], int]:
         with self.lock.exclusive():
@@ -231,43 +238,16 @@ class PostCopy:
             pos = offset if k == first else 0
             for dst, n, at in mm.addresses.forward(address + pos, length - pos):
                 try:
-                    self._copy(mm, dst, data, pos + at, n)
-                except uffd.FillError as exc:  # EAGAIN, ENOENT: go on from there once the event is read
-                    progress[id(mm)] = (k, pos + at + exc.address - dst)
-                    raise _Pending(mm, exc) from exc
+                    mm.copy(dst, data, pos + at, n, self.figures.filled)
+                except uffd.FillError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.ENOENT):  # go on from there once the event is read
+                        progress[id(mm)] = (k, pos + at + exc.address - dst)
+                        raise _Pending(mm, exc) from exc
+                    raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}",
+                                       length=dst + n - exc.address, reason=exc.strerror or str(exc),
+                                       snapshot_id=self.snapshot_id) from exc
                 if mm.gone:
                     return
-
-    def _copy(self, mm: AddressSpace, dst: int, data: memoryview | int, at: int, n: int) -> None:
-        """Fill [dst, dst + n) of ``mm`` with ``data[at:at + n]`` (an int: zeros); raises FillError
-        on EAGAIN and ENOENT (the kernel looks the range up before it looks for a pending event:
-        a range unmapped or moved is ENOENT until its event is read, then no longer planned)."""
-        while n > 0:
-            try:
-                if isinstance(data, int):
-                    uffd.zeropage(mm.fd, dst, n)
-                else:
-                    with memwrite.addresses([data[at : at + n]]) as [(src, _)]:
-                        uffd.copy(mm.fd, dst, src, n)
-                self.figures.filled(n)
-                return
-            except uffd.FillError as exc:
-                if exc.errno == errno.ENOENT and n > uffd.PAGE:  # maybe two mappings now (mprotect): halves
-                    half = n // 2 & ~(uffd.PAGE - 1)
-                    self._copy(mm, dst, data, at, half)
-                    self._copy(mm, dst + half, data, at + half, n - half)
-                    return
-                if exc.errno in (errno.EAGAIN, errno.ENOENT):
-                    raise
-                if exc.errno == errno.ESRCH:  # the process is gone: the restore's checks judge that
-                    mm.gone = True
-                    return
-                if exc.errno != errno.EEXIST or not mm.forked:
-                    raise InjectFailed(pid=self.hosts.get(mm.pid, mm.pid), address=f"{exc.address:#x}",
-                                       length=n - (exc.address - dst), reason=exc.strerror or str(exc),
-                                       snapshot_id=self.snapshot_id) from exc
-                skip = exc.address - dst + uffd.PAGE  # a page the child has written since its fork
-                dst, at, n = dst + skip, at + skip, n - skip
 
     def _check(self, check: Callable[[], None] = lambda: None) -> None:
         """Raise the failure of another part of the fill (the fault thread's: the fill then
@@ -303,10 +283,13 @@ class PostCopy:
         self._stop_faults()
 
     def _stop_faults(self) -> None:
-        """End the fault thread, then close every uffd (caller: ``_closing`` is set)."""
+        """End the fault thread, then close every uffd, and each one CRIU sends from now on
+        (caller: ``_closing`` is set)."""
         os.write(self._wake_w, b"x")
         self._faults.join()
         with self.lock.exclusive():
+            with self._arrived_lock:
+                self._shut = True
             self._adopt()
             mms, self.mms = [mm for mms in self.mms.values() for mm in mms], {}
             for mm in mms:  # each one once (Linux frees the fd even when close reports an error)

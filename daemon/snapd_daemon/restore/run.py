@@ -42,8 +42,8 @@ Undo: staging is always discarded; any failure from the moment CRIU returns
 (a corrupt or missing chunk, a refused write, a cancelled call, a task that
 died, the GPU, the hook) SIGKILLs the whole tree, identified as the record
 names it (never a process that took one of the pids since); a failure inside
-CRIU leaves CRIU to kill what it made (a uffd fill failing meanwhile kills CRIU, and the
-failure is the fill's). The record is cleared at the end,
+CRIU leaves CRIU to kill what it made (a uffd fill failing meanwhile kills CRIU, or keeps
+it from starting, and the failure is the fill's). The record is cleared at the end,
 unless a process of the tree survived the kill: then the next start tries.
 The store lock is held shared from prepare to the end of the injection (or fill), so a
 waiting gc never holds a stopped tree up between the two (for a snapshot pulled
@@ -54,10 +54,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
@@ -99,8 +98,6 @@ from snapd_daemon.store import oserrors
 log = structlog.get_logger()
 # how long a failed restore waits for its killed tree's root to be reaped
 _REAP_SECONDS = 10.0
-# held while CRIU restores a snapshot with link_remap links (see Restore._relinked)
-_RELINKING = threading.Lock()
 
 
 class RestoreRun(OperationRun):
@@ -165,7 +162,8 @@ class RestoreRun(OperationRun):
                         if post is not None:  # its fill serves the faults CRIU's restorer meets; its failure
                             post.start(self.delivery, plan.memory, self._injected(plan), self.cancel.check, ahead,
                                        abort=lambda: kill_restored(self.record))  # kills CRIU or the tree
-                        self.criu(cgroup, undo, post)
+                        with overlap.blamed(post):  # CRIU's failure, or the tree's death, that the fill's caused
+                            self.criu(cgroup, undo, post)
                     post = self.inject(plan, ahead, post)
                     if post is None:
                         reading.close()
@@ -251,21 +249,6 @@ class RestoreRun(OperationRun):
             into.check_images(m, self.staging.images)
         return plan
 
-    @contextmanager
-    def _relinked(self) -> Iterator[None]:
-        """CRIU's link_remap links of the snapshot, made from the names kept at checkpoint
-        (host/linkremap.py) while CRIU restores; one restore at a time does, as their names
-        (link_remap.N) may be the same for two snapshots."""
-        if not self.manifest.link_remap_files:
-            yield
-            return
-        with _RELINKING:
-            made = linkremap.relink(self.manifest.id, self.manifest.link_remap_files)
-            try:
-                yield
-            finally:
-                linkremap.remove(made)  # CRIU removes them when it succeeds
-
     def criu(self, cgroup: Cgroup | None, undo: ExitStack, post: PostCopy | None = None) -> None:
         """CRIU restores the tree, every task left stopped; from the moment it returns,
         ``undo`` kills the tree. With ``post``, CRIU sends each task's uffd to it."""
@@ -273,6 +256,8 @@ class RestoreRun(OperationRun):
 
         def place(helper: int) -> None:
             self.journal(helper=(helper, psutil.Process(helper).create_time()))
+            if post is not None and post.failure is not None:  # failed before its abort could name CRIU
+                raise post.failure  # CRIU, not yet asked, exits
             if cgroup is not None:
                 cgroup.adopt(helper)
 
@@ -280,7 +265,8 @@ class RestoreRun(OperationRun):
         with metrics.phase("restore", "criu"), criulogs.kept(rt.settings.criu_log_dir(), self.op), \
                 stdio.inherited_fds(
                 m.outward_stdio, rt.settings.log_dir(), self.spec.log_name or f"{m.id}.log",
-        ) as (inherit, self.log_path), self._relinked(), overlap.blamed(post), ExitStack() as lazy_stack:
+        ) as (inherit, self.log_path), linkremap.relinked(m.id, m.link_remap_files), \
+                ExitStack() as lazy_stack:
             if post is not None:  # CRIU sends each task's uffd there (a task without one: ``post.received`` fails)
                 lazy_stack.enter_context(lazy.listening(self.staging.work, post.receive))
             self.root = actions.restore(
