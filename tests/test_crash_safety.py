@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -15,12 +16,54 @@ import pytest
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
+from snapd_daemon.host.processes import kill_forking
 from snapd_daemon.runtime import Settings
 from snapd_daemon.runtime.holds import KILL, HoldJournal, HoldRecord
 
 
 def _state(pid: int) -> str:
     return psutil.Process(pid).status()
+
+
+FORKING_CHAIN = """
+import os, sys, time
+os.setsid()
+print(flush=True)
+for _ in range(int(sys.argv[1])):
+    if os.fork():  # the parent stays, its child forks the next one
+        break
+time.sleep(600)
+"""
+
+
+def _in_session(sid: int) -> list[int]:
+    alive = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(proc.pid) == sid:
+                alive.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return alive
+
+
+def test_a_tree_still_forking_is_killed_whole() -> None:
+    """What ends a CRIU that is forking the tree it restores (a cancel, a corrupt chunk during
+    post-copy): the processes forked while it kills are killed too. A chain that keeps forking
+    is killed mid-growth; nothing of it is left (not one reparented away)."""
+    chain = subprocess.Popen([sys.executable, "-c", FORKING_CHAIN, "400"], stdout=subprocess.PIPE)
+    try:
+        chain.stdout.readline()  # type: ignore[union-attr]  # in its own session: it starts forking
+        wait_for(lambda: len(_in_session(chain.pid)) >= 10, 30, "the chain to grow")
+        killed = kill_forking(chain.pid)
+        assert len(killed) >= 9
+        chain.wait(10)
+        wait_for(lambda: _in_session(chain.pid) == [], 10, "every process of the chain to be gone")
+    finally:
+        for pid in _in_session(chain.pid):
+            os.kill(pid, signal.SIGKILL)
+        chain.kill()
+        chain.wait()
 
 
 def _no_criu_swrk_running() -> bool:

@@ -24,6 +24,7 @@ from snapd_daemon.criu.notify import Notify, dispatch
 # Called with the swrk child's pid before the request is sent (e.g. to move it into a cgroup).
 PlaceHook = Callable[[int], None]
 _MAX_DATAGRAM = 1 << 20
+_EXIT_POLL_SECONDS = 1.0  # how often a wait for CRIU's answer checks that CRIU still runs
 
 
 class SwrkError(Exception):
@@ -88,10 +89,9 @@ def call(
     try:
         if place is not None:
             place(proc.pid)
-        ours.settimeout(timeout)
         ours.send(request.SerializeToString())
         while True:
-            data = ours.recv(_MAX_DATAGRAM)
+            data = _receive(ours, proc, timeout)
             if not data:
                 try:
                     rc: int | str = proc.wait(timeout=30)
@@ -125,6 +125,26 @@ def call(
         errmsg = resp.cr_errmsg or f"criu reported failure (errno {resp.cr_errno})"
         raise SwrkError(errmsg, resp.cr_errno)
     return resp
+
+
+def _receive(ours: socket.socket, proc: subprocess.Popen[bytes], timeout: float | None) -> bytes:
+    """CRIU's next message; b"" once CRIU has exited without one (a task it forked before it was
+    killed may hold the socket open for ever); TimeoutError after ``timeout`` seconds of silence."""
+    ours.settimeout(_EXIT_POLL_SECONDS)
+    silent = 0.0
+    while True:
+        try:
+            return ours.recv(_MAX_DATAGRAM)
+        except TimeoutError:
+            if proc.poll() is not None:  # what it sent before it exited is there to read
+                ours.setblocking(False)
+                try:
+                    return ours.recv(_MAX_DATAGRAM)
+                except BlockingIOError:
+                    return b""
+            silent += _EXIT_POLL_SECONDS
+            if timeout is not None and silent >= timeout:
+                raise
 
 
 def version(binary: str) -> str:

@@ -10,6 +10,7 @@ is frozen.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import signal
@@ -26,6 +27,8 @@ _PF_EXITING = 0x00000004
 MAX_PID = 4194304  # PID_MAX_LIMIT on 64-bit Linux
 # two start times of one process, read from /proc at different moments, differ by less
 START_SLACK = 0.01
+# how long ``kill_forking`` waits for the processes it stopped to be stopped
+_STOP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,56 @@ def signal_tree(tree: ProcessTree, sig: signal.Signals) -> list[int]:
             except ProcessLookupError:
                 pass
     return sent
+
+
+def kill_forking(root: int) -> list[int]:
+    """SIGKILL ``root`` and every process under it while they may still be forking (CRIU
+    restoring a tree: CRIU forks the root, each task its children), with none left out: each
+    is SIGSTOPped first, and those under the stopped ones are listed again until none is new
+    (a stopped process forks no more, and one it forked as the stop came is its child still;
+    a killed parent's children would be reparented out of reach). A process that has not
+    stopped within ``_STOP_SECONDS`` (an uninterruptible wait) is killed with the rest. The
+    pids killed, ``root`` not among them."""
+    seen: set[int] = set()
+    new = {root}
+    deadline = time.monotonic() + _STOP_SECONDS
+    while new:
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        seen |= new
+        while time.monotonic() < deadline and any(_may_fork(pid) for pid in new):
+            time.sleep(0.002)
+        new = _descendants(seen) - seen
+    killed = []
+    for pid in [root, *(seen - {root})]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return [pid for pid in killed if pid != root]
+
+
+def _may_fork(pid: int) -> bool:
+    """Whether ``pid`` is neither stopped (nor in a tracer's stop) nor dead."""
+    try:
+        return _stat(pid)[0] not in (b"T", b"t", b"Z", b"X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _descendants(pids: set[int]) -> set[int]:
+    """Every live process under ``pids`` (one pass over the process table)."""
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        children.setdefault(proc.info["ppid"], []).append(proc.pid)
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def start_time(pid: int) -> float | None:

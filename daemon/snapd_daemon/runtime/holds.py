@@ -45,7 +45,7 @@ import psutil
 import structlog
 
 from snapd_daemon.host import cuda, linkremap
-from snapd_daemon.host.processes import START_SLACK, start_time
+from snapd_daemon.host.processes import START_SLACK, kill_forking, start_time
 from snapd_daemon.util.fsutil import remove_temporaries, write_atomic
 
 log = structlog.get_logger()
@@ -190,17 +190,7 @@ def kill_restored(record: HoldRecord) -> list[int]:
     helper, helper_started = record.helper
     running = start_time(helper) if helper else None
     if running is not None and abs(running - helper_started) < START_SLACK:
-        try:
-            forked = psutil.Process(helper).children(recursive=True)  # tasks not yet renamed by CRIU
-            os.kill(helper, signal.SIGKILL)
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            forked = []
-        for proc in forked:
-            try:
-                proc.kill()
-                killed.append(proc.pid)
-            except psutil.NoSuchProcess:
-                pass
+        killed += kill_forking(helper)  # with the tasks it forked, named as CRIU (not renamed yet)
         deadline = time.monotonic() + _HELPER_EXIT_SECONDS
         while start_time(helper) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
