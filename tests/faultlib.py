@@ -179,14 +179,14 @@ def heartbeat(beat: Path) -> str | None:
 
 
 def criu_children(daemon: Daemon) -> list[psutil.Process]:
-    """The daemon's `criu` children (not the trees they restore)."""
+    """The daemon's `criu` children (not the trees they restore), by their name: CRIU rewrites
+    its command line ("criu: dump --rpc -t PID") as it works."""
     assert daemon.proc is not None
     found = []
     with contextlib.suppress(psutil.Error):
         for p in psutil.Process(daemon.proc.pid).children():
             with contextlib.suppress(psutil.Error):
-                argv = p.cmdline()
-                if argv and argv[0].endswith("criu"):
+                if p.name() == "criu":
                     found.append(p)
     return found
 

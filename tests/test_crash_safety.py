@@ -13,6 +13,7 @@ import grpc
 import psutil
 import pytest
 
+from faultlib import criu_children
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
@@ -66,25 +67,20 @@ def test_a_tree_still_forking_is_killed_whole() -> None:
         chain.wait()
 
 
-def _no_criu_swrk_running() -> bool:
-    for p in psutil.process_iter(["cmdline"]):
-        argv = p.info["cmdline"] or []
-        if argv and argv[0].endswith("criu") and "swrk" in argv:
-            return False
-    return True
-
-
 def test_sigkill_mid_checkpoint_leaves_nothing_and_process_running(daemon: Daemon, workloads: Workloads) -> None:
     pid, report = workloads.start("memhold.py", "1024")
     _, digest, _ = report.read_text().split()
     checkpoint = BackgroundCheckpoint(daemon.target, pid, pb.PHASE_DUMP)
     checkpoint.wait_for_phase()
+    wait_for(lambda: criu_children(daemon), 30, "the daemon's criu to start")
+    criu = criu_children(daemon)  # its CRIU only: another one on the host is not this test's
     assert daemon.proc is not None
     daemon.proc.kill()
     daemon.proc.wait()
     checkpoint.join()
     assert checkpoint.error is not None and checkpoint.error.exit_code == 3  # the daemon vanished under the client
-    wait_for(_no_criu_swrk_running, 60, "criu to finish")
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in criu), 60,
+             "criu to finish")
     wait_for(lambda: _state(pid) in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING), 10, "the target to run")
     assert ask(pid, report)[1] == digest
 
