@@ -283,7 +283,7 @@ def run_trial(root: Path, kind: str, seed: int, serve_args: tuple[str, ...] = ()
         finished = call.error is None
         # CRIU runs on without the daemon until it finishes or aborts
         with contextlib.suppress(AssertionError):
-            wait_for(lambda: not any(_alive(p) for p in criu), 60, "criu to end")
+            wait_for(lambda: not any(live(p) for p in criu), 60, "criu to end")
         daemon.start()
         _check_invariants(daemon, workloads, kind, pid, report, digest, beat, snap_id, corrupt, finished, result)
     except Exception as exc:  # noqa: BLE001 - a trial reports, it does not stop the run
@@ -303,7 +303,8 @@ def tear_down(daemon: Daemon, workloads: Workloads) -> None:
     daemon.remove_ram()
 
 
-def _alive(p: psutil.Process) -> bool:
+def live(p: psutil.Process) -> bool:
+    """Whether ``p`` runs still (not gone, not a zombie)."""
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

@@ -89,6 +89,7 @@ def call(
     try:
         if place is not None:
             place(proc.pid)
+        ours.settimeout(timeout)
         ours.send(request.SerializeToString())
         while True:
             data = _receive(ours, proc, timeout)
@@ -132,19 +133,22 @@ def _receive(ours: socket.socket, proc: subprocess.Popen[bytes], timeout: float 
     killed may hold the socket open for ever); TimeoutError after ``timeout`` seconds of silence."""
     ours.settimeout(_EXIT_POLL_SECONDS)
     silent = 0.0
-    while True:
-        try:
-            return ours.recv(_MAX_DATAGRAM)
-        except TimeoutError:
-            if proc.poll() is not None:  # what it sent before it exited is there to read
-                ours.setblocking(False)
-                try:
-                    return ours.recv(_MAX_DATAGRAM)
-                except BlockingIOError:
-                    return b""
-            silent += _EXIT_POLL_SECONDS
-            if timeout is not None and silent >= timeout:
-                raise
+    try:
+        while True:
+            try:
+                return ours.recv(_MAX_DATAGRAM)
+            except TimeoutError:
+                if proc.poll() is not None:  # what it sent before it exited is there to read
+                    ours.setblocking(False)
+                    try:
+                        return ours.recv(_MAX_DATAGRAM)
+                    except BlockingIOError:
+                        return b""
+                silent += _EXIT_POLL_SECONDS
+                if timeout is not None and silent >= timeout:
+                    raise
+    finally:
+        ours.settimeout(timeout)  # the answers to CRIU's notifications are sent under it
 
 
 def version(binary: str) -> str:

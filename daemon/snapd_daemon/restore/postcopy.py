@@ -137,9 +137,11 @@ class PostCopy:
             except BaseException as exc:
                 self.failure = self.failure or exc
                 if not isinstance(exc, _Stopped):
-                    abort()
-                    self._closing = True  # no fault waits for a fill that is over (CRIU's restorer
-                    self._stop_faults()  # meets them); the tree was killed, or will be, unresumed
+                    try:
+                        abort()
+                    finally:  # no fault waits for a fill that is over (CRIU's restorer meets them):
+                        self._closing = True  # the tree was killed, or is never resumed
+                        self._stop_faults()
             self.figures.ended = self.figures.ended or time.monotonic()
 
         self._expected = {t.pid for r in routes for t in r.targets if t.pid}

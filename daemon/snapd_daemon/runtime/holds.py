@@ -185,23 +185,19 @@ def _ours(record: HoldRecord, pid: int, started: float) -> bool:
 
 def kill_restored(record: HoldRecord) -> list[int]:
     """End CRIU if it still runs (and every task it had forked), then SIGKILL the restored
-    processes the record names; the pids killed."""
+    processes the record names and every process under them (forked since the tree resumed);
+    the pids killed, CRIU's not among them."""
     killed = []
     helper, helper_started = record.helper
     running = start_time(helper) if helper else None
     if running is not None and abs(running - helper_started) < START_SLACK:
-        killed += kill_forking(helper)  # with the tasks it forked, named as CRIU (not renamed yet)
+        # with the tasks it forked, named as CRIU (not renamed yet)
+        killed += [pid for pid in kill_forking([helper]) if pid != helper]
         deadline = time.monotonic() + _HELPER_EXIT_SECONDS
         while start_time(helper) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
-    for pid, started in record.processes:
-        if pid not in killed and _ours(record, pid, started):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except ProcessLookupError:
-                pass
-    return sorted(killed)
+    ours = [pid for pid, started in record.processes if pid not in killed and _ours(record, pid, started)]
+    return sorted({*killed, *kill_forking(ours)})
 
 
 def _thaw_cuda(pid: int) -> bool:
