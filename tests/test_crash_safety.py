@@ -18,7 +18,7 @@ from faultlib import criu_children, live
 from harness import BackgroundCheckpoint, Daemon, Workloads, ask, gone, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClientError
-from snapd_daemon.host.processes import kill_forking
+from snapd_daemon.host.treekill import kill_forking
 from snapd_daemon.runtime import Settings
 from snapd_daemon.runtime.holds import KILL, HoldJournal, HoldRecord
 

@@ -43,5 +43,5 @@ def test_throttle_passes_one_event_per_interval() -> None:
     while time.monotonic() < deadline:
         done += 1
         report(ProgressEvent(Phase.COMMIT, done, 10**9))
-    assert 5 <= len(sent) <= 12
+    assert 2 <= len(sent) <= 12  # at most one per interval; this thread may lose the CPU meanwhile
     assert [e.bytes_done for e in sent] == sorted(e.bytes_done for e in sent)

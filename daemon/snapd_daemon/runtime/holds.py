@@ -45,7 +45,8 @@ import psutil
 import structlog
 
 from snapd_daemon.host import cuda, linkremap
-from snapd_daemon.host.processes import START_SLACK, kill_forking, start_time
+from snapd_daemon.host.processes import START_SLACK, start_time
+from snapd_daemon.host.treekill import kill_forking
 from snapd_daemon.util.fsutil import remove_temporaries, write_atomic
 
 log = structlog.get_logger()
