@@ -73,16 +73,17 @@ def validate_pid(pid: int) -> None:
         raise InvalidRequest(field="pid", reason=f"{pid} is not a process id (1..{MAX_PID})")
 
 
-def _stat(pid: int) -> list[bytes]:
-    """The fields of /proc/PID/stat after the parenthesised comm: state ppid pgrp
-    session tty_nr tpgid flags ... (FileNotFoundError once the pid is free)."""
+def stat_fields(pid: int | str) -> list[bytes]:
+    """The fields of /proc/PID/stat (or, for "PID/task/TID", a thread's) after the
+    parenthesised comm: state ppid pgrp session tty_nr tpgid flags ... (FileNotFoundError
+    once the pid is free)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     return stat[stat.rindex(b")") + 2 :].split()
 
 
 def _is_kernel_thread(pid: int) -> bool:
-    return bool(int(_stat(pid)[6]) & _PF_KTHREAD)
+    return bool(int(stat_fields(pid)[6]) & _PF_KTHREAD)
 
 
 def _cmdline(proc: psutil.Process) -> tuple[str, ...]:
@@ -181,7 +182,7 @@ def _check_terminals(root: int, name: str, pids: list[int]) -> None:
     ends: terminals.PtyEnds | None = None
     for pid in pids:
         try:
-            fields = _stat(pid)
+            fields = stat_fields(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue
         if not int(fields[4]):
@@ -242,7 +243,7 @@ def _member(proc: psutil.Process, root: int, name: str, own_ns: str) -> ProcessR
     """``proc``'s record, or None when it is a child that exited and was reaped while
     the tree was read; refuses a member a restore could not bring back."""
     try:
-        fields = _stat(proc.pid)
+        fields = stat_fields(proc.pid)
         zombie = fields[0] in (b"Z", b"X")
         if zombie and proc.pid == root:
             raise ProcessLookupError(proc.pid)
@@ -296,7 +297,7 @@ class PidState(enum.Enum):
 
 def pid_state(pid: int) -> PidState:
     try:
-        fields = _stat(pid)
+        fields = stat_fields(pid)
     except (FileNotFoundError, ProcessLookupError):
         return PidState.FREE
     if fields[0] in (b"Z", b"X") or int(fields[6]) & _PF_EXITING or _kill_pending(pid):

@@ -16,6 +16,8 @@ import time
 
 import psutil
 
+from snapd_daemon.host.processes import stat_fields
+
 _STOP_SECONDS = 2.0  # how long a listed process gets to be stopped
 _CHASE_SECONDS = 10.0  # how long the processes forked under those stopped are listed
 
@@ -65,16 +67,14 @@ def _may_fork(pid: int) -> bool:
     """Whether a thread of ``pid`` is neither stopped (nor in a tracer's stop) nor dead."""
     try:
         threads = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
     for tid in threads:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                stat = f.read()
-        except FileNotFoundError:
+            if stat_fields(f"{pid}/task/{tid}")[0] not in (b"T", b"t", b"Z", b"X"):
+                return True
+        except (FileNotFoundError, ProcessLookupError):  # that thread has ended
             continue
-        if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"T", b"t", b"Z", b"X"):
-            return True
     return False
 
 
