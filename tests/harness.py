@@ -291,8 +291,26 @@ def ask(pid: int, report: Path, timeout: float = 30) -> list[str]:
     """SIGUSR1 ``pid`` and return the fields of the report it writes in answer."""
     before = report.stat().st_mtime_ns if report.exists() else 0
     os.kill(pid, signal.SIGUSR1)
-    wait_for(lambda: report.exists() and report.stat().st_mtime_ns != before, timeout, f"report of pid {pid}")
+    try:
+        wait_for(lambda: report.exists() and report.stat().st_mtime_ns != before, timeout, f"report of pid {pid}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {process_state(pid)}") from None
     return report.read_text().split()
+
+
+def process_state(pid: int) -> str:
+    """What keeps ``pid`` from answering, in one line: its state, parent, signal masks and
+    where it waits, as /proc tells them (or that it is gone)."""
+    keys = ("State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigCgt")
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return f"pid {pid} is gone"
+    fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+    shown = ", ".join(f"{k} {fields.get(k, '?').strip()}" for k in keys)
+    return f"pid {pid} ({argv or 'no command line'}): {shown}, waits in {wchan or '-'}"
 
 
 def gone(pid: int) -> bool:

@@ -326,8 +326,6 @@ def _through_uffds(d: Daemon, c: SnapdClient, server: Server, tokens: list[int])
     return snap
 
 
-@pytest.mark.xfail(run=False, reason="post-copy GPU restores hung, then failed (InjectFailed), on an H100 "
-                   "(2026-12-06, docs/restore-speed.md); its fix is untried there: run with --runxfail")
 def test_post_copy_gpu_restore_then_a_corrupt_chunk_under_it(tmp_path: Path, start_server) -> None:
     """``restore_overlap = "gpu"``: both CUDA processes' memory is filled through CRIU's lazy
     pages while their CUDA restore runs (the driver's reads of the host copy of VRAM wait on

@@ -65,8 +65,8 @@ def hold_digest(path: str, data: Callable[[], bytes | bytearray]) -> None:
         checks += 1
         write_report(path, f"{os.getpid()} {hashlib.sha256(data()).hexdigest()} {checks}")
 
+    on_usr1(check)  # first: once the report exists, a SIGUSR1 is answered, never fatal
     check()
-    on_usr1(check)
     while True:
         time.sleep(0.05)
 

@@ -20,8 +20,8 @@ def status() -> None:
     write_report(path, f"{os.getpid()} {os.getppid()} {ticks}")
 
 
+on_usr1(status)  # before the first report: a process that reported answers SIGUSR1
 status()
-on_usr1(status)
 while True:
     ticks += 1
     time.sleep(0.01)

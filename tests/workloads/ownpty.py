@@ -62,7 +62,7 @@ def check() -> None:
                               f"{'ok' if there and back else 'bad'} {'ok' if ctty else 'bad'} {checks}")
 
 
+on_usr1(check)  # before the first report: a process that reported answers SIGUSR1
 write_report(sys.argv[1], f"{os.getpid()} {child} {os.ttyname(slave)} - - - 0")
-on_usr1(check)
 while True:
     time.sleep(0.05)

@@ -73,8 +73,8 @@ def rewrite() -> None:
     check()
 
 
-check()
-on_usr1(check)
+on_usr1(check)  # the handlers before the first report: a process that reported answers both signals
 signal.signal(signal.SIGUSR2, lambda *_: rewrite())
+check()
 while True:
     time.sleep(0.05)

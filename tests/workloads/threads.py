@@ -31,7 +31,7 @@ def status() -> None:
 
 
 time.sleep(0.1)
+on_usr1(status)  # before the first report: a process that reported answers SIGUSR1
 status()
-on_usr1(status)
 while True:
     time.sleep(0.05)

@@ -36,8 +36,8 @@ def status() -> None:
 if sys.argv[1] == "churn":
     threading.Thread(target=churn, daemon=True).start()
 time.sleep(0.1)
+on_usr1(status)  # before the first report: a process that reported answers SIGUSR1
 status()
-on_usr1(status)
 while True:
     ticks += 1
     time.sleep(0.01)

@@ -64,11 +64,11 @@ from snapd_daemon.server.serve import serve as serve_daemon
               help="Mark the regions snapd writes MADV_HUGEPAGE, so restores fill them in huge pages.")
 @click.option("--restore-overlap", type=click.Choice(["gpu", "always", "never"]), default="never", show_default=True,
               help="Fill restored memory while the tree runs (CRIU lazy pages), so the CUDA restore overlaps the "
-              "fill: for GPU snapshots, every snapshot, or never (docs/restore-speed.md; not yet seen on a GPU).")
+              "fill: for GPU snapshots, every snapshot, or never (docs/restore-speed.md; not yet benchmarked on a GPU).")
 @click.option("--inject-method", type=click.Choice(["writev", "uffd"]), default="writev", show_default=True,
               help="How a restore writes memory into the stopped tree: process_vm_writev, or UFFDIO_COPY through "
-              "CRIU's lazy pages, ended before the tree resumes (cheaper per byte; docs/restore-speed.md; not yet seen "
-              "on a GPU).")
+              "CRIU's lazy pages, ended before the tree resumes (cheaper per byte; docs/restore-speed.md; not yet "
+              "benchmarked on a GPU).")
 @click.option("--slow-phase-seconds", type=click.FloatRange(0), default=30.0, show_default=True, metavar="SECONDS",
               help="A restore step blocked this long (the CUDA restore, a post-copy fill) logs the kernel stacks of "
               "the tree's threads, and again every as long; 0: never.")
