@@ -8,8 +8,10 @@
 #   tests      tests/test_gpu.py whole, 3 tests at once when pytest-xdist is installed, those marked
 #              gpu_alone after them alone (then tests/test_gpu_replicas.py when 2 GPUs are visible)
 #   postcopy   the post-copy GPU test alone, its output not captured (-s)
-#   bench      scripts/bench/gpu.py --settle 0 --keep-weights (8B), then the hot restore again
-#              with inject_method uffd (post-copy has its own step: a hang there costs the table)
+#   bench      scripts/bench/gpu.py --settle 0 --keep-weights (8B); then the hot restore again
+#              with inject_method uffd and with restore_overlap gpu (post-copy; each with a
+#              deadline, a failed one recorded), and last the server checkpointed into a fresh
+#              store with store_raw_below 35 and restored hot from it
 #   bench-kv   scripts/bench/gpu.py --settle 0 --kv-cache-fraction 0.8 --sleep-hooks (removes
 #              the weights: the disk cannot hold them and a KV-heavy stock image)
 # OUT receives STEP.txt (the step's output), STEP-logs.txt (the daemons' logs of the tests that failed:
@@ -18,13 +20,13 @@
 # or on a userfaultfd, `py-spy dump` of each snapd daemon (when py-spy is installed) and the
 # kernel log's tail. The bench's daemon logs `slow_phase` (the restored tree's stacks) after 10 s,
 # the post-copy test's too.
-# ARGs go to the step's pytest or gpu.py (e.g. --compare=--restore-overlap=gpu).
+# ARGs go to the step's pytest or gpu.py (e.g. --hot-only, or -k EXPR).
 # Environment: PYTHON (default python3) able to import snapd (PYTHONPATH), SNAPD_CRIU;
 # GPU_CHECK_LIMIT: the step's limit in seconds, instead of its own.
 # Exit status: the step's (124, or 137 when it had to be killed: it ran past its limit).
 set -uo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ $# -ge 2 ] || { usage >&2; exit 2; }
 step=$1
@@ -82,7 +84,7 @@ case $step in
         limit=300 ;;
     bench)
         run=("$py" scripts/bench/gpu.py --settle 0 --keep-weights --json "$out/bench.json"
-             --compare=--inject-method=uffd
+             --compare=--inject-method=uffd --compare=--restore-overlap=gpu --also-store-raw-below 35
              --daemon-log "$out/bench-daemon.log" --serve-option=--slow-phase-seconds=10 "${extra[@]}")
         limit=570 ;;
     bench-kv)

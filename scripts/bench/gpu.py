@@ -4,6 +4,7 @@ random bf16 weights) through snapd and through the stock flow (criu CLI + the CU
 driver API by hand), printed as a table with ratios.
 
     sudo python3 scripts/bench/gpu.py [--preset 8b] [--kv-cache-fraction 0] [--store-raw-below PERCENT]
+                                      [--compare SERVE_OPTION] [--also-store-raw-below PERCENT]
                                       [--settle 0] [--keep-weights] [--compile] [--json OUT]
 
 Steps, in this order, on one server process (its pid survives every restore):
@@ -24,8 +25,15 @@ Steps, in this order, on one server process (its pid survives every restore):
      bandwidth over the snapshot's chunk files (caches dropped, 8 readers), for
      the cold goal: restore <= 1.05 x stored bytes / bandwidth + CUDA restore;
   5. `snapd prefetch` (chunks decompressed into RAM), restore -> first answer ("ram");
-  6. stock: CUDA lock + checkpoint, `criu dump`, `criu restore -d`, CUDA restore +
-     unlock -> first answer, hot; then again from cold page cache.
+  6. each --compare SERVE_OPTION: the daemon restarted with it, the hot restore again
+     (a failed one is recorded, and the server restored as before for the stock flow);
+  7. stock: CUDA lock + checkpoint, `criu dump`, `criu restore -d`, CUDA restore +
+     unlock -> first answer, hot; then again from cold page cache;
+  8. with --also-store-raw-below PERCENT, snapd's store and the stock images removed,
+     the running server is checkpointed into a fresh store with that store_raw_below
+     and restored hot from it: store size against restore time in one run.
+Every snapd restore first kills the server a previous restore left running (the
+snapshot's pids must be free); the server runs after each restore.
 Every answer is compared with the tokens the freshly started server gave; "bench_seconds"
 is the whole run's time.
 --hot-only leaves out the cold and RAM-tier restores, the disk bandwidth and the stock
@@ -121,6 +129,14 @@ class Server:
             tokens = json.loads(resp.read())["tokens"]
         return tokens, time.monotonic() - started
 
+    def running(self) -> bool:
+        """The server's pid is a live process (not a zombie)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
     def kill(self) -> None:
         if self.pid and os.path.exists(f"/proc/{self.pid}"):
             os.kill(self.pid, signal.SIGKILL)
@@ -184,6 +200,9 @@ def perf(directory: Path | None, tag: str) -> contextlib.AbstractContextManager[
 
 def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: list[int],
                   hook: list[str] | None = None, timeout: float | None = None) -> dict[str, float]:
+    """Restore ``snapshot`` (the server killed first, when a restore left it running) and ask
+    it: the timings. The server runs after it."""
+    server.kill()
     clock = PhaseClock()
     postcopy: dict[str, float] = {}
 
@@ -209,6 +228,31 @@ def snapd_restore(client: SnapdClient, server: Server, snapshot: str, expected: 
             "inject_gbps": (postcopy.get("fill_gbps", 0.0) if postcopy else
                             round(injected / GB / phases["inject"], 2) if phases.get("inject") else 0.0),
             **{f"phase:{k}": v for k, v in phases.items()}, **{f"postcopy:{k}": v for k, v in postcopy.items()}}
+
+
+def raw_pass(work: Path, criu: str, serve: tuple[str, ...], percent: float, server: Server, expected: list[int],
+             sleep: list[str] | None, wake: list[str] | None) -> dict[str, object]:
+    """The running server checkpointed into a fresh store whose daemon stores raw the chunks
+    that compression shrinks by less than ``percent`` %, then restored from it hot (its
+    chunks just written, as for the first hot restore): the policy's disk and time, measured
+    in the run. The store is removed at the end; the server runs after it."""
+    root = work / f"daemon-raw-below-{percent:g}"
+    root.mkdir()
+    daemon = Daemon(root, (*serve, "--store-raw-below", f"{percent:g}"), criu=criu)  # the last value counts
+    try:
+        daemon.start(timeout=60)
+        with SnapdClient(daemon.target) as client:
+            os.sync()
+            t = time.monotonic()
+            snap = client.checkpoint(server.pid, name="bench-raw", pre_checkpoint_hook=sleep)
+            ckpt = time.monotonic() - t
+            reap_pid(server.pid)
+            return {"store_raw_below": percent, "checkpoint": round(ckpt, 2),
+                    "stored_gb": round(snap.stored_bytes / GB, 2), "sizes": policy_sizes(daemon.log),
+                    "restore_hot": snapd_restore(client, server, snap.id, expected, wake)}
+    finally:
+        daemon.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def stock_restore(criu: str, server: Server, images: Path, cuda_pids: list[int], expected: list[int],
@@ -254,6 +298,9 @@ def main() -> int:
     parser.add_argument("--store-raw-below", type=float, metavar="PERCENT",
                         help="snapd serve --store-raw-below for this run (else the daemon's default): chunks whose "
                              "compression saves less than PERCENT are stored raw (docs/restore-speed.md)")
+    parser.add_argument("--also-store-raw-below", type=float, metavar="PERCENT",
+                        help="last, the running server checkpointed again into a fresh store with this "
+                             "store_raw_below, then restored hot: store size against restore time, in one run")
     parser.add_argument("--sleep-hooks", action="store_true",
                         help="vLLM's sleep mode around checkpoints: POST /sleep?level=1 before (snapd's "
                              "pre-checkpoint hook; by hand in the stock flow), POST /wake_up after each restore")
@@ -369,7 +416,13 @@ def main() -> int:
                 except (SnapdClientError, BenchError) as e:
                     compared.append({"serve_option": option, "error": f"{type(e).__name__}: {e}"})
             record("snapd_restore_hot_with", compared)
-            server.kill()
+        if not server.running():  # the stock flow checkpoints the running server (untimed restore)
+            if daemon.extra_args != base:
+                daemon.stop()
+                daemon.extra_args = base
+                daemon.start(timeout=60)
+            with SnapdClient(daemon.target) as client:
+                snapd_restore(client, server, snap.id, expected, wake)
 
         images = work / "stock-images"
         images.mkdir()
@@ -391,10 +444,20 @@ def main() -> int:
                                     "total": round(lock_ckpt + dump, 2),
                                     "image_gb": round(image_bytes(images) / GB, 2)})
         record("stock_restore_hot", stock_restore(criu, server, images, cuda_pids, expected, "hot", wake))
-        server.kill()
         if not args.hot_only:
+            server.kill()
             drop_caches()
             record("stock_restore_cold", stock_restore(criu, server, images, cuda_pids, expected, "cold", wake))
+        if args.also_store_raw_below is not None:  # last: the server runs, and what it needs is on disk
+            daemon.close()
+            shutil.rmtree(daemon.state_dir, ignore_errors=True)
+            shutil.rmtree(images, ignore_errors=True)
+            try:
+                record("snapd_raw_pass", raw_pass(work, criu, base, args.also_store_raw_below, server, expected,
+                                                  sleep, wake))
+            except (SnapdClientError, BenchError) as e:
+                record("snapd_raw_pass", {"store_raw_below": args.also_store_raw_below,
+                                          "error": f"{type(e).__name__}: {e}"})
         record("bench_seconds", round(time.monotonic() - bench_started, 1))
     finally:
         server.kill()
@@ -428,6 +491,15 @@ def main() -> int:
           f"{store['all_compressed_gb']} GB all-compressed, {store['all_raw_gb']} GB all-raw "  # type: ignore[index]
           f"(image {results['snapd_checkpoint']['raw_gb']} GB; compressed sizes of chunks stored raw "  # type: ignore[index]
           "are estimated from 64 KiB samples)")
+    raw = results.get("snapd_raw_pass")
+    if raw and "error" in raw:  # type: ignore[operator]
+        print(f"store_raw_below={raw['store_raw_below']:g} pass failed: {raw['error']}")  # type: ignore[index]
+    elif raw:
+        hot, again = results["snapd_restore_hot"], raw["restore_hot"]  # type: ignore[index]
+        print(f"store_raw_below={raw['store_raw_below']:g} (same run, fresh store): {raw['stored_gb']} GB stored "  # type: ignore[index]
+              f"against {results['snapd_checkpoint']['stored_gb']} GB; checkpoint {raw['checkpoint']:.2f} s; "  # type: ignore[index]
+              f"restore -> first answer, hot {again['first_answer']:.2f} s against {hot['first_answer']:.2f} s, "  # type: ignore[index]
+              f"injection {again['inject_gbps']} GB/s against {hot['inject_gbps']} GB/s")  # type: ignore[index]
     for tier in tiers:
         run = results[f"snapd_restore_{tier}"]
         phases = " / ".join(f"{name} {run[key]:.2f}" for key in run if key.startswith("phase:")  # type: ignore[union-attr]
