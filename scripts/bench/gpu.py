@@ -65,6 +65,7 @@ from lib import (
     REPO,
     BenchError,
     Daemon,
+    DaemonFailed,
     PhaseClock,
     become_subreaper,
     drop_caches,
@@ -455,7 +456,7 @@ def main() -> int:
             try:
                 record("snapd_raw_pass", raw_pass(work, criu, base, args.also_store_raw_below, server, expected,
                                                   sleep, wake))
-            except (SnapdClientError, BenchError) as e:
+            except (SnapdClientError, BenchError, DaemonFailed) as e:  # the table still prints
                 record("snapd_raw_pass", {"store_raw_below": args.also_store_raw_below,
                                           "error": f"{type(e).__name__}: {e}"})
         record("bench_seconds", round(time.monotonic() - bench_started, 1))
