@@ -11,7 +11,9 @@ Run the test suite as root against real CRIU: scripts/bootstrap.sh first (CRIU, 
 then pytest with PYTEST ARGS (options pytest does not know: exit 2, as a usage error), e.g.
   scripts/test.sh tests/test_cli.py -k status -x
 Two test files run at a time, each in a pytest-xdist worker of its own (a file's tests
-in one worker, in order); SNAPD_TEST_WORKERS=N runs N at a time, 0 all in this process.
+in one worker, in order; the files that change the host's mounts and those whose restores
+need them unchanged one after another: tests/conftest.py); SNAPD_TEST_WORKERS=N runs N at
+a time, 0 all in this process.
 GPU tests run where an NVIDIA GPU with driver >= 570 is present, and skip elsewhere.
 EOF
     exit 0 ;;
@@ -19,7 +21,7 @@ esac
 workers=${SNAPD_TEST_WORKERS:-2}
 case $workers in ''|*[!0-9]*) echo "test.sh: SNAPD_TEST_WORKERS must be a number, not '$workers'" >&2; exit 2 ;; esac
 parallel=()
-[ "$workers" = 0 ] || parallel=(-n "$workers" --dist loadfile)
+[ "$workers" = 0 ] || parallel=(-n "$workers" --dist loadgroup)  # a file a group (tests/conftest.py)
 export SNAPD_CRIU=$("$root/scripts/bootstrap.sh" | tail -n 1)
 cd "$root"
 status=0

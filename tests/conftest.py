@@ -23,6 +23,24 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# A `snapd run` tree's mount namespace is a copy of the host's mounts as they were when it
+# started (host/mountns.py), and restoring its snapshot needs each of them still there: a
+# file that mounts or unmounts on the host (tmpfs, podman containers) breaks such a restore
+# in a file that runs beside it. With pytest-xdist (scripts/test.sh: --dist loadgroup) the
+# files of both kinds form one group, run one after the other in one worker; every other file
+# is a group of its own, so each file still runs whole, in order, in one worker.
+HOST_MOUNTS = frozenset({
+    "test_all_or_nothing", "test_crash_safety", "test_full_disk", "test_image", "test_pods",  # mount
+    "test_example_scale", "test_gpu_replicas", "test_operator_edges", "test_readiness", "test_replicas",  # run
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("host-mounts" if module in HOST_MOUNTS else module))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _free_daemon_ram() -> Iterator[None]:
     """Every test daemon's RAM directory (hot tier) outlives it by design: free them all."""
