@@ -219,7 +219,10 @@ cached() {
         mkdir -p "$CACHE/wheels"
         local fresh; fresh="$(mktemp -d "$CACHE/wheels/.new.XXXXXX")"
         "$@" "$fresh" || { rm -rf "$fresh"; die "making the $kind wheels failed"; }
-        mv -T "$fresh" "$keep"
+        if ! mv -T "$fresh" "$keep" 2>/dev/null; then  # another build made the same KEY meanwhile
+            rm -rf "$fresh"
+            [[ -d "$keep" ]] || die "cannot keep the $kind wheels as $keep"
+        fi
         ls -dt "$CACHE/wheels/$kind-"* | tail -n +4 | xargs -r rm -rf
     fi
     mkdir -p "$dir"
@@ -330,7 +333,7 @@ build_main() {
 
     mkdir -p "$CACHE"
     ctx="$(mktemp -d "$CACHE/context.XXXXXX")"
-    trap 'rm -rf "$ctx"' EXIT
+    trap "rm -rf -- $(printf %q "$ctx")" EXIT  # expanded now: ctx is local, gone when a die runs the trap
     make_context "$ctx"
     log "building $tag (bases $BASE, $BUILD_BASE; podman ${RUN_FLAGS[*]:-defaults})"
     podman build --pull=never --network none --layers "${RUN_FLAGS[@]}" \
