@@ -287,6 +287,20 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str,
         time.sleep(interval)
 
 
+def mounts_naming(*markers: str) -> list[str]:
+    """The lines of this mount namespace's mountinfo that hold any of ``markers``."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line for line in lines if any(marker in line for marker in markers)]
+
+
+def wait_unmounted(*markers: str, timeout: float = 60) -> None:
+    """Wait until no mount names any of ``markers``. Podman tears a removed container's mounts
+    (overlay, shm, netns) down after `podman rm` returns; a `snapd run` tree checkpointed
+    meanwhile records one (its mount namespace copies the host's), and its restore then fails
+    on a mount the host no longer has (tests/conftest.py)."""
+    wait_for(lambda: not mounts_naming(*markers), timeout, f"the mounts naming {markers} to be gone")
+
+
 def ask(pid: int, report: Path, timeout: float = 30) -> list[str]:
     """SIGUSR1 ``pid`` and return the fields of the report it writes in answer."""
     before = report.stat().st_mtime_ns if report.exists() else 0

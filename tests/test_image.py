@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import WORKLOADS, ask, gone, wait_for
+from harness import WORKLOADS, ask, gone, wait_for, wait_unmounted
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "scripts" / "build-image.sh"
@@ -83,6 +83,9 @@ def container(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterato
          "-v", f"{WORKLOADS}:/workloads:ro", "-v", f"{root / 'reports'}:/reports", image.tag],
         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+    box_id = run.stdout.strip()  # its mounts on the host (shm, the overlay) are named by its id and root
+    merged = subprocess.run(["podman", "inspect", box_id, "--format", "{{.GraphDriver.Data.MergedDir}}"],
+                            capture_output=True, text=True, timeout=120).stdout.strip()
     box = Container(name=name, reports=root / "reports")
     try:
         try:
@@ -92,6 +95,7 @@ def container(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield box
     finally:
         subprocess.run(["podman", "rm", "--force", "--time", "0", name], capture_output=True, timeout=120)
+        wait_unmounted(*filter(None, [box_id, merged]))
         shutil.rmtree(shm, ignore_errors=True)
 
 

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from faultlib import biggest_chunk, damage_chunk
-from harness import WORKLOADS, Daemon, error_of, gone, snapd, wait_for
+from harness import WORKLOADS, Daemon, error_of, gone, mounts_naming, snapd, wait_for, wait_unmounted
 from snapd_client import SnapdClient
 from snapd_client.client import state_name
 from snapd_daemon.errors import SandboxNotFound
@@ -46,6 +46,7 @@ class Pod:
     infra: int  # host pid of its infra (pause) process: the sandbox
     address: str  # its address on podman's bridge; "127.0.0.1" (inside it) when it has no network but lo
     bridged: bool
+    mounts: tuple[str, ...] = ()  # what names its mounts on the host: its infra container's id, its netns
 
 
 def _podman(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,32 +58,47 @@ class Pods:
 
     def __init__(self, conf: Path) -> None:
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-        self.names: list[str] = []
+        self.made: list[Pod] = []
+        self.bridges = True  # until a pod with podman's bridge fails to start here
 
     def make(self) -> Pod:
         name = f"snapd-pod-test-{uuid.uuid4().hex[:8]}"
-        self.names.append(name)
         # the infra image is podman's own pause image, built here from catatonit (no registry needed)
-        bridged = True
-        created = _podman(self.env, "pod", "create", "--name", name, "--hostname", name)
-        assert created.returncode == 0, created.stderr
-        started = _podman(self.env, "pod", "start", name)
-        if started.returncode != 0:  # no bridge network here: a pod with only lo
-            bridged = False
-            _podman(self.env, "pod", "rm", "-f", name)
-            _podman(self.env, "pod", "create", "--name", name, "--hostname", name, "--network", "none")
-            started = _podman(self.env, "pod", "start", name)
+        started = self._start(name, bridged=True) if self.bridges else None
+        if started is None or started.returncode != 0:  # no bridge network here: a pod with only lo
+            self.bridges = False
+            started = self._start(name, bridged=False)
         if started.returncode != 0:
             pytest.skip(f"podman cannot start a pod on this machine: {started.stderr.strip()}")
         infra = _podman(self.env, "pod", "inspect", name, "--format", "{{.InfraContainerID}}").stdout.strip()
-        shown = _podman(self.env, "inspect", infra, "--format",
-                        "{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").stdout.split()
-        return Pod(name=name, hostname=name, infra=int(shown[0]), address=shown[1] if bridged else "127.0.0.1",
-                   bridged=bridged)
+        pid, netns, merged, address = _podman(
+            self.env, "inspect", infra, "--format", "{{.State.Pid}}|{{.NetworkSettings.SandboxKey}}|"
+            "{{.GraphDriver.Data.MergedDir}}|{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        ).stdout.strip().split("|")
+        pod = Pod(name=name, hostname=name, infra=int(pid), address=address if self.bridges else "127.0.0.1",
+                  bridged=self.bridges, mounts=(infra, *filter(None, [netns, merged])))
+        self.made.append(pod)
+        return pod
+
+    def _start(self, name: str, bridged: bool) -> subprocess.CompletedProcess[str]:
+        """Create and start the pod ``name``; one that fails to start is removed, mounts and all."""
+        created = _podman(self.env, "pod", "create", "--name", name, "--hostname", name,
+                          *([] if bridged else ["--network", "none"]))
+        assert created.returncode == 0, created.stderr
+        netns = set(mounts_naming("/run/netns/"))
+        started = _podman(self.env, "pod", "start", name)
+        if started.returncode != 0:
+            infra = _podman(self.env, "pod", "inspect", name, "--format", "{{.InfraContainerID}}").stdout.strip()
+            _podman(self.env, "pod", "rm", "-f", name)
+            wait_for(lambda: set(mounts_naming("/run/netns/")) <= netns, 60, f"the netns of the failed pod {name} to go")
+            if infra:
+                wait_unmounted(infra)
+        return started
 
     def remove(self, pod: Pod) -> None:
         removed = _podman(self.env, "pod", "rm", "-f", pod.name)
         assert removed.returncode == 0, removed.stderr
+        wait_unmounted(*pod.mounts)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +116,9 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     try:
         yield made
     finally:
-        for name in made.names:
-            _podman(made.env, "pod", "rm", "-f", name)
+        for made_pod in made.made:
+            _podman(made.env, "pod", "rm", "-f", made_pod.name)
+        wait_unmounted(*(m for made_pod in made.made for m in made_pod.mounts))
 
 
 @pytest.fixture(scope="module")
