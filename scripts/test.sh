@@ -21,7 +21,7 @@ esac
 workers=${SNAPD_TEST_WORKERS:-2}
 case $workers in ''|*[!0-9]*) echo "test.sh: SNAPD_TEST_WORKERS must be a number, not '$workers'" >&2; exit 2 ;; esac
 parallel=()
-[ "$workers" = 0 ] || parallel=(-n "$workers" --dist loadgroup)  # a file a group (tests/conftest.py)
+[ "$workers" = 0 ] || parallel=(-n "$workers" --dist loadfile)  # the host-mount files as one (tests/conftest.py)
 export SNAPD_CRIU=$("$root/scripts/bootstrap.sh" | tail -n 1)
 cd "$root"
 status=0

@@ -26,19 +26,29 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # A `snapd run` tree's mount namespace is a copy of the host's mounts as they were when it
 # started (host/mountns.py), and restoring its snapshot needs each of them still there: a
 # file that mounts or unmounts on the host (tmpfs, podman containers) breaks such a restore
-# in a file that runs beside it. With pytest-xdist (scripts/test.sh: --dist loadgroup) the
-# files of both kinds form one group, run one after the other in one worker; every other file
-# is a group of its own, so each file still runs whole, in order, in one worker.
+# in a file that runs beside it. With pytest-xdist's --dist loadfile (scripts/test.sh) the
+# files of both kinds count as one file: they run one after the other in one worker, while
+# every other file runs whole, in order, in a worker of its own choosing.
 HOST_MOUNTS = frozenset({
     "test_all_or_nothing", "test_crash_safety", "test_full_disk", "test_image", "test_pods",  # mount
     "test_example_scale", "test_gpu_replicas", "test_operator_edges", "test_readiness", "test_replicas",  # run
 })
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.module.__name__ if isinstance(item, pytest.Function) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("host-mounts" if module in HOST_MOUNTS else module))
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, absent without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """loadfile's scheduling, the HOST_MOUNTS files one unit (xdist's own loadgroup does not
+    group under pytest 9.2: it renames tests through an attribute pytest no longer reads)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndHostMounts(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "host-mounts" if Path(path).stem in HOST_MOUNTS else path
+
+    return FilesAndHostMounts(config, log)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session", autouse=True)

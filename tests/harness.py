@@ -293,12 +293,25 @@ def mounts_naming(*markers: str) -> list[str]:
     return [line for line in lines if any(marker in line for marker in markers)]
 
 
+def processes_naming(*markers: str) -> list[int]:
+    """Live processes whose command line holds any of ``markers``."""
+    found = []
+    for pid in psutil.pids():
+        with contextlib.suppress(psutil.Error):
+            argv = " ".join(psutil.Process(pid).cmdline())
+            if any(marker in argv for marker in markers):
+                found.append(pid)
+    return found
+
+
 def wait_unmounted(*markers: str, timeout: float = 60) -> None:
-    """Wait until no mount names any of ``markers``. Podman tears a removed container's mounts
-    (overlay, shm, netns) down after `podman rm` returns; a `snapd run` tree checkpointed
-    meanwhile records one (its mount namespace copies the host's), and its restore then fails
-    on a mount the host no longer has (tests/conftest.py)."""
-    wait_for(lambda: not mounts_naming(*markers), timeout, f"the mounts naming {markers} to be gone")
+    """Wait until no mount names any of ``markers`` and no process (podman's conmon, its
+    `container cleanup`) does. Podman tears a removed container's mounts (overlay, shm, netns)
+    down after `podman rm` returns; a `snapd run` tree checkpointed meanwhile records one (its
+    mount namespace copies the host's), and its restore then fails on a mount the host no
+    longer has (tests/conftest.py)."""
+    wait_for(lambda: not mounts_naming(*markers) and not processes_naming(*markers), timeout,
+             f"the mounts and processes naming {markers} to be gone")
 
 
 def ask(pid: int, report: Path, timeout: float = 30) -> list[str]:
