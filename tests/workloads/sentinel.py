@@ -44,7 +44,10 @@ on_usr1(check)  # before the first report: a process that reported answers SIGUS
 check()
 while True:
     ticks += 1
-    with contextlib.suppress(FileExistsError):  # another copy of this process is writing it: its beat will do
+    # another copy of this process writes the beat too (the source a leave-running checkpoint left
+    # running, a restored copy): its .new may be there (FileExistsError) or, for a copy restored
+    # between these two calls, renamed away already (FileNotFoundError); its beat will do
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
         os.symlink(f"{os.getpid()} {ticks}", f"{beat}.new")
         os.replace(f"{beat}.new", beat)
     time.sleep(0.02)
