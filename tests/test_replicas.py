@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from faultlib import BackgroundCall, biggest_chunk
-from harness import WORKLOADS, Daemon, ask, gone, restore_at_once, snapd, wait_for
+from harness import WORKLOADS, Daemon, ask, gone, processes_naming, restore_at_once, snapd, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 from snapd_daemon.host.namespaces import ns_pids
@@ -89,18 +89,6 @@ def refused(address: str) -> bool:
     except OSError:
         return True
     return False
-
-
-def _running(marker: str) -> list[int]:
-    """Live processes whose command line holds ``marker``."""
-    found = []
-    for pid in psutil.pids():
-        try:
-            if marker in " ".join(psutil.Process(pid).cmdline()):
-                found.append(pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def holds_left(daemon: Daemon) -> list[str]:
@@ -262,9 +250,9 @@ def test_a_failed_replica_is_killed_whole_and_the_others_stay(daemon: Daemon, cl
     assert dead not in {r.root_pid for r in kept}
     wait_for(lambda: gone(dead), 30, "the failed replica's tree to be killed")
     # nothing of it is left: the two kept replicas are all that runs of the workload (init + worker each)
-    wait_for(lambda: len(_running(str(reports.path))) == 4, 30, "only the kept replicas to run")
+    wait_for(lambda: len(processes_naming(str(reports.path))) == 4, 30, "only the kept replicas to run")
     # (a replica's init is the daemon's child: it is the child subreaper of what it restores)
-    parents = {psutil.Process(p).ppid() for p in _running(str(reports.path))}
+    parents = {psutil.Process(p).ppid() for p in processes_naming(str(reports.path))}
     assert parents - {1, daemon.proc.pid} <= {r.root_pid for r in kept}
     for r in kept:
         assert reports.ask(worker_of(r.root_pid)) == [digest, "2", "2"]
@@ -288,7 +276,7 @@ def test_daemon_killed_while_replicas_are_restored_leaves_none_at_next_start(
     calls = [BackgroundCall(daemon.target, "restore", "held") for _ in range(2)]
     for call in calls:
         assert call.wait_until(lambda e: e.phase == pb.PHASE_INJECT, 60), call.error  # the copy exists, stopped
-    copies = _running(str(reports.path))
+    copies = processes_naming(str(reports.path))
     assert len(copies) == 4  # two inits, two workers: both replicas restored and held
     assert daemon.proc is not None
     daemon.proc.kill()
