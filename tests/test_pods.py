@@ -46,7 +46,7 @@ class Pod:
     infra: int  # host pid of its infra (pause) process: the sandbox
     address: str  # its address on podman's bridge; "127.0.0.1" (inside it) when it has no network but lo
     bridged: bool
-    mounts: tuple[str, ...] = ()  # what names its mounts on the host: its infra container's id, its netns
+    mounts: tuple[str, ...] = ()  # what names its mounts on the host: its infra container's id, netns and root
 
 
 def _podman(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
