@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from harness import Daemon, Workloads, ask, gone, wait_for
+from harness import Daemon, Workloads, ask, gone, processes_naming, wait_for
 from snapd.v1 import snapd_pb2 as pb
 from snapd_client import SnapdClient, SnapdClientError
 
@@ -133,14 +133,7 @@ class BackgroundCall:
 def processes_under(tmp: Path) -> list[psutil.Process]:
     """Live processes (daemons aside) whose command line names ``tmp``: the workloads
     of a test and whatever copies of them a restore made."""
-    mine, found = str(tmp), []
-    for pid in psutil.pids():
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            argv = proc.cmdline()
-            if mine in " ".join(argv) and "snapd_client" not in argv:
-                found.append(proc)
-    return found
+    return processes_naming(str(tmp), besides=("snapd_client",))
 
 
 def stopped(pid: int) -> bool:

@@ -158,13 +158,9 @@ class Workloads:
     def kill_all(self) -> None:
         """Kill every process, daemons aside, whose command line names this test's
         directory: the workloads, their children and any restored copies of them."""
-        mine = str(self.tmp)
-        for pid in psutil.pids():  # not process_iter: its cache skips a pid that a restore reused
+        for proc in processes_naming(str(self.tmp), besides=("snapd_client", "snapd_daemon")):
             with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                argv = proc.cmdline()
-                if mine in " ".join(argv) and not {"snapd_client", "snapd_daemon"} & set(argv):
-                    proc.kill()
+                proc.kill()
 
 
 def start_piped(tmp: Path) -> tuple[int, Path]:
@@ -293,14 +289,17 @@ def mounts_naming(*markers: str) -> list[str]:
     return [line for line in lines if any(marker in line for marker in markers)]
 
 
-def processes_naming(*markers: str) -> list[int]:
-    """Live processes whose command line holds any of ``markers``."""
+def processes_naming(*markers: str, besides: tuple[str, ...] = ()) -> list[psutil.Process]:
+    """Live processes whose command line holds any of ``markers``, but none with an argument
+    in ``besides`` (a daemon's, a client's)."""
     found = []
-    for pid in psutil.pids():
+    for pid in psutil.pids():  # not process_iter: its cache skips a pid that a restore reused
         with contextlib.suppress(psutil.Error):
-            argv = " ".join(psutil.Process(pid).cmdline())
-            if any(marker in argv for marker in markers):
-                found.append(pid)
+            proc = psutil.Process(pid)
+            argv = proc.cmdline()
+            joined = " ".join(argv)
+            if any(marker in joined for marker in markers) and not set(besides) & set(argv):
+                found.append(proc)
     return found
 
 

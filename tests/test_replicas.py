@@ -252,7 +252,7 @@ def test_a_failed_replica_is_killed_whole_and_the_others_stay(daemon: Daemon, cl
     # nothing of it is left: the two kept replicas are all that runs of the workload (init + worker each)
     wait_for(lambda: len(processes_naming(str(reports.path))) == 4, 30, "only the kept replicas to run")
     # (a replica's init is the daemon's child: it is the child subreaper of what it restores)
-    parents = {psutil.Process(p).ppid() for p in processes_naming(str(reports.path))}
+    parents = {p.ppid() for p in processes_naming(str(reports.path))}
     assert parents - {1, daemon.proc.pid} <= {r.root_pid for r in kept}
     for r in kept:
         assert reports.ask(worker_of(r.root_pid)) == [digest, "2", "2"]
@@ -288,7 +288,7 @@ def test_daemon_killed_while_replicas_are_restored_leaves_none_at_next_start(
     daemon.start()
     with daemon.client() as c:
         assert c.status().recovered_operations >= 2
-    wait_for(lambda: all(gone(p) for p in copies), 30, "the held replicas to be killed")
+    wait_for(lambda: all(gone(p.pid) for p in copies), 30, "the held replicas to be killed")
     assert holds_left(daemon) == []
     with daemon.client() as c:
         again = c.restore("held")
